@@ -1,0 +1,22 @@
+# The two commands of the README are `make run` and `make test`; the others are for developers.
+SHELL := /bin/bash
+ARGS ?=
+
+.PHONY: run test lint fmt
+
+## Runs every function in one process on 127.0.0.1:3000 (pass flags with ARGS="--port 3001").
+run:
+	cargo run -p devserver -- $(ARGS)
+
+## Runs every test; installs and starts moto for the DynamoDB, SQS and SES tests, and stops it.
+test:
+	scripts/with-moto.sh cargo test --workspace
+
+## The lints CI runs: formatting, clippy, and the SAM template.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/lint-template.sh
+
+fmt:
+	cargo fmt --all

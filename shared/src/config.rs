@@ -1,0 +1,135 @@
+//! Configuration, read from the environment once at cold start.
+//!
+//! A missing or malformed variable is an error that names the variable (and never echoes a
+//! secret's value), so a misdeployed function fails at start with a message that says what to
+//! fix instead of failing its first request.
+
+use std::collections::HashMap;
+
+use crate::subscription::PlanCatalog;
+
+/// Where configuration values come from: the process environment in functions, a map in tests.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Environment for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the environment variable {0} is not set")]
+    Missing(String),
+    #[error("the environment variable {name} is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+/// A variable that must be present and non-empty.
+pub fn required(env: &dyn Environment, name: &str) -> Result<String, ConfigError> {
+    match env.var(name) {
+        Some(value) if !value.trim().is_empty() => Ok(value),
+        _ => Err(ConfigError::Missing(name.to_owned())),
+    }
+}
+
+/// A variable that may be absent; present but empty counts as absent.
+pub fn optional(env: &dyn Environment, name: &str) -> Option<String> {
+    env.var(name).filter(|value| !value.trim().is_empty())
+}
+
+/// The name of the variable holding the Stripe price of `plan`: `STRIPE_PRICE_BASIC_MONTHLY`.
+pub fn plan_price_variable(plan: &str) -> String {
+    format!("STRIPE_PRICE_{}", plan.to_ascii_uppercase())
+}
+
+/// The plan catalog, each plan's price from `STRIPE_PRICE_<PLAN>`.
+pub fn plan_catalog(env: &dyn Environment) -> Result<PlanCatalog, ConfigError> {
+    PlanCatalog::standard(|plan| {
+        let name = plan_price_variable(plan);
+        let price = required(env, &name)?;
+        if price.starts_with("price_") {
+            Ok(price)
+        } else {
+            Err(ConfigError::Invalid {
+                name,
+                reason: "a Stripe price id starts with price_".to_owned(),
+            })
+        }
+    })
+}
+
+/// The DynamoDB table holding every item of the service (`BILLING_TABLE`).
+pub fn billing_table(env: &dyn Environment) -> Result<String, ConfigError> {
+    required(env, "BILLING_TABLE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn all_prices() -> HashMap<String, String> {
+        crate::subscription::STANDARD_PLANS
+            .iter()
+            .map(|(id, _, _)| (plan_price_variable(id), format!("price_{id}")))
+            .collect()
+    }
+
+    #[test]
+    fn missing_variable_is_named_in_the_error() {
+        let error = billing_table(&env(&[])).unwrap_err();
+        assert_eq!(error, ConfigError::Missing("BILLING_TABLE".into()));
+        assert!(error.to_string().contains("BILLING_TABLE"));
+    }
+
+    #[test]
+    fn empty_variable_counts_as_missing() {
+        assert!(billing_table(&env(&[("BILLING_TABLE", " ")])).is_err());
+    }
+
+    #[test]
+    fn catalog_reads_every_plan_price() {
+        let catalog = plan_catalog(&all_prices()).unwrap();
+        assert_eq!(
+            catalog.get("basic_monthly").unwrap().stripe_price,
+            "price_basic_monthly"
+        );
+        assert_eq!(catalog.get("pending").unwrap().trial_days, Some(31));
+        assert!(catalog.get("pending").unwrap().admin_only);
+        assert!(catalog.get("free").unwrap().admin_only);
+        assert!(!catalog.get("business_annual").unwrap().admin_only);
+        assert_eq!(catalog.plans().len(), 6);
+    }
+
+    #[test]
+    fn catalog_names_the_missing_price_variable() {
+        let mut prices = all_prices();
+        prices.remove("STRIPE_PRICE_BUSINESS_ANNUAL");
+        assert_eq!(
+            plan_catalog(&prices).unwrap_err(),
+            ConfigError::Missing("STRIPE_PRICE_BUSINESS_ANNUAL".into())
+        );
+    }
+
+    #[test]
+    fn catalog_rejects_a_value_that_is_not_a_price_id() {
+        let mut prices = all_prices();
+        prices.insert("STRIPE_PRICE_FREE".into(), "prod_123".into());
+        assert!(matches!(plan_catalog(&prices), Err(ConfigError::Invalid { name, .. }) if name == "STRIPE_PRICE_FREE"));
+    }
+}

@@ -1,0 +1,407 @@
+//! `DynamoStore`: the store on one DynamoDB table (see the access patterns in the module above).
+//!
+//! Conditional writes carry the promises of the port: creates use
+//! `attribute_not_exists(pk)`, updates `version = :expected`, and each goes into a
+//! `TransactWriteItems` with its audit record so that both land or neither does.
+//!
+//! The audit record's key holds the version it records (`AUDIT#<version>`) and is written with
+//! `attribute_not_exists`, so two writers producing the same version also collide on it: the
+//! version condition and the audit key guard the same promise twice. The conformance suite
+//! fails only when both are removed, which is intended.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::builders::PutBuilder;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, Put, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
+};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{AuditEntry, Recorded, Store, StoreError, check_next_version};
+use crate::subscription::Subscription;
+
+/// A global secondary index: its name and the attribute it is keyed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexDefinition {
+    pub name: &'static str,
+    pub partition_key: &'static str,
+}
+
+/// The shape of the billing table. `template.yaml` declares the same table; a test compares
+/// the two, and the local server and the tests create tables from this definition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableDefinition {
+    pub partition_key: &'static str,
+    pub sort_key: &'static str,
+    pub indexes: [IndexDefinition; 2],
+    pub ttl_attribute: &'static str,
+}
+
+pub const TABLE_DEFINITION: TableDefinition = TableDefinition {
+    partition_key: "pk",
+    sort_key: "sk",
+    indexes: [
+        IndexDefinition {
+            name: "by_stripe_subscription",
+            partition_key: "gsi1pk",
+        },
+        IndexDefinition {
+            name: "by_stripe_customer",
+            partition_key: "gsi2pk",
+        },
+    ],
+    ttl_attribute: "expires_at",
+};
+
+const STATE: &str = "STATE";
+const ONCE: &str = "ONCE";
+
+fn subscription_pk(id: Uuid) -> String {
+    format!("SUBSCRIPTION#{id}")
+}
+
+fn audit_sk(version: u64) -> String {
+    format!("AUDIT#{version:020}")
+}
+
+fn stripe_subscription_key(id: &str) -> String {
+    format!("STRIPE_SUBSCRIPTION#{id}")
+}
+
+fn stripe_customer_key(id: &str) -> String {
+    format!("STRIPE_CUSTOMER#{id}")
+}
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// A store on `table`, with a client configured from the standard AWS environment.
+    pub async fn connect(table: impl Into<String>) -> Self {
+        let config = crate::aws::load_sdk_config().await;
+        DynamoStore::new(Client::new(&config), table)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table as [`TABLE_DEFINITION`] describes it (on-demand billing, TTL on),
+    /// unless it exists. For the local server and tests; in AWS the template creates it.
+    pub async fn ensure_table(&self) -> Result<(), StoreError> {
+        let exists = match self.client.describe_table().table_name(&self.table).send().await {
+            Ok(_) => true,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                false
+            }
+            Err(e) => return Err(sdk(e)),
+        };
+        if exists {
+            return Ok(());
+        }
+        let def = TABLE_DEFINITION;
+        let string_attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build)
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(build)
+        };
+        let mut request = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(string_attribute(def.partition_key)?)
+            .attribute_definitions(string_attribute(def.sort_key)?)
+            .key_schema(key(def.partition_key, KeyType::Hash)?)
+            .key_schema(key(def.sort_key, KeyType::Range)?);
+        for index in def.indexes {
+            request = request
+                .attribute_definitions(string_attribute(index.partition_key)?)
+                .global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(index.name)
+                        .key_schema(key(index.partition_key, KeyType::Hash)?)
+                        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                        .build()
+                        .map_err(build)?,
+                );
+        }
+        match request.send().await {
+            Ok(_) => {}
+            // Someone else (another test, another process) created it first: fine.
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => return Ok(()),
+            Err(e) => return Err(sdk(e)),
+        }
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(def.ttl_attribute)
+                    .enabled(true)
+                    .build()
+                    .map_err(build)?,
+            )
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
+    fn subscription_put(&self, subscription: &Subscription) -> Result<PutBuilder, StoreError> {
+        let mut item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(subscription).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Absent optional attributes are left out, never written as NULL: some feed indexes.
+        item.retain(|_, value| !matches!(value, AttributeValue::Null(_)));
+        item.insert("pk".into(), s(subscription_pk(subscription.id)));
+        item.insert("sk".into(), s(STATE));
+        if let Some(id) = &subscription.stripe_subscription {
+            item.insert(
+                TABLE_DEFINITION.indexes[0].partition_key.into(),
+                s(stripe_subscription_key(id)),
+            );
+        }
+        if let Some(id) = &subscription.stripe_customer {
+            item.insert(
+                TABLE_DEFINITION.indexes[1].partition_key.into(),
+                s(stripe_customer_key(id)),
+            );
+        }
+        Ok(Put::builder().table_name(&self.table).set_item(Some(item)))
+    }
+
+    fn audit_put(&self, audit: &AuditEntry) -> Result<Put, StoreError> {
+        let json = serde_json::to_string(audit).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(subscription_pk(audit.subscription_id)))
+            .item("sk", s(audit_sk(audit.version)))
+            .item("audit", s(json))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build)
+    }
+
+    /// Writes a subscription and its audit record in one transaction, the subscription's
+    /// write guarded by `condition`. `Ok(false)` when a condition failed.
+    async fn write_with_audit(&self, subscription: Put, audit: &AuditEntry) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(subscription).build())
+            .transact_items(TransactWriteItem::builder().put(self.audit_put(audit)?).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn get_item(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(subscription_pk(id)))
+            .key("sk", s(STATE))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        output.item.map(decode).transpose()
+    }
+
+    async fn find_by_index(&self, index: usize, key: String) -> Result<Subscription, StoreError> {
+        let definition = TABLE_DEFINITION.indexes[index];
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(definition.name)
+            .key_condition_expression("#k = :k")
+            .expression_attribute_names("#k", definition.partition_key)
+            .expression_attribute_values(":k", s(key))
+            .limit(1)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let item = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or(StoreError::NotFound)?;
+        decode(item)
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError> {
+        let put = self
+            .subscription_put(subscription)?
+            .condition_expression("attribute_not_exists(pk)");
+        if self.write_with_audit(put.build().map_err(build)?, audit).await? {
+            return Ok(());
+        }
+        // The transaction was cancelled: by the item existing, or by a concurrent transaction
+        // on it. Only a stored item makes it "already exists"; anything else is retryable.
+        match self.get_item(subscription.id).await? {
+            Some(_) => Err(StoreError::AlreadyExists),
+            None => Err(StoreError::Unavailable(
+                "create was cancelled by a concurrent transaction".into(),
+            )),
+        }
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Subscription, StoreError> {
+        self.get_item(id).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn update_subscription(
+        &self,
+        next: &Subscription,
+        expected_version: u64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        check_next_version(next, expected_version, audit)?;
+        let put = self
+            .subscription_put(next)?
+            .condition_expression("attribute_exists(pk) AND version = :expected")
+            .expression_attribute_values(":expected", AttributeValue::N(expected_version.to_string()));
+        if self.write_with_audit(put.build().map_err(build)?, audit).await? {
+            return Ok(());
+        }
+        match self.get_item(next.id).await? {
+            None => Err(StoreError::NotFound),
+            Some(_) => Err(StoreError::VersionConflict),
+        }
+    }
+
+    async fn find_by_stripe_subscription(&self, stripe_subscription: &str) -> Result<Subscription, StoreError> {
+        self.find_by_index(0, stripe_subscription_key(stripe_subscription))
+            .await
+    }
+
+    async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError> {
+        self.find_by_index(1, stripe_customer_key(stripe_customer)).await
+    }
+
+    async fn record_once(&self, key: &str, expires_at: DateTime<Utc>) -> Result<Recorded, StoreError> {
+        // TTL deletion runs late (up to days), so an expired record still present counts as
+        // absent: the condition compares its expiry with now.
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("ONCE#{key}")))
+            .item("sk", s(ONCE))
+            .item(
+                TABLE_DEFINITION.ttl_attribute,
+                AttributeValue::N(expires_at.timestamp().to_string()),
+            )
+            .condition_expression("attribute_not_exists(pk) OR #expires <= :now")
+            .expression_attribute_names("#expires", TABLE_DEFINITION.ttl_attribute)
+            .expression_attribute_values(":now", AttributeValue::N(Utc::now().timestamp().to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Recorded::First),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Recorded::Duplicate)
+            }
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :audit)")
+                .expression_attribute_values(":pk", s(subscription_pk(id)))
+                .expression_attribute_values(":audit", s("AUDIT#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in output.items.unwrap_or_default() {
+                let json = item
+                    .get("audit")
+                    .and_then(|v| v.as_s().ok())
+                    .ok_or_else(|| StoreError::Corrupt("audit item without its record".into()))?;
+                entries.push(serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(entries);
+            }
+        }
+    }
+}
+
+fn s(text: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(text.into())
+}
+
+fn decode(mut item: HashMap<String, AttributeValue>) -> Result<Subscription, StoreError> {
+    for key in ["pk", "sk", "gsi1pk", "gsi2pk"] {
+        item.remove(key);
+    }
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn sdk<E: std::fmt::Debug, R: std::fmt::Debug>(error: SdkError<E, R>) -> StoreError {
+    // The debug form names the service error; the display form of SdkError says only "service error".
+    StoreError::Unavailable(format!("{error:?}"))
+}
+
+fn build(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("could not build a DynamoDB request: {error}"))
+}

@@ -1,0 +1,263 @@
+//! `EmbeddedStore`: the store in one redb file, for the local server and fast tests.
+//!
+//! redb runs one write transaction at a time, so a conditional write is a read and a write in
+//! the same transaction: nothing can slip in between the check and the write. The indexes by
+//! Stripe id are tables of their own, maintained in the same transaction as the subscription.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use uuid::Uuid;
+
+use super::{AuditEntry, Recorded, Store, StoreError, check_next_version};
+use crate::subscription::Subscription;
+
+const SUBSCRIPTIONS: TableDefinition<&str, &str> = TableDefinition::new("subscriptions");
+const BY_STRIPE_SUBSCRIPTION: TableDefinition<&str, &str> = TableDefinition::new("by_stripe_subscription");
+const BY_STRIPE_CUSTOMER: TableDefinition<&str, &str> = TableDefinition::new("by_stripe_customer");
+const ONCE: TableDefinition<&str, i64> = TableDefinition::new("once");
+const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedStore {
+    /// Opens the store file at `path`, creating it (and its tables) when missing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let db = Database::create(path.as_ref()).map_err(unavailable)?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        {
+            txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+            txn.open_table(BY_STRIPE_SUBSCRIPTION).map_err(unavailable)?;
+            txn.open_table(BY_STRIPE_CUSTOMER).map_err(unavailable)?;
+            txn.open_table(ONCE).map_err(unavailable)?;
+            txn.open_table(AUDIT).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    /// Runs blocking redb work off the async executor.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    async fn find_by_index(
+        &self,
+        index: TableDefinition<'static, &'static str, &'static str>,
+        key: &str,
+    ) -> Result<Subscription, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let index = txn.open_table(index).map_err(unavailable)?;
+            let id = index
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound)?
+                .value()
+                .to_owned();
+            let table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+            let json = table
+                .get(id.as_str())
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound)?;
+            decode(json.value())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError> {
+        let subscription = subscription.clone();
+        let audit = audit.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let id = subscription.id.to_string();
+                let mut table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+                if table.get(id.as_str()).map_err(unavailable)?.is_some() {
+                    return Err(StoreError::AlreadyExists);
+                }
+                table
+                    .insert(id.as_str(), encode(&subscription)?.as_str())
+                    .map_err(unavailable)?;
+                reindex(&txn, &id, None, &subscription)?;
+                append_audit(&txn, &audit)?;
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Subscription, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+            let json = table
+                .get(id.to_string().as_str())
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound)?;
+            decode(json.value())
+        })
+        .await
+    }
+
+    async fn update_subscription(
+        &self,
+        next: &Subscription,
+        expected_version: u64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        check_next_version(next, expected_version, audit)?;
+        let next = next.clone();
+        let audit = audit.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let id = next.id.to_string();
+                let mut table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+                let current = {
+                    let json = table
+                        .get(id.as_str())
+                        .map_err(unavailable)?
+                        .ok_or(StoreError::NotFound)?;
+                    decode(json.value())?
+                };
+                if current.version != expected_version {
+                    return Err(StoreError::VersionConflict);
+                }
+                table
+                    .insert(id.as_str(), encode(&next)?.as_str())
+                    .map_err(unavailable)?;
+                reindex(&txn, &id, Some(&current), &next)?;
+                append_audit(&txn, &audit)?;
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn find_by_stripe_subscription(&self, stripe_subscription: &str) -> Result<Subscription, StoreError> {
+        self.find_by_index(BY_STRIPE_SUBSCRIPTION, stripe_subscription).await
+    }
+
+    async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError> {
+        self.find_by_index(BY_STRIPE_CUSTOMER, stripe_customer).await
+    }
+
+    async fn record_once(&self, key: &str, expires_at: DateTime<Utc>) -> Result<Recorded, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let now = Utc::now().timestamp();
+            let txn = db.begin_write().map_err(unavailable)?;
+            let recorded = {
+                let mut table = txn.open_table(ONCE).map_err(unavailable)?;
+                let live = table
+                    .get(key.as_str())
+                    .map_err(unavailable)?
+                    .is_some_and(|expiry| expiry.value() > now);
+                if live {
+                    Recorded::Duplicate
+                } else {
+                    table
+                        .insert(key.as_str(), expires_at.timestamp())
+                        .map_err(unavailable)?;
+                    Recorded::First
+                }
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(recorded)
+        })
+        .await
+    }
+
+    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(AUDIT).map_err(unavailable)?;
+            let id = id.to_string();
+            table
+                .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+                .map_err(unavailable)?
+                .map(|entry| {
+                    let (_, json) = entry.map_err(unavailable)?;
+                    serde_json::from_str(json.value()).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Points the Stripe-id indexes at `next`, dropping entries `previous` had that it lost.
+fn reindex(
+    txn: &redb::WriteTransaction,
+    id: &str,
+    previous: Option<&Subscription>,
+    next: &Subscription,
+) -> Result<(), StoreError> {
+    let pairs = [
+        (
+            BY_STRIPE_SUBSCRIPTION,
+            previous.and_then(|p| p.stripe_subscription.as_deref()),
+            next.stripe_subscription.as_deref(),
+        ),
+        (
+            BY_STRIPE_CUSTOMER,
+            previous.and_then(|p| p.stripe_customer.as_deref()),
+            next.stripe_customer.as_deref(),
+        ),
+    ];
+    for (definition, old, new) in pairs {
+        if old == new {
+            continue;
+        }
+        let mut index = txn.open_table(definition).map_err(unavailable)?;
+        if let Some(old) = old {
+            let points_here = index.get(old).map_err(unavailable)?.is_some_and(|v| v.value() == id);
+            if points_here {
+                index.remove(old).map_err(unavailable)?;
+            }
+        }
+        if let Some(new) = new {
+            index.insert(new, id).map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+fn append_audit(txn: &redb::WriteTransaction, audit: &AuditEntry) -> Result<(), StoreError> {
+    let mut table = txn.open_table(AUDIT).map_err(unavailable)?;
+    let json = serde_json::to_string(audit).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let id = audit.subscription_id.to_string();
+    table
+        .insert((id.as_str(), audit.version), json.as_str())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn encode(subscription: &Subscription) -> Result<String, StoreError> {
+    serde_json::to_string(subscription).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode(json: &str) -> Result<Subscription, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}

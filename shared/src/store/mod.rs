@@ -1,0 +1,141 @@
+//! The `Store` port: the persistence operations the billing domain needs, and its adapters.
+//!
+//! The port speaks in domain terms (create a subscription if absent, update it from an expected
+//! version, find it by a Stripe id, record an id once), not in keys and items, so that each
+//! adapter can use its backend's own means to keep the same promises:
+//!
+//! - every mutation is conditional: a create never overwrites, an update only applies to the
+//!   version the caller read, so concurrent writers never lose one another's changes;
+//! - a mutation and its audit record are written together or not at all;
+//! - expiring records count as absent once expired, even where the backend deletes them late.
+//!
+//! Adapters: [`DynamoStore`] (AWS, and moto in tests) and [`EmbeddedStore`] (one redb file, for
+//! the local server and fast tests). Both pass the same conformance suite
+//! (`shared/tests/store_conformance.rs`).
+//!
+//! # Access patterns (DynamoDB, one table, generic keys `pk`/`sk`)
+//!
+//! | access pattern | key |
+//! |---|---|
+//! | subscription by id | `pk = SUBSCRIPTION#<uuid>`, `sk = STATE` |
+//! | audit trail of a subscription, oldest first | `pk = SUBSCRIPTION#<uuid>`, `sk` begins with `AUDIT#` (`AUDIT#<version, 20 digits>`) |
+//! | subscription by Stripe subscription id | GSI `by_stripe_subscription`: `gsi1pk = STRIPE_SUBSCRIPTION#<sub_...>` |
+//! | subscription by Stripe customer id | GSI `by_stripe_customer`: `gsi2pk = STRIPE_CUSTOMER#<cus_...>` |
+//! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds) |
+//!
+//! Index key attributes are written only when the subscription has the Stripe id (sparse
+//! indexes), never as NULL.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::subscription::Subscription;
+
+mod dynamo;
+mod embedded;
+
+pub use dynamo::{DynamoStore, TABLE_DEFINITION, TableDefinition};
+pub use embedded::EmbeddedStore;
+
+/// Why a store operation did not happen. Nothing was written in any of these cases.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such item")]
+    NotFound,
+    #[error("the item already exists")]
+    AlreadyExists,
+    /// The stored version is not the one the caller expected: someone else wrote first.
+    #[error("the item was changed by someone else")]
+    VersionConflict,
+    /// The backend could not be reached or refused for reasons of its own; safe to retry.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// What the backend holds cannot be read as the domain's types.
+    #[error("the store holds an unreadable item: {0}")]
+    Corrupt(String),
+}
+
+/// Who changed a subscription, and how, kept with every version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub subscription_id: Uuid,
+    /// The version this change produced.
+    pub version: u64,
+    pub at: DateTime<Utc>,
+    /// `user:<uuid>`, `admin:<uuid>`, or `system:<what>` (signup, Stripe webhook).
+    pub actor: String,
+    /// `create`, `patch`, `stripe_event`, ...
+    pub action: String,
+    /// The fields the change set, as JSON.
+    pub changes: serde_json::Value,
+}
+
+impl AuditEntry {
+    /// The audit record of `subscription` having just been written at its current version.
+    pub fn of(
+        subscription: &Subscription,
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        changes: serde_json::Value,
+    ) -> Self {
+        AuditEntry {
+            subscription_id: subscription.id,
+            version: subscription.version,
+            at: subscription.updated_at,
+            actor: actor.into(),
+            action: action.into(),
+            changes,
+        }
+    }
+}
+
+/// Whether [`Store::record_once`] recorded the id now or had it already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    First,
+    Duplicate,
+}
+
+/// The persistence the billing domain needs.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a new subscription (at version 1) and its audit record, unless one with the same
+    /// id exists: then [`StoreError::AlreadyExists`] and nothing is written.
+    async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError>;
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Subscription, StoreError>;
+
+    /// Replaces the subscription with `next` (whose version must be `expected_version + 1`)
+    /// only if the stored one is at `expected_version`; otherwise
+    /// [`StoreError::VersionConflict`] (or [`StoreError::NotFound`]) and nothing is written.
+    async fn update_subscription(
+        &self,
+        next: &Subscription,
+        expected_version: u64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+
+    async fn find_by_stripe_subscription(&self, stripe_subscription: &str) -> Result<Subscription, StoreError>;
+
+    async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError>;
+
+    /// Records `key` until `expires_at`. The first call (or the first after expiry) gets
+    /// [`Recorded::First`]; any other while the record lives gets [`Recorded::Duplicate`].
+    async fn record_once(&self, key: &str, expires_at: DateTime<Utc>) -> Result<Recorded, StoreError>;
+
+    /// Every audit record of a subscription, oldest first.
+    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Refuses an update whose versions do not line up before it reaches a backend.
+fn check_next_version(next: &Subscription, expected_version: u64, audit: &AuditEntry) -> Result<(), StoreError> {
+    if next.version != expected_version + 1 || audit.version != next.version || audit.subscription_id != next.id {
+        return Err(StoreError::Corrupt(format!(
+            "update of {} to version {} from expected version {expected_version} (audit version {})",
+            next.id, next.version, audit.version
+        )));
+    }
+    Ok(())
+}

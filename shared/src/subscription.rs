@@ -1,0 +1,603 @@
+//! Subscriptions: the resource, the plans it can be on, and the change a client asks for.
+//!
+//! This module owns the billing rules that do not depend on any service: which properties a
+//! user may change and which only an administrator (or the system) may, which plans a caller may
+//! choose, what a valid change looks like, and what the subscription becomes once a change is
+//! applied. Everything here is pure: time comes in as an argument.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::errors::{FieldError, Slug, ValidationErrors};
+use crate::ids::parse_canonical_uuid;
+
+/// Where a subscription stands, in Stripe's vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Trialing,
+    Active,
+    PastDue,
+    Paused,
+    Canceled,
+    Incomplete,
+    Unpaid,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Trialing,
+        Status::Active,
+        Status::PastDue,
+        Status::Paused,
+        Status::Canceled,
+        Status::Incomplete,
+        Status::Unpaid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Trialing => "trialing",
+            Status::Active => "active",
+            Status::PastDue => "past_due",
+            Status::Paused => "paused",
+            Status::Canceled => "canceled",
+            Status::Incomplete => "incomplete",
+            Status::Unpaid => "unpaid",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// One user's (or one remote realm's) subscription, as stored and as returned by the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// Equals `user_id`: one subscription per user.
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub email: String,
+    pub plan: String,
+    pub status: Status,
+    pub trial_start: Option<DateTime<Utc>>,
+    pub trial_end: Option<DateTime<Utc>>,
+    pub cancel_at_period_end: bool,
+    pub current_period_end: Option<DateTime<Utc>>,
+    pub stripe_customer: Option<String>,
+    pub stripe_subscription: Option<String>,
+    pub has_payment_source: bool,
+    pub licenses: Option<u32>,
+    pub discount_percent: Option<u32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Starts at 1 and grows by one with every stored change; the ETag of the resource.
+    pub version: u64,
+}
+
+/// A plan a subscription can be on and what it costs in Stripe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub id: String,
+    /// The Stripe price (`price_...`) a subscription on this plan is billed at.
+    pub stripe_price: String,
+    /// Only `subscriptions_admin` (or the system) may put a subscription on it.
+    pub admin_only: bool,
+    pub trial_days: Option<u32>,
+}
+
+impl Plan {
+    pub fn trial_end_from(&self, start: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.trial_days.map(|days| start + Duration::days(i64::from(days)))
+    }
+}
+
+/// The plans of the product, as API.md lists them: (id, admin only, trial days).
+pub const STANDARD_PLANS: [(&str, bool, Option<u32>); 6] = [
+    (PlanCatalog::PENDING, true, Some(31)),
+    ("free", true, None),
+    ("basic_monthly", false, None),
+    ("basic_annual", false, None),
+    ("business_monthly", false, None),
+    ("business_annual", false, None),
+];
+
+/// The plans on offer. Price ids come from configuration, never from code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanCatalog {
+    plans: Vec<Plan>,
+}
+
+impl PlanCatalog {
+    /// Where every system-created subscription starts: signed up, no plan chosen yet.
+    pub const PENDING: &'static str = "pending";
+
+    pub fn new(plans: Vec<Plan>) -> Self {
+        PlanCatalog { plans }
+    }
+
+    /// The standard plans, each priced by `price_of(plan id)`; `None` for a plan without a
+    /// price is an error naming the plan, returned by the caller's configuration layer.
+    pub fn standard<E>(mut price_of: impl FnMut(&str) -> Result<String, E>) -> Result<Self, E> {
+        let plans = STANDARD_PLANS
+            .iter()
+            .map(|&(id, admin_only, trial_days)| {
+                Ok(Plan {
+                    id: id.to_owned(),
+                    stripe_price: price_of(id)?,
+                    admin_only,
+                    trial_days,
+                })
+            })
+            .collect::<Result<_, E>>()?;
+        Ok(PlanCatalog { plans })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.id == id)
+    }
+
+    pub fn by_stripe_price(&self, price: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.stripe_price == price)
+    }
+
+    pub fn plans(&self) -> &[Plan] {
+        &self.plans
+    }
+
+    fn ids(&self) -> String {
+        self.plans.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// How much say the caller has over a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// The subscriber: user-controlled properties and non-admin plans only.
+    Owner,
+    /// `subscriptions_admin`, or the system itself (signup, webhooks): everything.
+    Admin,
+}
+
+/// What a client asks to change (the body of POST and PATCH). Absent means "leave alone".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionChange {
+    // User-controlled.
+    pub plan: Option<String>,
+    /// A Stripe PaymentMethod id to attach and make the default.
+    pub stripe_source: Option<String>,
+    pub email: Option<String>,
+    pub cancel_at_period_end: Option<bool>,
+    // System-controlled.
+    pub user_id: Option<Uuid>,
+    pub stripe_customer: Option<String>,
+    pub stripe_subscription: Option<String>,
+    pub status: Option<Status>,
+    pub trial_end: Option<DateTime<Utc>>,
+    pub licenses: Option<u32>,
+    pub discount_percent: Option<u32>,
+}
+
+/// The JSON pointers of the properties only an administrator or the system may set.
+pub const SYSTEM_CONTROLLED: [&str; 7] = [
+    "/user_id",
+    "/stripe_customer",
+    "/stripe_subscription",
+    "/status",
+    "/trial_end",
+    "/licenses",
+    "/discount_percent",
+];
+
+const NOT_NULL: &str = "must not be null; leave the field out to keep its value";
+
+impl SubscriptionChange {
+    /// Reads a request body. Every malformed or unknown field is reported, not just the first.
+    pub fn from_json(body: &[u8]) -> Result<Self, ValidationErrors> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| FieldError::general(Slug::InvalidFormat, format!("the body is not valid JSON: {e}")))?;
+        let Value::Object(fields) = value else {
+            return Err(FieldError::general(Slug::InvalidFormat, "the body must be a JSON object").into());
+        };
+        let mut change = SubscriptionChange::default();
+        let mut errors = Vec::new();
+        for (name, value) in &fields {
+            let pointer = format!("/{}", escape_pointer(name));
+            if value.is_null() && KNOWN_FIELDS.contains(&name.as_str()) {
+                errors.push(FieldError::field(Slug::InvalidFormat, pointer, NOT_NULL));
+                continue;
+            }
+            let outcome = match name.as_str() {
+                "plan" => string(value).map(|v| change.plan = Some(v)),
+                "stripe_source" => string(value).map(|v| change.stripe_source = Some(v)),
+                "email" => string(value).map(|v| change.email = Some(v)),
+                "cancel_at_period_end" => boolean(value).map(|v| change.cancel_at_period_end = Some(v)),
+                "user_id" => uuid(value).map(|v| change.user_id = Some(v)),
+                "stripe_customer" => string(value).map(|v| change.stripe_customer = Some(v)),
+                "stripe_subscription" => string(value).map(|v| change.stripe_subscription = Some(v)),
+                "status" => status(value).map(|v| change.status = Some(v)),
+                "trial_end" => timestamp(value).map(|v| change.trial_end = Some(v)),
+                "licenses" => count(value).map(|v| change.licenses = Some(v)),
+                "discount_percent" => count(value).map(|v| change.discount_percent = Some(v)),
+                _ => Err((
+                    Slug::InvalidFormat,
+                    format!("unknown field; known fields are {}", KNOWN_FIELDS.join(", ")),
+                )),
+            };
+            if let Err((slug, message)) = outcome {
+                errors.push(FieldError::field(slug, pointer, message));
+            }
+        }
+        if errors.is_empty() {
+            Ok(change)
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+
+    /// True when the change asks for nothing at all.
+    pub fn is_empty(&self) -> bool {
+        *self == SubscriptionChange::default()
+    }
+
+    /// The JSON pointers of the system-controlled properties this change touches.
+    pub fn changing_system_properties(&self) -> Vec<&'static str> {
+        let touched = [
+            self.user_id.is_some(),
+            self.stripe_customer.is_some(),
+            self.stripe_subscription.is_some(),
+            self.status.is_some(),
+            self.trial_end.is_some(),
+            self.licenses.is_some(),
+            self.discount_percent.is_some(),
+        ];
+        SYSTEM_CONTROLLED
+            .iter()
+            .zip(touched)
+            .filter_map(|(pointer, touched)| touched.then_some(*pointer))
+            .collect()
+    }
+
+    /// Checks a create request (admin or system only). `user_id` and `email` are required;
+    /// `plan` defaults to `pending`.
+    pub fn validate_create(&self, catalog: &PlanCatalog, now: DateTime<Utc>) -> Result<(), ValidationErrors> {
+        let mut errors = Vec::new();
+        if self.user_id.is_none() {
+            errors.push(FieldError::field(Slug::Missing, "/user_id", "user_id is required"));
+        }
+        if self.email.is_none() {
+            errors.push(FieldError::field(Slug::Missing, "/email", "email is required"));
+        }
+        self.check_values(Authority::Admin, catalog, now, &mut errors);
+        finish(errors)
+    }
+
+    /// Checks a change to an existing subscription made with `authority`.
+    pub fn validate_patch(
+        &self,
+        authority: Authority,
+        catalog: &PlanCatalog,
+        now: DateTime<Utc>,
+    ) -> Result<(), ValidationErrors> {
+        if self.is_empty() {
+            return Err(FieldError::general(Slug::Missing, "the change is empty: send at least one field").into());
+        }
+        let mut errors = Vec::new();
+        match authority {
+            Authority::Owner => {
+                for pointer in self.changing_system_properties() {
+                    errors.push(FieldError::field(
+                        Slug::AccessDenied,
+                        pointer,
+                        "only an administrator may change this property",
+                    ));
+                }
+            }
+            Authority::Admin => {
+                if self.user_id.is_some() {
+                    errors.push(FieldError::field(
+                        Slug::InvalidValue,
+                        "/user_id",
+                        "user_id is fixed when the subscription is created",
+                    ));
+                }
+            }
+        }
+        self.check_values(authority, catalog, now, &mut errors);
+        finish(errors)
+    }
+
+    fn check_values(
+        &self,
+        authority: Authority,
+        catalog: &PlanCatalog,
+        now: DateTime<Utc>,
+        errors: &mut Vec<FieldError>,
+    ) {
+        if let Some(id) = &self.plan {
+            match catalog.get(id) {
+                None => errors.push(FieldError::field(
+                    Slug::InvalidValue,
+                    "/plan",
+                    format!("unknown plan {id:?}; plans are {}", catalog.ids()),
+                )),
+                Some(plan) if plan.admin_only && authority == Authority::Owner => errors.push(FieldError::field(
+                    Slug::AccessDenied,
+                    "/plan",
+                    format!("only an administrator may put a subscription on the {id:?} plan"),
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(email) = &self.email
+            && !is_plausible_email(email)
+        {
+            errors.push(FieldError::field(Slug::InvalidValue, "/email", "not an email address"));
+        }
+        let prefixed = [
+            (
+                "/stripe_source",
+                &self.stripe_source,
+                "pm_",
+                "a Stripe PaymentMethod id",
+            ),
+            (
+                "/stripe_customer",
+                &self.stripe_customer,
+                "cus_",
+                "a Stripe customer id",
+            ),
+            (
+                "/stripe_subscription",
+                &self.stripe_subscription,
+                "sub_",
+                "a Stripe subscription id",
+            ),
+        ];
+        for (pointer, value, prefix, what) in prefixed {
+            if let Some(value) = value
+                && !is_stripe_id(value, prefix)
+            {
+                errors.push(FieldError::field(
+                    Slug::InvalidValue,
+                    pointer,
+                    format!("must be {what} ({prefix}...)"),
+                ));
+            }
+        }
+        if let Some(trial_end) = self.trial_end
+            && trial_end <= now
+        {
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                "/trial_end",
+                "the trial end is in the past",
+            ));
+        }
+        if let Some(percent) = self.discount_percent
+            && percent > 100
+        {
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                "/discount_percent",
+                "must be between 0 and 100",
+            ));
+        }
+    }
+
+    /// The subscription a validated create request describes, before Stripe has seen it.
+    /// The trial runs from `trial_start` (signup time) for the plan's trial length unless the
+    /// request names its own `trial_end`.
+    pub fn new_subscription(
+        &self,
+        plan: &Plan,
+        trial_start: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<Subscription> {
+        let user_id = self.user_id?;
+        let email = self.email.clone()?;
+        let now = now.trunc_subsecs(0);
+        let trial_start = trial_start.trunc_subsecs(0);
+        let trial_end = self.trial_end.or_else(|| plan.trial_end_from(trial_start));
+        let status = self.status.unwrap_or(if trial_end.is_some() {
+            Status::Trialing
+        } else {
+            Status::Active
+        });
+        Some(Subscription {
+            id: user_id,
+            user_id,
+            email,
+            plan: plan.id.clone(),
+            status,
+            trial_start: trial_end.map(|_| trial_start),
+            trial_end,
+            cancel_at_period_end: self.cancel_at_period_end.unwrap_or(false),
+            current_period_end: None,
+            stripe_customer: self.stripe_customer.clone(),
+            stripe_subscription: self.stripe_subscription.clone(),
+            has_payment_source: self.stripe_source.is_some(),
+            licenses: self.licenses,
+            discount_percent: self.discount_percent,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        })
+    }
+
+    /// What `current` becomes with this change, or `None` when the change changes nothing
+    /// (so nothing needs to be written). The result carries the next version.
+    pub fn apply(&self, current: &Subscription, now: DateTime<Utc>) -> Option<Subscription> {
+        let mut next = current.clone();
+        if let Some(plan) = &self.plan {
+            next.plan.clone_from(plan);
+        }
+        if let Some(email) = &self.email {
+            next.email.clone_from(email);
+        }
+        if let Some(flag) = self.cancel_at_period_end {
+            next.cancel_at_period_end = flag;
+        }
+        if self.stripe_source.is_some() {
+            next.has_payment_source = true;
+        }
+        if let Some(customer) = &self.stripe_customer {
+            next.stripe_customer = Some(customer.clone());
+        }
+        if let Some(subscription) = &self.stripe_subscription {
+            next.stripe_subscription = Some(subscription.clone());
+        }
+        if let Some(status) = self.status {
+            next.status = status;
+        }
+        if let Some(trial_end) = self.trial_end {
+            next.trial_end = Some(trial_end.trunc_subsecs(0));
+        }
+        if let Some(licenses) = self.licenses {
+            next.licenses = Some(licenses);
+        }
+        if let Some(percent) = self.discount_percent {
+            next.discount_percent = Some(percent);
+        }
+        if next == *current {
+            return None;
+        }
+        next.updated_at = now.trunc_subsecs(0).max(current.updated_at);
+        next.version = current.version + 1;
+        Some(next)
+    }
+
+    /// The fields this change sets, as JSON, for the audit trail. The payment method id is
+    /// kept out: the audit trail records that one was attached, not which.
+    pub fn audit_summary(&self) -> Value {
+        let mut fields = BTreeMap::new();
+        let mut put = |name: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                fields.insert(name.to_owned(), value);
+            }
+        };
+        put("plan", self.plan.clone().map(Value::from));
+        put(
+            "stripe_source",
+            self.stripe_source.as_ref().map(|_| Value::from("attached")),
+        );
+        put("email", self.email.clone().map(Value::from));
+        put("cancel_at_period_end", self.cancel_at_period_end.map(Value::from));
+        put("user_id", self.user_id.map(|v| Value::from(v.to_string())));
+        put("stripe_customer", self.stripe_customer.clone().map(Value::from));
+        put("stripe_subscription", self.stripe_subscription.clone().map(Value::from));
+        put("status", self.status.map(|s| Value::from(s.as_str())));
+        put("trial_end", self.trial_end.map(|t| Value::from(t.to_rfc3339())));
+        put("licenses", self.licenses.map(Value::from));
+        put("discount_percent", self.discount_percent.map(Value::from));
+        Value::Object(fields.into_iter().collect())
+    }
+}
+
+const KNOWN_FIELDS: [&str; 11] = [
+    "plan",
+    "stripe_source",
+    "email",
+    "cancel_at_period_end",
+    "user_id",
+    "stripe_customer",
+    "stripe_subscription",
+    "status",
+    "trial_end",
+    "licenses",
+    "discount_percent",
+];
+
+type FieldOutcome<T> = Result<T, (Slug, String)>;
+
+fn string(value: &Value) -> FieldOutcome<String> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or((Slug::InvalidFormat, "must be a string".to_owned()))
+}
+
+fn boolean(value: &Value) -> FieldOutcome<bool> {
+    value
+        .as_bool()
+        .ok_or((Slug::InvalidFormat, "must be true or false".to_owned()))
+}
+
+fn uuid(value: &Value) -> FieldOutcome<Uuid> {
+    value
+        .as_str()
+        .and_then(parse_canonical_uuid)
+        .ok_or((Slug::InvalidFormat, "must be a lowercase hyphenated UUID".to_owned()))
+}
+
+fn status(value: &Value) -> FieldOutcome<Status> {
+    let text = string(value)?;
+    Status::parse(&text).ok_or_else(|| {
+        let known: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        (
+            Slug::InvalidValue,
+            format!("unknown status {text:?}; statuses are {}", known.join(", ")),
+        )
+    })
+}
+
+fn timestamp(value: &Value) -> FieldOutcome<DateTime<Utc>> {
+    value
+        .as_str()
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or((Slug::InvalidFormat, "must be an RFC 3339 timestamp".to_owned()))
+}
+
+fn count(value: &Value) -> FieldOutcome<u32> {
+    if !value.is_number() {
+        return Err((Slug::InvalidFormat, "must be a whole number".to_owned()));
+    }
+    value.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or((
+        Slug::InvalidValue,
+        "must be a whole number from 0 to 4294967295".to_owned(),
+    ))
+}
+
+fn finish(errors: Vec<FieldError>) -> Result<(), ValidationErrors> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+/// RFC 6901: `~` and `/` in a member name are escaped in a pointer.
+fn escape_pointer(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
+/// Deliberately loose: one `@` with something on each side, no whitespace, a dot in the
+/// domain. Deliverability is the mail server's to judge.
+fn is_plausible_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn is_stripe_id(value: &str, prefix: &str) -> bool {
+    value.len() > prefix.len()
+        && value.len() <= 255
+        && value.starts_with(prefix)
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,365 @@
+//! The store conformance suite: the promises of the `Store` port, checked against every
+//! adapter. The embedded half runs anywhere; the DynamoDB half runs against the moto server
+//! that `make test` starts (`AWS_ENDPOINT_URL`), each test on a table of its own.
+
+use std::sync::Arc;
+
+use billing::store::{AuditEntry, EmbeddedStore, Recorded, Store, StoreError};
+use billing::subscription::{PlanCatalog, Subscription, SubscriptionChange};
+use chrono::{Duration, SubsecRound, Utc};
+use uuid::Uuid;
+
+mod support;
+
+fn catalog() -> PlanCatalog {
+    PlanCatalog::standard(|id| Ok::<_, ()>(format!("price_{id}"))).unwrap()
+}
+
+fn change(json: &str) -> SubscriptionChange {
+    SubscriptionChange::from_json(json.as_bytes()).unwrap()
+}
+
+/// A fresh trialing subscription for a new user, optionally with Stripe ids.
+fn new_subscription(stripe: Option<(&str, &str)>) -> Subscription {
+    let user = Uuid::new_v4();
+    let mut body = format!(r#"{{"user_id": "{user}", "email": "user-{user}@example.com""#);
+    if let Some((customer, subscription)) = stripe {
+        body.push_str(&format!(
+            r#", "stripe_customer": "{customer}", "stripe_subscription": "{subscription}""#
+        ));
+    }
+    body.push('}');
+    let now = Utc::now();
+    change(&body)
+        .new_subscription(catalog().get("pending").unwrap(), now, now)
+        .unwrap()
+}
+
+fn created(subscription: &Subscription) -> AuditEntry {
+    AuditEntry::of(subscription, "system:test", "create", serde_json::json!({}))
+}
+
+fn updated(next: &Subscription, what: &SubscriptionChange) -> AuditEntry {
+    AuditEntry::of(next, "system:test", "patch", what.audit_summary())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", Uuid::new_v4().simple())
+}
+
+async fn create_then_get_returns_what_was_stored(store: Arc<impl Store>) {
+    // Given a subscription with every optional attribute absent
+    let subscription = new_subscription(None);
+    // When it is created and read back
+    store
+        .create_subscription(&subscription, &created(&subscription))
+        .await
+        .unwrap();
+    // Then it is exactly what was stored
+    assert_eq!(store.get_subscription(subscription.id).await.unwrap(), subscription);
+
+    // And so is one with every attribute present
+    let mut full = new_subscription(Some((&unique("cus_"), &unique("sub_"))));
+    full.licenses = Some(7);
+    full.discount_percent = Some(20);
+    full.current_period_end = Some(Utc::now().trunc_subsecs(0) + Duration::days(30));
+    full.has_payment_source = true;
+    store.create_subscription(&full, &created(&full)).await.unwrap();
+    assert_eq!(store.get_subscription(full.id).await.unwrap(), full);
+}
+
+async fn create_twice_is_already_exists_and_keeps_the_first(store: Arc<impl Store>) {
+    // Given a stored subscription
+    let first = new_subscription(None);
+    store.create_subscription(&first, &created(&first)).await.unwrap();
+    // When another create for the same id arrives
+    let mut second = first.clone();
+    second.email = "someone-else@example.com".into();
+    let outcome = store.create_subscription(&second, &created(&second)).await;
+    // Then it is refused and the first is untouched
+    assert_eq!(outcome, Err(StoreError::AlreadyExists));
+    assert_eq!(store.get_subscription(first.id).await.unwrap(), first);
+    assert_eq!(store.audit_trail(first.id).await.unwrap().len(), 1);
+}
+
+async fn concurrent_creates_for_one_id_store_exactly_one(store: Arc<impl Store + 'static>) {
+    let subscription = new_subscription(None);
+    let attempts: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let mut candidate = subscription.clone();
+            candidate.email = format!("attempt-{i}@example.com");
+            tokio::spawn(async move { store.create_subscription(&candidate, &created(&candidate)).await })
+        })
+        .collect();
+    let mut created_count = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(()) => created_count += 1,
+            Err(StoreError::AlreadyExists) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created_count, 1);
+    assert_eq!(store.get_subscription(subscription.id).await.unwrap().version, 1);
+}
+
+async fn concurrent_updates_from_one_version_let_exactly_one_win(store: Arc<impl Store + 'static>) {
+    // Given a stored subscription at version 1
+    let subscription = new_subscription(None);
+    store
+        .create_subscription(&subscription, &created(&subscription))
+        .await
+        .unwrap();
+    // When eight writers, each having read version 1, write different changes at once
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let current = subscription.clone();
+            tokio::spawn(async move {
+                let what = change(&format!(r#"{{"licenses": {i}}}"#));
+                let next = what.apply(&current, Utc::now()).unwrap_or_else(|| {
+                    // licenses 0 still differs from the stored null
+                    unreachable!()
+                });
+                store
+                    .update_subscription(&next, 1, &updated(&next, &what))
+                    .await
+                    .map(|()| next)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut conflicts = 0;
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok(next) => winners.push(next),
+            Err(StoreError::VersionConflict) => conflicts += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    // Then exactly one wins, the others are told of the conflict, and the winner's state is stored
+    assert_eq!((winners.len(), conflicts), (1, 7));
+    let stored = store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored, winners[0]);
+    assert_eq!(stored.version, 2);
+    assert_eq!(store.audit_trail(subscription.id).await.unwrap().len(), 2);
+}
+
+async fn update_from_a_stale_version_is_a_conflict_and_changes_nothing(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let first = change(r#"{"plan": "basic_monthly"}"#);
+    let v2 = first.apply(&v1, Utc::now()).unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2, &first)).await.unwrap();
+
+    // A writer still holding version 1
+    let late = change(r#"{"email": "late@example.com"}"#);
+    let stale = late.apply(&v1, Utc::now()).unwrap();
+    let outcome = store.update_subscription(&stale, 1, &updated(&stale, &late)).await;
+
+    assert_eq!(outcome, Err(StoreError::VersionConflict));
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+    let trail = store.audit_trail(v1.id).await.unwrap();
+    assert_eq!(trail.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+async fn unknown_ids_are_not_found(store: Arc<impl Store>) {
+    let ghost = new_subscription(None);
+    assert_eq!(store.get_subscription(ghost.id).await, Err(StoreError::NotFound));
+    let what = change(r#"{"plan": "basic_monthly"}"#);
+    let next = what.apply(&ghost, Utc::now()).unwrap();
+    assert_eq!(
+        store.update_subscription(&next, 1, &updated(&next, &what)).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        store.find_by_stripe_subscription(&unique("sub_")).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        store.find_by_stripe_customer(&unique("cus_")).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(store.audit_trail(ghost.id).await.unwrap(), vec![]);
+}
+
+async fn lookups_by_stripe_ids_follow_changes(store: Arc<impl Store>) {
+    // Given two subscriptions with Stripe ids and one without
+    let (customer, stripe_subscription) = (unique("cus_"), unique("sub_"));
+    let ada = new_subscription(Some((&customer, &stripe_subscription)));
+    let bob = new_subscription(Some((&unique("cus_"), &unique("sub_"))));
+    let eve = new_subscription(None);
+    for s in [&ada, &bob, &eve] {
+        store.create_subscription(s, &created(s)).await.unwrap();
+    }
+    // Then each Stripe id finds its own subscription
+    assert_eq!(store.find_by_stripe_customer(&customer).await.unwrap(), ada);
+    assert_eq!(
+        store.find_by_stripe_subscription(&stripe_subscription).await.unwrap(),
+        ada
+    );
+    assert_eq!(
+        store
+            .find_by_stripe_customer(bob.stripe_customer.as_deref().unwrap())
+            .await
+            .unwrap(),
+        bob
+    );
+
+    // When Ada's Stripe subscription is replaced
+    let replacement = unique("sub_");
+    let what = change(&format!(r#"{{"stripe_subscription": "{replacement}"}}"#));
+    let next = what.apply(&ada, Utc::now()).unwrap();
+    store
+        .update_subscription(&next, 1, &updated(&next, &what))
+        .await
+        .unwrap();
+    // Then the new id finds her at the new version and the old one finds nothing
+    assert_eq!(store.find_by_stripe_subscription(&replacement).await.unwrap(), next);
+    assert_eq!(
+        store.find_by_stripe_subscription(&stripe_subscription).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(store.find_by_stripe_customer(&customer).await.unwrap().version, 2);
+}
+
+async fn an_id_is_recorded_once_until_it_expires(store: Arc<impl Store>) {
+    let key = unique("evt_");
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert_eq!(store.record_once(&key, tomorrow).await.unwrap(), Recorded::First);
+    assert_eq!(store.record_once(&key, tomorrow).await.unwrap(), Recorded::Duplicate);
+    assert_eq!(
+        store.record_once(&unique("evt_"), tomorrow).await.unwrap(),
+        Recorded::First
+    );
+}
+
+async fn an_expired_record_counts_as_absent_even_before_the_backend_deletes_it(store: Arc<impl Store>) {
+    // Given a record that expired a minute ago (DynamoDB deletes expired items days late)
+    let key = unique("evt_");
+    let a_minute_ago = Utc::now() - Duration::minutes(1);
+    assert_eq!(store.record_once(&key, a_minute_ago).await.unwrap(), Recorded::First);
+    // When the same id comes again, it is new again
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert_eq!(store.record_once(&key, tomorrow).await.unwrap(), Recorded::First);
+    // And now lives until tomorrow
+    assert_eq!(store.record_once(&key, tomorrow).await.unwrap(), Recorded::Duplicate);
+}
+
+async fn audit_trail_lists_every_version_oldest_first(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let what = change(r#"{"plan": "business_annual", "stripe_source": "pm_card_visa"}"#);
+    let v2 = what.apply(&v1, Utc::now()).unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2, &what)).await.unwrap();
+    let trail = store.audit_trail(v1.id).await.unwrap();
+    assert_eq!(trail, vec![created(&v1), updated(&v2, &what)]);
+}
+
+macro_rules! conformance_suite {
+    ($store:expr) => {
+        conformance_suite!(@tests $store;
+            create_then_get_returns_what_was_stored,
+            create_twice_is_already_exists_and_keeps_the_first,
+            concurrent_creates_for_one_id_store_exactly_one,
+            concurrent_updates_from_one_version_let_exactly_one_win,
+            update_from_a_stale_version_is_a_conflict_and_changes_nothing,
+            unknown_ids_are_not_found,
+            lookups_by_stripe_ids_follow_changes,
+            an_id_is_recorded_once_until_it_expires,
+            an_expired_record_counts_as_absent_even_before_the_backend_deletes_it,
+            audit_trail_lists_every_version_oldest_first,
+        );
+    };
+    (@tests $store:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(std::sync::Arc::new($store)).await;
+            }
+        )*
+    };
+}
+
+mod embedded {
+    use super::*;
+
+    fn store() -> EmbeddedStore {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path().join("billing.redb")).unwrap();
+        // The file stays open through the handle; the directory is removed when the test ends.
+        std::mem::forget(dir);
+        store
+    }
+
+    conformance_suite!(store());
+}
+
+mod dynamodb {
+    use super::*;
+
+    conformance_suite!(support::dynamo_store().await);
+
+    /// Attributes that feed an index are left out, never written as NULL, and the index keys
+    /// appear only when the subscription has the Stripe id.
+    #[tokio::test]
+    async fn absent_optional_attributes_are_omitted_not_null() {
+        let store = support::dynamo_store().await;
+        let subscription = new_subscription(None);
+        store
+            .create_subscription(&subscription, &created(&subscription))
+            .await
+            .unwrap();
+        let item = store
+            .client()
+            .get_item()
+            .table_name(store.table())
+            .key(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBSCRIPTION#{}", subscription.id)),
+            )
+            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("STATE".into()))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap();
+        assert!(item.values().all(|v| !v.is_null()), "{item:?}");
+        for absent in ["gsi1pk", "gsi2pk", "stripe_customer", "trial_end_never", "licenses"] {
+            assert!(!item.contains_key(absent), "{absent} in {item:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_billing_table_has_the_declared_indexes_and_ttl() {
+        let store = support::dynamo_store().await;
+        let table = store
+            .client()
+            .describe_table()
+            .table_name(store.table())
+            .send()
+            .await
+            .unwrap()
+            .table
+            .unwrap();
+        let mut indexes: Vec<_> = table
+            .global_secondary_indexes()
+            .iter()
+            .filter_map(|i| i.index_name().map(str::to_owned))
+            .collect();
+        indexes.sort();
+        assert_eq!(indexes, vec!["by_stripe_customer", "by_stripe_subscription"]);
+        let ttl = store
+            .client()
+            .describe_time_to_live()
+            .table_name(store.table())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            ttl.time_to_live_description().and_then(|d| d.attribute_name()),
+            Some(billing::store::TABLE_DEFINITION.ttl_attribute)
+        );
+    }
+}
