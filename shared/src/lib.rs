@@ -11,4 +11,5 @@ pub mod errors;
 pub mod http;
 pub mod ids;
 pub mod store;
+pub mod stripe;
 pub mod subscription;

@@ -178,3 +178,19 @@ pub fn banner(options: &Options, server: &RunningServer) -> String {
          try:\n  curl -s {base}/_local/health\n"
     )
 }
+
+/// The prices the in-process Stripe sandbox offers: one per plan of the product, with the
+/// price ids of the local configuration and demo amounts.
+pub fn sandbox_prices() -> Vec<stripe_sandbox::PriceSpec> {
+    [
+        ("price_pending", 0, "month"),
+        ("price_free", 0, "month"),
+        ("price_basic_monthly", 800, "month"),
+        ("price_basic_annual", 8_000, "year"),
+        ("price_business_monthly", 2_000, "month"),
+        ("price_business_annual", 20_000, "year"),
+    ]
+    .into_iter()
+    .map(|(id, amount, interval)| stripe_sandbox::PriceSpec::recurring(id, amount, interval))
+    .collect()
+}

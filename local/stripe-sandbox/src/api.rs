@@ -1,0 +1,1067 @@
+//! The Stripe resources the sandbox keeps and the v1 endpoints over them: customers,
+//! subscriptions and their items, prices, payment methods (Stripe's test cards), and events.
+//!
+//! Every endpoint checks its parameters the way Stripe does (unknown parameter, missing
+//! required parameter, no such object) and refuses what the sandbox does not implement rather
+//! than silently ignoring it. Handlers are plain functions on [`State`]; the HTTP layer
+//! (`server.rs`) adds authentication, idempotency, injected failures and latency.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::objects::{self, NewSubscription, PriceSpec, TestCard};
+
+/// A refusal in Stripe's shape, and whether Stripe would keep it under an idempotency key
+/// (only answers from requests that started executing are kept; parameter errors are not).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub status: u16,
+    pub body: Value,
+    pub saved: bool,
+}
+
+fn error(status: u16, kind: &str, code: Option<&str>, param: Option<&str>, message: String, saved: bool) -> Failure {
+    let mut error = json!({ "type": kind, "message": message });
+    if let Some(code) = code {
+        error["code"] = Value::from(code);
+        error["doc_url"] = Value::from(format!(
+            "https://stripe.com/docs/error-codes/{}",
+            code.replace('_', "-")
+        ));
+    }
+    if let Some(param) = param {
+        error["param"] = Value::from(param);
+    }
+    Failure {
+        status,
+        body: json!({ "error": error }),
+        saved,
+    }
+}
+
+pub fn invalid(param: Option<&str>, message: impl Into<String>) -> Failure {
+    error(400, "invalid_request_error", None, param, message.into(), false)
+}
+
+fn not_implemented(what: &str) -> Failure {
+    invalid(None, format!("The Stripe sandbox does not implement {what}."))
+}
+
+fn no_such(kind: &str, id: &str, param: Option<&str>) -> Failure {
+    error(
+        404,
+        "invalid_request_error",
+        Some("resource_missing"),
+        param,
+        format!("No such {kind}: '{id}'"),
+        false,
+    )
+}
+
+fn card_declined(decline_code: &str) -> Failure {
+    let mut failure = error(
+        402,
+        "card_error",
+        Some("card_declined"),
+        None,
+        "Your card was declined.".to_owned(),
+        true,
+    );
+    failure.body["error"]["decline_code"] = Value::from(decline_code);
+    failure
+}
+
+pub type Outcome = Result<Value, Failure>;
+
+/// What the sandbox holds. Objects are kept as the JSON they are returned as.
+#[derive(Default)]
+pub struct State {
+    customers: BTreeMap<String, Value>,
+    subscriptions: BTreeMap<String, Value>,
+    payment_methods: BTreeMap<String, Value>,
+    prices: BTreeMap<String, Value>,
+    /// Newest last.
+    events: Vec<Value>,
+    /// Object ids in creation order, for lists (newest first).
+    order: Vec<String>,
+    /// Events made by the request being executed, handed to the webhook sender after it.
+    pub(crate) emitted: Vec<Value>,
+    pub(crate) request: (String, Option<String>),
+}
+
+/// Parameters of one request: the parsed form or query, and the names a handler accepts.
+struct Params<'a>(&'a Map<String, Value>);
+
+impl<'a> Params<'a> {
+    fn new(value: &'a Value, allowed: &[&str]) -> Result<Self, Failure> {
+        static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+        let map = value.as_object().unwrap_or(&EMPTY);
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(invalid(Some(unknown), format!("Received unknown parameter: {unknown}")));
+        }
+        let params = Params(map);
+        if let Some(expand) = params.0.get("expand") {
+            let empty = expand.as_array().is_some_and(Vec::is_empty);
+            if !empty {
+                return Err(not_implemented("expand"));
+            }
+        }
+        Ok(params)
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, Failure> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(invalid(Some(name), format!("Invalid string: {name} must be a string"))),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<&'a str, Failure> {
+        self.string(name)?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid(Some(name), format!("Missing required param: {name}.")))
+    }
+
+    fn boolean(&self, name: &str) -> Result<Option<bool>, Failure> {
+        match self.string(name)? {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => Err(invalid(Some(name), format!("Invalid boolean: {other}"))),
+        }
+    }
+
+    fn integer(&self, name: &str) -> Result<Option<i64>, Failure> {
+        match self.string(name)? {
+            None => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| invalid(Some(name), format!("Invalid integer: {text}"))),
+        }
+    }
+
+    fn one_of(&self, name: &str, values: &[&str]) -> Result<Option<&'a str>, Failure> {
+        match self.string(name)? {
+            Some(value) if !values.contains(&value) => Err(invalid(
+                Some(name),
+                format!("Invalid {name}: must be one of {}", values.join(", ")),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// `metadata[key]=value` pairs merged into `current`; `metadata=` (empty) clears them all,
+    /// and an empty value removes one key, as in Stripe.
+    fn metadata(&self, current: &Value) -> Result<Option<Value>, Failure> {
+        let Some(given) = self.0.get("metadata") else {
+            return Ok(None);
+        };
+        let mut merged = current.as_object().cloned().unwrap_or_default();
+        match given {
+            Value::String(s) if s.is_empty() => merged.clear(),
+            Value::Object(pairs) => {
+                for (key, value) in pairs {
+                    let Value::String(value) = value else {
+                        return Err(invalid(Some(&format!("metadata[{key}]")), "Invalid metadata value"));
+                    };
+                    if key.len() > 40 {
+                        return Err(invalid(Some("metadata"), "Metadata keys can have up to 40 characters."));
+                    }
+                    if value.len() > 500 {
+                        return Err(invalid(
+                            Some("metadata"),
+                            "Metadata values can have up to 500 characters.",
+                        ));
+                    }
+                    if value.is_empty() {
+                        merged.remove(key);
+                    } else {
+                        merged.insert(key.clone(), Value::from(value.as_str()));
+                    }
+                }
+            }
+            _ => return Err(invalid(Some("metadata"), "Invalid metadata: must be a hash")),
+        }
+        if merged.len() > 50 {
+            return Err(invalid(Some("metadata"), "Metadata can have up to 50 keys."));
+        }
+        Ok(Some(Value::Object(merged)))
+    }
+}
+
+fn short_id(prefix: &str) -> String {
+    let raw = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &raw[..24])
+}
+
+impl State {
+    pub fn new(prices: &[PriceSpec], now: i64) -> Self {
+        let mut state = State::default();
+        for spec in prices {
+            state.prices.insert(spec.id.clone(), objects::price(spec, now));
+            state.order.push(spec.id.clone());
+        }
+        state
+    }
+
+    pub fn events(&self) -> &[Value] {
+        &self.events
+    }
+
+    fn emit(&mut self, kind: &str, object: &Value, previous: Option<Map<String, Value>>, now: i64) {
+        let (request_id, idempotency_key) = (self.request.0.clone(), self.request.1.clone());
+        let event = objects::event(
+            &short_id("evt"),
+            kind,
+            now,
+            object,
+            previous,
+            (&request_id, idempotency_key.as_deref()),
+        );
+        self.events.push(event.clone());
+        self.emitted.push(event);
+    }
+
+    fn remember(&mut self, id: &str) {
+        self.order.push(id.to_owned());
+    }
+
+    // Customers
+
+    pub fn create_customer(&mut self, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(
+            params,
+            &[
+                "email",
+                "name",
+                "description",
+                "phone",
+                "metadata",
+                "preferred_locales",
+                "invoice_settings",
+                "expand",
+            ],
+        )?;
+        let id = short_id("cus");
+        let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_ascii_uppercase();
+        let mut customer = objects::customer(&id, now, &prefix);
+        self.apply_customer_fields(&p, &mut customer, true)?;
+        self.customers.insert(id.clone(), customer.clone());
+        self.remember(&id);
+        self.emit("customer.created", &customer, None, now);
+        Ok(customer)
+    }
+
+    fn apply_customer_fields(&self, p: &Params<'_>, customer: &mut Value, creating: bool) -> Result<(), Failure> {
+        for field in ["email", "name", "description", "phone"] {
+            if let Some(value) = p.string(field)? {
+                if value.len() > 512 {
+                    return Err(invalid(
+                        Some(field),
+                        format!("Invalid {field}: must be at most 512 characters"),
+                    ));
+                }
+                customer[field] = if value.is_empty() {
+                    Value::Null
+                } else {
+                    Value::from(value)
+                };
+            }
+        }
+        if let Some(metadata) = p.metadata(&customer["metadata"])? {
+            customer["metadata"] = metadata;
+        }
+        if let Some(locales) = p.0.get("preferred_locales") {
+            customer["preferred_locales"] = match locales {
+                Value::Array(_) => locales.clone(),
+                Value::String(s) if s.is_empty() => json!([]),
+                _ => return Err(invalid(Some("preferred_locales"), "Invalid array")),
+            };
+        }
+        if let Some(settings) = p.0.get("invoice_settings") {
+            let settings = Params::new(settings, &["default_payment_method"]).map_err(|_| {
+                invalid(
+                    Some("invoice_settings"),
+                    "The Stripe sandbox implements only invoice_settings[default_payment_method].",
+                )
+            })?;
+            if let Some(method) = settings.string("default_payment_method")? {
+                if creating && !method.is_empty() {
+                    return Err(not_implemented("a default payment method on customer creation"));
+                }
+                let attached = self
+                    .payment_methods
+                    .get(method)
+                    .is_some_and(|pm| pm["customer"] == customer["id"]);
+                if !method.is_empty() && !attached {
+                    return Err(invalid(
+                        Some("invoice_settings[default_payment_method]"),
+                        format!(
+                            "The customer does not have a payment method with the ID {method}. The payment method must be attached to the customer."
+                        ),
+                    ));
+                }
+                customer["invoice_settings"]["default_payment_method"] = if method.is_empty() {
+                    Value::Null
+                } else {
+                    Value::from(method)
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn live_customer(&self, id: &str, param: Option<&str>) -> Result<&Value, Failure> {
+        self.customers
+            .get(id)
+            .filter(|c| c.get("deleted").is_none())
+            .ok_or_else(|| no_such("customer", id, param))
+    }
+
+    pub fn retrieve_customer(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand"])?;
+        self.customers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("customer", id, None))
+    }
+
+    pub fn update_customer(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(
+            params,
+            &[
+                "email",
+                "name",
+                "description",
+                "phone",
+                "metadata",
+                "preferred_locales",
+                "invoice_settings",
+                "expand",
+            ],
+        )?;
+        let before = self.live_customer(id, None)?.clone();
+        let mut customer = before.clone();
+        self.apply_customer_fields(&p, &mut customer, false)?;
+        if customer != before {
+            self.customers.insert(id.to_owned(), customer.clone());
+            let previous = objects::previous_attributes(&before, &customer);
+            self.emit("customer.updated", &customer, Some(previous), now);
+        }
+        Ok(customer)
+    }
+
+    pub fn delete_customer(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
+        Params::new(params, &[])?;
+        let customer = self.live_customer(id, None)?.clone();
+        let live: Vec<String> = self
+            .subscriptions
+            .values()
+            .filter(|s| s["customer"] == customer["id"] && s["status"] != "canceled")
+            .filter_map(|s| s["id"].as_str().map(str::to_owned))
+            .collect();
+        for subscription in live {
+            self.cancel_subscription(&subscription, &json!({}), now)?;
+        }
+        let deleted = json!({"id": id, "object": "customer", "deleted": true});
+        self.customers.insert(id.to_owned(), deleted.clone());
+        self.emit("customer.deleted", &customer, None, now);
+        Ok(deleted)
+    }
+
+    pub fn list_customers(&self, params: &Value) -> Outcome {
+        let p = Params::new(params, &["email", "limit", "starting_after", "expand"])?;
+        let email = p.string("email")?;
+        self.list("/v1/customers", &p, |id| {
+            self.customers
+                .get(id)
+                .filter(|c| c.get("deleted").is_none())
+                .filter(|c| email.is_none_or(|e| c["email"] == e))
+        })
+    }
+
+    // Prices
+
+    pub fn retrieve_price(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand"])?;
+        self.prices.get(id).cloned().ok_or_else(|| no_such("price", id, None))
+    }
+
+    pub fn list_prices(&self, params: &Value) -> Outcome {
+        let p = Params::new(params, &["limit", "starting_after", "active", "expand"])?;
+        self.list("/v1/prices", &p, |id| self.prices.get(id))
+    }
+
+    // Payment methods
+
+    /// Attaches a payment method to a customer. Stripe's test ids (`pm_card_visa`) make a new
+    /// card payment method each time, as in Stripe's test mode.
+    pub fn attach_payment_method(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(params, &["customer", "expand"])?;
+        let customer = p.required("customer")?;
+        self.live_customer(customer, Some("customer"))?;
+        let mut method = match objects::test_card(id) {
+            Some(card) => {
+                if let Some(code) = card.declines_on_attach {
+                    return Err(card_declined(code));
+                }
+                objects::payment_method(&short_id("pm"), card, now)
+            }
+            None => self
+                .payment_methods
+                .get(id)
+                .cloned()
+                .ok_or_else(|| no_such("PaymentMethod", id, None))?,
+        };
+        match method["customer"].as_str() {
+            Some(owner) if owner == customer => return Ok(method),
+            Some(_) => {
+                return Err(invalid(
+                    None,
+                    "The payment method you provided has already been attached to a customer.",
+                ));
+            }
+            None => {}
+        }
+        method["customer"] = Value::from(customer);
+        let method_id = method["id"].as_str().unwrap_or_default().to_owned();
+        self.payment_methods.insert(method_id.clone(), method.clone());
+        self.remember(&method_id);
+        self.emit("payment_method.attached", &method, None, now);
+        Ok(method)
+    }
+
+    pub fn detach_payment_method(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
+        Params::new(params, &["expand"])?;
+        let mut method = self
+            .payment_methods
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("PaymentMethod", id, None))?;
+        let Some(owner) = method["customer"].as_str().map(str::to_owned) else {
+            return Err(invalid(
+                None,
+                "The payment method you provided is not attached to a customer so detachment is impossible.",
+            ));
+        };
+        method["customer"] = Value::Null;
+        self.payment_methods.insert(id.to_owned(), method.clone());
+        if let Some(customer) = self.customers.get_mut(&owner)
+            && customer["invoice_settings"]["default_payment_method"] == id
+        {
+            customer["invoice_settings"]["default_payment_method"] = Value::Null;
+        }
+        self.emit("payment_method.detached", &method, None, now);
+        Ok(method)
+    }
+
+    pub fn retrieve_payment_method(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand"])?;
+        self.payment_methods
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("PaymentMethod", id, None))
+    }
+
+    pub fn list_payment_methods(&self, params: &Value) -> Outcome {
+        let p = Params::new(params, &["customer", "type", "limit", "starting_after", "expand"])?;
+        let customer = p.string("customer")?;
+        p.one_of("type", &["card"])?;
+        self.list("/v1/payment_methods", &p, |id| {
+            self.payment_methods
+                .get(id)
+                .filter(|m| customer.is_none_or(|c| m["customer"] == c))
+        })
+    }
+
+    fn card_of(&self, method: &str) -> Option<TestCard> {
+        let method = self.payment_methods.get(method)?;
+        let last4 = method["card"]["last4"].as_str()?;
+        objects::TEST_CARDS.iter().copied().find(|c| c.last4 == last4)
+    }
+
+    // Subscriptions
+
+    fn subscription_items(
+        &self,
+        subscription: &str,
+        params: &Value,
+        created: i64,
+        period: (i64, i64),
+    ) -> Result<Vec<Value>, Failure> {
+        let Some(items) = params.as_array().filter(|a| !a.is_empty()) else {
+            return Err(invalid(Some("items"), "Missing required param: items."));
+        };
+        let mut built = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let p = Params::new(item, &["price", "quantity", "metadata"]).map_err(|f| {
+                invalid(
+                    Some(&format!("items[{index}]")),
+                    f.body["error"]["message"].as_str().unwrap_or("").to_owned(),
+                )
+            })?;
+            let param = format!("items[{index}][price]");
+            let price_id = p
+                .string("price")?
+                .ok_or_else(|| invalid(Some(&param), format!("Missing required param: {param}.")))?;
+            let price = self.recurring_price(price_id, &param)?;
+            let mut item = objects::subscription_item(&short_id("si"), subscription, &price, created, period);
+            if let Some(quantity) = p.integer("quantity")? {
+                if quantity < 0 {
+                    return Err(invalid(
+                        Some(&format!("items[{index}][quantity]")),
+                        "Invalid quantity: must be at least 0",
+                    ));
+                }
+                item["quantity"] = Value::from(quantity);
+            }
+            if let Some(metadata) = p.metadata(&json!({}))? {
+                item["metadata"] = metadata;
+            }
+            built.push(item);
+        }
+        Ok(built)
+    }
+
+    fn recurring_price(&self, id: &str, param: &str) -> Result<Value, Failure> {
+        let price = self.prices.get(id).ok_or_else(|| no_such("price", id, Some(param)))?;
+        if price["type"] != "recurring" {
+            return Err(invalid(
+                Some(param),
+                "The price specified is set to `type=one_time` but this field only accepts prices with `type=recurring`.",
+            ));
+        }
+        Ok(price.clone())
+    }
+
+    fn amount_due(items: &[Value]) -> i64 {
+        items
+            .iter()
+            .map(|i| i["price"]["unit_amount"].as_i64().unwrap_or(0) * i["quantity"].as_i64().unwrap_or(1))
+            .sum()
+    }
+
+    /// The payment method a charge for `subscription` would use: its own default, else its
+    /// customer's invoice default.
+    fn paying_method(&self, subscription_default: &Value, customer: &str) -> Option<String> {
+        subscription_default.as_str().map(str::to_owned).or_else(|| {
+            self.customers
+                .get(customer)
+                .and_then(|c| c["invoice_settings"]["default_payment_method"].as_str())
+                .map(str::to_owned)
+        })
+    }
+
+    /// The status a subscription not in trial ends up with once its first invoice is due.
+    fn charged_status(&self, amount: i64, method: Option<&str>, behavior: &str) -> Result<&'static str, Failure> {
+        if amount == 0 {
+            return Ok("active");
+        }
+        match method.map(|m| self.card_of(m)) {
+            Some(Some(card)) if !card.charges_fail => Ok("active"),
+            Some(_) if behavior == "error_if_incomplete" => Err(card_declined("generic_decline")),
+            None if behavior == "error_if_incomplete" => Err(invalid(
+                None,
+                "This customer has no attached payment source or default payment method. Please consider adding a default payment method.",
+            )),
+            _ => Ok("incomplete"),
+        }
+    }
+
+    pub fn create_subscription(&mut self, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(
+            params,
+            &[
+                "customer",
+                "items",
+                "trial_end",
+                "trial_period_days",
+                "metadata",
+                "default_payment_method",
+                "cancel_at_period_end",
+                "payment_behavior",
+                "proration_behavior",
+                "description",
+                "off_session",
+                "expand",
+            ],
+        )?;
+        let customer = p.required("customer")?;
+        self.live_customer(customer, Some("customer"))?;
+        let behavior = p
+            .one_of(
+                "payment_behavior",
+                &[
+                    "allow_incomplete",
+                    "default_incomplete",
+                    "error_if_incomplete",
+                    "pending_if_incomplete",
+                ],
+            )?
+            .unwrap_or("allow_incomplete");
+        if behavior == "pending_if_incomplete" {
+            return Err(invalid(
+                Some("payment_behavior"),
+                "pending_if_incomplete is only supported when updating a subscription.",
+            ));
+        }
+        p.one_of("proration_behavior", &["always_invoice", "create_prorations", "none"])?;
+        p.boolean("off_session")?;
+        let trial_end = match (p.string("trial_end")?, p.integer("trial_period_days")) {
+            (Some(_), Ok(Some(_))) => {
+                return Err(invalid(
+                    Some("trial_end"),
+                    "You may not pass both trial_end and trial_period_days.",
+                ));
+            }
+            (Some("now"), _) => None,
+            (Some(text), _) => {
+                let end: i64 = text
+                    .parse()
+                    .map_err(|_| invalid(Some("trial_end"), format!("Invalid timestamp: {text}")))?;
+                if end <= now {
+                    return Err(invalid(
+                        Some("trial_end"),
+                        "Invalid timestamp: must be an integer Unix timestamp in the future.",
+                    ));
+                }
+                if end > now + 730 * 86_400 {
+                    return Err(invalid(
+                        Some("trial_end"),
+                        "Invalid timestamp: can be no more than two years in the future.",
+                    ));
+                }
+                Some(end)
+            }
+            (None, Ok(Some(days))) if (0..=730).contains(&days) => (days > 0).then_some(now + days * 86_400),
+            (None, Ok(Some(_))) => {
+                return Err(invalid(
+                    Some("trial_period_days"),
+                    "Invalid trial_period_days: must be between 0 and 730",
+                ));
+            }
+            (None, Ok(None)) => None,
+            (None, Err(e)) => return Err(e),
+        };
+        let default_method = match p.string("default_payment_method")? {
+            Some(method) => {
+                let attached = self
+                    .payment_methods
+                    .get(method)
+                    .is_some_and(|m| m["customer"] == customer);
+                if !attached {
+                    return Err(invalid(
+                        Some("default_payment_method"),
+                        format!(
+                            "The customer does not have a payment method with the ID {method}. The payment method must be attached to the customer."
+                        ),
+                    ));
+                }
+                Value::from(method)
+            }
+            None => Value::Null,
+        };
+        let id = short_id("sub");
+        let items_param = params.get("items").cloned().unwrap_or(Value::Null);
+        // The period is settled once the items (and so the interval) are known.
+        let probe = self.subscription_items(&id, &items_param, now, (now, now))?;
+        let interval = probe[0]["price"]["recurring"]["interval"].clone();
+        if probe.iter().any(|i| i["price"]["recurring"]["interval"] != interval) {
+            return Err(invalid(
+                Some("items"),
+                "Currency and interval fields must match across all plans on this subscription.",
+            ));
+        }
+        let period = match trial_end {
+            Some(end) => (now, end),
+            None => (now, now + interval_seconds(interval.as_str().unwrap_or("month"))),
+        };
+        let items = self.subscription_items(&id, &items_param, now, period)?;
+        let status = match trial_end {
+            Some(_) => "trialing",
+            None => {
+                let method = self.paying_method(&default_method, customer);
+                self.charged_status(Self::amount_due(&items), method.as_deref(), behavior)?
+            }
+        };
+        let currency = items[0]["price"]["currency"].as_str().unwrap_or("usd").to_owned();
+        let metadata = p.metadata(&json!({}))?.unwrap_or_else(|| json!({}));
+        let subscription = objects::subscription(NewSubscription {
+            id: &id,
+            customer,
+            created: now,
+            items,
+            currency: &currency,
+            status,
+            trial: trial_end.map(|end| (now, end)),
+            metadata,
+            default_payment_method: default_method,
+            cancel_at_period_end: p.boolean("cancel_at_period_end")?.unwrap_or(false),
+            description: p.string("description")?.map_or(Value::Null, Value::from),
+        });
+        if let Some(c) = self.customers.get_mut(customer) {
+            c["currency"] = Value::from(currency);
+        }
+        self.subscriptions.insert(id.clone(), subscription.clone());
+        self.remember(&id);
+        self.emit("customer.subscription.created", &subscription, None, now);
+        Ok(subscription)
+    }
+
+    pub fn retrieve_subscription(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand"])?;
+        self.subscriptions
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("subscription", id, None))
+    }
+
+    pub fn list_subscriptions(&self, params: &Value) -> Outcome {
+        let p = Params::new(
+            params,
+            &["customer", "price", "status", "limit", "starting_after", "expand"],
+        )?;
+        let customer = p.string("customer")?;
+        let price = p.string("price")?;
+        let status = p.one_of(
+            "status",
+            &[
+                "active",
+                "all",
+                "canceled",
+                "ended",
+                "incomplete",
+                "incomplete_expired",
+                "past_due",
+                "paused",
+                "trialing",
+                "unpaid",
+            ],
+        )?;
+        self.list("/v1/subscriptions", &p, |id| {
+            self.subscriptions.get(id).filter(|s| {
+                customer.is_none_or(|c| s["customer"] == c)
+                    && price.is_none_or(|pr| {
+                        s["items"]["data"]
+                            .as_array()
+                            .is_some_and(|i| i.iter().any(|i| i["price"]["id"] == pr))
+                    })
+                    && match status {
+                        None => s["status"] != "canceled" && s["status"] != "incomplete_expired",
+                        Some("all") => true,
+                        Some("ended") => s["status"] == "canceled" || s["status"] == "incomplete_expired",
+                        Some(wanted) => s["status"] == wanted,
+                    }
+            })
+        })
+    }
+
+    pub fn update_subscription(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(
+            params,
+            &[
+                "items",
+                "cancel_at_period_end",
+                "default_payment_method",
+                "metadata",
+                "proration_behavior",
+                "payment_behavior",
+                "trial_end",
+                "description",
+                "off_session",
+                "expand",
+            ],
+        )?;
+        let before = self
+            .subscriptions
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("subscription", id, None))?;
+        if before["status"] == "canceled" {
+            let only_metadata = p.0.keys().all(|k| k == "metadata" || k == "expand");
+            if !only_metadata {
+                return Err(invalid(
+                    None,
+                    "A canceled subscription can only update its cancellation_details and metadata.",
+                ));
+            }
+        }
+        p.one_of("proration_behavior", &["always_invoice", "create_prorations", "none"])?;
+        let behavior = p
+            .one_of(
+                "payment_behavior",
+                &[
+                    "allow_incomplete",
+                    "default_incomplete",
+                    "error_if_incomplete",
+                    "pending_if_incomplete",
+                ],
+            )?
+            .unwrap_or("allow_incomplete");
+        p.boolean("off_session")?;
+        let customer = before["customer"].as_str().unwrap_or_default().to_owned();
+        let mut subscription = before.clone();
+        if let Some(flag) = p.boolean("cancel_at_period_end")? {
+            subscription["cancel_at_period_end"] = Value::from(flag);
+            let period_end = subscription["items"]["data"][0]["current_period_end"].clone();
+            subscription["cancel_at"] = if flag { period_end } else { Value::Null };
+        }
+        if let Some(description) = p.string("description")? {
+            subscription["description"] = if description.is_empty() {
+                Value::Null
+            } else {
+                Value::from(description)
+            };
+        }
+        if let Some(metadata) = p.metadata(&subscription["metadata"])? {
+            subscription["metadata"] = metadata;
+        }
+        if let Some(method) = p.string("default_payment_method")? {
+            let attached = self
+                .payment_methods
+                .get(method)
+                .is_some_and(|m| m["customer"] == customer.as_str());
+            if !method.is_empty() && !attached {
+                return Err(invalid(
+                    Some("default_payment_method"),
+                    format!(
+                        "The customer does not have a payment method with the ID {method}. The payment method must be attached to the customer."
+                    ),
+                ));
+            }
+            subscription["default_payment_method"] = if method.is_empty() {
+                Value::Null
+            } else {
+                Value::from(method)
+            };
+        }
+        if let Some(items) = params.get("items") {
+            self.update_items(&mut subscription, items, now)?;
+        }
+        match p.string("trial_end")? {
+            None => {}
+            Some("now") => {
+                if subscription["status"] == "trialing" {
+                    subscription["trial_end"] = Value::from(now);
+                    subscription["status"] = Value::from("active_pending_charge");
+                }
+            }
+            Some(text) => {
+                let end: i64 = text
+                    .parse()
+                    .map_err(|_| invalid(Some("trial_end"), format!("Invalid timestamp: {text}")))?;
+                if end <= now {
+                    return Err(invalid(
+                        Some("trial_end"),
+                        "Invalid timestamp: must be an integer Unix timestamp in the future.",
+                    ));
+                }
+                subscription["trial_end"] = Value::from(end);
+                if subscription["trial_start"].is_null() {
+                    subscription["trial_start"] = Value::from(now);
+                }
+                subscription["status"] = Value::from("trialing");
+                for item in subscription["items"]["data"].as_array_mut().into_iter().flatten() {
+                    item["current_period_end"] = Value::from(end);
+                }
+            }
+        }
+        // Outside a trial, an unpaid subscription becomes active once it can be charged.
+        let needs_charge = subscription["status"] == "active_pending_charge" || subscription["status"] == "incomplete";
+        if needs_charge {
+            let items = subscription["items"]["data"].as_array().cloned().unwrap_or_default();
+            let method = self.paying_method(&subscription["default_payment_method"], &customer);
+            let status = self.charged_status(Self::amount_due(&items), method.as_deref(), behavior)?;
+            let status = if status == "incomplete" && before["status"] != "incomplete" {
+                "past_due"
+            } else {
+                status
+            };
+            subscription["status"] = Value::from(status);
+        }
+        if subscription != before {
+            self.subscriptions.insert(id.to_owned(), subscription.clone());
+            let previous = objects::previous_attributes(&before, &subscription);
+            self.emit("customer.subscription.updated", &subscription, Some(previous), now);
+        }
+        Ok(subscription)
+    }
+
+    fn update_items(&self, subscription: &mut Value, items: &Value, now: i64) -> Result<(), Failure> {
+        let Some(items) = items.as_array() else {
+            return Err(invalid(Some("items"), "Invalid array"));
+        };
+        let sub_id = subscription["id"].as_str().unwrap_or_default().to_owned();
+        let mut current = subscription["items"]["data"].as_array().cloned().unwrap_or_default();
+        let period = (
+            current
+                .first()
+                .and_then(|i| i["current_period_start"].as_i64())
+                .unwrap_or(now),
+            current
+                .first()
+                .and_then(|i| i["current_period_end"].as_i64())
+                .unwrap_or(now),
+        );
+        for (index, change) in items.iter().enumerate() {
+            let p = Params::new(change, &["id", "price", "quantity", "deleted", "metadata"]).map_err(|f| {
+                invalid(
+                    Some(&format!("items[{index}]")),
+                    f.body["error"]["message"].as_str().unwrap_or("").to_owned(),
+                )
+            })?;
+            let price_param = format!("items[{index}][price]");
+            match p.string("id")? {
+                Some(item_id) => {
+                    let position = current.iter().position(|i| i["id"] == item_id).ok_or_else(|| {
+                        invalid(
+                            Some(&format!("items[{index}][id]")),
+                            format!("Subscription item {item_id} does not belong to this subscription"),
+                        )
+                    })?;
+                    if p.boolean("deleted")? == Some(true) {
+                        current.remove(position);
+                        continue;
+                    }
+                    if let Some(price_id) = p.string("price")? {
+                        let price = self.recurring_price(price_id, &price_param)?;
+                        current[position]["plan"] = objects::plan_of(&price);
+                        current[position]["price"] = price;
+                    }
+                    if let Some(quantity) = p.integer("quantity")? {
+                        current[position]["quantity"] = Value::from(quantity.max(0));
+                    }
+                    if let Some(metadata) = p.metadata(&current[position]["metadata"])? {
+                        current[position]["metadata"] = metadata;
+                    }
+                }
+                None => {
+                    let price_id = p
+                        .required("price")
+                        .map_err(|_| invalid(Some(&price_param), format!("Missing required param: {price_param}.")))?;
+                    let price = self.recurring_price(price_id, &price_param)?;
+                    current.push(objects::subscription_item(
+                        &short_id("si"),
+                        &sub_id,
+                        &price,
+                        now,
+                        period,
+                    ));
+                }
+            }
+        }
+        if current.is_empty() {
+            return Err(invalid(
+                Some("items"),
+                "A subscription must have at least one active plan.",
+            ));
+        }
+        let interval = &current[0]["price"]["recurring"]["interval"];
+        if current.iter().any(|i| &i["price"]["recurring"]["interval"] != interval) {
+            return Err(invalid(
+                Some("items"),
+                "Currency and interval fields must match across all plans on this subscription.",
+            ));
+        }
+        subscription["items"]["total_count"] = Value::from(current.len());
+        subscription["items"]["data"] = Value::Array(current);
+        Ok(())
+    }
+
+    pub fn cancel_subscription(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
+        Params::new(params, &["invoice_now", "prorate", "expand"])?;
+        let before = self
+            .subscriptions
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("subscription", id, None))?;
+        if before["status"] == "canceled" {
+            return Err(invalid(
+                None,
+                format!("This subscription has already been canceled: {id}"),
+            ));
+        }
+        let mut subscription = before.clone();
+        subscription["status"] = Value::from("canceled");
+        subscription["canceled_at"] = Value::from(now);
+        subscription["ended_at"] = Value::from(now);
+        subscription["cancellation_details"]["reason"] = Value::from("cancellation_requested");
+        self.subscriptions.insert(id.to_owned(), subscription.clone());
+        self.emit("customer.subscription.deleted", &subscription, None, now);
+        Ok(subscription)
+    }
+
+    // Events
+
+    pub fn retrieve_event(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand"])?;
+        self.events
+            .iter()
+            .find(|e| e["id"] == id)
+            .cloned()
+            .ok_or_else(|| no_such("event", id, None))
+    }
+
+    pub fn list_events(&self, params: &Value) -> Outcome {
+        let p = Params::new(params, &["type", "limit", "starting_after", "expand"])?;
+        let kind = p.string("type")?;
+        let limit = limit(&p)?;
+        let after = p.string("starting_after")?;
+        let mut newest_first: Vec<&Value> = self
+            .events
+            .iter()
+            .rev()
+            .filter(|e| kind.is_none_or(|k| e["type"] == k))
+            .collect();
+        if let Some(after) = after {
+            let position = newest_first.iter().position(|e| e["id"] == after).map_or(0, |p| p + 1);
+            newest_first.drain(..position);
+        }
+        let has_more = newest_first.len() > limit;
+        newest_first.truncate(limit);
+        Ok(json!({"object": "list", "data": newest_first, "has_more": has_more, "url": "/v1/events"}))
+    }
+
+    /// A page of a list, newest first, of the objects `select` returns for known ids.
+    fn list<'s>(&'s self, url: &str, p: &Params<'_>, select: impl Fn(&str) -> Option<&'s Value>) -> Outcome {
+        let limit = limit(p)?;
+        let after = p.string("starting_after")?;
+        let mut ids: Vec<&String> = self.order.iter().rev().collect();
+        if let Some(after) = after {
+            let position = ids.iter().position(|id| *id == after).map_or(0, |p| p + 1);
+            ids.drain(..position);
+        }
+        let mut data: Vec<Value> = Vec::new();
+        let mut has_more = false;
+        for id in ids {
+            if let Some(object) = select(id) {
+                if data.len() == limit {
+                    has_more = true;
+                    break;
+                }
+                data.push(object.clone());
+            }
+        }
+        Ok(json!({"object": "list", "data": data, "has_more": has_more, "url": url}))
+    }
+}
+
+fn limit(p: &Params<'_>) -> Result<usize, Failure> {
+    match p.integer("limit")? {
+        None => Ok(10),
+        Some(n) if (1..=100).contains(&n) => Ok(n as usize),
+        Some(_) => Err(invalid(Some("limit"), "Invalid limit: must be between 1 and 100")),
+    }
+}
+
+fn interval_seconds(interval: &str) -> i64 {
+    match interval {
+        "day" => 86_400,
+        "week" => 7 * 86_400,
+        "year" => 365 * 86_400,
+        _ => 30 * 86_400,
+    }
+}

@@ -1,0 +1,53 @@
+//! The Stripe sandbox as a program of its own: `stripe-sandbox [--port N] [--price ID:AMOUNT:INTERVAL]...
+//! [--webhook URL --webhook-secret whsec_...]`.
+
+use stripe_sandbox::{PriceSpec, WebhookTarget, start};
+
+const USAGE: &str = "usage: stripe-sandbox [--port N] [--price price_ID:AMOUNT_IN_CENTS:INTERVAL]... [--webhook URL --webhook-secret SECRET]";
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let mut port = 12111;
+    let mut prices = Vec::new();
+    let (mut webhook, mut secret) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| fail(&format!("{arg} needs a value")));
+        match arg.as_str() {
+            "--port" => port = value().parse().unwrap_or_else(|e| fail(&format!("--port: {e}"))),
+            "--price" => prices.push(PriceSpec::parse(&value()).unwrap_or_else(|e| fail(&e))),
+            "--webhook" => webhook = Some(value()),
+            "--webhook-secret" => secret = Some(value()),
+            _ => fail(&format!("unknown argument {arg}")),
+        }
+    }
+    if prices.is_empty() {
+        prices = vec![
+            PriceSpec::recurring("price_monthly", 1000, "month"),
+            PriceSpec::recurring("price_annual", 10000, "year"),
+        ];
+    }
+    let running = start(port, &prices)
+        .await
+        .unwrap_or_else(|e| fail(&format!("cannot listen on 127.0.0.1:{port}: {e}")));
+    match (webhook, secret) {
+        (Some(url), Some(secret)) => running.sandbox.set_webhook(Some(WebhookTarget { url, secret })),
+        (None, None) => {}
+        _ => fail("--webhook and --webhook-secret go together"),
+    }
+    println!(
+        "Stripe sandbox on {} (API version {}), prices: {}",
+        running.base_url(),
+        stripe_sandbox::API_VERSION,
+        prices.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let _ = running.task.await;
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("stripe-sandbox: {message}\n{USAGE}");
+    std::process::exit(2)
+}

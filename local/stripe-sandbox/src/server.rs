@@ -1,0 +1,429 @@
+//! The HTTP face of the sandbox: Stripe's authentication, form parameters, idempotency keys,
+//! request ids and error shapes; the routing of v1 paths to the resources in `api.rs`; and
+//! the controls tests use (`/_sandbox/...`): failing the next calls, adding latency, pointing
+//! webhooks somewhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State as Extract;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::api::{Failure, Outcome, State, invalid};
+use crate::form;
+use crate::objects::{API_VERSION, PriceSpec};
+use crate::webhooks::{Sender, WebhookTarget};
+
+/// What Stripe keeps under an idempotency key.
+#[derive(Clone)]
+enum Kept {
+    /// A request with this key is executing now.
+    InFlight { fingerprint: String },
+    Done {
+        fingerprint: String,
+        status: u16,
+        body: Value,
+        request_id: String,
+    },
+}
+
+#[derive(Default)]
+struct Controls {
+    /// The next `fail_remaining` API calls answer `fail_status` without doing anything.
+    fail_remaining: u32,
+    fail_status: u16,
+    latency: Duration,
+    webhook: Option<WebhookTarget>,
+}
+
+/// The sandbox: shared, cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    state: Arc<Mutex<State>>,
+    kept: Arc<Mutex<HashMap<String, Kept>>>,
+    controls: Arc<Mutex<Controls>>,
+    sender: Sender,
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Sandbox {
+    /// A sandbox offering `prices`. Needs a Tokio runtime (webhooks are sent from a task).
+    pub fn new(prices: &[PriceSpec]) -> Self {
+        Sandbox {
+            state: Arc::new(Mutex::new(State::new(prices, now()))),
+            kept: Arc::new(Mutex::new(HashMap::new())),
+            controls: Arc::new(Mutex::new(Controls::default())),
+            sender: Sender::start(),
+        }
+    }
+
+    /// Makes the next `count` API calls fail with `status` (500, 502, 503, 429...) before they
+    /// do anything, as when Stripe or the network between fails.
+    pub fn fail_next(&self, count: u32, status: u16) {
+        let mut controls = lock(&self.controls);
+        controls.fail_remaining = count;
+        controls.fail_status = status;
+    }
+
+    /// Adds `latency` to every API call from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.controls).latency = latency;
+    }
+
+    /// Sends every event from now on to `target`.
+    pub fn set_webhook(&self, target: Option<WebhookTarget>) {
+        lock(&self.controls).webhook = target;
+    }
+
+    /// Every event made so far, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        lock(&self.state).events().to_vec()
+    }
+
+    pub fn deliveries(&self) -> Vec<Value> {
+        lock(&self.sender.deliveries).iter().map(|d| d.to_json()).collect()
+    }
+
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self.clone())
+    }
+
+    fn take_failure(&self) -> Option<u16> {
+        let mut controls = lock(&self.controls);
+        if controls.fail_remaining == 0 {
+            return None;
+        }
+        controls.fail_remaining -= 1;
+        Some(controls.fail_status)
+    }
+
+    fn latency(&self) -> Duration {
+        lock(&self.controls).latency
+    }
+}
+
+fn stripe_response(status: u16, body: &Value, request_id: &str, extra: &[(&'static str, &str)]) -> Response {
+    let mut response = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        serde_json::to_string_pretty(body).unwrap_or_default(),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("stripe-version", HeaderValue::from_static(API_VERSION));
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("request-id", value);
+    }
+    for (name, value) in extra {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
+    response
+}
+
+fn failure_response(failure: &Failure, request_id: &str) -> Response {
+    stripe_response(failure.status, &failure.body, request_id, &[])
+}
+
+/// The API key of the request: `Authorization: Bearer sk_test_...`, or Basic with the key as
+/// the user name, as Stripe accepts both.
+fn api_key(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.trim().to_owned());
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = decode_base64(encoded.trim())?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split(':').next().unwrap_or_default().to_owned())
+}
+
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for byte in text.bytes().filter(|b| *b != b'=') {
+        let value = ALPHABET.iter().position(|c| *c == byte)? as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    Some(out)
+}
+
+async fn handle(
+    Extract(sandbox): Extract<Sandbox>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]);
+    let path = uri.path().to_owned();
+    if let Some(control) = path.strip_prefix("/_sandbox/") {
+        return controls(&sandbox, &method, control, &body);
+    }
+    match api_key(&headers) {
+        None => {
+            return failure_response(
+                &Failure {
+                    status: 401,
+                    body: json!({"error": {"type": "invalid_request_error", "message": "You did not provide an API key. You need to provide your API key in the Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY')."}}),
+                    saved: false,
+                },
+                &request_id,
+            );
+        }
+        Some(key) if !(key.starts_with("sk_test_") || key.starts_with("rk_test_")) => {
+            return failure_response(
+                &Failure {
+                    status: 401,
+                    body: json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: the Stripe sandbox accepts test-mode keys (sk_test_...) only."}}),
+                    saved: false,
+                },
+                &request_id,
+            );
+        }
+        Some(_) => {}
+    }
+    let raw = if method == Method::POST {
+        let form_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|t| t.starts_with("application/x-www-form-urlencoded"));
+        if !body.is_empty() && !form_type {
+            return failure_response(
+                &invalid(
+                    None,
+                    "Invalid request: Stripe's API takes application/x-www-form-urlencoded bodies.",
+                ),
+                &request_id,
+            );
+        }
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        uri.query().unwrap_or("").to_owned()
+    };
+    let params = match form::parse(&raw) {
+        Ok(params) => params,
+        Err(form::FormError(message)) => return failure_response(&invalid(None, message), &request_id),
+    };
+    if let Some(status) = sandbox.take_failure() {
+        let (kind, message) = match status {
+            429 => ("rate_limit_error", "Too many requests hit the API too quickly."),
+            _ => (
+                "api_error",
+                "An unknown error occurred while processing the request (injected by the Stripe sandbox).",
+            ),
+        };
+        return stripe_response(
+            status,
+            &json!({"error": {"type": kind, "message": message}}),
+            &request_id,
+            &[],
+        );
+    }
+    let idempotency_key = (method == Method::POST)
+        .then(|| {
+            headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .flatten();
+    let fingerprint = format!("{method} {path} {params}");
+    if let Some(key) = &idempotency_key {
+        if key.len() > 255 {
+            return failure_response(
+                &invalid(None, "Idempotency keys can be at most 255 characters."),
+                &request_id,
+            );
+        }
+        let mut kept = lock(&sandbox.kept);
+        match kept.get(key) {
+            Some(Kept::Done {
+                fingerprint: first,
+                status,
+                body,
+                request_id: original,
+            }) => {
+                if *first != fingerprint {
+                    return idempotency_mismatch(key, &request_id);
+                }
+                return stripe_response(
+                    *status,
+                    body,
+                    &request_id,
+                    &[("idempotent-replayed", "true"), ("original-request", original)],
+                );
+            }
+            Some(Kept::InFlight { fingerprint: first }) => {
+                if *first != fingerprint {
+                    return idempotency_mismatch(key, &request_id);
+                }
+                let failure = Failure {
+                    status: 409,
+                    body: json!({"error": {"type": "idempotency_error", "message": "There is currently another in-progress request using this Stripe-Idempotency-Key. Please try again later."}}),
+                    saved: false,
+                };
+                return failure_response(&failure, &request_id);
+            }
+            None => {
+                kept.insert(
+                    key.clone(),
+                    Kept::InFlight {
+                        fingerprint: fingerprint.clone(),
+                    },
+                );
+            }
+        }
+    }
+    let latency = sandbox.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let (outcome, events) = {
+        let mut state = lock(&sandbox.state);
+        state.request = (request_id.clone(), idempotency_key.clone());
+        let outcome = route(&mut state, &method, &path, &params);
+        (outcome, std::mem::take(&mut state.emitted))
+    };
+    let (status, body, saved) = match outcome {
+        Ok(body) => (200, body, true),
+        Err(failure) => (failure.status, failure.body, failure.saved),
+    };
+    if let Some(key) = idempotency_key {
+        let mut kept = lock(&sandbox.kept);
+        if saved {
+            kept.insert(
+                key,
+                Kept::Done {
+                    fingerprint,
+                    status,
+                    body: body.clone(),
+                    request_id: request_id.clone(),
+                },
+            );
+        } else {
+            kept.remove(&key);
+        }
+    }
+    if let Some(target) = lock(&sandbox.controls).webhook.clone() {
+        for event in events {
+            sandbox.sender.enqueue(target.clone(), event);
+        }
+    }
+    stripe_response(status, &body, &request_id, &[])
+}
+
+fn idempotency_mismatch(key: &str, request_id: &str) -> Response {
+    let failure = Failure {
+        status: 400,
+        body: json!({"error": {"type": "idempotency_error", "message": format!(
+            "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
+        )}}),
+        saved: false,
+    };
+    failure_response(&failure, request_id)
+}
+
+fn route(state: &mut State, method: &Method, path: &str, params: &Value) -> Outcome {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let now = now();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["v1", "customers"]) => state.list_customers(params),
+        ("POST", ["v1", "customers"]) => state.create_customer(params, now),
+        ("GET", ["v1", "customers", id]) => state.retrieve_customer(id, params),
+        ("POST", ["v1", "customers", id]) => state.update_customer(id, params, now),
+        ("DELETE", ["v1", "customers", id]) => state.delete_customer(id, params, now),
+        ("GET", ["v1", "subscriptions"]) => state.list_subscriptions(params),
+        ("POST", ["v1", "subscriptions"]) => state.create_subscription(params, now),
+        ("GET", ["v1", "subscriptions", id]) => state.retrieve_subscription(id, params),
+        ("POST", ["v1", "subscriptions", id]) => state.update_subscription(id, params, now),
+        ("DELETE", ["v1", "subscriptions", id]) => state.cancel_subscription(id, params, now),
+        ("GET", ["v1", "prices"]) => state.list_prices(params),
+        ("GET", ["v1", "prices", id]) => state.retrieve_price(id, params),
+        ("GET", ["v1", "payment_methods"]) => state.list_payment_methods(params),
+        ("GET", ["v1", "payment_methods", id]) => state.retrieve_payment_method(id, params),
+        ("POST", ["v1", "payment_methods", id, "attach"]) => state.attach_payment_method(id, params, now),
+        ("POST", ["v1", "payment_methods", id, "detach"]) => state.detach_payment_method(id, params, now),
+        ("GET", ["v1", "events"]) => state.list_events(params),
+        ("GET", ["v1", "events", id]) => state.retrieve_event(id, params),
+        _ => Err(Failure {
+            status: 404,
+            body: json!({"error": {"type": "invalid_request_error", "message": format!(
+                "Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs or we can help at https://support.stripe.com/."
+            )}}),
+            saved: false,
+        }),
+    }
+}
+
+/// `/_sandbox/...`: not Stripe's API, the sandbox's own controls (JSON in, JSON out).
+fn controls(sandbox: &Sandbox, method: &Method, path: &str, body: &Bytes) -> Response {
+    let input: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body).unwrap_or(Value::Null)
+    };
+    let answer = |status: StatusCode, body: Value| {
+        (status, [("content-type", "application/json")], body.to_string()).into_response()
+    };
+    match (method.as_str(), path) {
+        ("POST", "failures") => {
+            let count = input["count"].as_u64().unwrap_or(1) as u32;
+            let status = input["status"].as_u64().unwrap_or(500) as u16;
+            if !(400..600).contains(&status) {
+                return answer(StatusCode::BAD_REQUEST, json!({"error": "status must be 400-599"}));
+            }
+            sandbox.fail_next(count, status);
+            answer(StatusCode::OK, json!({"failing_next": count, "status": status}))
+        }
+        ("POST", "latency") => {
+            let ms = input["ms"].as_u64().unwrap_or(0);
+            sandbox.set_latency(Duration::from_millis(ms));
+            answer(StatusCode::OK, json!({"latency_ms": ms}))
+        }
+        ("POST", "webhook") => {
+            let target = match (input["url"].as_str(), input["secret"].as_str()) {
+                (Some(url), Some(secret)) => Some(WebhookTarget {
+                    url: url.to_owned(),
+                    secret: secret.to_owned(),
+                }),
+                (None, None) => None,
+                _ => {
+                    return answer(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": "give url and secret, or neither to stop"}),
+                    );
+                }
+            };
+            sandbox.set_webhook(target);
+            answer(StatusCode::OK, json!({"webhook": input}))
+        }
+        ("GET", "deliveries") => answer(StatusCode::OK, json!({"deliveries": sandbox.deliveries()})),
+        _ => answer(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no sandbox control {method} /_sandbox/{path}")}),
+        ),
+    }
+}

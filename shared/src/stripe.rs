@@ -1,0 +1,414 @@
+//! The `Billing` port: what the service asks of Stripe, and its async-stripe adapter.
+//!
+//! Every call carries a deterministic idempotency key (operation + target + the request or
+//! event it comes from), so a retry, ours or the client's, never makes a second customer or a
+//! second subscription. Calls have a per-attempt timeout and are retried with backoff on
+//! network errors, timeouts, 5xx, 429 and a concurrent request holding the same key.
+
+use std::time::Duration;
+
+use ::stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use stripe_billing::subscription::{
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, UpdateSubscription,
+    UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+};
+use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_payment::payment_method::AttachPaymentMethod;
+use stripe_shared::{Subscription as StripeSubscriptionObject, SubscriptionStatus};
+use uuid::Uuid;
+
+use crate::config::{ConfigError, Environment, optional, required};
+use crate::subscription::Status;
+
+/// A Stripe customer as far as the service cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Customer {
+    pub id: String,
+    pub created: DateTime<Utc>,
+}
+
+/// A Stripe subscription as far as the service cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StripeSubscription {
+    pub id: String,
+    pub customer: String,
+    pub status: Status,
+    /// The subscription item that carries the plan's price, and that price.
+    pub item: String,
+    pub price: String,
+    pub trial_start: Option<DateTime<Utc>>,
+    pub trial_end: Option<DateTime<Utc>>,
+    pub current_period_end: Option<DateTime<Utc>>,
+    pub cancel_at_period_end: bool,
+}
+
+/// Why Stripe did not do what was asked. Nothing changed in Stripe in any of these cases,
+/// except where a retry with the same key would return the same answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BillingError {
+    /// Stripe could not be reached or failed, after retries. Safe to retry later.
+    #[error("Stripe is unavailable: {0}")]
+    Unavailable(String),
+    /// The card was declined when it was attached.
+    #[error("the card was declined: {0}")]
+    CardDeclined(String),
+    /// The payment method id names nothing Stripe knows (or one attached elsewhere).
+    #[error("the payment method was refused: {0}")]
+    PaymentMethodRefused(String),
+    /// The same idempotency key was used with other parameters: another request for the same
+    /// target is (or was) doing something different.
+    #[error("a conflicting request for the same object was made: {0}")]
+    Conflict(String),
+    /// Stripe refused the request as malformed: a defect on our side.
+    #[error("Stripe refused the request: {0}")]
+    Rejected(String),
+}
+
+/// The idempotency key of one Stripe call: `billing:<operation>:<target>:<origin>`.
+pub fn idempotency_key(operation: &str, target: &str, origin: &str) -> String {
+    let key = format!("billing:{operation}:{target}:{origin}");
+    // Stripe allows 255 characters; the parts are ids, so this only trims pathological input.
+    key.chars().take(255).collect()
+}
+
+/// What the service asks of Stripe.
+#[async_trait]
+pub trait Billing: Send + Sync {
+    async fn create_customer(&self, user_id: Uuid, email: &str, key: &str) -> Result<Customer, BillingError>;
+
+    /// A subscription to `price` for `customer`, trialing until `trial_end` when given.
+    async fn create_subscription(
+        &self,
+        customer: &str,
+        price: &str,
+        trial_end: Option<DateTime<Utc>>,
+        user_id: Uuid,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError>;
+
+    /// Moves the subscription's item to `price` (no proration: plan changes bill from the next
+    /// period).
+    async fn change_price(
+        &self,
+        subscription: &StripeSubscription,
+        price: &str,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError>;
+
+    /// Attaches the payment method to the customer and makes it the customer's default for
+    /// invoices. Returns the id of the attached payment method (Stripe's test ids such as
+    /// `pm_card_visa` become a new `pm_...`).
+    async fn attach_default_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+        key: &str,
+    ) -> Result<String, BillingError>;
+
+    async fn set_cancel_at_period_end(
+        &self,
+        subscription: &str,
+        cancel: bool,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError>;
+
+    async fn cancel(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError>;
+}
+
+/// How hard to try each Stripe call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub attempt_timeout: Duration,
+    pub first_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Three attempts of at most 4 s, 100 ms then 400 ms apart: under API Gateway's 30 s.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            attempt_timeout: Duration::from_secs(4),
+            first_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The `Billing` port on async-stripe.
+#[derive(Clone)]
+pub struct StripeBilling {
+    client: ::stripe::Client,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for StripeBilling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client holds the secret key: never print it.
+        f.debug_struct("StripeBilling")
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StripeBilling {
+    /// A client for `secret_key`, talking to `api_base` (a local sandbox) when given.
+    pub fn new(secret_key: &str, api_base: Option<&str>, retry: RetryPolicy) -> Result<Self, BillingError> {
+        let mut builder = ::stripe::ClientBuilder::new(secret_key).timeout(retry.attempt_timeout);
+        if let Some(base) = api_base {
+            let base = if base.ends_with('/') {
+                base.to_owned()
+            } else {
+                format!("{base}/")
+            };
+            builder = builder.url(base);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| BillingError::Rejected(format!("Stripe client: {e}")))?;
+        Ok(StripeBilling { client, retry })
+    }
+
+    /// From `STRIPE_SECRET_KEY` and, optionally, `STRIPE_API_BASE`.
+    pub fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
+        let key = required(env, "STRIPE_SECRET_KEY")?;
+        let base = optional(env, "STRIPE_API_BASE");
+        StripeBilling::new(&key, base.as_deref(), RetryPolicy::default()).map_err(|e| ConfigError::Invalid {
+            name: "STRIPE_SECRET_KEY".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Runs `call` with the idempotency key until it succeeds, fails for good, or the
+    /// attempts run out.
+    async fn with_retries<T, F, Fut>(&self, operation: &str, key: &str, call: F) -> Result<T, BillingError>
+    where
+        F: Fn(RequestStrategy) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StripeError>>,
+    {
+        let key = IdempotencyKey::new(key).map_err(|e| BillingError::Rejected(e.to_string()))?;
+        let mut backoff = self.retry.first_backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.retry.attempts {
+            match call(RequestStrategy::Idempotent(key.clone())).await {
+                Ok(value) => return Ok(value),
+                Err(error) => match classify(&error) {
+                    Retry::Yes => {
+                        last = describe(&error);
+                        tracing::warn!(operation, attempt, error = %last, "Stripe call failed; retrying");
+                    }
+                    Retry::No(error) => {
+                        tracing::warn!(operation, attempt, error = %error, "Stripe refused the call");
+                        return Err(error);
+                    }
+                },
+            }
+            if attempt < self.retry.attempts {
+                tokio::time::sleep(backoff).await;
+                backoff *= 4;
+            }
+        }
+        Err(BillingError::Unavailable(format!("{operation}: {last}")))
+    }
+}
+
+enum Retry {
+    Yes,
+    No(BillingError),
+}
+
+fn describe(error: &StripeError) -> String {
+    match error {
+        StripeError::Stripe(api, status) => format!(
+            "{status} {}: {}",
+            api.type_.as_str(),
+            api.message.as_deref().unwrap_or("")
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn classify(error: &StripeError) -> Retry {
+    match error {
+        StripeError::ClientError(_) | StripeError::Timeout => Retry::Yes,
+        StripeError::Stripe(api, status) => {
+            let kind = api.type_.as_str();
+            let message = api.message.clone().unwrap_or_default();
+            match (*status, kind) {
+                (500..=599 | 429, _) => Retry::Yes,
+                // Another request with the same key is still running: wait for its answer.
+                (409, "idempotency_error") => Retry::Yes,
+                (_, "idempotency_error") => Retry::No(BillingError::Conflict(message)),
+                (402, _) | (_, "card_error") => Retry::No(BillingError::CardDeclined(message)),
+                _ if api.param.is_none() && message.contains("payment method") => {
+                    Retry::No(BillingError::PaymentMethodRefused(message))
+                }
+                (404, _) if message.contains("PaymentMethod") => Retry::No(BillingError::PaymentMethodRefused(message)),
+                _ => Retry::No(BillingError::Rejected(format!("{status} {kind}: {message}"))),
+            }
+        }
+        StripeError::JSONDeserialize(detail) => {
+            Retry::No(BillingError::Rejected(format!("unreadable Stripe response: {detail}")))
+        }
+        StripeError::ConfigError(detail) => Retry::No(BillingError::Rejected(detail.clone())),
+    }
+}
+
+fn timestamp(seconds: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_opt(seconds, 0).single()
+}
+
+fn status_of(status: &SubscriptionStatus) -> Status {
+    match status {
+        SubscriptionStatus::Active => Status::Active,
+        SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired => Status::Canceled,
+        SubscriptionStatus::Incomplete => Status::Incomplete,
+        SubscriptionStatus::PastDue => Status::PastDue,
+        SubscriptionStatus::Paused => Status::Paused,
+        SubscriptionStatus::Trialing => Status::Trialing,
+        SubscriptionStatus::Unpaid => Status::Unpaid,
+        // A status newer than this code: treat it as needing attention, never as paid.
+        _ => Status::Incomplete,
+    }
+}
+
+fn summarize(subscription: &StripeSubscriptionObject) -> Result<StripeSubscription, BillingError> {
+    let item = subscription
+        .items
+        .data
+        .first()
+        .ok_or_else(|| BillingError::Rejected(format!("subscription {} has no items", subscription.id.as_str())))?;
+    Ok(StripeSubscription {
+        id: subscription.id.as_str().to_owned(),
+        customer: subscription.customer.id().as_str().to_owned(),
+        status: status_of(&subscription.status),
+        item: item.id.as_str().to_owned(),
+        price: item.price.id.as_str().to_owned(),
+        trial_start: subscription.trial_start.and_then(timestamp),
+        trial_end: subscription.trial_end.and_then(timestamp),
+        current_period_end: timestamp(item.current_period_end),
+        cancel_at_period_end: subscription.cancel_at_period_end,
+    })
+}
+
+#[async_trait]
+impl Billing for StripeBilling {
+    async fn create_customer(&self, user_id: Uuid, email: &str, key: &str) -> Result<Customer, BillingError> {
+        let request = CreateCustomer::new().email(email).metadata(
+            [("user_id".to_owned(), user_id.to_string())]
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        let customer = self
+            .with_retries("create_customer", key, |strategy| {
+                let request = request.clone();
+                async move { request.customize().request_strategy(strategy).send(&self.client).await }
+            })
+            .await?;
+        Ok(Customer {
+            id: customer.id.as_str().to_owned(),
+            created: timestamp(customer.created).unwrap_or_else(Utc::now),
+        })
+    }
+
+    async fn create_subscription(
+        &self,
+        customer: &str,
+        price: &str,
+        trial_end: Option<DateTime<Utc>>,
+        user_id: Uuid,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut item = CreateSubscriptionItems::new();
+        item.price = Some(price.to_owned());
+        let mut request = CreateSubscription::new().customer(customer).items(vec![item]).metadata(
+            [("user_id".to_owned(), user_id.to_string())]
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        if let Some(end) = trial_end {
+            request = request.trial_end(CreateSubscriptionTrialEnd::Timestamp(end.timestamp()));
+        }
+        let subscription = self
+            .with_retries("create_subscription", key, |strategy| {
+                let request = request.clone();
+                async move { request.customize().request_strategy(strategy).send(&self.client).await }
+            })
+            .await?;
+        summarize(&subscription)
+    }
+
+    async fn change_price(
+        &self,
+        subscription: &StripeSubscription,
+        price: &str,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut item = UpdateSubscriptionItems::new();
+        item.id = Some(subscription.item.clone());
+        item.price = Some(price.to_owned());
+        let request = UpdateSubscription::new(subscription.id.as_str())
+            .items(vec![item])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::None);
+        let updated = self
+            .with_retries("change_price", key, |strategy| {
+                let request = request.clone();
+                async move { request.customize().request_strategy(strategy).send(&self.client).await }
+            })
+            .await?;
+        summarize(&updated)
+    }
+
+    async fn attach_default_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+        key: &str,
+    ) -> Result<String, BillingError> {
+        let attach = AttachPaymentMethod::new(payment_method).customer(customer);
+        let attached = self
+            .with_retries("attach_payment_method", &format!("{key}:attach"), |strategy| {
+                let request = attach.clone();
+                async move { request.customize().request_strategy(strategy).send(&self.client).await }
+            })
+            .await?;
+        let attached_id = attached.id.as_str().to_owned();
+        let mut settings = UpdateCustomerInvoiceSettings::new();
+        settings.default_payment_method = Some(attached_id.clone());
+        let make_default = UpdateCustomer::new(customer).invoice_settings(settings);
+        self.with_retries("set_default_payment_method", &format!("{key}:default"), |strategy| {
+            let request = make_default.clone();
+            async move { request.customize().request_strategy(strategy).send(&self.client).await }
+        })
+        .await?;
+        Ok(attached_id)
+    }
+
+    async fn set_cancel_at_period_end(
+        &self,
+        subscription: &str,
+        cancel: bool,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let request = UpdateSubscription::new(subscription).cancel_at_period_end(cancel);
+        let updated = self
+            .with_retries("set_cancel_at_period_end", key, |strategy| {
+                let request = request.clone();
+                async move { request.customize().request_strategy(strategy).send(&self.client).await }
+            })
+            .await?;
+        summarize(&updated)
+    }
+
+    async fn cancel(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError> {
+        let request = CancelSubscription::new(subscription);
+        let canceled = self
+            .with_retries("cancel_subscription", key, |strategy| {
+                let request = request.clone();
+                async move { request.customize().request_strategy(strategy).send(&self.client).await }
+            })
+            .await?;
+        summarize(&canceled)
+    }
+}

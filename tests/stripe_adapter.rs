@@ -1,0 +1,205 @@
+//! The async-stripe adapter of the `Billing` port against the Stripe sandbox over HTTP: what it
+//! creates is what the sandbox holds, retries reuse their idempotency key, and failures map to
+//! the errors the handlers expect.
+
+use std::time::Duration;
+
+use billing::stripe::{Billing, BillingError, idempotency_key};
+use billing::subscription::Status;
+use bundle_tests::{billing_for, start_sandbox, stripe_get};
+use chrono::{Duration as Days, Utc};
+use uuid::Uuid;
+
+fn email() -> String {
+    format!("ada-{}@example.com", Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn created_customer_and_trialing_subscription_are_what_the_sandbox_holds() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let user = Uuid::new_v4();
+    let address = email();
+    // When a customer and a 31-day trial subscription are created
+    let customer = billing
+        .create_customer(user, &address, &idempotency_key("customer", &user.to_string(), "t"))
+        .await
+        .unwrap();
+    let trial_end = Utc::now() + Days::days(31);
+    let subscription = billing
+        .create_subscription(
+            &customer.id,
+            "price_pending",
+            Some(trial_end),
+            user,
+            &idempotency_key("subscription", &user.to_string(), "t"),
+        )
+        .await
+        .unwrap();
+    // Then the sandbox holds them as created
+    let stored = stripe_get(&sandbox, &format!("/v1/customers/{}", customer.id)).await;
+    assert_eq!(stored["email"], address.as_str());
+    assert_eq!(stored["metadata"]["user_id"], user.to_string());
+    assert_eq!(subscription.status, Status::Trialing);
+    assert_eq!(subscription.customer, customer.id);
+    assert_eq!(subscription.price, "price_pending");
+    assert_eq!(subscription.trial_end.unwrap().timestamp(), trial_end.timestamp());
+    let stored = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    assert_eq!(stored["status"], "trialing");
+    assert_eq!(stored["items"]["data"][0]["price"]["id"], "price_pending");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_makes_one_customer() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let (user, address) = (Uuid::new_v4(), email());
+    let key = idempotency_key("customer", &user.to_string(), "signup");
+    let first = billing.create_customer(user, &address, &key).await.unwrap();
+    let second = billing.create_customer(user, &address, &key).await.unwrap();
+    assert_eq!(first, second);
+    let listed = stripe_get(&sandbox, &format!("/v1/customers?email={address}")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_calls_with_one_key_wait_for_the_first_and_share_its_customer() {
+    let sandbox = start_sandbox().await;
+    sandbox.sandbox.set_latency(Duration::from_millis(30));
+    let billing = billing_for(&sandbox);
+    let (user, address) = (Uuid::new_v4(), email());
+    let key = idempotency_key("customer", &user.to_string(), "signup");
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let (billing, address, key) = (billing.clone(), address.clone(), key.clone());
+            tokio::spawn(async move { billing.create_customer(user, &address, &key).await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for call in calls {
+        ids.insert(call.await.unwrap().unwrap().id);
+    }
+    assert_eq!(ids.len(), 1);
+    let listed = stripe_get(&sandbox, &format!("/v1/customers?email={address}")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_the_same_key() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let (user, address) = (Uuid::new_v4(), email());
+    sandbox.sandbox.fail_next(2, 503);
+    let customer = billing
+        .create_customer(user, &address, &idempotency_key("customer", &user.to_string(), "r"))
+        .await
+        .unwrap();
+    assert!(customer.id.starts_with("cus_"));
+    let listed = stripe_get(&sandbox, &format!("/v1/customers?email={address}")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn failures_outlasting_the_retries_are_unavailable_and_create_nothing() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let (user, address) = (Uuid::new_v4(), email());
+    sandbox.sandbox.fail_next(3, 500);
+    let outcome = billing
+        .create_customer(user, &address, &idempotency_key("customer", &user.to_string(), "x"))
+        .await;
+    assert!(matches!(outcome, Err(BillingError::Unavailable(_))), "{outcome:?}");
+    let listed = stripe_get(&sandbox, &format!("/v1/customers?email={address}")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn reusing_a_key_with_other_parameters_is_a_conflict() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let user = Uuid::new_v4();
+    let key = idempotency_key("customer", &user.to_string(), "c");
+    billing.create_customer(user, &email(), &key).await.unwrap();
+    let outcome = billing.create_customer(user, &email(), &key).await;
+    assert!(matches!(outcome, Err(BillingError::Conflict(_))), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn price_change_payment_method_and_cancellation_reach_the_sandbox() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let user = Uuid::new_v4();
+    let customer = billing.create_customer(user, &email(), "k:customer").await.unwrap();
+    let trial_end = Utc::now() + Days::days(31);
+    let subscription = billing
+        .create_subscription(&customer.id, "price_pending", Some(trial_end), user, "k:subscription")
+        .await
+        .unwrap();
+
+    // A plan change moves the subscription item to the new price
+    let changed = billing
+        .change_price(&subscription, "price_basic_monthly", "k:price")
+        .await
+        .unwrap();
+    assert_eq!(changed.price, "price_basic_monthly");
+    assert_eq!(changed.item, subscription.item);
+    let stored = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    assert_eq!(stored["items"]["data"][0]["price"]["id"], "price_basic_monthly");
+
+    // A test card becomes the customer's default payment method
+    let method = billing
+        .attach_default_payment_method(&customer.id, "pm_card_visa", "k:pm")
+        .await
+        .unwrap();
+    assert!(method.starts_with("pm_") && method != "pm_card_visa", "{method}");
+    let stored = stripe_get(&sandbox, &format!("/v1/customers/{}", customer.id)).await;
+    assert_eq!(stored["invoice_settings"]["default_payment_method"], method.as_str());
+    let stored = stripe_get(&sandbox, &format!("/v1/payment_methods/{method}")).await;
+    assert_eq!(stored["customer"], customer.id.as_str());
+    assert_eq!(stored["card"]["last4"], "4242");
+
+    // Cancel at period end, then at once
+    let flagged = billing
+        .set_cancel_at_period_end(&subscription.id, true, "k:cape")
+        .await
+        .unwrap();
+    assert!(flagged.cancel_at_period_end);
+    let canceled = billing.cancel(&subscription.id, "k:cancel").await.unwrap();
+    assert_eq!(canceled.status, Status::Canceled);
+}
+
+#[tokio::test]
+async fn a_declined_card_is_reported_as_declined() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let customer = billing
+        .create_customer(Uuid::new_v4(), &email(), "d:customer")
+        .await
+        .unwrap();
+    let outcome = billing
+        .attach_default_payment_method(&customer.id, "pm_card_chargeDeclined", "d:pm")
+        .await;
+    assert!(matches!(outcome, Err(BillingError::CardDeclined(_))), "{outcome:?}");
+    let stored = stripe_get(&sandbox, &format!("/v1/customers/{}", customer.id)).await;
+    assert_eq!(
+        stored["invoice_settings"]["default_payment_method"],
+        serde_json::Value::Null
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_payment_method_is_refused() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let customer = billing
+        .create_customer(Uuid::new_v4(), &email(), "u:customer")
+        .await
+        .unwrap();
+    let outcome = billing
+        .attach_default_payment_method(&customer.id, "pm_doesnotexist", "u:pm")
+        .await;
+    assert!(
+        matches!(outcome, Err(BillingError::PaymentMethodRefused(_))),
+        "{outcome:?}"
+    );
+}
