@@ -138,7 +138,7 @@ async fn price_change_payment_method_and_cancellation_reach_the_sandbox() {
 
     // A plan change moves the subscription item to the new price
     let changed = billing
-        .change_price(&subscription, "price_basic_monthly", "k:price")
+        .change_price(&subscription.id, "price_basic_monthly", "k:price")
         .await
         .unwrap();
     assert_eq!(changed.price, "price_basic_monthly");

@@ -19,7 +19,9 @@ use crate::auth::{AuthError, Principal};
 use crate::config::{Environment, optional};
 use crate::errors::{FieldError, Slug, ValidationErrors};
 use crate::ids::parse_canonical_uuid;
+use crate::provisioning::ProvisionError;
 use crate::store::StoreError;
+use crate::stripe::BillingError;
 use crate::subscription::Subscription;
 
 /// Bodies above this many bytes are refused with 413 before anything reads them.
@@ -138,6 +140,56 @@ impl From<StoreError> for ApiError {
                 ))
             }
             StoreError::Corrupt(detail) => ApiError::act_of_god(&detail),
+        }
+    }
+}
+
+impl From<BillingError> for ApiError {
+    fn from(error: BillingError) -> Self {
+        match error {
+            BillingError::Unavailable(detail) => {
+                tracing::error!(error = %detail, "Stripe unavailable");
+                ApiError::one(FieldError::general(
+                    Slug::UpstreamUnavailable,
+                    "Stripe is unavailable; nothing was changed, try again",
+                ))
+            }
+            BillingError::CardDeclined(message) => ApiError::one(FieldError::field(
+                Slug::InvalidValue,
+                "/stripe_source",
+                format!("the card was declined: {message}"),
+            )),
+            BillingError::PaymentMethodRefused(message) => ApiError::one(FieldError::field(
+                Slug::InvalidValue,
+                "/stripe_source",
+                format!("the payment method cannot be used: {message}"),
+            )),
+            BillingError::Conflict(detail) => {
+                tracing::warn!(error = %detail, "conflicting Stripe request");
+                ApiError::one(FieldError::general(
+                    Slug::Conflict,
+                    "another request is changing this subscription differently; read it again and retry",
+                ))
+            }
+            BillingError::Rejected(detail) => ApiError::act_of_god(&detail),
+        }
+    }
+}
+
+impl From<ProvisionError> for ApiError {
+    fn from(error: ProvisionError) -> Self {
+        match error {
+            ProvisionError::AlreadyExists => StoreError::AlreadyExists.into(),
+            ProvisionError::Billing(BillingError::Conflict(detail)) => {
+                tracing::warn!(error = %detail, "concurrent create with other details");
+                ApiError::one(FieldError::field(
+                    Slug::Conflict,
+                    "/user_id",
+                    "a subscription for this user is being created with other details",
+                ))
+            }
+            ProvisionError::Billing(error) => error.into(),
+            ProvisionError::Store(error) => error.into(),
         }
     }
 }

@@ -10,6 +10,9 @@ pub mod config;
 pub mod errors;
 pub mod http;
 pub mod ids;
+pub mod provisioning;
 pub mod store;
 pub mod stripe;
 pub mod subscription;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

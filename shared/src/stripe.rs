@@ -11,8 +11,8 @@ use ::stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use stripe_billing::subscription::{
-    CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, UpdateSubscription,
-    UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, RetrieveSubscription,
+    UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
 };
 use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_payment::payment_method::AttachPaymentMethod;
@@ -88,11 +88,11 @@ pub trait Billing: Send + Sync {
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
 
-    /// Moves the subscription's item to `price` (no proration: plan changes bill from the next
-    /// period).
+    /// Moves the subscription's (single) item to `price`. No proration: a plan change bills
+    /// from the next period.
     async fn change_price(
         &self,
-        subscription: &StripeSubscription,
+        subscription: &str,
         price: &str,
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
@@ -341,14 +341,32 @@ impl Billing for StripeBilling {
 
     async fn change_price(
         &self,
-        subscription: &StripeSubscription,
+        subscription: &str,
         price: &str,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
+        // The item id is Stripe's business: read it rather than keep a copy that can go stale.
+        let retrieve = RetrieveSubscription::new(subscription);
+        let current = self
+            .with_retries("retrieve_subscription", key, |_| {
+                let request = retrieve.clone();
+                async move {
+                    request
+                        .customize()
+                        .request_strategy(RequestStrategy::Once)
+                        .send(&self.client)
+                        .await
+                }
+            })
+            .await?;
+        let current = summarize(&current)?;
+        if current.price == price {
+            return Ok(current);
+        }
         let mut item = UpdateSubscriptionItems::new();
-        item.id = Some(subscription.item.clone());
+        item.id = Some(current.item.clone());
         item.price = Some(price.to_owned());
-        let request = UpdateSubscription::new(subscription.id.as_str())
+        let request = UpdateSubscription::new(subscription)
             .items(vec![item])
             .proration_behavior(UpdateSubscriptionProrationBehavior::None);
         let updated = self

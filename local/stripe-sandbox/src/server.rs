@@ -36,6 +36,8 @@ struct Controls {
     /// The next `fail_remaining` API calls answer `fail_status` without doing anything.
     fail_remaining: u32,
     fail_status: u16,
+    /// Only calls whose path starts with this fail; all calls when `None`.
+    fail_path: Option<String>,
     latency: Duration,
     webhook: Option<WebhookTarget>,
 }
@@ -74,9 +76,16 @@ impl Sandbox {
     /// Makes the next `count` API calls fail with `status` (500, 502, 503, 429...) before they
     /// do anything, as when Stripe or the network between fails.
     pub fn fail_next(&self, count: u32, status: u16) {
+        self.fail_next_on(count, status, None);
+    }
+
+    /// Like [`Sandbox::fail_next`], counting only calls to paths starting with `path`
+    /// (`/v1/subscriptions`), so a test can fail one step of a sequence.
+    pub fn fail_next_on(&self, count: u32, status: u16, path: Option<&str>) {
         let mut controls = lock(&self.controls);
         controls.fail_remaining = count;
         controls.fail_status = status;
+        controls.fail_path = path.map(str::to_owned);
     }
 
     /// Adds `latency` to every API call from now on.
@@ -102,9 +111,13 @@ impl Sandbox {
         axum::Router::new().fallback(handle).with_state(self.clone())
     }
 
-    fn take_failure(&self) -> Option<u16> {
+    fn take_failure(&self, path: &str) -> Option<u16> {
         let mut controls = lock(&self.controls);
-        if controls.fail_remaining == 0 {
+        let applies = controls
+            .fail_path
+            .as_deref()
+            .is_none_or(|prefix| path.starts_with(prefix));
+        if controls.fail_remaining == 0 || !applies {
             return None;
         }
         controls.fail_remaining -= 1;
@@ -227,7 +240,7 @@ async fn handle(
         Ok(params) => params,
         Err(form::FormError(message)) => return failure_response(&invalid(None, message), &request_id),
     };
-    if let Some(status) = sandbox.take_failure() {
+    if let Some(status) = sandbox.take_failure(&path) {
         let (kind, message) = match status {
             429 => ("rate_limit_error", "Too many requests hit the API too quickly."),
             _ => (
@@ -395,8 +408,12 @@ fn controls(sandbox: &Sandbox, method: &Method, path: &str, body: &Bytes) -> Res
             if !(400..600).contains(&status) {
                 return answer(StatusCode::BAD_REQUEST, json!({"error": "status must be 400-599"}));
             }
-            sandbox.fail_next(count, status);
-            answer(StatusCode::OK, json!({"failing_next": count, "status": status}))
+            let path = input["path"].as_str();
+            sandbox.fail_next_on(count, status, path);
+            answer(
+                StatusCode::OK,
+                json!({"failing_next": count, "status": status, "path": path}),
+            )
         }
         ("POST", "latency") => {
             let ms = input["ms"].as_u64().unwrap_or(0);

@@ -1,0 +1,74 @@
+//! `POST /subscriptions`: an administrator creates a user's subscription: a Stripe customer,
+//! a Stripe subscription on the plan's price with the plan's trial, then the stored record.
+//! Retried or concurrent creates for one user make one of each (see `billing::provisioning`).
+
+use std::sync::Arc;
+
+use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
+use billing::errors::{FieldError, Slug};
+use billing::http::{ApiError, ApiResponse, Cors, serve};
+use billing::provisioning::{Provision, provision};
+use billing::store::{DynamoStore, Store};
+use billing::stripe::{Billing, StripeBilling};
+use billing::subscription::{PlanCatalog, SubscriptionChange};
+use chrono::Utc;
+use lambda_http::{Body, Request, Response};
+
+pub struct CreateSubscription {
+    pub store: Arc<dyn Store>,
+    pub billing: Arc<dyn Billing>,
+    pub catalog: PlanCatalog,
+    pub cors: Cors,
+}
+
+impl CreateSubscription {
+    /// Reads `BILLING_TABLE`, `STRIPE_SECRET_KEY` (and `STRIPE_API_BASE`), the plan prices and
+    /// `CORS_ALLOWED_ORIGINS`; builds the clients once.
+    pub async fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
+        let table = billing_table(env)?;
+        let billing = StripeBilling::from_env(env)?;
+        let catalog = plan_catalog(env)?;
+        Ok(CreateSubscription {
+            store: Arc::new(DynamoStore::connect(table).await),
+            billing: Arc::new(billing),
+            catalog,
+            cors: Cors::from_env(env),
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        serve(request, &self.cors, |request| async move {
+            let principal = request.principal()?;
+            principal.require_admin()?;
+            if request.body().is_empty() {
+                return Err(ApiError::one(FieldError::general(
+                    Slug::Missing,
+                    "a JSON body is required",
+                )));
+            }
+            let change = SubscriptionChange::from_json(request.body())?;
+            let now = Utc::now();
+            change.validate_create(&self.catalog, now)?;
+            let plan_id = change.plan.as_deref().unwrap_or(PlanCatalog::PENDING);
+            let plan = self
+                .catalog
+                .get(plan_id)
+                .ok_or_else(|| ApiError::act_of_god(&"validated plan missing"))?;
+            let actor = format!("admin:{}", principal.user_id);
+            let subscription = provision(
+                self.store.as_ref(),
+                self.billing.as_ref(),
+                Provision {
+                    change: &change,
+                    plan,
+                    trial_start: None,
+                    actor: &actor,
+                    now,
+                },
+            )
+            .await?;
+            Ok(ApiResponse::created(subscription))
+        })
+        .await
+    }
+}

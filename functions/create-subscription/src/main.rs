@@ -1,0 +1,15 @@
+//! Lambda bootstrap of `POST /subscriptions`.
+
+use billing::config::ProcessEnvironment;
+use create_subscription::CreateSubscription;
+use lambda_http::{Error, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_http::tracing::init_default_subscriber();
+    let function = CreateSubscription::from_env(&ProcessEnvironment).await?;
+    run(service_fn(|request| async {
+        Ok::<_, Error>(function.handle(request).await)
+    }))
+    .await
+}

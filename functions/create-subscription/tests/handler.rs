@@ -1,0 +1,180 @@
+//! POST /subscriptions in-process, against the embedded store and the Stripe sandbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use billing::http::Cors;
+use billing::store::Store;
+use billing::stripe::{RetryPolicy, StripeBilling};
+use billing::testing::{ApiEvent, catalog, embedded_store};
+use create_subscription::CreateSubscription;
+use serde_json::{Value, json};
+use stripe_sandbox::{PriceSpec, RunningSandbox};
+use uuid::Uuid;
+
+struct Fixture {
+    function: CreateSubscription,
+    sandbox: RunningSandbox,
+    store: Arc<dyn Store>,
+}
+
+async fn fixture() -> Fixture {
+    let prices: Vec<_> = catalog()
+        .plans()
+        .iter()
+        .map(|p| PriceSpec::recurring(&p.stripe_price, 0, "month"))
+        .collect();
+    let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
+    let retry = RetryPolicy {
+        attempts: 3,
+        attempt_timeout: Duration::from_secs(3),
+        first_backoff: Duration::from_millis(10),
+    };
+    let billing = StripeBilling::new("sk_test_handler", Some(&sandbox.base_url()), retry).unwrap();
+    let store: Arc<dyn Store> = embedded_store();
+    let function = CreateSubscription {
+        store: store.clone(),
+        billing: Arc::new(billing),
+        catalog: catalog(),
+        cors: Cors::default(),
+    };
+    Fixture {
+        function,
+        sandbox,
+        store,
+    }
+}
+
+fn admin_create(body: &Value) -> lambda_http::Request {
+    ApiEvent::sample("apigw-create-subscription.json")
+        .caller(Uuid::new_v4(), "subscriptions subscriptions_admin")
+        .body(body)
+        .build()
+}
+
+fn body(response: &lambda_http::Response<lambda_http::Body>) -> Value {
+    serde_json::from_slice(response.body()).unwrap()
+}
+
+async fn customers_with_email(sandbox: &RunningSandbox, email: &str) -> usize {
+    let url = format!("{}v1/customers?email={email}&limit=100", sandbox.base_url());
+    let listed: Value = reqwest::Client::new()
+        .get(url)
+        .bearer_auth("sk_test_handler")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listed["data"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn admin_creates_a_pending_subscription_with_a_31_day_trial_in_stripe_and_the_store() {
+    let f = fixture().await;
+    let user = Uuid::new_v4();
+    let response = f
+        .function
+        .handle(admin_create(
+            &json!({"user_id": user.to_string(), "email": "ada@example.com"}),
+        ))
+        .await;
+    assert_eq!(response.status(), 201, "{:?}", body(&response));
+    let created = &body(&response)["subscriptions"][0];
+    assert_eq!(created["id"], user.to_string());
+    assert_eq!(created["plan"], "pending");
+    assert_eq!(created["status"], "trialing");
+    assert!(created["stripe_customer"].as_str().unwrap().starts_with("cus_"));
+    assert!(created["stripe_subscription"].as_str().unwrap().starts_with("sub_"));
+    let start = chrono::DateTime::parse_from_rfc3339(created["trial_start"].as_str().unwrap()).unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(created["trial_end"].as_str().unwrap()).unwrap();
+    assert_eq!(end - start, chrono::Duration::days(31));
+    let stored = f.store.get_subscription(user).await.unwrap();
+    assert_eq!(serde_json::to_value(&stored).unwrap(), *created);
+    assert_eq!(f.store.audit_trail(user).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn non_admin_cannot_create() {
+    let f = fixture().await;
+    let user = Uuid::new_v4();
+    let request = ApiEvent::sample("apigw-create-subscription.json")
+        .caller(user, "subscriptions")
+        .body(&json!({"user_id": user.to_string(), "email": "ada@example.com"}))
+        .build();
+    let response = f.function.handle(request).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        f.store.get_subscription(user).await,
+        Err(billing::store::StoreError::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn create_without_user_id_and_email_reports_both() {
+    let f = fixture().await;
+    let response = f.function.handle(admin_create(&json!({"plan": "basic_monthly"}))).await;
+    assert_eq!(response.status(), 400);
+    let fields: Vec<_> = body(&response)["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].clone())
+        .collect();
+    assert_eq!(fields, vec![json!("/user_id"), json!("/email")]);
+}
+
+#[tokio::test]
+async fn second_create_for_a_user_is_a_conflict_on_user_id() {
+    let f = fixture().await;
+    let user = Uuid::new_v4();
+    let create = json!({"user_id": user.to_string(), "email": "ada@example.com"});
+    assert_eq!(f.function.handle(admin_create(&create)).await.status(), 201);
+    let response = f.function.handle(admin_create(&create)).await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(body(&response)["errors"][0]["field"], "/user_id");
+}
+
+#[tokio::test]
+async fn stripe_failure_answers_502_stores_nothing_and_a_retry_makes_one_customer() {
+    let f = fixture().await;
+    let user = Uuid::new_v4();
+    let email = format!("{}@example.com", user.simple());
+    let create = json!({"user_id": user.to_string(), "email": email});
+    // Given Stripe failing for longer than the retries last
+    f.sandbox.sandbox.fail_next(3, 500);
+    let response = f.function.handle(admin_create(&create)).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(body(&response)["errors"][0]["slug"], "upstream_unavailable");
+    assert_eq!(
+        f.store.get_subscription(user).await,
+        Err(billing::store::StoreError::NotFound)
+    );
+    // When the retry gets the customer made but the subscription fails
+    f.sandbox.sandbox.fail_next_on(3, 503, Some("/v1/subscriptions"));
+    assert_eq!(f.function.handle(admin_create(&create)).await.status(), 502);
+    assert_eq!(customers_with_email(&f.sandbox, &email).await, 1);
+    // Then the next retry succeeds, still with one customer in Stripe
+    let response = f.function.handle(admin_create(&create)).await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(customers_with_email(&f.sandbox, &email).await, 1);
+    assert_eq!(
+        body(&response)["subscriptions"][0]["stripe_customer"],
+        f.store.get_subscription(user).await.unwrap().stripe_customer.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn empty_body_is_missing() {
+    let f = fixture().await;
+    let request = ApiEvent::sample("apigw-create-subscription.json")
+        .caller(Uuid::new_v4(), "subscriptions_admin")
+        .body(&Value::Null)
+        .build();
+    let mut request = request;
+    *request.body_mut() = lambda_http::Body::Empty;
+    let response = f.function.handle(request).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(body(&response)["errors"][0]["slug"], "missing");
+}

@@ -1,0 +1,37 @@
+//! `GET /subscriptions/{id}`: a subscription, to its owner (scope `subscriptions`) or to an
+//! administrator (`subscriptions_admin`). Whether the caller may see it is decided before it is
+//! looked up, so a refusal says nothing about whether it exists.
+
+use std::sync::Arc;
+
+use billing::config::{ConfigError, Environment, billing_table};
+use billing::http::{ApiResponse, Cors, serve};
+use billing::store::{DynamoStore, Store};
+use lambda_http::{Body, Request, Response};
+
+pub struct GetSubscription {
+    pub store: Arc<dyn Store>,
+    pub cors: Cors,
+}
+
+impl GetSubscription {
+    /// Reads `BILLING_TABLE` and `CORS_ALLOWED_ORIGINS`; builds the DynamoDB client once.
+    pub async fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
+        let table = billing_table(env)?;
+        Ok(GetSubscription {
+            store: Arc::new(DynamoStore::connect(table).await),
+            cors: Cors::from_env(env),
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        serve(request, &self.cors, |request| async move {
+            let principal = request.principal()?;
+            let id = request.path_uuid("id")?;
+            principal.authority_over(id)?;
+            let subscription = self.store.get_subscription(id).await?;
+            Ok(ApiResponse::ok(subscription))
+        })
+        .await
+    }
+}

@@ -1,0 +1,350 @@
+//! PATCH /subscriptions/{id} in-process, against the embedded store and the Stripe sandbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use billing::http::Cors;
+use billing::provisioning::{Provision, provision};
+use billing::store::Store;
+use billing::stripe::{RetryPolicy, StripeBilling};
+use billing::subscription::{Subscription, SubscriptionChange};
+use billing::testing::{ApiEvent, catalog, embedded_store};
+use chrono::Utc;
+use patch_subscription::PatchSubscription;
+use serde_json::{Value, json};
+use stripe_sandbox::{PriceSpec, RunningSandbox};
+use uuid::Uuid;
+
+struct Fixture {
+    function: Arc<PatchSubscription>,
+    sandbox: RunningSandbox,
+    store: Arc<dyn Store>,
+}
+
+async fn fixture() -> Fixture {
+    let prices: Vec<_> = catalog()
+        .plans()
+        .iter()
+        .map(|p| PriceSpec::recurring(&p.stripe_price, 800, "month"))
+        .collect();
+    let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
+    let retry = RetryPolicy {
+        attempts: 3,
+        attempt_timeout: Duration::from_secs(3),
+        first_backoff: Duration::from_millis(10),
+    };
+    let billing = Arc::new(StripeBilling::new("sk_test_handler", Some(&sandbox.base_url()), retry).unwrap());
+    let store: Arc<dyn Store> = embedded_store();
+    let function = Arc::new(PatchSubscription {
+        store: store.clone(),
+        billing,
+        catalog: catalog(),
+        cors: Cors::default(),
+    });
+    Fixture {
+        function,
+        sandbox,
+        store,
+    }
+}
+
+impl Fixture {
+    /// A subscription created the way administrators and signups create them.
+    async fn subscriber(&self) -> Subscription {
+        let user = Uuid::new_v4();
+        let change =
+            SubscriptionChange::from_json(format!(r#"{{"user_id": "{user}", "email": "ada@example.com"}}"#).as_bytes())
+                .unwrap();
+        let catalog = catalog();
+        let request = Provision {
+            change: &change,
+            plan: catalog.get("pending").unwrap(),
+            trial_start: None,
+            actor: "system:test",
+            now: Utc::now(),
+        };
+        provision(self.store.as_ref(), self.function.billing.as_ref(), request)
+            .await
+            .unwrap()
+    }
+
+    async fn stripe(&self, path: &str) -> Value {
+        let url = format!("{}{}", self.sandbox.base_url(), path.trim_start_matches('/'));
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth("sk_test_handler")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn patch(caller: Uuid, scope: &str, id: Uuid, body: &Value) -> ApiEvent {
+    ApiEvent::sample("apigw-patch-subscription.json")
+        .caller(caller, scope)
+        .path_id(&id.to_string())
+        .body(body)
+        .header("if-match", "")
+}
+
+fn body(response: &lambda_http::Response<lambda_http::Body>) -> Value {
+    serde_json::from_slice(response.body()).unwrap()
+}
+
+fn without_if_match(event: ApiEvent) -> lambda_http::Request {
+    let mut request = event.build();
+    request.headers_mut().remove("if-match");
+    request
+}
+
+#[tokio::test]
+async fn owner_picks_a_plan_and_attaches_a_card_in_stripe_then_in_the_store() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    let request = without_if_match(patch(
+        mine.id,
+        "subscriptions",
+        mine.id,
+        &json!({"plan": "basic_monthly", "stripe_source": "pm_card_visa"}),
+    ));
+    let response = f.function.handle(request).await;
+    assert_eq!(response.status(), 200, "{:?}", body(&response));
+    let changed = &body(&response)["subscriptions"][0];
+    assert_eq!(changed["plan"], "basic_monthly");
+    assert_eq!(changed["has_payment_source"], true);
+    assert_eq!(changed["version"], 2);
+    assert_eq!(response.headers()["etag"], "\"2\"");
+    // Stripe's subscription item has the plan's price, the customer the card as default
+    let subscription = f
+        .stripe(&format!("/v1/subscriptions/{}", mine.stripe_subscription.unwrap()))
+        .await;
+    assert_eq!(subscription["items"]["data"][0]["price"]["id"], "price_basic_monthly");
+    let customer = f
+        .stripe(&format!("/v1/customers/{}", mine.stripe_customer.unwrap()))
+        .await;
+    let method = customer["invoice_settings"]["default_payment_method"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        f.stripe(&format!("/v1/payment_methods/{method}")).await["card"]["last4"],
+        "4242"
+    );
+}
+
+#[tokio::test]
+async fn patch_by_non_admin_cannot_change_status_or_trial_end_and_nothing_changes() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    let request = without_if_match(patch(
+        mine.id,
+        "subscriptions",
+        mine.id,
+        &json!({"status": "active", "trial_end": "2030-01-01T00:00:00Z"}),
+    ));
+    let response = f.function.handle(request).await;
+    assert_eq!(response.status(), 403);
+    let errors = body(&response)["errors"].clone();
+    assert_eq!(errors.as_array().unwrap().len(), 2);
+    assert_eq!(errors[0]["field"], "/status");
+    assert_eq!(errors[1]["field"], "/trial_end");
+    assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
+}
+
+#[tokio::test]
+async fn non_admin_choosing_free_is_refused() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    let response = f
+        .function
+        .handle(without_if_match(patch(
+            mine.id,
+            "subscriptions",
+            mine.id,
+            &json!({"plan": "free"}),
+        )))
+        .await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(body(&response)["errors"][0]["field"], "/plan");
+    assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
+}
+
+#[tokio::test]
+async fn admin_may_change_system_properties_of_anyones_subscription() {
+    let f = fixture().await;
+    let theirs = f.subscriber().await;
+    let request = without_if_match(patch(
+        Uuid::new_v4(),
+        "subscriptions_admin",
+        theirs.id,
+        &json!({"licenses": 25, "plan": "free"}),
+    ));
+    let response = f.function.handle(request).await;
+    assert_eq!(response.status(), 200, "{:?}", body(&response));
+    let stored = f.store.get_subscription(theirs.id).await.unwrap();
+    assert_eq!((stored.licenses, stored.plan.as_str()), (Some(25), "free"));
+    assert_eq!(
+        f.store.audit_trail(theirs.id).await.unwrap()[1].actor.split(':').next(),
+        Some("admin")
+    );
+}
+
+#[tokio::test]
+async fn someone_elses_subscription_cannot_be_patched() {
+    let f = fixture().await;
+    let theirs = f.subscriber().await;
+    let response = f
+        .function
+        .handle(without_if_match(patch(
+            Uuid::new_v4(),
+            "subscriptions",
+            theirs.id,
+            &json!({"plan": "basic_monthly"}),
+        )))
+        .await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(f.store.get_subscription(theirs.id).await.unwrap(), theirs);
+}
+
+#[tokio::test]
+async fn stale_if_match_is_a_failed_precondition_and_changes_nothing() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    let response = f
+        .function
+        .handle(
+            patch(
+                mine.id,
+                "subscriptions",
+                mine.id,
+                &json!({"cancel_at_period_end": true}),
+            )
+            .header("if-match", "\"7\"")
+            .build(),
+        )
+        .await;
+    assert_eq!(response.status(), 412);
+    assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
+    let response = f
+        .function
+        .handle(
+            patch(
+                mine.id,
+                "subscriptions",
+                mine.id,
+                &json!({"cancel_at_period_end": true}),
+            )
+            .header("if-match", "\"1\"")
+            .build(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn change_that_changes_nothing_answers_200_and_writes_nothing() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    let response = f
+        .function
+        .handle(without_if_match(patch(
+            mine.id,
+            "subscriptions",
+            mine.id,
+            &json!({"plan": "pending"}),
+        )))
+        .await;
+    // pending is admin-only, so the owner re-sending it is refused; an admin re-sending it is a no-op
+    assert_eq!(response.status(), 403);
+    let response = f
+        .function
+        .handle(without_if_match(patch(
+            Uuid::new_v4(),
+            "subscriptions_admin",
+            mine.id,
+            &json!({"plan": "pending", "email": "ada@example.com"}),
+        )))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(body(&response)["subscriptions"][0]["version"], 1);
+    assert_eq!(f.store.audit_trail(mine.id).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn empty_change_is_missing() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    let response = f
+        .function
+        .handle(without_if_match(patch(mine.id, "subscriptions", mine.id, &json!({}))))
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(body(&response)["errors"][0]["slug"], "missing");
+}
+
+#[tokio::test]
+async fn declined_card_is_invalid_value_and_nothing_is_stored() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    let request = without_if_match(patch(
+        mine.id,
+        "subscriptions",
+        mine.id,
+        &json!({"stripe_source": "pm_card_chargeDeclined"}),
+    ));
+    let response = f.function.handle(request).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(body(&response)["errors"][0]["field"], "/stripe_source");
+    assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
+}
+
+#[tokio::test]
+async fn stripe_down_is_502_and_nothing_is_stored() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    f.sandbox.sandbox.fail_next(10, 503);
+    let response = f
+        .function
+        .handle(without_if_match(patch(
+            mine.id,
+            "subscriptions",
+            mine.id,
+            &json!({"plan": "business_annual"}),
+        )))
+        .await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
+}
+
+#[tokio::test]
+async fn concurrent_patches_without_if_match_keep_each_others_fields() {
+    let f = fixture().await;
+    let mine = f.subscriber().await;
+    let changes = [
+        json!({"email": "new@example.com"}),
+        json!({"cancel_at_period_end": true}),
+        json!({"plan": "basic_annual"}),
+    ];
+    let tasks: Vec<_> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| {
+            let function = f.function.clone();
+            let request = without_if_match(
+                patch(mine.id, "subscriptions", mine.id, change).request_id(&format!("concurrent-{i}")),
+            );
+            tokio::spawn(async move { function.handle(request).await.status() })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let stored = f.store.get_subscription(mine.id).await.unwrap();
+    assert_eq!(stored.email, "new@example.com");
+    assert!(stored.cancel_at_period_end);
+    assert_eq!(stored.plan, "basic_annual");
+    assert_eq!(stored.version, 4);
+}
