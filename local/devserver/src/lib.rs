@@ -7,16 +7,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::Request as HttpRequest;
+use axum::http::{Method, Request as HttpRequest};
 use axum::response::IntoResponse;
 use billing::config::{ConfigError, Environment, optional};
+use billing::http::Cors;
 use billing::store::{DynamoStore, EmbeddedStore, Store, StoreError};
+use billing::stripe::{Billing, BillingError, RetryPolicy, StripeBilling};
+use billing::subscription::PlanCatalog;
+use create_subscription::CreateSubscription;
+use get_subscription::GetSubscription;
+use patch_subscription::PatchSubscription;
+use stripe_sandbox::RunningSandbox;
 use tokio::net::TcpListener;
 
 pub mod gateway;
 pub mod tokens;
 
-use gateway::{Gateway, Route, handler};
+use gateway::{Gateway, Handler, Route};
 use tokens::TokenKeys;
 
 /// Command-line options of the local server.
@@ -71,19 +78,22 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("the store could not be opened: {0}")]
     Store(#[from] StoreError),
+    #[error("the Stripe client could not be built: {0}")]
+    Billing(#[from] BillingError),
     #[error("could not listen: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// What the functions of the bundle share in one process.
-pub struct Services {
-    pub store: Arc<dyn Store>,
-}
+/// The key the local server's Stripe client uses with the in-process sandbox.
+pub const SANDBOX_KEY: &str = "sk_test_devserver";
 
-/// A started server: where it listens, the secret its tokens are signed with.
+/// A started server: where it listens, the secret its tokens are signed with, and the
+/// in-process Stripe sandbox when it runs one.
 pub struct RunningServer {
     pub address: SocketAddr,
     pub keys: TokenKeys,
+    pub sandbox: Option<RunningSandbox>,
+    pub store: Arc<dyn Store>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -102,14 +112,112 @@ pub async fn open_store(options: &Options, env: &dyn Environment) -> Result<Arc<
     }
 }
 
+/// Stripe for the local server: the real API (or `STRIPE_API_BASE`) when `STRIPE_SECRET_KEY`
+/// is set, with prices from `STRIPE_PRICE_*`; otherwise the sandbox in-process on
+/// `--stripe-port`, offering one price per plan.
+pub async fn open_billing(
+    options: &Options,
+    env: &dyn Environment,
+) -> Result<(Arc<dyn Billing>, PlanCatalog, Option<RunningSandbox>), StartError> {
+    if optional(env, "STRIPE_SECRET_KEY").is_some() {
+        let billing = StripeBilling::from_env(env)?;
+        return Ok((Arc::new(billing), billing::config::plan_catalog(env)?, None));
+    }
+    let prices = sandbox_prices();
+    let sandbox = stripe_sandbox::start(options.stripe_port, &prices).await?;
+    let billing = StripeBilling::new(SANDBOX_KEY, Some(&sandbox.base_url()), RetryPolicy::default())?;
+    let catalog = PlanCatalog::standard(|plan| Ok::<_, ConfigError>(format!("price_{plan}")))?;
+    Ok((Arc::new(billing), catalog, Some(sandbox)))
+}
+
 /// The routes of `template.yaml`, each bound to its function.
-pub fn routes(_services: &Arc<Services>) -> Vec<Route> {
+pub fn routes(store: Arc<dyn Store>, billing: Arc<dyn Billing>, catalog: PlanCatalog, cors: Cors) -> Vec<Route> {
+    let get = Arc::new(GetSubscription {
+        store: store.clone(),
+        cors: cors.clone(),
+    });
+    let create = Arc::new(CreateSubscription {
+        store: store.clone(),
+        billing: billing.clone(),
+        catalog: catalog.clone(),
+        cors: cors.clone(),
+    });
+    let patch = Arc::new(PatchSubscription {
+        store,
+        billing,
+        catalog,
+        cors,
+    });
+    let route =
+        |method: Method, path: &'static str, authorized: bool, function: &'static str, handler: Handler| Route {
+            method,
+            path,
+            authorized,
+            function,
+            handler,
+        };
+    let get_handler = {
+        let get = get.clone();
+        gateway::handler(move |request| {
+            let get = get.clone();
+            async move { get.handle(request).await }
+        })
+    };
+    let create_handler = gateway::handler(move |request| {
+        let create = create.clone();
+        async move { create.handle(request).await }
+    });
+    let patch_handler = gateway::handler(move |request| {
+        let patch = patch.clone();
+        async move { patch.handle(request).await }
+    });
+    vec![
+        route(
+            Method::POST,
+            "/subscriptions",
+            true,
+            "CreateSubscriptionFunction",
+            create_handler.clone(),
+        ),
+        route(
+            Method::OPTIONS,
+            "/subscriptions",
+            false,
+            "CreateSubscriptionFunction",
+            create_handler,
+        ),
+        route(
+            Method::GET,
+            "/subscriptions/{id}",
+            true,
+            "GetSubscriptionFunction",
+            get_handler.clone(),
+        ),
+        route(
+            Method::PATCH,
+            "/subscriptions/{id}",
+            true,
+            "PatchSubscriptionFunction",
+            patch_handler,
+        ),
+        route(
+            Method::OPTIONS,
+            "/subscriptions/{id}",
+            false,
+            "GetSubscriptionFunction",
+            get_handler,
+        ),
+    ]
+}
+
+/// The local server's own routes, which have no counterpart in AWS.
+fn local_routes() -> Vec<Route> {
     vec![Route {
-        method: axum::http::Method::GET,
+        method: Method::GET,
         path: "/_local/health",
         authorized: false,
         function: "devserver",
-        handler: handler(|_| async { lambda_http::Response::new(lambda_http::Body::Text("ok".into())) }),
+        handler: gateway::handler(|_| async { lambda_http::Response::new(lambda_http::Body::Text("ok".into())) }),
     }]
 }
 
@@ -117,10 +225,11 @@ pub fn routes(_services: &Arc<Services>) -> Vec<Route> {
 pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningServer, StartError> {
     let secret = optional(env, "DEV_JWT_SECRET").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let keys = TokenKeys::new(&secret);
-    let services = Arc::new(Services {
-        store: open_store(options, env).await?,
-    });
-    let gateway = Arc::new(Gateway::new(routes(&services), keys.clone()));
+    let store = open_store(options, env).await?;
+    let (billing, catalog, sandbox) = open_billing(options, env).await?;
+    let mut all = routes(store.clone(), billing, catalog, Cors::from_env(env));
+    all.extend(local_routes());
+    let gateway = Arc::new(Gateway::new(all, keys.clone()));
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).await?;
     let address = listener.local_addr()?;
     let app = axum::Router::new().fallback(forward).with_state(gateway);
@@ -129,7 +238,13 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
             tracing::error!(%error, "the local server stopped");
         }
     });
-    Ok(RunningServer { address, keys, task })
+    Ok(RunningServer {
+        address,
+        keys,
+        sandbox,
+        store,
+        task,
+    })
 }
 
 async fn forward(
@@ -170,12 +285,27 @@ pub fn banner(options: &Options, server: &RunningServer) -> String {
     } else {
         format!("embedded, in {}", options.data_dir.join("billing.redb").display())
     };
+    let stripe = match &server.sandbox {
+        Some(sandbox) => format!("the Stripe sandbox on {} (key {SANDBOX_KEY})", sandbox.base_url()),
+        None => "Stripe at STRIPE_API_BASE (or api.stripe.com) with STRIPE_SECRET_KEY".to_owned(),
+    };
     format!(
-        "billing devserver listening on {base}\n\
-         store: {store}\n\n\
-         admin token (subscriptions_admin):\n  export ADMIN_TOKEN={admin_token}\n\
-         user token (subscriptions) for user {user}:\n  export USER_TOKEN={user_token}\n\n\
-         try:\n  curl -s {base}/_local/health\n"
+        "billing devserver listening on {base}
+store:  {store}
+stripe: {stripe}
+
+An administrator (scopes subscriptions, subscriptions_admin) and a user (scope subscriptions):
+  export ADMIN_TOKEN={admin_token}
+  export USER_TOKEN={user_token}
+  export USER_ID={user}
+
+Create the user's subscription (admin), read it and choose a plan with a card (user):
+  curl -s -X POST {base}/subscriptions -H \"authorization: Bearer $ADMIN_TOKEN\" -H 'content-type: application/json' \\
+       -d '{{\"user_id\": \"'$USER_ID'\", \"email\": \"ada@example.com\"}}'
+  curl -s {base}/subscriptions/$USER_ID -H \"authorization: Bearer $USER_TOKEN\"
+  curl -s -X PATCH {base}/subscriptions/$USER_ID -H \"authorization: Bearer $USER_TOKEN\" -H 'content-type: application/json' \\
+       -d '{{\"plan\": \"basic_monthly\", \"stripe_source\": \"pm_card_visa\"}}'
+"
     )
 }
 
