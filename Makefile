@@ -8,9 +8,11 @@ ARGS ?=
 run:
 	cargo run -p devserver -- $(ARGS)
 
-## Runs every test; installs and starts moto for the DynamoDB, SQS and SES tests, and stops it.
+## Runs every test; installs and starts moto for the DynamoDB, SQS and SES tests, and stops it;
+## then checks the Stripe sandbox with Stripe's official Python library.
 test:
 	scripts/with-moto.sh cargo test --workspace
+	scripts/check-sandbox-with-stripe-python.sh
 
 ## The lints CI runs: formatting, clippy, and the SAM template.
 lint:

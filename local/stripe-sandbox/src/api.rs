@@ -843,12 +843,11 @@ impl State {
         }
         match p.string("trial_end")? {
             None => {}
-            Some("now") => {
-                if subscription["status"] == "trialing" {
-                    subscription["trial_end"] = Value::from(now);
-                    subscription["status"] = Value::from("active_pending_charge");
-                }
+            Some("now") if subscription["status"] == "trialing" => {
+                subscription["trial_end"] = Value::from(now);
+                subscription["status"] = Value::from("active_pending_charge");
             }
+            Some("now") => {}
             Some(text) => {
                 let end: i64 = text
                     .parse()

@@ -59,6 +59,8 @@ pub const TABLE_DEFINITION: TableDefinition = TableDefinition {
 };
 
 const STATE: &str = "STATE";
+/// Tries of a create cancelled by a concurrent transaction while nothing is stored yet.
+const CREATE_ATTEMPTS: u32 = 3;
 const ONCE: &str = "ONCE";
 
 fn subscription_pk(id: Uuid) -> String {
@@ -276,20 +278,24 @@ impl DynamoStore {
 #[async_trait]
 impl Store for DynamoStore {
     async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError> {
-        let put = self
-            .subscription_put(subscription)?
-            .condition_expression("attribute_not_exists(pk)");
-        if self.write_with_audit(put.build().map_err(build)?, audit).await? {
-            return Ok(());
+        // A transaction is cancelled by the item existing, or (in DynamoDB, not in moto) by a
+        // concurrent transaction on it still in flight. Only a stored item means "already
+        // exists"; a conflict with nothing stored yet is tried again.
+        for attempt in 0..CREATE_ATTEMPTS {
+            let put = self
+                .subscription_put(subscription)?
+                .condition_expression("attribute_not_exists(pk)");
+            if self.write_with_audit(put.build().map_err(build)?, audit).await? {
+                return Ok(());
+            }
+            if self.get_item(subscription.id).await?.is_some() {
+                return Err(StoreError::AlreadyExists);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
         }
-        // The transaction was cancelled: by the item existing, or by a concurrent transaction
-        // on it. Only a stored item makes it "already exists"; anything else is retryable.
-        match self.get_item(subscription.id).await? {
-            Some(_) => Err(StoreError::AlreadyExists),
-            None => Err(StoreError::Unavailable(
-                "create was cancelled by a concurrent transaction".into(),
-            )),
-        }
+        Err(StoreError::Unavailable(
+            "create kept conflicting with concurrent transactions".into(),
+        ))
     }
 
     async fn get_subscription(&self, id: Uuid) -> Result<Subscription, StoreError> {

@@ -1,0 +1,64 @@
+//! The local server routes exactly like the HTTP API of `template.yaml`: the same methods and
+//! paths, to the same functions, with the JWT authorizer on the same routes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use billing::http::Cors;
+use billing::store::EmbeddedStore;
+use billing::stripe::{RetryPolicy, StripeBilling};
+use billing::subscription::PlanCatalog;
+use serde_yaml::Value;
+
+type RouteKey = (String, String, bool, String);
+
+fn template_routes() -> BTreeSet<RouteKey> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
+    let template: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut routes = BTreeSet::new();
+    for (name, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let Some(events) = resource["Properties"]["Events"].as_mapping() else {
+            continue;
+        };
+        for event in events.values().filter(|e| e["Type"] == "HttpApi") {
+            let properties = &event["Properties"];
+            let authorized = properties["Auth"]["Authorizer"] != "NONE";
+            routes.insert((
+                properties["Method"].as_str().unwrap().to_uppercase(),
+                properties["Path"].as_str().unwrap().to_owned(),
+                authorized,
+                name.as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    routes
+}
+
+fn devserver_routes() -> BTreeSet<RouteKey> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path().join("routes.redb")).unwrap());
+    let billing =
+        Arc::new(StripeBilling::new("sk_test_routes", Some("http://127.0.0.1:9/"), RetryPolicy::default()).unwrap());
+    let catalog = PlanCatalog::standard(|plan| Ok::<_, ()>(format!("price_{plan}"))).unwrap();
+    devserver::routes(store, billing, catalog, Cors::default())
+        .into_iter()
+        .map(|r| {
+            (
+                r.method.to_string(),
+                r.path.to_owned(),
+                r.authorized,
+                r.function.to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn devserver_routes_are_the_template_routes() {
+    let template = template_routes();
+    assert!(!template.is_empty());
+    assert_eq!(devserver_routes(), template);
+}
