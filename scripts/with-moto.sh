@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 venv=$("$here/python-venv.sh" moto 'moto[dynamodb]==5.2.5' 'flask==3.1.3' 'flask-cors==6.0.5')
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=$(mktemp -t moto.XXXXXX.log)
-"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+"$venv/bin/python" "$here/moto_server.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 moto_pid=$!
 stop_moto() { kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; rm -f "$log"; }
 trap stop_moto EXIT INT TERM

@@ -11,6 +11,7 @@ pub mod errors;
 pub mod http;
 pub mod ids;
 pub mod provisioning;
+pub mod signup;
 pub mod store;
 pub mod stripe;
 pub mod subscription;

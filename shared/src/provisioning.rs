@@ -102,9 +102,8 @@ pub async fn provision(
     subscription.stripe_customer = Some(customer.id.clone());
     subscription.stripe_subscription = Some(stripe_subscription.id.clone());
     subscription.status = change.status.unwrap_or(stripe_subscription.status);
-    subscription.trial_start = stripe_subscription
-        .trial_end
-        .map(|_| stripe_subscription.trial_start.unwrap_or(trial_start));
+    // The trial is counted from signup; Stripe's own trial_start is when its subscription was made.
+    subscription.trial_start = stripe_subscription.trial_end.map(|_| trial_start);
     subscription.trial_end = stripe_subscription.trial_end;
     subscription.current_period_end = stripe_subscription.current_period_end;
     let audit = AuditEntry::of(&subscription, request.actor, "create", change.audit_summary());

@@ -62,6 +62,11 @@ pub fn moto_endpoint() -> String {
 /// The local server in `--aws` mode (DynamoDB in moto, on a fresh table) with the Stripe
 /// sandbox in-process, both on free ports.
 pub async fn start_server_against_moto() -> devserver::RunningServer {
+    start_server_against_moto_with(&[]).await
+}
+
+/// [`start_server_against_moto`] with more environment (`SIGNUP_QUEUE_URL`, ...).
+pub async fn start_server_against_moto_with(extra: &[(&str, &str)]) -> devserver::RunningServer {
     moto_endpoint();
     let options = devserver::Options {
         port: 0,
@@ -78,6 +83,7 @@ pub async fn start_server_against_moto() -> devserver::RunningServer {
         ("CORS_ALLOWED_ORIGINS".to_owned(), "https://app.example.com".to_owned()),
     ]
     .into_iter()
+    .chain(extra.iter().map(|(name, value)| (name.to_string(), value.to_string())))
     .collect();
     devserver::start(&options, &env)
         .await
@@ -148,5 +154,24 @@ impl Caller {
                 .json(&body),
         )
         .await
+    }
+}
+
+/// Every customer the sandbox holds, through its paginated list.
+pub async fn all_stripe_customers(sandbox: &RunningSandbox) -> Vec<serde_json::Value> {
+    let mut customers = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query = match &after {
+            Some(id) => format!("/v1/customers?limit=100&starting_after={id}"),
+            None => "/v1/customers?limit=100".to_owned(),
+        };
+        let page = stripe_get(sandbox, &query).await;
+        let data = page["data"].as_array().cloned().unwrap_or_default();
+        after = data.last().and_then(|c| c["id"].as_str()).map(str::to_owned);
+        customers.extend(data);
+        if page["has_more"] != true {
+            return customers;
+        }
     }
 }

@@ -17,10 +17,13 @@ use billing::subscription::PlanCatalog;
 use create_subscription::CreateSubscription;
 use get_subscription::GetSubscription;
 use patch_subscription::PatchSubscription;
+use signup_listener::SignupListener;
+use signups::SignupQueue;
 use stripe_sandbox::RunningSandbox;
 use tokio::net::TcpListener;
 
 pub mod gateway;
+pub mod signups;
 pub mod tokens;
 
 use gateway::{Gateway, Handler, Route};
@@ -82,6 +85,8 @@ pub enum StartError {
     Billing(#[from] BillingError),
     #[error("could not listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the signup queue is unavailable: {0}")]
+    Queue(String),
 }
 
 /// The key the local server's Stripe client uses with the in-process sandbox.
@@ -94,6 +99,7 @@ pub struct RunningServer {
     pub keys: TokenKeys,
     pub sandbox: Option<RunningSandbox>,
     pub store: Arc<dyn Store>,
+    pub signups: SignupQueue,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -211,14 +217,62 @@ pub fn routes(store: Arc<dyn Store>, billing: Arc<dyn Billing>, catalog: PlanCat
 }
 
 /// The local server's own routes, which have no counterpart in AWS.
-fn local_routes() -> Vec<Route> {
-    vec![Route {
-        method: Method::GET,
-        path: "/_local/health",
+fn local_routes(signups: SignupQueue) -> Vec<Route> {
+    let json = |status: u16, body: serde_json::Value| {
+        let mut response = lambda_http::Response::new(lambda_http::Body::Text(body.to_string()));
+        *response.status_mut() = lambda_http::http::StatusCode::from_u16(status).unwrap_or_default();
+        response
+            .headers_mut()
+            .insert("content-type", "application/json".parse().expect("static header"));
+        response
+    };
+    let enqueue = {
+        let signups = signups.clone();
+        gateway::handler(move |request: lambda_http::Request| {
+            let signups = signups.clone();
+            async move {
+                let body = signups::complete_event(&String::from_utf8_lossy(request.body()));
+                match signups.send(body.clone()).await {
+                    Ok(id) => json(202, serde_json::json!({"message_id": id, "body": body})),
+                    Err(error) => json(503, serde_json::json!({"error": error})),
+                }
+            }
+        })
+    };
+    let dead_letters = gateway::handler(move |_| {
+        let signups = signups.clone();
+        async move { json(200, serde_json::json!({"dead_letters": signups.dead_letters()})) }
+    });
+    let health = gateway::handler(|_| async { lambda_http::Response::new(lambda_http::Body::Text("ok".into())) });
+    let local = |method: Method, path: &'static str, handler: Handler| Route {
+        method,
+        path,
         authorized: false,
         function: "devserver",
-        handler: gateway::handler(|_| async { lambda_http::Response::new(lambda_http::Body::Text("ok".into())) }),
-    }]
+        handler,
+    };
+    vec![
+        local(Method::GET, "/_local/health", health),
+        local(Method::POST, "/_local/signup", enqueue),
+        local(Method::GET, "/_local/signup/dead-letters", dead_letters),
+    ]
+}
+
+/// The signup queue: in-process, or SQS (`SIGNUP_QUEUE_URL`, made when unset) with `--aws`.
+async fn open_signups(
+    options: &Options,
+    env: &dyn Environment,
+    listener: Arc<SignupListener>,
+) -> Result<SignupQueue, StartError> {
+    if !options.aws {
+        return Ok(signups::start_local(listener));
+    }
+    let client = aws_sdk_sqs::Client::new(&billing::aws::load_sdk_config().await);
+    let url = signups::sqs_queue(&client, optional(env, "SIGNUP_QUEUE_URL"))
+        .await
+        .map_err(StartError::Queue)?;
+    signups::start_poller(listener, client.clone(), url.clone());
+    Ok(SignupQueue::Sqs { client, url })
 }
 
 /// Starts serving on 127.0.0.1.
@@ -227,8 +281,14 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
     let keys = TokenKeys::new(&secret);
     let store = open_store(options, env).await?;
     let (billing, catalog, sandbox) = open_billing(options, env).await?;
+    let listener = Arc::new(SignupListener {
+        store: store.clone(),
+        billing: billing.clone(),
+        catalog: catalog.clone(),
+    });
+    let signups = open_signups(options, env, listener).await?;
     let mut all = routes(store.clone(), billing, catalog, Cors::from_env(env));
-    all.extend(local_routes());
+    all.extend(local_routes(signups.clone()));
     let gateway = Arc::new(Gateway::new(all, keys.clone()));
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).await?;
     let address = listener.local_addr()?;
@@ -243,6 +303,7 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         keys,
         sandbox,
         store,
+        signups,
         task,
     })
 }

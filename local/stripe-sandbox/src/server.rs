@@ -38,6 +38,8 @@ struct Controls {
     fail_status: u16,
     /// Only calls whose path starts with this fail; all calls when `None`.
     fail_path: Option<String>,
+    /// Only calls whose (decoded) parameters contain this text fail; all when `None`.
+    fail_body: Option<String>,
     latency: Duration,
     webhook: Option<WebhookTarget>,
 }
@@ -82,10 +84,17 @@ impl Sandbox {
     /// Like [`Sandbox::fail_next`], counting only calls to paths starting with `path`
     /// (`/v1/subscriptions`), so a test can fail one step of a sequence.
     pub fn fail_next_on(&self, count: u32, status: u16, path: Option<&str>) {
+        self.fail_next_matching(count, status, path, None);
+    }
+
+    /// Like [`Sandbox::fail_next_on`], counting only calls whose decoded parameters contain
+    /// `text` (an email, a customer id), so a test can fail one item of a batch.
+    pub fn fail_next_matching(&self, count: u32, status: u16, path: Option<&str>, text: Option<&str>) {
         let mut controls = lock(&self.controls);
         controls.fail_remaining = count;
         controls.fail_status = status;
         controls.fail_path = path.map(str::to_owned);
+        controls.fail_body = text.map(str::to_owned);
     }
 
     /// Adds `latency` to every API call from now on.
@@ -111,12 +120,16 @@ impl Sandbox {
         axum::Router::new().fallback(handle).with_state(self.clone())
     }
 
-    fn take_failure(&self, path: &str) -> Option<u16> {
+    fn take_failure(&self, path: &str, parameters: &str) -> Option<u16> {
         let mut controls = lock(&self.controls);
         let applies = controls
             .fail_path
             .as_deref()
-            .is_none_or(|prefix| path.starts_with(prefix));
+            .is_none_or(|prefix| path.starts_with(prefix))
+            && controls
+                .fail_body
+                .as_deref()
+                .is_none_or(|text| parameters.contains(text));
         if controls.fail_remaining == 0 || !applies {
             return None;
         }
@@ -240,7 +253,7 @@ async fn handle(
         Ok(params) => params,
         Err(form::FormError(message)) => return failure_response(&invalid(None, message), &request_id),
     };
-    if let Some(status) = sandbox.take_failure(&path) {
+    if let Some(status) = sandbox.take_failure(&path, &form::decode(&raw)) {
         let (kind, message) = match status {
             429 => ("rate_limit_error", "Too many requests hit the API too quickly."),
             _ => (
@@ -408,11 +421,11 @@ fn controls(sandbox: &Sandbox, method: &Method, path: &str, body: &Bytes) -> Res
             if !(400..600).contains(&status) {
                 return answer(StatusCode::BAD_REQUEST, json!({"error": "status must be 400-599"}));
             }
-            let path = input["path"].as_str();
-            sandbox.fail_next_on(count, status, path);
+            let (path, text) = (input["path"].as_str(), input["matching"].as_str());
+            sandbox.fail_next_matching(count, status, path, text);
             answer(
                 StatusCode::OK,
-                json!({"failing_next": count, "status": status, "path": path}),
+                json!({"failing_next": count, "status": status, "path": path, "matching": text}),
             )
         }
         ("POST", "latency") => {

@@ -1,0 +1,128 @@
+//! The signup queue's consumer. Each `profile.created` event becomes the user's subscription
+//! on the `pending` plan, its trial counted from the profile's creation (see
+//! `billing::provisioning`). Messages are handled independently and concurrently; the answer is
+//! a partial batch response naming only the messages to deliver again:
+//!
+//! - stored, or already stored (a redelivery or a duplicate event), or another event type:
+//!   acknowledged;
+//! - poison (not JSON, wrong fields, bad UUID): reported, so that after the queue's
+//!   `maxReceiveCount` it moves to the dead-letter queue; it never holds back the others;
+//! - a transient failure (Stripe or DynamoDB unavailable): reported, so SQS retries it alone.
+
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
+use billing::provisioning::{Provision, ProvisionError, provision};
+use billing::signup::{self, ProfileCreated, SignupMessage};
+use billing::store::{DynamoStore, Store};
+use billing::stripe::{Billing, StripeBilling};
+use billing::subscription::{PlanCatalog, SubscriptionChange};
+use chrono::Utc;
+use futures_util::future::join_all;
+use tracing::Instrument;
+
+pub const ACTOR: &str = "system:signup";
+
+/// What became of one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    AlreadyExists,
+    Ignored,
+    Poison(String),
+    Retry(String),
+}
+
+impl Outcome {
+    pub fn acknowledged(&self) -> bool {
+        matches!(self, Outcome::Created | Outcome::AlreadyExists | Outcome::Ignored)
+    }
+}
+
+pub struct SignupListener {
+    pub store: Arc<dyn Store>,
+    pub billing: Arc<dyn Billing>,
+    pub catalog: PlanCatalog,
+}
+
+impl SignupListener {
+    /// Reads `BILLING_TABLE`, `STRIPE_SECRET_KEY` (and `STRIPE_API_BASE`) and the plan prices;
+    /// builds the clients once.
+    pub async fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
+        let table = billing_table(env)?;
+        let billing = StripeBilling::from_env(env)?;
+        Ok(SignupListener {
+            store: Arc::new(DynamoStore::connect(table).await),
+            billing: Arc::new(billing),
+            catalog: plan_catalog(env)?,
+        })
+    }
+
+    /// Handles a batch; the response names the messages SQS should deliver again.
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let outcomes = join_all(event.records.iter().map(|message| self.handle_message(message))).await;
+        let mut response = SqsBatchResponse::default();
+        for (message, outcome) in event.records.iter().zip(outcomes) {
+            if !outcome.acknowledged() {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = message.message_id.clone().unwrap_or_default();
+                response.batch_item_failures.push(failure);
+            }
+        }
+        response
+    }
+
+    pub async fn handle_message(&self, message: &SqsMessage) -> Outcome {
+        let message_id = message.message_id.as_deref().unwrap_or("");
+        let receive_count = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .map_or("", String::as_str);
+        let span = tracing::info_span!("signup", message_id, receive_count);
+        async move {
+            let outcome = match signup::parse(message.body.as_deref().unwrap_or("")) {
+                Ok(SignupMessage::ProfileCreated(profile)) => self.provision(&profile).await,
+                Ok(SignupMessage::Other(kind)) => {
+                    tracing::info!(kind, "not a signup; acknowledged");
+                    Outcome::Ignored
+                }
+                Err(poison) => Outcome::Poison(poison.0),
+            };
+            match &outcome {
+                Outcome::Poison(reason) => {
+                    tracing::error!(reason, "poison message; it will reach the dead-letter queue")
+                }
+                Outcome::Retry(reason) => tracing::warn!(reason, "transient failure; SQS will deliver it again"),
+                other => tracing::info!(outcome = ?other, "handled"),
+            }
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn provision(&self, profile: &ProfileCreated) -> Outcome {
+        let change = SubscriptionChange {
+            user_id: Some(profile.user_id),
+            email: Some(profile.email.clone()),
+            ..SubscriptionChange::default()
+        };
+        let Some(plan) = self.catalog.get(PlanCatalog::PENDING) else {
+            return Outcome::Retry("the plan catalog has no pending plan".into());
+        };
+        let now = Utc::now();
+        let request = Provision {
+            change: &change,
+            plan,
+            trial_start: Some(profile.trial_start(now)),
+            actor: ACTOR,
+            now,
+        };
+        match provision(self.store.as_ref(), self.billing.as_ref(), request).await {
+            Ok(_) => Outcome::Created,
+            Err(ProvisionError::AlreadyExists) => Outcome::AlreadyExists,
+            Err(other) => Outcome::Retry(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Lambda bootstrap of the signup queue's consumer.
+
+use billing::config::ProcessEnvironment;
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use signup_listener::SignupListener;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let listener = SignupListener::from_env(&ProcessEnvironment).await?;
+    run(service_fn(|event: LambdaEvent<_>| async {
+        Ok::<_, Error>(listener.handle(event.payload).await)
+    }))
+    .await
+}

@@ -1,0 +1,200 @@
+//! The signup consumer in-process, against the embedded store and the Stripe sandbox, fed the
+//! SQS batch sample of `events/` and events made for each case.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use billing::store::{Store, StoreError};
+use billing::stripe::{RetryPolicy, StripeBilling};
+use billing::subscription::Status;
+use billing::testing::{catalog, embedded_store};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use signup_listener::SignupListener;
+use stripe_sandbox::{PriceSpec, RunningSandbox};
+use uuid::Uuid;
+
+struct Fixture {
+    listener: SignupListener,
+    sandbox: RunningSandbox,
+    store: Arc<dyn Store>,
+}
+
+async fn fixture() -> Fixture {
+    let prices: Vec<_> = catalog()
+        .plans()
+        .iter()
+        .map(|p| PriceSpec::recurring(&p.stripe_price, 0, "month"))
+        .collect();
+    let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
+    let retry = RetryPolicy {
+        attempts: 3,
+        attempt_timeout: Duration::from_secs(3),
+        first_backoff: Duration::from_millis(10),
+    };
+    let billing = Arc::new(StripeBilling::new("sk_test_signup", Some(&sandbox.base_url()), retry).unwrap());
+    let store: Arc<dyn Store> = embedded_store();
+    Fixture {
+        listener: SignupListener {
+            store: store.clone(),
+            billing,
+            catalog: catalog(),
+        },
+        sandbox,
+        store,
+    }
+}
+
+impl Fixture {
+    async fn customers(&self, email: &str) -> usize {
+        let url = format!("{}v1/customers?email={email}&limit=100", self.sandbox.base_url());
+        let listed: Value = reqwest::Client::new()
+            .get(url)
+            .bearer_auth("sk_test_signup")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["data"].as_array().unwrap().len()
+    }
+}
+
+fn sample_batch() -> SqsEvent {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/sqs-signup-batch.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn message(id: &str, body: &Value) -> SqsMessage {
+    serde_json::from_value(json!({"messageId": id, "receiptHandle": id, "body": body.to_string(), "attributes": {}, "messageAttributes": {}})).unwrap()
+}
+
+fn signup(user: Uuid, email: &str, created_at: DateTime<Utc>) -> Value {
+    json!({"type": "profile.created", "event_id": Uuid::new_v4(), "user_id": user, "email": email, "created_at": created_at.to_rfc3339()})
+}
+
+fn batch(messages: Vec<SqsMessage>) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = messages;
+    event
+}
+
+fn failed_ids(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+const POISON_ID: &str = "0f6c2a1e-6b8d-4c1a-9e2f-3a4b5c6d7e03";
+
+#[tokio::test]
+async fn a_poison_message_is_reported_alone_and_the_rest_of_its_batch_is_provisioned() {
+    let f = fixture().await;
+    let response = f.listener.handle(sample_batch()).await;
+    assert_eq!(failed_ids(&response), vec![POISON_ID]);
+    for (user, email) in [
+        ("01", "ada@example.com"),
+        ("02", "grace@example.com"),
+        ("05", "edsger@example.com"),
+    ] {
+        let id: Uuid = format!("3e1d5c7a-9b2f-4e6d-8a1c-5f7e9d3b2a{user}").parse().unwrap();
+        let stored = f.store.get_subscription(id).await.unwrap();
+        assert_eq!(
+            (stored.plan.as_str(), stored.status, stored.email.as_str()),
+            ("pending", Status::Trialing, email)
+        );
+        assert_eq!(f.store.audit_trail(id).await.unwrap()[0].actor, "system:signup");
+    }
+}
+
+#[tokio::test]
+async fn a_redelivered_batch_creates_nothing_new() {
+    let f = fixture().await;
+    f.listener.handle(sample_batch()).await;
+    let before = f
+        .store
+        .get_subscription("3e1d5c7a-9b2f-4e6d-8a1c-5f7e9d3b2a01".parse().unwrap())
+        .await
+        .unwrap();
+    let response = f.listener.handle(sample_batch()).await;
+    assert_eq!(failed_ids(&response), vec![POISON_ID]);
+    for email in ["ada@example.com", "grace@example.com", "edsger@example.com"] {
+        assert_eq!(f.customers(email).await, 1, "{email}");
+    }
+    assert_eq!(f.store.get_subscription(before.id).await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_duplicate_event_with_another_id_for_the_same_user_is_acknowledged_without_a_second_customer() {
+    let f = fixture().await;
+    let user = Uuid::new_v4();
+    let email = format!("{}@example.com", user.simple());
+    let first = message("m-1", &signup(user, &email, Utc::now()));
+    let duplicate = message("m-2", &signup(user, &email, Utc::now()));
+    assert!(failed_ids(&f.listener.handle(batch(vec![first])).await).is_empty());
+    assert!(failed_ids(&f.listener.handle(batch(vec![duplicate])).await).is_empty());
+    assert_eq!(f.customers(&email).await, 1);
+}
+
+#[tokio::test]
+async fn a_stripe_failure_fails_only_its_item_and_the_retry_makes_no_duplicate() {
+    let f = fixture().await;
+    let users: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    let emails: Vec<String> = users.iter().map(|u| format!("{}@example.com", u.simple())).collect();
+    let messages: Vec<SqsMessage> = users
+        .iter()
+        .zip(&emails)
+        .enumerate()
+        .map(|(i, (user, email))| message(&format!("m-{i}"), &signup(*user, email, Utc::now())))
+        .collect();
+    // Given Stripe failing every call about the second user's subscription
+    f.sandbox
+        .sandbox
+        .fail_next_matching(100, 500, Some("/v1/subscriptions"), Some(&users[1].to_string()));
+    let response = f.listener.handle(batch(messages.clone())).await;
+    // Then only that message is handed back
+    assert_eq!(failed_ids(&response), vec!["m-1"]);
+    assert_eq!(f.store.get_subscription(users[1]).await, Err(StoreError::NotFound));
+    assert!(f.store.get_subscription(users[0]).await.is_ok() && f.store.get_subscription(users[2]).await.is_ok());
+    // When Stripe recovers and SQS delivers it again
+    f.sandbox.sandbox.fail_next(0, 500);
+    let response = f.listener.handle(batch(vec![messages[1].clone()])).await;
+    assert!(failed_ids(&response).is_empty());
+    // Then each user has exactly one customer
+    for email in &emails {
+        assert_eq!(f.customers(email).await, 1, "{email}");
+    }
+}
+
+#[tokio::test]
+async fn a_trial_is_counted_from_signup_so_a_two_day_old_signup_has_29_days_left() {
+    let f = fixture().await;
+    let user = Uuid::new_v4();
+    let signed_up = Utc::now() - chrono::Duration::days(2);
+    f.listener
+        .handle(batch(vec![message("m", &signup(user, "late@example.com", signed_up))]))
+        .await;
+    let stored = f.store.get_subscription(user).await.unwrap();
+    let left = stored.trial_end.unwrap() - Utc::now();
+    assert!((left - chrono::Duration::days(29)).num_seconds().abs() <= 5, "{left}");
+    assert_eq!(stored.trial_start.unwrap().timestamp(), signed_up.timestamp());
+}
+
+#[tokio::test]
+async fn a_signup_from_the_future_starts_its_trial_now() {
+    let f = fixture().await;
+    let user = Uuid::new_v4();
+    f.listener
+        .handle(batch(vec![message(
+            "m",
+            &signup(user, "early@example.com", Utc::now() + chrono::Duration::days(3)),
+        )]))
+        .await;
+    let stored = f.store.get_subscription(user).await.unwrap();
+    let left = stored.trial_end.unwrap() - Utc::now();
+    assert!((left - chrono::Duration::days(31)).num_seconds().abs() <= 5, "{left}");
+}
