@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ARGS ?=
 
-.PHONY: run test lint fmt
+.PHONY: run test lint fmt bench
 
 ## Runs every function in one process on 127.0.0.1:3000 (pass flags with ARGS="--port 3001").
 run:
@@ -22,3 +22,7 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+## Measures what BENCHMARKS.md reports (optimised build; takes several minutes on two cores).
+bench:
+	cargo bench -p signup-listener --bench throughput

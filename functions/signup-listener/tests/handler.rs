@@ -198,3 +198,34 @@ async fn a_signup_from_the_future_starts_its_trial_now() {
     let left = stored.trial_end.unwrap() - Utc::now();
     assert!((left - chrono::Duration::days(31)).num_seconds().abs() <= 5, "{left}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenfold_redelivery_storm_makes_no_duplicate() {
+    let f = Arc::new(fixture().await);
+    let users: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+    let messages: Vec<SqsMessage> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| message(&format!("m-{i}"), &signup(*user, &format!("{}@example.com", user.simple()), Utc::now())))
+        .collect();
+    // The same batch delivered ten times at once
+    let deliveries: Vec<_> = (0..10)
+        .map(|_| {
+            let (f, event) = (f.clone(), batch(messages.clone()));
+            tokio::spawn(async move { f.listener.handle(event).await })
+        })
+        .collect();
+    let mut unacknowledged = Vec::new();
+    for delivery in deliveries {
+        unacknowledged.extend(failed_ids(&delivery.await.unwrap()));
+    }
+    // Whatever was handed back is acknowledged on its next delivery
+    if !unacknowledged.is_empty() {
+        let again: Vec<SqsMessage> = messages.iter().filter(|m| unacknowledged.contains(m.message_id.as_ref().unwrap())).cloned().collect();
+        assert!(failed_ids(&f.listener.handle(batch(again)).await).is_empty());
+    }
+    for user in &users {
+        assert_eq!(f.customers(&format!("{}@example.com", user.simple())).await, 1);
+        assert_eq!(f.store.audit_trail(*user).await.unwrap().len(), 1);
+    }
+}
