@@ -10,6 +10,7 @@ pub mod config;
 pub mod errors;
 pub mod http;
 pub mod ids;
+pub mod mail;
 pub mod provisioning;
 pub mod signup;
 pub mod store;

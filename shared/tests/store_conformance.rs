@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use billing::store::{AuditEntry, EmbeddedStore, Recorded, Store, StoreError};
+use billing::store::{
+    AuditEntry, EmbeddedStore, EventMark, EventWrite, Recorded, Store, StoreError, SubscriptionWrite,
+};
 use billing::subscription::{PlanCatalog, Subscription, SubscriptionChange};
 use chrono::{Duration, SubsecRound, Utc};
 use uuid::Uuid;
@@ -257,6 +259,173 @@ async fn audit_trail_lists_every_version_oldest_first(store: Arc<impl Store>) {
     assert_eq!(trail, vec![created(&v1), updated(&v2, &what)]);
 }
 
+fn mark(created: i64, id: &str) -> EventMark {
+    EventMark {
+        created,
+        id: id.to_owned(),
+    }
+}
+
+async fn an_event_and_its_subscription_write_are_recorded_together(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let what = change(r#"{"status": "active"}"#);
+    let v2 = what.apply(&v1, Utc::now()).unwrap();
+    let audit = updated(&v2, &what);
+    let key = unique("stripe-event:evt_");
+    let write = SubscriptionWrite {
+        next: &v2,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(100, "evt_a"),
+    };
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert!(!store.is_recorded(&key).await.unwrap());
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+    assert!(store.is_recorded(&key).await.unwrap());
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+    // The same event again changes nothing, whatever write it carries
+    let again = what.apply(&v2, Utc::now()).unwrap_or_else(|| v2.clone());
+    let mut again = again;
+    again.version = 3;
+    let audit3 = AuditEntry::of(&again, "system:test", "patch", serde_json::json!({}));
+    let write = SubscriptionWrite {
+        next: &again,
+        expected_version: 2,
+        audit: &audit3,
+        mark: &mark(100, "evt_a"),
+    };
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Duplicate
+    );
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+    assert_eq!(store.audit_trail(v1.id).await.unwrap().len(), 2);
+}
+
+async fn an_event_older_than_the_last_applied_is_stale_and_writes_nothing(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let tomorrow = Utc::now() + Duration::days(1);
+    let newer = change(r#"{"status": "canceled"}"#);
+    let v2 = newer.apply(&v1, Utc::now()).unwrap();
+    let audit = updated(&v2, &newer);
+    let write = SubscriptionWrite {
+        next: &v2,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(200, "evt_b"),
+    };
+    assert_eq!(
+        store
+            .record_event(&unique("e:"), tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+
+    // An older event, and one of the same second with a smaller id, arrive late
+    for (created_at, id) in [(100, "evt_z"), (200, "evt_a"), (200, "evt_b")] {
+        let older = change(r#"{"status": "active"}"#);
+        let v3 = older.apply(&v2, Utc::now()).unwrap();
+        let audit = updated(&v3, &older);
+        let key = unique("e:");
+        let write = SubscriptionWrite {
+            next: &v3,
+            expected_version: 2,
+            audit: &audit,
+            mark: &mark(created_at, id),
+        };
+        assert_eq!(
+            store
+                .record_event(&key, tomorrow, "applied", Some(write))
+                .await
+                .unwrap(),
+            EventWrite::Stale,
+            "{created_at} {id}"
+        );
+        assert!(!store.is_recorded(&key).await.unwrap());
+    }
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+    // A newer one of the same second applies
+    let later = change(r#"{"status": "past_due"}"#);
+    let v3 = later.apply(&v2, Utc::now()).unwrap();
+    let audit = updated(&v3, &later);
+    let write = SubscriptionWrite {
+        next: &v3,
+        expected_version: 2,
+        audit: &audit,
+        mark: &mark(200, "evt_c"),
+    };
+    assert_eq!(
+        store
+            .record_event(&unique("e:"), tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+}
+
+async fn an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let patch = change(r#"{"email": "moved@example.com"}"#);
+    let v2 = patch.apply(&v1, Utc::now()).unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2, &patch)).await.unwrap();
+    let event = change(r#"{"status": "past_due"}"#);
+    let stale = event.apply(&v1, Utc::now()).unwrap();
+    let audit = updated(&stale, &event);
+    let key = unique("e:");
+    let write = SubscriptionWrite {
+        next: &stale,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(1, "evt_1"),
+    };
+    let outcome = store
+        .record_event(&key, Utc::now() + Duration::days(1), "applied", Some(write))
+        .await
+        .unwrap();
+    assert_eq!(outcome, EventWrite::VersionConflict);
+    assert!(!store.is_recorded(&key).await.unwrap());
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+}
+
+async fn an_event_without_a_write_is_recorded_for_review(store: Arc<impl Store>) {
+    let key = unique("e:");
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "unknown_subscription", None)
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "unknown_subscription", None)
+            .await
+            .unwrap(),
+        EventWrite::Duplicate
+    );
+    assert!(store.is_recorded(&key).await.unwrap());
+    let expired = unique("e:");
+    store
+        .record_event(&expired, Utc::now() - Duration::minutes(1), "ignored", None)
+        .await
+        .unwrap();
+    assert!(!store.is_recorded(&expired).await.unwrap());
+}
+
 macro_rules! conformance_suite {
     ($store:expr) => {
         conformance_suite!(@tests $store;
@@ -270,6 +439,10 @@ macro_rules! conformance_suite {
             an_id_is_recorded_once_until_it_expires,
             an_expired_record_counts_as_absent_even_before_the_backend_deletes_it,
             audit_trail_lists_every_version_oldest_first,
+            an_event_and_its_subscription_write_are_recorded_together,
+            an_event_older_than_the_last_applied_is_stale_and_writes_nothing,
+            an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing,
+            an_event_without_a_write_is_recorded_for_review,
         );
     };
     (@tests $store:expr; $($test:ident),* $(,)?) => {

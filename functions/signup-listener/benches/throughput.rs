@@ -27,8 +27,10 @@ fn batch() -> SqsEvent {
         let user = Uuid::new_v4();
         let body = json!({"type": "profile.created", "event_id": Uuid::new_v4(), "user_id": user,
                           "email": format!("{}@example.com", user.simple()), "created_at": chrono::Utc::now().to_rfc3339()});
-        let message: SqsMessage = serde_json::from_value(json!({"messageId": Uuid::new_v4().to_string(), "body": body.to_string(),
-            "attributes": {}, "messageAttributes": {}}))
+        let message: SqsMessage = serde_json::from_value(
+            json!({"messageId": Uuid::new_v4().to_string(), "body": body.to_string(),
+            "attributes": {}, "messageAttributes": {}}),
+        )
         .expect("an SQS record");
         event.records.push(message);
     }
@@ -41,16 +43,33 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let prices: Vec<_> = catalog().plans().iter().map(|p| PriceSpec::recurring(&p.stripe_price, 0, "month")).collect();
+    let prices: Vec<_> = catalog()
+        .plans()
+        .iter()
+        .map(|p| PriceSpec::recurring(&p.stripe_price, 0, "month"))
+        .collect();
     let sandbox = stripe_sandbox::start(0, &prices).await.expect("a sandbox");
-    let billing = Arc::new(StripeBilling::new("sk_test_bench", Some(&sandbox.base_url()), RetryPolicy::default()).expect("a client"));
-    let listener = SignupListener { store: embedded_store(), billing: billing.clone(), catalog: catalog() };
+    let billing = Arc::new(
+        StripeBilling::new("sk_test_bench", Some(&sandbox.base_url()), RetryPolicy::default()).expect("a client"),
+    );
+    let listener = SignupListener {
+        store: embedded_store(),
+        billing: billing.clone(),
+        catalog: catalog(),
+    };
 
     // Baseline: one Stripe round trip through the same client (a customer creation).
     let mut baseline = Vec::new();
     for i in 0..200 {
         let started = Instant::now();
-        billing.create_customer(Uuid::new_v4(), "baseline@example.com", &format!("baseline-{i}-{}", Uuid::new_v4())).await.expect("baseline call");
+        billing
+            .create_customer(
+                Uuid::new_v4(),
+                "baseline@example.com",
+                &format!("baseline-{i}-{}", Uuid::new_v4()),
+            )
+            .await
+            .expect("baseline call");
         baseline.push(started.elapsed());
     }
     baseline.sort();
@@ -67,7 +86,11 @@ async fn main() {
         let t = Instant::now();
         let response = listener.handle(event).await;
         per_batch.push(t.elapsed());
-        assert!(response.batch_item_failures.is_empty(), "a batch failed: {:?}", response.batch_item_failures);
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "a batch failed: {:?}",
+            response.batch_item_failures
+        );
     }
     let total = started.elapsed();
     per_batch.sort();
@@ -75,7 +98,10 @@ async fn main() {
     let batch_p50 = percentile(&per_batch, 0.5);
     println!("| measurement | value | ratio to baseline |");
     println!("|---|---|---|");
-    println!("| baseline: one Stripe round trip (sandbox), p50 | {:.2} ms | 1.00 |", baseline_p50.as_secs_f64() * 1e3);
+    println!(
+        "| baseline: one Stripe round trip (sandbox), p50 | {:.2} ms | 1.00 |",
+        baseline_p50.as_secs_f64() * 1e3
+    );
     println!(
         "| batch of {BATCH} signups, p50 | {:.2} ms | {:.1} |",
         batch_p50.as_secs_f64() * 1e3,

@@ -206,7 +206,12 @@ async fn a_tenfold_redelivery_storm_makes_no_duplicate() {
     let messages: Vec<SqsMessage> = users
         .iter()
         .enumerate()
-        .map(|(i, user)| message(&format!("m-{i}"), &signup(*user, &format!("{}@example.com", user.simple()), Utc::now())))
+        .map(|(i, user)| {
+            message(
+                &format!("m-{i}"),
+                &signup(*user, &format!("{}@example.com", user.simple()), Utc::now()),
+            )
+        })
         .collect();
     // The same batch delivered ten times at once
     let deliveries: Vec<_> = (0..10)
@@ -221,7 +226,11 @@ async fn a_tenfold_redelivery_storm_makes_no_duplicate() {
     }
     // Whatever was handed back is acknowledged on its next delivery
     if !unacknowledged.is_empty() {
-        let again: Vec<SqsMessage> = messages.iter().filter(|m| unacknowledged.contains(m.message_id.as_ref().unwrap())).cloned().collect();
+        let again: Vec<SqsMessage> = messages
+            .iter()
+            .filter(|m| unacknowledged.contains(m.message_id.as_ref().unwrap()))
+            .cloned()
+            .collect();
         assert!(failed_ids(&f.listener.handle(batch(again)).await).is_empty());
     }
     for user in &users {

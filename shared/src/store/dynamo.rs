@@ -22,7 +22,7 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AuditEntry, Recorded, Store, StoreError, check_next_version};
+use super::{AuditEntry, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version};
 use crate::subscription::Subscription;
 
 /// A global secondary index: its name and the attribute it is keyed on.
@@ -62,6 +62,7 @@ const STATE: &str = "STATE";
 /// Tries of a create cancelled by a concurrent transaction while nothing is stored yet.
 const CREATE_ATTEMPTS: u32 = 3;
 const ONCE: &str = "ONCE";
+const STRIPE_EVENT: &str = "STRIPE_EVENT";
 
 fn subscription_pk(id: Uuid) -> String {
     format!("SUBSCRIPTION#{id}")
@@ -332,32 +333,9 @@ impl Store for DynamoStore {
     }
 
     async fn record_once(&self, key: &str, expires_at: DateTime<Utc>) -> Result<Recorded, StoreError> {
-        // TTL deletion runs late (up to days), so an expired record still present counts as
-        // absent: the condition compares its expiry with now.
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(format!("ONCE#{key}")))
-            .item("sk", s(ONCE))
-            .item(
-                TABLE_DEFINITION.ttl_attribute,
-                AttributeValue::N(expires_at.timestamp().to_string()),
-            )
-            .condition_expression("attribute_not_exists(pk) OR #expires <= :now")
-            .expression_attribute_names("#expires", TABLE_DEFINITION.ttl_attribute)
-            .expression_attribute_values(":now", AttributeValue::N(Utc::now().timestamp().to_string()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Recorded::First),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Recorded::Duplicate)
-            }
-            Err(e) => Err(sdk(e)),
+        match self.record_event(key, expires_at, "", None).await? {
+            EventWrite::Recorded => Ok(Recorded::First),
+            _ => Ok(Recorded::Duplicate),
         }
     }
 
@@ -389,6 +367,114 @@ impl Store for DynamoStore {
                 return Ok(entries);
             }
         }
+    }
+
+    async fn record_event(
+        &self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+        outcome: &str,
+        write: Option<SubscriptionWrite<'_>>,
+    ) -> Result<EventWrite, StoreError> {
+        let now = Utc::now().timestamp().to_string();
+        // TTL deletion runs late (up to days), so an expired record still present counts as
+        // absent: the condition compares its expiry with now.
+        let mut once = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(format!("ONCE#{key}")))
+            .item("sk", s(ONCE))
+            .item(
+                TABLE_DEFINITION.ttl_attribute,
+                AttributeValue::N(expires_at.timestamp().to_string()),
+            )
+            .condition_expression("attribute_not_exists(pk) OR #expires <= :now")
+            .expression_attribute_names("#expires", TABLE_DEFINITION.ttl_attribute)
+            .expression_attribute_values(":now", AttributeValue::N(now));
+        if !outcome.is_empty() {
+            once = once.item("outcome", s(outcome));
+        }
+        let mut request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(once.build().map_err(build)?).build());
+        if let Some(write) = &write {
+            check_next_version(write.next, write.expected_version, write.audit)?;
+            let mark = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(subscription_pk(write.next.id)))
+                .item("sk", s(STRIPE_EVENT))
+                .item("created", AttributeValue::N(write.mark.created.to_string()))
+                .item("event_id", s(write.mark.id.clone()))
+                .condition_expression(
+                    "attribute_not_exists(pk) OR created < :created OR (created = :created AND event_id < :event)",
+                )
+                .expression_attribute_values(":created", AttributeValue::N(write.mark.created.to_string()))
+                .expression_attribute_values(":event", s(write.mark.id.clone()))
+                .build()
+                .map_err(build)?;
+            let subscription = self
+                .subscription_put(write.next)?
+                .condition_expression("attribute_exists(pk) AND version = :expected")
+                .expression_attribute_values(":expected", AttributeValue::N(write.expected_version.to_string()))
+                .build()
+                .map_err(build)?;
+            request = request
+                .transact_items(TransactWriteItem::builder().put(mark).build())
+                .transact_items(TransactWriteItem::builder().put(subscription).build())
+                .transact_items(TransactWriteItem::builder().put(self.audit_put(write.audit)?).build());
+        }
+        match request.send().await {
+            Ok(_) => Ok(EventWrite::Recorded),
+            Err(e) => {
+                let Some(cancelled) = e.as_service_error().and_then(|e| match e {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
+                    _ => None,
+                }) else {
+                    return Err(sdk(e));
+                };
+                let failed = |index: usize| {
+                    cancelled
+                        .cancellation_reasons()
+                        .get(index)
+                        .and_then(|r| r.code())
+                        .is_some_and(|code| code == "ConditionalCheckFailed")
+                };
+                if failed(0) {
+                    Ok(EventWrite::Duplicate)
+                } else if failed(1) {
+                    Ok(EventWrite::Stale)
+                } else if failed(2) {
+                    Ok(EventWrite::VersionConflict)
+                } else {
+                    Err(StoreError::Unavailable(format!(
+                        "event write cancelled: {:?}",
+                        cancelled.cancellation_reasons()
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn is_recorded(&self, key: &str) -> Result<bool, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("ONCE#{key}")))
+            .key("sk", s(ONCE))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let now = Utc::now().timestamp();
+        Ok(output
+            .item
+            .and_then(|item| {
+                item.get(TABLE_DEFINITION.ttl_attribute)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse::<i64>().ok())
+            })
+            .is_some_and(|expiry| expiry > now))
     }
 }
 

@@ -12,13 +12,16 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
-use super::{AuditEntry, Recorded, Store, StoreError, check_next_version};
+use super::{AuditEntry, EventMark, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version};
 use crate::subscription::Subscription;
 
 const SUBSCRIPTIONS: TableDefinition<&str, &str> = TableDefinition::new("subscriptions");
 const BY_STRIPE_SUBSCRIPTION: TableDefinition<&str, &str> = TableDefinition::new("by_stripe_subscription");
 const BY_STRIPE_CUSTOMER: TableDefinition<&str, &str> = TableDefinition::new("by_stripe_customer");
-const ONCE: TableDefinition<&str, i64> = TableDefinition::new("once");
+/// Key → `{"expires_at": <epoch seconds>, "outcome": ...}`.
+const ONCE: TableDefinition<&str, &str> = TableDefinition::new("once_records");
+/// Subscription id → the last Stripe event applied to it (`EventMark` as JSON).
+const MARKS: TableDefinition<&str, &str> = TableDefinition::new("stripe_event_marks");
 const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
 
 #[derive(Clone)]
@@ -36,6 +39,7 @@ impl EmbeddedStore {
             txn.open_table(BY_STRIPE_SUBSCRIPTION).map_err(unavailable)?;
             txn.open_table(BY_STRIPE_CUSTOMER).map_err(unavailable)?;
             txn.open_table(ONCE).map_err(unavailable)?;
+            txn.open_table(MARKS).map_err(unavailable)?;
             txn.open_table(AUDIT).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
@@ -160,29 +164,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn record_once(&self, key: &str, expires_at: DateTime<Utc>) -> Result<Recorded, StoreError> {
-        let key = key.to_owned();
-        self.blocking(move |db| {
-            let now = Utc::now().timestamp();
-            let txn = db.begin_write().map_err(unavailable)?;
-            let recorded = {
-                let mut table = txn.open_table(ONCE).map_err(unavailable)?;
-                let live = table
-                    .get(key.as_str())
-                    .map_err(unavailable)?
-                    .is_some_and(|expiry| expiry.value() > now);
-                if live {
-                    Recorded::Duplicate
-                } else {
-                    table
-                        .insert(key.as_str(), expires_at.timestamp())
-                        .map_err(unavailable)?;
-                    Recorded::First
-                }
-            };
-            txn.commit().map_err(unavailable)?;
-            Ok(recorded)
-        })
-        .await
+        match self.record_event(key, expires_at, "", None).await? {
+            EventWrite::Recorded => Ok(Recorded::First),
+            _ => Ok(Recorded::Duplicate),
+        }
     }
 
     async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
@@ -198,6 +183,87 @@ impl Store for EmbeddedStore {
                     serde_json::from_str(json.value()).map_err(|e| StoreError::Corrupt(e.to_string()))
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn record_event(
+        &self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+        outcome: &str,
+        write: Option<SubscriptionWrite<'_>>,
+    ) -> Result<EventWrite, StoreError> {
+        if let Some(write) = &write {
+            check_next_version(write.next, write.expected_version, write.audit)?;
+        }
+        let key = key.to_owned();
+        let record = serde_json::json!({"expires_at": expires_at.timestamp(), "outcome": outcome}).to_string();
+        let write = write.map(|w| (w.next.clone(), w.expected_version, w.audit.clone(), w.mark.clone()));
+        self.blocking(move |db| {
+            let now = Utc::now().timestamp();
+            let txn = db.begin_write().map_err(unavailable)?;
+            let outcome = {
+                let mut once = txn.open_table(ONCE).map_err(unavailable)?;
+                let live = once
+                    .get(key.as_str())
+                    .map_err(unavailable)?
+                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v.value()).ok())
+                    .and_then(|v| v["expires_at"].as_i64())
+                    .is_some_and(|expiry| expiry > now);
+                if live {
+                    return Ok(EventWrite::Duplicate);
+                }
+                if let Some((next, expected, audit, mark)) = &write {
+                    let id = next.id.to_string();
+                    let mut marks = txn.open_table(MARKS).map_err(unavailable)?;
+                    let last: Option<EventMark> = marks
+                        .get(id.as_str())
+                        .map_err(unavailable)?
+                        .map(|v| serde_json::from_str(v.value()))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if last.is_some_and(|last| last >= *mark) {
+                        return Ok(EventWrite::Stale);
+                    }
+                    let mut table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+                    let current = {
+                        let json = table
+                            .get(id.as_str())
+                            .map_err(unavailable)?
+                            .ok_or(StoreError::NotFound)?;
+                        decode(json.value())?
+                    };
+                    if current.version != *expected {
+                        return Ok(EventWrite::VersionConflict);
+                    }
+                    table.insert(id.as_str(), encode(next)?.as_str()).map_err(unavailable)?;
+                    reindex(&txn, &id, Some(&current), next)?;
+                    append_audit(&txn, audit)?;
+                    let mark = serde_json::to_string(mark).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    marks.insert(id.as_str(), mark.as_str()).map_err(unavailable)?;
+                }
+                once.insert(key.as_str(), record.as_str()).map_err(unavailable)?;
+                EventWrite::Recorded
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn is_recorded(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let once = txn.open_table(ONCE).map_err(unavailable)?;
+            let now = Utc::now().timestamp();
+            Ok(once
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(v.value()).ok())
+                .and_then(|v| v["expires_at"].as_i64())
+                .is_some_and(|expiry| expiry > now))
         })
         .await
     }

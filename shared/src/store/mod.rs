@@ -21,7 +21,8 @@
 //! | audit trail of a subscription, oldest first | `pk = SUBSCRIPTION#<uuid>`, `sk` begins with `AUDIT#` (`AUDIT#<version, 20 digits>`) |
 //! | subscription by Stripe subscription id | GSI `by_stripe_subscription`: `gsi1pk = STRIPE_SUBSCRIPTION#<sub_...>` |
 //! | subscription by Stripe customer id | GSI `by_stripe_customer`: `gsi2pk = STRIPE_CUSTOMER#<cus_...>` |
-//! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds) |
+//! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
+//! | the last Stripe event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
 //!
 //! Index key attributes are written only when the subscription has the Stripe id (sparse
 //! indexes), never as NULL.
@@ -91,6 +92,36 @@ impl AuditEntry {
     }
 }
 
+/// Where a Stripe event stands in the order of the events of one subscription: by `created`
+/// (Stripe's seconds), then by id, so that two events of the same second are still ordered.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventMark {
+    pub created: i64,
+    pub id: String,
+}
+
+/// A subscription write that goes with a recorded Stripe event.
+#[derive(Clone, Copy, Debug)]
+pub struct SubscriptionWrite<'a> {
+    pub next: &'a Subscription,
+    pub expected_version: u64,
+    pub audit: &'a AuditEntry,
+    /// The event that produced it: written only if it is newer than the last one applied.
+    pub mark: &'a EventMark,
+}
+
+/// What became of [`Store::record_event`]. Nothing was written unless `Recorded`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventWrite {
+    Recorded,
+    /// The event was recorded before (and has not expired).
+    Duplicate,
+    /// A newer event was already applied to the subscription.
+    Stale,
+    /// The subscription is no longer at the expected version: read it again and retry.
+    VersionConflict,
+}
+
 /// Whether [`Store::record_once`] recorded the id now or had it already.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -127,6 +158,19 @@ pub trait Store: Send + Sync {
 
     /// Every audit record of a subscription, oldest first.
     async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Records `key` until `expires_at` with its `outcome` (kept for review) and, in the same
+    /// transaction, the subscription write the event causes, if any: all of it or none.
+    async fn record_event(
+        &self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+        outcome: &str,
+        write: Option<SubscriptionWrite<'_>>,
+    ) -> Result<EventWrite, StoreError>;
+
+    /// Whether `key` is recorded and not expired.
+    async fn is_recorded(&self, key: &str) -> Result<bool, StoreError>;
 }
 
 /// Refuses an update whose versions do not line up before it reaches a backend.
