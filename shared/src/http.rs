@@ -199,6 +199,8 @@ impl From<ProvisionError> for ApiError {
 pub struct ApiResponse {
     pub status: StatusCode,
     pub subscriptions: Vec<Subscription>,
+    /// A body other than the subscriptions envelope (the webhook's acknowledgement).
+    pub other: Option<serde_json::Value>,
 }
 
 impl ApiResponse {
@@ -206,6 +208,7 @@ impl ApiResponse {
         ApiResponse {
             status: StatusCode::OK,
             subscriptions: vec![subscription],
+            other: None,
         }
     }
 
@@ -213,6 +216,16 @@ impl ApiResponse {
         ApiResponse {
             status: StatusCode::CREATED,
             subscriptions: vec![subscription],
+            other: None,
+        }
+    }
+
+    /// `200` with a body of its own, for endpoints that are not about subscriptions.
+    pub fn json(body: serde_json::Value) -> Self {
+        ApiResponse {
+            status: StatusCode::OK,
+            subscriptions: Vec::new(),
+            other: Some(body),
         }
     }
 }
@@ -340,6 +353,15 @@ where
     F: FnOnce(ApiRequest) -> Fut,
     Fut: Future<Output = Result<ApiResponse, ApiError>>,
 {
+    serve_with_limit(request, cors, MAX_BODY_BYTES, handler).await
+}
+
+/// [`serve`] with another body limit: Stripe's events can outgrow the API's 64 KiB.
+pub async fn serve_with_limit<F, Fut>(request: Request, cors: &Cors, max_body: usize, handler: F) -> Response<Body>
+where
+    F: FnOnce(ApiRequest) -> Fut,
+    Fut: Future<Output = Result<ApiResponse, ApiError>>,
+{
     let started = Instant::now();
     let request_id = request_id_of(&request);
     let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
@@ -352,7 +374,7 @@ where
         let mut response = if request.method() == Method::OPTIONS {
             preflight()
         } else {
-            let outcome = match precheck(&request) {
+            let outcome = match precheck(&request, max_body) {
                 Ok(()) => {
                     handler(ApiRequest {
                         request_id: request_id.clone(),
@@ -410,7 +432,7 @@ fn preflight() -> Response<Body> {
 }
 
 /// Checks that need no handler: what the client accepts, how big the body is, what it is.
-fn precheck(request: &Request) -> Result<(), ApiError> {
+fn precheck(request: &Request, max_body: usize) -> Result<(), ApiError> {
     let headers = request.headers();
     if let Some(accept) = headers.get(header::ACCEPT)
         && !accepts_json(accept.to_str().unwrap_or(""))
@@ -422,10 +444,10 @@ fn precheck(request: &Request) -> Result<(), ApiError> {
         )));
     }
     let body = request.body();
-    if body.len() > MAX_BODY_BYTES {
+    if body.len() > max_body {
         return Err(ApiError::one(FieldError::general(
             Slug::TooLarge,
-            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            format!("the body is larger than {max_body} bytes"),
         )));
     }
     if !body.is_empty() {
@@ -451,9 +473,12 @@ fn render(outcome: Result<ApiResponse, ApiError>) -> Response<Body> {
                 [one] => Some(one.version),
                 _ => None,
             };
-            let body = serde_json::to_string(&SuccessBody {
-                subscriptions: &answer.subscriptions,
-            });
+            let body = match &answer.other {
+                Some(other) => serde_json::to_string(other),
+                None => serde_json::to_string(&SuccessBody {
+                    subscriptions: &answer.subscriptions,
+                }),
+            };
             (answer.status, body, etag)
         }
         Err(error) => {

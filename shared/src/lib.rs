@@ -18,3 +18,4 @@ pub mod stripe;
 pub mod subscription;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod webhook;

@@ -1,0 +1,247 @@
+//! The webhook in-process, against the embedded store and a file outbox, with events built
+//! from the Stripe event sample in `events/` and signed as Stripe signs them.
+
+use std::sync::Arc;
+
+use billing::mail::OutboxMailer;
+use billing::store::{AuditEntry, Store};
+use billing::subscription::{Status, Subscription, SubscriptionChange};
+use billing::testing::{ApiEvent, catalog, embedded_store};
+use billing::webhook::sign;
+use chrono::Utc;
+use serde_json::{Value, json};
+use stripe_webhook::StripeWebhook;
+use uuid::Uuid;
+
+const SECRET: &str = "whsec_handler_tests";
+
+struct Fixture {
+    webhook: StripeWebhook,
+    store: Arc<dyn Store>,
+    outbox: OutboxMailer,
+}
+
+fn fixture() -> Fixture {
+    let store: Arc<dyn Store> = embedded_store();
+    let outbox = OutboxMailer::new(std::env::temp_dir().join(format!("outbox-{}", Uuid::new_v4().simple()))).unwrap();
+    let webhook = StripeWebhook {
+        store: store.clone(),
+        mailer: Arc::new(outbox.clone()),
+        catalog: catalog(),
+        secret: SECRET.into(),
+    };
+    Fixture { webhook, store, outbox }
+}
+
+impl Fixture {
+    /// A stored subscription linked to Stripe subscription `sub`.
+    async fn subscription(&self, sub: &str) -> Subscription {
+        let user = Uuid::new_v4();
+        let change = SubscriptionChange::from_json(
+            json!({"user_id": user, "email": format!("{}@example.com", user.simple()), "stripe_customer": format!("cus_{}", user.simple()),
+                   "stripe_subscription": sub})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let subscription = change
+            .new_subscription(catalog().get("pending").unwrap(), Utc::now(), Utc::now())
+            .unwrap();
+        self.store
+            .create_subscription(
+                &subscription,
+                &AuditEntry::of(&subscription, "system:test", "create", Value::Null),
+            )
+            .await
+            .unwrap();
+        subscription
+    }
+
+    async fn deliver(&self, event: &Value, signature: Option<String>) -> (u16, Value) {
+        let payload = event.to_string();
+        let mut api = ApiEvent::sample("apigw-stripe-webhook.json");
+        api = match signature {
+            Some(signature) => api.header("stripe-signature", &signature),
+            None => api,
+        };
+        let mut request = api.build();
+        if request
+            .headers()
+            .get("stripe-signature")
+            .is_some_and(|v| v.to_str().unwrap().contains("replaced-by-each-test"))
+        {
+            request.headers_mut().remove("stripe-signature");
+        }
+        *request.body_mut() = lambda_http::Body::Text(payload);
+        let response = self.webhook.handle(request).await;
+        (
+            response.status().as_u16(),
+            serde_json::from_slice(response.body()).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn deliver_signed(&self, event: &Value) -> (u16, Value) {
+        let signature = sign(event.to_string().as_bytes(), SECRET, Utc::now().timestamp());
+        self.deliver(event, Some(signature)).await
+    }
+}
+
+/// The sample event, about `sub`, of `kind`, with the given status, created at `created`.
+fn event(id: &str, kind: &str, sub: &str, status: &str, created: i64) -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../events/stripe-customer-subscription-updated.json"
+    );
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    event["id"] = json!(id);
+    event["type"] = json!(kind);
+    event["created"] = json!(created);
+    event["data"]["object"]["id"] = json!(sub);
+    event["data"]["object"]["status"] = json!(status);
+    event
+}
+
+#[tokio::test]
+async fn a_signed_subscription_update_is_applied() {
+    let f = fixture();
+    let stored = f.subscription("sub_a").await;
+    let (status, body) = f
+        .deliver_signed(&event("evt_1", "customer.subscription.updated", "sub_a", "active", 100))
+        .await;
+    assert_eq!((status, body), (200, json!({"received": true})));
+    let now = f.store.get_subscription(stored.id).await.unwrap();
+    assert_eq!(
+        (now.status, now.plan.as_str(), now.version),
+        (Status::Active, "basic_monthly", 2)
+    );
+    assert_eq!(f.store.audit_trail(stored.id).await.unwrap()[1].actor, "system:stripe");
+}
+
+#[tokio::test]
+async fn forged_missing_and_old_signatures_are_refused_and_store_nothing() {
+    let f = fixture();
+    let stored = f.subscription("sub_b").await;
+    let update = event("evt_2", "customer.subscription.updated", "sub_b", "active", 100);
+    let payload = update.to_string();
+    let forged = sign(payload.as_bytes(), "whsec_forger", Utc::now().timestamp());
+    let old = sign(payload.as_bytes(), SECRET, Utc::now().timestamp() - 301);
+    for signature in [Some(forged), None, Some(old)] {
+        let (status, body) = f.deliver(&update, signature).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["errors"][0]["param"], "Stripe-Signature");
+    }
+    assert_eq!(f.store.get_subscription(stored.id).await.unwrap(), stored);
+    assert!(!f.store.is_recorded("stripe-event:evt_2").await.unwrap());
+}
+
+#[tokio::test]
+async fn the_same_event_twice_is_applied_once() {
+    let f = fixture();
+    let stored = f.subscription("sub_c").await;
+    let update = event("evt_3", "customer.subscription.updated", "sub_c", "past_due", 100);
+    assert_eq!(f.deliver_signed(&update).await, (200, json!({"received": true})));
+    assert_eq!(
+        f.deliver_signed(&update).await,
+        (200, json!({"received": true, "duplicate": true}))
+    );
+    assert_eq!(f.store.audit_trail(stored.id).await.unwrap().len(), 2);
+    assert_eq!(
+        f.store.get_subscription(stored.id).await.unwrap().status,
+        Status::PastDue
+    );
+}
+
+#[tokio::test]
+async fn an_older_update_after_a_newer_deletion_leaves_the_subscription_canceled() {
+    let f = fixture();
+    let stored = f.subscription("sub_d").await;
+    f.deliver_signed(&event(
+        "evt_new",
+        "customer.subscription.deleted",
+        "sub_d",
+        "canceled",
+        200,
+    ))
+    .await;
+    let (status, _) = f
+        .deliver_signed(&event(
+            "evt_old",
+            "customer.subscription.updated",
+            "sub_d",
+            "active",
+            100,
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        f.store.get_subscription(stored.id).await.unwrap().status,
+        Status::Canceled
+    );
+    assert!(f.store.is_recorded("stripe-event:evt_old").await.unwrap());
+}
+
+#[tokio::test]
+async fn events_for_unknown_subscriptions_and_other_types_are_acknowledged_and_recorded() {
+    let f = fixture();
+    let mut unknown = event("evt_u", "customer.subscription.updated", "sub_nobody", "active", 100);
+    unknown["data"]["object"]["customer"] = json!("cus_nobody");
+    assert_eq!(f.deliver_signed(&unknown).await.0, 200);
+    assert!(f.store.is_recorded("stripe-event:evt_u").await.unwrap());
+    let other = event("evt_o", "charge.refunded", "sub_nobody", "active", 100);
+    assert_eq!(f.deliver_signed(&other).await, (200, json!({"received": true})));
+    assert_eq!(
+        f.deliver_signed(&other).await,
+        (200, json!({"received": true, "duplicate": true}))
+    );
+}
+
+#[tokio::test]
+async fn trial_will_end_mails_the_subscriber_once() {
+    let f = fixture();
+    let stored = f.subscription("sub_t").await;
+    let warning = event(
+        "evt_t",
+        "customer.subscription.trial_will_end",
+        "sub_t",
+        "trialing",
+        100,
+    );
+    assert_eq!(f.deliver_signed(&warning).await.0, 200);
+    assert_eq!(
+        f.deliver_signed(&warning).await,
+        (200, json!({"received": true, "duplicate": true}))
+    );
+    let mails = f.outbox.mails();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].to, stored.email);
+    assert!(mails[0].subject.contains("trial"));
+}
+
+#[tokio::test]
+async fn invoice_events_find_their_subscription_and_move_its_status() {
+    let f = fixture();
+    let stored = f.subscription("sub_i").await;
+    let failed = json!({"id": "evt_if", "type": "invoice.payment_failed", "created": 100, "object": "event",
+                        "data": {"object": {"object": "invoice", "customer": stored.stripe_customer,
+                                             "parent": {"subscription_details": {"subscription": "sub_i"}}}}});
+    f.deliver_signed(
+        &json!({"id": "evt_act", "type": "customer.subscription.updated", "created": 50,
+                             "data": {"object": {"id": "sub_i", "status": "active", "items": {"data": []}}}}),
+    )
+    .await;
+    assert_eq!(f.deliver_signed(&failed).await.0, 200);
+    assert_eq!(
+        f.store.get_subscription(stored.id).await.unwrap().status,
+        Status::PastDue
+    );
+}
+
+#[tokio::test]
+async fn a_signed_body_that_is_not_an_event_is_invalid_format() {
+    let f = fixture();
+    let (status, body) = f.deliver_signed(&json!({"hello": "world"})).await;
+    assert_eq!(
+        (status, body["errors"][0]["slug"].as_str()),
+        (400, Some("invalid_format"))
+    );
+}
