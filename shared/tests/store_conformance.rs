@@ -426,6 +426,67 @@ async fn an_event_without_a_write_is_recorded_for_review(store: Arc<impl Store>)
     assert!(!store.is_recorded(&expired).await.unwrap());
 }
 
+async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let tomorrow = Utc::now() + Duration::days(1);
+    let audit = AuditEntry::of(&v1, "system:test", "stripe", serde_json::json!({}));
+    let write = SubscriptionWrite {
+        next: &v1,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(300, "evt_same"),
+    };
+    assert_eq!(
+        store
+            .record_event(&unique("e:"), tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v1);
+    assert_eq!(store.audit_trail(v1.id).await.unwrap().len(), 1);
+    // The mark moved: an older event with a change is now stale
+    let older = change(r#"{"status": "active"}"#);
+    let v2 = older.apply(&v1, Utc::now()).unwrap();
+    let audit = updated(&v2, &older);
+    let write = SubscriptionWrite {
+        next: &v2,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(200, "evt_older"),
+    };
+    assert_eq!(
+        store
+            .record_event(&unique("e:"), tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Stale
+    );
+    // And an unchanged write from a stale version is a conflict, recording nothing
+    let patch = change(r#"{"email": "elsewhere@example.com"}"#);
+    let moved = patch.apply(&v1, Utc::now()).unwrap();
+    store
+        .update_subscription(&moved, 1, &updated(&moved, &patch))
+        .await
+        .unwrap();
+    let key = unique("e:");
+    let write = SubscriptionWrite {
+        next: &v1,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(400, "evt_late"),
+    };
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::VersionConflict
+    );
+    assert!(!store.is_recorded(&key).await.unwrap());
+}
+
 macro_rules! conformance_suite {
     ($store:expr) => {
         conformance_suite!(@tests $store;
@@ -443,6 +504,7 @@ macro_rules! conformance_suite {
             an_event_older_than_the_last_applied_is_stale_and_writes_nothing,
             an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing,
             an_event_without_a_write_is_recorded_for_review,
+            an_event_that_changes_nothing_advances_the_mark_without_a_new_version,
         );
     };
     (@tests $store:expr; $($test:ident),* $(,)?) => {

@@ -175,3 +175,43 @@ pub async fn all_stripe_customers(sandbox: &RunningSandbox) -> Vec<serde_json::V
         }
     }
 }
+
+/// A form POST to the sandbox's API, as the Stripe dashboard or another client would change
+/// things behind the service's back.
+pub async fn stripe_post(sandbox: &RunningSandbox, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
+    let url = format!("{}{}", sandbox.base_url(), path.trim_start_matches('/'));
+    let body: String = form
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                k.replace('[', "%5B").replace(']', "%5D"),
+                v.replace('@', "%40")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(TEST_KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert!(response.status().is_success(), "POST {url}: {}", response.status());
+    response.json().await.expect("a JSON body")
+}
+
+/// Polls `check` until it holds or `seconds` pass; panics with `what` then.
+pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

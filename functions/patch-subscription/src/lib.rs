@@ -89,7 +89,7 @@ impl PatchSubscription {
             // The attempt is part of the key: a re-applied change after a lost race must reach
             // Stripe again, since the race may have changed Stripe in between.
             let origin = format!("{request_id}:{attempt}");
-            self.apply_to_stripe(&current, change, &origin).await?;
+            self.apply_to_stripe(&current, change, request_id, &origin).await?;
             let Some(next) = change.apply(&current, Utc::now()) else {
                 return Ok(current);
             };
@@ -111,11 +111,14 @@ impl PatchSubscription {
         )))
     }
 
-    /// Tells Stripe what it must know before the change is stored.
+    /// Tells Stripe what it must know before the change is stored. Attaching a payment method
+    /// is the same act however often it is repeated, so its key is the request's; price and flag
+    /// changes carry the write attempt too (`origin`).
     async fn apply_to_stripe(
         &self,
         current: &Subscription,
         change: &SubscriptionChange,
+        request_id: &str,
         origin: &str,
     ) -> Result<(), ApiError> {
         let plan_changes = change.plan.as_ref().filter(|plan| **plan != current.plan);
@@ -138,7 +141,7 @@ impl PatchSubscription {
                 .attach_default_payment_method(
                     customer,
                     method,
-                    &idempotency_key("attach_payment_method", &target, origin),
+                    &idempotency_key("attach_payment_method", &target, request_id),
                 )
                 .await?;
         }

@@ -140,11 +140,14 @@ impl StripeWebhook {
                 tracing::warn!(event = %event.id, stripe_subscription = ?event.stripe_subscription(), "event for an unknown subscription; recorded for review");
                 return self.record(key, "unknown_subscription").await;
             };
-            // Even an event that changes nothing advances the subscription's last-applied mark,
-            // so an older event arriving later cannot undo what this one confirmed.
+            // Even an event that changes nothing advances the subscription's last-applied mark
+            // (without a new version), so an older event arriving later cannot undo what this
+            // one confirmed.
             let mut next = webhook::apply_event(&current, event, &self.catalog);
-            next.version = current.version + 1;
-            next.updated_at = Utc::now().trunc_subsecs(0).max(current.updated_at);
+            if next != current {
+                next.version = current.version + 1;
+                next.updated_at = Utc::now().trunc_subsecs(0).max(current.updated_at);
+            }
             let audit = AuditEntry::of(&next, ACTOR, event.kind.as_str(), json!({"event": event.id}));
             let mark = event.mark();
             let write = SubscriptionWrite {

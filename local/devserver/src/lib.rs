@@ -11,6 +11,7 @@ use axum::http::{Method, Request as HttpRequest};
 use axum::response::IntoResponse;
 use billing::config::{ConfigError, Environment, optional};
 use billing::http::Cors;
+use billing::mail::{Mailer, OutboxMailer, SesMailer};
 use billing::store::{DynamoStore, EmbeddedStore, Store, StoreError};
 use billing::stripe::{Billing, BillingError, RetryPolicy, StripeBilling};
 use billing::subscription::PlanCatalog;
@@ -20,6 +21,7 @@ use patch_subscription::PatchSubscription;
 use signup_listener::SignupListener;
 use signups::SignupQueue;
 use stripe_sandbox::RunningSandbox;
+use stripe_webhook::StripeWebhook;
 use tokio::net::TcpListener;
 
 pub mod gateway;
@@ -100,6 +102,8 @@ pub struct RunningServer {
     pub sandbox: Option<RunningSandbox>,
     pub store: Arc<dyn Store>,
     pub signups: SignupQueue,
+    /// The secret the webhook endpoint checks Stripe's signatures with.
+    pub webhook_secret: String,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -136,84 +140,118 @@ pub async fn open_billing(
     Ok((Arc::new(billing), catalog, Some(sandbox)))
 }
 
+/// What the functions of the bundle share in one process.
+pub struct Bundle {
+    pub store: Arc<dyn Store>,
+    pub billing: Arc<dyn Billing>,
+    pub catalog: PlanCatalog,
+    pub cors: Cors,
+    pub mailer: Arc<dyn Mailer>,
+    pub webhook_secret: String,
+}
+
+/// Wraps a function's `handle` as a gateway handler.
+macro_rules! function_handler {
+    ($function:expr) => {{
+        let function = $function;
+        gateway::handler(move |request| {
+            let function = function.clone();
+            async move { function.handle(request).await }
+        })
+    }};
+}
+
 /// The routes of `template.yaml`, each bound to its function.
-pub fn routes(store: Arc<dyn Store>, billing: Arc<dyn Billing>, catalog: PlanCatalog, cors: Cors) -> Vec<Route> {
-    let get = Arc::new(GetSubscription {
-        store: store.clone(),
-        cors: cors.clone(),
-    });
-    let create = Arc::new(CreateSubscription {
-        store: store.clone(),
-        billing: billing.clone(),
-        catalog: catalog.clone(),
-        cors: cors.clone(),
-    });
-    let patch = Arc::new(PatchSubscription {
-        store,
-        billing,
-        catalog,
-        cors,
-    });
+pub fn routes(bundle: &Bundle) -> Vec<Route> {
+    let get = function_handler!(Arc::new(GetSubscription {
+        store: bundle.store.clone(),
+        cors: bundle.cors.clone()
+    }));
+    let create = function_handler!(Arc::new(CreateSubscription {
+        store: bundle.store.clone(),
+        billing: bundle.billing.clone(),
+        catalog: bundle.catalog.clone(),
+        cors: bundle.cors.clone(),
+    }));
+    let patch = function_handler!(Arc::new(PatchSubscription {
+        store: bundle.store.clone(),
+        billing: bundle.billing.clone(),
+        catalog: bundle.catalog.clone(),
+        cors: bundle.cors.clone(),
+    }));
+    let webhook = function_handler!(Arc::new(StripeWebhook {
+        store: bundle.store.clone(),
+        mailer: bundle.mailer.clone(),
+        catalog: bundle.catalog.clone(),
+        secret: bundle.webhook_secret.clone(),
+    }));
     let route =
-        |method: Method, path: &'static str, authorized: bool, function: &'static str, handler: Handler| Route {
+        |method: Method, path: &'static str, authorized: bool, function: &'static str, handler: &Handler| Route {
             method,
             path,
             authorized,
             function,
-            handler,
+            handler: handler.clone(),
         };
-    let get_handler = {
-        let get = get.clone();
-        gateway::handler(move |request| {
-            let get = get.clone();
-            async move { get.handle(request).await }
-        })
-    };
-    let create_handler = gateway::handler(move |request| {
-        let create = create.clone();
-        async move { create.handle(request).await }
-    });
-    let patch_handler = gateway::handler(move |request| {
-        let patch = patch.clone();
-        async move { patch.handle(request).await }
-    });
     vec![
         route(
             Method::POST,
             "/subscriptions",
             true,
             "CreateSubscriptionFunction",
-            create_handler.clone(),
+            &create,
         ),
         route(
             Method::OPTIONS,
             "/subscriptions",
             false,
             "CreateSubscriptionFunction",
-            create_handler,
+            &create,
         ),
         route(
             Method::GET,
             "/subscriptions/{id}",
             true,
             "GetSubscriptionFunction",
-            get_handler.clone(),
+            &get,
         ),
         route(
             Method::PATCH,
             "/subscriptions/{id}",
             true,
             "PatchSubscriptionFunction",
-            patch_handler,
+            &patch,
         ),
         route(
             Method::OPTIONS,
             "/subscriptions/{id}",
             false,
             "GetSubscriptionFunction",
-            get_handler,
+            &get,
+        ),
+        route(
+            Method::POST,
+            "/stripe/webhook",
+            false,
+            "StripeWebhookFunction",
+            &webhook,
         ),
     ]
+}
+
+/// Mail: a file outbox under the data directory, or SES with `--aws` (from `MAIL_FROM`,
+/// `billing@example.com` when unset; against a local emulator the sender is verified first,
+/// as SES requires).
+async fn open_mailer(options: &Options, env: &dyn Environment) -> Result<Arc<dyn Mailer>, StartError> {
+    if !options.aws {
+        return Ok(Arc::new(OutboxMailer::new(options.data_dir.join("outbox"))?));
+    }
+    let from = optional(env, "MAIL_FROM").unwrap_or_else(|| "billing@example.com".to_owned());
+    let client = aws_sdk_sesv2::Client::new(&billing::aws::load_sdk_config().await);
+    if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+        let _ = client.create_email_identity().email_identity(&from).send().await;
+    }
+    Ok(Arc::new(SesMailer::new(client, from)))
 }
 
 /// The local server's own routes, which have no counterpart in AWS.
@@ -287,11 +325,32 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         catalog: catalog.clone(),
     });
     let signups = open_signups(options, env, listener).await?;
-    let mut all = routes(store.clone(), billing, catalog, Cors::from_env(env));
+    // Stripe signs webhooks with the endpoint's secret; the in-process sandbox gets a fresh one.
+    let webhook_secret = match (&sandbox, optional(env, "STRIPE_WEBHOOK_SECRET")) {
+        (_, Some(secret)) => secret,
+        (Some(_), None) => format!("whsec_local_{}", uuid::Uuid::new_v4().simple()),
+        (None, None) => billing::config::required(env, "STRIPE_WEBHOOK_SECRET")?,
+    };
+    let bundle = Bundle {
+        store: store.clone(),
+        billing,
+        catalog,
+        cors: Cors::from_env(env),
+        mailer: open_mailer(options, env).await?,
+        webhook_secret: webhook_secret.clone(),
+    };
+    let returned_secret = webhook_secret.clone();
+    let mut all = routes(&bundle);
     all.extend(local_routes(signups.clone()));
     let gateway = Arc::new(Gateway::new(all, keys.clone()));
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).await?;
     let address = listener.local_addr()?;
+    if let Some(sandbox) = &sandbox {
+        sandbox.sandbox.set_webhook(Some(stripe_sandbox::WebhookTarget {
+            url: format!("http://{address}/stripe/webhook"),
+            secret: webhook_secret,
+        }));
+    }
     let app = axum::Router::new().fallback(forward).with_state(gateway);
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
@@ -304,6 +363,7 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         sandbox,
         store,
         signups,
+        webhook_secret: returned_secret,
         task,
     })
 }

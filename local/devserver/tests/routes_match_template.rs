@@ -43,7 +43,15 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
     let billing =
         Arc::new(StripeBilling::new("sk_test_routes", Some("http://127.0.0.1:9/"), RetryPolicy::default()).unwrap());
     let catalog = PlanCatalog::standard(|plan| Ok::<_, ()>(format!("price_{plan}"))).unwrap();
-    devserver::routes(store, billing, catalog, Cors::default())
+    let bundle = devserver::Bundle {
+        store,
+        billing,
+        catalog,
+        cors: Cors::default(),
+        mailer: Arc::new(billing::mail::OutboxMailer::new(dir.path().join("outbox")).unwrap()),
+        webhook_secret: "whsec_routes".into(),
+    };
+    devserver::routes(&bundle)
         .into_iter()
         .map(|r| {
             (

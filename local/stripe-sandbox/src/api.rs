@@ -197,6 +197,33 @@ fn short_id(prefix: &str) -> String {
     format!("{prefix}_{}", &raw[..24])
 }
 
+/// Stripe's ids begin with a time-ordered part, so later objects sort after earlier ones; event
+/// ids here do the same (a base-62 count of microseconds, then randomness), which is what lets a
+/// consumer order two events of the same second by id.
+fn ordered_id(prefix: &str) -> String {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    // Strictly increasing, even for two ids in the same microsecond.
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |last| Some(now.max(last + 1)),
+        )
+        .unwrap_or(now);
+    let mut value = now.max(previous + 1);
+    let mut time = [b'0'; 11];
+    for slot in time.iter_mut().rev() {
+        *slot = DIGITS[(value % 62) as usize];
+        value /= 62;
+    }
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_1{}{}", String::from_utf8_lossy(&time), &random[..12])
+}
+
 impl State {
     pub fn new(prices: &[PriceSpec], now: i64) -> Self {
         let mut state = State::default();
@@ -214,7 +241,7 @@ impl State {
     fn emit(&mut self, kind: &str, object: &Value, previous: Option<Map<String, Value>>, now: i64) {
         let (request_id, idempotency_key) = (self.request.0.clone(), self.request.1.clone());
         let event = objects::event(
-            &short_id("evt"),
+            &ordered_id("evt"),
             kind,
             now,
             object,
@@ -991,6 +1018,21 @@ impl State {
         self.subscriptions.insert(id.to_owned(), subscription.clone());
         self.emit("customer.subscription.deleted", &subscription, None, now);
         Ok(subscription)
+    }
+
+    /// Stripe's notice three days before a trial ends, for a trialing subscription.
+    pub fn trial_will_end(&mut self, id: &str, now: i64) -> Option<Value> {
+        let subscription = self
+            .subscriptions
+            .get(id)
+            .filter(|s| s["status"] == "trialing")?
+            .clone();
+        self.request = (
+            format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]),
+            None,
+        );
+        self.emit("customer.subscription.trial_will_end", &subscription, None, now);
+        self.emitted.pop()
     }
 
     // Events

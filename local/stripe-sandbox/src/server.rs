@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::api::{Failure, Outcome, State, invalid};
 use crate::form;
 use crate::objects::{API_VERSION, PriceSpec};
-use crate::webhooks::{Sender, WebhookTarget};
+use crate::webhooks::{Order, Sender, WebhookTarget};
 
 /// What Stripe keeps under an idempotency key.
 #[derive(Clone)]
@@ -112,6 +112,39 @@ impl Sandbox {
         lock(&self.state).events().to_vec()
     }
 
+    /// Holds webhook events back until [`Sandbox::release_webhooks`].
+    pub fn hold_webhooks(&self) {
+        self.sender.hold();
+    }
+
+    /// Sends the held events in `order` with `duplicates` extra copies mixed in.
+    pub fn release_webhooks(&self, order: Order, duplicates: usize) -> usize {
+        self.sender.release(order, duplicates)
+    }
+
+    /// Sends an event again, as Stripe's dashboard "resend" does. False when unknown.
+    pub fn replay(&self, event_id: &str) -> bool {
+        let event = lock(&self.state).events().iter().find(|e| e["id"] == event_id).cloned();
+        match (event, lock(&self.controls).webhook.clone()) {
+            (Some(event), Some(target)) => {
+                self.sender.enqueue(target, event);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Makes Stripe's three-days-before notice for a trialing subscription now, as a test clock
+    /// would. Returns the event id.
+    pub fn trial_will_end(&self, subscription: &str) -> Option<String> {
+        let event = lock(&self.state).trial_will_end(subscription, now())?;
+        if let Some(target) = lock(&self.controls).webhook.clone() {
+            self.sender.enqueue(target, event.clone());
+        }
+        event["id"].as_str().map(str::to_owned)
+    }
+
+    /// Every webhook delivery attempted so far.
     pub fn deliveries(&self) -> Vec<Value> {
         lock(&self.sender.deliveries).iter().map(|d| d.to_json()).collect()
     }
@@ -451,6 +484,36 @@ fn controls(sandbox: &Sandbox, method: &Method, path: &str, body: &Bytes) -> Res
             answer(StatusCode::OK, json!({"webhook": input}))
         }
         ("GET", "deliveries") => answer(StatusCode::OK, json!({"deliveries": sandbox.deliveries()})),
+        ("POST", "webhook/hold") => {
+            sandbox.hold_webhooks();
+            answer(StatusCode::OK, json!({"holding": true}))
+        }
+        ("POST", "webhook/release") => {
+            let order = match input["order"].as_str().unwrap_or("as_happened") {
+                "as_happened" => Order::AsHappened,
+                "reversed" => Order::Reversed,
+                "shuffled" => Order::Shuffled,
+                other => {
+                    return answer(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("unknown order {other}")}),
+                    );
+                }
+            };
+            let sent = sandbox.release_webhooks(order, input["duplicates"].as_u64().unwrap_or(0) as usize);
+            answer(StatusCode::OK, json!({"released": sent}))
+        }
+        ("POST", "webhook/replay") => match input["event"].as_str() {
+            Some(id) if sandbox.replay(id) => answer(StatusCode::OK, json!({"replayed": id})),
+            _ => answer(
+                StatusCode::NOT_FOUND,
+                json!({"error": "no such event, or no webhook endpoint"}),
+            ),
+        },
+        ("POST", "trial_will_end") => match input["subscription"].as_str().and_then(|s| sandbox.trial_will_end(s)) {
+            Some(event) => answer(StatusCode::OK, json!({"event": event})),
+            None => answer(StatusCode::NOT_FOUND, json!({"error": "no such trialing subscription"})),
+        },
         _ => answer(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no sandbox control {method} /_sandbox/{path}")}),

@@ -51,6 +51,25 @@ pub struct Sender {
     client: Client<HttpConnector, Full<Bytes>>,
     queue: tokio::sync::mpsc::UnboundedSender<(WebhookTarget, Value)>,
     pub deliveries: Arc<Mutex<Vec<Delivery>>>,
+    /// While held, events wait here instead of being sent (see [`Sender::release`]).
+    held: Arc<Mutex<Option<Vec<Outgoing>>>>,
+}
+
+/// An event on its way to an endpoint.
+type Outgoing = (WebhookTarget, Value);
+
+/// In what order held events are sent when released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    AsHappened,
+    Reversed,
+    Shuffled,
+}
+
+/// Random indexes without a random-number crate: UUID v4s are random enough for shuffling.
+fn random_below(n: usize) -> usize {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    (u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) % n as u64) as usize
 }
 
 impl Sender {
@@ -62,6 +81,7 @@ impl Sender {
             client: client.clone(),
             queue,
             deliveries: Arc::clone(&deliveries),
+            held: Arc::new(Mutex::new(None)),
         };
         let worker = sender.clone();
         tokio::spawn(async move {
@@ -73,8 +93,61 @@ impl Sender {
     }
 
     pub fn enqueue(&self, target: WebhookTarget, event: Value) {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(held) = held.as_mut()
+        {
+            held.push((target, event));
+            return;
+        }
         // The receiver lives as long as the runtime; a closed queue means shutdown.
         let _ = self.queue.send((target, event));
+    }
+
+    /// Holds events back from now on, until [`Sender::release`].
+    pub fn hold(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Sends the held events in `order`, plus `duplicates` extra copies of randomly chosen
+    /// ones mixed in, and stops holding. Returns how many deliveries were queued.
+    pub fn release(&self, order: Order, duplicates: usize) -> usize {
+        let Some(mut events) = self.held.lock().ok().and_then(|mut held| held.take()) else {
+            return 0;
+        };
+        if !events.is_empty() {
+            for _ in 0..duplicates {
+                let copy = events[random_below(events.len())].clone();
+                events.push(copy);
+            }
+        }
+        match order {
+            Order::AsHappened if duplicates == 0 => {}
+            Order::AsHappened => {
+                // Duplicates go right after their original, as a redelivery would.
+                let mut ordered: Vec<Outgoing> = Vec::new();
+                for event in events.drain(..) {
+                    let at = ordered
+                        .iter()
+                        .rposition(|(_, e)| e["id"] == event.1["id"])
+                        .map_or(ordered.len(), |i| i + 1);
+                    ordered.insert(at, event);
+                }
+                events = ordered;
+            }
+            Order::Reversed => events.reverse(),
+            Order::Shuffled => {
+                for i in (1..events.len()).rev() {
+                    events.swap(i, random_below(i + 1));
+                }
+            }
+        }
+        let count = events.len();
+        for (target, event) in events {
+            let _ = self.queue.send((target, event));
+        }
+        count
     }
 
     async fn deliver(&self, target: &WebhookTarget, event: &Value) {

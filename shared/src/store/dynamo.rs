@@ -16,8 +16,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::builders::PutBuilder;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, Put, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, Put, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
 };
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -398,7 +398,7 @@ impl Store for DynamoStore {
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(once.build().map_err(build)?).build());
         if let Some(write) = &write {
-            check_next_version(write.next, write.expected_version, write.audit)?;
+            write.check()?;
             let mark = Put::builder()
                 .table_name(&self.table)
                 .item("pk", s(subscription_pk(write.next.id)))
@@ -412,16 +412,28 @@ impl Store for DynamoStore {
                 .expression_attribute_values(":event", s(write.mark.id.clone()))
                 .build()
                 .map_err(build)?;
-            let subscription = self
-                .subscription_put(write.next)?
-                .condition_expression("attribute_exists(pk) AND version = :expected")
-                .expression_attribute_values(":expected", AttributeValue::N(write.expected_version.to_string()))
-                .build()
-                .map_err(build)?;
-            request = request
-                .transact_items(TransactWriteItem::builder().put(mark).build())
-                .transact_items(TransactWriteItem::builder().put(subscription).build())
-                .transact_items(TransactWriteItem::builder().put(self.audit_put(write.audit)?).build());
+            request = request.transact_items(TransactWriteItem::builder().put(mark).build());
+            request = if write.changes_subscription() {
+                let subscription = self
+                    .subscription_put(write.next)?
+                    .condition_expression("attribute_exists(pk) AND version = :expected")
+                    .expression_attribute_values(":expected", AttributeValue::N(write.expected_version.to_string()))
+                    .build()
+                    .map_err(build)?;
+                request
+                    .transact_items(TransactWriteItem::builder().put(subscription).build())
+                    .transact_items(TransactWriteItem::builder().put(self.audit_put(write.audit)?).build())
+            } else {
+                let unchanged = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(subscription_pk(write.next.id)))
+                    .key("sk", s(STATE))
+                    .condition_expression("attribute_exists(pk) AND version = :expected")
+                    .expression_attribute_values(":expected", AttributeValue::N(write.expected_version.to_string()))
+                    .build()
+                    .map_err(build)?;
+                request.transact_items(TransactWriteItem::builder().condition_check(unchanged).build())
+            };
         }
         match request.send().await {
             Ok(_) => Ok(EventWrite::Recorded),

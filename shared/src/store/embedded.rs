@@ -195,7 +195,7 @@ impl Store for EmbeddedStore {
         write: Option<SubscriptionWrite<'_>>,
     ) -> Result<EventWrite, StoreError> {
         if let Some(write) = &write {
-            check_next_version(write.next, write.expected_version, write.audit)?;
+            write.check()?;
         }
         let key = key.to_owned();
         let record = serde_json::json!({"expires_at": expires_at.timestamp(), "outcome": outcome}).to_string();
@@ -237,9 +237,11 @@ impl Store for EmbeddedStore {
                     if current.version != *expected {
                         return Ok(EventWrite::VersionConflict);
                     }
-                    table.insert(id.as_str(), encode(next)?.as_str()).map_err(unavailable)?;
-                    reindex(&txn, &id, Some(&current), next)?;
-                    append_audit(&txn, audit)?;
+                    if next.version != *expected {
+                        table.insert(id.as_str(), encode(next)?.as_str()).map_err(unavailable)?;
+                        reindex(&txn, &id, Some(&current), next)?;
+                        append_audit(&txn, audit)?;
+                    }
                     let mark = serde_json::to_string(mark).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     marks.insert(id.as_str(), mark.as_str()).map_err(unavailable)?;
                 }

@@ -103,6 +103,9 @@ pub struct EventMark {
 /// A subscription write that goes with a recorded Stripe event.
 #[derive(Clone, Copy, Debug)]
 pub struct SubscriptionWrite<'a> {
+    /// The new state at `expected_version + 1`; or, at `expected_version` itself, "unchanged":
+    /// then only the event's mark is written, still on the condition that the subscription is
+    /// at that version.
     pub next: &'a Subscription,
     pub expected_version: u64,
     pub audit: &'a AuditEntry,
@@ -171,6 +174,20 @@ pub trait Store: Send + Sync {
 
     /// Whether `key` is recorded and not expired.
     async fn is_recorded(&self, key: &str) -> Result<bool, StoreError>;
+}
+
+impl SubscriptionWrite<'_> {
+    pub fn changes_subscription(&self) -> bool {
+        self.next.version != self.expected_version
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.changes_subscription() {
+            check_next_version(self.next, self.expected_version, self.audit)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Refuses an update whose versions do not line up before it reaches a backend.
