@@ -25,4 +25,4 @@ fmt:
 
 ## Measures what BENCHMARKS.md reports (optimised build; takes several minutes on two cores).
 bench:
-	cargo bench -p signup-listener --bench throughput
+	scripts/bench.sh
