@@ -213,6 +213,20 @@ impl StripeBilling {
     }
 }
 
+impl StripeBilling {
+    /// Sends `request` with the idempotency key and the retry policy.
+    async fn send<R>(&self, operation: &str, key: &str, request: &R) -> Result<R::Output, BillingError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        self.with_retries(operation, key, |strategy| async move {
+            request.customize().request_strategy(strategy).send(&self.client).await
+        })
+        .await
+    }
+}
+
 enum Retry {
     Yes,
     No(BillingError),
@@ -300,12 +314,7 @@ impl Billing for StripeBilling {
                 .into_iter()
                 .collect::<std::collections::HashMap<_, _>>(),
         );
-        let customer = self
-            .with_retries("create_customer", key, |strategy| {
-                let request = request.clone();
-                async move { request.customize().request_strategy(strategy).send(&self.client).await }
-            })
-            .await?;
+        let customer = self.send("create_customer", key, &request).await?;
         Ok(Customer {
             id: customer.id.as_str().to_owned(),
             created: timestamp(customer.created).unwrap_or_else(Utc::now),
@@ -330,12 +339,7 @@ impl Billing for StripeBilling {
         if let Some(end) = trial_end {
             request = request.trial_end(CreateSubscriptionTrialEnd::Timestamp(end.timestamp()));
         }
-        let subscription = self
-            .with_retries("create_subscription", key, |strategy| {
-                let request = request.clone();
-                async move { request.customize().request_strategy(strategy).send(&self.client).await }
-            })
-            .await?;
+        let subscription = self.send("create_subscription", key, &request).await?;
         summarize(&subscription)
     }
 
@@ -369,12 +373,7 @@ impl Billing for StripeBilling {
         let request = UpdateSubscription::new(subscription)
             .items(vec![item])
             .proration_behavior(UpdateSubscriptionProrationBehavior::None);
-        let updated = self
-            .with_retries("change_price", key, |strategy| {
-                let request = request.clone();
-                async move { request.customize().request_strategy(strategy).send(&self.client).await }
-            })
-            .await?;
+        let updated = self.send("change_price", key, &request).await?;
         summarize(&updated)
     }
 
@@ -386,20 +385,14 @@ impl Billing for StripeBilling {
     ) -> Result<String, BillingError> {
         let attach = AttachPaymentMethod::new(payment_method).customer(customer);
         let attached = self
-            .with_retries("attach_payment_method", &format!("{key}:attach"), |strategy| {
-                let request = attach.clone();
-                async move { request.customize().request_strategy(strategy).send(&self.client).await }
-            })
+            .send("attach_payment_method", &format!("{key}:attach"), &attach)
             .await?;
         let attached_id = attached.id.as_str().to_owned();
         let mut settings = UpdateCustomerInvoiceSettings::new();
         settings.default_payment_method = Some(attached_id.clone());
         let make_default = UpdateCustomer::new(customer).invoice_settings(settings);
-        self.with_retries("set_default_payment_method", &format!("{key}:default"), |strategy| {
-            let request = make_default.clone();
-            async move { request.customize().request_strategy(strategy).send(&self.client).await }
-        })
-        .await?;
+        self.send("set_default_payment_method", &format!("{key}:default"), &make_default)
+            .await?;
         Ok(attached_id)
     }
 
@@ -410,23 +403,13 @@ impl Billing for StripeBilling {
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
         let request = UpdateSubscription::new(subscription).cancel_at_period_end(cancel);
-        let updated = self
-            .with_retries("set_cancel_at_period_end", key, |strategy| {
-                let request = request.clone();
-                async move { request.customize().request_strategy(strategy).send(&self.client).await }
-            })
-            .await?;
+        let updated = self.send("set_cancel_at_period_end", key, &request).await?;
         summarize(&updated)
     }
 
     async fn cancel(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError> {
         let request = CancelSubscription::new(subscription);
-        let canceled = self
-            .with_retries("cancel_subscription", key, |strategy| {
-                let request = request.clone();
-                async move { request.customize().request_strategy(strategy).send(&self.client).await }
-            })
-            .await?;
+        let canceled = self.send("cancel_subscription", key, &request).await?;
         summarize(&canceled)
     }
 }

@@ -33,9 +33,18 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() {
     let store: Arc<dyn Store> = embedded_store();
-    let outbox = OutboxMailer::new(std::env::temp_dir().join(format!("bench-outbox-{}", Uuid::new_v4().simple()))).unwrap();
-    let webhook = StripeWebhook { store: store.clone(), mailer: Arc::new(outbox), catalog: catalog(), secret: SECRET.into() };
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/stripe-customer-subscription-updated.json");
+    let outbox =
+        OutboxMailer::new(std::env::temp_dir().join(format!("bench-outbox-{}", Uuid::new_v4().simple()))).unwrap();
+    let webhook = StripeWebhook {
+        store: store.clone(),
+        mailer: Arc::new(outbox),
+        catalog: catalog(),
+        secret: SECRET.into(),
+    };
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../events/stripe-customer-subscription-updated.json"
+    );
     let sample: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
 
     // 50 subscriptions linked to Stripe subscriptions
@@ -48,8 +57,16 @@ async fn main() {
                 .as_bytes(),
         )
         .unwrap();
-        let subscription = change.new_subscription(catalog().get("pending").unwrap(), Utc::now(), Utc::now()).unwrap();
-        store.create_subscription(&subscription, &AuditEntry::of(&subscription, "bench", "create", Value::Null)).await.unwrap();
+        let subscription = change
+            .new_subscription(catalog().get("pending").unwrap(), Utc::now(), Utc::now())
+            .unwrap();
+        store
+            .create_subscription(
+                &subscription,
+                &AuditEntry::of(&subscription, "bench", "create", Value::Null),
+            )
+            .await
+            .unwrap();
         ids.push(subscription.id);
     }
 
@@ -71,7 +88,9 @@ async fn main() {
         event["data"]["object"]["status"] = json!(statuses[i % statuses.len()]);
         let payload = event.to_string();
         let signature = billing::webhook::sign(payload.as_bytes(), SECRET, Utc::now().timestamp());
-        let mut request = ApiEvent::sample("apigw-stripe-webhook.json").header("stripe-signature", &signature).build();
+        let mut request = ApiEvent::sample("apigw-stripe-webhook.json")
+            .header("stripe-signature", &signature)
+            .build();
         *request.body_mut() = lambda_http::Body::Text(payload);
         let started = Instant::now();
         let response = webhook.handle(request).await;
@@ -82,7 +101,11 @@ async fn main() {
     let base = percentile(&baseline, 0.5);
     println!("| measurement | p50 | p99 | p50 ratio to baseline |");
     println!("|---|---|---|---|");
-    println!("| baseline: one subscription read (embedded store) | {:.3} ms | {:.3} ms | 1.0 |", ms(base), ms(percentile(&baseline, 0.99)));
+    println!(
+        "| baseline: one subscription read (embedded store) | {:.3} ms | {:.3} ms | 1.0 |",
+        ms(base),
+        ms(percentile(&baseline, 0.99))
+    );
     println!(
         "| webhook acknowledgement (verify, look up, record + write) | {:.3} ms | {:.3} ms | {:.1} |",
         ms(percentile(&latencies, 0.5)),

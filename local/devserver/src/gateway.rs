@@ -243,36 +243,12 @@ fn api_gateway_event(
 
 /// Decodes `%XX` escapes; in query strings (`plus_is_space`) `+` also stands for a space.
 fn percent_decode(text: &str, plus_is_space: bool) -> String {
-    fn hex(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = if bytes[i] == b'%' {
-            bytes
-                .get(i + 1)
-                .and_then(|&h| hex(h))
-                .zip(bytes.get(i + 2).and_then(|&l| hex(l)))
-                .map(|(h, l)| h * 16 + l)
-        } else {
-            None
-        };
-        match (escaped, bytes[i]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                i += 3;
-            }
-            (None, b'+') if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, byte) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let text = if plus_is_space {
+        text.replace('+', " ")
+    } else {
+        text.to_owned()
+    };
+    percent_encoding::percent_decode_str(&text)
+        .decode_utf8_lossy()
+        .into_owned()
 }

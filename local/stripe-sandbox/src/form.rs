@@ -83,38 +83,9 @@ fn arrays(value: Value) -> Value {
 
 /// Percent-decoding with `+` as space, as forms are encoded.
 pub fn decode(text: &str) -> String {
-    fn hex(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = if bytes[i] == b'%' {
-            bytes
-                .get(i + 1)
-                .and_then(|&h| hex(h))
-                .zip(bytes.get(i + 2).and_then(|&l| hex(l)))
-                .map(|(h, l)| h * 16 + l)
-        } else {
-            None
-        };
-        match (escaped, bytes[i]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, byte) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
