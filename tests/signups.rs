@@ -167,3 +167,58 @@ async fn a_hundred_signups_with_duplicates_and_poison_make_97_subscriptions_and_
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_failure_on_one_signup_redelivers_only_that_one_and_makes_no_duplicate() {
+    bundle_tests::moto_endpoint();
+    let sqs = aws_sdk_sqs::Client::new(&billing::aws::load_sdk_config().await);
+    let (queue, dead) = queues(&sqs).await;
+    let server = start_server_against_moto_with(&[("SIGNUP_QUEUE_URL", &queue)]).await;
+    let sandbox = server.sandbox.as_ref().unwrap();
+    let users: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    // Stripe fails every attempt to make the second user's subscription, for now
+    sandbox
+        .sandbox
+        .fail_next_matching(1000, 500, Some("/v1/subscriptions"), Some(&users[1].to_string()));
+    let entries: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let body = json!({"type": "profile.created", "event_id": Uuid::new_v4(), "user_id": user,
+                              "email": format!("{}@example.com", user.simple()), "created_at": chrono::Utc::now().to_rfc3339()});
+            SendMessageBatchRequestEntry::builder().id(format!("e{i}")).message_body(body.to_string()).build().unwrap()
+        })
+        .collect();
+    sqs.send_message_batch()
+        .queue_url(&queue)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .unwrap();
+
+    // The other two are stored while the second keeps coming back
+    bundle_tests::eventually(30, "the first and third subscriptions", || async {
+        server.store.get_subscription(users[0]).await.is_ok() && server.store.get_subscription(users[2]).await.is_ok()
+    })
+    .await;
+    assert_eq!(server.store.get_subscription(users[1]).await, Err(StoreError::NotFound));
+    assert_eq!(depth(&sqs, &queue).await, 1);
+
+    // Stripe recovers: the redelivery succeeds, and nobody has two customers
+    sandbox.sandbox.fail_next(0, 500);
+    bundle_tests::eventually(30, "the second subscription", || async {
+        server.store.get_subscription(users[1]).await.is_ok()
+    })
+    .await;
+    bundle_tests::eventually(10, "the queue to drain", || async { depth(&sqs, &queue).await == 0 }).await;
+    assert_eq!(depth(&sqs, &dead).await, 0);
+    let customers = all_stripe_customers(sandbox).await;
+    for user in &users {
+        let email = format!("{}@example.com", user.simple());
+        assert_eq!(
+            customers.iter().filter(|c| c["email"] == email.as_str()).count(),
+            1,
+            "{email}"
+        );
+    }
+}
