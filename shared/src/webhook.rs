@@ -152,6 +152,21 @@ impl StripeEvent {
     pub fn stripe_customer(&self) -> Option<&str> {
         self.object["customer"].as_str()
     }
+
+    /// The user the subscription belongs to, from the `user_id` metadata this service puts on
+    /// every Stripe subscription (invoices carry it in their parent's details). It leads to the
+    /// subscription by its key, a strongly consistent read, where the Stripe-id indexes are only
+    /// eventually consistent.
+    pub fn user_id(&self) -> Option<uuid::Uuid> {
+        let metadata = match self.kind() {
+            EventKind::SubscriptionState | EventKind::TrialWillEnd => &self.object["metadata"],
+            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => {
+                &self.object["parent"]["subscription_details"]["metadata"]
+            }
+            EventKind::Other => return None,
+        };
+        metadata["user_id"].as_str().and_then(crate::ids::parse_canonical_uuid)
+    }
 }
 
 fn timestamp(value: &Value) -> Option<DateTime<Utc>> {

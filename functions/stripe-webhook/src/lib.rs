@@ -115,7 +115,23 @@ impl StripeWebhook {
         }
     }
 
+    /// The stored subscription an event concerns: by the `user_id` in its metadata (a read by
+    /// key), else by the Stripe subscription id, else by the Stripe customer id (indexes). A
+    /// subscription found by user whose Stripe subscription differs is not this event's.
     async fn subscription_of(&self, event: &StripeEvent) -> Result<Option<Subscription>, StoreError> {
+        if let Some(user) = event.user_id() {
+            match self.store.get_subscription(user).await {
+                Ok(found)
+                    if event
+                        .stripe_subscription()
+                        .is_none_or(|id| found.stripe_subscription.as_deref() == Some(id)) =>
+                {
+                    return Ok(Some(found));
+                }
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(other) => return Err(other),
+            }
+        }
         let by_subscription = match event.stripe_subscription() {
             Some(id) => self.store.find_by_stripe_subscription(id).await,
             None => Err(StoreError::NotFound),

@@ -217,3 +217,23 @@ proptest! {
         prop_assert_eq!(delivered, expected);
     }
 }
+
+#[test]
+fn the_user_is_read_from_subscription_and_invoice_metadata() {
+    let user = "0b9e3c2a-7f4d-4d8a-9a51-3f1c2e4d5a6b";
+    let mut update = subscription_event("evt_1", NOW, "active", "price_pending", false);
+    update.object["metadata"] = json!({"user_id": user});
+    assert_eq!(update.user_id().map(|u| u.to_string()).as_deref(), Some(user));
+    let invoice = StripeEvent {
+        id: "evt_2".into(),
+        kind: "invoice.paid".into(),
+        created: NOW,
+        object: json!({"parent": {"subscription_details": {"subscription": "sub_1", "metadata": {"user_id": user}}}}),
+    };
+    assert_eq!(invoice.user_id().map(|u| u.to_string()).as_deref(), Some(user));
+    let other = StripeEvent {
+        kind: "charge.succeeded".into(),
+        ..invoice
+    };
+    assert_eq!(other.user_id(), None);
+}
