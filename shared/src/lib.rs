@@ -12,6 +12,7 @@ pub mod http;
 pub mod ids;
 pub mod mail;
 pub mod provisioning;
+pub mod remote;
 pub mod signup;
 pub mod store;
 pub mod stripe;
