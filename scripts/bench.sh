@@ -4,18 +4,21 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-cargo bench --no-run -p signup-listener -p stripe-webhook >&2
+# One package set for every cargo call: a different set unifies features differently and
+# rebuilds the whole tree.
+packages=(-p signup-listener -p stripe-webhook)
+cargo bench --no-run "${packages[@]}" >&2
 out=$(mktemp)
 {
   echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))."
   echo
   echo "### Signup consumer: batches of 10 profile-created events (embedded store, Stripe sandbox)"
   echo
-  cargo bench -q -p signup-listener --bench throughput 2>/dev/null
+  cargo bench -q "${packages[@]}" --bench throughput 2>/dev/null
   echo
   echo "### Stripe webhook: acknowledgement latency (embedded store)"
   echo
-  cargo bench -q -p stripe-webhook --bench ack_latency 2>/dev/null
+  cargo bench -q "${packages[@]}" --bench ack_latency 2>/dev/null
 } > "$out"
 cat "$out"
 python3 - "$out" <<'PY'
