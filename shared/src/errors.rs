@@ -23,6 +23,11 @@ pub enum Slug {
     UnsupportedMediaType,
     UpstreamUnavailable,
     ActOfGod,
+    /// A realm asked for by a server other than the one it is registered to.
+    RemoteRealmServerMismatch,
+    /// A deactivated remote server calling.
+    ServerDeactivated,
+    TooManyRequests,
 }
 
 impl Slug {
@@ -41,6 +46,9 @@ impl Slug {
             Slug::UnsupportedMediaType => "unsupported_media_type",
             Slug::UpstreamUnavailable => "upstream_unavailable",
             Slug::ActOfGod => "act_of_god",
+            Slug::RemoteRealmServerMismatch => "remote_realm_server_mismatch",
+            Slug::ServerDeactivated => "server_deactivated",
+            Slug::TooManyRequests => "too_many_requests",
         }
     }
 }

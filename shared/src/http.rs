@@ -19,7 +19,9 @@ use crate::auth::{AuthError, Principal};
 use crate::config::{Environment, optional};
 use crate::errors::{FieldError, Slug, ValidationErrors};
 use crate::ids::parse_canonical_uuid;
+use crate::mail::MailError;
 use crate::provisioning::ProvisionError;
+use crate::remote::RemoteError;
 use crate::store::StoreError;
 use crate::stripe::BillingError;
 use crate::subscription::Subscription;
@@ -46,6 +48,9 @@ pub fn status_of(slug: Slug) -> StatusCode {
         Slug::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Slug::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
         Slug::ActOfGod => StatusCode::INTERNAL_SERVER_ERROR,
+        Slug::RemoteRealmServerMismatch => StatusCode::FORBIDDEN,
+        Slug::ServerDeactivated => StatusCode::UNAUTHORIZED,
+        Slug::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -63,11 +68,14 @@ impl ApiError {
     /// before conflicts before malformed input, so a client is never told "fix the format" by
     /// a request it is not allowed to make at all.
     pub fn from_errors(errors: Vec<FieldError>) -> Self {
-        const PRECEDENCE: [Slug; 13] = [
+        const PRECEDENCE: [Slug; 16] = [
             Slug::ActOfGod,
             Slug::UpstreamUnavailable,
             Slug::Unauthorized,
+            Slug::ServerDeactivated,
             Slug::AccessDenied,
+            Slug::RemoteRealmServerMismatch,
+            Slug::TooManyRequests,
             Slug::NotAcceptable,
             Slug::UnsupportedMediaType,
             Slug::TooLarge,
@@ -194,6 +202,78 @@ impl From<ProvisionError> for ApiError {
     }
 }
 
+/// How a remote-billing failure is answered: its slug and a sentence, for JSON and for pages
+/// alike. `None` for failures of the layers below, which map as they always do.
+pub fn remote_failure(error: &RemoteError) -> Option<(Slug, String)> {
+    let (slug, message) = match error {
+        RemoteError::InvalidToken => (Slug::InvalidValue, "Invalid billing access token."),
+        RemoteError::ExpiredToken { .. } => (Slug::InvalidValue, "Billing access token expired."),
+        RemoteError::BadCredentials => (Slug::Unauthorized, "Missing or wrong server credentials."),
+        RemoteError::ServerDeactivated => (Slug::ServerDeactivated, "This server has been deactivated from billing."),
+        RemoteError::ServerKeyMismatch => (
+            Slug::AccessDenied,
+            "This server UUID is registered with a different key.",
+        ),
+        RemoteError::RealmServerMismatch => (
+            Slug::RemoteRealmServerMismatch,
+            "This organization is registered for billing to a different server. Contact support to move it.",
+        ),
+        RemoteError::UnknownServer => (Slug::NotFound, "No such server."),
+        RemoteError::Invalid(errors) => {
+            let message = errors.0.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
+            let slug = errors.0.first().map_or(Slug::InvalidValue, |e| e.slug);
+            return Some((slug, message));
+        }
+        RemoteError::UnknownConfirmation => (Slug::NotFound, "This confirmation link is not valid."),
+        RemoteError::ConfirmationUsed => (Slug::InvalidValue, "This confirmation link has already been used."),
+        RemoteError::ConfirmationExpired => (Slug::InvalidValue, "This confirmation link has expired."),
+        RemoteError::EmailNotConfirmed => (
+            Slug::InvalidValue,
+            "Confirm your email address first, through the link we mailed you.",
+        ),
+        RemoteError::TermsNotAccepted => (Slug::InvalidValue, "You must accept the Terms of Service to proceed."),
+        RemoteError::CsrfRejected => (
+            Slug::AccessDenied,
+            "This form was not sent from the page we showed you. Reload the page and try again.",
+        ),
+        RemoteError::TooManyMails => (
+            Slug::TooManyRequests,
+            "Too many confirmation emails were requested. Try again in an hour.",
+        ),
+        RemoteError::NoSession { .. } => (Slug::Unauthorized, "Log in to billing from your server first."),
+        RemoteError::PaidPlan => (
+            Slug::Conflict,
+            "An organization on this server has a paid plan; end it before deactivating the server.",
+        ),
+        RemoteError::NotConfirmed => (Slug::Missing, "Tick the box to confirm the deactivation."),
+        RemoteError::Mail(MailError::Refused(_)) => (Slug::InvalidValue, "Mail to that address was refused."),
+        RemoteError::Store(_) | RemoteError::Mail(MailError::Unavailable(_)) => return None,
+    };
+    Some((slug, message.to_owned()))
+}
+
+impl From<RemoteError> for ApiError {
+    fn from(error: RemoteError) -> Self {
+        if let Some((slug, message)) = remote_failure(&error) {
+            if let RemoteError::Invalid(errors) = error {
+                return errors.into();
+            }
+            return ApiError::one(FieldError::general(slug, message));
+        }
+        match error {
+            RemoteError::Store(error) => error.into(),
+            RemoteError::Mail(error) => {
+                tracing::error!(%error, "mail unavailable");
+                ApiError::one(FieldError::general(
+                    Slug::UpstreamUnavailable,
+                    "mail could not be sent; try again",
+                ))
+            }
+            other => ApiError::act_of_god(&other),
+        }
+    }
+}
+
 /// A successful answer: a status, the subscriptions, and the ETag when there is exactly one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiResponse {
@@ -218,6 +298,11 @@ impl ApiResponse {
             subscriptions: vec![subscription],
             other: None,
         }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 
     /// `200` with a body of its own, for endpoints that are not about subscriptions.
@@ -342,6 +427,11 @@ impl ApiRequest {
         self.inner.body()
     }
 
+    /// The API Gateway route this request came in by (`POST /path/{param}`).
+    pub fn route_key(&self) -> Option<&str> {
+        route_key_of(&self.inner)
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         self.inner.headers()
     }
@@ -403,6 +493,14 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// The route key of API Gateway's request context, without a trailing slash.
+pub fn route_key_of(request: &Request) -> Option<&str> {
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.route_key.as_deref().map(|k| k.trim_end_matches('/')),
+        _ => None,
+    }
 }
 
 /// The API Gateway request id, or a fresh UUID where there is none (the local server).
@@ -536,6 +634,8 @@ fn accepts_json(accept: &str) -> bool {
         !refused && matches!(media.as_str(), "application/json" | "application/*" | "*/*")
     })
 }
+
+pub mod pages;
 
 #[cfg(test)]
 mod tests;

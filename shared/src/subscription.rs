@@ -579,7 +579,7 @@ fn escape_pointer(name: &str) -> String {
 
 /// Deliberately loose: one `@` with something on each side, no whitespace, a dot in the
 /// domain. Deliverability is the mail server's to judge.
-fn is_plausible_email(email: &str) -> bool {
+pub(crate) fn is_plausible_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
     };

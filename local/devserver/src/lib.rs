@@ -12,12 +12,15 @@ use axum::response::IntoResponse;
 use billing::config::{ConfigError, Environment, optional};
 use billing::http::Cors;
 use billing::mail::{Mailer, OutboxMailer, SesMailer};
-use billing::store::{DynamoStore, EmbeddedStore, Store, StoreError};
+use billing::remote::{Records, RemoteBilling, RemoteSettings, TokenSealer};
+use billing::store::{DocumentStore, DynamoStore, EmbeddedStore, Store, StoreError};
 use billing::stripe::{Billing, BillingError, RetryPolicy, StripeBilling};
 use billing::subscription::PlanCatalog;
 use create_subscription::CreateSubscription;
 use get_subscription::GetSubscription;
 use patch_subscription::PatchSubscription;
+use remote_billing_pages::RemoteBillingPages;
+use remote_billing_server::RemoteServerApi;
 use signup_listener::SignupListener;
 use signups::SignupQueue;
 use stripe_sandbox::RunningSandbox;
@@ -101,6 +104,8 @@ pub struct RunningServer {
     pub keys: TokenKeys,
     pub sandbox: Option<RunningSandbox>,
     pub store: Arc<dyn Store>,
+    /// Remote billing as the functions see it (its records, token key and mailer).
+    pub remote: RemoteBilling,
     pub signups: SignupQueue,
     /// The secret the webhook endpoint checks Stripe's signatures with.
     pub webhook_secret: String,
@@ -109,16 +114,65 @@ pub struct RunningServer {
 
 /// Opens the store the options ask for: a redb file under the data directory, or the
 /// DynamoDB table `BILLING_TABLE` (created when missing, from the same definition as the
-/// template).
-pub async fn open_store(options: &Options, env: &dyn Environment) -> Result<Arc<dyn Store>, StartError> {
+/// template). The same backend serves subscriptions and remote-billing documents.
+pub async fn open_store(
+    options: &Options,
+    env: &dyn Environment,
+) -> Result<(Arc<dyn Store>, Arc<dyn DocumentStore>), StartError> {
     if options.aws {
         let table = billing::config::billing_table(env)?;
-        let store = DynamoStore::connect(table).await;
+        let store = Arc::new(DynamoStore::connect(table).await);
         store.ensure_table().await?;
-        Ok(Arc::new(store))
+        Ok((store.clone(), store))
     } else {
         std::fs::create_dir_all(&options.data_dir)?;
-        Ok(Arc::new(EmbeddedStore::open(options.data_dir.join("billing.redb"))?))
+        let store = Arc::new(EmbeddedStore::open(options.data_dir.join("billing.redb"))?);
+        Ok((store.clone(), store))
+    }
+}
+
+/// Remote billing for the local server: `BILLING_TOKEN_KEY` when set, else a fresh key (links
+/// then stop working when the server restarts); links point at `PUBLIC_BASE_URL`, else at the
+/// server itself.
+pub fn open_remote(
+    env: &dyn Environment,
+    documents: Arc<dyn DocumentStore>,
+    mailer: Arc<dyn Mailer>,
+    address: SocketAddr,
+) -> Result<RemoteBilling, StartError> {
+    let sealer = if optional(env, "BILLING_TOKEN_KEY").is_some() {
+        TokenSealer::from_env(env)?
+    } else {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        TokenSealer::new(&key)
+    };
+    let base = optional(env, "PUBLIC_BASE_URL").unwrap_or_else(|| format!("http://{address}"));
+    let local = LocalEnvironment {
+        env,
+        public_base_url: base,
+    };
+    Ok(RemoteBilling {
+        records: Records::new(documents),
+        sealer: Arc::new(sealer),
+        mailer,
+        settings: RemoteSettings::from_env(&local)?,
+    })
+}
+
+/// The environment with `PUBLIC_BASE_URL` defaulted to the local server.
+struct LocalEnvironment<'a> {
+    env: &'a dyn Environment,
+    public_base_url: String,
+}
+
+impl Environment for LocalEnvironment<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        match name {
+            "PUBLIC_BASE_URL" => Some(self.public_base_url.clone()),
+            _ => self.env.var(name),
+        }
     }
 }
 
@@ -148,6 +202,7 @@ pub struct Bundle {
     pub cors: Cors,
     pub mailer: Arc<dyn Mailer>,
     pub webhook_secret: String,
+    pub remote: RemoteBilling,
 }
 
 /// Wraps a function's `handle` as a gateway handler.
@@ -184,6 +239,15 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
         mailer: bundle.mailer.clone(),
         catalog: bundle.catalog.clone(),
         secret: bundle.webhook_secret.clone(),
+    }));
+    let remote_server = function_handler!(Arc::new(RemoteServerApi {
+        remote: bundle.remote.clone(),
+        cors: bundle.cors.clone(),
+        clock: billing::remote::system_clock(),
+    }));
+    let remote_pages = function_handler!(Arc::new(RemoteBillingPages {
+        remote: bundle.remote.clone(),
+        clock: billing::remote::system_clock(),
     }));
     let route =
         |method: Method, path: &'static str, authorized: bool, function: &'static str, handler: &Handler| Route {
@@ -235,6 +299,76 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             false,
             "StripeWebhookFunction",
             &webhook,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/remotes/server/register",
+            false,
+            "RemoteBillingServerFunction",
+            &remote_server,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/remotes/server/billing",
+            false,
+            "RemoteBillingServerFunction",
+            &remote_server,
+        ),
+        route(
+            Method::POST,
+            "/remote-servers/{server_uuid}/deactivation-link",
+            true,
+            "RemoteBillingServerFunction",
+            &remote_server,
+        ),
+        route(
+            Method::GET,
+            "/remote-billing-login/{token}",
+            false,
+            "RemoteBillingPagesFunction",
+            &remote_pages,
+        ),
+        route(
+            Method::POST,
+            "/remote-billing-login/{token}",
+            false,
+            "RemoteBillingPagesFunction",
+            &remote_pages,
+        ),
+        route(
+            Method::POST,
+            "/remote-billing-login/{token}/confirm",
+            false,
+            "RemoteBillingPagesFunction",
+            &remote_pages,
+        ),
+        route(
+            Method::GET,
+            "/remote-billing-login/do_confirm/{key}",
+            false,
+            "RemoteBillingPagesFunction",
+            &remote_pages,
+        ),
+        route(
+            Method::GET,
+            "/realm/{realm_uuid}/{page}",
+            false,
+            "RemoteBillingPagesFunction",
+            &remote_pages,
+        ),
+        route(
+            Method::GET,
+            "/server/{server_uuid}/deactivate",
+            false,
+            "RemoteBillingPagesFunction",
+            &remote_pages,
+        ),
+        route(
+            Method::POST,
+            "/server/{server_uuid}/deactivate",
+            false,
+            "RemoteBillingPagesFunction",
+            &remote_pages,
         ),
     ]
 }
@@ -317,34 +451,37 @@ async fn open_signups(
 pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningServer, StartError> {
     let secret = optional(env, "DEV_JWT_SECRET").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let keys = TokenKeys::new(&secret);
-    let store = open_store(options, env).await?;
+    let (store, documents) = open_store(options, env).await?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).await?;
+    let address = listener.local_addr()?;
     let (billing, catalog, sandbox) = open_billing(options, env).await?;
-    let listener = Arc::new(SignupListener {
+    let signup_listener = Arc::new(SignupListener {
         store: store.clone(),
         billing: billing.clone(),
         catalog: catalog.clone(),
     });
-    let signups = open_signups(options, env, listener).await?;
+    let signups = open_signups(options, env, signup_listener).await?;
     // Stripe signs webhooks with the endpoint's secret; the in-process sandbox gets a fresh one.
     let webhook_secret = match (&sandbox, optional(env, "STRIPE_WEBHOOK_SECRET")) {
         (_, Some(secret)) => secret,
         (Some(_), None) => format!("whsec_local_{}", uuid::Uuid::new_v4().simple()),
         (None, None) => billing::config::required(env, "STRIPE_WEBHOOK_SECRET")?,
     };
+    let mailer = open_mailer(options, env).await?;
+    let remote = open_remote(env, documents, mailer.clone(), address)?;
     let bundle = Bundle {
         store: store.clone(),
         billing,
         catalog,
         cors: Cors::from_env(env),
-        mailer: open_mailer(options, env).await?,
+        mailer,
         webhook_secret: webhook_secret.clone(),
+        remote: remote.clone(),
     };
     let returned_secret = webhook_secret.clone();
     let mut all = routes(&bundle);
     all.extend(local_routes(signups.clone()));
     let gateway = Arc::new(Gateway::new(all, keys.clone()));
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).await?;
-    let address = listener.local_addr()?;
     if let Some(sandbox) = &sandbox {
         sandbox.sandbox.set_webhook(Some(stripe_sandbox::WebhookTarget {
             url: format!("http://{address}/stripe/webhook"),
@@ -362,6 +499,7 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         keys,
         sandbox,
         store,
+        remote,
         signups,
         webhook_secret: returned_secret,
         task,

@@ -43,12 +43,24 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
     let billing =
         Arc::new(StripeBilling::new("sk_test_routes", Some("http://127.0.0.1:9/"), RetryPolicy::default()).unwrap());
     let catalog = PlanCatalog::standard(|plan| Ok::<_, ()>(format!("price_{plan}"))).unwrap();
+    let mailer: Arc<dyn billing::mail::Mailer> = Arc::new(billing::mail::OutboxMailer::new(dir.path().join("outbox")).unwrap());
+    let remote = billing::remote::RemoteBilling {
+        records: billing::remote::Records::new(store.clone()),
+        sealer: Arc::new(billing::remote::TokenSealer::new(&[1u8; 32])),
+        mailer: mailer.clone(),
+        settings: billing::remote::RemoteSettings {
+            public_base_url: "http://127.0.0.1:9".into(),
+            mails_per_ip_hour: 5,
+            mails_per_server_hour: 20,
+        },
+    };
     let bundle = devserver::Bundle {
+        remote,
         store,
         billing,
         catalog,
         cors: Cors::default(),
-        mailer: Arc::new(billing::mail::OutboxMailer::new(dir.path().join("outbox")).unwrap()),
+        mailer,
         webhook_secret: "whsec_routes".into(),
     };
     devserver::routes(&bundle)

@@ -1,5 +1,18 @@
 //! Remote billing: self-hosted servers sending their organisations' administrators into
-//! billing. This module will own remote servers, realms, billing users, confirmations and
-//! sessions; so far it has the signed, encrypted access tokens those steps pass around.
+//! billing without this service ever seeing the servers' passwords.
+//!
+//! This module owns remote servers, realms, billing users, email confirmations, sessions and
+//! mail rate counters ([`records`]), the sealed access tokens and CSRF tokens ([`token`]), the
+//! flows that tie them together ([`service`]) and the HTML of the browser steps ([`pages`]).
 
+pub mod pages;
+pub mod records;
+pub mod service;
 pub mod token;
+
+pub use records::{BillingUser, Records, RealmPlan, RemoteRealm, RemoteServer, Session};
+pub use service::{
+    BillingLinkRequest, Clock, LoggedIn, LoginForm, LoginView, RealmView, RegisterRequest, RemoteBilling, RemoteError,
+    RemoteSettings, ServerView, TERMS_OF_SERVICE_MAJOR, system_clock,
+};
+pub use token::{AccessClaims, NextPage, TokenSealer};

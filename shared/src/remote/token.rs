@@ -6,6 +6,7 @@
 //! change it without it being refused, and it expires two hours after it was issued.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -20,6 +21,9 @@ pub const ACCESS_TOKEN_LIFETIME: Duration = Duration::hours(2);
 
 /// Binds a sealed token to its use: a token made for one purpose never opens as another.
 const ACCESS_PURPOSE: &[u8] = b"remote-billing-access:v1";
+
+/// Derives the CSRF key from `BILLING_TOKEN_KEY`.
+const CSRF_KEY_LABEL: &[u8] = b"remote-billing-csrf-key:v1";
 
 /// Where a successful login lands: the only redirect targets there are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,8 +68,10 @@ pub struct AccessClaims {
     pub user_email: String,
     pub user_full_name: String,
     pub server_uuid: Uuid,
-    pub realm_uuid: Uuid,
-    /// The realm's host, for the way back when the token has expired.
+    /// The organisation the user bills for; `None` for a login of the server's contact, who
+    /// manages the server itself (deactivation).
+    pub realm_uuid: Option<Uuid>,
+    /// The realm's host (the server's hostname for a server login), for the way back.
     pub realm_host: String,
     /// Set once the user has confirmed their email and a billing user exists.
     pub billing_user_id: Option<Uuid>,
@@ -92,9 +98,11 @@ pub enum TokenError {
     Expired(Box<AccessClaims>),
 }
 
-/// Seals and opens access tokens with the key from `BILLING_TOKEN_KEY`.
+/// Seals and opens access tokens with the key from `BILLING_TOKEN_KEY`, and makes and checks
+/// the CSRF tokens of the login forms (an HMAC under a key derived from the same secret).
 pub struct TokenSealer {
     key: LessSafeKey,
+    csrf: hmac::Key,
     random: SystemRandom,
 }
 
@@ -108,8 +116,12 @@ impl TokenSealer {
     /// From 32 bytes of key.
     pub fn new(key: &[u8; 32]) -> Self {
         let unbound = UnboundKey::new(&AES_256_GCM, key).expect("AES-256-GCM takes 32-byte keys");
+        // A key of its own for CSRF tokens, so that no value is ever both encrypted and MACed
+        // under one key.
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), CSRF_KEY_LABEL);
         TokenSealer {
             key: LessSafeKey::new(unbound),
+            csrf: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
             random: SystemRandom::new(),
         }
     }
@@ -126,6 +138,26 @@ impl TokenSealer {
             .try_into()
             .map_err(|_| invalid("must decode to exactly 32 bytes"))?;
         Ok(TokenSealer::new(&key))
+    }
+
+    /// The CSRF token of the forms shown to the holder of `binding` (an access token, or a
+    /// session id): only someone who saw the page can post its form.
+    pub fn csrf_token(&self, binding: &str) -> String {
+        URL_SAFE_NO_PAD.encode(hmac::sign(&self.csrf, binding.as_bytes()))
+    }
+
+    /// Whether `token` is the CSRF token of `binding` (compared in constant time).
+    pub fn csrf_token_is_valid(&self, binding: &str, token: &str) -> bool {
+        URL_SAFE_NO_PAD
+            .decode(token)
+            .is_ok_and(|tag| hmac::verify(&self.csrf, binding.as_bytes(), &tag).is_ok())
+    }
+
+    /// A fresh random secret (confirmation keys, session ids), base64url.
+    pub fn random_secret(&self) -> String {
+        let mut bytes = [0u8; 32];
+        self.random.fill(&mut bytes).expect("the system random source works");
+        URL_SAFE_NO_PAD.encode(bytes)
     }
 
     pub fn seal(&self, claims: &AccessClaims) -> String {
@@ -175,7 +207,7 @@ mod tests {
             user_email: "owner@example.org".into(),
             user_full_name: "Ada Owner".into(),
             server_uuid: Uuid::new_v4(),
-            realm_uuid: Uuid::new_v4(),
+            realm_uuid: Some(Uuid::new_v4()),
             realm_host: "chat.example.org".into(),
             billing_user_id: None,
             issued_at,
@@ -240,6 +272,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_csrf_token_is_valid_only_for_its_binding() {
+        let sealer = sealer();
+        let token = sealer.csrf_token("access-token-a");
+        assert!(sealer.csrf_token_is_valid("access-token-a", &token));
+        assert!(!sealer.csrf_token_is_valid("access-token-b", &token));
+        assert!(!sealer.csrf_token_is_valid("access-token-a", "forged"));
+        assert!(!TokenSealer::new(&[8u8; 32]).csrf_token_is_valid("access-token-a", &token));
     }
 
     #[test]

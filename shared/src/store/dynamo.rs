@@ -22,7 +22,7 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AuditEntry, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version};
+use super::{AuditEntry, Document, DocumentStore, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version};
 use crate::subscription::Subscription;
 
 /// A global secondary index: its name and the attribute it is keyed on.
@@ -508,4 +508,97 @@ fn sdk<E: std::fmt::Debug, R: std::fmt::Debug>(error: SdkError<E, R>) -> StoreEr
 
 fn build(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("could not build a DynamoDB request: {error}"))
+}
+
+const DOC: &str = "DOC";
+
+fn document_pk(key: &str) -> String {
+    format!("DOC#{key}")
+}
+
+/// Whether a failed `PutItem` failed on its condition.
+fn condition_failed<R>(error: &SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError, R>) -> bool {
+    error
+        .as_service_error()
+        .is_some_and(|e| e.is_conditional_check_failed_exception())
+}
+
+#[async_trait]
+impl DocumentStore for DynamoStore {
+    async fn get_document(&self, key: &str, now: DateTime<Utc>) -> Result<Option<Document>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(document_pk(key)))
+            .key("sk", s(DOC))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let Some(item) = output.item else {
+            return Ok(None);
+        };
+        let number = |name: &str| {
+            item.get(name)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<i64>().ok())
+        };
+        let expires_at = number(TABLE_DEFINITION.ttl_attribute);
+        if expires_at.is_some_and(|expiry| expiry <= now.timestamp()) {
+            return Ok(None);
+        }
+        let version = number("version")
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("document {key} has no version")))?;
+        let body = item
+            .get("body")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("document {key} has no body")))?;
+        Ok(Some(Document {
+            body: serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            version,
+            expires_at: expires_at.and_then(|e| DateTime::from_timestamp(e, 0)),
+        }))
+    }
+
+    async fn put_document(
+        &self,
+        key: &str,
+        body: &serde_json::Value,
+        expires_at: Option<DateTime<Utc>>,
+        expected: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let ttl = TABLE_DEFINITION.ttl_attribute;
+        let version = expected.map_or(1, |v| v + 1);
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(document_pk(key)))
+            .item("sk", s(DOC))
+            .item("body", s(body.to_string()))
+            .item("version", AttributeValue::N(version.to_string()));
+        if let Some(expiry) = expires_at {
+            put = put.item(ttl, AttributeValue::N(expiry.timestamp().to_string()));
+        }
+        put = match expected {
+            None => put
+                .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
+                .expression_attribute_names("#ttl", ttl)
+                .expression_attribute_values(":now", AttributeValue::N(now.timestamp().to_string())),
+            Some(expected) => put
+                .condition_expression("version = :expected")
+                .expression_attribute_values(":expected", AttributeValue::N(expected.to_string())),
+        };
+        match put.send().await {
+            Ok(_) => Ok(version),
+            Err(e) if condition_failed(&e) => Err(match expected {
+                None => StoreError::AlreadyExists,
+                Some(_) => StoreError::VersionConflict,
+            }),
+            Err(e) => Err(sdk(e)),
+        }
+    }
 }

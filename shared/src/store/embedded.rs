@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
-use super::{AuditEntry, EventMark, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version};
+use super::{AuditEntry, Document, DocumentStore, EventMark, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version};
 use crate::subscription::Subscription;
 
 const SUBSCRIPTIONS: TableDefinition<&str, &str> = TableDefinition::new("subscriptions");
@@ -23,6 +23,8 @@ const ONCE: TableDefinition<&str, &str> = TableDefinition::new("once_records");
 /// Subscription id → the last Stripe event applied to it (`EventMark` as JSON).
 const MARKS: TableDefinition<&str, &str> = TableDefinition::new("stripe_event_marks");
 const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
+/// Key → `{"version": n, "expires_at": <epoch seconds>|null, "body": ...}`.
+const DOCUMENTS: TableDefinition<&str, &str> = TableDefinition::new("documents");
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -41,6 +43,7 @@ impl EmbeddedStore {
             txn.open_table(ONCE).map_err(unavailable)?;
             txn.open_table(MARKS).map_err(unavailable)?;
             txn.open_table(AUDIT).map_err(unavailable)?;
+            txn.open_table(DOCUMENTS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -328,4 +331,84 @@ fn decode(json: &str) -> Result<Subscription, StoreError> {
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredDocument {
+    version: u64,
+    expires_at: Option<i64>,
+    body: serde_json::Value,
+}
+
+impl StoredDocument {
+    fn live_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|expiry| expiry > now.timestamp())
+    }
+}
+
+fn read_document(json: &str) -> Result<StoredDocument, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[async_trait]
+impl DocumentStore for EmbeddedStore {
+    async fn get_document(&self, key: &str, now: DateTime<Utc>) -> Result<Option<Document>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(DOCUMENTS).map_err(unavailable)?;
+            let Some(json) = table.get(key.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let stored = read_document(json.value())?;
+            if !stored.live_at(now) {
+                return Ok(None);
+            }
+            Ok(Some(Document {
+                expires_at: stored.expires_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+                version: stored.version,
+                body: stored.body,
+            }))
+        })
+        .await
+    }
+
+    async fn put_document(
+        &self,
+        key: &str,
+        body: &serde_json::Value,
+        expires_at: Option<DateTime<Utc>>,
+        expected: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        let body = body.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let version = {
+                let mut table = txn.open_table(DOCUMENTS).map_err(unavailable)?;
+                let current = match table.get(key.as_str()).map_err(unavailable)? {
+                    Some(json) => Some(read_document(json.value())?),
+                    None => None,
+                };
+                let version = match (expected, current) {
+                    (None, Some(current)) if current.live_at(now) => return Err(StoreError::AlreadyExists),
+                    (None, _) => 1,
+                    (Some(expected), Some(current)) if current.version == expected => expected + 1,
+                    (Some(_), _) => return Err(StoreError::VersionConflict),
+                };
+                let stored = StoredDocument {
+                    version,
+                    expires_at: expires_at.map(|e| e.timestamp()),
+                    body,
+                };
+                let json = serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                table.insert(key.as_str(), json.as_str()).map_err(unavailable)?;
+                version
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(version)
+        })
+        .await
+    }
 }

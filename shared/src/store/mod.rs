@@ -23,6 +23,7 @@
 //! | subscription by Stripe customer id | GSI `by_stripe_customer`: `gsi2pk = STRIPE_CUSTOMER#<cus_...>` |
 //! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
 //! | the last Stripe event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
+//! | a versioned document ([`DocumentStore`]: remote servers, realms, billing users, confirmations, sessions, rate counters) | `pk = DOC#<key>`, `sk = DOC` (`body` JSON text, `version`, TTL `expires_at`) |
 //!
 //! Index key attributes are written only when the subscription has the Stripe id (sparse
 //! indexes), never as NULL.
@@ -34,8 +35,11 @@ use uuid::Uuid;
 
 use crate::subscription::Subscription;
 
+mod documents;
 mod dynamo;
 mod embedded;
+
+pub use documents::{Document, DocumentStore};
 
 pub use dynamo::{DynamoStore, TABLE_DEFINITION, TableDefinition};
 pub use embedded::EmbeddedStore;

@@ -1,0 +1,42 @@
+//! The `DocumentStore` port: small JSON documents under string keys, each with a version and an
+//! optional expiry, written only on a condition (absent, or at the version the writer read).
+//!
+//! The remote-billing records (servers, realms, billing users, confirmations, sessions, rate
+//! counters) are read and written whole by key and never queried otherwise, so one versioned
+//! document primitive carries all of them; what each document means lives in `remote`.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::StoreError;
+
+/// A stored document and the version a conditional write must name to replace it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    pub body: Value,
+    pub version: u64,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub trait DocumentStore: Send + Sync {
+    /// The document under `key`, unless there is none or it had expired at `now` (backends
+    /// delete expired items late; an expired document counts as absent at once).
+    async fn get_document(&self, key: &str, now: DateTime<Utc>) -> Result<Option<Document>, StoreError>;
+
+    /// Writes `body` under `key` and returns its new version.
+    ///
+    /// With `expected: None` the document must be absent (or expired at `now`): it is written
+    /// at version 1, otherwise [`StoreError::AlreadyExists`]. With `expected: Some(v)` the
+    /// stored document must be at version `v`: it is written at `v + 1`, otherwise
+    /// [`StoreError::VersionConflict`]. Nothing is written when the condition fails.
+    async fn put_document(
+        &self,
+        key: &str,
+        body: &Value,
+        expires_at: Option<DateTime<Utc>>,
+        expected: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+}
