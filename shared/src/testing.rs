@@ -8,6 +8,12 @@ use lambda_http::Request;
 use serde_json::Value;
 use uuid::Uuid;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::mail::OutboxMailer;
+use crate::remote::{Clock, Records, RemoteBilling, RemoteSettings, TokenSealer};
 use crate::store::EmbeddedStore;
 use crate::subscription::PlanCatalog;
 
@@ -21,6 +27,54 @@ pub fn embedded_store() -> Arc<EmbeddedStore> {
     let dir = std::env::temp_dir().join(format!("billing-test-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     Arc::new(EmbeddedStore::open(dir.join("billing.redb")).expect("an embedded store"))
+}
+
+/// A clock tests move forward: the real time plus an offset.
+#[derive(Clone, Default)]
+pub struct TestClock {
+    offset_seconds: Arc<AtomicI64>,
+}
+
+impl TestClock {
+    pub fn clock(&self) -> Clock {
+        let offset = self.offset_seconds.clone();
+        Arc::new(move || Utc::now() + Duration::seconds(offset.load(Ordering::SeqCst)))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock())()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.offset_seconds.fetch_add(by.num_seconds(), Ordering::SeqCst);
+    }
+}
+
+/// Remote billing on a throwaway embedded store, mailing into a file outbox, with links under
+/// `https://billing.example.com`.
+pub struct RemoteFixture {
+    pub remote: RemoteBilling,
+    pub outbox: Arc<OutboxMailer>,
+    pub store: Arc<EmbeddedStore>,
+}
+
+impl RemoteFixture {
+    pub fn new(mails_per_ip_hour: u32, mails_per_server_hour: u32) -> Self {
+        let store = embedded_store();
+        let dir = std::env::temp_dir().join(format!("billing-outbox-{}", Uuid::new_v4().simple()));
+        let outbox = Arc::new(OutboxMailer::new(dir).expect("an outbox directory"));
+        let remote = RemoteBilling {
+            records: Records::new(store.clone()),
+            sealer: Arc::new(TokenSealer::new(&[42u8; 32])),
+            mailer: outbox.clone(),
+            settings: RemoteSettings {
+                public_base_url: "https://billing.example.com".into(),
+                mails_per_ip_hour,
+                mails_per_server_hour,
+            },
+        };
+        RemoteFixture { remote, outbox, store }
+    }
 }
 
 /// An API Gateway v2 event from `events/<name>`, to be adjusted before use.
@@ -57,6 +111,45 @@ impl ApiEvent {
 
     pub fn body(mut self, body: &Value) -> Self {
         self.0["body"] = Value::from(body.to_string());
+        self
+    }
+
+    /// Another route of the API: its key, the concrete path and the path parameters.
+    pub fn route(mut self, route_key: &str, path: &str, parameters: &[(&str, &str)]) -> Self {
+        let method = route_key.split(' ').next().unwrap_or("GET");
+        self.0["routeKey"] = Value::from(route_key);
+        self.0["requestContext"]["routeKey"] = Value::from(route_key);
+        self.0["requestContext"]["http"]["method"] = Value::from(method);
+        self.0["rawPath"] = Value::from(path);
+        self.0["requestContext"]["http"]["path"] = Value::from(path);
+        let parameters: serde_json::Map<String, Value> =
+            parameters.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
+        self.0["pathParameters"] = Value::Object(parameters);
+        self
+    }
+
+    /// A form post's body (`application/x-www-form-urlencoded`), fields percent-encoded.
+    pub fn form(mut self, fields: &[(&str, &str)]) -> Self {
+        let encode = |text: &str| {
+            percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+            .collect();
+        self.0["headers"]["content-type"] = Value::from("application/x-www-form-urlencoded");
+        self.0["body"] = Value::from(body.join("&"));
+        self
+    }
+
+    /// Cookies as API Gateway passes them (`name=value` each).
+    pub fn cookies(mut self, cookies: &[&str]) -> Self {
+        self.0["cookies"] = Value::from(cookies.iter().map(|c| Value::from(*c)).collect::<Vec<_>>());
+        self
+    }
+
+    pub fn source_ip(mut self, ip: &str) -> Self {
+        self.0["requestContext"]["http"]["sourceIp"] = Value::from(ip);
         self
     }
 

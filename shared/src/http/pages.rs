@@ -15,6 +15,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use tracing::Instrument;
 
 use super::{MAX_BODY_BYTES, REQUEST_ID_HEADER, remote_failure, request_id_of, status_of};
+use crate::errors::Slug;
 use crate::remote::{RemoteError, pages};
 
 /// The name of the billing session cookie.
@@ -125,6 +126,9 @@ pub fn error_page(error: RemoteError) -> PageResponse {
         _ => {}
     }
     let (status, title, message) = match remote_failure(&error) {
+        // A server's own calls get 401; a person holding its link is forbidden, not asked to
+        // authenticate.
+        Some((Slug::ServerDeactivated, message)) => (StatusCode::FORBIDDEN, "Server deactivated", message),
         Some((slug, message)) => (status_of(slug), "Billing", message),
         None => {
             tracing::error!(%error, "page failed");
