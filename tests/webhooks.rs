@@ -297,20 +297,7 @@ async fn trial_will_end_sends_exactly_one_mail_through_ses() {
     })
     .await;
     let address = format!("{}@example.com", user.simple());
-    let sent: Value = reqwest::get(format!("{}/moto-api/data.json", bundle_tests::moto_endpoint()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mails: Vec<&Value> = sent["ses"]["Message"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .filter(|m| m["destinations"]["ToAddresses"][0] == address.as_str())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert_eq!(mails.len(), 1, "{sent}");
+    let mails = bundle_tests::ses_mails_to(&address).await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
     assert!(mails[0]["subject"].as_str().unwrap().contains("trial"));
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use billing::store::{
-    AuditEntry, EmbeddedStore, EventMark, EventWrite, Recorded, Store, StoreError, SubscriptionWrite,
+    AuditEntry, DocumentStore, EmbeddedStore, EventMark, EventWrite, Recorded, Store, StoreError, SubscriptionWrite,
 };
 use billing::subscription::{PlanCatalog, Subscription, SubscriptionChange};
 use chrono::{Duration, SubsecRound, Utc};
@@ -487,6 +487,79 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
     assert!(!store.is_recorded(&key).await.unwrap());
 }
 
+
+fn document_body(n: u32) -> serde_json::Value {
+    serde_json::json!({"n": n, "name": "ünïcödé \"quoted\""})
+}
+
+async fn a_document_is_inserted_once_and_read_back_with_its_version(store: Arc<impl DocumentStore>) {
+    let key = unique("doc");
+    let now = Utc::now();
+    assert_eq!(store.get_document(&key, now).await.unwrap(), None);
+    assert_eq!(store.put_document(&key, &document_body(1), None, None, now).await, Ok(1));
+    assert_eq!(
+        store.put_document(&key, &document_body(2), None, None, now).await,
+        Err(StoreError::AlreadyExists)
+    );
+    let document = store.get_document(&key, now).await.unwrap().unwrap();
+    assert_eq!(document.body, document_body(1));
+    assert_eq!(document.version, 1);
+    assert_eq!(document.expires_at, None);
+}
+
+async fn a_document_is_replaced_only_from_the_version_read(store: Arc<impl DocumentStore>) {
+    let key = unique("doc");
+    let now = Utc::now();
+    store.put_document(&key, &document_body(1), None, None, now).await.unwrap();
+    assert_eq!(store.put_document(&key, &document_body(2), None, Some(1), now).await, Ok(2));
+    assert_eq!(
+        store.put_document(&key, &document_body(3), None, Some(1), now).await,
+        Err(StoreError::VersionConflict)
+    );
+    assert_eq!(
+        store.put_document(&unique("absent"), &document_body(3), None, Some(1), now).await,
+        Err(StoreError::VersionConflict)
+    );
+    let document = store.get_document(&key, now).await.unwrap().unwrap();
+    assert_eq!((document.body, document.version), (document_body(2), 2));
+}
+
+async fn concurrent_replaces_of_a_document_let_exactly_one_win(store: Arc<impl DocumentStore + 'static>) {
+    let key = unique("doc");
+    let now = Utc::now();
+    store.put_document(&key, &document_body(0), None, None, now).await.unwrap();
+    let writers: Vec<_> = (1..=8)
+        .map(|n| {
+            let store = store.clone();
+            let key = key.clone();
+            tokio::spawn(async move { store.put_document(&key, &document_body(n), None, Some(1), Utc::now()).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok(2) => wins += 1,
+            Err(StoreError::VersionConflict) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(store.get_document(&key, now).await.unwrap().unwrap().version, 2);
+}
+
+async fn an_expired_document_counts_as_absent_and_can_be_written_anew(store: Arc<impl DocumentStore>) {
+    let key = unique("doc");
+    let now = Utc::now();
+    let expiry = now + Duration::hours(1);
+    store.put_document(&key, &document_body(1), Some(expiry), None, now).await.unwrap();
+    let live = store.get_document(&key, now).await.unwrap().unwrap();
+    assert_eq!(live.expires_at.map(|e| e.timestamp()), Some(expiry.timestamp()));
+    let later = now + Duration::hours(2);
+    assert_eq!(store.get_document(&key, later).await.unwrap(), None);
+    assert_eq!(store.put_document(&key, &document_body(2), None, None, later).await, Ok(1));
+    assert_eq!(store.get_document(&key, later).await.unwrap().unwrap().body, document_body(2));
+}
+
 macro_rules! conformance_suite {
     ($store:expr) => {
         conformance_suite!(@tests $store;
@@ -505,6 +578,10 @@ macro_rules! conformance_suite {
             an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing,
             an_event_without_a_write_is_recorded_for_review,
             an_event_that_changes_nothing_advances_the_mark_without_a_new_version,
+            a_document_is_inserted_once_and_read_back_with_its_version,
+            a_document_is_replaced_only_from_the_version_read,
+            concurrent_replaces_of_a_document_let_exactly_one_win,
+            an_expired_document_counts_as_absent_and_can_be_written_anew,
         );
     };
     (@tests $store:expr; $($test:ident),* $(,)?) => {

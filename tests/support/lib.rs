@@ -215,3 +215,105 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The mails moto's SES has accepted for `address`, oldest first (`subject`, `body`, ...).
+pub async fn ses_mails_to(address: &str) -> Vec<serde_json::Value> {
+    let sent: serde_json::Value = reqwest::get(format!("{}/moto-api/data.json", moto_endpoint()))
+        .await
+        .expect("moto's state")
+        .json()
+        .await
+        .expect("moto's state as JSON");
+    sent["ses"]["Message"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|m| m["destinations"]["ToAddresses"][0] == address)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A self-hosted server as the remote-billing API knows it.
+pub struct RemoteServerCredentials {
+    pub uuid: uuid::Uuid,
+    pub key: String,
+}
+
+impl RemoteServerCredentials {
+    /// `Authorization: Basic ...` of the server.
+    pub fn basic(&self) -> String {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.uuid, self.key))
+        )
+    }
+}
+
+/// Registers a new server with the local server's remote-billing API.
+pub async fn register_remote_server(base: &str, contact_email: &str) -> RemoteServerCredentials {
+    let server = RemoteServerCredentials {
+        uuid: uuid::Uuid::new_v4(),
+        key: format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+    };
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/remotes/server/register"))
+        .json(&serde_json::json!({
+            "server_uuid": server.uuid,
+            "server_key": server.key,
+            "hostname": "chat.example.org",
+            "contact_email": contact_email,
+        }))
+        .send()
+        .await
+        .expect("registering a server");
+    assert_eq!(response.status().as_u16(), 201, "{:?}", response.text().await);
+    server
+}
+
+/// The billing access link the server gets for one of its users and realms.
+pub async fn billing_access_url(
+    base: &str,
+    server: &RemoteServerCredentials,
+    realm: uuid::Uuid,
+    user: uuid::Uuid,
+    email: &str,
+) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/remotes/server/billing"))
+        .header("authorization", server.basic())
+        .json(&serde_json::json!({
+            "user": {"uuid": user, "email": email, "full_name": "Ada Owner"},
+            "realm": {"uuid": realm, "host": "chat.example.org", "name": "Example Org"},
+            "uri_scheme": "https://",
+        }))
+        .send()
+        .await
+        .expect("asking for a billing link");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("a JSON body");
+    body["billing_access_url"].as_str().expect("a link").to_owned()
+}
+
+/// The confirmation link in the last confirmation mail moto's SES accepted for `address`.
+pub async fn confirmation_link_for(address: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let link = ses_mails_to(address).await.last().and_then(|mail| {
+            let body = mail["body"].as_str()?;
+            let start = body.find("http")?;
+            body[start..]
+                .split_whitespace()
+                .next()
+                .filter(|l| l.contains("/remote-billing-login/do_confirm/"))
+                .map(str::to_owned)
+        });
+        if let Some(link) = link {
+            return link;
+        }
+        assert!(std::time::Instant::now() < deadline, "no confirmation mail to {address}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,272 @@
+//! The remote-billing server API in-process, against the embedded store and a file outbox.
+
+use base64::Engine;
+use billing::remote::NextPage;
+use billing::testing::{ApiEvent, RemoteFixture, TestClock};
+use lambda_http::http::StatusCode;
+use remote_billing_server::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const KEY: &str = "kq3v9X2mR7tLw8ZpN4bY6cH1dF5gJ0sA";
+
+struct Fixture {
+    remote: RemoteFixture,
+    clock: TestClock,
+    api: RemoteServerApi,
+}
+
+fn fixture() -> Fixture {
+    let remote = RemoteFixture::new(5, 20);
+    let clock = TestClock::default();
+    let api = RemoteServerApi {
+        remote: remote.remote.clone(),
+        cors: Default::default(),
+        clock: clock.clock(),
+    };
+    Fixture { remote, clock, api }
+}
+
+fn basic(server: Uuid, key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{server}:{key}"))
+    )
+}
+
+fn billing_body(realm: Uuid, next_page: Option<&str>) -> Value {
+    json!({
+        "user": {"uuid": Uuid::new_v4(), "email": "owner@example.org", "full_name": "Ada Owner"},
+        "realm": {"uuid": realm, "host": "chat.example.org", "name": "Example Org"},
+        "uri_scheme": "https://",
+        "next_page": next_page,
+    })
+}
+
+impl Fixture {
+    async fn call(&self, event: ApiEvent) -> (StatusCode, Value) {
+        let response = self.api.handle(event.build()).await;
+        let status = response.status();
+        (status, serde_json::from_slice(response.body()).unwrap())
+    }
+
+    async fn register(&self, server: Uuid, key: &str, contact: &str) -> (StatusCode, Value) {
+        let body = json!({"server_uuid": server, "server_key": key, "hostname": "chat.example.org", "contact_email": contact});
+        self.call(ApiEvent::sample("apigw-remote-server-register.json").body(&body))
+            .await
+    }
+
+    async fn billing_link(&self, server: Uuid, key: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(
+            ApiEvent::sample("apigw-remote-server-billing.json")
+                .header("authorization", &basic(server, key))
+                .body(body),
+        )
+        .await
+    }
+
+    async fn registered(&self) -> Uuid {
+        let server = Uuid::new_v4();
+        assert_eq!(self.register(server, KEY, "admin@example.org").await.0, StatusCode::CREATED);
+        server
+    }
+
+    async fn deactivation_link(&self, server: Uuid, scope: &str) -> (StatusCode, Value) {
+        let path = format!("/remote-servers/{server}/deactivation-link");
+        self.call(
+            ApiEvent::sample("apigw-remote-server-register.json")
+                .route(DEACTIVATION_LINK_ROUTE, &path, &[("server_uuid", &server.to_string())])
+                .caller(Uuid::new_v4(), scope),
+        )
+        .await
+    }
+}
+
+fn slugs(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|errors| errors.iter().map(|e| e["slug"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_server_registers_and_with_the_same_key_updates_its_contact() {
+    let f = fixture();
+    let server = Uuid::new_v4();
+    let (status, body) = f.register(server, KEY, "admin@example.org").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["created"], true);
+    let (status, body) = f.register(server, KEY, "new-admin@example.org").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["created"], false);
+    let sent_to = f
+        .remote
+        .remote
+        .send_deactivation_link(server, f.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(sent_to, "new-admin@example.org");
+}
+
+#[tokio::test]
+async fn registering_a_known_server_with_another_key_is_forbidden_and_changes_nothing() {
+    let f = fixture();
+    let server = f.registered().await;
+    let (status, body) = f
+        .register(server, "another-key-of-thirty-two-characters", "evil@example.org")
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = f.billing_link(server, KEY, &billing_body(Uuid::new_v4(), None)).await;
+    assert_eq!(status, StatusCode::OK, "the original key still works");
+}
+
+#[tokio::test]
+async fn registration_reports_every_invalid_field() {
+    let f = fixture();
+    let body = json!({"server_uuid": "not-a-uuid", "server_key": "short", "hostname": "", "contact_email": "nobody"});
+    let (status, body) = f
+        .call(ApiEvent::sample("apigw-remote-server-register.json").body(&body))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["/server_uuid", "/server_key", "/hostname", "/contact_email"]);
+}
+
+#[tokio::test]
+async fn the_sample_events_register_and_get_a_link() {
+    let f = fixture();
+    let (status, body) = f
+        .call(ApiEvent::sample("apigw-remote-server-register.json"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = f.call(ApiEvent::sample("apigw-remote-server-billing.json")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_billing_link_carries_a_sealed_two_hour_token_under_the_public_base_url() {
+    // Given a registered server
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+
+    // When it asks for a link to the plans page
+    let (status, body) = f.billing_link(server, KEY, &billing_body(realm, Some("plans"))).await;
+
+    // Then the link's token opens to the claims, and hides them
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let url = body["billing_access_url"].as_str().unwrap();
+    let token = url
+        .strip_prefix("https://billing.example.com/remote-billing-login/")
+        .unwrap();
+    assert!(!token.contains("owner") && !url.contains("Ada"));
+    let claims = f.remote.remote.sealer.open(token, f.clock.now()).unwrap();
+    assert_eq!(claims.server_uuid, server);
+    assert_eq!(claims.realm_uuid, Some(realm));
+    assert_eq!(claims.user_email, "owner@example.org");
+    assert_eq!(claims.next_page, Some(NextPage::Plans));
+}
+
+#[tokio::test]
+async fn a_realm_registered_to_another_server_is_refused() {
+    // Given a realm registered by one server
+    let f = fixture();
+    let first = f.registered().await;
+    let second = f.registered().await;
+    let realm = Uuid::new_v4();
+    assert_eq!(f.billing_link(first, KEY, &billing_body(realm, None)).await.0, StatusCode::OK);
+
+    // When another server asks for a link to it
+    let (status, body) = f.billing_link(second, KEY, &billing_body(realm, None)).await;
+
+    // Then it is refused; the first server still gets links
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(slugs(&body), ["remote_realm_server_mismatch"]);
+    assert_eq!(f.billing_link(first, KEY, &billing_body(realm, None)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_next_page_outside_the_allowlist_is_refused() {
+    let f = fixture();
+    let server = f.registered().await;
+    for page in ["https://evil.example.com/", "../admin", "Billing", ""] {
+        let (status, body) = f
+            .billing_link(server, KEY, &billing_body(Uuid::new_v4(), Some(page)))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{page}: {body}");
+        assert_eq!(body["errors"][0]["field"], "/next_page");
+    }
+}
+
+#[tokio::test]
+async fn wrong_or_missing_server_credentials_are_unauthorized() {
+    let f = fixture();
+    let server = f.registered().await;
+    let body = billing_body(Uuid::new_v4(), None);
+    let (wrong_key, _) = f.billing_link(server, "wrong-key-wrong-key-wrong-key-wrong", &body).await;
+    let (unknown, _) = f.billing_link(Uuid::new_v4(), KEY, &body).await;
+    let (missing, _) = f
+        .call(
+            ApiEvent::sample("apigw-remote-server-billing.json")
+                .header("authorization", "")
+                .body(&body),
+        )
+        .await;
+    assert_eq!([wrong_key, unknown, missing], [StatusCode::UNAUTHORIZED; 3]);
+}
+
+#[tokio::test]
+async fn a_deactivated_server_is_refused_with_server_deactivated() {
+    // Given a deactivated server
+    let f = fixture();
+    let server = f.registered().await;
+    let records = &f.remote.remote.records;
+    let key = billing::remote::records::server_key(server);
+    let (mut record, version) = records
+        .get::<billing::remote::RemoteServer>(&key, f.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    record.deactivated_at = Some(f.clock.now());
+    records
+        .replace(&key, &record, version, None, f.clock.now())
+        .await
+        .unwrap();
+
+    // When it asks for a link, or registers again
+    let (status, body) = f.billing_link(server, KEY, &billing_body(Uuid::new_v4(), None)).await;
+    let (again, _) = f.register(server, KEY, "admin@example.org").await;
+
+    // Then it is refused
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(slugs(&body), ["server_deactivated"]);
+    assert_eq!(again, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn only_administrators_send_deactivation_links() {
+    let f = fixture();
+    let server = f.registered().await;
+    let (refused, _) = f.deactivation_link(server, "subscriptions").await;
+    assert_eq!(refused, StatusCode::FORBIDDEN);
+    assert!(f.remote.outbox.mails().is_empty());
+    let (status, body) = f
+        .deactivation_link(server, "subscriptions subscriptions_admin")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["sent_to"], "admin@example.org");
+    let mails = f.remote.outbox.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0]
+        .text
+        .contains("https://billing.example.com/remote-billing-login/"));
+    let (unknown, _) = f
+        .deactivation_link(Uuid::new_v4(), "subscriptions subscriptions_admin")
+        .await;
+    assert_eq!(unknown, StatusCode::NOT_FOUND);
+}

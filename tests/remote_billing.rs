@@ -1,0 +1,193 @@
+//! Remote billing end to end: the local server in AWS mode (DynamoDB and SES in moto), a
+//! self-hosted server calling its API, and a browser's requests made by hand.
+
+use bundle_tests::{billing_access_url, confirmation_link_for, register_remote_server, ses_mails_to, start_server_against_moto};
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+/// A browser without JavaScript: follows nothing by itself, keeps the session cookie.
+struct Browser {
+    base: String,
+    client: reqwest::Client,
+    cookie: Option<String>,
+}
+
+struct Page {
+    status: StatusCode,
+    body: String,
+    location: Option<String>,
+}
+
+impl Page {
+    fn csrf(&self) -> String {
+        let marker = r#"name="csrf_token" value=""#;
+        let start = self.body.find(marker).unwrap_or_else(|| panic!("no form in {}", self.body)) + marker.len();
+        self.body[start..].split('"').next().unwrap().to_owned()
+    }
+}
+
+impl Browser {
+    fn new(base: &str) -> Self {
+        Browser {
+            base: base.to_owned(),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookie: None,
+        }
+    }
+
+    fn url(&self, link: &str) -> String {
+        if link.starts_with("http") { link.to_owned() } else { format!("{}{link}", self.base) }
+    }
+
+    async fn answer(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let request = match &self.cookie {
+            Some(cookie) => request.header("cookie", cookie),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        if let Some(set) = response.headers().get("set-cookie") {
+            let set = set.to_str().unwrap();
+            assert!(set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Lax"), "{set}");
+            self.cookie = Some(set.split(';').next().unwrap().to_owned());
+        }
+        Page {
+            status: response.status(),
+            location: response
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, link: &str) -> Page {
+        let request = self.client.get(self.url(link));
+        self.answer(request).await
+    }
+
+    async fn submit(&mut self, action: &str, fields: &[(&str, &str)]) -> Page {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(name, value)| {
+                let encode = |t: &str| percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC).to_string();
+                format!("{}={}", encode(name), encode(value))
+            })
+            .collect();
+        let request = self
+            .client
+            .post(self.url(action))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"));
+        self.answer(request).await
+    }
+}
+
+fn path_of(link: &str) -> String {
+    let after_scheme = link.split_once("://").map_or(link, |(_, rest)| rest);
+    after_scheme[after_scheme.find('/').unwrap()..].to_owned()
+}
+
+#[tokio::test]
+async fn a_server_admin_logs_in_with_an_emailed_confirmation_and_comes_back_without_one() {
+    // Given a registered server and the billing link it got for its organisation's owner
+    let running = start_server_against_moto().await;
+    let base = format!("http://{}", running.address);
+    let server = register_remote_server(&base, "admin@example.org").await;
+    let (realm, user) = (Uuid::new_v4(), Uuid::new_v4());
+    let email = format!("owner-{}@example.org", user.simple());
+    let link = billing_access_url(&base, &server, realm, user, &email).await;
+    assert!(link.starts_with(&format!("{base}/remote-billing-login/")), "{link}");
+
+    // When the owner opens it and submits the email form
+    let mut browser = Browser::new(&base);
+    let form = browser.get(&link).await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    assert!(form.body.contains(&email), "the address is prefilled");
+    let sent = browser
+        .submit(
+            &format!("{}/confirm", path_of(&link)),
+            &[("csrf_token", &form.csrf()), ("email", &email)],
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
+    assert!(sent.body.contains("Check your email"));
+
+    // and follows the link of the mail SES sent, accepting the Terms of Service
+    let confirmation = confirmation_link_for(&email).await;
+    let confirmed = browser.get(&confirmation).await;
+    assert_eq!(confirmed.status, StatusCode::FOUND, "{}", confirmed.body);
+    let login = confirmed.location.unwrap();
+    let page = browser.get(&login).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("tos_consent"), "{}", page.body);
+    let done = browser
+        .submit(
+            &login,
+            &[("csrf_token", &page.csrf()), ("full_name", "Ada Owner"), ("tos_consent", "true")],
+        )
+        .await;
+
+    // Then the owner lands on the realm's billing page with a session
+    assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
+    let billing_page = done.location.unwrap();
+    assert_eq!(billing_page, format!("/realm/{realm}/billing/"));
+    assert!(browser.cookie.is_some());
+    let billing = browser.get(&billing_page).await;
+    assert_eq!(billing.status, StatusCode::OK, "{}", billing.body);
+    assert!(billing.body.contains("Example Org") && billing.body.contains(r#"<td id="plan">Free</td>"#));
+
+    // and a later login of the same user skips the email step and the Terms of Service
+    let mut later = Browser::new(&base);
+    let link = billing_access_url(&base, &server, realm, user, &email).await;
+    let page = later.get(&link).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains(r#"name="email""#) && !page.body.contains("tos_consent"), "{}", page.body);
+    let done = later
+        .submit(&path_of(&link), &[("csrf_token", &page.csrf()), ("full_name", "Ada Owner")])
+        .await;
+    assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
+    assert_eq!(later.get(&done.location.unwrap()).await.status, StatusCode::OK);
+    assert_eq!(ses_mails_to(&email).await.len(), 1, "one confirmation mail in all");
+    // The first browser's session is its own; without one, the page sends back to the server.
+    let anonymous = Browser::new(&base).get(&billing_page).await;
+    assert_eq!(anonymous.status, StatusCode::FOUND);
+    assert_eq!(
+        anonymous.location.as_deref(),
+        Some("https://chat.example.org/self-hosted-billing/")
+    );
+}
+
+#[tokio::test]
+async fn an_administrator_has_the_deactivation_link_mailed_to_the_servers_contact() {
+    // Given a registered server
+    let running = start_server_against_moto().await;
+    let base = format!("http://{}", running.address);
+    let contact = format!("admin-{}@example.org", Uuid::new_v4().simple());
+    let server = register_remote_server(&base, &contact).await;
+
+    // When an administrator asks for its deactivation link
+    let token = running
+        .keys
+        .mint(Uuid::new_v4(), "subscriptions subscriptions_admin", chrono::Duration::minutes(5));
+    let response = reqwest::Client::new()
+        .post(format!("{base}/remote-servers/{}/deactivation-link", server.uuid))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+
+    // Then SES mails the contact a login link
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let mails = ses_mails_to(&contact).await;
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0]["body"].as_str().unwrap().contains(&format!("{base}/remote-billing-login/")));
+    let anonymous = reqwest::Client::new()
+        .post(format!("{base}/remote-servers/{}/deactivation-link", server.uuid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
