@@ -9,8 +9,10 @@ run:
 	cargo run -p devserver -- $(ARGS)
 
 ## Runs every test; installs and starts moto for the DynamoDB, SQS and SES tests, and stops it;
-## then checks the Stripe sandbox with Stripe's official Python library.
+## installs Chromium and its driver for the browser test when missing; then checks the Stripe
+## sandbox with Stripe's official Python library.
 test:
+	scripts/browser-deps.sh
 	scripts/with-moto.sh cargo test --workspace
 	scripts/check-sandbox-with-stripe-python.sh
 

@@ -1,7 +1,9 @@
 //! Remote billing end to end: the local server in AWS mode (DynamoDB and SES in moto), a
 //! self-hosted server calling its API, and a browser's requests made by hand.
 
-use bundle_tests::{billing_access_url, confirmation_link_for, register_remote_server, ses_mails_to, start_server_against_moto};
+use bundle_tests::{
+    billing_access_url, confirmation_link_for, register_remote_server, ses_mails_to, start_server_against_moto,
+};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
@@ -21,7 +23,11 @@ struct Page {
 impl Page {
     fn csrf(&self) -> String {
         let marker = r#"name="csrf_token" value=""#;
-        let start = self.body.find(marker).unwrap_or_else(|| panic!("no form in {}", self.body)) + marker.len();
+        let start = self
+            .body
+            .find(marker)
+            .unwrap_or_else(|| panic!("no form in {}", self.body))
+            + marker.len();
         self.body[start..].split('"').next().unwrap().to_owned()
     }
 }
@@ -39,7 +45,11 @@ impl Browser {
     }
 
     fn url(&self, link: &str) -> String {
-        if link.starts_with("http") { link.to_owned() } else { format!("{}{link}", self.base) }
+        if link.starts_with("http") {
+            link.to_owned()
+        } else {
+            format!("{}{link}", self.base)
+        }
     }
 
     async fn answer(&mut self, request: reqwest::RequestBuilder) -> Page {
@@ -50,7 +60,10 @@ impl Browser {
         let response = request.send().await.unwrap();
         if let Some(set) = response.headers().get("set-cookie") {
             let set = set.to_str().unwrap();
-            assert!(set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Lax"), "{set}");
+            assert!(
+                set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Lax"),
+                "{set}"
+            );
             self.cookie = Some(set.split(';').next().unwrap().to_owned());
         }
         Page {
@@ -72,7 +85,8 @@ impl Browser {
         let body: Vec<String> = fields
             .iter()
             .map(|(name, value)| {
-                let encode = |t: &str| percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC).to_string();
+                let encode =
+                    |t: &str| percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC).to_string();
                 format!("{}={}", encode(name), encode(value))
             })
             .collect();
@@ -126,7 +140,11 @@ async fn a_server_admin_logs_in_with_an_emailed_confirmation_and_comes_back_with
     let done = browser
         .submit(
             &login,
-            &[("csrf_token", &page.csrf()), ("full_name", "Ada Owner"), ("tos_consent", "true")],
+            &[
+                ("csrf_token", &page.csrf()),
+                ("full_name", "Ada Owner"),
+                ("tos_consent", "true"),
+            ],
         )
         .await;
 
@@ -144,9 +162,16 @@ async fn a_server_admin_logs_in_with_an_emailed_confirmation_and_comes_back_with
     let link = billing_access_url(&base, &server, realm, user, &email).await;
     let page = later.get(&link).await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(!page.body.contains(r#"name="email""#) && !page.body.contains("tos_consent"), "{}", page.body);
+    assert!(
+        !page.body.contains(r#"name="email""#) && !page.body.contains("tos_consent"),
+        "{}",
+        page.body
+    );
     let done = later
-        .submit(&path_of(&link), &[("csrf_token", &page.csrf()), ("full_name", "Ada Owner")])
+        .submit(
+            &path_of(&link),
+            &[("csrf_token", &page.csrf()), ("full_name", "Ada Owner")],
+        )
         .await;
     assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
     assert_eq!(later.get(&done.location.unwrap()).await.status, StatusCode::OK);
@@ -169,9 +194,11 @@ async fn an_administrator_has_the_deactivation_link_mailed_to_the_servers_contac
     let server = register_remote_server(&base, &contact).await;
 
     // When an administrator asks for its deactivation link
-    let token = running
-        .keys
-        .mint(Uuid::new_v4(), "subscriptions subscriptions_admin", chrono::Duration::minutes(5));
+    let token = running.keys.mint(
+        Uuid::new_v4(),
+        "subscriptions subscriptions_admin",
+        chrono::Duration::minutes(5),
+    );
     let response = reqwest::Client::new()
         .post(format!("{base}/remote-servers/{}/deactivation-link", server.uuid))
         .bearer_auth(token)
@@ -183,7 +210,12 @@ async fn an_administrator_has_the_deactivation_link_mailed_to_the_servers_contac
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let mails = ses_mails_to(&contact).await;
     assert_eq!(mails.len(), 1);
-    assert!(mails[0]["body"].as_str().unwrap().contains(&format!("{base}/remote-billing-login/")));
+    assert!(
+        mails[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{base}/remote-billing-login/"))
+    );
     let anonymous = reqwest::Client::new()
         .post(format!("{base}/remote-servers/{}/deactivation-link", server.uuid))
         .send()

@@ -209,7 +209,10 @@ pub fn remote_failure(error: &RemoteError) -> Option<(Slug, String)> {
         RemoteError::InvalidToken => (Slug::InvalidValue, "Invalid billing access token."),
         RemoteError::ExpiredToken { .. } => (Slug::InvalidValue, "Billing access token expired."),
         RemoteError::BadCredentials => (Slug::Unauthorized, "Missing or wrong server credentials."),
-        RemoteError::ServerDeactivated => (Slug::ServerDeactivated, "This server has been deactivated from billing."),
+        RemoteError::ServerDeactivated => (
+            Slug::ServerDeactivated,
+            "This server has been deactivated from billing.",
+        ),
         RemoteError::ServerKeyMismatch => (
             Slug::AccessDenied,
             "This server UUID is registered with a different key.",
@@ -220,7 +223,12 @@ pub fn remote_failure(error: &RemoteError) -> Option<(Slug, String)> {
         ),
         RemoteError::UnknownServer => (Slug::NotFound, "No such server."),
         RemoteError::Invalid(errors) => {
-            let message = errors.0.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
+            let message = errors
+                .0
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
             let slug = errors.0.first().map_or(Slug::InvalidValue, |e| e.slug);
             return Some((slug, message));
         }

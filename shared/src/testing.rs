@@ -122,17 +122,18 @@ impl ApiEvent {
         self.0["requestContext"]["http"]["method"] = Value::from(method);
         self.0["rawPath"] = Value::from(path);
         self.0["requestContext"]["http"]["path"] = Value::from(path);
-        let parameters: serde_json::Map<String, Value> =
-            parameters.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
+        let parameters: serde_json::Map<String, Value> = parameters
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
         self.0["pathParameters"] = Value::Object(parameters);
         self
     }
 
     /// A form post's body (`application/x-www-form-urlencoded`), fields percent-encoded.
     pub fn form(mut self, fields: &[(&str, &str)]) -> Self {
-        let encode = |text: &str| {
-            percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
+        let encode =
+            |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
         let body: Vec<String> = fields
             .iter()
             .map(|(name, value)| format!("{}={}", encode(name), encode(value)))

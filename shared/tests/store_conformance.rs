@@ -487,7 +487,6 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
     assert!(!store.is_recorded(&key).await.unwrap());
 }
 
-
 fn document_body(n: u32) -> serde_json::Value {
     serde_json::json!({"n": n, "name": "ünïcödé \"quoted\""})
 }
@@ -496,7 +495,10 @@ async fn a_document_is_inserted_once_and_read_back_with_its_version(store: Arc<i
     let key = unique("doc");
     let now = Utc::now();
     assert_eq!(store.get_document(&key, now).await.unwrap(), None);
-    assert_eq!(store.put_document(&key, &document_body(1), None, None, now).await, Ok(1));
+    assert_eq!(
+        store.put_document(&key, &document_body(1), None, None, now).await,
+        Ok(1)
+    );
     assert_eq!(
         store.put_document(&key, &document_body(2), None, None, now).await,
         Err(StoreError::AlreadyExists)
@@ -510,14 +512,22 @@ async fn a_document_is_inserted_once_and_read_back_with_its_version(store: Arc<i
 async fn a_document_is_replaced_only_from_the_version_read(store: Arc<impl DocumentStore>) {
     let key = unique("doc");
     let now = Utc::now();
-    store.put_document(&key, &document_body(1), None, None, now).await.unwrap();
-    assert_eq!(store.put_document(&key, &document_body(2), None, Some(1), now).await, Ok(2));
+    store
+        .put_document(&key, &document_body(1), None, None, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.put_document(&key, &document_body(2), None, Some(1), now).await,
+        Ok(2)
+    );
     assert_eq!(
         store.put_document(&key, &document_body(3), None, Some(1), now).await,
         Err(StoreError::VersionConflict)
     );
     assert_eq!(
-        store.put_document(&unique("absent"), &document_body(3), None, Some(1), now).await,
+        store
+            .put_document(&unique("absent"), &document_body(3), None, Some(1), now)
+            .await,
         Err(StoreError::VersionConflict)
     );
     let document = store.get_document(&key, now).await.unwrap().unwrap();
@@ -527,12 +537,19 @@ async fn a_document_is_replaced_only_from_the_version_read(store: Arc<impl Docum
 async fn concurrent_replaces_of_a_document_let_exactly_one_win(store: Arc<impl DocumentStore + 'static>) {
     let key = unique("doc");
     let now = Utc::now();
-    store.put_document(&key, &document_body(0), None, None, now).await.unwrap();
+    store
+        .put_document(&key, &document_body(0), None, None, now)
+        .await
+        .unwrap();
     let writers: Vec<_> = (1..=8)
         .map(|n| {
             let store = store.clone();
             let key = key.clone();
-            tokio::spawn(async move { store.put_document(&key, &document_body(n), None, Some(1), Utc::now()).await })
+            tokio::spawn(async move {
+                store
+                    .put_document(&key, &document_body(n), None, Some(1), Utc::now())
+                    .await
+            })
         })
         .collect();
     let mut wins = 0;
@@ -551,13 +568,22 @@ async fn an_expired_document_counts_as_absent_and_can_be_written_anew(store: Arc
     let key = unique("doc");
     let now = Utc::now();
     let expiry = now + Duration::hours(1);
-    store.put_document(&key, &document_body(1), Some(expiry), None, now).await.unwrap();
+    store
+        .put_document(&key, &document_body(1), Some(expiry), None, now)
+        .await
+        .unwrap();
     let live = store.get_document(&key, now).await.unwrap().unwrap();
     assert_eq!(live.expires_at.map(|e| e.timestamp()), Some(expiry.timestamp()));
     let later = now + Duration::hours(2);
     assert_eq!(store.get_document(&key, later).await.unwrap(), None);
-    assert_eq!(store.put_document(&key, &document_body(2), None, None, later).await, Ok(1));
-    assert_eq!(store.get_document(&key, later).await.unwrap().unwrap().body, document_body(2));
+    assert_eq!(
+        store.put_document(&key, &document_body(2), None, None, later).await,
+        Ok(1)
+    );
+    assert_eq!(
+        store.get_document(&key, later).await.unwrap().unwrap().body,
+        document_body(2)
+    );
 }
 
 macro_rules! conformance_suite {

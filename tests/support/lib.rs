@@ -313,7 +313,10 @@ pub async fn confirmation_link_for(address: &str) -> String {
         if let Some(link) = link {
             return link;
         }
-        assert!(std::time::Instant::now() < deadline, "no confirmation mail to {address}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no confirmation mail to {address}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

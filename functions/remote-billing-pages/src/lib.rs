@@ -90,8 +90,10 @@ impl RemoteBillingPages {
                 })
             }
             Some(REALM_PAGE_ROUTE) => {
-                let (Some(realm), Some(page)) = (parse_canonical_uuid(&param("realm_uuid")), NextPage::parse(&param("page")))
-                else {
+                let (Some(realm), Some(page)) = (
+                    parse_canonical_uuid(&param("realm_uuid")),
+                    NextPage::parse(&param("page")),
+                ) else {
                     return Ok(not_found());
                 };
                 let view = remote

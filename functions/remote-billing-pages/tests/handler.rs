@@ -50,7 +50,11 @@ impl Answer {
     /// The CSRF token of the page's form.
     fn csrf(&self) -> String {
         let marker = r#"name="csrf_token" value=""#;
-        let start = self.body.find(marker).unwrap_or_else(|| panic!("no CSRF field in {}", self.body)) + marker.len();
+        let start = self
+            .body
+            .find(marker)
+            .unwrap_or_else(|| panic!("no CSRF field in {}", self.body))
+            + marker.len();
         self.body[start..].split('"').next().unwrap().to_owned()
     }
 
@@ -235,7 +239,9 @@ impl World {
     async fn confirm_email(&self, token: &str, email: &str) -> String {
         let form = self.login_page(token).await;
         assert_eq!(form.status, StatusCode::OK, "{}", form.body);
-        let sent = self.request_confirmation(token, email, &form.csrf(), "203.0.113.7").await;
+        let sent = self
+            .request_confirmation(token, email, &form.csrf(), "203.0.113.7")
+            .await;
         assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
         let confirmed = self.follow_confirmation(&self.confirmation_key(email)).await;
         assert_eq!(confirmed.status, StatusCode::FOUND, "{}", confirmed.body);
@@ -250,7 +256,11 @@ impl World {
         let done = self
             .complete_login(
                 &fresh,
-                &[("csrf_token", &page.csrf()), ("full_name", "Ada Owner"), ("tos_consent", "true")],
+                &[
+                    ("csrf_token", &page.csrf()),
+                    ("full_name", "Ada Owner"),
+                    ("tos_consent", "true"),
+                ],
             )
             .await;
         assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
@@ -295,10 +305,16 @@ async fn first_login_confirms_the_email_accepts_the_terms_and_lands_on_the_billi
     let mails = world.mails();
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].to, "billing@example.org");
-    assert!(mails[0].text.contains("https://billing.example.com/remote-billing-login/do_confirm/"));
+    assert!(
+        mails[0]
+            .text
+            .contains("https://billing.example.com/remote-billing-login/do_confirm/")
+    );
 
     // and follows the link, confirms the login with the Terms of Service
-    let confirmed = world.follow_confirmation(&world.confirmation_key("billing@example.org")).await;
+    let confirmed = world
+        .follow_confirmation(&world.confirmation_key("billing@example.org"))
+        .await;
     assert_eq!(confirmed.status, StatusCode::FOUND);
     let fresh = token_of(confirmed.location.as_deref().unwrap());
     let page = world.login_page(&fresh).await;
@@ -307,13 +323,20 @@ async fn first_login_confirms_the_email_accepts_the_terms_and_lands_on_the_billi
     let done = world
         .complete_login(
             &fresh,
-            &[("csrf_token", &page.csrf()), ("full_name", "Ada Lovelace"), ("tos_consent", "true")],
+            &[
+                ("csrf_token", &page.csrf()),
+                ("full_name", "Ada Lovelace"),
+                ("tos_consent", "true"),
+            ],
         )
         .await;
 
     // Then a two-hour session cookie is set and the billing page shows the realm's plan
     assert_eq!(done.status, StatusCode::FOUND);
-    assert_eq!(done.location.as_deref(), Some(format!("/realm/{}/billing/", world.realm).as_str()));
+    assert_eq!(
+        done.location.as_deref(),
+        Some(format!("/realm/{}/billing/", world.realm).as_str())
+    );
     let cookie = done.set_cookie.clone().unwrap();
     for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Max-Age=7200", "Path=/"] {
         assert!(cookie.contains(attribute), "{attribute} in {cookie}");
@@ -345,7 +368,10 @@ async fn a_returning_user_skips_the_email_step_and_is_not_asked_for_the_terms_ag
         .complete_login(&token, &[("csrf_token", &page.csrf()), ("full_name", "Ada Owner")])
         .await;
     assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
-    assert_eq!(done.location.as_deref(), Some(format!("/realm/{}/plans/", world.realm).as_str()));
+    assert_eq!(
+        done.location.as_deref(),
+        Some(format!("/realm/{}/plans/", world.realm).as_str())
+    );
     assert_eq!(world.mails().len(), mails_before);
 }
 
@@ -381,7 +407,12 @@ async fn an_expired_token_shows_the_expired_page_with_the_way_back_to_the_server
     // Then the page says it expired and links back to the server's billing page
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     assert!(page.body.contains("Billing access token expired."), "{}", page.body);
-    assert!(page.body.contains(r#"href="https://chat.example.org/self-hosted-billing/""#), "{}", page.body);
+    assert!(
+        page.body
+            .contains(r#"href="https://chat.example.org/self-hosted-billing/""#),
+        "{}",
+        page.body
+    );
 }
 
 #[tokio::test]
@@ -412,7 +443,9 @@ async fn a_confirmation_link_expires_after_a_day_and_unknown_links_are_not_found
     world.clock.advance(Duration::hours(25));
 
     // When its link is followed, and a made-up one
-    let expired = world.follow_confirmation(&world.confirmation_key("owner@example.org")).await;
+    let expired = world
+        .follow_confirmation(&world.confirmation_key("owner@example.org"))
+        .await;
     let unknown = world.follow_confirmation("no-such-confirmation-key").await;
 
     // Then both are refused, differently
@@ -437,7 +470,9 @@ async fn refusing_the_terms_of_service_opens_no_session() {
     // Then it is refused and no session exists
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     assert!(
-        refused.body.contains("You must accept the Terms of Service to proceed."),
+        refused
+            .body
+            .contains("You must accept the Terms of Service to proceed."),
         "{}",
         refused.body
     );
@@ -609,7 +644,10 @@ async fn a_session_ends_after_two_hours() {
     // Given a session
     let world = world().await;
     let (session, _) = world.log_in(None).await;
-    assert_eq!(world.realm_page(world.realm, "billing", Some(&session)).await.status, StatusCode::OK);
+    assert_eq!(
+        world.realm_page(world.realm, "billing", Some(&session)).await.status,
+        StatusCode::OK
+    );
 
     // When two hours pass
     world.clock.advance(Duration::hours(2));
@@ -648,7 +686,10 @@ impl World {
             .unwrap();
         assert_eq!(sent_to, "admin@example.org");
         let mail = self.mails().into_iter().rev().find(|m| m.to == sent_to).unwrap();
-        let start = mail.text.find("https://billing.example.com/remote-billing-login/").unwrap();
+        let start = mail
+            .text
+            .find("https://billing.example.com/remote-billing-login/")
+            .unwrap();
         let link = mail.text[start..].split_whitespace().next().unwrap();
         let token = token_of(link);
         let fresh = self.confirm_email(&token, "admin@example.org").await;
@@ -656,7 +697,11 @@ impl World {
         let done = self
             .complete_login(
                 &fresh,
-                &[("csrf_token", &page.csrf()), ("full_name", "Server Admin"), ("tos_consent", "on")],
+                &[
+                    ("csrf_token", &page.csrf()),
+                    ("full_name", "Server Admin"),
+                    ("tos_consent", "on"),
+                ],
             )
             .await;
         assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
@@ -665,7 +710,12 @@ impl World {
         let server = self.server.uuid.to_string();
         let session = done.session();
         let page = self
-            .get(SERVER_PAGE_ROUTE, &location, &[("server_uuid", &server)], Some(&session))
+            .get(
+                SERVER_PAGE_ROUTE,
+                &location,
+                &[("server_uuid", &server)],
+                Some(&session),
+            )
             .await;
         (session, page)
     }
@@ -710,7 +760,10 @@ async fn the_contact_deactivates_the_server_through_the_mailed_link() {
         .remote
         .authenticate(Some(&basic(world.server.uuid, SERVER_KEY)), world.clock.now())
         .await;
-    assert!(matches!(refused, Err(billing::remote::RemoteError::ServerDeactivated)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(billing::remote::RemoteError::ServerDeactivated)),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]

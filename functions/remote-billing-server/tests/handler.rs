@@ -51,7 +51,8 @@ impl Fixture {
     }
 
     async fn register(&self, server: Uuid, key: &str, contact: &str) -> (StatusCode, Value) {
-        let body = json!({"server_uuid": server, "server_key": key, "hostname": "chat.example.org", "contact_email": contact});
+        let body =
+            json!({"server_uuid": server, "server_key": key, "hostname": "chat.example.org", "contact_email": contact});
         self.call(ApiEvent::sample("apigw-remote-server-register.json").body(&body))
             .await
     }
@@ -67,7 +68,10 @@ impl Fixture {
 
     async fn registered(&self) -> Uuid {
         let server = Uuid::new_v4();
-        assert_eq!(self.register(server, KEY, "admin@example.org").await.0, StatusCode::CREATED);
+        assert_eq!(
+            self.register(server, KEY, "admin@example.org").await.0,
+            StatusCode::CREATED
+        );
         server
     }
 
@@ -140,9 +144,7 @@ async fn registration_reports_every_invalid_field() {
 #[tokio::test]
 async fn the_sample_events_register_and_get_a_link() {
     let f = fixture();
-    let (status, body) = f
-        .call(ApiEvent::sample("apigw-remote-server-register.json"))
-        .await;
+    let (status, body) = f.call(ApiEvent::sample("apigw-remote-server-register.json")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = f.call(ApiEvent::sample("apigw-remote-server-billing.json")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -179,7 +181,10 @@ async fn a_realm_registered_to_another_server_is_refused() {
     let first = f.registered().await;
     let second = f.registered().await;
     let realm = Uuid::new_v4();
-    assert_eq!(f.billing_link(first, KEY, &billing_body(realm, None)).await.0, StatusCode::OK);
+    assert_eq!(
+        f.billing_link(first, KEY, &billing_body(realm, None)).await.0,
+        StatusCode::OK
+    );
 
     // When another server asks for a link to it
     let (status, body) = f.billing_link(second, KEY, &billing_body(realm, None)).await;
@@ -187,7 +192,10 @@ async fn a_realm_registered_to_another_server_is_refused() {
     // Then it is refused; the first server still gets links
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(slugs(&body), ["remote_realm_server_mismatch"]);
-    assert_eq!(f.billing_link(first, KEY, &billing_body(realm, None)).await.0, StatusCode::OK);
+    assert_eq!(
+        f.billing_link(first, KEY, &billing_body(realm, None)).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -208,7 +216,9 @@ async fn wrong_or_missing_server_credentials_are_unauthorized() {
     let f = fixture();
     let server = f.registered().await;
     let body = billing_body(Uuid::new_v4(), None);
-    let (wrong_key, _) = f.billing_link(server, "wrong-key-wrong-key-wrong-key-wrong", &body).await;
+    let (wrong_key, _) = f
+        .billing_link(server, "wrong-key-wrong-key-wrong-key-wrong", &body)
+        .await;
     let (unknown, _) = f.billing_link(Uuid::new_v4(), KEY, &body).await;
     let (missing, _) = f
         .call(
@@ -255,16 +265,16 @@ async fn only_administrators_send_deactivation_links() {
     let (refused, _) = f.deactivation_link(server, "subscriptions").await;
     assert_eq!(refused, StatusCode::FORBIDDEN);
     assert!(f.remote.outbox.mails().is_empty());
-    let (status, body) = f
-        .deactivation_link(server, "subscriptions subscriptions_admin")
-        .await;
+    let (status, body) = f.deactivation_link(server, "subscriptions subscriptions_admin").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["sent_to"], "admin@example.org");
     let mails = f.remote.outbox.mails();
     assert_eq!(mails.len(), 1);
-    assert!(mails[0]
-        .text
-        .contains("https://billing.example.com/remote-billing-login/"));
+    assert!(
+        mails[0]
+            .text
+            .contains("https://billing.example.com/remote-billing-login/")
+    );
     let (unknown, _) = f
         .deactivation_link(Uuid::new_v4(), "subscriptions subscriptions_admin")
         .await;

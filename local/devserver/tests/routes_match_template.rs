@@ -43,7 +43,8 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
     let billing =
         Arc::new(StripeBilling::new("sk_test_routes", Some("http://127.0.0.1:9/"), RetryPolicy::default()).unwrap());
     let catalog = PlanCatalog::standard(|plan| Ok::<_, ()>(format!("price_{plan}"))).unwrap();
-    let mailer: Arc<dyn billing::mail::Mailer> = Arc::new(billing::mail::OutboxMailer::new(dir.path().join("outbox")).unwrap());
+    let mailer: Arc<dyn billing::mail::Mailer> =
+        Arc::new(billing::mail::OutboxMailer::new(dir.path().join("outbox")).unwrap());
     let remote = billing::remote::RemoteBilling {
         records: billing::remote::Records::new(store.clone()),
         sealer: Arc::new(billing::remote::TokenSealer::new(&[1u8; 32])),

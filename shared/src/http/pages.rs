@@ -24,9 +24,15 @@ pub const SESSION_COOKIE: &str = "billing_session";
 /// What a page handler answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PageResponse {
-    Html { status: StatusCode, body: String },
+    Html {
+        status: StatusCode,
+        body: String,
+    },
     /// A 302, possibly setting the session cookie.
-    Redirect { location: String, session: Option<String> },
+    Redirect {
+        location: String,
+        session: Option<String>,
+    },
 }
 
 impl PageResponse {
@@ -156,8 +162,7 @@ where
 {
     let started = Instant::now();
     let request_id = request_id_of(&request);
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
     async move {
         let outcome = match precheck(&request) {
             Some(refusal) => refusal,
@@ -238,7 +243,9 @@ fn render(outcome: PageResponse, request_id: &str) -> Response<Body> {
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if let Ok(value) = HeaderValue::from_str(request_id) {

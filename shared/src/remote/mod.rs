@@ -10,7 +10,7 @@ pub mod records;
 pub mod service;
 pub mod token;
 
-pub use records::{BillingUser, Records, RealmPlan, RemoteRealm, RemoteServer, Session};
+pub use records::{BillingUser, RealmPlan, Records, RemoteRealm, RemoteServer, Session};
 pub use service::{
     BillingLinkRequest, Clock, LoggedIn, LoginForm, LoginView, RealmView, RegisterRequest, RemoteBilling, RemoteError,
     RemoteSettings, ServerView, TERMS_OF_SERVICE_MAJOR, system_clock,

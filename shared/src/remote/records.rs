@@ -175,7 +175,11 @@ impl Records {
     }
 
     /// The record and its version, if present and not expired.
-    pub async fn get<T: DeserializeOwned>(&self, key: &str, now: DateTime<Utc>) -> Result<Option<(T, u64)>, StoreError> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(T, u64)>, StoreError> {
         match self.documents.get_document(key, now).await? {
             None => Ok(None),
             Some(document) => {

@@ -246,7 +246,11 @@ impl RemoteBilling {
         }
         let hostname = text_field(&request.hostname, "/hostname", 255, &mut errors);
         if !is_plausible_email(&request.contact_email) {
-            errors.push(FieldError::field(Slug::InvalidValue, "/contact_email", "not an email address"));
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                "/contact_email",
+                "not an email address",
+            ));
         }
         let Some(uuid) = uuid.filter(|_| errors.is_empty()) else {
             return Err(RemoteError::Invalid(ValidationErrors(errors)));
@@ -285,7 +289,11 @@ impl RemoteBilling {
                     }
                     server.hostname = hostname.clone();
                     server.contact_email = request.contact_email.clone();
-                    match self.records.replace(&server_key(uuid), &server, version, None, now).await {
+                    match self
+                        .records
+                        .replace(&server_key(uuid), &server, version, None, now)
+                        .await
+                    {
                         Ok(_) => return Ok(false),
                         Err(StoreError::VersionConflict) => continue,
                         Err(e) => return Err(e.into()),
@@ -328,7 +336,11 @@ impl RemoteBilling {
         let mut errors = Vec::new();
         let user_uuid = uuid_field(&request.user.uuid, "/user/uuid", &mut errors);
         if !is_plausible_email(&request.user.email) {
-            errors.push(FieldError::field(Slug::InvalidValue, "/user/email", "not an email address"));
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                "/user/email",
+                "not an email address",
+            ));
         }
         let full_name = text_field(&request.user.full_name, "/user/full_name", MAX_NAME_LENGTH, &mut errors);
         let realm_uuid = uuid_field(&request.realm.uuid, "/realm/uuid", &mut errors);
@@ -386,7 +398,12 @@ impl RemoteBilling {
 
     /// Registers `realm` to `server` unless it is registered already: to the same server,
     /// fine; to another, refused (the organisation moved without its billing).
-    async fn claim_realm(&self, server: &RemoteServer, realm: RemoteRealm, now: DateTime<Utc>) -> Result<(), RemoteError> {
+    async fn claim_realm(
+        &self,
+        server: &RemoteServer,
+        realm: RemoteRealm,
+        now: DateTime<Utc>,
+    ) -> Result<(), RemoteError> {
         if let Some((existing, _)) = self.records.get::<RemoteRealm>(&realm_key(realm.uuid), now).await? {
             return self.check_realm_owner(&existing, server);
         }
@@ -434,7 +451,11 @@ impl RemoteBilling {
                 return Ok(());
             }
             server.realms.push(realm);
-            match self.records.replace(&server_key(server_uuid), &server, version, None, now).await {
+            match self
+                .records
+                .replace(&server_key(server_uuid), &server, version, None, now)
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(StoreError::VersionConflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -535,8 +556,13 @@ impl RemoteBilling {
         }
         let ip = client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
         self.count_mail("ip", &ip, self.settings.mails_per_ip_hour, now).await?;
-        self.count_mail("server", &claims.server_uuid.to_string(), self.settings.mails_per_server_hour, now)
-            .await?;
+        self.count_mail(
+            "server",
+            &claims.server_uuid.to_string(),
+            self.settings.mails_per_server_hour,
+            now,
+        )
+        .await?;
         let secret = self.sealer.random_secret();
         let confirmation = Confirmation {
             claims: claims.clone(),
@@ -546,9 +572,17 @@ impl RemoteBilling {
             used_at: None,
         };
         self.records
-            .insert(&confirmation_key(&secret), &confirmation, Some(now + CONFIRMATION_KEPT), now)
+            .insert(
+                &confirmation_key(&secret),
+                &confirmation,
+                Some(now + CONFIRMATION_KEPT),
+                now,
+            )
             .await?;
-        let link = format!("{}/remote-billing-login/do_confirm/{secret}", self.settings.public_base_url);
+        let link = format!(
+            "{}/remote-billing-login/do_confirm/{secret}",
+            self.settings.public_base_url
+        );
         self.mailer
             .send(&Mail {
                 to: email.to_owned(),
@@ -572,7 +606,11 @@ impl RemoteBilling {
         let expires = DateTime::from_timestamp((hour + 2) * 3600, 0).unwrap_or(now + Duration::hours(2));
         for _ in 0..WRITE_ATTEMPTS {
             let written = match self.records.get::<MailCount>(&key, now).await? {
-                None => self.records.insert(&key, &MailCount { sent: 1 }, Some(expires), now).await,
+                None => {
+                    self.records
+                        .insert(&key, &MailCount { sent: 1 }, Some(expires), now)
+                        .await
+                }
                 Some((count, _)) if count.sent >= limit => {
                     tracing::warn!(kind, limit, "confirmation mail rate limit reached");
                     return Err(RemoteError::TooManyMails);
@@ -878,7 +916,11 @@ impl RemoteBilling {
                 return Err(RemoteError::PaidPlan);
             }
             server.deactivated_at = Some(now);
-            match self.records.replace(&server_key(server_uuid), &server, version, None, now).await {
+            match self
+                .records
+                .replace(&server_key(server_uuid), &server, version, None, now)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(server = %server_uuid, "remote server deactivated");
                     return Ok(server);
@@ -939,7 +981,11 @@ fn text_field(text: &str, pointer: &str, max: usize, errors: &mut Vec<FieldError
             format!("must be at most {max} characters"),
         ));
     } else if trimmed.chars().any(char::is_control) {
-        errors.push(FieldError::field(Slug::InvalidValue, pointer, "must not contain control characters"));
+        errors.push(FieldError::field(
+            Slug::InvalidValue,
+            pointer,
+            "must not contain control characters",
+        ));
     }
     trimmed.to_owned()
 }

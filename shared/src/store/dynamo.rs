@@ -22,7 +22,9 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AuditEntry, Document, DocumentStore, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version};
+use super::{
+    AuditEntry, Document, DocumentStore, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version,
+};
 use crate::subscription::Subscription;
 
 /// A global secondary index: its name and the attribute it is keyed on.

@@ -12,7 +12,10 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
-use super::{AuditEntry, Document, DocumentStore, EventMark, EventWrite, Recorded, Store, StoreError, SubscriptionWrite, check_next_version};
+use super::{
+    AuditEntry, Document, DocumentStore, EventMark, EventWrite, Recorded, Store, StoreError, SubscriptionWrite,
+    check_next_version,
+};
 use crate::subscription::Subscription;
 
 const SUBSCRIPTIONS: TableDefinition<&str, &str> = TableDefinition::new("subscriptions");
