@@ -29,6 +29,62 @@ pub fn embedded_store() -> Arc<EmbeddedStore> {
     Arc::new(EmbeddedStore::open(dir.join("billing.redb")).expect("an embedded store"))
 }
 
+/// Latencies of one measurement, for the benches' tables.
+#[derive(Clone, Debug, Default)]
+pub struct Timings(Vec<std::time::Duration>);
+
+impl Timings {
+    pub fn push(&mut self, elapsed: std::time::Duration) {
+        self.0.push(elapsed);
+    }
+
+    /// The `p`-quantile (0.5 for the median) in milliseconds.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    }
+
+    pub fn p50(&self) -> f64 {
+        self.percentile_ms(0.5)
+    }
+
+    pub fn p99(&self) -> f64 {
+        self.percentile_ms(0.99)
+    }
+
+    /// A markdown row: what, p50, p99, and p50 as a ratio to `baseline`'s.
+    pub fn row(&self, what: &str, baseline: &Timings) -> String {
+        format!(
+            "| {what} | {:.3} ms | {:.3} ms | {:.1} |",
+            self.p50(),
+            self.p99(),
+            self.p50() / baseline.p50()
+        )
+    }
+}
+
+/// A subscription as an administrator would create it for a new user, not yet in Stripe
+/// unless `stripe` names its customer and subscription.
+pub fn new_subscription(stripe: Option<(&str, &str)>) -> crate::subscription::Subscription {
+    let mut body = serde_json::json!({"user_id": Uuid::new_v4(), "email": "bench@example.com"});
+    if let Some((customer, subscription)) = stripe {
+        body["stripe_customer"] = Value::from(customer);
+        body["stripe_subscription"] = Value::from(subscription);
+    }
+    let change =
+        crate::subscription::SubscriptionChange::from_json(body.to_string().as_bytes()).expect("a valid change");
+    let catalog = catalog();
+    change
+        .new_subscription(
+            catalog.get("pending").expect("the pending plan"),
+            Utc::now(),
+            Utc::now(),
+        )
+        .expect("a new subscription")
+}
+
 /// A clock tests move forward: the real time plus an offset.
 #[derive(Clone, Default)]
 pub struct TestClock {

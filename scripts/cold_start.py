@@ -1,0 +1,373 @@
+#!/usr/bin/env python3
+"""Cold start, warm invocations and peak memory of each function's release `bootstrap`, through
+a Lambda Runtime API emulator on 127.0.0.1.
+
+For every run a fresh emulator and a fresh process: cold start is the time from starting the
+process to the emulator receiving its first response (runtime start, configuration, clients,
+the first request's work). Then `--warm` more invocations through the same process give the
+warm latency as the runtime sees it, and /proc gives the peak RSS (VmHWM).
+
+The environment is what Lambda gives a function: credentials in variables (no IMDS lookups),
+region, the runtime's own variables, and the function's configuration. DynamoDB and SES are
+moto (`AWS_ENDPOINT_URL`, plain HTTP on loopback), Stripe is the sandbox (`--sandbox`).
+
+usage: cold_start.py --bin-dir target/lambda --sandbox http://127.0.0.1:PORT/ [--runs 20] [--warm 50]
+Prints a markdown table; `--json FILE` also writes the raw numbers.
+"""
+
+import argparse
+import base64
+import copy
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = ROOT / "events"
+WEBHOOK_SECRET = "whsec_cold_start_bench"
+TOKEN_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+class Emulator:
+    """The Runtime API: hands out queued events, collects responses with their arrival time."""
+
+    def __init__(self):
+        self.events = queue.Queue()
+        self.responses = {}
+        self.arrived = threading.Condition()
+        emulator = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path != "/2018-06-01/runtime/invocation/next":
+                    return self._answer(404)
+                request_id, body = emulator.events.get()
+                deadline = int(time.time() * 1000) + 30_000
+                self._answer(200, body, [
+                    ("Content-Type", "application/json"),
+                    ("Lambda-Runtime-Aws-Request-Id", request_id),
+                    ("Lambda-Runtime-Deadline-Ms", str(deadline)),
+                    ("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:000000000000:function:bench"),
+                    ("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000;Sampled=0"),
+                ])
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                now = time.perf_counter()
+                parts = self.path.strip("/").split("/")
+                # 2018-06-01/runtime/invocation/<id>/response|error, or 2018-06-01/runtime/init/error
+                if len(parts) == 5 and parts[2] == "invocation":
+                    outcome = parts[4]
+                    request_id = parts[3]
+                elif parts[2:] == ["init", "error"]:
+                    outcome, request_id = "init_error", "init"
+                else:
+                    return self._answer(404)
+                with emulator.arrived:
+                    emulator.responses[request_id] = (now, outcome, body)
+                    emulator.arrived.notify_all()
+                self._answer(202, b"{}", [("Content-Type", "application/json")])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def address(self):
+        host, port = self.server.server_address
+        return f"{host}:{port}"
+
+    def invoke(self, event, timeout=20.0):
+        request_id = str(uuid.uuid4())
+        self.events.put((request_id, json.dumps(event).encode()))
+        return request_id
+
+    def wait(self, request_id, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while request_id not in self.responses and "init" not in self.responses:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no response to {request_id}")
+                self.arrived.wait(left)
+            if "init" in self.responses:
+                raise RuntimeError(f"init error: {self.responses['init'][2][:500]!r}")
+            return self.responses[request_id]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def sample(name):
+    return json.loads((EVENTS / name).read_text())
+
+
+def api_event(name, body=None, path=None, parameters=None, route=None, caller=None, headers=None):
+    event = sample(name)
+    if body is not None:
+        event["body"] = body if isinstance(body, str) else json.dumps(body)
+    if path is not None:
+        event["rawPath"] = path
+        event["requestContext"]["http"]["path"] = path
+    if parameters is not None:
+        event["pathParameters"] = parameters
+    if route is not None:
+        event["routeKey"] = route
+        event["requestContext"]["routeKey"] = route
+        event["requestContext"]["http"]["method"] = route.split(" ")[0]
+    if caller is not None:
+        user, scope = caller
+        event["requestContext"]["authorizer"] = {"jwt": {"claims": {"sub": user, "scope": scope}, "scopes": None}}
+    if headers:
+        event["headers"].update(headers)
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    return event
+
+
+class Workload:
+    """The first request each function gets: real work on fresh data, the same kind every run."""
+
+    def __init__(self):
+        self.subscriptions = []  # (user id) of subscriptions created by create-subscription runs
+
+    def event(self, function, run):
+        if function == "lambda-baseline":
+            return api_event("apigw-get-subscription.json")
+        if function == "create-subscription":
+            user = str(uuid.uuid4())
+            self.subscriptions.append(user)
+            return api_event("apigw-create-subscription.json",
+                             body={"user_id": user, "email": f"bench-{user[:8]}@example.com"},
+                             caller=(str(uuid.uuid4()), "subscriptions subscriptions_admin"))
+        if function == "get-subscription":
+            user = self.subscriptions[run % len(self.subscriptions)]
+            return api_event("apigw-get-subscription.json", path=f"/subscriptions/{user}",
+                             parameters={"id": user}, caller=(user, "subscriptions"))
+        if function == "patch-subscription":
+            user = self.subscriptions[run % len(self.subscriptions)]
+            event = api_event("apigw-patch-subscription.json", path=f"/subscriptions/{user}",
+                              parameters={"id": user}, caller=(user, "subscriptions"),
+                              body={"cancel_at_period_end": run % 2 == 0})
+            event["headers"].pop("if-match", None)
+            return event
+        if function == "signup-listener":
+            event = sample("sqs-signup-batch.json")
+            for record in event["Records"]:
+                body = json.loads(record["body"])
+                body["event_id"], body["user_id"] = str(uuid.uuid4()), str(uuid.uuid4())
+                body["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                record["body"] = json.dumps(body)
+                record["messageId"] = str(uuid.uuid4())
+            return event
+        if function == "stripe-webhook":
+            payload = json.loads((EVENTS / "stripe-customer-subscription-updated.json").read_text())
+            payload["id"] = "evt_bench" + uuid.uuid4().hex[:16]
+            body = json.dumps(payload)
+            stamp = str(int(time.time()))
+            signature = hmac.new(WEBHOOK_SECRET.encode(), f"{stamp}.{body}".encode(), hashlib.sha256).hexdigest()
+            return api_event("apigw-stripe-webhook.json", body=body,
+                             headers={"stripe-signature": f"t={stamp},v1={signature}"})
+        if function == "remote-billing-server":
+            event = api_event("apigw-remote-server-register.json")
+            body = json.loads(event["body"])
+            body["server_uuid"] = str(uuid.uuid4())
+            event["body"] = json.dumps(body)
+            return event
+        if function == "remote-billing-pages":
+            realm = str(uuid.uuid4())
+            return api_event("apigw-remote-billing-login.json", route="GET /realm/{realm_uuid}/{page}",
+                             path=f"/realm/{realm}/billing/", parameters={"realm_uuid": realm, "page": "billing"})
+        raise ValueError(function)
+
+
+def environment(function, runtime_api, sandbox, table):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AWS_LAMBDA_RUNTIME_API": runtime_api,
+        "AWS_LAMBDA_FUNCTION_NAME": function,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function}",
+        "AWS_LAMBDA_LOG_STREAM_NAME": "bench",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_provided.al2023",
+        "LAMBDA_TASK_ROOT": "/var/task",
+        "LAMBDA_RUNTIME_DIR": "/var/runtime",
+        "_HANDLER": "bootstrap",
+        "TZ": ":UTC",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],
+        "BILLING_TABLE": table,
+        "CORS_ALLOWED_ORIGINS": "https://app.example.com",
+        "STRIPE_SECRET_KEY": "sk_test_cold_start",
+        "STRIPE_API_BASE": sandbox,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "MAIL_FROM": "billing@example.com",
+        "PUBLIC_BASE_URL": "https://billing.example.com",
+        "BILLING_TOKEN_KEY": TOKEN_KEY,
+        "RUST_LOG": "warn",
+    }
+    for plan in ["pending", "free", "basic_monthly", "basic_annual", "business_monthly", "business_annual"]:
+        env[f"STRIPE_PRICE_{plan.upper()}"] = f"price_{plan}"
+    return env
+
+
+def peak_rss_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[round((len(ordered) - 1) * p)]
+
+
+def measure(function, bootstrap, args, workload, table):
+    cold, warm, rss = [], [], []
+    for run in range(args.runs):
+        emulator = Emulator()
+        env = environment(function, emulator.address, args.sandbox, table)
+        first = workload.event(function, run)
+        request_id = emulator.invoke(first)
+        started = time.perf_counter()
+        process = subprocess.Popen([str(bootstrap)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            arrived, outcome, body = emulator.wait(request_id)
+            if outcome != "response":
+                raise RuntimeError(f"{function}: first invocation failed: {body[:500]!r}")
+            answer = json.loads(body)
+            status = answer.get("statusCode", 200)
+            if status >= 500 or (function not in ("remote-billing-pages",) and status >= 400):
+                raise RuntimeError(f"{function}: first invocation answered {status}: {answer}")
+            cold.append((arrived - started) * 1000)
+            for i in range(args.warm):
+                event = workload.event(function, run * args.warm + i + 1)
+                sent = time.perf_counter()
+                arrived, outcome, body = emulator.wait(emulator.invoke(event))
+                if outcome != "response":
+                    raise RuntimeError(f"{function}: invocation failed: {body[:500]!r}")
+                warm.append((arrived - sent) * 1000)
+            rss.append(peak_rss_mb(process.pid))
+        except Exception:
+            process.kill()
+            stderr = process.communicate()[1].decode(errors="replace")
+            sys.stderr.write(stderr[-3000:])
+            raise
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            emulator.close()
+    return {
+        "cold_p50": statistics.median(cold),
+        "cold_p90": percentile(cold, 0.9),
+        "cold_max": max(cold),
+        "warm_p50": statistics.median(warm) if warm else float("nan"),
+        "warm_p99": percentile(warm, 0.99) if warm else float("nan"),
+        "rss_max": max(rss),
+    }
+
+
+def ensure_table(table):
+    """The billing table in moto, created by the local server's own code path would need a
+    build; the table's shape is read from template.yaml instead (a test keeps the two equal)."""
+    import boto3
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=Loader)
+    properties = template["Resources"]["BillingTable"]["Properties"]
+    client = boto3.client("dynamodb", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_table(
+        TableName=table,
+        AttributeDefinitions=properties["AttributeDefinitions"],
+        KeySchema=properties["KeySchema"],
+        GlobalSecondaryIndexes=properties["GlobalSecondaryIndexes"],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ses = boto3.client("sesv2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    ses.create_email_identity(EmailIdentity="billing@example.com")
+
+
+FUNCTIONS = [
+    "lambda-baseline",
+    "create-subscription",
+    "get-subscription",
+    "patch-subscription",
+    "signup-listener",
+    "stripe-webhook",
+    "remote-billing-server",
+    "remote-billing-pages",
+]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bin-dir", required=True, type=Path)
+    parser.add_argument("--sandbox", required=True)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warm", type=int, default=50)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if "AWS_ENDPOINT_URL" not in os.environ:
+        sys.exit("AWS_ENDPOINT_URL is not set: run through scripts/with-moto.sh (make bench does)")
+    table = f"bench-cold-{uuid.uuid4().hex[:8]}"
+    ensure_table(table)
+    workload = Workload()
+    results = {}
+    for function in FUNCTIONS:
+        bootstrap = args.bin_dir / function / "bootstrap"
+        if not bootstrap.exists():
+            sys.exit(f"{bootstrap} is missing: build with cargo lambda build --release (make bench does)")
+        results[function] = measure(function, bootstrap, args, workload, table)
+        print(f"measured {function}: {results[function]}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    base = results["lambda-baseline"]
+    print("| function | cold start p50 | p90 | max | p50 ratio to baseline | warm p50 (via Runtime API) | warm p99 | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for function, r in results.items():
+        name = "baseline: empty lambda_http function" if function == "lambda-baseline" else function
+        print(f"| {name} | {r['cold_p50']:.1f} ms | {r['cold_p90']:.1f} ms | {r['cold_max']:.1f} ms | "
+              f"{r['cold_p50'] / base['cold_p50']:.2f} | {r['warm_p50']:.2f} ms | {r['warm_p99']:.2f} ms | "
+              f"{r['rss_max']:.1f} MB |")
+
+
+if __name__ == "__main__":
+    main()
