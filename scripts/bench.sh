@@ -1,24 +1,90 @@
 #!/usr/bin/env bash
-# Runs the benchmarks and writes their tables into BENCHMARKS.md between the markers, with the
-# machine they ran on. Each table carries its own baseline, measured in the same run.
+# `make bench`: builds every function the way it is deployed and measures it, then writes the
+# tables into BENCHMARKS.md between the markers, with the machine they ran on. Every table
+# carries a baseline measured in the same run.
+#
+# 1. cargo-lambda (pinned, from PyPI, with a pinned zig) builds the release bootstraps for arm64
+#    as deployed (zipped: their sizes are what Lambda loads), and for this machine's x86_64 to
+#    run them here.
+# 2. Under moto: the in-process benches (bench profile), and cold start, warm invocations and
+#    peak RSS of each x86_64 bootstrap through a Runtime API emulator (scripts/cold_start.py),
+#    with the Stripe sandbox as a process of its own.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-# One package set for every cargo call: a different set unifies features differently and
-# rebuilds the whole tree.
-packages=(-p signup-listener -p stripe-webhook)
-cargo bench --no-run "${packages[@]}" >&2
+
+if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
+  exec scripts/with-moto.sh "$0" "$@"
+fi
+
+venv=$(scripts/python-venv.sh lambda-build 'cargo-lambda==1.9.2' 'ziglang==0.13.0')
+export PATH="$venv/bin:$PATH"
+functions=(lambda-baseline create-subscription get-subscription patch-subscription signup-listener stripe-webhook
+  remote-billing-server remote-billing-pages)
+lambda_packages=()
+for f in "${functions[@]}"; do lambda_packages+=(-p "$f"); done
+cargo lambda build --release --arm64 --output-format zip "${lambda_packages[@]}" --lambda-dir target/lambda-arm64 >&2
+cargo lambda build --release --x86-64 "${lambda_packages[@]}" --lambda-dir target/lambda-x86_64 >&2
+
+# One package set for every in-process cargo call: a different set unifies features
+# differently and rebuilds the whole tree.
+bench_packages=(-p signup-listener -p stripe-webhook -p get-subscription -p patch-subscription -p stripe-sandbox)
+cargo bench --no-run "${bench_packages[@]}" >&2
+cargo build --profile bench --bins "${bench_packages[@]}" >&2
+
+prices=()
+for plan in pending free basic_monthly basic_annual business_monthly business_annual; do
+  prices+=(--price "price_$plan:800:month")
+done
+sandbox_log=$(mktemp)
+target/release/stripe-sandbox --port 0 "${prices[@]}" >"$sandbox_log" 2>/dev/null &
+sandbox_pid=$!
+trap 'kill $sandbox_pid 2>/dev/null || true; rm -f "$sandbox_log"' EXIT
+for _ in $(seq 1 100); do
+  sandbox=$(grep -o 'http://127.0.0.1:[0-9]*/' "$sandbox_log" || true)
+  [ -n "$sandbox" ] && break
+  sleep 0.1
+done
+[ -n "$sandbox" ] || { echo "the Stripe sandbox did not start" >&2; exit 1; }
+
+moto_python=$(scripts/python-venv.sh moto 'moto[dynamodb]==5.2.5' 'flask==3.1.3' 'flask-cors==6.0.5')/bin/python
 out=$(mktemp)
 {
-  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))."
+  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), Rust $(rustc --version | cut -d' ' -f2), cargo-lambda 1.9.2, zig 0.13.0."
+  echo
+  echo "### Cold start, warm invocations and memory of each bootstrap (x86_64 release build, Runtime API emulator, DynamoDB and SES in moto, Stripe sandbox)"
+  echo
+  "$moto_python" scripts/cold_start.py --bin-dir target/lambda-x86_64 --sandbox "$sandbox" --runs 20 --warm 20
+  echo
+  echo "### Size of each bootstrap"
+  echo
+  echo "| function | arm64 bootstrap.zip (deployed) | arm64 bootstrap | x86_64 bootstrap | zip ratio to baseline |"
+  echo "|---|---|---|---|---|"
+  base_zip=$(stat -c %s target/lambda-arm64/lambda-baseline/bootstrap.zip)
+  for f in "${functions[@]}"; do
+    zip=$(stat -c %s "target/lambda-arm64/$f/bootstrap.zip")
+    arm=$(unzip -l "target/lambda-arm64/$f/bootstrap.zip" | awk '$4 == "bootstrap" {print $1}')
+    x86=$(stat -c %s "target/lambda-x86_64/$f/bootstrap")
+    name=$f; [ "$f" = lambda-baseline ] && name="baseline: empty lambda_http function"
+    awk -v n="$name" -v z="$zip" -v a="$arm" -v x="$x86" -v b="$base_zip" \
+      'BEGIN { printf "| %s | %.2f MB | %.2f MB | %.2f MB | %.2f |\n", n, z/1048576, a/1048576, x/1048576, z/b }'
+  done
+  echo
+  echo "### Warm latency in-process: GET /subscriptions/{id}"
+  echo
+  cargo bench -q "${bench_packages[@]}" --bench get_latency 2>/dev/null
+  echo
+  echo "### Warm latency in-process: PATCH /subscriptions/{id} (one Stripe update each)"
+  echo
+  cargo bench -q "${bench_packages[@]}" --bench patch_latency 2>/dev/null
   echo
   echo "### Signup consumer: batches of 10 profile-created events (embedded store, Stripe sandbox)"
   echo
-  cargo bench -q "${packages[@]}" --bench throughput 2>/dev/null
+  cargo bench -q "${bench_packages[@]}" --bench throughput 2>/dev/null
   echo
   echo "### Stripe webhook: acknowledgement latency (embedded store)"
   echo
-  cargo bench -q "${packages[@]}" --bench ack_latency 2>/dev/null
+  cargo bench -q "${bench_packages[@]}" --bench ack_latency 2>/dev/null
 } > "$out"
 cat "$out"
 python3 - "$out" <<'PY'
@@ -27,6 +93,6 @@ results = open(sys.argv[1]).read().strip()
 path = "BENCHMARKS.md"
 text = open(path).read()
 start, end = "<!-- results:start -->", "<!-- results:end -->"
-text = re.sub(re.escape(start) + ".*?" + re.escape(end), start + "\n" + results + "\n" + end, text, flags=re.S)
+text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: start + "\n" + results + "\n" + end, text, flags=re.S)
 open(path, "w").write(text)
 PY

@@ -222,6 +222,7 @@ pub fn remote_failure(error: &RemoteError) -> Option<(Slug, String)> {
             "This organization is registered for billing to a different server. Contact support to move it.",
         ),
         RemoteError::UnknownServer => (Slug::NotFound, "No such server."),
+        RemoteError::UnknownRealm => (Slug::NotFound, "No such organization."),
         RemoteError::Invalid(errors) => {
             let message = errors
                 .0

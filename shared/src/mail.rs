@@ -49,9 +49,13 @@ impl SesMailer {
     }
 
     pub async fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
+        SesMailer::from_env_with_config(env, &crate::aws::load_sdk_config().await)
+    }
+
+    /// From `MAIL_FROM`, with a client of an already loaded configuration.
+    pub fn from_env_with_config(env: &dyn Environment, config: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
         let from = required(env, "MAIL_FROM")?;
-        let config = crate::aws::load_sdk_config().await;
-        Ok(SesMailer::new(aws_sdk_sesv2::Client::new(&config), from))
+        Ok(SesMailer::new(aws_sdk_sesv2::Client::new(config), from))
     }
 }
 

@@ -640,6 +640,16 @@ async fn the_realm_page_without_a_session_sends_the_user_back_to_the_server() {
 }
 
 #[tokio::test]
+async fn an_unknown_realm_page_is_not_found() {
+    let world = world().await;
+    let (session, _) = world.log_in(None).await;
+    let page = world.realm_page(Uuid::new_v4(), "billing", Some(&session)).await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    let unknown_page = world.realm_page(world.realm, "invoices", Some(&session)).await;
+    assert_eq!(unknown_page.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn a_session_ends_after_two_hours() {
     // Given a session
     let world = world().await;

@@ -53,9 +53,10 @@ impl StripeWebhook {
     pub async fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
         let secret = required(env, "STRIPE_WEBHOOK_SECRET")?;
         let table = billing_table(env)?;
+        let aws = billing::aws::load_sdk_config().await;
         Ok(StripeWebhook {
-            store: Arc::new(DynamoStore::connect(table).await),
-            mailer: Arc::new(SesMailer::from_env(env).await?),
+            store: Arc::new(DynamoStore::with_config(&aws, table)),
+            mailer: Arc::new(SesMailer::from_env_with_config(env, &aws)?),
             catalog: plan_catalog(env)?,
             secret,
         })

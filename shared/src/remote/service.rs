@@ -54,6 +54,8 @@ pub enum RemoteError {
     RealmServerMismatch,
     #[error("no such server")]
     UnknownServer,
+    #[error("no such realm")]
+    UnknownRealm,
     #[error("invalid request: {0:?}")]
     Invalid(ValidationErrors),
     #[error("unknown confirmation link")]
@@ -219,9 +221,10 @@ impl RemoteBilling {
         let table = crate::config::billing_table(env)?;
         let sealer = TokenSealer::from_env(env)?;
         let settings = RemoteSettings::from_env(env)?;
-        let mailer = crate::mail::SesMailer::from_env(env).await?;
+        let aws = crate::aws::load_sdk_config().await;
+        let mailer = crate::mail::SesMailer::from_env_with_config(env, &aws)?;
         Ok(RemoteBilling {
-            records: Records::new(Arc::new(crate::store::DynamoStore::connect(table).await)),
+            records: Records::new(Arc::new(crate::store::DynamoStore::with_config(&aws, table))),
             sealer: Arc::new(sealer),
             mailer: Arc::new(mailer),
             settings,
@@ -810,9 +813,7 @@ impl RemoteBilling {
             .records
             .get::<RemoteRealm>(&realm_key(realm_uuid), now)
             .await?
-            .ok_or(RemoteError::NoSession {
-                way_back: "/".to_owned(),
-            })?;
+            .ok_or(RemoteError::UnknownRealm)?;
         let session = self
             .session(session_secret, now)
             .await?
@@ -828,7 +829,12 @@ impl RemoteBilling {
         if server.deactivated_at.is_some() {
             return Err(RemoteError::ServerDeactivated);
         }
-        let user = self.session_user(&session, now).await?;
+        let user = self
+            .session_user(&session, now)
+            .await?
+            .ok_or_else(|| RemoteError::NoSession {
+                way_back: realm.way_back(),
+            })?;
         Ok(RealmView {
             csrf: self.sealer.csrf_token(session_secret.unwrap_or_default()),
             realm,
@@ -837,12 +843,15 @@ impl RemoteBilling {
         })
     }
 
-    async fn session_user(&self, session: &Session, now: DateTime<Utc>) -> Result<BillingUser, RemoteError> {
+    /// The session's billing user, unless it is gone or is another one now.
+    async fn session_user(&self, session: &Session, now: DateTime<Utc>) -> Result<Option<BillingUser>, RemoteError> {
         let key = billing_user_key(session.server_uuid, session.realm_uuid, session.user_uuid);
-        match self.records.get::<BillingUser>(&key, now).await? {
-            Some((user, _)) if user.id == session.billing_user_id => Ok(user),
-            _ => Err(RemoteError::InvalidToken),
-        }
+        Ok(self
+            .records
+            .get::<BillingUser>(&key, now)
+            .await?
+            .map(|(user, _)| user)
+            .filter(|user| user.id == session.billing_user_id))
     }
 
     /// The server deactivation page, for a session of the server's contact.

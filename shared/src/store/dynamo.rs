@@ -98,8 +98,12 @@ impl DynamoStore {
 
     /// A store on `table`, with a client configured from the standard AWS environment.
     pub async fn connect(table: impl Into<String>) -> Self {
-        let config = crate::aws::load_sdk_config().await;
-        DynamoStore::new(Client::new(&config), table)
+        DynamoStore::with_config(&crate::aws::load_sdk_config().await, table)
+    }
+
+    /// A store on `table` with a client of an already loaded configuration.
+    pub fn with_config(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        DynamoStore::new(Client::new(config), table)
     }
 
     pub fn client(&self) -> &Client {
