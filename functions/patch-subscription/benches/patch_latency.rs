@@ -55,6 +55,8 @@ async fn measure(function: &PatchSubscription, runs: usize) -> Timings {
             .caller(id, "subscriptions")
             .path_id(&id.to_string())
             .body(&json!({"cancel_at_period_end": i % 2 == 0}))
+            // Each request has its own id, as in API Gateway: Stripe idempotency keys derive from it.
+            .request_id(&Uuid::new_v4().to_string())
             .build();
         let mut request = request;
         request.headers_mut().remove("if-match");
