@@ -470,14 +470,7 @@ impl RemoteBilling {
     /// Mails the server's contact a login link that leads to the deactivation page.
     /// Returns the address it was sent to.
     pub async fn send_deactivation_link(&self, server_uuid: Uuid, now: DateTime<Utc>) -> Result<String, RemoteError> {
-        let (server, _) = self
-            .records
-            .get::<RemoteServer>(&server_key(server_uuid), now)
-            .await?
-            .ok_or(RemoteError::UnknownServer)?;
-        if server.deactivated_at.is_some() {
-            return Err(RemoteError::ServerDeactivated);
-        }
+        let server = self.active_server(server_uuid, RemoteError::UnknownServer, now).await?;
         let claims = AccessClaims {
             user_uuid: server.contact_user_uuid,
             user_email: server.contact_email.clone(),
@@ -516,15 +509,27 @@ impl RemoteBilling {
                 way_back: claims.way_back(),
             },
         })?;
+        self.active_server(claims.server_uuid, RemoteError::InvalidToken, now)
+            .await?;
+        Ok(claims)
+    }
+
+    /// The server `uuid`, refusing a deactivated one; `missing` when there is none.
+    async fn active_server(
+        &self,
+        uuid: Uuid,
+        missing: RemoteError,
+        now: DateTime<Utc>,
+    ) -> Result<RemoteServer, RemoteError> {
         let (server, _) = self
             .records
-            .get::<RemoteServer>(&server_key(claims.server_uuid), now)
+            .get::<RemoteServer>(&server_key(uuid), now)
             .await?
-            .ok_or(RemoteError::InvalidToken)?;
+            .ok_or(missing)?;
         if server.deactivated_at.is_some() {
             return Err(RemoteError::ServerDeactivated);
         }
-        Ok(claims)
+        Ok(server)
     }
 
     /// Step 1: what `GET /remote-billing-login/{token}` shows.
@@ -648,14 +653,8 @@ impl RemoteBilling {
         if now >= confirmation.valid_until {
             return Err(RemoteError::ConfirmationExpired);
         }
-        let (server, _) = self
-            .records
-            .get::<RemoteServer>(&server_key(confirmation.claims.server_uuid), now)
-            .await?
-            .ok_or(RemoteError::UnknownServer)?;
-        if server.deactivated_at.is_some() {
-            return Err(RemoteError::ServerDeactivated);
-        }
+        self.active_server(confirmation.claims.server_uuid, RemoteError::UnknownServer, now)
+            .await?;
         confirmation.used_at = Some(now);
         let expiry = Some(confirmation.created_at + CONFIRMATION_KEPT);
         match self.records.replace(&key, &confirmation, version, expiry, now).await {
@@ -821,14 +820,8 @@ impl RemoteBilling {
             .ok_or_else(|| RemoteError::NoSession {
                 way_back: realm.way_back(),
             })?;
-        let (server, _) = self
-            .records
-            .get::<RemoteServer>(&server_key(realm.server_uuid), now)
-            .await?
-            .ok_or(RemoteError::UnknownServer)?;
-        if server.deactivated_at.is_some() {
-            return Err(RemoteError::ServerDeactivated);
-        }
+        self.active_server(realm.server_uuid, RemoteError::UnknownServer, now)
+            .await?;
         let user = self
             .session_user(&session, now)
             .await?
