@@ -50,7 +50,7 @@ done
 moto_python=$(scripts/python-venv.sh moto 'moto[dynamodb]==5.2.5' 'flask==3.1.3' 'flask-cors==6.0.5')/bin/python
 out=$(mktemp)
 {
-  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), Rust $(rustc --version | cut -d' ' -f2), cargo-lambda 1.9.2, zig 0.13.0."
+  echo "Measured $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' with local changes') on $(nproc) cores ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), Rust $(rustc --version | cut -d' ' -f2), cargo-lambda 1.9.2, zig 0.13.0."
   echo
   echo "### Cold start, warm invocations and memory of each bootstrap (x86_64 release build, Runtime API emulator, DynamoDB and SES in moto, Stripe sandbox)"
   echo

@@ -24,9 +24,11 @@ import http.server
 import json
 import os
 import queue
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -262,15 +264,28 @@ def percentile(values, p):
     return ordered[round((len(ordered) - 1) * p)]
 
 
+def failed_items(function, body):
+    """How many items of one response failed: the SQS records the function hands back for
+    redelivery, or the whole request when it answered 5xx."""
+    answer = json.loads(body)
+    if function == "signup-listener":
+        return len(answer.get("batchItemFailures") or [])
+    return 1 if answer.get("statusCode", 200) >= 500 else 0
+
+
 def measure(function, bootstrap, args, workload, table):
     init, cold, warm, rss = [], [], [], []
+    warnings = failures = 0
     for run in range(args.runs):
         emulator = Emulator()
         env = environment(function, emulator.address, args.sandbox, table)
         first = workload.event(function, run)
         request_id = emulator.invoke(first)
+        # The function's log goes to a file, not a pipe nobody reads while it runs: a full pipe
+        # would block the function and show up as latency.
+        log = tempfile.TemporaryFile()
         started = time.perf_counter()
-        process = subprocess.Popen([str(bootstrap)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen([str(bootstrap)], env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
             arrived, outcome, body = emulator.wait(request_id)
             if outcome != "response":
@@ -279,6 +294,7 @@ def measure(function, bootstrap, args, workload, table):
             status = answer.get("statusCode", 200)
             if status >= 500 or (function not in ("remote-billing-pages",) and status >= 400):
                 raise RuntimeError(f"{function}: first invocation answered {status}: {answer}")
+            failures += failed_items(function, body)
             cold.append((arrived - started) * 1000)
             init.append((emulator.first_poll - started) * 1000)
             for i in range(args.warm):
@@ -287,18 +303,27 @@ def measure(function, bootstrap, args, workload, table):
                 arrived, outcome, body = emulator.wait(emulator.invoke(event))
                 if outcome != "response":
                     raise RuntimeError(f"{function}: invocation failed: {body[:500]!r}")
+                failures += failed_items(function, body)
                 warm.append((arrived - sent) * 1000)
             rss.append(peak_rss_mb(process.pid))
         except Exception:
             process.kill()
-            stderr = process.communicate()[1].decode(errors="replace")
-            sys.stderr.write(stderr[-3000:])
+            process.wait()
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-3000:])
             raise
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
             emulator.close()
+        log.seek(0)
+        lines = log.read().decode(errors="replace").splitlines()
+        log.close()
+        logged = [line for line in lines if re.search(r"\b(WARN|ERROR)\b", line)]
+        if logged and not warnings:
+            print(f"{function}: first warning logged: {logged[0][:400]}", file=sys.stderr)
+        warnings += len(logged)
     return {
         "init_p50": statistics.median(init),
         "init_p90": percentile(init, 0.9),
@@ -308,6 +333,8 @@ def measure(function, bootstrap, args, workload, table):
         "warm_p50": statistics.median(warm) if warm else float("nan"),
         "warm_p99": percentile(warm, 0.99) if warm else float("nan"),
         "rss_max": max(rss),
+        "warnings": warnings,
+        "failures": failures,
     }
 
 
@@ -385,13 +412,13 @@ def main():
         args.json.write_text(json.dumps(results, indent=2))
     base = results["lambda-baseline"]
     print("| function | init p50 (start to first poll) | init p90 | cold start p50 (start to first response) | p90 | max "
-          "| cold p50 ratio to baseline | warm p50 (via Runtime API) | warm p99 | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| cold p50 ratio to baseline | warm p50 (via Runtime API) | warm p99 | peak RSS | warnings logged | failed items |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for function, r in results.items():
         name = "baseline: empty lambda_http function" if function == "lambda-baseline" else function
         print(f"| {name} | {r['init_p50']:.1f} ms | {r['init_p90']:.1f} ms | {r['cold_p50']:.1f} ms | "
               f"{r['cold_p90']:.1f} ms | {r['cold_max']:.1f} ms | {r['cold_p50'] / base['cold_p50']:.2f} | "
-              f"{r['warm_p50']:.2f} ms | {r['warm_p99']:.2f} ms | {r['rss_max']:.1f} MB |")
+              f"{r['warm_p50']:.2f} ms | {r['warm_p99']:.2f} ms | {r['rss_max']:.1f} MB | {r['warnings']} | {r['failures']} |")
 
 
 

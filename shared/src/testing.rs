@@ -29,6 +29,11 @@ pub fn embedded_store() -> Arc<EmbeddedStore> {
     Arc::new(EmbeddedStore::open(dir.join("billing.redb")).expect("an embedded store"))
 }
 
+/// An embedded store in memory, for measuring handlers rather than the disk.
+pub fn in_memory_store() -> Arc<EmbeddedStore> {
+    Arc::new(EmbeddedStore::in_memory().expect("an in-memory embedded store"))
+}
+
 /// Latencies of one measurement, for the benches' tables.
 #[derive(Clone, Debug, Default)]
 pub struct Timings(Vec<std::time::Duration>);
@@ -63,6 +68,30 @@ impl Timings {
             self.p50() / baseline.p50()
         )
     }
+}
+
+/// `runs` raw `GetItem` round trips to the store's table, one per run over `ids` in turn: the
+/// benches' baseline for DynamoDB (or moto), what a read costs before any of the bundle's code.
+pub async fn raw_get_item_round_trips(store: &crate::store::DynamoStore, ids: &[Uuid], runs: usize) -> Timings {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut timings = Timings::default();
+    for run in 0..runs {
+        let started = std::time::Instant::now();
+        store
+            .client()
+            .get_item()
+            .table_name(store.table())
+            .key(
+                "pk",
+                AttributeValue::S(format!("SUBSCRIPTION#{}", ids[run % ids.len()])),
+            )
+            .key("sk", AttributeValue::S("STATE".into()))
+            .send()
+            .await
+            .expect("a GetItem round trip");
+        timings.push(started.elapsed());
+    }
+    timings
 }
 
 /// A subscription as an administrator would create it for a new user, not yet in Stripe

@@ -1,6 +1,7 @@
 //! The store conformance suite: the promises of the `Store` port, checked against every
-//! adapter. The embedded half runs anywhere; the DynamoDB half runs against the moto server
-//! that `make test` starts (`AWS_ENDPOINT_URL`), each test on a table of its own.
+//! adapter. The embedded halves (on a file and in memory) run anywhere; the DynamoDB half runs
+//! against the moto server that `make test` starts (`AWS_ENDPOINT_URL`), each test on a table of
+//! its own.
 
 use std::sync::Arc;
 
@@ -632,6 +633,13 @@ mod embedded {
     }
 
     conformance_suite!(store());
+}
+
+/// The embedded store without its file: what the in-process benches measure handlers on.
+mod embedded_in_memory {
+    use super::*;
+
+    conformance_suite!(EmbeddedStore::in_memory().unwrap());
 }
 
 mod dynamodb {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use billing::http::Cors;
 use billing::store::{AuditEntry, DynamoStore, Store};
-use billing::testing::{ApiEvent, Timings, embedded_store, new_subscription};
+use billing::testing::{ApiEvent, Timings, embedded_store, new_subscription, raw_get_item_round_trips};
 use get_subscription::GetSubscription;
 use serde_json::Value;
 use uuid::Uuid;
@@ -73,23 +73,7 @@ async fn main() {
     let dynamo = Arc::new(DynamoStore::connect(format!("bench-get-{}", Uuid::new_v4().simple())).await);
     dynamo.ensure_table().await.unwrap();
     let moto_ids = seed(dynamo.as_ref(), 5).await;
-    let mut round_trip = Timings::default();
-    for i in 0..AGAINST_MOTO {
-        let started = Instant::now();
-        dynamo
-            .client()
-            .get_item()
-            .table_name(dynamo.table())
-            .key(
-                "pk",
-                aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBSCRIPTION#{}", moto_ids[i % 5])),
-            )
-            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("STATE".into()))
-            .send()
-            .await
-            .unwrap();
-        round_trip.push(started.elapsed());
-    }
+    let round_trip = raw_get_item_round_trips(&dynamo, &moto_ids, AGAINST_MOTO).await;
     let function = GetSubscription {
         store: dynamo.clone(),
         cors: Cors::default(),

@@ -1,9 +1,11 @@
 //! Warm latency of `PATCH /subscriptions/{id}`: the handler called in-process, each call
 //! turning `cancel_at_period_end` over (one Stripe update through the sandbox on loopback, one
-//! conditional write with its audit record), against the embedded store and against moto.
+//! conditional write with its audit record), against the embedded store in memory (the
+//! handler's own cost), on its file (plus the disk's fsync), and against moto.
 //!
-//! Baselines measured in the same run: one Stripe round trip to the sandbox (a subscription
-//! read through the same kind of HTTP client), and one raw `GetItem` round trip to moto.
+//! Baselines measured in the same run, the two things a PATCH is made of: one Stripe update
+//! through the same client, and one conditional write with its audit record to the embedded
+//! store's file; for moto, one raw `GetItem` round trip.
 //!
 //! Needs moto (`AWS_ENDPOINT_URL`); run with `make bench`.
 
@@ -12,10 +14,10 @@ use std::time::Instant;
 
 use billing::http::Cors;
 use billing::provisioning::{Provision, provision};
-use billing::store::{DynamoStore, Store};
-use billing::stripe::{RetryPolicy, StripeBilling};
+use billing::store::{AuditEntry, DynamoStore, Store};
+use billing::stripe::{Billing, RetryPolicy, StripeBilling};
 use billing::subscription::{Subscription, SubscriptionChange};
-use billing::testing::{ApiEvent, Timings, catalog, embedded_store};
+use billing::testing::{ApiEvent, Timings, catalog, embedded_store, in_memory_store, raw_get_item_round_trips};
 use chrono::Utc;
 use patch_subscription::PatchSubscription;
 use serde_json::json;
@@ -68,6 +70,38 @@ async fn measure(function: &PatchSubscription, runs: usize) -> Timings {
     timings
 }
 
+/// One Stripe update per run through `billing`, as a PATCH of the flag makes it.
+async fn stripe_updates(billing: &StripeBilling, stripe_subscription: &str, runs: usize) -> Timings {
+    let mut timings = Timings::default();
+    for i in 0..runs {
+        let key = format!("bench-update-{}", Uuid::new_v4());
+        let started = Instant::now();
+        billing
+            .set_cancel_at_period_end(stripe_subscription, i % 2 == 0, &key)
+            .await
+            .unwrap();
+        timings.push(started.elapsed());
+    }
+    timings
+}
+
+/// One conditional write with its audit record per run, as a PATCH stores its change.
+async fn store_writes(store: &dyn Store, subscription: Subscription, runs: usize) -> Timings {
+    let mut current = subscription;
+    let mut timings = Timings::default();
+    for i in 0..runs {
+        let change =
+            SubscriptionChange::from_json(json!({"cancel_at_period_end": i % 2 == 0}).to_string().as_bytes()).unwrap();
+        let next = change.apply(&current, Utc::now()).unwrap_or_else(|| current.clone());
+        let audit = AuditEntry::of(&next, "system:bench", "patch", change.audit_summary());
+        let started = Instant::now();
+        store.update_subscription(&next, current.version, &audit).await.unwrap();
+        timings.push(started.elapsed());
+        current = next;
+    }
+    timings
+}
+
 #[tokio::main]
 async fn main() {
     let prices: Vec<_> = catalog()
@@ -78,75 +112,54 @@ async fn main() {
     let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
     let billing =
         Arc::new(StripeBilling::new("sk_test_bench", Some(&sandbox.base_url()), RetryPolicy::default()).unwrap());
-
-    // In-process, embedded store
-    let store: Arc<dyn Store> = embedded_store();
-    let function = PatchSubscription {
+    let function = |store: Arc<dyn Store>| PatchSubscription {
         store,
         billing: billing.clone(),
         catalog: catalog(),
         cors: Cors::default(),
     };
-    let embedded = measure(&function, IN_PROCESS).await;
-    let some = subscriber(&function).await;
-    let http = reqwest::Client::new();
-    let url = format!(
-        "{}v1/subscriptions/{}",
-        sandbox.base_url(),
-        some.stripe_subscription.as_deref().unwrap()
-    );
-    let mut stripe_round_trip = Timings::default();
-    for _ in 0..IN_PROCESS {
-        let started = Instant::now();
-        let response = http.get(&url).bearer_auth("sk_test_bench").send().await.unwrap();
-        response.bytes().await.unwrap();
-        stripe_round_trip.push(started.elapsed());
-    }
+
+    // In-process: the handler's own cost (store in memory), then with the store's file.
+    let in_memory = function(in_memory_store());
+    let handler_in_memory = measure(&in_memory, IN_PROCESS).await;
+    let on_file = function(embedded_store());
+    let handler_on_file = measure(&on_file, IN_PROCESS).await;
+    let some = subscriber(&on_file).await;
+    let stripe_update = stripe_updates(&billing, some.stripe_subscription.as_deref().unwrap(), IN_PROCESS).await;
+    let file_write = store_writes(on_file.store.as_ref(), some, IN_PROCESS).await;
 
     // Against moto
     std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
     let dynamo = Arc::new(DynamoStore::connect(format!("bench-patch-{}", Uuid::new_v4().simple())).await);
     dynamo.ensure_table().await.unwrap();
-    let mut moto_round_trip = Timings::default();
-    for _ in 0..AGAINST_MOTO {
-        let started = Instant::now();
-        dynamo
-            .client()
-            .get_item()
-            .table_name(dynamo.table())
-            .key(
-                "pk",
-                aws_sdk_dynamodb::types::AttributeValue::S("SUBSCRIPTION#none".into()),
-            )
-            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("STATE".into()))
-            .send()
-            .await
-            .unwrap();
-        moto_round_trip.push(started.elapsed());
-    }
-    let function = PatchSubscription {
-        store: dynamo.clone(),
-        billing,
-        catalog: catalog(),
-        cors: Cors::default(),
-    };
-    let moto = measure(&function, AGAINST_MOTO).await;
+    let against_moto = function(dynamo.clone());
+    let known = subscriber(&against_moto).await;
+    let moto_round_trip = raw_get_item_round_trips(&dynamo, &[known.id], AGAINST_MOTO).await;
+    let handler_moto = measure(&against_moto, AGAINST_MOTO).await;
 
     println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
     println!("|---|---|---|---|");
     println!(
         "{}",
-        stripe_round_trip.row(
-            "baseline: one Stripe round trip (sandbox on loopback)",
-            &stripe_round_trip
+        stripe_update.row("baseline: one Stripe update (sandbox on loopback)", &stripe_update)
+    );
+    println!(
+        "{}",
+        handler_in_memory.row(
+            "PATCH handler, embedded store in memory + sandbox (target: p99 < 2 ms)",
+            &stripe_update
         )
     );
     println!(
         "{}",
-        embedded.row(
-            "PATCH handler, embedded store + sandbox (target: p99 < 2 ms)",
-            &stripe_round_trip
+        file_write.row(
+            "baseline: one conditional write + audit record, embedded store on file (fsync)",
+            &file_write
         )
+    );
+    println!(
+        "{}",
+        handler_on_file.row("PATCH handler, embedded store on file + sandbox", &file_write)
     );
     println!(
         "{}",
@@ -154,6 +167,6 @@ async fn main() {
     );
     println!(
         "{}",
-        moto.row("PATCH handler, DynamoDB in moto + sandbox", &moto_round_trip)
+        handler_moto.row("PATCH handler, DynamoDB in moto + sandbox", &moto_round_trip)
     );
 }

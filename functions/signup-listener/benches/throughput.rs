@@ -8,11 +8,11 @@
 //! Run with `make bench` (or `cargo bench -p signup-listener --bench throughput`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use billing::stripe::{Billing, RetryPolicy, StripeBilling};
-use billing::testing::{catalog, embedded_store};
+use billing::testing::{Timings, catalog, embedded_store};
 use serde_json::json;
 use signup_listener::SignupListener;
 use stripe_sandbox::PriceSpec;
@@ -37,10 +37,6 @@ fn batch() -> SqsEvent {
     event
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
     let prices: Vec<_> = catalog()
@@ -59,7 +55,7 @@ async fn main() {
     };
 
     // Baseline: one Stripe round trip through the same client (a customer creation).
-    let mut baseline = Vec::new();
+    let mut baseline = Timings::default();
     for i in 0..200 {
         let started = Instant::now();
         billing
@@ -72,14 +68,12 @@ async fn main() {
             .expect("baseline call");
         baseline.push(started.elapsed());
     }
-    baseline.sort();
-    let baseline_p50 = percentile(&baseline, 0.5);
 
     // Warm up, then measure.
     for _ in 0..3 {
         listener.handle(batch()).await;
     }
-    let mut per_batch = Vec::new();
+    let mut per_batch = Timings::default();
     let started = Instant::now();
     for _ in 0..BATCHES {
         let event = batch();
@@ -93,24 +87,23 @@ async fn main() {
         );
     }
     let total = started.elapsed();
-    per_batch.sort();
     let events_per_second = (BATCHES * BATCH) as f64 / total.as_secs_f64();
-    let batch_p50 = percentile(&per_batch, 0.5);
-    println!("| measurement | value | ratio to baseline |");
-    println!("|---|---|---|");
+    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
+    println!("|---|---|---|---|");
     println!(
-        "| baseline: one Stripe round trip (sandbox), p50 | {:.2} ms | 1.00 |",
-        baseline_p50.as_secs_f64() * 1e3
+        "{}",
+        baseline.row(
+            "baseline: one Stripe round trip (sandbox, a customer creation)",
+            &baseline
+        )
     );
     println!(
-        "| batch of {BATCH} signups, p50 | {:.2} ms | {:.1} |",
-        batch_p50.as_secs_f64() * 1e3,
-        batch_p50.as_secs_f64() / baseline_p50.as_secs_f64()
+        "{}",
+        per_batch.row(
+            &format!("batch of {BATCH} signups (embedded store, sandbox)"),
+            &baseline
+        )
     );
-    println!(
-        "| batch of {BATCH} signups, p99 | {:.2} ms | {:.1} |",
-        percentile(&per_batch, 0.99).as_secs_f64() * 1e3,
-        percentile(&per_batch, 0.99).as_secs_f64() / baseline_p50.as_secs_f64()
-    );
-    println!("| throughput | {events_per_second:.0} events/s | |");
+    println!();
+    println!("Throughput: {events_per_second:.0} events/s, {BATCHES} batches of {BATCH} one after another.");
 }

@@ -8,12 +8,12 @@
 //! Run with `make bench` (or `cargo bench -p stripe-webhook --bench ack_latency`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use billing::mail::OutboxMailer;
 use billing::store::{AuditEntry, Store};
 use billing::subscription::SubscriptionChange;
-use billing::testing::{ApiEvent, catalog, embedded_store};
+use billing::testing::{ApiEvent, Timings, catalog, embedded_store};
 use chrono::Utc;
 use serde_json::{Value, json};
 use stripe_webhook::StripeWebhook;
@@ -21,14 +21,6 @@ use uuid::Uuid;
 
 const SECRET: &str = "whsec_bench";
 const EVENTS: usize = 2000;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 #[tokio::main]
 async fn main() {
@@ -70,16 +62,15 @@ async fn main() {
         ids.push(subscription.id);
     }
 
-    let mut baseline = Vec::new();
+    let mut baseline = Timings::default();
     for i in 0..EVENTS {
         let started = Instant::now();
         store.get_subscription(ids[i % ids.len()]).await.unwrap();
         baseline.push(started.elapsed());
     }
-    baseline.sort();
 
     let statuses = ["active", "past_due", "active", "unpaid"];
-    let mut latencies = Vec::new();
+    let mut latencies = Timings::default();
     for i in 0..EVENTS {
         let mut event = sample.clone();
         event["id"] = json!(format!("evt_bench_{i:08}"));
@@ -97,19 +88,14 @@ async fn main() {
         latencies.push(started.elapsed());
         assert_eq!(response.status(), 200);
     }
-    latencies.sort();
-    let base = percentile(&baseline, 0.5);
     println!("| measurement | p50 | p99 | p50 ratio to baseline |");
     println!("|---|---|---|---|");
     println!(
-        "| baseline: one subscription read (embedded store) | {:.3} ms | {:.3} ms | 1.0 |",
-        ms(base),
-        ms(percentile(&baseline, 0.99))
+        "{}",
+        baseline.row("baseline: one subscription read (embedded store)", &baseline)
     );
     println!(
-        "| webhook acknowledgement (verify, look up, record + write) | {:.3} ms | {:.3} ms | {:.1} |",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        percentile(&latencies, 0.5).as_secs_f64() / base.as_secs_f64()
+        "{}",
+        latencies.row("webhook acknowledgement (verify, look up, record + write)", &baseline)
     );
 }

@@ -37,7 +37,19 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens the store file at `path`, creating it (and its tables) when missing.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let db = Database::create(path.as_ref()).map_err(unavailable)?;
+        EmbeddedStore::with_tables(Database::create(path.as_ref()).map_err(unavailable)?)
+    }
+
+    /// A store held in memory only: the same transactions without the file and its fsyncs, so
+    /// a measurement of a handler is not a measurement of the disk.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(unavailable)?;
+        EmbeddedStore::with_tables(db)
+    }
+
+    fn with_tables(db: Database) -> Result<Self, StoreError> {
         let txn = db.begin_write().map_err(unavailable)?;
         {
             txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
