@@ -28,7 +28,8 @@ cargo lambda build --release --x86-64 "${lambda_packages[@]}" --lambda-dir targe
 
 # One package set for every in-process cargo call: a different set unifies features
 # differently and rebuilds the whole tree.
-bench_packages=(-p signup-listener -p stripe-webhook -p get-subscription -p patch-subscription -p stripe-sandbox)
+bench_packages=(-p create-subscription -p get-subscription -p patch-subscription -p signup-listener -p stripe-webhook
+  -p remote-billing-server -p remote-billing-pages -p stripe-sandbox)
 cargo bench --no-run "${bench_packages[@]}" >&2
 cargo build --profile bench --bins "${bench_packages[@]}" >&2
 
@@ -70,21 +71,19 @@ out=$(mktemp)
       'BEGIN { printf "| %s | %.2f MB | %.2f MB | %.2f MB | %.2f |\n", n, z/1048576, a/1048576, x/1048576, z/b }'
   done
   echo
-  echo "### Warm latency in-process: GET /subscriptions/{id}"
-  echo
-  cargo bench -q "${bench_packages[@]}" --bench get_latency 2>/dev/null
-  echo
-  echo "### Warm latency in-process: PATCH /subscriptions/{id} (one Stripe update each)"
-  echo
-  cargo bench -q "${bench_packages[@]}" --bench patch_latency 2>/dev/null
-  echo
-  echo "### Signup consumer: batches of 10 profile-created events (embedded store, Stripe sandbox)"
-  echo
-  cargo bench -q "${bench_packages[@]}" --bench throughput 2>/dev/null
-  echo
-  echo "### Stripe webhook: acknowledgement latency (embedded store)"
-  echo
-  cargo bench -q "${bench_packages[@]}" --bench ack_latency 2>/dev/null
+  bench() { # <section title> <bench name>
+    echo "### $1"
+    echo
+    cargo bench -q "${bench_packages[@]}" --bench "$2" 2>/dev/null
+    echo
+  }
+  bench "Warm latency in-process: POST /subscriptions (administrator, new user)" create_latency
+  bench "Warm latency in-process: GET /subscriptions/{id}" get_latency
+  bench "Warm latency in-process: PATCH /subscriptions/{id} (one Stripe update each)" patch_latency
+  bench "Signup consumer: batches of 10 profile-created events" throughput
+  bench "Stripe webhook: acknowledgement latency" ack_latency
+  bench "Remote billing: POST /api/v1/remotes/server/billing (a returning realm)" billing_link_latency
+  bench "Remote billing: GET /remote-billing-login/{token}" login_page_latency
 } > "$out"
 cat "$out"
 python3 - "$out" <<'PY'

@@ -22,13 +22,7 @@ struct Page {
 
 impl Page {
     fn csrf(&self) -> String {
-        let marker = r#"name="csrf_token" value=""#;
-        let start = self
-            .body
-            .find(marker)
-            .unwrap_or_else(|| panic!("no form in {}", self.body))
-            + marker.len();
-        self.body[start..].split('"').next().unwrap().to_owned()
+        billing::testing::csrf_field(&self.body)
     }
 }
 

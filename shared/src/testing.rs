@@ -34,6 +34,13 @@ pub fn in_memory_store() -> Arc<EmbeddedStore> {
     Arc::new(EmbeddedStore::in_memory().expect("an in-memory embedded store"))
 }
 
+/// The value of the `csrf_token` field of the form in a page, as a browser would post it back.
+pub fn csrf_field(html: &str) -> String {
+    let marker = r#"name="csrf_token" value=""#;
+    let start = html.find(marker).unwrap_or_else(|| panic!("no CSRF field in {html}")) + marker.len();
+    html[start..].split('"').next().unwrap_or_default().to_owned()
+}
+
 /// Latencies of one measurement, for the benches' tables.
 #[derive(Clone, Debug, Default)]
 pub struct Timings(Vec<std::time::Duration>);
@@ -146,19 +153,35 @@ pub struct RemoteFixture {
 impl RemoteFixture {
     pub fn new(mails_per_ip_hour: u32, mails_per_server_hour: u32) -> Self {
         let store = embedded_store();
-        let dir = std::env::temp_dir().join(format!("billing-outbox-{}", Uuid::new_v4().simple()));
-        let outbox = Arc::new(OutboxMailer::new(dir).expect("an outbox directory"));
-        let remote = RemoteBilling {
-            records: Records::new(store.clone()),
-            sealer: Arc::new(TokenSealer::new(&[42u8; 32])),
-            mailer: outbox.clone(),
-            settings: RemoteSettings {
-                public_base_url: "https://billing.example.com".into(),
-                mails_per_ip_hour,
-                mails_per_server_hour,
-            },
-        };
+        let outbox = outbox();
+        let remote = remote_billing_on(store.clone(), outbox.clone(), mails_per_ip_hour, mails_per_server_hour);
         RemoteFixture { remote, outbox, store }
+    }
+}
+
+/// A file outbox in a temporary directory.
+pub fn outbox() -> Arc<OutboxMailer> {
+    let dir = std::env::temp_dir().join(format!("billing-outbox-{}", Uuid::new_v4().simple()));
+    Arc::new(OutboxMailer::new(dir).expect("an outbox directory"))
+}
+
+/// Remote billing keeping its records in `documents` and mailing into `outbox`, with links
+/// under `https://billing.example.com`.
+pub fn remote_billing_on(
+    documents: Arc<dyn crate::store::DocumentStore>,
+    outbox: Arc<OutboxMailer>,
+    mails_per_ip_hour: u32,
+    mails_per_server_hour: u32,
+) -> RemoteBilling {
+    RemoteBilling {
+        records: Records::new(documents),
+        sealer: Arc::new(TokenSealer::new(&[42u8; 32])),
+        mailer: outbox,
+        settings: RemoteSettings {
+            public_base_url: "https://billing.example.com".into(),
+            mails_per_ip_hour,
+            mails_per_server_hour,
+        },
     }
 }
 

@@ -49,13 +49,7 @@ impl Answer {
 
     /// The CSRF token of the page's form.
     fn csrf(&self) -> String {
-        let marker = r#"name="csrf_token" value=""#;
-        let start = self
-            .body
-            .find(marker)
-            .unwrap_or_else(|| panic!("no CSRF field in {}", self.body))
-            + marker.len();
-        self.body[start..].split('"').next().unwrap().to_owned()
+        billing::testing::csrf_field(&self.body)
     }
 
     /// `billing_session=<secret>` from `Set-Cookie`.

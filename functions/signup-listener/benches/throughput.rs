@@ -1,24 +1,28 @@
-//! Throughput of the signup consumer, in-process against the embedded store and the Stripe
-//! sandbox: batches of ten fresh profile-created events, one after another.
+//! Throughput of the signup consumer, in-process with the Stripe sandbox, against the embedded
+//! store and against DynamoDB in moto: batches of ten fresh profile-created events, one after
+//! another.
 //!
-//! Absolute times drift on shared machines, so the result is also given as a ratio to a
-//! baseline measured in the same run: one round trip to the sandbox through the same Stripe
-//! client (each provisioned event makes two Stripe calls and four store operations).
+//! Absolute times drift on shared machines, so the results are also given as ratios to
+//! baselines measured in the same run: one round trip to the sandbox through the same Stripe
+//! client (each provisioned event makes two Stripe calls and four store operations), and one raw
+//! `GetItem` round trip to moto.
 //!
-//! Run with `make bench` (or `cargo bench -p signup-listener --bench throughput`).
+//! Needs moto (`AWS_ENDPOINT_URL`); run with `make bench`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use billing::store::{DynamoStore, Store};
 use billing::stripe::{Billing, RetryPolicy, StripeBilling};
-use billing::testing::{Timings, catalog, embedded_store};
+use billing::testing::{Timings, catalog, embedded_store, raw_get_item_round_trips};
 use serde_json::json;
 use signup_listener::SignupListener;
 use stripe_sandbox::PriceSpec;
 use uuid::Uuid;
 
 const BATCHES: usize = 50;
+const BATCHES_AGAINST_MOTO: usize = 10;
 const BATCH: usize = 10;
 
 fn batch() -> SqsEvent {
@@ -37,6 +41,29 @@ fn batch() -> SqsEvent {
     event
 }
 
+/// Per-batch latencies of `batches` batches after three to warm up, and the events per second
+/// over the measured batches.
+async fn measure(listener: &SignupListener, batches: usize) -> (Timings, f64) {
+    for _ in 0..3 {
+        listener.handle(batch()).await;
+    }
+    let mut per_batch = Timings::default();
+    let started = Instant::now();
+    for _ in 0..batches {
+        let event = batch();
+        let t = Instant::now();
+        let response = listener.handle(event).await;
+        per_batch.push(t.elapsed());
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "a batch failed: {:?}",
+            response.batch_item_failures
+        );
+    }
+    let events_per_second = (batches * BATCH) as f64 / started.elapsed().as_secs_f64();
+    (per_batch, events_per_second)
+}
+
 #[tokio::main]
 async fn main() {
     let prices: Vec<_> = catalog()
@@ -48,8 +75,8 @@ async fn main() {
     let billing = Arc::new(
         StripeBilling::new("sk_test_bench", Some(&sandbox.base_url()), RetryPolicy::default()).expect("a client"),
     );
-    let listener = SignupListener {
-        store: embedded_store(),
+    let listener = |store: Arc<dyn Store>| SignupListener {
+        store,
         billing: billing.clone(),
         catalog: catalog(),
     };
@@ -68,26 +95,15 @@ async fn main() {
             .expect("baseline call");
         baseline.push(started.elapsed());
     }
+    let (embedded, embedded_rate) = measure(&listener(embedded_store()), BATCHES).await;
 
-    // Warm up, then measure.
-    for _ in 0..3 {
-        listener.handle(batch()).await;
-    }
-    let mut per_batch = Timings::default();
-    let started = Instant::now();
-    for _ in 0..BATCHES {
-        let event = batch();
-        let t = Instant::now();
-        let response = listener.handle(event).await;
-        per_batch.push(t.elapsed());
-        assert!(
-            response.batch_item_failures.is_empty(),
-            "a batch failed: {:?}",
-            response.batch_item_failures
-        );
-    }
-    let total = started.elapsed();
-    let events_per_second = (BATCHES * BATCH) as f64 / total.as_secs_f64();
+    // Against moto
+    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
+    let dynamo = Arc::new(DynamoStore::connect(format!("bench-signup-{}", Uuid::new_v4().simple())).await);
+    dynamo.ensure_table().await.unwrap();
+    let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], 200).await;
+    let (moto, moto_rate) = measure(&listener(dynamo.clone()), BATCHES_AGAINST_MOTO).await;
+
     println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
     println!("|---|---|---|---|");
     println!(
@@ -99,11 +115,25 @@ async fn main() {
     );
     println!(
         "{}",
-        per_batch.row(
-            &format!("batch of {BATCH} signups (embedded store, sandbox)"),
+        embedded.row(
+            &format!("batch of {BATCH} signups, embedded store on file + sandbox"),
             &baseline
         )
     );
+    println!(
+        "{}",
+        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
+    );
+    println!(
+        "{}",
+        moto.row(
+            &format!("batch of {BATCH} signups, DynamoDB in moto + sandbox"),
+            &moto_round_trip
+        )
+    );
     println!();
-    println!("Throughput: {events_per_second:.0} events/s, {BATCHES} batches of {BATCH} one after another.");
+    println!(
+        "Throughput, batches one after another: {embedded_rate:.0} events/s on the embedded store, \
+         {moto_rate:.0} events/s against moto."
+    );
 }

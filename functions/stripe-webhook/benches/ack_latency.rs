@@ -1,52 +1,47 @@
-//! Webhook acknowledgement latency, in-process against the embedded store: from a signed
-//! `customer.subscription.updated` arriving to the 200 answer (verification, lookup by Stripe
-//! id, the once-only record and the subscription write in one transaction).
+//! Webhook acknowledgement latency: from a signed `customer.subscription.updated` arriving to
+//! the 200 answer (verification, lookup by Stripe id, the once-only record and the subscription
+//! write in one transaction), in-process against the embedded store and against DynamoDB in
+//! moto.
 //!
-//! Reported against a baseline measured in the same run: one read of a subscription from the
-//! same store, the cheapest thing a handler does.
+//! Baselines measured in the same run: one read of a subscription from the same embedded store,
+//! the cheapest thing a handler does, and one raw `GetItem` round trip to moto.
 //!
-//! Run with `make bench` (or `cargo bench -p stripe-webhook --bench ack_latency`).
+//! Needs moto (`AWS_ENDPOINT_URL`); run with `make bench`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use billing::mail::OutboxMailer;
-use billing::store::{AuditEntry, Store};
+use billing::store::{AuditEntry, DynamoStore, Store};
 use billing::subscription::SubscriptionChange;
-use billing::testing::{ApiEvent, Timings, catalog, embedded_store};
+use billing::testing::{ApiEvent, Timings, catalog, embedded_store, outbox, raw_get_item_round_trips};
 use chrono::Utc;
 use serde_json::{Value, json};
 use stripe_webhook::StripeWebhook;
 use uuid::Uuid;
 
 const SECRET: &str = "whsec_bench";
-const EVENTS: usize = 2000;
+const IN_PROCESS: usize = 2000;
+const AGAINST_MOTO: usize = 200;
+const SUBSCRIPTIONS: usize = 50;
 
-#[tokio::main]
-async fn main() {
-    let store: Arc<dyn Store> = embedded_store();
-    let outbox =
-        OutboxMailer::new(std::env::temp_dir().join(format!("bench-outbox-{}", Uuid::new_v4().simple()))).unwrap();
-    let webhook = StripeWebhook {
-        store: store.clone(),
-        mailer: Arc::new(outbox),
+fn webhook_on(store: Arc<dyn Store>) -> StripeWebhook {
+    StripeWebhook {
+        store,
+        mailer: outbox(),
         catalog: catalog(),
         secret: SECRET.into(),
-    };
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../events/stripe-customer-subscription-updated.json"
-    );
-    let sample: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    }
+}
 
-    // 50 subscriptions linked to Stripe subscriptions
+/// Subscriptions linked to Stripe subscriptions `sub_<tag><i>`; their ids.
+async fn seed(store: &dyn Store, tag: &str) -> Vec<Uuid> {
     let mut ids = Vec::new();
-    for i in 0..50 {
-        let user = Uuid::new_v4();
+    for i in 0..SUBSCRIPTIONS {
         let change = SubscriptionChange::from_json(
-            json!({"user_id": user, "email": "bench@example.com", "stripe_customer": format!("cus_bench{i}"), "stripe_subscription": format!("sub_bench{i}")})
-                .to_string()
-                .as_bytes(),
+            json!({"user_id": Uuid::new_v4(), "email": "bench@example.com",
+                   "stripe_customer": format!("cus_{tag}{i}"), "stripe_subscription": format!("sub_{tag}{i}")})
+            .to_string()
+            .as_bytes(),
         )
         .unwrap();
         let subscription = change
@@ -61,21 +56,23 @@ async fn main() {
             .unwrap();
         ids.push(subscription.id);
     }
+    ids
+}
 
-    let mut baseline = Timings::default();
-    for i in 0..EVENTS {
-        let started = Instant::now();
-        store.get_subscription(ids[i % ids.len()]).await.unwrap();
-        baseline.push(started.elapsed());
-    }
-
+/// `runs` events, each newer than the last, over the seeded subscriptions in turn.
+async fn measure(webhook: &StripeWebhook, tag: &str, runs: usize) -> Timings {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../events/stripe-customer-subscription-updated.json"
+    );
+    let sample: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let statuses = ["active", "past_due", "active", "unpaid"];
-    let mut latencies = Timings::default();
-    for i in 0..EVENTS {
+    let mut timings = Timings::default();
+    for i in 0..runs {
         let mut event = sample.clone();
-        event["id"] = json!(format!("evt_bench_{i:08}"));
+        event["id"] = json!(format!("evt_{tag}_{i:08}"));
         event["created"] = json!(1_795_255_200 + i as i64);
-        event["data"]["object"]["id"] = json!(format!("sub_bench{}", i % ids.len()));
+        event["data"]["object"]["id"] = json!(format!("sub_{tag}{}", i % SUBSCRIPTIONS));
         event["data"]["object"]["status"] = json!(statuses[i % statuses.len()]);
         let payload = event.to_string();
         let signature = billing::webhook::sign(payload.as_bytes(), SECRET, Utc::now().timestamp());
@@ -85,17 +82,52 @@ async fn main() {
         *request.body_mut() = lambda_http::Body::Text(payload);
         let started = Instant::now();
         let response = webhook.handle(request).await;
-        latencies.push(started.elapsed());
+        timings.push(started.elapsed());
         assert_eq!(response.status(), 200);
     }
-    println!("| measurement | p50 | p99 | p50 ratio to baseline |");
+    timings
+}
+
+#[tokio::main]
+async fn main() {
+    // In-process, embedded store
+    let store: Arc<dyn Store> = embedded_store();
+    let ids = seed(store.as_ref(), "bench").await;
+    let mut store_read = Timings::default();
+    for i in 0..IN_PROCESS {
+        let started = Instant::now();
+        store.get_subscription(ids[i % ids.len()]).await.unwrap();
+        store_read.push(started.elapsed());
+    }
+    let embedded = measure(&webhook_on(store), "bench", IN_PROCESS).await;
+
+    // Against moto
+    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
+    let dynamo = Arc::new(DynamoStore::connect(format!("bench-webhook-{}", Uuid::new_v4().simple())).await);
+    dynamo.ensure_table().await.unwrap();
+    let moto_ids = seed(dynamo.as_ref(), "moto").await;
+    let moto_round_trip = raw_get_item_round_trips(&dynamo, &moto_ids, AGAINST_MOTO).await;
+    let moto = measure(&webhook_on(dynamo), "moto", AGAINST_MOTO).await;
+
+    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
     println!("|---|---|---|---|");
     println!(
         "{}",
-        baseline.row("baseline: one subscription read (embedded store)", &baseline)
+        store_read.row("baseline: one subscription read (embedded store on file)", &store_read)
     );
     println!(
         "{}",
-        latencies.row("webhook acknowledgement (verify, look up, record + write)", &baseline)
+        embedded.row(
+            "webhook acknowledgement, embedded store on file (verify, look up, record + write)",
+            &store_read
+        )
+    );
+    println!(
+        "{}",
+        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
+    );
+    println!(
+        "{}",
+        moto.row("webhook acknowledgement, DynamoDB in moto", &moto_round_trip)
     );
 }

@@ -1,0 +1,133 @@
+//! Warm latency of `GET /remote-billing-login/{token}`, the first page a self-hosted server's
+//! administrator sees: the handler in-process (the access token opened, the server's record
+//! checked, the email form rendered with its CSRF token), against the embedded store in memory
+//! and against DynamoDB in moto.
+//!
+//! Baselines measured in the same run: one record read from the same store, and one raw
+//! `GetItem` round trip to moto.
+//!
+//! Needs moto (`AWS_ENDPOINT_URL`); run with `make bench`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use billing::remote::records::server_key;
+use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling, system_clock};
+use billing::store::{DocumentStore, DynamoStore};
+use billing::testing::{ApiEvent, Timings, in_memory_store, outbox, raw_get_item_round_trips, remote_billing_on};
+use chrono::Utc;
+use lambda_http::http::StatusCode;
+use remote_billing_pages::RemoteBillingPages;
+use serde_json::json;
+use uuid::Uuid;
+
+const IN_PROCESS: usize = 2000;
+const AGAINST_MOTO: usize = 200;
+const SERVER_KEY: &str = "kq3v9X2mR7tLw8ZpN4bY6cH1dF5gJ0sA";
+const LOGIN_ROUTE: &str = "GET /remote-billing-login/{token}";
+
+/// A registered server and the access token of a billing link it asked for.
+async fn access_token(remote: &RemoteBilling) -> (Uuid, String) {
+    let server_uuid = Uuid::new_v4();
+    let now = Utc::now();
+    remote
+        .register_server(
+            RegisterRequest {
+                server_uuid: server_uuid.to_string(),
+                server_key: SERVER_KEY.into(),
+                hostname: "chat.example.org".into(),
+                contact_email: "admin@example.org".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{server_uuid}:{SERVER_KEY}"))
+    );
+    let server = remote.authenticate(Some(&basic), now).await.unwrap();
+    let request: BillingLinkRequest = serde_json::from_value(json!({
+        "user": {"uuid": Uuid::new_v4(), "email": "owner@example.org", "full_name": "Ada Owner"},
+        "realm": {"uuid": Uuid::new_v4(), "host": "chat.example.org", "name": "Example Org"},
+        "uri_scheme": "https://",
+        "next_page": "billing",
+    }))
+    .unwrap();
+    let url = remote.billing_link(&server, request, now).await.unwrap();
+    let token = url.rsplit('/').next().unwrap().to_owned();
+    (server_uuid, token)
+}
+
+async fn measure(pages: &RemoteBillingPages, token: &str, runs: usize) -> Timings {
+    let mut timings = Timings::default();
+    for _ in 0..runs {
+        let request = ApiEvent::sample("apigw-remote-billing-login.json")
+            .route(
+                LOGIN_ROUTE,
+                &format!("/remote-billing-login/{token}"),
+                &[("token", token)],
+            )
+            .request_id(&Uuid::new_v4().to_string())
+            .build();
+        let started = Instant::now();
+        let response = pages.handle(request).await;
+        timings.push(started.elapsed());
+        assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
+    }
+    timings
+}
+
+async fn record_reads(documents: &dyn DocumentStore, key: &str, runs: usize) -> Timings {
+    let mut timings = Timings::default();
+    for _ in 0..runs {
+        let started = Instant::now();
+        documents
+            .get_document(key, Utc::now())
+            .await
+            .unwrap()
+            .expect("a stored record");
+        timings.push(started.elapsed());
+    }
+    timings
+}
+
+fn pages_on(documents: Arc<dyn DocumentStore>) -> RemoteBillingPages {
+    RemoteBillingPages {
+        remote: remote_billing_on(documents, outbox(), 5, 20),
+        clock: system_clock(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // In-process, embedded store in memory
+    let store = in_memory_store();
+    let pages = pages_on(store.clone());
+    let (server, token) = access_token(&pages.remote).await;
+    let embedded = measure(&pages, &token, IN_PROCESS).await;
+    let record_read = record_reads(store.as_ref(), &server_key(server), IN_PROCESS).await;
+
+    // Against moto
+    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
+    let dynamo = Arc::new(DynamoStore::connect(format!("bench-pages-{}", Uuid::new_v4().simple())).await);
+    dynamo.ensure_table().await.unwrap();
+    let pages = pages_on(dynamo.clone());
+    let (_, token) = access_token(&pages.remote).await;
+    let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], AGAINST_MOTO).await;
+    let moto = measure(&pages, &token, AGAINST_MOTO).await;
+
+    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
+    println!("|---|---|---|---|");
+    println!(
+        "{}",
+        record_read.row("baseline: one record read (embedded store in memory)", &record_read)
+    );
+    println!("{}", embedded.row("login page, embedded store in memory", &record_read));
+    println!(
+        "{}",
+        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
+    );
+    println!("{}", moto.row("login page, DynamoDB in moto", &moto_round_trip));
+}
