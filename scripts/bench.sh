@@ -59,8 +59,8 @@ out=$(mktemp)
   echo
   echo "### Size of each bootstrap"
   echo
-  echo "| function | arm64 bootstrap.zip (deployed) | arm64 bootstrap | x86_64 bootstrap | zip ratio to baseline |"
-  echo "|---|---|---|---|---|"
+  echo "| function | arm64 bootstrap.zip (deployed) | zip in bytes | arm64 bootstrap | x86_64 bootstrap | zip ratio to baseline |"
+  echo "|---|---|---|---|---|---|"
   base_zip=$(stat -c %s target/lambda-arm64/lambda-baseline/bootstrap.zip)
   for f in "${functions[@]}"; do
     zip=$(stat -c %s "target/lambda-arm64/$f/bootstrap.zip")
@@ -68,13 +68,13 @@ out=$(mktemp)
     x86=$(stat -c %s "target/lambda-x86_64/$f/bootstrap")
     name=$f; [ "$f" = lambda-baseline ] && name="baseline: empty lambda_http function"
     awk -v n="$name" -v z="$zip" -v a="$arm" -v x="$x86" -v b="$base_zip" \
-      'BEGIN { printf "| %s | %.2f MB | %.2f MB | %.2f MB | %.2f |\n", n, z/1048576, a/1048576, x/1048576, z/b }'
+      'BEGIN { printf "| %s | %.2f MiB | %d | %.2f MiB | %.2f MiB | %.2f |\n", n, z/1048576, z, a/1048576, x/1048576, z/b }'
   done
   echo
   bench() { # <section title> <bench name>
     echo "### $1"
     echo
-    cargo bench -q "${bench_packages[@]}" --bench "$2" 2>/dev/null
+    cargo bench -q "${bench_packages[@]}" --bench "$2"
     echo
   }
   bench "Warm latency in-process: POST /subscriptions (administrator, new user)" create_latency

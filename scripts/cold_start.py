@@ -165,6 +165,17 @@ class Workload:
 
     def __init__(self):
         self.subscriptions = []  # (user id) of subscriptions created by create-subscription runs
+        self.stripe_subscriptions = []  # their Stripe subscriptions, for the webhook's events
+        self.webhook_events = 0
+
+    def observe(self, function, body):
+        """Remembers what a response says that later requests need."""
+        if function == "create-subscription":
+            answer = json.loads(body)
+            text = answer["body"]
+            if answer.get("isBase64Encoded"):
+                text = base64.b64decode(text)
+            self.stripe_subscriptions.append(json.loads(text)["subscriptions"][0]["stripe_subscription"])
 
     def event(self, function, run):
         if function == "lambda-baseline":
@@ -187,17 +198,28 @@ class Workload:
             event["headers"].pop("if-match", None)
             return event
         if function == "signup-listener":
+            # The sample's records made valid signups all (it also carries a poison message and
+            # another event type, which the tests cover): a full batch of real work.
             event = sample("sqs-signup-batch.json")
             for record in event["Records"]:
-                body = json.loads(record["body"])
-                body["event_id"], body["user_id"] = str(uuid.uuid4()), str(uuid.uuid4())
-                body["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                record["body"] = json.dumps(body)
+                user = str(uuid.uuid4())
+                record["body"] = json.dumps({
+                    "type": "profile.created", "event_id": str(uuid.uuid4()), "user_id": user,
+                    "email": f"signup-{user[:8]}@example.com",
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                })
                 record["messageId"] = str(uuid.uuid4())
             return event
         if function == "stripe-webhook":
             payload = json.loads((EVENTS / "stripe-customer-subscription-updated.json").read_text())
+            # A newer event each time, for a subscription create-subscription made: the full
+            # path (lookup, once-only record, write, ordering mark), not the unknown-subscription one.
+            self.webhook_events += 1
             payload["id"] = "evt_bench" + uuid.uuid4().hex[:16]
+            payload["created"] = int(time.time()) + self.webhook_events
+            stripe_subscription = self.stripe_subscriptions[run % len(self.stripe_subscriptions)]
+            payload["data"]["object"]["id"] = stripe_subscription
+            payload["data"]["object"]["status"] = ["active", "past_due"][self.webhook_events % 2]
             body = json.dumps(payload)
             stamp = str(int(time.time()))
             signature = hmac.new(WEBHOOK_SECRET.encode(), f"{stamp}.{body}".encode(), hashlib.sha256).hexdigest()
@@ -273,19 +295,21 @@ def failed_items(function, body):
     return 1 if answer.get("statusCode", 200) >= 500 else 0
 
 
-def measure(function, bootstrap, args, workload, table):
+def measure(function, bootstrap, args, workload, tables):
     init, cold, warm, rss = [], [], [], []
     warnings = failures = 0
     for run in range(args.runs):
+        table = tables.before(function, run)
         emulator = Emulator()
         env = environment(function, emulator.address, args.sandbox, table)
         first = workload.event(function, run)
         request_id = emulator.invoke(first)
-        # The function's log goes to a file, not a pipe nobody reads while it runs: a full pipe
-        # would block the function and show up as latency.
+        # The function's log (the runtime writes it to stdout, as Lambda expects) goes to a
+        # file, not a pipe nobody reads while it runs: a full pipe would block the function and
+        # show up as latency.
         log = tempfile.TemporaryFile()
         started = time.perf_counter()
-        process = subprocess.Popen([str(bootstrap)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen([str(bootstrap)], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             arrived, outcome, body = emulator.wait(request_id)
             if outcome != "response":
@@ -295,6 +319,7 @@ def measure(function, bootstrap, args, workload, table):
             if status >= 500 or (function not in ("remote-billing-pages",) and status >= 400):
                 raise RuntimeError(f"{function}: first invocation answered {status}: {answer}")
             failures += failed_items(function, body)
+            workload.observe(function, body)
             cold.append((arrived - started) * 1000)
             init.append((emulator.first_poll - started) * 1000)
             for i in range(args.warm):
@@ -304,6 +329,7 @@ def measure(function, bootstrap, args, workload, table):
                 if outcome != "response":
                     raise RuntimeError(f"{function}: invocation failed: {body[:500]!r}")
                 failures += failed_items(function, body)
+                workload.observe(function, body)
                 warm.append((arrived - sent) * 1000)
             rss.append(peak_rss_mb(process.pid))
         except Exception:
@@ -321,6 +347,7 @@ def measure(function, bootstrap, args, workload, table):
         lines = log.read().decode(errors="replace").splitlines()
         log.close()
         logged = [line for line in lines if re.search(r"\b(WARN|ERROR)\b", line)]
+        tables.after(function, run, args.runs)
         if logged and not warnings:
             print(f"{function}: first warning logged: {logged[0][:400]}", file=sys.stderr)
         warnings += len(logged)
@@ -367,8 +394,42 @@ def ensure_table(table):
     ses.create_email_identity(EmailIdentity="billing@example.com")
 
 
-# Functions that work on the subscriptions create-subscription made, in its table.
-SHARE_CREATED = ("get-subscription", "patch-subscription")
+# create-subscription makes the subscriptions that get, patch and the webhook then work on, in
+# one table.
+CREATE_GROUP = ("create-subscription", "get-subscription", "patch-subscription", "stripe-webhook")
+
+
+class Tables:
+    """The billing table of each run: a fresh one for every run, except the create group's one.
+    moto copies a whole table for every item of a transaction (to roll back) and keeps every
+    table in its one process, so tables filled by earlier runs would make every later write
+    slower, which DynamoDB does not; each is dropped once measured."""
+
+    def __init__(self):
+        self.run_id = uuid.uuid4().hex[:8]
+        self.made = set()
+
+    def table(self, function, run):
+        if function in CREATE_GROUP:
+            return f"bench-{self.run_id}-create-subscription"
+        return f"bench-{self.run_id}-{function}-{run}"
+
+    def before(self, function, run):
+        table = self.table(function, run)
+        if table not in self.made:
+            ensure_table(table)
+            self.made.add(table)
+        return table
+
+    def after(self, function, run, runs):
+        if function in CREATE_GROUP and (function != CREATE_GROUP[-1] or run < runs - 1):
+            return
+        import boto3
+
+        client = boto3.client("dynamodb", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.delete_table(TableName=self.table(function, run))
+
 
 ensure_table.identity_made = False
 
@@ -394,19 +455,14 @@ def main():
     args = parser.parse_args()
     if "AWS_ENDPOINT_URL" not in os.environ:
         sys.exit("AWS_ENDPOINT_URL is not set: run through scripts/with-moto.sh (make bench does)")
-    # A table per function (get and patch read what create made): moto answers index queries
-    # by scanning the table, so one table filling up would slow the functions measured last.
-    run_id = uuid.uuid4().hex[:8]
     workload = Workload()
+    tables = Tables()
     results = {}
     for function in FUNCTIONS:
-        table = f"bench-{run_id}-{'create-subscription' if function in SHARE_CREATED else function}"
-        if function not in SHARE_CREATED:
-            ensure_table(table)
         bootstrap = args.bin_dir / function / "bootstrap"
         if not bootstrap.exists():
             sys.exit(f"{bootstrap} is missing: build with cargo lambda build --release (make bench does)")
-        results[function] = measure(function, bootstrap, args, workload, table)
+        results[function] = measure(function, bootstrap, args, workload, tables)
         print(f"measured {function}: {results[function]}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
