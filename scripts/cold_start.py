@@ -164,37 +164,45 @@ class Workload:
     """The first request each function gets: real work on fresh data, the same kind every run."""
 
     def __init__(self):
-        self.subscriptions = []  # (user id) of subscriptions created by create-subscription runs
-        self.stripe_subscriptions = []  # their Stripe subscriptions, for the webhook's events
+        # Per run of create-subscription: the users it made subscriptions for, and their
+        # Stripe subscriptions (for the webhook's events). Run r of get, patch and the webhook
+        # works on what run r of create made, in the same table.
+        self.subscriptions = {}
+        self.stripe_subscriptions = {}
         self.webhook_events = 0
 
-    def observe(self, function, body):
+    def observe(self, function, run, body):
         """Remembers what a response says that later requests need."""
         if function == "create-subscription":
             answer = json.loads(body)
             text = answer["body"]
             if answer.get("isBase64Encoded"):
                 text = base64.b64decode(text)
-            self.stripe_subscriptions.append(json.loads(text)["subscriptions"][0]["stripe_subscription"])
+            created = json.loads(text)["subscriptions"][0]
+            self.stripe_subscriptions.setdefault(run, []).append(created["stripe_subscription"])
 
-    def event(self, function, run):
+    def event(self, function, run, n):
+        """The `n`th request (0: the cold one) of run `run`."""
         if function == "lambda-baseline":
             return api_event("apigw-get-subscription.json")
         if function == "create-subscription":
             user = str(uuid.uuid4())
-            self.subscriptions.append(user)
+            self.subscriptions.setdefault(run, []).append(user)
             return api_event("apigw-create-subscription.json",
                              body={"user_id": user, "email": f"bench-{user[:8]}@example.com"},
                              caller=(str(uuid.uuid4()), "subscriptions subscriptions_admin"))
         if function == "get-subscription":
-            user = self.subscriptions[run % len(self.subscriptions)]
+            user = self.subscriptions[run][n % len(self.subscriptions[run])]
             return api_event("apigw-get-subscription.json", path=f"/subscriptions/{user}",
                              parameters={"id": user}, caller=(user, "subscriptions"))
         if function == "patch-subscription":
-            user = self.subscriptions[run % len(self.subscriptions)]
+            users = self.subscriptions[run]
+            user = users[n % len(users)]
+            # Each request changes its subscription: the first pass over the run's subscriptions
+            # sets the flag, the next clears it.
             event = api_event("apigw-patch-subscription.json", path=f"/subscriptions/{user}",
                               parameters={"id": user}, caller=(user, "subscriptions"),
-                              body={"cancel_at_period_end": run % 2 == 0})
+                              body={"cancel_at_period_end": n // len(users) % 2 == 0})
             event["headers"].pop("if-match", None)
             return event
         if function == "signup-listener":
@@ -217,7 +225,7 @@ class Workload:
             self.webhook_events += 1
             payload["id"] = "evt_bench" + uuid.uuid4().hex[:16]
             payload["created"] = int(time.time()) + self.webhook_events
-            stripe_subscription = self.stripe_subscriptions[run % len(self.stripe_subscriptions)]
+            stripe_subscription = self.stripe_subscriptions[run][n % len(self.stripe_subscriptions[run])]
             payload["data"]["object"]["id"] = stripe_subscription
             payload["data"]["object"]["status"] = ["active", "past_due"][self.webhook_events % 2]
             body = json.dumps(payload)
@@ -302,7 +310,7 @@ def measure(function, bootstrap, args, workload, tables):
         table = tables.before(function, run)
         emulator = Emulator()
         env = environment(function, emulator.address, args.sandbox, table)
-        first = workload.event(function, run)
+        first = workload.event(function, run, 0)
         request_id = emulator.invoke(first)
         # The function's log (the runtime writes it to stdout, as Lambda expects) goes to a
         # file, not a pipe nobody reads while it runs: a full pipe would block the function and
@@ -319,17 +327,17 @@ def measure(function, bootstrap, args, workload, tables):
             if status >= 500 or (function not in ("remote-billing-pages",) and status >= 400):
                 raise RuntimeError(f"{function}: first invocation answered {status}: {answer}")
             failures += failed_items(function, body)
-            workload.observe(function, body)
+            workload.observe(function, run, body)
             cold.append((arrived - started) * 1000)
             init.append((emulator.first_poll - started) * 1000)
             for i in range(args.warm):
-                event = workload.event(function, run * args.warm + i + 1)
+                event = workload.event(function, run, i + 1)
                 sent = time.perf_counter()
                 arrived, outcome, body = emulator.wait(emulator.invoke(event))
                 if outcome != "response":
                     raise RuntimeError(f"{function}: invocation failed: {body[:500]!r}")
                 failures += failed_items(function, body)
-                workload.observe(function, body)
+                workload.observe(function, run, body)
                 warm.append((arrived - sent) * 1000)
             rss.append(peak_rss_mb(process.pid))
         except Exception:
@@ -400,8 +408,8 @@ CREATE_GROUP = ("create-subscription", "get-subscription", "patch-subscription",
 
 
 class Tables:
-    """The billing table of each run: a fresh one for every run, except the create group's one.
-    moto copies a whole table for every item of a transaction (to roll back) and keeps every
+    """The billing table of each run: a fresh one for every run; run r of the create group's
+    functions shares create's table of run r, dropped after the group's last. moto copies a whole table for every item of a transaction (to roll back) and keeps every
     table in its one process, so tables filled by earlier runs would make every later write
     slower, which DynamoDB does not; each is dropped once measured."""
 
@@ -411,7 +419,7 @@ class Tables:
 
     def table(self, function, run):
         if function in CREATE_GROUP:
-            return f"bench-{self.run_id}-create-subscription"
+            return f"bench-{self.run_id}-create-subscription-{run}"
         return f"bench-{self.run_id}-{function}-{run}"
 
     def before(self, function, run):
@@ -422,7 +430,7 @@ class Tables:
         return table
 
     def after(self, function, run, runs):
-        if function in CREATE_GROUP and (function != CREATE_GROUP[-1] or run < runs - 1):
+        if function in CREATE_GROUP[:-1]:
             return
         import boto3
 
