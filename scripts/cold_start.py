@@ -355,7 +355,7 @@ def measure(function, bootstrap, args, workload, tables):
         lines = log.read().decode(errors="replace").splitlines()
         log.close()
         logged = [line for line in lines if re.search(r"\b(WARN|ERROR)\b", line)]
-        tables.after(function, run, args.runs)
+        tables.after(function, run)
         if logged and not warnings:
             print(f"{function}: first warning logged: {logged[0][:400]}", file=sys.stderr)
         warnings += len(logged)
@@ -408,8 +408,10 @@ CREATE_GROUP = ("create-subscription", "get-subscription", "patch-subscription",
 
 
 class Tables:
-    """The billing table of each run: a fresh one for every run; run r of the create group's
-    functions shares create's table of run r, dropped after the group's last. moto copies a whole table for every item of a transaction (to roll back) and keeps every
+    """The billing table of each run: a fresh one for every run, except that run r of get, patch
+    and the webhook works in create's table of run r, dropped after the webhook's run r.
+
+    moto copies a whole table for every item of a transaction (to roll back) and keeps every
     table in its one process, so tables filled by earlier runs would make every later write
     slower, which DynamoDB does not; each is dropped once measured."""
 
@@ -429,7 +431,7 @@ class Tables:
             self.made.add(table)
         return table
 
-    def after(self, function, run, runs):
+    def after(self, function, run):
         if function in CREATE_GROUP[:-1]:
             return
         import boto3
