@@ -22,7 +22,7 @@ struct Page {
 
 impl Page {
     fn csrf(&self) -> String {
-        billing::testing::csrf_field(&self.body)
+        billing_testing::csrf_field(&self.body)
     }
 }
 

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use billing::stripe::{RetryPolicy, StripeBilling};
+use billing_adapters::RetryPolicy;
+use billing_adapters::StripeBilling;
 use stripe_sandbox::{PriceSpec, RunningSandbox};
 
 pub const TEST_KEY: &str = "sk_test_bundle_tests";

@@ -11,10 +11,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use billing::http::Cors;
-use billing::store::{DynamoStore, Store};
-use billing::stripe::{Billing, RetryPolicy, StripeBilling};
-use billing::testing::{ApiEvent, Timings, catalog, in_memory_store, raw_get_item_round_trips};
+use billing::store::Store;
+use billing::stripe::Billing;
+use billing_adapters::DynamoStore;
+use billing_adapters::RetryPolicy;
+use billing_adapters::StripeBilling;
+use billing_http::Cors;
+use billing_testing::{ApiEvent, Timings, catalog, in_memory_store, raw_get_item_round_trips};
 use create_subscription::CreateSubscription;
 use serde_json::json;
 use stripe_sandbox::PriceSpec;
@@ -55,6 +58,7 @@ async fn main() {
         billing: billing.clone(),
         catalog: catalog(),
         cors: Cors::default(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     };
 
     // In-process, embedded store in memory

@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
+use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
-use billing::errors::{FieldError, Slug};
-use billing::http::{ApiError, ApiResponse, Cors, serve};
 use billing::provisioning::{Provision, provision};
-use billing::store::{DynamoStore, Store};
-use billing::stripe::{Billing, StripeBilling};
+use billing::store::Store;
+use billing::stripe::Billing;
 use billing::subscription::{PlanCatalog, SubscriptionChange};
-use chrono::Utc;
+use billing_adapters::DynamoStore;
+use billing_adapters::StripeBilling;
+use billing_http::{ApiError, ApiResponse, Cors, serve};
 use lambda_http::{Body, Request, Response};
 
 pub struct CreateSubscription {
@@ -19,6 +20,8 @@ pub struct CreateSubscription {
     pub billing: Arc<dyn Billing>,
     pub catalog: PlanCatalog,
     pub cors: Cors,
+    /// What time it is.
+    pub clock: SharedClock,
 }
 
 impl CreateSubscription {
@@ -33,6 +36,7 @@ impl CreateSubscription {
             billing: Arc::new(billing),
             catalog,
             cors: Cors::from_env(env),
+            clock: Arc::new(billing_adapters::SystemClock),
         })
     }
 
@@ -40,14 +44,8 @@ impl CreateSubscription {
         serve(request, &self.cors, |request| async move {
             let principal = request.principal()?;
             principal.require_admin()?;
-            if request.body().is_empty() {
-                return Err(ApiError::one(FieldError::general(
-                    Slug::Missing,
-                    "a JSON body is required",
-                )));
-            }
-            let change = SubscriptionChange::from_json(request.body())?;
-            let now = Utc::now();
+            let change: SubscriptionChange = request.json_body()?;
+            let now = self.clock.now();
             change.validate_create(&self.catalog, now)?;
             let plan_id = change.plan.as_deref().unwrap_or(PlanCatalog::PENDING);
             let plan = self

@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use billing::http::Cors;
-use billing::store::{AuditEntry, DynamoStore, Store};
-use billing::testing::{ApiEvent, Timings, embedded_store, new_subscription, raw_get_item_round_trips};
+use billing::store::{AuditEntry, Store};
+use billing_adapters::DynamoStore;
+use billing_http::Cors;
+use billing_testing::{ApiEvent, Timings, embedded_store, new_subscription, raw_get_item_round_trips};
 use get_subscription::GetSubscription;
 use serde_json::Value;
 use uuid::Uuid;

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use billing::config::{ConfigError, Environment, billing_table};
-use billing::http::{ApiResponse, Cors, serve};
-use billing::store::{DynamoStore, Store};
+use billing::store::Store;
+use billing_adapters::DynamoStore;
+use billing_http::{ApiResponse, Cors, serve};
 use lambda_http::{Body, Request, Response};
 
 pub struct GetSubscription {

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use billing::http::Cors;
 use billing::store::{AuditEntry, Store};
 use billing::subscription::{Subscription, SubscriptionChange};
-use billing::testing::{ApiEvent, catalog, embedded_store};
+use billing_http::Cors;
+use billing_testing::{ApiEvent, catalog, embedded_store};
 use chrono::Utc;
 use get_subscription::GetSubscription;
 use serde_json::Value;

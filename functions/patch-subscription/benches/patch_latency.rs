@@ -12,12 +12,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use billing::http::Cors;
 use billing::provisioning::{Provision, provision};
-use billing::store::{AuditEntry, DynamoStore, Store};
-use billing::stripe::{Billing, RetryPolicy, StripeBilling};
+use billing::store::{AuditEntry, Store};
+use billing::stripe::Billing;
 use billing::subscription::{Subscription, SubscriptionChange};
-use billing::testing::{ApiEvent, Timings, catalog, embedded_store, in_memory_store, raw_get_item_round_trips};
+use billing_adapters::DynamoStore;
+use billing_adapters::RetryPolicy;
+use billing_adapters::StripeBilling;
+use billing_http::Cors;
+use billing_testing::{ApiEvent, Timings, catalog, embedded_store, in_memory_store, raw_get_item_round_trips};
 use chrono::Utc;
 use patch_subscription::PatchSubscription;
 use serde_json::json;
@@ -117,6 +120,7 @@ async fn main() {
         billing: billing.clone(),
         catalog: catalog(),
         cors: Cors::default(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     };
 
     // In-process: the handler's own cost (store in memory), then with the store's file.

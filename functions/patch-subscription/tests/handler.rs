@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use billing::http::Cors;
 use billing::provisioning::{Provision, provision};
 use billing::store::Store;
-use billing::stripe::{RetryPolicy, StripeBilling};
 use billing::subscription::{Subscription, SubscriptionChange};
-use billing::testing::{ApiEvent, catalog, embedded_store};
+use billing_adapters::RetryPolicy;
+use billing_adapters::StripeBilling;
+use billing_http::Cors;
+use billing_testing::{ApiEvent, catalog, embedded_store};
 use chrono::Utc;
 use patch_subscription::PatchSubscription;
 use serde_json::{Value, json};
@@ -40,6 +41,7 @@ async fn fixture() -> Fixture {
         billing,
         catalog: catalog(),
         cors: Cors::default(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     });
     Fixture {
         function,

@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use base64::Engine;
 use billing::remote::records::server_key;
-use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling, system_clock};
-use billing::store::{DocumentStore, DynamoStore};
-use billing::testing::{ApiEvent, Timings, in_memory_store, outbox, raw_get_item_round_trips, remote_billing_on};
+use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling};
+use billing::store::DocumentStore;
+use billing_adapters::DynamoStore;
+use billing_testing::{ApiEvent, Timings, in_memory_store, outbox, raw_get_item_round_trips, remote_billing_on};
 use chrono::Utc;
 use lambda_http::http::StatusCode;
 use remote_billing_pages::RemoteBillingPages;
@@ -96,7 +97,7 @@ async fn record_reads(documents: &dyn DocumentStore, key: &str, runs: usize) -> 
 fn pages_on(documents: Arc<dyn DocumentStore>) -> RemoteBillingPages {
     RemoteBillingPages {
         remote: remote_billing_on(documents, outbox(), 5, 20),
-        clock: system_clock(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     }
 }
 

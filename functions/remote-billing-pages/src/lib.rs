@@ -1,10 +1,12 @@
 //! The browser side of remote billing (API.md "Remote billing", steps 1 to 5, and server
 //! deactivation): server-rendered pages and form posts, one function behind all their routes.
 
+use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment};
-use billing::http::pages::{PageRequest, PageResponse, serve_page};
 use billing::ids::parse_canonical_uuid;
-use billing::remote::{Clock, LoginForm, NextPage, RemoteBilling, RemoteError, pages, system_clock};
+use billing::remote::{LoginForm, NextPage, RemoteBilling, RemoteError};
+use billing_http::html as pages;
+use billing_http::pages::{PageRequest, PageResponse, serve_page};
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request, Response};
 
@@ -18,7 +20,7 @@ pub const DEACTIVATE_ROUTE: &str = "POST /server/{server_uuid}/deactivate";
 
 pub struct RemoteBillingPages {
     pub remote: RemoteBilling,
-    pub clock: Clock,
+    pub clock: SharedClock,
 }
 
 /// A checkbox counts as ticked when the browser sends it at all (`on`, or our `true`).
@@ -33,11 +35,20 @@ fn not_found() -> PageResponse {
     }
 }
 
+/// Remote billing on DynamoDB (`BILLING_TABLE`) and SES (`MAIL_FROM`), the AWS clients built
+/// from one configuration.
+async fn remote_billing_on_aws(env: &dyn Environment) -> Result<RemoteBilling, ConfigError> {
+    let aws = billing_adapters::aws::load_sdk_config().await;
+    let store = billing_adapters::DynamoStore::with_config(&aws, billing::config::billing_table(env)?);
+    let mailer = billing_adapters::SesMailer::from_env_with_config(env, &aws)?;
+    RemoteBilling::from_env(env, std::sync::Arc::new(store), std::sync::Arc::new(mailer))
+}
+
 impl RemoteBillingPages {
     pub async fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
         Ok(RemoteBillingPages {
-            remote: RemoteBilling::from_env(env).await?,
-            clock: system_clock(),
+            remote: remote_billing_on_aws(env).await?,
+            clock: std::sync::Arc::new(billing_adapters::SystemClock),
         })
     }
 
@@ -46,7 +57,7 @@ impl RemoteBillingPages {
     }
 
     async fn route(&self, request: PageRequest) -> Result<PageResponse, RemoteError> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let remote = &self.remote;
         let param = |name: &str| request.path_parameter(name).unwrap_or_default();
         match request.route_key() {

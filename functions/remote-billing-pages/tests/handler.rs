@@ -4,7 +4,7 @@
 use billing::mail::Mail;
 use billing::remote::records::realm_key;
 use billing::remote::{BillingLinkRequest, RealmPlan, RegisterRequest, RemoteRealm, RemoteServer};
-use billing::testing::{ApiEvent, RemoteFixture, TestClock};
+use billing_testing::{ApiEvent, RemoteFixture, TestClock};
 use chrono::Duration;
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Response};
@@ -49,7 +49,7 @@ impl Answer {
 
     /// The CSRF token of the page's form.
     fn csrf(&self) -> String {
-        billing::testing::csrf_field(&self.body)
+        billing_testing::csrf_field(&self.body)
     }
 
     /// `billing_session=<secret>` from `Set-Cookie`.

@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use base64::Engine;
 use billing::remote::records::server_key;
-use billing::store::{DocumentStore, DynamoStore};
-use billing::testing::{ApiEvent, Timings, in_memory_store, outbox, raw_get_item_round_trips, remote_billing_on};
+use billing::store::DocumentStore;
+use billing_adapters::DynamoStore;
+use billing_testing::{ApiEvent, Timings, in_memory_store, outbox, raw_get_item_round_trips, remote_billing_on};
 use chrono::Utc;
 use lambda_http::http::StatusCode;
 use remote_billing_server::RemoteServerApi;
@@ -29,7 +30,7 @@ fn api_on(documents: Arc<dyn DocumentStore>) -> RemoteServerApi {
     RemoteServerApi {
         remote: remote_billing_on(documents, outbox(), 5, 20),
         cors: Default::default(),
-        clock: billing::remote::system_clock(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     }
 }
 

@@ -3,10 +3,11 @@
 //! Basic `server_uuid:server_key`); administrators have a deactivation link mailed to a
 //! server's contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT).
 
+use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment};
 use billing::errors::{FieldError, Slug};
-use billing::http::{ApiError, ApiRequest, ApiResponse, Cors, serve};
-use billing::remote::{BillingLinkRequest, Clock, RegisterRequest, RemoteBilling, system_clock};
+use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling};
+use billing_http::{ApiError, ApiResponse, Cors, serve};
 use lambda_http::http::{StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
@@ -18,24 +19,33 @@ pub const DEACTIVATION_LINK_ROUTE: &str = "POST /remote-servers/{server_uuid}/de
 pub struct RemoteServerApi {
     pub remote: RemoteBilling,
     pub cors: Cors,
-    pub clock: Clock,
+    pub clock: SharedClock,
+}
+
+/// Remote billing on DynamoDB (`BILLING_TABLE`) and SES (`MAIL_FROM`), the AWS clients built
+/// from one configuration.
+async fn remote_billing_on_aws(env: &dyn Environment) -> Result<RemoteBilling, ConfigError> {
+    let aws = billing_adapters::aws::load_sdk_config().await;
+    let store = billing_adapters::DynamoStore::with_config(&aws, billing::config::billing_table(env)?);
+    let mailer = billing_adapters::SesMailer::from_env_with_config(env, &aws)?;
+    RemoteBilling::from_env(env, std::sync::Arc::new(store), std::sync::Arc::new(mailer))
 }
 
 impl RemoteServerApi {
     pub async fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
         Ok(RemoteServerApi {
-            remote: RemoteBilling::from_env(env).await?,
+            remote: remote_billing_on_aws(env).await?,
             cors: Cors::from_env(env),
-            clock: system_clock(),
+            clock: std::sync::Arc::new(billing_adapters::SystemClock),
         })
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
         serve(request, &self.cors, |request| async move {
-            let now = (self.clock)();
+            let now = self.clock.now();
             match request.route_key() {
                 Some(REGISTER_ROUTE) => {
-                    let body: RegisterRequest = json_body(&request)?;
+                    let body: RegisterRequest = request.json_body()?;
                     let uuid = body.server_uuid.clone();
                     let created = self.remote.register_server(body, now).await?;
                     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -47,7 +57,7 @@ impl RemoteServerApi {
                         .get(header::AUTHORIZATION)
                         .and_then(|v| v.to_str().ok());
                     let server = self.remote.authenticate(authorization, now).await?;
-                    let body: BillingLinkRequest = json_body(&request)?;
+                    let body: BillingLinkRequest = request.json_body()?;
                     let url = self.remote.billing_link(&server, body, now).await?;
                     Ok(ApiResponse::json(json!({"billing_access_url": url})))
                 }
@@ -62,13 +72,4 @@ impl RemoteServerApi {
         })
         .await
     }
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(request: &ApiRequest) -> Result<T, ApiError> {
-    serde_json::from_slice(request.body()).map_err(|e| {
-        ApiError::one(FieldError::general(
-            Slug::InvalidFormat,
-            format!("the body is not the expected JSON: {e}"),
-        ))
-    })
 }

@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use billing::remote::NextPage;
-use billing::testing::{ApiEvent, RemoteFixture, TestClock};
+use billing_testing::{ApiEvent, RemoteFixture, TestClock};
 use lambda_http::http::StatusCode;
 use remote_billing_server::*;
 use serde_json::{Value, json};

@@ -13,9 +13,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use billing::store::{DynamoStore, Store};
-use billing::stripe::{Billing, RetryPolicy, StripeBilling};
-use billing::testing::{Timings, catalog, embedded_store, raw_get_item_round_trips};
+use billing::store::Store;
+use billing::stripe::Billing;
+use billing_adapters::DynamoStore;
+use billing_adapters::RetryPolicy;
+use billing_adapters::StripeBilling;
+use billing_testing::{Timings, catalog, embedded_store, raw_get_item_round_trips};
 use serde_json::json;
 use signup_listener::SignupListener;
 use stripe_sandbox::PriceSpec;
@@ -79,6 +82,7 @@ async fn main() {
         store,
         billing: billing.clone(),
         catalog: catalog(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     };
 
     // Baseline: one Stripe round trip through the same client (a customer creation).

@@ -12,13 +12,15 @@
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
 use billing::provisioning::{Provision, ProvisionError, provision};
 use billing::signup::{self, ProfileCreated, SignupMessage};
-use billing::store::{DynamoStore, Store};
-use billing::stripe::{Billing, StripeBilling};
+use billing::store::Store;
+use billing::stripe::Billing;
 use billing::subscription::{PlanCatalog, SubscriptionChange};
-use chrono::Utc;
+use billing_adapters::DynamoStore;
+use billing_adapters::StripeBilling;
 use futures_util::future::join_all;
 use tracing::Instrument;
 
@@ -44,6 +46,8 @@ pub struct SignupListener {
     pub store: Arc<dyn Store>,
     pub billing: Arc<dyn Billing>,
     pub catalog: PlanCatalog,
+    /// What time it is.
+    pub clock: SharedClock,
 }
 
 impl SignupListener {
@@ -56,6 +60,7 @@ impl SignupListener {
             store: Arc::new(DynamoStore::connect(table).await),
             billing: Arc::new(billing),
             catalog: plan_catalog(env)?,
+            clock: Arc::new(billing_adapters::SystemClock),
         })
     }
 
@@ -111,7 +116,7 @@ impl SignupListener {
         let Some(plan) = self.catalog.get(PlanCatalog::PENDING) else {
             return Outcome::Retry("the plan catalog has no pending plan".into());
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         let request = Provision {
             change: &change,
             plan,

@@ -11,9 +11,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use billing::store::{AuditEntry, DynamoStore, Store};
+use billing::store::{AuditEntry, Store};
 use billing::subscription::SubscriptionChange;
-use billing::testing::{ApiEvent, Timings, catalog, embedded_store, outbox, raw_get_item_round_trips};
+use billing_adapters::DynamoStore;
+use billing_testing::{ApiEvent, Timings, catalog, embedded_store, outbox, raw_get_item_round_trips};
 use chrono::Utc;
 use serde_json::{Value, json};
 use stripe_webhook::StripeWebhook;
@@ -30,6 +31,7 @@ fn webhook_on(store: Arc<dyn Store>) -> StripeWebhook {
         mailer: outbox(),
         catalog: catalog(),
         secret: SECRET.into(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     }
 }
 

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use billing::mail::OutboxMailer;
 use billing::store::{AuditEntry, Store};
 use billing::subscription::{Status, Subscription, SubscriptionChange};
-use billing::testing::{ApiEvent, catalog, embedded_store};
 use billing::webhook::sign;
+use billing_adapters::OutboxMailer;
+use billing_testing::{ApiEvent, catalog, embedded_store};
 use chrono::Utc;
 use serde_json::{Value, json};
 use stripe_webhook::StripeWebhook;
@@ -29,6 +29,7 @@ fn fixture() -> Fixture {
         mailer: Arc::new(outbox.clone()),
         catalog: catalog(),
         secret: SECRET.into(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     };
     Fixture { webhook, store, outbox }
 }

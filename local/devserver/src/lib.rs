@@ -9,13 +9,20 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{Method, Request as HttpRequest};
 use axum::response::IntoResponse;
+use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, optional};
-use billing::http::Cors;
-use billing::mail::{Mailer, OutboxMailer, SesMailer};
+use billing::mail::Mailer;
 use billing::remote::{Records, RemoteBilling, RemoteSettings, TokenSealer};
-use billing::store::{DocumentStore, DynamoStore, EmbeddedStore, Store, StoreError};
-use billing::stripe::{Billing, BillingError, RetryPolicy, StripeBilling};
+use billing::store::{DocumentStore, Store, StoreError};
+use billing::stripe::{Billing, BillingError};
 use billing::subscription::PlanCatalog;
+use billing_adapters::DynamoStore;
+use billing_adapters::EmbeddedStore;
+use billing_adapters::OutboxMailer;
+use billing_adapters::RetryPolicy;
+use billing_adapters::SesMailer;
+use billing_adapters::StripeBilling;
+use billing_http::Cors;
 use create_subscription::CreateSubscription;
 use get_subscription::GetSubscription;
 use patch_subscription::PatchSubscription;
@@ -203,6 +210,8 @@ pub struct Bundle {
     pub mailer: Arc<dyn Mailer>,
     pub webhook_secret: String,
     pub remote: RemoteBilling,
+    /// What time it is, for every function.
+    pub clock: SharedClock,
 }
 
 /// Wraps a function's `handle` as a gateway handler.
@@ -227,27 +236,30 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
         billing: bundle.billing.clone(),
         catalog: bundle.catalog.clone(),
         cors: bundle.cors.clone(),
+        clock: bundle.clock.clone(),
     }));
     let patch = function_handler!(Arc::new(PatchSubscription {
         store: bundle.store.clone(),
         billing: bundle.billing.clone(),
         catalog: bundle.catalog.clone(),
         cors: bundle.cors.clone(),
+        clock: bundle.clock.clone(),
     }));
     let webhook = function_handler!(Arc::new(StripeWebhook {
         store: bundle.store.clone(),
         mailer: bundle.mailer.clone(),
         catalog: bundle.catalog.clone(),
         secret: bundle.webhook_secret.clone(),
+        clock: bundle.clock.clone(),
     }));
     let remote_server = function_handler!(Arc::new(RemoteServerApi {
         remote: bundle.remote.clone(),
         cors: bundle.cors.clone(),
-        clock: billing::remote::system_clock(),
+        clock: bundle.clock.clone(),
     }));
     let remote_pages = function_handler!(Arc::new(RemoteBillingPages {
         remote: bundle.remote.clone(),
-        clock: billing::remote::system_clock(),
+        clock: bundle.clock.clone(),
     }));
     let route =
         |method: Method, path: &'static str, authorized: bool, function: &'static str, handler: &Handler| Route {
@@ -381,7 +393,7 @@ async fn open_mailer(options: &Options, env: &dyn Environment) -> Result<Arc<dyn
         return Ok(Arc::new(OutboxMailer::new(options.data_dir.join("outbox"))?));
     }
     let from = optional(env, "MAIL_FROM").unwrap_or_else(|| "billing@example.com".to_owned());
-    let client = aws_sdk_sesv2::Client::new(&billing::aws::load_sdk_config().await);
+    let client = aws_sdk_sesv2::Client::new(&billing_adapters::aws::load_sdk_config().await);
     if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
         let _ = client.create_email_identity().email_identity(&from).send().await;
     }
@@ -439,7 +451,7 @@ async fn open_signups(
     if !options.aws {
         return Ok(signups::start_local(listener));
     }
-    let client = aws_sdk_sqs::Client::new(&billing::aws::load_sdk_config().await);
+    let client = aws_sdk_sqs::Client::new(&billing_adapters::aws::load_sdk_config().await);
     let url = signups::sqs_queue(&client, optional(env, "SIGNUP_QUEUE_URL"))
         .await
         .map_err(StartError::Queue)?;
@@ -455,10 +467,12 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).await?;
     let address = listener.local_addr()?;
     let (billing, catalog, sandbox) = open_billing(options, env).await?;
+    let clock: SharedClock = Arc::new(billing_adapters::SystemClock);
     let signup_listener = Arc::new(SignupListener {
         store: store.clone(),
         billing: billing.clone(),
         catalog: catalog.clone(),
+        clock: clock.clone(),
     });
     let signups = open_signups(options, env, signup_listener).await?;
     // Stripe signs webhooks with the endpoint's secret; the in-process sandbox gets a fresh one.
@@ -477,6 +491,7 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         mailer,
         webhook_secret: webhook_secret.clone(),
         remote: remote.clone(),
+        clock,
     };
     let returned_secret = webhook_secret.clone();
     let mut all = routes(&bundle);

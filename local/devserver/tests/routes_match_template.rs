@@ -4,17 +4,18 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use billing::http::Cors;
-use billing::store::EmbeddedStore;
-use billing::stripe::{RetryPolicy, StripeBilling};
 use billing::subscription::PlanCatalog;
-use serde_yaml::Value;
+use billing_adapters::EmbeddedStore;
+use billing_adapters::RetryPolicy;
+use billing_adapters::StripeBilling;
+use billing_http::Cors;
+use serde_norway::Value;
 
 type RouteKey = (String, String, bool, String);
 
 fn template_routes() -> BTreeSet<RouteKey> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
-    let template: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let template: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut routes = BTreeSet::new();
     for (name, resource) in template["Resources"].as_mapping().unwrap() {
         if resource["Type"] != "AWS::Serverless::Function" {
@@ -44,7 +45,7 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
         Arc::new(StripeBilling::new("sk_test_routes", Some("http://127.0.0.1:9/"), RetryPolicy::default()).unwrap());
     let catalog = PlanCatalog::standard(|plan| Ok::<_, ()>(format!("price_{plan}"))).unwrap();
     let mailer: Arc<dyn billing::mail::Mailer> =
-        Arc::new(billing::mail::OutboxMailer::new(dir.path().join("outbox")).unwrap());
+        Arc::new(billing_adapters::OutboxMailer::new(dir.path().join("outbox")).unwrap());
     let remote = billing::remote::RemoteBilling {
         records: billing::remote::Records::new(store.clone()),
         sealer: Arc::new(billing::remote::TokenSealer::new(&[1u8; 32])),
@@ -63,6 +64,7 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
         cors: Cors::default(),
         mailer,
         webhook_secret: "whsec_routes".into(),
+        clock: std::sync::Arc::new(billing_adapters::SystemClock),
     };
     devserver::routes(&bundle)
         .into_iter()

@@ -1,0 +1,608 @@
+//! `DynamoStore`: the store on one DynamoDB table (see the access patterns in `billing::store`).
+//!
+//! Conditional writes carry the promises of the port: creates use
+//! `attribute_not_exists(pk)`, updates `version = :expected`, and each goes into a
+//! `TransactWriteItems` with its audit record so that both land or neither does.
+//!
+//! The audit record's key holds the version it records (`AUDIT#<version>`) and is written with
+//! `attribute_not_exists`, so two writers producing the same version also collide on it: the
+//! version condition and the audit key guard the same promise twice. The conformance suite
+//! fails only when both are removed, which is intended.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::builders::PutBuilder;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, Put, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
+};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use billing::store::{
+    AuditEntry, Document, DocumentStore, EventWrite, Store, StoreError, SubscriptionWrite, check_next_version,
+};
+use billing::subscription::Subscription;
+
+/// A global secondary index: its name and the attribute it is keyed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexDefinition {
+    pub name: &'static str,
+    pub partition_key: &'static str,
+}
+
+/// The shape of the billing table. `template.yaml` declares the same table; a test compares
+/// the two, and the local server and the tests create tables from this definition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableDefinition {
+    pub partition_key: &'static str,
+    pub sort_key: &'static str,
+    pub indexes: [IndexDefinition; 2],
+    pub ttl_attribute: &'static str,
+}
+
+pub const TABLE_DEFINITION: TableDefinition = TableDefinition {
+    partition_key: "pk",
+    sort_key: "sk",
+    indexes: [
+        IndexDefinition {
+            name: "by_stripe_subscription",
+            partition_key: "gsi1pk",
+        },
+        IndexDefinition {
+            name: "by_stripe_customer",
+            partition_key: "gsi2pk",
+        },
+    ],
+    ttl_attribute: "expires_at",
+};
+
+const STATE: &str = "STATE";
+/// Tries of a create cancelled by a concurrent transaction while nothing is stored yet.
+const CREATE_ATTEMPTS: u32 = 3;
+const ONCE: &str = "ONCE";
+const STRIPE_EVENT: &str = "STRIPE_EVENT";
+
+fn subscription_pk(id: Uuid) -> String {
+    format!("SUBSCRIPTION#{id}")
+}
+
+fn audit_sk(version: u64) -> String {
+    format!("AUDIT#{version:020}")
+}
+
+fn stripe_subscription_key(id: &str) -> String {
+    format!("STRIPE_SUBSCRIPTION#{id}")
+}
+
+fn stripe_customer_key(id: &str) -> String {
+    format!("STRIPE_CUSTOMER#{id}")
+}
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// A store on `table`, with a client configured from the standard AWS environment.
+    pub async fn connect(table: impl Into<String>) -> Self {
+        DynamoStore::with_config(&crate::aws::load_sdk_config().await, table)
+    }
+
+    /// A store on `table` with a client of an already loaded configuration.
+    pub fn with_config(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        DynamoStore::new(Client::new(config), table)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table as [`TABLE_DEFINITION`] describes it (on-demand billing, TTL on),
+    /// unless it exists. For the local server and tests; in AWS the template creates it.
+    pub async fn ensure_table(&self) -> Result<(), StoreError> {
+        let exists = match self.client.describe_table().table_name(&self.table).send().await {
+            Ok(_) => true,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                false
+            }
+            Err(e) => return Err(sdk(e)),
+        };
+        if exists {
+            return Ok(());
+        }
+        let def = TABLE_DEFINITION;
+        let string_attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build)
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(build)
+        };
+        let mut request = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(string_attribute(def.partition_key)?)
+            .attribute_definitions(string_attribute(def.sort_key)?)
+            .key_schema(key(def.partition_key, KeyType::Hash)?)
+            .key_schema(key(def.sort_key, KeyType::Range)?);
+        for index in def.indexes {
+            request = request
+                .attribute_definitions(string_attribute(index.partition_key)?)
+                .global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(index.name)
+                        .key_schema(key(index.partition_key, KeyType::Hash)?)
+                        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                        .build()
+                        .map_err(build)?,
+                );
+        }
+        match request.send().await {
+            Ok(_) => {}
+            // Someone else (another test, another process) created it first: fine.
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => return Ok(()),
+            Err(e) => return Err(sdk(e)),
+        }
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(def.ttl_attribute)
+                    .enabled(true)
+                    .build()
+                    .map_err(build)?,
+            )
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
+    fn subscription_put(&self, subscription: &Subscription) -> Result<PutBuilder, StoreError> {
+        let mut item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(subscription).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Absent optional attributes are left out, never written as NULL: some feed indexes.
+        item.retain(|_, value| !matches!(value, AttributeValue::Null(_)));
+        item.insert("pk".into(), s(subscription_pk(subscription.id)));
+        item.insert("sk".into(), s(STATE));
+        if let Some(id) = &subscription.stripe_subscription {
+            item.insert(
+                TABLE_DEFINITION.indexes[0].partition_key.into(),
+                s(stripe_subscription_key(id)),
+            );
+        }
+        if let Some(id) = &subscription.stripe_customer {
+            item.insert(
+                TABLE_DEFINITION.indexes[1].partition_key.into(),
+                s(stripe_customer_key(id)),
+            );
+        }
+        Ok(Put::builder().table_name(&self.table).set_item(Some(item)))
+    }
+
+    fn audit_put(&self, audit: &AuditEntry) -> Result<Put, StoreError> {
+        let json = serde_json::to_string(audit).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(subscription_pk(audit.subscription_id)))
+            .item("sk", s(audit_sk(audit.version)))
+            .item("audit", s(json))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build)
+    }
+
+    /// Writes a subscription and its audit record in one transaction, the subscription's
+    /// write guarded by `condition`. `Ok(false)` when a condition failed.
+    async fn write_with_audit(&self, subscription: Put, audit: &AuditEntry) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(subscription).build())
+            .transact_items(TransactWriteItem::builder().put(self.audit_put(audit)?).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn get_item(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(subscription_pk(id)))
+            .key("sk", s(STATE))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        output.item.map(decode).transpose()
+    }
+
+    async fn find_by_index(&self, index: usize, key: String) -> Result<Subscription, StoreError> {
+        let definition = TABLE_DEFINITION.indexes[index];
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(definition.name)
+            .key_condition_expression("#k = :k")
+            .expression_attribute_names("#k", definition.partition_key)
+            .expression_attribute_values(":k", s(key))
+            .limit(1)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let item = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or(StoreError::NotFound)?;
+        decode(item)
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError> {
+        // A transaction is cancelled by the item existing, or (in DynamoDB, not in moto) by a
+        // concurrent transaction on it still in flight. Only a stored item means "already
+        // exists"; a conflict with nothing stored yet is tried again.
+        for attempt in 0..CREATE_ATTEMPTS {
+            let put = self
+                .subscription_put(subscription)?
+                .condition_expression("attribute_not_exists(pk)");
+            if self.write_with_audit(put.build().map_err(build)?, audit).await? {
+                return Ok(());
+            }
+            if self.get_item(subscription.id).await?.is_some() {
+                return Err(StoreError::AlreadyExists);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+        }
+        Err(StoreError::unavailable(
+            "create kept conflicting with concurrent transactions",
+        ))
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Subscription, StoreError> {
+        self.get_item(id).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn update_subscription(
+        &self,
+        next: &Subscription,
+        expected_version: u64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        check_next_version(next, expected_version, audit)?;
+        let put = self
+            .subscription_put(next)?
+            .condition_expression("attribute_exists(pk) AND version = :expected")
+            .expression_attribute_values(":expected", AttributeValue::N(expected_version.to_string()));
+        if self.write_with_audit(put.build().map_err(build)?, audit).await? {
+            return Ok(());
+        }
+        match self.get_item(next.id).await? {
+            None => Err(StoreError::NotFound),
+            Some(_) => Err(StoreError::VersionConflict),
+        }
+    }
+
+    async fn find_by_stripe_subscription(&self, stripe_subscription: &str) -> Result<Subscription, StoreError> {
+        self.find_by_index(0, stripe_subscription_key(stripe_subscription))
+            .await
+    }
+
+    async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError> {
+        self.find_by_index(1, stripe_customer_key(stripe_customer)).await
+    }
+
+    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :audit)")
+                .expression_attribute_values(":pk", s(subscription_pk(id)))
+                .expression_attribute_values(":audit", s("AUDIT#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in output.items.unwrap_or_default() {
+                let json = item
+                    .get("audit")
+                    .and_then(|v| v.as_s().ok())
+                    .ok_or_else(|| StoreError::Corrupt("audit item without its record".into()))?;
+                entries.push(serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(entries);
+            }
+        }
+    }
+
+    async fn record_event(
+        &self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+        outcome: &str,
+        write: Option<SubscriptionWrite<'_>>,
+    ) -> Result<EventWrite, StoreError> {
+        let now = Utc::now().timestamp().to_string();
+        // TTL deletion runs late (up to days), so an expired record still present counts as
+        // absent: the condition compares its expiry with now.
+        let mut once = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(format!("ONCE#{key}")))
+            .item("sk", s(ONCE))
+            .item(
+                TABLE_DEFINITION.ttl_attribute,
+                AttributeValue::N(expires_at.timestamp().to_string()),
+            )
+            .condition_expression("attribute_not_exists(pk) OR #expires <= :now")
+            .expression_attribute_names("#expires", TABLE_DEFINITION.ttl_attribute)
+            .expression_attribute_values(":now", AttributeValue::N(now));
+        if !outcome.is_empty() {
+            once = once.item("outcome", s(outcome));
+        }
+        let mut request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(once.build().map_err(build)?).build());
+        if let Some(write) = &write {
+            write.check()?;
+            let mark = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(subscription_pk(write.next.id)))
+                .item("sk", s(STRIPE_EVENT))
+                .item("created", AttributeValue::N(write.mark.created.to_string()))
+                .item("event_id", s(write.mark.id.clone()))
+                .condition_expression(
+                    "attribute_not_exists(pk) OR created < :created OR (created = :created AND event_id < :event)",
+                )
+                .expression_attribute_values(":created", AttributeValue::N(write.mark.created.to_string()))
+                .expression_attribute_values(":event", s(write.mark.id.clone()))
+                .build()
+                .map_err(build)?;
+            request = request.transact_items(TransactWriteItem::builder().put(mark).build());
+            request = if write.changes_subscription() {
+                let subscription = self
+                    .subscription_put(write.next)?
+                    .condition_expression("attribute_exists(pk) AND version = :expected")
+                    .expression_attribute_values(":expected", AttributeValue::N(write.expected_version.to_string()))
+                    .build()
+                    .map_err(build)?;
+                request
+                    .transact_items(TransactWriteItem::builder().put(subscription).build())
+                    .transact_items(TransactWriteItem::builder().put(self.audit_put(write.audit)?).build())
+            } else {
+                let unchanged = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(subscription_pk(write.next.id)))
+                    .key("sk", s(STATE))
+                    .condition_expression("attribute_exists(pk) AND version = :expected")
+                    .expression_attribute_values(":expected", AttributeValue::N(write.expected_version.to_string()))
+                    .build()
+                    .map_err(build)?;
+                request.transact_items(TransactWriteItem::builder().condition_check(unchanged).build())
+            };
+        }
+        match request.send().await {
+            Ok(_) => Ok(EventWrite::Recorded),
+            Err(e) => {
+                let Some(cancelled) = e.as_service_error().and_then(|e| match e {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
+                    _ => None,
+                }) else {
+                    return Err(sdk(e));
+                };
+                let failed = |index: usize| {
+                    cancelled
+                        .cancellation_reasons()
+                        .get(index)
+                        .and_then(|r| r.code())
+                        .is_some_and(|code| code == "ConditionalCheckFailed")
+                };
+                if failed(0) {
+                    Ok(EventWrite::Duplicate)
+                } else if failed(1) {
+                    Ok(EventWrite::Stale)
+                } else if failed(2) {
+                    Ok(EventWrite::VersionConflict)
+                } else {
+                    Err(StoreError::unavailable(format!(
+                        "event write cancelled: {:?}",
+                        cancelled.cancellation_reasons()
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn is_recorded(&self, key: &str) -> Result<bool, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("ONCE#{key}")))
+            .key("sk", s(ONCE))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let now = Utc::now().timestamp();
+        Ok(output
+            .item
+            .and_then(|item| {
+                item.get(TABLE_DEFINITION.ttl_attribute)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse::<i64>().ok())
+            })
+            .is_some_and(|expiry| expiry > now))
+    }
+}
+
+fn s(text: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(text.into())
+}
+
+fn decode(mut item: HashMap<String, AttributeValue>) -> Result<Subscription, StoreError> {
+    for key in ["pk", "sk", "gsi1pk", "gsi2pk"] {
+        item.remove(key);
+    }
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn sdk<E, R>(error: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    // Kept as the source: `DisplayErrorContext` (and `billing::errors::chain`) name the service
+    // error beneath SdkError's own "service error".
+    StoreError::Unavailable(Box::new(error))
+}
+
+fn build(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("could not build a DynamoDB request: {error}"))
+}
+
+const DOC: &str = "DOC";
+
+fn document_pk(key: &str) -> String {
+    format!("DOC#{key}")
+}
+
+/// Whether a failed `PutItem` failed on its condition.
+fn condition_failed<R>(error: &SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError, R>) -> bool {
+    error
+        .as_service_error()
+        .is_some_and(|e| e.is_conditional_check_failed_exception())
+}
+
+#[async_trait]
+impl DocumentStore for DynamoStore {
+    async fn get_document(&self, key: &str, now: DateTime<Utc>) -> Result<Option<Document>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(document_pk(key)))
+            .key("sk", s(DOC))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let Some(item) = output.item else {
+            return Ok(None);
+        };
+        let number = |name: &str| {
+            item.get(name)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<i64>().ok())
+        };
+        let expires_at = number(TABLE_DEFINITION.ttl_attribute);
+        if expires_at.is_some_and(|expiry| expiry <= now.timestamp()) {
+            return Ok(None);
+        }
+        let version = number("version")
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("document {key} has no version")))?;
+        let body = item
+            .get("body")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("document {key} has no body")))?;
+        Ok(Some(Document {
+            body: serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            version,
+            expires_at: expires_at.and_then(|e| DateTime::from_timestamp(e, 0)),
+        }))
+    }
+
+    async fn put_document(
+        &self,
+        key: &str,
+        body: &serde_json::Value,
+        expires_at: Option<DateTime<Utc>>,
+        expected: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let ttl = TABLE_DEFINITION.ttl_attribute;
+        let version = expected.map_or(1, |v| v + 1);
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(document_pk(key)))
+            .item("sk", s(DOC))
+            .item("body", s(body.to_string()))
+            .item("version", AttributeValue::N(version.to_string()));
+        if let Some(expiry) = expires_at {
+            put = put.item(ttl, AttributeValue::N(expiry.timestamp().to_string()));
+        }
+        put = match expected {
+            None => put
+                .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
+                .expression_attribute_names("#ttl", ttl)
+                .expression_attribute_values(":now", AttributeValue::N(now.timestamp().to_string())),
+            Some(expected) => put
+                .condition_expression("version = :expected")
+                .expression_attribute_values(":expected", AttributeValue::N(expected.to_string())),
+        };
+        match put.send().await {
+            Ok(_) => Ok(version),
+            Err(e) if condition_failed(&e) => Err(match expected {
+                None => StoreError::AlreadyExists,
+                Some(_) => StoreError::VersionConflict,
+            }),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! `EmbeddedStore`: the store in one redb file, for the local server and fast tests.
+//!
+//! redb runs one write transaction at a time, so a conditional write is a read and a write in
+//! the same transaction: nothing can slip in between the check and the write. The indexes by
+//! Stripe id are tables of their own, maintained in the same transaction as the subscription.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use uuid::Uuid;
+
+use billing::store::{
+    AuditEntry, Document, DocumentStore, EventMark, EventWrite, Store, StoreError, SubscriptionWrite,
+    check_next_version,
+};
+use billing::subscription::Subscription;
+
+const SUBSCRIPTIONS: TableDefinition<&str, &str> = TableDefinition::new("subscriptions");
+const BY_STRIPE_SUBSCRIPTION: TableDefinition<&str, &str> = TableDefinition::new("by_stripe_subscription");
+const BY_STRIPE_CUSTOMER: TableDefinition<&str, &str> = TableDefinition::new("by_stripe_customer");
+/// Key → `{"expires_at": <epoch seconds>, "outcome": ...}`.
+const ONCE: TableDefinition<&str, &str> = TableDefinition::new("once_records");
+/// Subscription id → the last Stripe event applied to it (`EventMark` as JSON).
+const MARKS: TableDefinition<&str, &str> = TableDefinition::new("stripe_event_marks");
+const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
+/// Key → `{"version": n, "expires_at": <epoch seconds>|null, "body": ...}`.
+const DOCUMENTS: TableDefinition<&str, &str> = TableDefinition::new("documents");
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedStore {
+    /// Opens the store file at `path`, creating it (and its tables) when missing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        EmbeddedStore::with_tables(Database::create(path.as_ref()).map_err(unavailable)?)
+    }
+
+    /// A store held in memory only: the same transactions without the file and its fsyncs, so
+    /// a measurement of a handler is not a measurement of the disk.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(unavailable)?;
+        EmbeddedStore::with_tables(db)
+    }
+
+    fn with_tables(db: Database) -> Result<Self, StoreError> {
+        let txn = db.begin_write().map_err(unavailable)?;
+        {
+            txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+            txn.open_table(BY_STRIPE_SUBSCRIPTION).map_err(unavailable)?;
+            txn.open_table(BY_STRIPE_CUSTOMER).map_err(unavailable)?;
+            txn.open_table(ONCE).map_err(unavailable)?;
+            txn.open_table(MARKS).map_err(unavailable)?;
+            txn.open_table(AUDIT).map_err(unavailable)?;
+            txn.open_table(DOCUMENTS).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    /// Runs blocking redb work off the async executor.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+    }
+
+    async fn find_by_index(
+        &self,
+        index: TableDefinition<'static, &'static str, &'static str>,
+        key: &str,
+    ) -> Result<Subscription, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let index = txn.open_table(index).map_err(unavailable)?;
+            let id = index
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound)?
+                .value()
+                .to_owned();
+            let table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+            let json = table
+                .get(id.as_str())
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound)?;
+            decode(json.value())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError> {
+        let subscription = subscription.clone();
+        let audit = audit.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let id = subscription.id.to_string();
+                let mut table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+                if table.get(id.as_str()).map_err(unavailable)?.is_some() {
+                    return Err(StoreError::AlreadyExists);
+                }
+                table
+                    .insert(id.as_str(), encode(&subscription)?.as_str())
+                    .map_err(unavailable)?;
+                reindex(&txn, &id, None, &subscription)?;
+                append_audit(&txn, &audit)?;
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Subscription, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+            let json = table
+                .get(id.to_string().as_str())
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound)?;
+            decode(json.value())
+        })
+        .await
+    }
+
+    async fn update_subscription(
+        &self,
+        next: &Subscription,
+        expected_version: u64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        check_next_version(next, expected_version, audit)?;
+        let next = next.clone();
+        let audit = audit.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let id = next.id.to_string();
+                let mut table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+                let current = {
+                    let json = table
+                        .get(id.as_str())
+                        .map_err(unavailable)?
+                        .ok_or(StoreError::NotFound)?;
+                    decode(json.value())?
+                };
+                if current.version != expected_version {
+                    return Err(StoreError::VersionConflict);
+                }
+                table
+                    .insert(id.as_str(), encode(&next)?.as_str())
+                    .map_err(unavailable)?;
+                reindex(&txn, &id, Some(&current), &next)?;
+                append_audit(&txn, &audit)?;
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn find_by_stripe_subscription(&self, stripe_subscription: &str) -> Result<Subscription, StoreError> {
+        self.find_by_index(BY_STRIPE_SUBSCRIPTION, stripe_subscription).await
+    }
+
+    async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError> {
+        self.find_by_index(BY_STRIPE_CUSTOMER, stripe_customer).await
+    }
+
+    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(AUDIT).map_err(unavailable)?;
+            let id = id.to_string();
+            table
+                .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+                .map_err(unavailable)?
+                .map(|entry| {
+                    let (_, json) = entry.map_err(unavailable)?;
+                    serde_json::from_str(json.value()).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_event(
+        &self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+        outcome: &str,
+        write: Option<SubscriptionWrite<'_>>,
+    ) -> Result<EventWrite, StoreError> {
+        if let Some(write) = &write {
+            write.check()?;
+        }
+        let key = key.to_owned();
+        let record = serde_json::json!({"expires_at": expires_at.timestamp(), "outcome": outcome}).to_string();
+        let write = write.map(|w| (w.next.clone(), w.expected_version, w.audit.clone(), w.mark.clone()));
+        self.blocking(move |db| {
+            let now = Utc::now().timestamp();
+            let txn = db.begin_write().map_err(unavailable)?;
+            let outcome = {
+                let mut once = txn.open_table(ONCE).map_err(unavailable)?;
+                let live = once
+                    .get(key.as_str())
+                    .map_err(unavailable)?
+                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v.value()).ok())
+                    .and_then(|v| v["expires_at"].as_i64())
+                    .is_some_and(|expiry| expiry > now);
+                if live {
+                    return Ok(EventWrite::Duplicate);
+                }
+                if let Some((next, expected, audit, mark)) = &write {
+                    let id = next.id.to_string();
+                    let mut marks = txn.open_table(MARKS).map_err(unavailable)?;
+                    let last: Option<EventMark> = marks
+                        .get(id.as_str())
+                        .map_err(unavailable)?
+                        .map(|v| serde_json::from_str(v.value()))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if last.is_some_and(|last| last >= *mark) {
+                        return Ok(EventWrite::Stale);
+                    }
+                    let mut table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+                    let current = {
+                        let json = table
+                            .get(id.as_str())
+                            .map_err(unavailable)?
+                            .ok_or(StoreError::NotFound)?;
+                        decode(json.value())?
+                    };
+                    if current.version != *expected {
+                        return Ok(EventWrite::VersionConflict);
+                    }
+                    if next.version != *expected {
+                        table.insert(id.as_str(), encode(next)?.as_str()).map_err(unavailable)?;
+                        reindex(&txn, &id, Some(&current), next)?;
+                        append_audit(&txn, audit)?;
+                    }
+                    let mark = serde_json::to_string(mark).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    marks.insert(id.as_str(), mark.as_str()).map_err(unavailable)?;
+                }
+                once.insert(key.as_str(), record.as_str()).map_err(unavailable)?;
+                EventWrite::Recorded
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn is_recorded(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let once = txn.open_table(ONCE).map_err(unavailable)?;
+            let now = Utc::now().timestamp();
+            Ok(once
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(v.value()).ok())
+                .and_then(|v| v["expires_at"].as_i64())
+                .is_some_and(|expiry| expiry > now))
+        })
+        .await
+    }
+}
+
+/// Points the Stripe-id indexes at `next`, dropping entries `previous` had that it lost.
+fn reindex(
+    txn: &redb::WriteTransaction,
+    id: &str,
+    previous: Option<&Subscription>,
+    next: &Subscription,
+) -> Result<(), StoreError> {
+    let pairs = [
+        (
+            BY_STRIPE_SUBSCRIPTION,
+            previous.and_then(|p| p.stripe_subscription.as_deref()),
+            next.stripe_subscription.as_deref(),
+        ),
+        (
+            BY_STRIPE_CUSTOMER,
+            previous.and_then(|p| p.stripe_customer.as_deref()),
+            next.stripe_customer.as_deref(),
+        ),
+    ];
+    for (definition, old, new) in pairs {
+        if old == new {
+            continue;
+        }
+        let mut index = txn.open_table(definition).map_err(unavailable)?;
+        if let Some(old) = old {
+            let points_here = index.get(old).map_err(unavailable)?.is_some_and(|v| v.value() == id);
+            if points_here {
+                index.remove(old).map_err(unavailable)?;
+            }
+        }
+        if let Some(new) = new {
+            index.insert(new, id).map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+fn append_audit(txn: &redb::WriteTransaction, audit: &AuditEntry) -> Result<(), StoreError> {
+    let mut table = txn.open_table(AUDIT).map_err(unavailable)?;
+    let json = serde_json::to_string(audit).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let id = audit.subscription_id.to_string();
+    table
+        .insert((id.as_str(), audit.version), json.as_str())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn encode(subscription: &Subscription) -> Result<String, StoreError> {
+    serde_json::to_string(subscription).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode(json: &str) -> Result<Subscription, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredDocument {
+    version: u64,
+    expires_at: Option<i64>,
+    body: serde_json::Value,
+}
+
+impl StoredDocument {
+    fn live_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|expiry| expiry > now.timestamp())
+    }
+}
+
+fn read_document(json: &str) -> Result<StoredDocument, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[async_trait]
+impl DocumentStore for EmbeddedStore {
+    async fn get_document(&self, key: &str, now: DateTime<Utc>) -> Result<Option<Document>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(DOCUMENTS).map_err(unavailable)?;
+            let Some(json) = table.get(key.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let stored = read_document(json.value())?;
+            if !stored.live_at(now) {
+                return Ok(None);
+            }
+            Ok(Some(Document {
+                expires_at: stored.expires_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+                version: stored.version,
+                body: stored.body,
+            }))
+        })
+        .await
+    }
+
+    async fn put_document(
+        &self,
+        key: &str,
+        body: &serde_json::Value,
+        expires_at: Option<DateTime<Utc>>,
+        expected: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        let body = body.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let version = {
+                let mut table = txn.open_table(DOCUMENTS).map_err(unavailable)?;
+                let current = match table.get(key.as_str()).map_err(unavailable)? {
+                    Some(json) => Some(read_document(json.value())?),
+                    None => None,
+                };
+                let version = match (expected, current) {
+                    (None, Some(current)) if current.live_at(now) => return Err(StoreError::AlreadyExists),
+                    (None, _) => 1,
+                    (Some(expected), Some(current)) if current.version == expected => expected + 1,
+                    (Some(_), _) => return Err(StoreError::VersionConflict),
+                };
+                let stored = StoredDocument {
+                    version,
+                    expires_at: expires_at.map(|e| e.timestamp()),
+                    body,
+                };
+                let json = serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                table.insert(key.as_str(), json.as_str()).map_err(unavailable)?;
+                version
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(version)
+        })
+        .await
+    }
+}

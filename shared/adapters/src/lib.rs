@@ -1,0 +1,43 @@
+//! The ports of `billing` on real backends. Each backend is a cargo feature, so a function
+//! links only the clients it calls:
+//!
+//! | feature | adapters |
+//! |---|---|
+//! | `dynamodb` | [`DynamoStore`] (AWS, and moto in tests), [`aws`] client settings |
+//! | `embedded` | [`EmbeddedStore`] (one redb file, or memory) |
+//! | `stripe` | [`StripeBilling`] (async-stripe) |
+//! | `ses` | [`SesMailer`] (SES v2), [`aws`] client settings |
+//! | (always) | [`OutboxMailer`] (a directory of JSON files), [`SystemClock`] |
+
+#[cfg(any(feature = "dynamodb", feature = "ses"))]
+pub mod aws;
+#[cfg(feature = "dynamodb")]
+pub mod dynamo;
+#[cfg(feature = "embedded")]
+pub mod embedded;
+pub mod mail;
+#[cfg(feature = "stripe")]
+pub mod stripe;
+
+#[cfg(feature = "dynamodb")]
+pub use dynamo::{DynamoStore, IndexDefinition, TABLE_DEFINITION, TableDefinition};
+#[cfg(feature = "embedded")]
+pub use embedded::EmbeddedStore;
+pub use mail::OutboxMailer;
+#[cfg(feature = "ses")]
+pub use mail::SesMailer;
+#[cfg(feature = "stripe")]
+pub use stripe::{RetryPolicy, StripeBilling};
+
+use billing::clock::Clock;
+use chrono::{DateTime, Utc};
+
+/// The system's clock: the one place the service reads the time of day.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

@@ -1,0 +1,337 @@
+//! `StripeBilling`: the [`Billing`] port on async-stripe, with the retry policy every Stripe
+//! call follows: a per-attempt timeout, and backoff on network errors, timeouts, 5xx, 429 and
+//! a concurrent request holding the same idempotency key.
+
+use std::time::Duration;
+
+use ::stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use async_trait::async_trait;
+use billing::config::{ConfigError, Environment, optional, required};
+use billing::stripe::{Billing, BillingError, Customer, StripeSubscription};
+use billing::subscription::Status;
+use chrono::{DateTime, TimeZone, Utc};
+use stripe_billing::subscription::{
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, RetrieveSubscription,
+    UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+};
+use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_payment::payment_method::AttachPaymentMethod;
+use stripe_shared::{Subscription as StripeSubscriptionObject, SubscriptionStatus};
+use uuid::Uuid;
+
+/// How hard to try each Stripe call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub attempt_timeout: Duration,
+    pub first_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Three attempts of at most 4 s, 100 ms then 400 ms apart: under API Gateway's 30 s.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            attempt_timeout: Duration::from_secs(4),
+            first_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The `Billing` port on async-stripe.
+#[derive(Clone)]
+pub struct StripeBilling {
+    client: ::stripe::Client,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for StripeBilling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client holds the secret key: never print it.
+        f.debug_struct("StripeBilling")
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StripeBilling {
+    /// A client for `secret_key`, talking to `api_base` (a local sandbox) when given.
+    pub fn new(secret_key: &str, api_base: Option<&str>, retry: RetryPolicy) -> Result<Self, BillingError> {
+        let mut builder = ::stripe::ClientBuilder::new(secret_key).timeout(retry.attempt_timeout);
+        if let Some(base) = api_base {
+            let base = if base.ends_with('/') {
+                base.to_owned()
+            } else {
+                format!("{base}/")
+            };
+            builder = builder.url(base);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| BillingError::Rejected(format!("Stripe client: {e}")))?;
+        Ok(StripeBilling { client, retry })
+    }
+
+    /// From `STRIPE_SECRET_KEY` and, optionally, `STRIPE_API_BASE`.
+    pub fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
+        let key = required(env, "STRIPE_SECRET_KEY")?;
+        let base = optional(env, "STRIPE_API_BASE");
+        StripeBilling::new(&key, base.as_deref(), RetryPolicy::default()).map_err(|e| ConfigError::Invalid {
+            name: "STRIPE_SECRET_KEY".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Runs `call` with the idempotency key until it succeeds, fails for good, or the
+    /// attempts run out.
+    async fn with_retries<T, F, Fut>(&self, operation: &str, key: &str, call: F) -> Result<T, BillingError>
+    where
+        F: Fn(RequestStrategy) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StripeError>>,
+    {
+        let key = IdempotencyKey::new(key).map_err(|e| BillingError::Rejected(e.to_string()))?;
+        let mut backoff = self.retry.first_backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.retry.attempts {
+            match call(RequestStrategy::Idempotent(key.clone())).await {
+                Ok(value) => return Ok(value),
+                Err(error) => match classify(&error) {
+                    Retry::Yes => {
+                        last = describe(&error);
+                        tracing::warn!(operation, attempt, error = %last, "Stripe call failed; retrying");
+                    }
+                    Retry::No(error) => {
+                        tracing::warn!(operation, attempt, error = %error, "Stripe refused the call");
+                        return Err(error);
+                    }
+                },
+            }
+            if attempt < self.retry.attempts {
+                tokio::time::sleep(backoff).await;
+                backoff *= 4;
+            }
+        }
+        Err(BillingError::Unavailable(format!("{operation}: {last}")))
+    }
+}
+
+impl StripeBilling {
+    /// Sends `request` with the idempotency key and the retry policy.
+    async fn send<R>(&self, operation: &str, key: &str, request: &R) -> Result<R::Output, BillingError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        self.with_retries(operation, key, |strategy| async move {
+            request.customize().request_strategy(strategy).send(&self.client).await
+        })
+        .await
+    }
+}
+
+enum Retry {
+    Yes,
+    No(BillingError),
+}
+
+fn describe(error: &StripeError) -> String {
+    match error {
+        StripeError::Stripe(api, status) => format!(
+            "{status} {}: {}",
+            api.type_.as_str(),
+            api.message.as_deref().unwrap_or("")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Whether a failed call is worth another attempt, and what it means when it is not. Decided by
+/// the HTTP status and Stripe's error `type` and `code`, never by the message, which Stripe
+/// words for people and may change.
+fn classify(error: &StripeError) -> Retry {
+    match error {
+        StripeError::ClientError(_) | StripeError::Timeout => Retry::Yes,
+        StripeError::Stripe(api, status) => {
+            let message = api.message.clone().unwrap_or_default();
+            let code = api.code.as_ref().map(|code| code.as_str());
+            match (*status, api.type_.as_str(), code) {
+                (500..=599 | 429, _, _) => Retry::Yes,
+                // Another request with the same key is still running: wait for its answer.
+                (_, _, Some("idempotency_key_in_use")) | (409, "idempotency_error", _) => Retry::Yes,
+                (_, "idempotency_error", _) => Retry::No(BillingError::Conflict(message)),
+                (_, "card_error", _)
+                | (402, _, _)
+                | (_, _, Some("card_declined" | "expired_card" | "incorrect_cvc")) => {
+                    Retry::No(BillingError::CardDeclined(message))
+                }
+                (_, _, Some("resource_missing"))
+                    if api.param.as_deref().is_some_and(|p| p.contains("payment_method")) =>
+                {
+                    Retry::No(BillingError::PaymentMethodRefused(message))
+                }
+                (_, _, Some("payment_method_unexpected_state" | "payment_method_unactivated")) => {
+                    Retry::No(BillingError::PaymentMethodRefused(message))
+                }
+                _ => Retry::No(BillingError::Rejected(format!(
+                    "{status} {}: {message}",
+                    api.type_.as_str()
+                ))),
+            }
+        }
+        StripeError::JSONDeserialize(detail) => {
+            Retry::No(BillingError::Rejected(format!("unreadable Stripe response: {detail}")))
+        }
+        StripeError::ConfigError(detail) => Retry::No(BillingError::Rejected(detail.clone())),
+    }
+}
+
+fn timestamp(seconds: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_opt(seconds, 0).single()
+}
+
+fn status_of(status: &SubscriptionStatus) -> Status {
+    match status {
+        SubscriptionStatus::Active => Status::Active,
+        SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired => Status::Canceled,
+        SubscriptionStatus::Incomplete => Status::Incomplete,
+        SubscriptionStatus::PastDue => Status::PastDue,
+        SubscriptionStatus::Paused => Status::Paused,
+        SubscriptionStatus::Trialing => Status::Trialing,
+        SubscriptionStatus::Unpaid => Status::Unpaid,
+        // A status newer than this code: treat it as needing attention, never as paid.
+        _ => Status::Incomplete,
+    }
+}
+
+fn summarize(subscription: &StripeSubscriptionObject) -> Result<StripeSubscription, BillingError> {
+    let item = subscription
+        .items
+        .data
+        .first()
+        .ok_or_else(|| BillingError::Rejected(format!("subscription {} has no items", subscription.id.as_str())))?;
+    Ok(StripeSubscription {
+        id: subscription.id.as_str().to_owned(),
+        customer: subscription.customer.id().as_str().to_owned(),
+        status: status_of(&subscription.status),
+        item: item.id.as_str().to_owned(),
+        price: item.price.id.as_str().to_owned(),
+        trial_start: subscription.trial_start.and_then(timestamp),
+        trial_end: subscription.trial_end.and_then(timestamp),
+        current_period_end: timestamp(item.current_period_end),
+        cancel_at_period_end: subscription.cancel_at_period_end,
+    })
+}
+
+#[async_trait]
+impl Billing for StripeBilling {
+    async fn create_customer(&self, user_id: Uuid, email: &str, key: &str) -> Result<Customer, BillingError> {
+        let request = CreateCustomer::new().email(email).metadata(
+            [("user_id".to_owned(), user_id.to_string())]
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        let customer = self.send("create_customer", key, &request).await?;
+        Ok(Customer {
+            id: customer.id.as_str().to_owned(),
+            created: timestamp(customer.created).unwrap_or_else(Utc::now),
+        })
+    }
+
+    async fn create_subscription(
+        &self,
+        customer: &str,
+        price: &str,
+        trial_end: Option<DateTime<Utc>>,
+        user_id: Uuid,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut item = CreateSubscriptionItems::new();
+        item.price = Some(price.to_owned());
+        let mut request = CreateSubscription::new().customer(customer).items(vec![item]).metadata(
+            [("user_id".to_owned(), user_id.to_string())]
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        if let Some(end) = trial_end {
+            request = request.trial_end(CreateSubscriptionTrialEnd::Timestamp(end.timestamp()));
+        }
+        let subscription = self.send("create_subscription", key, &request).await?;
+        summarize(&subscription)
+    }
+
+    async fn change_price(
+        &self,
+        subscription: &str,
+        price: &str,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        // The item id is Stripe's business: read it rather than keep a copy that can go stale.
+        let retrieve = RetrieveSubscription::new(subscription);
+        let current = self
+            .with_retries("retrieve_subscription", key, |_| {
+                let request = retrieve.clone();
+                async move {
+                    request
+                        .customize()
+                        .request_strategy(RequestStrategy::Once)
+                        .send(&self.client)
+                        .await
+                }
+            })
+            .await?;
+        let current = summarize(&current)?;
+        if current.price == price {
+            return Ok(current);
+        }
+        let mut item = UpdateSubscriptionItems::new();
+        item.id = Some(current.item.clone());
+        item.price = Some(price.to_owned());
+        let request = UpdateSubscription::new(subscription)
+            .items(vec![item])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::None);
+        let updated = self.send("change_price", key, &request).await?;
+        summarize(&updated)
+    }
+
+    async fn attach_default_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+        key: &str,
+    ) -> Result<String, BillingError> {
+        let attach = AttachPaymentMethod::new(payment_method).customer(customer);
+        // The payment method is the one thing the caller chose in this call: Stripe refusing the
+        // request as invalid (attached to another customer, unusable) is a refusal of it.
+        let attached = self
+            .send("attach_payment_method", &format!("{key}:attach"), &attach)
+            .await
+            .map_err(|error| match error {
+                BillingError::Rejected(detail) => BillingError::PaymentMethodRefused(detail),
+                other => other,
+            })?;
+        let attached_id = attached.id.as_str().to_owned();
+        let mut settings = UpdateCustomerInvoiceSettings::new();
+        settings.default_payment_method = Some(attached_id.clone());
+        let make_default = UpdateCustomer::new(customer).invoice_settings(settings);
+        self.send("set_default_payment_method", &format!("{key}:default"), &make_default)
+            .await?;
+        Ok(attached_id)
+    }
+
+    async fn set_cancel_at_period_end(
+        &self,
+        subscription: &str,
+        cancel: bool,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let request = UpdateSubscription::new(subscription).cancel_at_period_end(cancel);
+        let updated = self.send("set_cancel_at_period_end", key, &request).await?;
+        summarize(&updated)
+    }
+
+    async fn cancel(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError> {
+        let request = CancelSubscription::new(subscription);
+        let canceled = self.send("cancel_subscription", key, &request).await?;
+        summarize(&canceled)
+    }
+}

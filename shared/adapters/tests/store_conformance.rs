@@ -1,0 +1,740 @@
+//! The store conformance suite: the promises of the `Store` port, checked against every
+//! adapter. The embedded halves (on a file and in memory) run anywhere; the DynamoDB half runs
+//! against the moto server that `make test` starts (`AWS_ENDPOINT_URL`), each test on a table of
+//! its own.
+
+use std::sync::Arc;
+
+use billing::store::{AuditEntry, DocumentStore, EventMark, EventWrite, Store, StoreError, SubscriptionWrite};
+use billing::subscription::{PlanCatalog, Subscription, SubscriptionChange};
+use billing_adapters::EmbeddedStore;
+use chrono::{Duration, SubsecRound, Utc};
+use uuid::Uuid;
+
+mod support;
+
+fn catalog() -> PlanCatalog {
+    PlanCatalog::standard(|id| Ok::<_, ()>(format!("price_{id}"))).unwrap()
+}
+
+fn change(json: &str) -> SubscriptionChange {
+    SubscriptionChange::from_json(json.as_bytes()).unwrap()
+}
+
+/// A fresh trialing subscription for a new user, optionally with Stripe ids.
+fn new_subscription(stripe: Option<(&str, &str)>) -> Subscription {
+    let user = Uuid::new_v4();
+    let mut body = format!(r#"{{"user_id": "{user}", "email": "user-{user}@example.com""#);
+    if let Some((customer, subscription)) = stripe {
+        body.push_str(&format!(
+            r#", "stripe_customer": "{customer}", "stripe_subscription": "{subscription}""#
+        ));
+    }
+    body.push('}');
+    let now = Utc::now();
+    change(&body)
+        .new_subscription(catalog().get("pending").unwrap(), now, now)
+        .unwrap()
+}
+
+fn created(subscription: &Subscription) -> AuditEntry {
+    AuditEntry::of(subscription, "system:test", "create", serde_json::json!({}))
+}
+
+fn updated(next: &Subscription, what: &SubscriptionChange) -> AuditEntry {
+    AuditEntry::of(next, "system:test", "patch", what.audit_summary())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", Uuid::new_v4().simple())
+}
+
+async fn create_then_get_returns_what_was_stored(store: Arc<impl Store>) {
+    // Given a subscription with every optional attribute absent
+    let subscription = new_subscription(None);
+    // When it is created and read back
+    store
+        .create_subscription(&subscription, &created(&subscription))
+        .await
+        .unwrap();
+    // Then it is exactly what was stored
+    assert_eq!(store.get_subscription(subscription.id).await.unwrap(), subscription);
+
+    // And so is one with every attribute present
+    let mut full = new_subscription(Some((&unique("cus_"), &unique("sub_"))));
+    full.licenses = Some(7);
+    full.discount_percent = Some(20);
+    full.current_period_end = Some(Utc::now().trunc_subsecs(0) + Duration::days(30));
+    full.has_payment_source = true;
+    store.create_subscription(&full, &created(&full)).await.unwrap();
+    assert_eq!(store.get_subscription(full.id).await.unwrap(), full);
+}
+
+async fn create_twice_is_already_exists_and_keeps_the_first(store: Arc<impl Store>) {
+    // Given a stored subscription
+    let first = new_subscription(None);
+    store.create_subscription(&first, &created(&first)).await.unwrap();
+    // When another create for the same id arrives
+    let mut second = first.clone();
+    second.email = "someone-else@example.com".into();
+    let outcome = store.create_subscription(&second, &created(&second)).await;
+    // Then it is refused and the first is untouched
+    assert!(matches!(outcome, Err(StoreError::AlreadyExists)));
+    assert_eq!(store.get_subscription(first.id).await.unwrap(), first);
+    assert_eq!(store.audit_trail(first.id).await.unwrap().len(), 1);
+}
+
+async fn concurrent_creates_for_one_id_store_exactly_one(store: Arc<impl Store + 'static>) {
+    let subscription = new_subscription(None);
+    let attempts: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let mut candidate = subscription.clone();
+            candidate.email = format!("attempt-{i}@example.com");
+            tokio::spawn(async move { store.create_subscription(&candidate, &created(&candidate)).await })
+        })
+        .collect();
+    let mut created_count = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(()) => created_count += 1,
+            Err(StoreError::AlreadyExists) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created_count, 1);
+    assert_eq!(store.get_subscription(subscription.id).await.unwrap().version, 1);
+}
+
+async fn concurrent_updates_from_one_version_let_exactly_one_win(store: Arc<impl Store + 'static>) {
+    // Given a stored subscription at version 1
+    let subscription = new_subscription(None);
+    store
+        .create_subscription(&subscription, &created(&subscription))
+        .await
+        .unwrap();
+    // When eight writers, each having read version 1, write different changes at once
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let current = subscription.clone();
+            tokio::spawn(async move {
+                let what = change(&format!(r#"{{"licenses": {i}}}"#));
+                let next = what.apply(&current, Utc::now()).unwrap_or_else(|| {
+                    // licenses 0 still differs from the stored null
+                    unreachable!()
+                });
+                store
+                    .update_subscription(&next, 1, &updated(&next, &what))
+                    .await
+                    .map(|()| next)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut conflicts = 0;
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok(next) => winners.push(next),
+            Err(StoreError::VersionConflict) => conflicts += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    // Then exactly one wins, the others are told of the conflict, and the winner's state is stored
+    assert_eq!((winners.len(), conflicts), (1, 7));
+    let stored = store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored, winners[0]);
+    assert_eq!(stored.version, 2);
+    assert_eq!(store.audit_trail(subscription.id).await.unwrap().len(), 2);
+}
+
+async fn update_from_a_stale_version_is_a_conflict_and_changes_nothing(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let first = change(r#"{"plan": "basic_monthly"}"#);
+    let v2 = first.apply(&v1, Utc::now()).unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2, &first)).await.unwrap();
+
+    // A writer still holding version 1
+    let late = change(r#"{"email": "late@example.com"}"#);
+    let stale = late.apply(&v1, Utc::now()).unwrap();
+    let outcome = store.update_subscription(&stale, 1, &updated(&stale, &late)).await;
+
+    assert!(matches!(outcome, Err(StoreError::VersionConflict)));
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+    let trail = store.audit_trail(v1.id).await.unwrap();
+    assert_eq!(trail.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+async fn unknown_ids_are_not_found(store: Arc<impl Store>) {
+    let ghost = new_subscription(None);
+    assert!(matches!(
+        store.get_subscription(ghost.id).await,
+        Err(StoreError::NotFound)
+    ));
+    let what = change(r#"{"plan": "basic_monthly"}"#);
+    let next = what.apply(&ghost, Utc::now()).unwrap();
+    assert!(matches!(
+        store.update_subscription(&next, 1, &updated(&next, &what)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.find_by_stripe_subscription(&unique("sub_")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.find_by_stripe_customer(&unique("cus_")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.audit_trail(ghost.id).await.unwrap(), vec![]);
+}
+
+async fn lookups_by_stripe_ids_follow_changes(store: Arc<impl Store>) {
+    // Given two subscriptions with Stripe ids and one without
+    let (customer, stripe_subscription) = (unique("cus_"), unique("sub_"));
+    let ada = new_subscription(Some((&customer, &stripe_subscription)));
+    let bob = new_subscription(Some((&unique("cus_"), &unique("sub_"))));
+    let eve = new_subscription(None);
+    for s in [&ada, &bob, &eve] {
+        store.create_subscription(s, &created(s)).await.unwrap();
+    }
+    // Then each Stripe id finds its own subscription
+    assert_eq!(store.find_by_stripe_customer(&customer).await.unwrap(), ada);
+    assert_eq!(
+        store.find_by_stripe_subscription(&stripe_subscription).await.unwrap(),
+        ada
+    );
+    assert_eq!(
+        store
+            .find_by_stripe_customer(bob.stripe_customer.as_deref().unwrap())
+            .await
+            .unwrap(),
+        bob
+    );
+
+    // When Ada's Stripe subscription is replaced
+    let replacement = unique("sub_");
+    let what = change(&format!(r#"{{"stripe_subscription": "{replacement}"}}"#));
+    let next = what.apply(&ada, Utc::now()).unwrap();
+    store
+        .update_subscription(&next, 1, &updated(&next, &what))
+        .await
+        .unwrap();
+    // Then the new id finds her at the new version and the old one finds nothing
+    assert_eq!(store.find_by_stripe_subscription(&replacement).await.unwrap(), next);
+    assert!(matches!(
+        store.find_by_stripe_subscription(&stripe_subscription).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.find_by_stripe_customer(&customer).await.unwrap().version, 2);
+}
+
+async fn an_id_is_recorded_once_until_it_expires(store: Arc<impl Store>) {
+    let key = unique("evt_");
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert_eq!(
+        store.record_event(&key, tomorrow, "ignored", None).await.unwrap(),
+        EventWrite::Recorded
+    );
+    assert_eq!(
+        store.record_event(&key, tomorrow, "ignored", None).await.unwrap(),
+        EventWrite::Duplicate
+    );
+    assert_eq!(
+        store
+            .record_event(&unique("evt_"), tomorrow, "ignored", None)
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+}
+
+async fn an_expired_record_counts_as_absent_even_before_the_backend_deletes_it(store: Arc<impl Store>) {
+    // Given a record that expired a minute ago (DynamoDB deletes expired items days late)
+    let key = unique("evt_");
+    let a_minute_ago = Utc::now() - Duration::minutes(1);
+    assert_eq!(
+        store.record_event(&key, a_minute_ago, "ignored", None).await.unwrap(),
+        EventWrite::Recorded
+    );
+    // When the same id comes again, it is new again
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert_eq!(
+        store.record_event(&key, tomorrow, "ignored", None).await.unwrap(),
+        EventWrite::Recorded
+    );
+    // And now lives until tomorrow
+    assert_eq!(
+        store.record_event(&key, tomorrow, "ignored", None).await.unwrap(),
+        EventWrite::Duplicate
+    );
+}
+
+async fn audit_trail_lists_every_version_oldest_first(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let what = change(r#"{"plan": "business_annual", "stripe_source": "pm_card_visa"}"#);
+    let v2 = what.apply(&v1, Utc::now()).unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2, &what)).await.unwrap();
+    let trail = store.audit_trail(v1.id).await.unwrap();
+    assert_eq!(trail, vec![created(&v1), updated(&v2, &what)]);
+}
+
+fn mark(created: i64, id: &str) -> EventMark {
+    EventMark {
+        created,
+        id: id.to_owned(),
+    }
+}
+
+async fn an_event_and_its_subscription_write_are_recorded_together(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let what = change(r#"{"status": "active"}"#);
+    let v2 = what.apply(&v1, Utc::now()).unwrap();
+    let audit = updated(&v2, &what);
+    let key = unique("stripe-event:evt_");
+    let write = SubscriptionWrite {
+        next: &v2,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(100, "evt_a"),
+    };
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert!(!store.is_recorded(&key).await.unwrap());
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+    assert!(store.is_recorded(&key).await.unwrap());
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+    // The same event again changes nothing, whatever write it carries
+    let again = what.apply(&v2, Utc::now()).unwrap_or_else(|| v2.clone());
+    let mut again = again;
+    again.version = 3;
+    let audit3 = AuditEntry::of(&again, "system:test", "patch", serde_json::json!({}));
+    let write = SubscriptionWrite {
+        next: &again,
+        expected_version: 2,
+        audit: &audit3,
+        mark: &mark(100, "evt_a"),
+    };
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Duplicate
+    );
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+    assert_eq!(store.audit_trail(v1.id).await.unwrap().len(), 2);
+}
+
+async fn an_event_older_than_the_last_applied_is_stale_and_writes_nothing(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let tomorrow = Utc::now() + Duration::days(1);
+    let newer = change(r#"{"status": "canceled"}"#);
+    let v2 = newer.apply(&v1, Utc::now()).unwrap();
+    let audit = updated(&v2, &newer);
+    let write = SubscriptionWrite {
+        next: &v2,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(200, "evt_b"),
+    };
+    assert_eq!(
+        store
+            .record_event(&unique("e:"), tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+
+    // An older event, and one of the same second with a smaller id, arrive late
+    for (created_at, id) in [(100, "evt_z"), (200, "evt_a"), (200, "evt_b")] {
+        let older = change(r#"{"status": "active"}"#);
+        let v3 = older.apply(&v2, Utc::now()).unwrap();
+        let audit = updated(&v3, &older);
+        let key = unique("e:");
+        let write = SubscriptionWrite {
+            next: &v3,
+            expected_version: 2,
+            audit: &audit,
+            mark: &mark(created_at, id),
+        };
+        assert_eq!(
+            store
+                .record_event(&key, tomorrow, "applied", Some(write))
+                .await
+                .unwrap(),
+            EventWrite::Stale,
+            "{created_at} {id}"
+        );
+        assert!(!store.is_recorded(&key).await.unwrap());
+    }
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+    // A newer one of the same second applies
+    let later = change(r#"{"status": "past_due"}"#);
+    let v3 = later.apply(&v2, Utc::now()).unwrap();
+    let audit = updated(&v3, &later);
+    let write = SubscriptionWrite {
+        next: &v3,
+        expected_version: 2,
+        audit: &audit,
+        mark: &mark(200, "evt_c"),
+    };
+    assert_eq!(
+        store
+            .record_event(&unique("e:"), tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+}
+
+async fn an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let patch = change(r#"{"email": "moved@example.com"}"#);
+    let v2 = patch.apply(&v1, Utc::now()).unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2, &patch)).await.unwrap();
+    let event = change(r#"{"status": "past_due"}"#);
+    let stale = event.apply(&v1, Utc::now()).unwrap();
+    let audit = updated(&stale, &event);
+    let key = unique("e:");
+    let write = SubscriptionWrite {
+        next: &stale,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(1, "evt_1"),
+    };
+    let outcome = store
+        .record_event(&key, Utc::now() + Duration::days(1), "applied", Some(write))
+        .await
+        .unwrap();
+    assert_eq!(outcome, EventWrite::VersionConflict);
+    assert!(!store.is_recorded(&key).await.unwrap());
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
+}
+
+async fn an_event_without_a_write_is_recorded_for_review(store: Arc<impl Store>) {
+    let key = unique("e:");
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "unknown_subscription", None)
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "unknown_subscription", None)
+            .await
+            .unwrap(),
+        EventWrite::Duplicate
+    );
+    assert!(store.is_recorded(&key).await.unwrap());
+    let expired = unique("e:");
+    store
+        .record_event(&expired, Utc::now() - Duration::minutes(1), "ignored", None)
+        .await
+        .unwrap();
+    assert!(!store.is_recorded(&expired).await.unwrap());
+}
+
+async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    let tomorrow = Utc::now() + Duration::days(1);
+    let audit = AuditEntry::of(&v1, "system:test", "stripe", serde_json::json!({}));
+    let write = SubscriptionWrite {
+        next: &v1,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(300, "evt_same"),
+    };
+    assert_eq!(
+        store
+            .record_event(&unique("e:"), tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+    assert_eq!(store.get_subscription(v1.id).await.unwrap(), v1);
+    assert_eq!(store.audit_trail(v1.id).await.unwrap().len(), 1);
+    // The mark moved: an older event with a change is now stale
+    let older = change(r#"{"status": "active"}"#);
+    let v2 = older.apply(&v1, Utc::now()).unwrap();
+    let audit = updated(&v2, &older);
+    let write = SubscriptionWrite {
+        next: &v2,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(200, "evt_older"),
+    };
+    assert_eq!(
+        store
+            .record_event(&unique("e:"), tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::Stale
+    );
+    // And an unchanged write from a stale version is a conflict, recording nothing
+    let patch = change(r#"{"email": "elsewhere@example.com"}"#);
+    let moved = patch.apply(&v1, Utc::now()).unwrap();
+    store
+        .update_subscription(&moved, 1, &updated(&moved, &patch))
+        .await
+        .unwrap();
+    let key = unique("e:");
+    let write = SubscriptionWrite {
+        next: &v1,
+        expected_version: 1,
+        audit: &audit,
+        mark: &mark(400, "evt_late"),
+    };
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "applied", Some(write))
+            .await
+            .unwrap(),
+        EventWrite::VersionConflict
+    );
+    assert!(!store.is_recorded(&key).await.unwrap());
+}
+
+fn document_body(n: u32) -> serde_json::Value {
+    serde_json::json!({"n": n, "name": "ünïcödé \"quoted\""})
+}
+
+async fn a_document_is_inserted_once_and_read_back_with_its_version(store: Arc<impl DocumentStore>) {
+    let key = unique("doc");
+    let now = Utc::now();
+    assert_eq!(store.get_document(&key, now).await.unwrap(), None);
+    assert_eq!(
+        store
+            .put_document(&key, &document_body(1), None, None, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        store.put_document(&key, &document_body(2), None, None, now).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let document = store.get_document(&key, now).await.unwrap().unwrap();
+    assert_eq!(document.body, document_body(1));
+    assert_eq!(document.version, 1);
+    assert_eq!(document.expires_at, None);
+}
+
+async fn a_document_is_replaced_only_from_the_version_read(store: Arc<impl DocumentStore>) {
+    let key = unique("doc");
+    let now = Utc::now();
+    store
+        .put_document(&key, &document_body(1), None, None, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .put_document(&key, &document_body(2), None, Some(1), now)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(matches!(
+        store.put_document(&key, &document_body(3), None, Some(1), now).await,
+        Err(StoreError::VersionConflict)
+    ));
+    assert!(matches!(
+        store
+            .put_document(&unique("absent"), &document_body(3), None, Some(1), now)
+            .await,
+        Err(StoreError::VersionConflict)
+    ));
+    let document = store.get_document(&key, now).await.unwrap().unwrap();
+    assert_eq!((document.body, document.version), (document_body(2), 2));
+}
+
+async fn concurrent_replaces_of_a_document_let_exactly_one_win(store: Arc<impl DocumentStore + 'static>) {
+    let key = unique("doc");
+    let now = Utc::now();
+    store
+        .put_document(&key, &document_body(0), None, None, now)
+        .await
+        .unwrap();
+    let writers: Vec<_> = (1..=8)
+        .map(|n| {
+            let store = store.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                store
+                    .put_document(&key, &document_body(n), None, Some(1), Utc::now())
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok(2) => wins += 1,
+            Err(StoreError::VersionConflict) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(store.get_document(&key, now).await.unwrap().unwrap().version, 2);
+}
+
+async fn an_expired_document_counts_as_absent_and_can_be_written_anew(store: Arc<impl DocumentStore>) {
+    let key = unique("doc");
+    let now = Utc::now();
+    let expiry = now + Duration::hours(1);
+    store
+        .put_document(&key, &document_body(1), Some(expiry), None, now)
+        .await
+        .unwrap();
+    let live = store.get_document(&key, now).await.unwrap().unwrap();
+    assert_eq!(live.expires_at.map(|e| e.timestamp()), Some(expiry.timestamp()));
+    let later = now + Duration::hours(2);
+    assert_eq!(store.get_document(&key, later).await.unwrap(), None);
+    assert_eq!(
+        store
+            .put_document(&key, &document_body(2), None, None, later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.get_document(&key, later).await.unwrap().unwrap().body,
+        document_body(2)
+    );
+}
+
+macro_rules! conformance_suite {
+    ($store:expr) => {
+        conformance_suite!(@tests $store;
+            create_then_get_returns_what_was_stored,
+            create_twice_is_already_exists_and_keeps_the_first,
+            concurrent_creates_for_one_id_store_exactly_one,
+            concurrent_updates_from_one_version_let_exactly_one_win,
+            update_from_a_stale_version_is_a_conflict_and_changes_nothing,
+            unknown_ids_are_not_found,
+            lookups_by_stripe_ids_follow_changes,
+            an_id_is_recorded_once_until_it_expires,
+            an_expired_record_counts_as_absent_even_before_the_backend_deletes_it,
+            audit_trail_lists_every_version_oldest_first,
+            an_event_and_its_subscription_write_are_recorded_together,
+            an_event_older_than_the_last_applied_is_stale_and_writes_nothing,
+            an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing,
+            an_event_without_a_write_is_recorded_for_review,
+            an_event_that_changes_nothing_advances_the_mark_without_a_new_version,
+            a_document_is_inserted_once_and_read_back_with_its_version,
+            a_document_is_replaced_only_from_the_version_read,
+            concurrent_replaces_of_a_document_let_exactly_one_win,
+            an_expired_document_counts_as_absent_and_can_be_written_anew,
+        );
+    };
+    (@tests $store:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(std::sync::Arc::new($store)).await;
+            }
+        )*
+    };
+}
+
+mod embedded {
+    use super::*;
+
+    fn store() -> EmbeddedStore {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path().join("billing.redb")).unwrap();
+        // The file stays open through the handle; the directory is removed when the test ends.
+        std::mem::forget(dir);
+        store
+    }
+
+    conformance_suite!(store());
+}
+
+/// The embedded store without its file: what the in-process benches measure handlers on.
+mod embedded_in_memory {
+    use super::*;
+
+    conformance_suite!(EmbeddedStore::in_memory().unwrap());
+}
+
+mod dynamodb {
+    use super::*;
+
+    conformance_suite!(support::dynamo_store().await);
+
+    /// Attributes that feed an index are left out, never written as NULL, and the index keys
+    /// appear only when the subscription has the Stripe id.
+    #[tokio::test]
+    async fn absent_optional_attributes_are_omitted_not_null() {
+        let store = support::dynamo_store().await;
+        let subscription = new_subscription(None);
+        store
+            .create_subscription(&subscription, &created(&subscription))
+            .await
+            .unwrap();
+        let item = store
+            .client()
+            .get_item()
+            .table_name(store.table())
+            .key(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("SUBSCRIPTION#{}", subscription.id)),
+            )
+            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("STATE".into()))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap();
+        assert!(item.values().all(|v| !v.is_null()), "{item:?}");
+        for absent in ["gsi1pk", "gsi2pk", "stripe_customer", "trial_end_never", "licenses"] {
+            assert!(!item.contains_key(absent), "{absent} in {item:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_billing_table_has_the_declared_indexes_and_ttl() {
+        let store = support::dynamo_store().await;
+        let table = store
+            .client()
+            .describe_table()
+            .table_name(store.table())
+            .send()
+            .await
+            .unwrap()
+            .table
+            .unwrap();
+        let mut indexes: Vec<_> = table
+            .global_secondary_indexes()
+            .iter()
+            .filter_map(|i| i.index_name().map(str::to_owned))
+            .collect();
+        indexes.sort();
+        assert_eq!(indexes, vec!["by_stripe_customer", "by_stripe_subscription"]);
+        let ttl = store
+            .client()
+            .describe_time_to_live()
+            .table_name(store.table())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            ttl.time_to_live_description().and_then(|d| d.attribute_name()),
+            Some(billing_adapters::TABLE_DEFINITION.ttl_attribute)
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The use case behind `PATCH /subscriptions/{id}`: change a subscription, Stripe first.
+//!
+//! The change has been validated as a whole by the caller (every error at once). Then, against
+//! the stored version: what Stripe must know (payment method → attached and made the
+//! customer's default; plan → the item's price; cancel at period end) is applied to Stripe, and
+//! only then is the new state written, conditionally on the version that was read. With an
+//! expected version (`If-Match`), a mismatch is refused; without one, a concurrent write makes
+//! the change read again and re-apply ([`retry_on_conflict`]), so neither writer loses the
+//! other's fields.
+
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::store::{AuditEntry, Store, StoreError, retry_on_conflict};
+use crate::stripe::{Billing, BillingError, idempotency_key};
+use crate::subscription::{PlanCatalog, Subscription, SubscriptionChange};
+
+/// Why a change was not made. Nothing was stored in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// No subscription has this id.
+    #[error("no such subscription")]
+    NotFound,
+    /// The caller expected another version (`If-Match`).
+    #[error("the subscription is at version {current}, not the expected {expected}")]
+    VersionMismatch {
+        /// The version the caller sent.
+        expected: u64,
+        /// The version stored.
+        current: u64,
+    },
+    /// Other writers changed the subscription on every attempt.
+    #[error("the subscription kept changing while the change was applied")]
+    KeptChanging,
+    /// The change needs Stripe, and the subscription has no Stripe subscription yet.
+    #[error("the subscription has no Stripe subscription yet")]
+    NotInStripe,
+    /// Stripe refused or failed.
+    #[error("Stripe did not make the change")]
+    Billing(#[from] BillingError),
+    /// The store failed.
+    #[error("the store failed")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for ChangeError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ChangeError::NotFound,
+            StoreError::VersionConflict => ChangeError::KeptChanging,
+            other => ChangeError::Store(other),
+        }
+    }
+}
+
+/// One request to change a subscription.
+pub struct ChangeRequest<'a> {
+    /// The subscription.
+    pub id: Uuid,
+    /// What to change, validated for the caller's authority.
+    pub change: &'a SubscriptionChange,
+    /// The version the caller read (`If-Match`), if it sent one.
+    pub expected_version: Option<u64>,
+    /// Who asks, for the audit trail: `user:<uuid>`, `admin:<uuid>`.
+    pub actor: &'a str,
+    /// Where the request comes from (the API request id), for Stripe's idempotency keys.
+    pub origin: &'a str,
+}
+
+/// What a change needs.
+#[derive(Clone, Copy)]
+pub struct ChangeContext<'a> {
+    /// Where subscriptions live.
+    pub store: &'a dyn Store,
+    /// Stripe.
+    pub billing: &'a dyn Billing,
+    /// The plans and their prices.
+    pub catalog: &'a PlanCatalog,
+    /// What time it is.
+    pub clock: &'a dyn Clock,
+}
+
+/// Applies the change to Stripe and then to the store; returns the subscription as stored.
+pub async fn change_subscription(
+    context: ChangeContext<'_>,
+    request: ChangeRequest<'_>,
+) -> Result<Subscription, ChangeError> {
+    retry_on_conflict(|attempt| async move {
+        let current = context.store.get_subscription(request.id).await?;
+        if let Some(expected) = request.expected_version
+            && expected != current.version
+        {
+            return Err(ChangeError::VersionMismatch {
+                expected,
+                current: current.version,
+            });
+        }
+        // The attempt is part of the key: a re-applied change after a lost race must reach
+        // Stripe again, since the race may have changed Stripe in between.
+        let attempt_origin = format!("{}:{attempt}", request.origin);
+        apply_to_stripe(context, &current, request.change, request.origin, &attempt_origin).await?;
+        let Some(next) = request.change.apply(&current, context.clock.now()) else {
+            return Ok(current);
+        };
+        let audit = AuditEntry::of(&next, request.actor, "patch", request.change.audit_summary());
+        match context.store.update_subscription(&next, current.version, &audit).await {
+            Ok(()) => {
+                tracing::info!(subscription = %request.id, version = next.version, "subscription changed");
+                Ok(next)
+            }
+            // With If-Match, the caller asked for exactly that version: no retry.
+            Err(StoreError::VersionConflict) if request.expected_version.is_some() => {
+                Err(ChangeError::VersionMismatch {
+                    expected: current.version,
+                    current: current.version + 1,
+                })
+            }
+            Err(other) => Err(ChangeError::from(other)),
+        }
+    })
+    .await
+}
+
+impl crate::store::AsConflict for ChangeError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, ChangeError::KeptChanging)
+    }
+}
+
+/// Tells Stripe what it must know before the change is stored. Attaching a payment method is
+/// the same act however often it is repeated, so its key is the request's; price and flag
+/// changes carry the write attempt too.
+async fn apply_to_stripe(
+    context: ChangeContext<'_>,
+    current: &Subscription,
+    change: &SubscriptionChange,
+    request_origin: &str,
+    attempt_origin: &str,
+) -> Result<(), ChangeError> {
+    let plan_changes = change.plan.as_ref().filter(|plan| **plan != current.plan);
+    let flag_changes = change
+        .cancel_at_period_end
+        .filter(|flag| *flag != current.cancel_at_period_end);
+    if plan_changes.is_none() && flag_changes.is_none() && change.stripe_source.is_none() {
+        return Ok(());
+    }
+    let (Some(customer), Some(stripe_subscription)) = (&current.stripe_customer, &current.stripe_subscription) else {
+        return Err(ChangeError::NotInStripe);
+    };
+    let target = current.id.to_string();
+    if let Some(method) = &change.stripe_source {
+        context
+            .billing
+            .attach_default_payment_method(
+                customer,
+                method,
+                &idempotency_key("attach_payment_method", &target, request_origin),
+            )
+            .await?;
+    }
+    if let Some(plan) = plan_changes {
+        // The change was validated against this catalog: its plan is in it.
+        let Some(plan) = context.catalog.get(plan) else {
+            return Err(ChangeError::Billing(BillingError::Rejected(format!(
+                "plan {plan} is not in the catalog"
+            ))));
+        };
+        context
+            .billing
+            .change_price(
+                stripe_subscription,
+                &plan.stripe_price,
+                &idempotency_key("change_price", &target, attempt_origin),
+            )
+            .await?;
+    }
+    if let Some(flag) = flag_changes {
+        context
+            .billing
+            .set_cancel_at_period_end(
+                stripe_subscription,
+                flag,
+                &idempotency_key("cancel_at_period_end", &target, attempt_origin),
+            )
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The billing domain: the model and its rules, the ports (traits) the rules need, and the use
+//! cases that tie them together.
+//!
+//! Nothing here performs I/O of its own: stores, Stripe and mail are ports implemented in
+//! `billing-adapters`, time comes from a [`clock::Clock`], and HTTP lives in `billing-http`. The
+//! crate depends on no AWS SDK, no Stripe client, no Lambda runtime and no HTML library, so the
+//! compiler keeps it pure and every rule is tested in-process (see `tests/`).
+
+pub mod auth;
+pub mod change;
+pub mod clock;
+pub mod config;
+pub mod errors;
+pub mod ids;
+pub mod mail;
+pub mod provisioning;
+pub mod remote;
+pub mod signup;
+pub mod store;
+pub mod stripe;
+pub mod subscription;
+pub mod webhook;

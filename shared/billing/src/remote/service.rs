@@ -1,0 +1,1048 @@
+//! The remote-billing flows: registering servers, handing out access links, confirming email
+//! addresses, logging billing users in, and deactivating servers. Every rule of API.md's
+//! "Remote billing" section is here; the functions only translate HTTP to these calls.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::records::{
+    BillingUser, Confirmation, MailCount, Records, RemoteRealm, RemoteServer, Session, billing_user_key,
+    confirmation_key, mail_rate_key, realm_key, server_key, session_key, sha256_hex,
+};
+use super::token::{AccessClaims, NextPage, TokenError, TokenSealer};
+use crate::config::{ConfigError, Environment, optional, required};
+use crate::errors::{FieldError, Slug, ValidationErrors};
+use crate::mail::{MailError, Mailer, texts};
+use crate::store::{AsConflict, StoreError, retry_on_conflict};
+use crate::subscription::is_plausible_email;
+
+/// The major version of the Terms of Service a billing user must have accepted.
+pub const TERMS_OF_SERVICE_MAJOR: u32 = 1;
+/// How long a confirmation link works.
+pub const CONFIRMATION_LIFETIME: Duration = Duration::hours(24);
+/// How long a used or expired confirmation is remembered, to say so rather than "unknown".
+const CONFIRMATION_KEPT: Duration = Duration::hours(48);
+pub const SESSION_LIFETIME: Duration = Duration::hours(2);
+/// Server keys are random secrets the server generates; shorter ones are refused.
+const MIN_SERVER_KEY_LENGTH: usize = 32;
+const MAX_SERVER_KEY_LENGTH: usize = 256;
+const MAX_NAME_LENGTH: usize = 100;
+
+/// Why a remote-billing step did not happen. Nothing was changed in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("invalid billing access token")]
+    InvalidToken,
+    #[error("billing access token expired")]
+    ExpiredToken { way_back: String },
+    #[error("missing or wrong server credentials")]
+    BadCredentials,
+    #[error("this server has been deactivated")]
+    ServerDeactivated,
+    #[error("a different key is registered for this server")]
+    ServerKeyMismatch,
+    #[error("the realm is registered to another server")]
+    RealmServerMismatch,
+    #[error("no such server")]
+    UnknownServer,
+    #[error("no such realm")]
+    UnknownRealm,
+    #[error("invalid request: {0:?}")]
+    Invalid(ValidationErrors),
+    #[error("unknown confirmation link")]
+    UnknownConfirmation,
+    #[error("confirmation link already used")]
+    ConfirmationUsed,
+    #[error("confirmation link expired")]
+    ConfirmationExpired,
+    #[error("the email address has not been confirmed")]
+    EmailNotConfirmed,
+    #[error("the Terms of Service were not accepted")]
+    TermsNotAccepted,
+    #[error("the form's CSRF token is missing or wrong")]
+    CsrfRejected,
+    #[error("too many confirmation mails")]
+    TooManyMails,
+    #[error("no billing session for this page")]
+    NoSession { way_back: String },
+    #[error("a realm of this server has a paid plan")]
+    PaidPlan,
+    #[error("deactivation was not confirmed")]
+    NotConfirmed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
+}
+
+impl AsConflict for RemoteError {
+    /// A record changed or appeared between this step's read and its write.
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Store(StoreError::VersionConflict | StoreError::AlreadyExists)
+        )
+    }
+}
+
+impl RemoteError {
+    /// What the caller is told: a slug and a sentence, the same for JSON and for pages. `None`
+    /// for failures of the layers below (store, mail service), which map as they always do.
+    pub fn public(&self) -> Option<(Slug, String)> {
+        let (slug, message) = match self {
+            RemoteError::InvalidToken => (Slug::InvalidValue, "Invalid billing access token."),
+            RemoteError::ExpiredToken { .. } => (Slug::InvalidValue, "Billing access token expired."),
+            RemoteError::BadCredentials => (Slug::Unauthorized, "Missing or wrong server credentials."),
+            RemoteError::ServerDeactivated => (
+                Slug::ServerDeactivated,
+                "This server has been deactivated from billing.",
+            ),
+            RemoteError::ServerKeyMismatch => (
+                Slug::AccessDenied,
+                "This server UUID is registered with a different key.",
+            ),
+            RemoteError::RealmServerMismatch => (
+                Slug::RemoteRealmServerMismatch,
+                "This organization is registered for billing to a different server. Contact support to move it.",
+            ),
+            RemoteError::UnknownServer => (Slug::NotFound, "No such server."),
+            RemoteError::UnknownRealm => (Slug::NotFound, "No such organization."),
+            RemoteError::Invalid(errors) => {
+                let message = errors
+                    .0
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let slug = errors.0.first().map_or(Slug::InvalidValue, |e| e.slug);
+                return Some((slug, message));
+            }
+            RemoteError::UnknownConfirmation => (Slug::NotFound, "This confirmation link is not valid."),
+            RemoteError::ConfirmationUsed => (Slug::InvalidValue, "This confirmation link has already been used."),
+            RemoteError::ConfirmationExpired => (Slug::InvalidValue, "This confirmation link has expired."),
+            RemoteError::EmailNotConfirmed => (
+                Slug::InvalidValue,
+                "Confirm your email address first, through the link we mailed you.",
+            ),
+            RemoteError::TermsNotAccepted => (Slug::InvalidValue, "You must accept the Terms of Service to proceed."),
+            RemoteError::CsrfRejected => (
+                Slug::AccessDenied,
+                "This form was not sent from the page we showed you. Reload the page and try again.",
+            ),
+            RemoteError::TooManyMails => (
+                Slug::TooManyRequests,
+                "Too many confirmation emails were requested. Try again in an hour.",
+            ),
+            RemoteError::NoSession { .. } => (Slug::Unauthorized, "Log in to billing from your server first."),
+            RemoteError::PaidPlan => (
+                Slug::Conflict,
+                "An organization on this server has a paid plan; end it before deactivating the server.",
+            ),
+            RemoteError::NotConfirmed => (Slug::Missing, "Tick the box to confirm the deactivation."),
+            RemoteError::Mail(MailError::Refused(_)) => (Slug::InvalidValue, "Mail to that address was refused."),
+            RemoteError::Store(_) | RemoteError::Mail(MailError::Unavailable(_)) => return None,
+        };
+        Some((slug, message.to_owned()))
+    }
+
+    fn field(slug: Slug, pointer: &str, message: &str) -> Self {
+        RemoteError::Invalid(ValidationErrors(vec![FieldError::field(slug, pointer, message)]))
+    }
+}
+
+/// Settings of remote billing, from the environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSettings {
+    /// `PUBLIC_BASE_URL`, without a trailing slash: the base of every link we hand out.
+    pub public_base_url: String,
+    /// `REMOTE_BILLING_MAILS_PER_IP_HOUR` (default 5).
+    pub mails_per_ip_hour: u32,
+    /// `REMOTE_BILLING_MAILS_PER_SERVER_HOUR` (default 20).
+    pub mails_per_server_hour: u32,
+}
+
+impl RemoteSettings {
+    pub fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
+        let number = |name: &str, default: u32| -> Result<u32, ConfigError> {
+            match optional(env, name) {
+                None => Ok(default),
+                Some(text) => text.trim().parse().map_err(|_| ConfigError::Invalid {
+                    name: name.into(),
+                    reason: "must be a whole number".into(),
+                }),
+            }
+        };
+        Ok(RemoteSettings {
+            public_base_url: required(env, "PUBLIC_BASE_URL")?.trim_end_matches('/').to_owned(),
+            mails_per_ip_hour: number("REMOTE_BILLING_MAILS_PER_IP_HOUR", 5)?,
+            mails_per_server_hour: number("REMOTE_BILLING_MAILS_PER_SERVER_HOUR", 20)?,
+        })
+    }
+}
+
+/// `POST /api/v1/remotes/server/register`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RegisterRequest {
+    pub server_uuid: String,
+    pub server_key: String,
+    pub hostname: String,
+    pub contact_email: String,
+}
+
+/// `POST /api/v1/remotes/server/billing`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BillingLinkRequest {
+    pub user: RemoteUser,
+    pub realm: RealmDescription,
+    pub uri_scheme: String,
+    pub next_page: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RemoteUser {
+    pub uuid: String,
+    pub email: String,
+    pub full_name: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RealmDescription {
+    pub uuid: String,
+    pub host: String,
+    pub name: String,
+}
+
+/// What the login page shows for an access token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginView {
+    /// First login of this user for this realm: ask for the email address to confirm.
+    EmailForm { claims: AccessClaims, csrf: String },
+    /// A confirmed billing user: confirm name and, when needed, the Terms of Service.
+    ConfirmLogin {
+        claims: AccessClaims,
+        user: BillingUser,
+        tos_required: bool,
+        csrf: String,
+    },
+}
+
+/// The confirm-login form.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoginForm {
+    pub full_name: Option<String>,
+    pub tos_consent: bool,
+    pub csrf: Option<String>,
+}
+
+/// A completed login: the session secret for the cookie and where to go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedIn {
+    pub session_secret: String,
+    pub location: String,
+}
+
+/// What a realm page shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealmView {
+    pub realm: RemoteRealm,
+    pub user: BillingUser,
+    pub page: NextPage,
+    pub csrf: String,
+}
+
+/// What the server deactivation page shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerView {
+    pub server: RemoteServer,
+    pub paid_realms: Vec<RemoteRealm>,
+    pub csrf: String,
+}
+
+/// The remote-billing service: its records, the token key, mail and settings.
+#[derive(Clone)]
+pub struct RemoteBilling {
+    pub records: Records,
+    pub sealer: Arc<TokenSealer>,
+    pub mailer: Arc<dyn Mailer>,
+    pub settings: RemoteSettings,
+}
+
+impl RemoteBilling {
+    /// Reads `BILLING_TOKEN_KEY`, `PUBLIC_BASE_URL` and the mail limits; keeps its records in
+    /// `store` and sends mail through `mailer`.
+    pub fn from_env(
+        env: &dyn Environment,
+        store: Arc<dyn crate::store::DocumentStore>,
+        mailer: Arc<dyn Mailer>,
+    ) -> Result<Self, ConfigError> {
+        Ok(RemoteBilling {
+            records: Records::new(store),
+            sealer: Arc::new(TokenSealer::from_env(env)?),
+            mailer,
+            settings: RemoteSettings::from_env(env)?,
+        })
+    }
+
+    /// Registers a server, or with the same key updates its hostname and contact email.
+    /// Returns whether it was new.
+    pub async fn register_server(&self, request: RegisterRequest, now: DateTime<Utc>) -> Result<bool, RemoteError> {
+        let mut errors = Vec::new();
+        let uuid = uuid_field(&request.server_uuid, "/server_uuid", &mut errors);
+        let key = request.server_key.as_str();
+        if key.len() < MIN_SERVER_KEY_LENGTH
+            || key.len() > MAX_SERVER_KEY_LENGTH
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                "/server_key",
+                "server_key must be 32 to 256 printable ASCII characters, generated at random",
+            ));
+        }
+        let hostname = text_field(&request.hostname, "/hostname", 255, &mut errors);
+        if !is_plausible_email(&request.contact_email) {
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                "/contact_email",
+                "not an email address",
+            ));
+        }
+        let Some(uuid) = uuid.filter(|_| errors.is_empty()) else {
+            return Err(RemoteError::Invalid(ValidationErrors(errors)));
+        };
+        let (hostname, request) = (&hostname, &request);
+        retry_on_conflict(|_| async move {
+            match self.records.get::<RemoteServer>(&server_key(uuid), now).await? {
+                None => {
+                    let salt = self.sealer.random_secret();
+                    let server = RemoteServer {
+                        uuid,
+                        key_hash: hash_server_key(&salt, key),
+                        key_salt: salt,
+                        hostname: hostname.clone(),
+                        contact_email: request.contact_email.clone(),
+                        contact_user_uuid: Uuid::new_v4(),
+                        realms: Vec::new(),
+                        registered_at: now,
+                        deactivated_at: None,
+                    };
+                    match self.records.insert(&server_key(uuid), &server, None, now).await {
+                        Ok(()) => {
+                            tracing::info!(server = %uuid, "remote server registered");
+                            return Ok(true);
+                        }
+                        Err(e @ StoreError::AlreadyExists) => return Err(e.into()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some((mut server, version)) => {
+                    if !server_key_matches(&server, key) {
+                        tracing::warn!(server = %uuid, "registration with a different key refused");
+                        return Err(RemoteError::ServerKeyMismatch);
+                    }
+                    if server.deactivated_at.is_some() {
+                        return Err(RemoteError::ServerDeactivated);
+                    }
+                    server.hostname = hostname.clone();
+                    server.contact_email = request.contact_email.clone();
+                    match self
+                        .records
+                        .replace(&server_key(uuid), &server, version, None, now)
+                        .await
+                    {
+                        Ok(_) => return Ok(false),
+                        Err(e @ StoreError::VersionConflict) => return Err(e.into()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// The server calling with HTTP Basic `server_uuid:server_key`.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<RemoteServer, RemoteError> {
+        let (uuid, key) = parse_basic(authorization).ok_or(RemoteError::BadCredentials)?;
+        let Some((server, _)) = self.records.get::<RemoteServer>(&server_key(uuid), now).await? else {
+            // The same work as for a known server, so that timing does not tell which exist.
+            let _ = hash_server_key("unknown-server", &key);
+            return Err(RemoteError::BadCredentials);
+        };
+        if !server_key_matches(&server, &key) {
+            return Err(RemoteError::BadCredentials);
+        }
+        if server.deactivated_at.is_some() {
+            return Err(RemoteError::ServerDeactivated);
+        }
+        Ok(server)
+    }
+
+    /// The billing access link for a user of one of `server`'s realms, registering the realm
+    /// to the server when it is unknown.
+    pub async fn billing_link(
+        &self,
+        server: &RemoteServer,
+        request: BillingLinkRequest,
+        now: DateTime<Utc>,
+    ) -> Result<String, RemoteError> {
+        let mut errors = Vec::new();
+        let user_uuid = uuid_field(&request.user.uuid, "/user/uuid", &mut errors);
+        if !is_plausible_email(&request.user.email) {
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                "/user/email",
+                "not an email address",
+            ));
+        }
+        let full_name = text_field(&request.user.full_name, "/user/full_name", MAX_NAME_LENGTH, &mut errors);
+        let realm_uuid = uuid_field(&request.realm.uuid, "/realm/uuid", &mut errors);
+        let host = text_field(&request.realm.host, "/realm/host", 255, &mut errors);
+        let name = text_field(&request.realm.name, "/realm/name", MAX_NAME_LENGTH, &mut errors);
+        if !matches!(request.uri_scheme.as_str(), "https://" | "http://") {
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                "/uri_scheme",
+                "uri_scheme must be \"https://\" or \"http://\"",
+            ));
+        }
+        let next_page = match request.next_page.as_deref() {
+            None => None,
+            Some(text) => {
+                let page = NextPage::parse(text);
+                if page.is_none() {
+                    errors.push(FieldError::field(
+                        Slug::InvalidValue,
+                        "/next_page",
+                        "next_page must be one of billing, plans, upgrade, sponsorship, deactivate",
+                    ));
+                }
+                page
+            }
+        };
+        let (Some(user_uuid), Some(realm_uuid), true) = (user_uuid, realm_uuid, errors.is_empty()) else {
+            return Err(RemoteError::Invalid(ValidationErrors(errors)));
+        };
+        let realm = RemoteRealm {
+            uuid: realm_uuid,
+            server_uuid: server.uuid,
+            host: host.clone(),
+            name,
+            uri_scheme: request.uri_scheme.clone(),
+            plan: Default::default(),
+            licenses: None,
+            registered_at: now,
+        };
+        self.claim_realm(server, realm, now).await?;
+        let claims = AccessClaims {
+            user_uuid,
+            user_email: request.user.email,
+            user_full_name: full_name,
+            server_uuid: server.uuid,
+            realm_uuid: Some(realm_uuid),
+            realm_host: host,
+            billing_user_id: None,
+            issued_at: now,
+            uri_scheme: request.uri_scheme,
+            next_page,
+        };
+        Ok(self.login_url(&claims))
+    }
+
+    /// Registers `realm` to `server` unless it is registered already: to the same server,
+    /// fine; to another, refused (the organisation moved without its billing).
+    async fn claim_realm(
+        &self,
+        server: &RemoteServer,
+        realm: RemoteRealm,
+        now: DateTime<Utc>,
+    ) -> Result<(), RemoteError> {
+        if let Some((existing, _)) = self.records.get::<RemoteRealm>(&realm_key(realm.uuid), now).await? {
+            return self.check_realm_owner(&existing, server);
+        }
+        // The server lists the realm before the realm record exists, so that deactivation,
+        // which checks the listed realms, can never miss one.
+        self.add_realm_to_server(server.uuid, realm.uuid, now).await?;
+        match self.records.insert(&realm_key(realm.uuid), &realm, None, now).await {
+            Ok(()) => {
+                tracing::info!(server = %server.uuid, realm = %realm.uuid, "remote realm registered");
+                Ok(())
+            }
+            Err(StoreError::AlreadyExists) => {
+                let (existing, _) = self
+                    .records
+                    .get::<RemoteRealm>(&realm_key(realm.uuid), now)
+                    .await?
+                    .ok_or(StoreError::VersionConflict)?;
+                self.check_realm_owner(&existing, server)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check_realm_owner(&self, realm: &RemoteRealm, server: &RemoteServer) -> Result<(), RemoteError> {
+        if realm.server_uuid == server.uuid {
+            return Ok(());
+        }
+        tracing::warn!(
+            realm = %realm.uuid,
+            registered_to = %realm.server_uuid,
+            asked_by = %server.uuid,
+            "billing link refused: the realm is registered to another server (exported and imported elsewhere?)"
+        );
+        Err(RemoteError::RealmServerMismatch)
+    }
+
+    async fn add_realm_to_server(&self, server_uuid: Uuid, realm: Uuid, now: DateTime<Utc>) -> Result<(), RemoteError> {
+        retry_on_conflict(|_| async move {
+            let (mut server, version) = self
+                .records
+                .get::<RemoteServer>(&server_key(server_uuid), now)
+                .await?
+                .ok_or(RemoteError::UnknownServer)?;
+            if server.realms.contains(&realm) {
+                return Ok(());
+            }
+            server.realms.push(realm);
+            match self
+                .records
+                .replace(&server_key(server_uuid), &server, version, None, now)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e @ StoreError::VersionConflict) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    /// Mails the server's contact a login link that leads to the deactivation page.
+    /// Returns the address it was sent to.
+    pub async fn send_deactivation_link(&self, server_uuid: Uuid, now: DateTime<Utc>) -> Result<String, RemoteError> {
+        let server = self.active_server(server_uuid, RemoteError::UnknownServer, now).await?;
+        let claims = AccessClaims {
+            user_uuid: server.contact_user_uuid,
+            user_email: server.contact_email.clone(),
+            user_full_name: String::new(),
+            server_uuid,
+            realm_uuid: None,
+            realm_host: server.hostname.clone(),
+            billing_user_id: None,
+            issued_at: now,
+            uri_scheme: "https://".into(),
+            next_page: Some(NextPage::Deactivate),
+        };
+        let link = self.login_url(&claims);
+        self.mailer
+            .send(&texts::deactivation_link(
+                &server.contact_email,
+                &server.hostname,
+                server_uuid,
+                &link,
+            ))
+            .await?;
+        tracing::info!(server = %server_uuid, "deactivation link sent to the server's contact");
+        Ok(server.contact_email)
+    }
+
+    /// Opens an access token: invalid and expired tokens and deactivated servers are refused.
+    pub async fn open_token(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, RemoteError> {
+        let claims = self.sealer.open(token, now).map_err(|error| match error {
+            TokenError::Invalid => RemoteError::InvalidToken,
+            TokenError::Expired(claims) => RemoteError::ExpiredToken {
+                way_back: claims.way_back(),
+            },
+        })?;
+        self.active_server(claims.server_uuid, RemoteError::InvalidToken, now)
+            .await?;
+        Ok(claims)
+    }
+
+    /// The server `uuid`, refusing a deactivated one; `missing` when there is none.
+    async fn active_server(
+        &self,
+        uuid: Uuid,
+        missing: RemoteError,
+        now: DateTime<Utc>,
+    ) -> Result<RemoteServer, RemoteError> {
+        let (server, _) = self
+            .records
+            .get::<RemoteServer>(&server_key(uuid), now)
+            .await?
+            .ok_or(missing)?;
+        if server.deactivated_at.is_some() {
+            return Err(RemoteError::ServerDeactivated);
+        }
+        Ok(server)
+    }
+
+    /// Step 1: what `GET /remote-billing-login/{token}` shows.
+    pub async fn login_page(&self, token: &str, now: DateTime<Utc>) -> Result<LoginView, RemoteError> {
+        let claims = self.open_token(token, now).await?;
+        let csrf = self.sealer.csrf_token(token);
+        Ok(match self.billing_user(&claims, now).await? {
+            None => LoginView::EmailForm { claims, csrf },
+            Some((user, _)) => LoginView::ConfirmLogin {
+                tos_required: user.tos_version.is_none_or(|v| v < TERMS_OF_SERVICE_MAJOR),
+                claims,
+                user,
+                csrf,
+            },
+        })
+    }
+
+    /// Step 2: creates a pending confirmation for `email` and mails its link.
+    pub async fn request_confirmation(
+        &self,
+        token: &str,
+        email: &str,
+        csrf: Option<&str>,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<String, RemoteError> {
+        let claims = self.open_token(token, now).await?;
+        self.check_csrf(token, csrf)?;
+        let email = email.trim();
+        if !is_plausible_email(email) {
+            return Err(RemoteError::field(Slug::InvalidValue, "email", "not an email address"));
+        }
+        let ip = client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        self.count_mail("ip", &ip, self.settings.mails_per_ip_hour, now).await?;
+        self.count_mail(
+            "server",
+            &claims.server_uuid.to_string(),
+            self.settings.mails_per_server_hour,
+            now,
+        )
+        .await?;
+        let secret = self.sealer.random_secret();
+        let confirmation = Confirmation {
+            claims: claims.clone(),
+            email: email.to_owned(),
+            created_at: now,
+            valid_until: now + CONFIRMATION_LIFETIME,
+            used_at: None,
+        };
+        self.records
+            .insert(
+                &confirmation_key(&secret),
+                &confirmation,
+                Some(now + CONFIRMATION_KEPT),
+                now,
+            )
+            .await?;
+        let link = format!(
+            "{}/remote-billing-login/do_confirm/{secret}",
+            self.settings.public_base_url
+        );
+        self.mailer
+            .send(&texts::login_confirmation(email, &claims.realm_host, &link))
+            .await?;
+        tracing::info!(server = %claims.server_uuid, "confirmation mail sent");
+        Ok(email.to_owned())
+    }
+
+    /// Counts one mail in this hour's window of `who`, refusing past `limit`.
+    async fn count_mail(&self, kind: &str, who: &str, limit: u32, now: DateTime<Utc>) -> Result<(), RemoteError> {
+        let hour = now.timestamp() / 3600;
+        let key = mail_rate_key(kind, who, hour);
+        let expires = DateTime::from_timestamp((hour + 2) * 3600, 0).unwrap_or(now + Duration::hours(2));
+        let key = &key;
+        retry_on_conflict(|_| async move {
+            let written = match self.records.get::<MailCount>(&key, now).await? {
+                None => {
+                    self.records
+                        .insert(&key, &MailCount { sent: 1 }, Some(expires), now)
+                        .await
+                }
+                Some((count, _)) if count.sent >= limit => {
+                    tracing::warn!(kind, limit, "confirmation mail rate limit reached");
+                    return Err(RemoteError::TooManyMails);
+                }
+                Some((count, version)) => self
+                    .records
+                    .replace(&key, &MailCount { sent: count.sent + 1 }, version, Some(expires), now)
+                    .await
+                    .map(|_| ()),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                Err(e @ (StoreError::AlreadyExists | StoreError::VersionConflict)) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
+            }
+        })
+        .await
+        .map_err(|error| {
+            if error.is_conflict() {
+                RemoteError::TooManyMails
+            } else {
+                error
+            }
+        })
+    }
+
+    /// Step 3: uses a confirmation key, creating the billing user, and returns a fresh access
+    /// token that names the billing user.
+    pub async fn confirm_email(&self, secret: &str, now: DateTime<Utc>) -> Result<String, RemoteError> {
+        let key = confirmation_key(secret);
+        let (mut confirmation, version) = self
+            .records
+            .get::<Confirmation>(&key, now)
+            .await?
+            .ok_or(RemoteError::UnknownConfirmation)?;
+        if confirmation.used_at.is_some() {
+            return Err(RemoteError::ConfirmationUsed);
+        }
+        if now >= confirmation.valid_until {
+            return Err(RemoteError::ConfirmationExpired);
+        }
+        self.active_server(confirmation.claims.server_uuid, RemoteError::UnknownServer, now)
+            .await?;
+        confirmation.used_at = Some(now);
+        let expiry = Some(confirmation.created_at + CONFIRMATION_KEPT);
+        match self.records.replace(&key, &confirmation, version, expiry, now).await {
+            Ok(_) => {}
+            // Someone used it in between: single use means one of the two wins.
+            Err(StoreError::VersionConflict) => return Err(RemoteError::ConfirmationUsed),
+            Err(e) => return Err(e.into()),
+        }
+        let claims = &confirmation.claims;
+        let user_key = billing_user_key(claims.server_uuid, claims.realm_uuid, claims.user_uuid);
+        let user = BillingUser {
+            id: Uuid::new_v4(),
+            server_uuid: claims.server_uuid,
+            realm_uuid: claims.realm_uuid,
+            user_uuid: claims.user_uuid,
+            email: confirmation.email.clone(),
+            full_name: claims.user_full_name.clone(),
+            tos_version: None,
+            created_at: now,
+            last_login_at: None,
+        };
+        let user = match self.records.insert(&user_key, &user, None, now).await {
+            Ok(()) => user,
+            // Confirmed before (two confirmation mails): the existing user, with the address
+            // confirmed last.
+            Err(StoreError::AlreadyExists) => {
+                let (mut existing, version) = self
+                    .records
+                    .get::<BillingUser>(&user_key, now)
+                    .await?
+                    .ok_or(StoreError::VersionConflict)?;
+                existing.email = confirmation.email.clone();
+                self.records.replace(&user_key, &existing, version, None, now).await?;
+                existing
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(billing_user = %user.id, "email confirmed");
+        let fresh = AccessClaims {
+            billing_user_id: Some(user.id),
+            issued_at: now,
+            ..confirmation.claims
+        };
+        Ok(self.sealer.seal(&fresh))
+    }
+
+    /// Step 4: the confirm-login form. Records name, Terms of Service and login time, and
+    /// opens a session.
+    pub async fn complete_login(
+        &self,
+        token: &str,
+        form: LoginForm,
+        now: DateTime<Utc>,
+    ) -> Result<LoggedIn, RemoteError> {
+        let claims = self.open_token(token, now).await?;
+        self.check_csrf(token, form.csrf.as_deref())?;
+        let user_key = billing_user_key(claims.server_uuid, claims.realm_uuid, claims.user_uuid);
+        let (claims, form, user_key) = (&claims, &form, &user_key);
+        retry_on_conflict(|_| async move {
+            let (mut user, version) = self
+                .billing_user(&claims, now)
+                .await?
+                .ok_or(RemoteError::EmailNotConfirmed)?;
+            let tos_required = user.tos_version.is_none_or(|v| v < TERMS_OF_SERVICE_MAJOR);
+            if tos_required && !form.tos_consent {
+                return Err(RemoteError::TermsNotAccepted);
+            }
+            if let Some(name) = &form.full_name {
+                let mut errors = Vec::new();
+                user.full_name = text_field(name, "full_name", MAX_NAME_LENGTH, &mut errors);
+                if !errors.is_empty() {
+                    return Err(RemoteError::Invalid(ValidationErrors(errors)));
+                }
+            }
+            if form.tos_consent {
+                user.tos_version = Some(TERMS_OF_SERVICE_MAJOR);
+            }
+            user.last_login_at = Some(now);
+            match self.records.replace(&user_key, &user, version, None, now).await {
+                Ok(_) => {}
+                Err(e @ StoreError::VersionConflict) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
+            }
+            let secret = self.sealer.random_secret();
+            let session = Session {
+                server_uuid: claims.server_uuid,
+                realm_uuid: claims.realm_uuid,
+                billing_user_id: user.id,
+                user_uuid: user.user_uuid,
+                expires_at: now + SESSION_LIFETIME,
+            };
+            self.records
+                .insert(&session_key(&secret), &session, Some(session.expires_at), now)
+                .await?;
+            tracing::info!(billing_user = %user.id, "billing session opened");
+            let page = claims.next_page.unwrap_or(NextPage::Billing);
+            let location = match claims.realm_uuid {
+                Some(realm) => format!("/realm/{realm}/{}/", page.as_str()),
+                None => format!("/server/{}/deactivate/", claims.server_uuid),
+            };
+            return Ok(LoggedIn {
+                session_secret: secret,
+                location,
+            });
+        })
+        .await
+    }
+
+    /// The billing user the claims name: by the id a confirmation put in them, or by the
+    /// remote user's id for a returning user.
+    async fn billing_user(
+        &self,
+        claims: &AccessClaims,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(BillingUser, u64)>, RemoteError> {
+        let key = billing_user_key(claims.server_uuid, claims.realm_uuid, claims.user_uuid);
+        let found = self.records.get::<BillingUser>(&key, now).await?;
+        match (&found, claims.billing_user_id) {
+            (Some((user, _)), Some(id)) if user.id != id => Err(RemoteError::InvalidToken),
+            _ => Ok(found),
+        }
+    }
+
+    fn check_csrf(&self, binding: &str, csrf: Option<&str>) -> Result<(), RemoteError> {
+        match csrf {
+            Some(token) if self.sealer.csrf_token_is_valid(binding, token) => Ok(()),
+            _ => {
+                tracing::warn!("form with a missing or forged CSRF token refused");
+                Err(RemoteError::CsrfRejected)
+            }
+        }
+    }
+
+    /// The live session behind a cookie's secret.
+    async fn session(&self, secret: Option<&str>, now: DateTime<Utc>) -> Result<Option<Session>, RemoteError> {
+        let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(self
+            .records
+            .get::<Session>(&session_key(secret), now)
+            .await?
+            .map(|(session, _)| session)
+            .filter(|session| session.expires_at > now))
+    }
+
+    /// Step 5: a realm page, for a session of that realm.
+    pub async fn realm_page(
+        &self,
+        session_secret: Option<&str>,
+        realm_uuid: Uuid,
+        page: NextPage,
+        now: DateTime<Utc>,
+    ) -> Result<RealmView, RemoteError> {
+        let (realm, _) = self
+            .records
+            .get::<RemoteRealm>(&realm_key(realm_uuid), now)
+            .await?
+            .ok_or(RemoteError::UnknownRealm)?;
+        let session = self
+            .session(session_secret, now)
+            .await?
+            .filter(|s| s.realm_uuid == Some(realm_uuid) && s.server_uuid == realm.server_uuid)
+            .ok_or_else(|| RemoteError::NoSession {
+                way_back: realm.way_back(),
+            })?;
+        self.active_server(realm.server_uuid, RemoteError::UnknownServer, now)
+            .await?;
+        let user = self
+            .session_user(&session, now)
+            .await?
+            .ok_or_else(|| RemoteError::NoSession {
+                way_back: realm.way_back(),
+            })?;
+        Ok(RealmView {
+            csrf: self.sealer.csrf_token(session_secret.unwrap_or_default()),
+            realm,
+            user,
+            page,
+        })
+    }
+
+    /// The session's billing user, unless it is gone or is another one now.
+    async fn session_user(&self, session: &Session, now: DateTime<Utc>) -> Result<Option<BillingUser>, RemoteError> {
+        let key = billing_user_key(session.server_uuid, session.realm_uuid, session.user_uuid);
+        Ok(self
+            .records
+            .get::<BillingUser>(&key, now)
+            .await?
+            .map(|(user, _)| user)
+            .filter(|user| user.id == session.billing_user_id))
+    }
+
+    /// The server deactivation page, for a session of the server's contact.
+    pub async fn server_page(
+        &self,
+        session_secret: Option<&str>,
+        server_uuid: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<ServerView, RemoteError> {
+        let (server, _) = self
+            .records
+            .get::<RemoteServer>(&server_key(server_uuid), now)
+            .await?
+            .ok_or(RemoteError::UnknownServer)?;
+        self.session(session_secret, now)
+            .await?
+            .filter(|s| s.server_uuid == server_uuid && s.realm_uuid.is_none())
+            .ok_or_else(|| RemoteError::NoSession {
+                way_back: format!("https://{}/self-hosted-billing/", server.hostname),
+            })?;
+        if server.deactivated_at.is_some() {
+            return Err(RemoteError::ServerDeactivated);
+        }
+        let paid_realms = self.paid_realms(&server, now).await?;
+        Ok(ServerView {
+            server,
+            paid_realms,
+            csrf: self.sealer.csrf_token(session_secret.unwrap_or_default()),
+        })
+    }
+
+    async fn paid_realms(&self, server: &RemoteServer, now: DateTime<Utc>) -> Result<Vec<RemoteRealm>, RemoteError> {
+        let mut paid = Vec::new();
+        for realm in &server.realms {
+            if let Some((realm, _)) = self.records.get::<RemoteRealm>(&realm_key(*realm), now).await?
+                && realm.server_uuid == server.uuid
+                && realm.plan.is_paid()
+            {
+                paid.push(realm);
+            }
+        }
+        Ok(paid)
+    }
+
+    /// Deactivates a server, on the confirmed form of its contact's session; refused while a
+    /// realm of it has a paid plan.
+    pub async fn deactivate_server(
+        &self,
+        session_secret: Option<&str>,
+        server_uuid: Uuid,
+        confirmed: bool,
+        csrf: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<RemoteServer, RemoteError> {
+        let view = self.server_page(session_secret, server_uuid, now).await?;
+        self.check_csrf(session_secret.unwrap_or_default(), csrf)?;
+        if !confirmed {
+            return Err(RemoteError::NotConfirmed);
+        }
+        if !view.paid_realms.is_empty() {
+            return Err(RemoteError::PaidPlan);
+        }
+        retry_on_conflict(|_| async move {
+            let (mut server, version) = self
+                .records
+                .get::<RemoteServer>(&server_key(server_uuid), now)
+                .await?
+                .ok_or(RemoteError::UnknownServer)?;
+            // A realm registered since the page was read is checked again.
+            if !self.paid_realms(&server, now).await?.is_empty() {
+                return Err(RemoteError::PaidPlan);
+            }
+            server.deactivated_at = Some(now);
+            match self
+                .records
+                .replace(&server_key(server_uuid), &server, version, None, now)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(server = %server_uuid, "remote server deactivated");
+                    return Ok(server);
+                }
+                Err(e @ StoreError::VersionConflict) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    fn login_url(&self, claims: &AccessClaims) -> String {
+        format!(
+            "{}/remote-billing-login/{}",
+            self.settings.public_base_url,
+            self.sealer.seal(claims)
+        )
+    }
+}
+
+fn hash_server_key(salt: &str, key: &str) -> String {
+    sha256_hex(format!("{salt}:{key}").as_bytes())
+}
+
+fn server_key_matches(server: &RemoteServer, key: &str) -> bool {
+    let presented = hash_server_key(&server.key_salt, key);
+    verify_slices_are_equal(presented.as_bytes(), server.key_hash.as_bytes()).is_ok()
+}
+
+/// `Basic base64(uuid:key)`.
+fn parse_basic(authorization: Option<&str>) -> Option<(Uuid, String)> {
+    let encoded = authorization?.trim().strip_prefix("Basic ")?;
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (uuid, key) = decoded.split_once(':')?;
+    Some((crate::ids::parse_canonical_uuid(uuid)?, key.to_owned()))
+}
+
+fn uuid_field(text: &str, pointer: &str, errors: &mut Vec<FieldError>) -> Option<Uuid> {
+    let parsed = crate::ids::parse_canonical_uuid(text);
+    if parsed.is_none() {
+        errors.push(FieldError::field(
+            Slug::InvalidFormat,
+            pointer,
+            "must be a lowercase hyphenated UUID",
+        ));
+    }
+    parsed
+}
+
+fn text_field(text: &str, pointer: &str, max: usize, errors: &mut Vec<FieldError>) -> String {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        errors.push(FieldError::field(Slug::Missing, pointer, "must not be empty"));
+    } else if trimmed.chars().count() > max {
+        errors.push(FieldError::field(
+            Slug::InvalidValue,
+            pointer,
+            format!("must be at most {max} characters"),
+        ));
+    } else if trimmed.chars().any(char::is_control) {
+        errors.push(FieldError::field(
+            Slug::InvalidValue,
+            pointer,
+            "must not contain control characters",
+        ));
+    }
+    trimmed.to_owned()
+}

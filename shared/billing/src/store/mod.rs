@@ -1,0 +1,201 @@
+//! The `Store` port: the persistence operations the billing domain needs, and its adapters.
+//!
+//! The port speaks in domain terms (create a subscription if absent, update it from an expected
+//! version, find it by a Stripe id, record an id once), not in keys and items, so that each
+//! adapter can use its backend's own means to keep the same promises:
+//!
+//! - every mutation is conditional: a create never overwrites, an update only applies to the
+//!   version the caller read, so concurrent writers never lose one another's changes;
+//! - a mutation and its audit record are written together or not at all;
+//! - expiring records count as absent once expired, even where the backend deletes them late.
+//!
+//! Adapters (in `billing-adapters`): `DynamoStore` (AWS, and moto in tests) and `EmbeddedStore`
+//! (one redb file, or memory, for the local server and fast tests). Both pass the same
+//! conformance suite (`shared/adapters/tests/store_conformance.rs`).
+//!
+//! # Access patterns (DynamoDB, one table, generic keys `pk`/`sk`)
+//!
+//! | access pattern | key |
+//! |---|---|
+//! | subscription by id | `pk = SUBSCRIPTION#<uuid>`, `sk = STATE` |
+//! | audit trail of a subscription, oldest first | `pk = SUBSCRIPTION#<uuid>`, `sk` begins with `AUDIT#` (`AUDIT#<version, 20 digits>`) |
+//! | subscription by Stripe subscription id | GSI `by_stripe_subscription`: `gsi1pk = STRIPE_SUBSCRIPTION#<sub_...>` |
+//! | subscription by Stripe customer id | GSI `by_stripe_customer`: `gsi2pk = STRIPE_CUSTOMER#<cus_...>` |
+//! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
+//! | the last Stripe event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
+//! | a versioned document ([`DocumentStore`]: remote servers, realms, billing users, confirmations, sessions, rate counters) | `pk = DOC#<key>`, `sk = DOC` (`body` JSON text, `version`, TTL `expires_at`) |
+//!
+//! Index key attributes are written only when the subscription has the Stripe id (sparse
+//! indexes), never as NULL.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::subscription::Subscription;
+
+mod documents;
+mod retry;
+
+pub use documents::{Document, DocumentStore};
+pub use retry::{AsConflict, WRITE_ATTEMPTS, retry_on_conflict};
+
+/// Why a store operation did not happen. Nothing was written in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such item")]
+    NotFound,
+    #[error("the item already exists")]
+    AlreadyExists,
+    /// The stored version is not the one the caller expected: someone else wrote first.
+    #[error("the item was changed by someone else")]
+    VersionConflict,
+    /// The backend could not be reached or refused for reasons of its own; safe to retry.
+    #[error("the store is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// What the backend holds cannot be read as the domain's types.
+    #[error("the store holds an unreadable item: {0}")]
+    Corrupt(String),
+}
+
+/// Who changed a subscription, and how, kept with every version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub subscription_id: Uuid,
+    /// The version this change produced.
+    pub version: u64,
+    pub at: DateTime<Utc>,
+    /// `user:<uuid>`, `admin:<uuid>`, or `system:<what>` (signup, Stripe webhook).
+    pub actor: String,
+    /// `create`, `patch`, `stripe_event`, ...
+    pub action: String,
+    /// The fields the change set, as JSON.
+    pub changes: serde_json::Value,
+}
+
+impl AuditEntry {
+    /// The audit record of `subscription` having just been written at its current version.
+    pub fn of(
+        subscription: &Subscription,
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        changes: serde_json::Value,
+    ) -> Self {
+        AuditEntry {
+            subscription_id: subscription.id,
+            version: subscription.version,
+            at: subscription.updated_at,
+            actor: actor.into(),
+            action: action.into(),
+            changes,
+        }
+    }
+}
+
+/// Where a Stripe event stands in the order of the events of one subscription: by `created`
+/// (Stripe's seconds), then by id, so that two events of the same second are still ordered.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventMark {
+    pub created: i64,
+    pub id: String,
+}
+
+/// A subscription write that goes with a recorded Stripe event.
+#[derive(Clone, Copy, Debug)]
+pub struct SubscriptionWrite<'a> {
+    /// The new state at `expected_version + 1`; or, at `expected_version` itself, "unchanged":
+    /// then only the event's mark is written, still on the condition that the subscription is
+    /// at that version.
+    pub next: &'a Subscription,
+    pub expected_version: u64,
+    pub audit: &'a AuditEntry,
+    /// The event that produced it: written only if it is newer than the last one applied.
+    pub mark: &'a EventMark,
+}
+
+/// What became of [`Store::record_event`]. Nothing was written unless `Recorded`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventWrite {
+    Recorded,
+    /// The event was recorded before (and has not expired).
+    Duplicate,
+    /// A newer event was already applied to the subscription.
+    Stale,
+    /// The subscription is no longer at the expected version: read it again and retry.
+    VersionConflict,
+}
+
+/// The persistence the billing domain needs.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a new subscription (at version 1) and its audit record, unless one with the same
+    /// id exists: then [`StoreError::AlreadyExists`] and nothing is written.
+    async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError>;
+
+    async fn get_subscription(&self, id: Uuid) -> Result<Subscription, StoreError>;
+
+    /// Replaces the subscription with `next` (whose version must be `expected_version + 1`)
+    /// only if the stored one is at `expected_version`; otherwise
+    /// [`StoreError::VersionConflict`] (or [`StoreError::NotFound`]) and nothing is written.
+    async fn update_subscription(
+        &self,
+        next: &Subscription,
+        expected_version: u64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+
+    async fn find_by_stripe_subscription(&self, stripe_subscription: &str) -> Result<Subscription, StoreError>;
+
+    async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError>;
+
+    /// Every audit record of a subscription, oldest first.
+    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Records `key` until `expires_at` with its `outcome` (kept for review) and, in the same
+    /// transaction, the subscription write the event causes, if any: all of it or none.
+    async fn record_event(
+        &self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+        outcome: &str,
+        write: Option<SubscriptionWrite<'_>>,
+    ) -> Result<EventWrite, StoreError>;
+
+    /// Whether `key` is recorded and not expired.
+    async fn is_recorded(&self, key: &str) -> Result<bool, StoreError>;
+}
+
+impl StoreError {
+    /// The store is unavailable for a reason given as text (no error value to keep).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        StoreError::Unavailable(reason.into().into())
+    }
+}
+
+impl SubscriptionWrite<'_> {
+    pub fn changes_subscription(&self) -> bool {
+        self.next.version != self.expected_version
+    }
+
+    /// Refuses a write whose versions do not line up, before it reaches a backend.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.changes_subscription() {
+            check_next_version(self.next, self.expected_version, self.audit)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Refuses an update whose versions do not line up before it reaches a backend: every adapter
+/// calls it first, so a defect in a use case never reaches the table.
+pub fn check_next_version(next: &Subscription, expected_version: u64, audit: &AuditEntry) -> Result<(), StoreError> {
+    if next.version != expected_version + 1 || audit.version != next.version || audit.subscription_id != next.id {
+        return Err(StoreError::Corrupt(format!(
+            "update of {} to version {} from expected version {expected_version} (audit version {})",
+            next.id, next.version, audit.version
+        )));
+    }
+    Ok(())
+}

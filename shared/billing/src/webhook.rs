@@ -1,0 +1,232 @@
+//! Stripe webhooks: verifying the signature, reading an event, and what an event does to a
+//! subscription.
+//!
+//! Events are read as JSON rather than as async-stripe's generated types: Stripe sends them in
+//! the account's API version, which need not be the one the client library was generated for,
+//! and a strict parser would refuse (and Stripe would retry for three days) an event that carries
+//! everything this service needs. Only the fields used here are required.
+//!
+//! Order: Stripe delivers in no guaranteed order, so each subscription remembers the last event
+//! applied to it ([`crate::store::EventMark`]: `created`, then id) and an older one changes
+//! nothing; the store enforces it atomically with the write ([`apply_stripe_event`]).
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+
+use crate::store::EventMark;
+
+mod apply;
+
+use crate::subscription::{PlanCatalog, Status, Subscription};
+pub use apply::{ACTOR, EventContext, EventError, Handled, REMEMBER_EVENTS_FOR, apply_stripe_event, subscription_of};
+
+/// Signatures older (or newer) than this are refused, as Stripe's libraries do.
+pub const TOLERANCE_SECONDS: i64 = 300;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("no Stripe-Signature header")]
+    Missing,
+    #[error("the Stripe-Signature header is malformed")]
+    Malformed,
+    #[error("the signature is outside the {TOLERANCE_SECONDS} s tolerance")]
+    Expired,
+    #[error("no signature matches")]
+    Mismatch,
+}
+
+/// Checks `Stripe-Signature: t=<unix time>,v1=<hex>[,v1=<hex>...]` over the exact raw payload:
+/// any `v1` may match (Stripe sends several while a secret is rolled), compared in constant time.
+pub fn verify(payload: &[u8], header: Option<&str>, secret: &str, now: i64) -> Result<(), SignatureError> {
+    let header = header.ok_or(SignatureError::Missing)?;
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => timestamp = value.parse::<i64>().ok(),
+            Some(("v1", value)) => signatures.push(hex::decode(value).map_err(|_| SignatureError::Malformed)?),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
+    if signatures.is_empty() {
+        return Err(SignatureError::Malformed);
+    }
+    if (now - timestamp).abs() > TOLERANCE_SECONDS {
+        return Err(SignatureError::Expired);
+    }
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut signed = format!("{timestamp}.").into_bytes();
+    signed.extend_from_slice(payload);
+    if signatures
+        .iter()
+        .any(|signature| aws_lc_rs::hmac::verify(&key, &signed, signature).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// The `Stripe-Signature` header for `payload` at `timestamp`: for tests and the local sandbox.
+pub fn sign(payload: &[u8], secret: &str, timestamp: i64) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut signed = format!("{timestamp}.").into_bytes();
+    signed.extend_from_slice(payload);
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(aws_lc_rs::hmac::sign(&key, &signed).as_ref())
+    )
+}
+
+/// The parts of a Stripe event this service reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StripeEvent {
+    pub id: String,
+    pub kind: String,
+    pub created: i64,
+    pub object: Value,
+}
+
+/// What an event is about, as far as this service is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `customer.subscription.created|updated|deleted|paused|resumed`: the subscription's state.
+    SubscriptionState,
+    /// `customer.subscription.trial_will_end`: tell the subscriber.
+    TrialWillEnd,
+    InvoicePaid,
+    InvoicePaymentFailed,
+    Other,
+}
+
+impl StripeEvent {
+    pub fn parse(payload: &[u8]) -> Result<Self, String> {
+        let value: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+        let text = |name: &str| {
+            value[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no `{name}`"))
+        };
+        Ok(StripeEvent {
+            id: text("id")?,
+            kind: text("type")?,
+            created: value["created"].as_i64().ok_or("no `created`")?,
+            object: value["data"]["object"].clone(),
+        })
+    }
+
+    pub fn kind(&self) -> EventKind {
+        match self.kind.as_str() {
+            "customer.subscription.created"
+            | "customer.subscription.updated"
+            | "customer.subscription.deleted"
+            | "customer.subscription.paused"
+            | "customer.subscription.resumed" => EventKind::SubscriptionState,
+            "customer.subscription.trial_will_end" => EventKind::TrialWillEnd,
+            "invoice.paid" => EventKind::InvoicePaid,
+            "invoice.payment_failed" => EventKind::InvoicePaymentFailed,
+            _ => EventKind::Other,
+        }
+    }
+
+    pub fn mark(&self) -> EventMark {
+        EventMark {
+            created: self.created,
+            id: self.id.clone(),
+        }
+    }
+
+    /// The Stripe subscription the event concerns: the object itself for subscription events;
+    /// for invoices, `parent.subscription_details.subscription` (current API versions) or
+    /// `subscription` (older ones).
+    pub fn stripe_subscription(&self) -> Option<&str> {
+        match self.kind() {
+            EventKind::SubscriptionState | EventKind::TrialWillEnd => self.object["id"].as_str(),
+            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => {
+                self.object["parent"]["subscription_details"]["subscription"]
+                    .as_str()
+                    .or_else(|| self.object["subscription"].as_str())
+            }
+            EventKind::Other => None,
+        }
+    }
+
+    pub fn stripe_customer(&self) -> Option<&str> {
+        self.object["customer"].as_str()
+    }
+
+    /// The user the subscription belongs to, from the `user_id` metadata this service puts on
+    /// every Stripe subscription (invoices carry it in their parent's details). It leads to the
+    /// subscription by its key, a strongly consistent read, where the Stripe-id indexes are only
+    /// eventually consistent.
+    pub fn user_id(&self) -> Option<uuid::Uuid> {
+        let metadata = match self.kind() {
+            EventKind::SubscriptionState | EventKind::TrialWillEnd => &self.object["metadata"],
+            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => {
+                &self.object["parent"]["subscription_details"]["metadata"]
+            }
+            EventKind::Other => return None,
+        };
+        metadata["user_id"].as_str().and_then(crate::ids::parse_canonical_uuid)
+    }
+}
+
+fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    value.as_i64().and_then(|s| Utc.timestamp_opt(s, 0).single())
+}
+
+fn status_from_stripe(status: &str) -> Option<Status> {
+    match status {
+        "incomplete_expired" => Some(Status::Canceled),
+        other => Status::parse(other),
+    }
+}
+
+/// What `current` becomes with this event applied, ignoring order (the store fences order:
+/// see [`apply_stripe_event`]). Fields the
+/// event does not carry, or carries in a form not understood, are left as they are.
+pub fn apply_event(current: &Subscription, event: &StripeEvent, catalog: &PlanCatalog) -> Subscription {
+    let mut next = current.clone();
+    let object = &event.object;
+    match event.kind() {
+        EventKind::SubscriptionState => {
+            if let Some(status) = object["status"].as_str().and_then(status_from_stripe) {
+                next.status = status;
+            }
+            let item = &object["items"]["data"][0];
+            if let Some(plan) = item["price"]["id"]
+                .as_str()
+                .and_then(|price| catalog.by_stripe_price(price))
+            {
+                next.plan.clone_from(&plan.id);
+            }
+            if let Some(flag) = object["cancel_at_period_end"].as_bool() {
+                next.cancel_at_period_end = flag;
+            }
+            next.trial_end = timestamp(&object["trial_end"]);
+            if next.trial_end.is_none() {
+                next.trial_start = None;
+            }
+            if let Some(end) = timestamp(&item["current_period_end"]) {
+                next.current_period_end = Some(end);
+            }
+        }
+        EventKind::InvoicePaid => {
+            if matches!(current.status, Status::Incomplete | Status::PastDue | Status::Unpaid) {
+                next.status = Status::Active;
+            }
+        }
+        EventKind::InvoicePaymentFailed => {
+            if current.status == Status::Active {
+                next.status = Status::PastDue;
+            }
+        }
+        EventKind::TrialWillEnd | EventKind::Other => {}
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,421 @@
+//! The use cases of the billing crate, driven against the in-memory embedded store, the fake
+//! Stripe of `billing-testing` and a fixed clock: provisioning, changing a subscription, and
+//! applying Stripe's events (including a property test of their ordering through the store's
+//! own ordering, the path production takes).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use billing::change::{ChangeContext, ChangeError, ChangeRequest, change_subscription};
+use billing::clock::FixedClock;
+use billing::mail::{Mail, MailError, Mailer, texts};
+use billing::provisioning::{Provision, ProvisionError, provision};
+use billing::store::Store;
+use billing::stripe::BillingError;
+use billing::subscription::{PlanCatalog, Status, Subscription, SubscriptionChange};
+use billing::webhook::{EventContext, EventError, Handled, StripeEvent, apply_stripe_event};
+use billing_adapters::{EmbeddedStore, OutboxMailer};
+use billing_testing::FakeBilling;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::json;
+use uuid::Uuid;
+
+const NOW: i64 = 1_795_255_200;
+
+fn now() -> DateTime<Utc> {
+    Utc.timestamp_opt(NOW, 0).unwrap()
+}
+
+fn catalog() -> PlanCatalog {
+    billing_testing::catalog()
+}
+
+fn change(json: serde_json::Value) -> SubscriptionChange {
+    SubscriptionChange::from_json(json.to_string().as_bytes()).unwrap()
+}
+
+/// The world a use case runs in.
+struct World {
+    store: Arc<EmbeddedStore>,
+    billing: FakeBilling,
+    outbox: Arc<OutboxMailer>,
+    catalog: PlanCatalog,
+    clock: FixedClock,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            store: Arc::new(EmbeddedStore::in_memory().unwrap()),
+            billing: FakeBilling::new(now()),
+            outbox: billing_testing::outbox(),
+            catalog: catalog(),
+            clock: FixedClock(now()),
+        }
+    }
+
+    async fn provision(&self, user: Uuid) -> Result<Subscription, ProvisionError> {
+        let create = change(json!({"user_id": user, "email": "ada@example.com"}));
+        provision(
+            self.store.as_ref(),
+            &self.billing,
+            Provision {
+                change: &create,
+                plan: self.catalog.get(PlanCatalog::PENDING).unwrap(),
+                trial_start: None,
+                actor: "system:test",
+                now: now(),
+            },
+        )
+        .await
+    }
+
+    fn change_context(&self) -> ChangeContext<'_> {
+        ChangeContext {
+            store: self.store.as_ref(),
+            billing: &self.billing,
+            catalog: &self.catalog,
+            clock: &self.clock,
+        }
+    }
+
+    async fn change(
+        &self,
+        id: Uuid,
+        what: serde_json::Value,
+        expected_version: Option<u64>,
+    ) -> Result<Subscription, ChangeError> {
+        let what = change(what);
+        change_subscription(
+            self.change_context(),
+            ChangeRequest {
+                id,
+                change: &what,
+                expected_version,
+                actor: "user:test",
+                origin: "req-1",
+            },
+        )
+        .await
+    }
+
+    fn event_context<'a>(&'a self, mailer: &'a dyn Mailer) -> EventContext<'a> {
+        EventContext {
+            store: self.store.as_ref(),
+            mailer,
+            catalog: &self.catalog,
+            clock: &self.clock,
+        }
+    }
+
+    async fn deliver(&self, event: &StripeEvent) -> Result<Handled, EventError> {
+        apply_stripe_event(self.event_context(self.outbox.as_ref()), event).await
+    }
+}
+
+// Provisioning
+
+#[tokio::test]
+async fn provisioning_twice_makes_one_customer_and_one_subscription() {
+    // Given a user provisioned once
+    let world = World::new();
+    let user = Uuid::new_v4();
+    let first = world.provision(user).await.unwrap();
+    // When the same user is provisioned again
+    let again = world.provision(user).await;
+    // Then it already exists, and Stripe holds one customer
+    assert!(matches!(again, Err(ProvisionError::AlreadyExists)), "{again:?}");
+    assert_eq!(world.billing.customer_count(), 1);
+    assert_eq!(first.status, Status::Trialing);
+    assert_eq!(first.trial_end, Some(now() + Duration::days(31)));
+}
+
+#[tokio::test]
+async fn provisioning_when_stripe_fails_stores_nothing() {
+    let world = World::new();
+    world.billing.fail_next(BillingError::Unavailable("down".into()));
+    let user = Uuid::new_v4();
+    assert!(matches!(world.provision(user).await, Err(ProvisionError::Billing(_))));
+    assert!(world.store.get_subscription(user).await.is_err());
+}
+
+// Changing a subscription
+
+#[tokio::test]
+async fn a_plan_change_reaches_stripe_before_the_store() {
+    // Given a provisioned subscription
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    // When its owner picks a plan and a card
+    let changed = world
+        .change(
+            subscription.id,
+            json!({"plan": "basic_monthly", "stripe_source": "pm_card_visa"}),
+            None,
+        )
+        .await
+        .unwrap();
+    // Then Stripe bills the plan's price with the card as default, and the store holds version 2
+    let stripe_id = subscription.stripe_subscription.as_deref().unwrap();
+    assert_eq!(
+        world.billing.subscription(stripe_id).unwrap().price,
+        "price_basic_monthly"
+    );
+    assert!(
+        world
+            .billing
+            .default_payment_method(subscription.stripe_customer.as_deref().unwrap())
+            .is_some()
+    );
+    assert_eq!(changed.plan, "basic_monthly");
+    assert_eq!(changed.version, 2);
+    assert_eq!(world.store.get_subscription(subscription.id).await.unwrap(), changed);
+}
+
+#[tokio::test]
+async fn a_declined_card_changes_nothing() {
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let outcome = world
+        .change(
+            subscription.id,
+            json!({"stripe_source": "pm_card_chargeDeclined"}),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(outcome, Err(ChangeError::Billing(BillingError::CardDeclined(_)))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        world.store.get_subscription(subscription.id).await.unwrap(),
+        subscription
+    );
+}
+
+#[tokio::test]
+async fn a_stale_expected_version_is_refused_before_stripe_is_called() {
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let calls_before = world.billing.calls().len();
+    let outcome = world
+        .change(subscription.id, json!({"plan": "basic_monthly"}), Some(7))
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Err(ChangeError::VersionMismatch {
+                expected: 7,
+                current: 1
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(world.billing.calls().len(), calls_before);
+}
+
+#[tokio::test]
+async fn a_stripe_change_without_a_stripe_subscription_is_refused() {
+    // Given a subscription stored without Stripe ids
+    let world = World::new();
+    let bare = change(json!({"user_id": Uuid::new_v4(), "email": "ada@example.com"}))
+        .new_subscription(world.catalog.get("pending").unwrap(), now(), now())
+        .unwrap();
+    let audit = billing::store::AuditEntry::of(&bare, "system:test", "create", json!({}));
+    world.store.create_subscription(&bare, &audit).await.unwrap();
+    // When a plan is chosen, then it is refused and nothing is stored
+    let outcome = world.change(bare.id, json!({"plan": "basic_monthly"}), None).await;
+    assert!(matches!(outcome, Err(ChangeError::NotInStripe)), "{outcome:?}");
+    assert_eq!(world.store.get_subscription(bare.id).await.unwrap().version, 1);
+}
+
+#[tokio::test]
+async fn a_change_of_an_unknown_subscription_is_not_found() {
+    let world = World::new();
+    let outcome = world
+        .change(Uuid::new_v4(), json!({"plan": "basic_monthly"}), None)
+        .await;
+    assert!(matches!(outcome, Err(ChangeError::NotFound)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_change_that_changes_nothing_writes_nothing() {
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let same = world
+        .change(subscription.id, json!({"plan": "pending"}), None)
+        .await
+        .unwrap();
+    assert_eq!(same.version, 1);
+    assert_eq!(world.store.audit_trail(subscription.id).await.unwrap().len(), 1);
+}
+
+// Stripe events
+
+fn subscription_event(id: &str, created: i64, stripe_id: &str, status: &str, price: &str) -> StripeEvent {
+    StripeEvent {
+        id: id.into(),
+        kind: "customer.subscription.updated".into(),
+        created,
+        object: json!({"id": stripe_id, "customer": "cus_x", "status": status, "cancel_at_period_end": false,
+                       "trial_end": null, "items": {"data": [{"price": {"id": price}, "current_period_end": NOW + 30 * 86400}]}}),
+    }
+}
+
+#[tokio::test]
+async fn an_event_is_applied_once() {
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let stripe_id = subscription.stripe_subscription.clone().unwrap();
+    let event = subscription_event("evt_1", NOW + 10, &stripe_id, "active", "price_basic_monthly");
+    assert_eq!(world.deliver(&event).await.unwrap(), Handled::Applied);
+    assert_eq!(world.deliver(&event).await.unwrap(), Handled::Duplicate);
+    let stored = world.store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(
+        (stored.status, stored.plan.as_str(), stored.version),
+        (Status::Active, "basic_monthly", 2)
+    );
+}
+
+#[tokio::test]
+async fn an_older_event_after_a_newer_one_is_recorded_as_stale() {
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let stripe_id = subscription.stripe_subscription.clone().unwrap();
+    let newer = subscription_event("evt_2", NOW + 20, &stripe_id, "canceled", "price_basic_monthly");
+    let older = subscription_event("evt_1", NOW + 10, &stripe_id, "active", "price_basic_monthly");
+    world.deliver(&newer).await.unwrap();
+    assert_eq!(world.deliver(&older).await.unwrap(), Handled::Recorded("stale"));
+    let stored = world.store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored.status, Status::Canceled);
+}
+
+#[tokio::test]
+async fn an_event_for_an_unknown_subscription_and_an_unknown_type_are_recorded() {
+    let world = World::new();
+    let unknown = subscription_event("evt_u", NOW, "sub_nobody", "active", "price_basic_monthly");
+    assert_eq!(
+        world.deliver(&unknown).await.unwrap(),
+        Handled::Recorded("unknown_subscription")
+    );
+    let other = StripeEvent {
+        id: "evt_o".into(),
+        kind: "charge.succeeded".into(),
+        created: NOW,
+        object: json!({}),
+    };
+    assert_eq!(world.deliver(&other).await.unwrap(), Handled::Recorded("ignored"));
+    assert_eq!(world.deliver(&other).await.unwrap(), Handled::Duplicate);
+}
+
+fn trial_will_end(stripe_id: &str) -> StripeEvent {
+    StripeEvent {
+        id: "evt_trial".into(),
+        kind: "customer.subscription.trial_will_end".into(),
+        created: NOW,
+        object: json!({"id": stripe_id, "customer": "cus_x", "trial_end": NOW + 3 * 86400}),
+    }
+}
+
+#[tokio::test]
+async fn trial_will_end_mails_the_subscriber_once_with_the_text_of_the_mail_module() {
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let event = trial_will_end(subscription.stripe_subscription.as_deref().unwrap());
+    assert_eq!(world.deliver(&event).await.unwrap(), Handled::Recorded("mailed"));
+    assert_eq!(world.deliver(&event).await.unwrap(), Handled::Duplicate);
+    assert_eq!(
+        world.outbox.mails(),
+        vec![texts::trial_ending("ada@example.com", subscription.trial_end)]
+    );
+}
+
+/// A mail service that refuses or fails every mail.
+struct BrokenMailer {
+    refuses: bool,
+}
+
+#[async_trait]
+impl Mailer for BrokenMailer {
+    async fn send(&self, _mail: &Mail) -> Result<String, MailError> {
+        let cause: Box<dyn std::error::Error + Send + Sync> = "the mail service said no".into();
+        Err(if self.refuses {
+            MailError::Refused(cause)
+        } else {
+            MailError::Unavailable(cause)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_refused_trial_mail_is_recorded_for_review_and_an_unavailable_one_is_retried() {
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let event = trial_will_end(subscription.stripe_subscription.as_deref().unwrap());
+    // When the mail service is down, nothing is recorded and Stripe will deliver again
+    let down = BrokenMailer { refuses: false };
+    let outcome = apply_stripe_event(world.event_context(&down), &event).await;
+    assert!(matches!(outcome, Err(EventError::Mail(_))), "{outcome:?}");
+    // When it refuses the mail, the event is recorded as refused
+    let refusing = BrokenMailer { refuses: true };
+    let outcome = apply_stripe_event(world.event_context(&refusing), &event)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Handled::Recorded("mail_refused"));
+}
+
+// Ordering, through the store: any order and any duplication of a subscription's events ends
+// where delivering them once, in order, ends.
+
+fn events() -> impl Strategy<Value = Vec<(i64, &'static str, &'static str)>> {
+    let statuses = prop::sample::select(vec!["trialing", "active", "past_due", "canceled"]);
+    let prices = prop::sample::select(vec!["price_pending", "price_basic_monthly", "price_business_monthly"]);
+    prop::collection::vec((0i64..5, statuses, prices), 1..7)
+}
+
+fn converge(events: &[(i64, &'static str, &'static str)], deliveries: &[usize]) -> (Subscription, Subscription) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let deliver_all = |order: Vec<usize>| async move {
+            let world = World::new();
+            let user = Uuid::from_u128(7);
+            let subscription = world.provision(user).await.unwrap();
+            let stripe_id = subscription.stripe_subscription.clone().unwrap();
+            for i in order {
+                let (offset, status, price) = events[i];
+                let event = subscription_event(&format!("evt_{i}"), NOW + offset, &stripe_id, status, price);
+                world.deliver(&event).await.unwrap();
+            }
+            let mut stored = world.store.get_subscription(user).await.unwrap();
+            // Versions count writes, which differ with the order; the state must not.
+            stored.version = 0;
+            stored.updated_at = now();
+            stored.stripe_customer = None;
+            stored.stripe_subscription = None;
+            stored
+        };
+        let mut in_order: Vec<usize> = (0..events.len()).collect();
+        in_order.sort_by_key(|&i| (events[i].0, format!("evt_{i}")));
+        (deliver_all(in_order).await, deliver_all(deliveries.to_vec()).await)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn any_order_with_any_duplicates_converges_to_the_in_order_result(
+        (events, deliveries) in events().prop_flat_map(|events| {
+            let n = events.len();
+            let extra = prop::collection::vec(0..n, 0..2 * n);
+            (Just(events), extra.prop_flat_map(move |extra| {
+                let mut all: Vec<usize> = (0..n).chain(extra).collect();
+                all.sort();
+                Just(all).prop_shuffle()
+            }))
+        })
+    ) {
+        let (expected, delivered) = converge(&events, &deliveries);
+        prop_assert_eq!(delivered, expected);
+    }
+}

@@ -1,0 +1,660 @@
+//! The HTTP conventions every function answers through.
+//!
+//! One pipeline ([`serve`]) gives every endpoint the same outside: request ids on the response
+//! and on every log line, CORS and preflight, content negotiation (406/415), the 64 KiB body
+//! limit (413), the `{"subscriptions": [...]}` and `{"errors": [...]}` envelopes, and the one
+//! mapping from the errors of every layer to slugs and status codes ([`ApiError`]).
+
+use std::future::Future;
+use std::time::Instant;
+
+use lambda_http::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Serialize;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use billing::auth::{AuthError, Principal};
+use billing::change::ChangeError;
+use billing::config::{Environment, optional};
+use billing::errors::{FieldError, Slug, ValidationErrors};
+use billing::ids::parse_canonical_uuid;
+use billing::mail::MailError;
+use billing::provisioning::ProvisionError;
+use billing::remote::RemoteError;
+use billing::store::StoreError;
+use billing::stripe::BillingError;
+use billing::subscription::{Subscription, SubscriptionChange};
+
+/// Bodies above this many bytes are refused with 413 before anything reads them.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+const ALLOWED_METHODS: &str = "GET, POST, PATCH, OPTIONS";
+const ALLOWED_HEADERS: &str = "authorization, content-type, if-match";
+
+/// The HTTP status a slug is answered with: the table of API.md, in one place.
+pub fn status_of(slug: Slug) -> StatusCode {
+    match slug {
+        Slug::InvalidFormat | Slug::Missing | Slug::InvalidValue => StatusCode::BAD_REQUEST,
+        Slug::Unauthorized => StatusCode::UNAUTHORIZED,
+        Slug::AccessDenied => StatusCode::FORBIDDEN,
+        Slug::NotFound => StatusCode::NOT_FOUND,
+        Slug::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+        Slug::Conflict => StatusCode::CONFLICT,
+        Slug::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        Slug::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Slug::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Slug::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+        Slug::ActOfGod => StatusCode::INTERNAL_SERVER_ERROR,
+        Slug::RemoteRealmServerMismatch => StatusCode::FORBIDDEN,
+        Slug::ServerDeactivated => StatusCode::UNAUTHORIZED,
+        Slug::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+    }
+}
+
+/// A request that failed, as the client will see it: every error found, and one status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {errors:?}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    /// Errors of one request may carry different slugs (a non-admin sending a system field and
+    /// a malformed email). The status is that of the most fundamental one: refusals (401, 403)
+    /// before conflicts before malformed input, so a client is never told "fix the format" by
+    /// a request it is not allowed to make at all.
+    pub fn from_errors(errors: Vec<FieldError>) -> Self {
+        const PRECEDENCE: [Slug; 16] = [
+            Slug::ActOfGod,
+            Slug::UpstreamUnavailable,
+            Slug::Unauthorized,
+            Slug::ServerDeactivated,
+            Slug::AccessDenied,
+            Slug::RemoteRealmServerMismatch,
+            Slug::TooManyRequests,
+            Slug::NotAcceptable,
+            Slug::UnsupportedMediaType,
+            Slug::TooLarge,
+            Slug::NotFound,
+            Slug::PreconditionFailed,
+            Slug::Conflict,
+            Slug::InvalidFormat,
+            Slug::Missing,
+            Slug::InvalidValue,
+        ];
+        let status = PRECEDENCE
+            .iter()
+            .find(|slug| errors.iter().any(|e| e.slug == **slug))
+            .map_or(StatusCode::INTERNAL_SERVER_ERROR, |slug| status_of(*slug));
+        ApiError { status, errors }
+    }
+
+    pub fn one(error: FieldError) -> Self {
+        ApiError::from_errors(vec![error])
+    }
+
+    /// An internal failure: the details go to the log, the client gets a generic sentence.
+    pub fn act_of_god(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "request failed unexpectedly");
+        ApiError::one(FieldError::general(
+            Slug::ActOfGod,
+            "something went wrong on our side; it has been logged",
+        ))
+    }
+
+    pub fn slugs(&self) -> Vec<Slug> {
+        self.errors.iter().map(|e| e.slug).collect()
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(errors: ValidationErrors) -> Self {
+        ApiError::from_errors(errors.0)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let slug = match error {
+            AuthError::Unauthenticated(_) => Slug::Unauthorized,
+            AuthError::Forbidden(_) => Slug::AccessDenied,
+        };
+        ApiError::one(FieldError::general(slug, error.to_string()))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ApiError::one(FieldError::general(Slug::NotFound, "no such subscription")),
+            StoreError::AlreadyExists => ApiError::one(FieldError::field(
+                Slug::Conflict,
+                "/user_id",
+                "this user already has a subscription",
+            )),
+            StoreError::VersionConflict => ApiError::one(FieldError::general(
+                Slug::PreconditionFailed,
+                "the subscription changed since the version you sent",
+            )),
+            error @ StoreError::Unavailable(_) => {
+                tracing::error!(error = %billing::errors::chain(&error), "store unavailable");
+                ApiError::one(FieldError::general(
+                    Slug::UpstreamUnavailable,
+                    "storage is unavailable; nothing was changed, try again",
+                ))
+            }
+            StoreError::Corrupt(detail) => ApiError::act_of_god(&detail),
+        }
+    }
+}
+
+impl From<BillingError> for ApiError {
+    fn from(error: BillingError) -> Self {
+        match error {
+            BillingError::Unavailable(detail) => {
+                tracing::error!(error = %detail, "Stripe unavailable");
+                ApiError::one(FieldError::general(
+                    Slug::UpstreamUnavailable,
+                    "Stripe is unavailable; nothing was changed, try again",
+                ))
+            }
+            BillingError::CardDeclined(message) => ApiError::one(FieldError::field(
+                Slug::InvalidValue,
+                "/stripe_source",
+                format!("the card was declined: {message}"),
+            )),
+            BillingError::PaymentMethodRefused(message) => ApiError::one(FieldError::field(
+                Slug::InvalidValue,
+                "/stripe_source",
+                format!("the payment method cannot be used: {message}"),
+            )),
+            BillingError::Conflict(detail) => {
+                tracing::warn!(error = %detail, "conflicting Stripe request");
+                ApiError::one(FieldError::general(
+                    Slug::Conflict,
+                    "another request is changing this subscription differently; read it again and retry",
+                ))
+            }
+            BillingError::Rejected(detail) => ApiError::act_of_god(&detail),
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(error: ChangeError) -> Self {
+        match error {
+            ChangeError::NotFound => StoreError::NotFound.into(),
+            ChangeError::VersionMismatch { .. } => StoreError::VersionConflict.into(),
+            ChangeError::KeptChanging => ApiError::one(FieldError::general(
+                Slug::Conflict,
+                "the subscription is changing too often to apply this change; try again",
+            )),
+            ChangeError::NotInStripe => ApiError::one(FieldError::general(
+                Slug::Conflict,
+                "this subscription has no Stripe subscription yet; it cannot change plan or payment method",
+            )),
+            ChangeError::Billing(error) => error.into(),
+            ChangeError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<ProvisionError> for ApiError {
+    fn from(error: ProvisionError) -> Self {
+        match error {
+            ProvisionError::AlreadyExists => StoreError::AlreadyExists.into(),
+            ProvisionError::Billing(BillingError::Conflict(detail)) => {
+                tracing::warn!(error = %detail, "concurrent create with other details");
+                ApiError::one(FieldError::field(
+                    Slug::Conflict,
+                    "/user_id",
+                    "a subscription for this user is being created with other details",
+                ))
+            }
+            ProvisionError::Billing(error) => error.into(),
+            ProvisionError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// How a remote-billing failure is answered: its slug and a sentence (see
+/// [`RemoteError::public`]), for JSON and for pages alike.
+pub fn remote_failure(error: &RemoteError) -> Option<(Slug, String)> {
+    error.public()
+}
+
+impl From<RemoteError> for ApiError {
+    fn from(error: RemoteError) -> Self {
+        if let Some((slug, message)) = remote_failure(&error) {
+            if let RemoteError::Invalid(errors) = error {
+                return errors.into();
+            }
+            return ApiError::one(FieldError::general(slug, message));
+        }
+        match error {
+            RemoteError::Store(error) => error.into(),
+            RemoteError::Mail(error) => {
+                tracing::error!(%error, "mail unavailable");
+                ApiError::one(FieldError::general(
+                    Slug::UpstreamUnavailable,
+                    "mail could not be sent; try again",
+                ))
+            }
+            other => ApiError::act_of_god(&other),
+        }
+    }
+}
+
+/// A successful answer: a status, the subscriptions, and the ETag when there is exactly one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiResponse {
+    pub status: StatusCode,
+    pub subscriptions: Vec<Subscription>,
+    /// A body other than the subscriptions envelope (the webhook's acknowledgement).
+    pub other: Option<serde_json::Value>,
+}
+
+impl ApiResponse {
+    pub fn ok(subscription: Subscription) -> Self {
+        ApiResponse {
+            status: StatusCode::OK,
+            subscriptions: vec![subscription],
+            other: None,
+        }
+    }
+
+    pub fn created(subscription: Subscription) -> Self {
+        ApiResponse {
+            status: StatusCode::CREATED,
+            subscriptions: vec![subscription],
+            other: None,
+        }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// `200` with a body of its own, for endpoints that are not about subscriptions.
+    pub fn json(body: serde_json::Value) -> Self {
+        ApiResponse {
+            status: StatusCode::OK,
+            subscriptions: Vec::new(),
+            other: Some(body),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SuccessBody<'a> {
+    subscriptions: &'a [Subscription],
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    errors: &'a [FieldError],
+}
+
+/// Which origins may call the API from a browser (`CORS_ALLOWED_ORIGINS`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cors {
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl Cors {
+    /// Comma-separated origins; `*` allows any. Empty allows none.
+    pub fn parse(list: &str) -> Self {
+        let mut cors = Cors::default();
+        for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            if origin == "*" {
+                cors.any = true;
+            } else {
+                cors.origins.push(origin.trim_end_matches('/').to_owned());
+            }
+        }
+        cors
+    }
+
+    pub fn from_env(env: &dyn Environment) -> Self {
+        Cors::parse(&optional(env, "CORS_ALLOWED_ORIGINS").unwrap_or_default())
+    }
+
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
+    fn allow_origin(&self, origin: Option<&str>) -> Option<HeaderValue> {
+        let origin = origin?;
+        if self.any {
+            Some(HeaderValue::from_static("*"))
+        } else if self.origins.iter().any(|o| o == origin) {
+            HeaderValue::from_str(origin).ok()
+        } else {
+            None
+        }
+    }
+}
+
+/// What a handler gets to work with: the request and its id, body already checked.
+pub struct ApiRequest {
+    pub request_id: String,
+    inner: Request,
+}
+
+impl ApiRequest {
+    /// The caller, from the JWT authorizer's claims in the request context.
+    pub fn principal(&self) -> Result<Principal, ApiError> {
+        let claims = match self.inner.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(context)) => context
+                .authorizer
+                .as_ref()
+                .and_then(|a| a.jwt.as_ref())
+                .map(|jwt| &jwt.claims),
+            _ => None,
+        };
+        let claims = claims.ok_or(AuthError::Unauthenticated("no bearer token was presented"))?;
+        Ok(Principal::from_claims(claims)?)
+    }
+
+    /// A path parameter that must be a canonical UUID.
+    pub fn path_uuid(&self, name: &str) -> Result<Uuid, ApiError> {
+        let parameters = self.inner.path_parameters();
+        let Some(text) = parameters.first(name) else {
+            return Err(ApiError::one(FieldError::param(
+                Slug::Missing,
+                name,
+                format!("{name} is required"),
+            )));
+        };
+        parse_canonical_uuid(text).ok_or_else(|| {
+            ApiError::one(FieldError::param(
+                Slug::InvalidFormat,
+                name,
+                format!("{name} must be a lowercase hyphenated UUID"),
+            ))
+        })
+    }
+
+    /// The version named by `If-Match: "<version>"`, if the header is present.
+    pub fn if_match(&self) -> Result<Option<u64>, ApiError> {
+        let Some(value) = self.inner.headers().get(header::IF_MATCH) else {
+            return Ok(None);
+        };
+        value
+            .to_str()
+            .ok()
+            .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::one(FieldError::param(
+                    Slug::InvalidFormat,
+                    "If-Match",
+                    "If-Match must be a version ETag such as \"3\"",
+                ))
+            })
+    }
+
+    /// The raw body.
+    pub fn body(&self) -> &[u8] {
+        self.inner.body()
+    }
+
+    /// The body read as `T`; an empty body is `missing`, anything unreadable `invalid_format`
+    /// (or the field errors `T` reports), in the error envelope.
+    pub fn json_body<T: JsonBody>(&self) -> Result<T, ApiError> {
+        if self.inner.body().is_empty() {
+            return Err(ApiError::one(FieldError::general(
+                Slug::Missing,
+                "a JSON body is required",
+            )));
+        }
+        Ok(T::from_json_body(self.inner.body())?)
+    }
+
+    /// The API Gateway route this request came in by (`POST /path/{param}`).
+    pub fn route_key(&self) -> Option<&str> {
+        route_key_of(&self.inner)
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        self.inner.headers()
+    }
+}
+
+/// What a request body can be read as: each type says how its errors are reported.
+pub trait JsonBody: Sized {
+    /// Reads the body; every problem found, as field errors.
+    fn from_json_body(body: &[u8]) -> Result<Self, ValidationErrors>;
+}
+
+impl JsonBody for SubscriptionChange {
+    fn from_json_body(body: &[u8]) -> Result<Self, ValidationErrors> {
+        SubscriptionChange::from_json(body)
+    }
+}
+
+/// Bodies read with serde: one `invalid_format` error naming what serde found.
+macro_rules! serde_json_body {
+    ($($body:ty),*) => {$(
+        impl JsonBody for $body {
+            fn from_json_body(body: &[u8]) -> Result<Self, ValidationErrors> {
+                serde_json::from_slice(body).map_err(|e| {
+                    FieldError::general(Slug::InvalidFormat, format!("the body is not the expected JSON: {e}")).into()
+                })
+            }
+        }
+    )*};
+}
+
+serde_json_body!(billing::remote::RegisterRequest, billing::remote::BillingLinkRequest);
+
+/// Runs one JSON request through the shared pipeline and `handler`, and always answers.
+pub async fn serve<F, Fut>(request: Request, cors: &Cors, handler: F) -> Response<Body>
+where
+    F: FnOnce(ApiRequest) -> Fut,
+    Fut: Future<Output = Result<ApiResponse, ApiError>>,
+{
+    serve_with_limit(request, cors, MAX_BODY_BYTES, handler).await
+}
+
+/// [`serve`] with another body limit: Stripe's events can outgrow the API's 64 KiB.
+pub async fn serve_with_limit<F, Fut>(request: Request, cors: &Cors, max_body: usize, handler: F) -> Response<Body>
+where
+    F: FnOnce(ApiRequest) -> Fut,
+    Fut: Future<Output = Result<ApiResponse, ApiError>>,
+{
+    let started = Instant::now();
+    let request_id = request_id_of(&request);
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+    async move {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut response = if request.method() == Method::OPTIONS {
+            preflight()
+        } else {
+            let outcome = match precheck(&request, max_body) {
+                Ok(()) => {
+                    handler(ApiRequest {
+                        request_id: request_id.clone(),
+                        inner: request,
+                    })
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            render(outcome)
+        };
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            headers.insert(REQUEST_ID_HEADER, value);
+        }
+        if let Some(allowed) = cors.allow_origin(origin.as_deref()) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+            headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        }
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "answered"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// The route key of API Gateway's request context, without a trailing slash.
+pub fn route_key_of(request: &Request) -> Option<&str> {
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.route_key.as_deref().map(|k| k.trim_end_matches('/')),
+        _ => None,
+    }
+}
+
+/// The API Gateway request id, or a fresh UUID where there is none (the local server).
+pub fn request_id_of(request: &Request) -> String {
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.request_id.clone(),
+        _ => None,
+    }
+    .filter(|id| !id.is_empty())
+    .unwrap_or_else(|| Uuid::new_v4().to_string())
+}
+
+fn preflight() -> Response<Body> {
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(ALLOWED_METHODS),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(ALLOWED_HEADERS),
+    );
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    response
+}
+
+/// Checks that need no handler: what the client accepts, how big the body is, what it is.
+fn precheck(request: &Request, max_body: usize) -> Result<(), ApiError> {
+    let headers = request.headers();
+    if let Some(accept) = headers.get(header::ACCEPT)
+        && !accepts_json(accept.to_str().unwrap_or(""))
+    {
+        return Err(ApiError::one(FieldError::param(
+            Slug::NotAcceptable,
+            "Accept",
+            "this API answers only in application/json",
+        )));
+    }
+    let body = request.body();
+    if body.len() > max_body {
+        return Err(ApiError::one(FieldError::general(
+            Slug::TooLarge,
+            format!("the body is larger than {max_body} bytes"),
+        )));
+    }
+    if !body.is_empty() {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !is_json_media_type(content_type) {
+            return Err(ApiError::one(FieldError::param(
+                Slug::UnsupportedMediaType,
+                "Content-Type",
+                "send the body as application/json",
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn render(outcome: Result<ApiResponse, ApiError>) -> Response<Body> {
+    let (status, body, etag) = match outcome {
+        Ok(answer) => {
+            let etag = match answer.subscriptions.as_slice() {
+                [one] => Some(one.version),
+                _ => None,
+            };
+            let body = match &answer.other {
+                Some(other) => serde_json::to_string(other),
+                None => serde_json::to_string(&SuccessBody {
+                    subscriptions: &answer.subscriptions,
+                }),
+            };
+            (answer.status, body, etag)
+        }
+        Err(error) => {
+            if error.status.is_server_error() {
+                tracing::warn!(errors = ?error.slugs(), "request failed");
+            } else {
+                tracing::info!(errors = ?error.slugs(), "request refused");
+            }
+            (
+                error.status,
+                serde_json::to_string(&ErrorBody { errors: &error.errors }),
+                None,
+            )
+        }
+    };
+    // Serialising our own types cannot fail; if it ever does, the client still gets JSON.
+    let body = body.unwrap_or_else(|_| r#"{"errors":[{"slug":"act_of_god","message":"serialisation failed"}]}"#.into());
+    let mut response = Response::new(Body::Text(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(version) = etag
+        && let Ok(value) = HeaderValue::from_str(&format!("\"{version}\""))
+    {
+        headers.insert(header::ETAG, value);
+    }
+    response
+}
+
+/// `application/json` with any parameters (`; charset=utf-8`), in any letter case.
+fn is_json_media_type(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether an `Accept` header admits `application/json`: `application/json`, `application/*`
+/// or `*/*`, with a non-zero quality. An empty header accepts anything.
+fn accepts_json(accept: &str) -> bool {
+    if accept.trim().is_empty() {
+        return true;
+    }
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=")
+                .or_else(|| p.strip_prefix("Q="))
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        !refused && matches!(media.as_str(), "application/json" | "application/*" | "*/*")
+    })
+}
+
+#[cfg(feature = "pages")]
+pub mod html;
+#[cfg(feature = "pages")]
+pub mod pages;
+
+#[cfg(test)]
+mod tests;

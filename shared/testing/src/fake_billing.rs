@@ -1,0 +1,199 @@
+//! `FakeBilling`: the `Billing` port in memory, for the use cases' unit tests. It keeps what
+//! Stripe keeps for the calls the service makes, answers a repeated idempotency key with the
+//! first answer, declines `pm_card_chargeDeclined`, and can be told to fail its next call.
+//! The handler and end-to-end tests use the Stripe sandbox over HTTP instead.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use billing::stripe::{Billing, BillingError, Customer, StripeSubscription};
+use billing::subscription::Status;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Stripe in memory.
+#[derive(Debug)]
+pub struct FakeBilling {
+    now: DateTime<Utc>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    customers: Vec<Customer>,
+    subscriptions: HashMap<String, StripeSubscription>,
+    default_payment_methods: HashMap<String, String>,
+    /// Idempotency key → the id the first call made.
+    answered: HashMap<String, String>,
+    calls: Vec<String>,
+    fail_next: Option<BillingError>,
+    next_id: u64,
+}
+
+impl State {
+    fn id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}_fake{}", self.next_id)
+    }
+
+    fn call(&mut self, operation: &str) -> Result<(), BillingError> {
+        self.calls.push(operation.to_owned());
+        match self.fail_next.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn subscription(&mut self, id: &str) -> Result<&mut StripeSubscription, BillingError> {
+        self.subscriptions
+            .get_mut(id)
+            .ok_or_else(|| BillingError::Rejected(format!("no such subscription: {id}")))
+    }
+}
+
+impl FakeBilling {
+    /// An empty Stripe account whose objects are created at `now`.
+    pub fn new(now: DateTime<Utc>) -> Self {
+        FakeBilling {
+            now,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Makes the next call fail with `error`, changing nothing.
+    pub fn fail_next(&self, error: BillingError) {
+        self.lock().fail_next = Some(error);
+    }
+
+    /// The operations called so far, in order (`create_customer`, `change_price`, ...).
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// How many customers exist.
+    pub fn customer_count(&self) -> usize {
+        self.lock().customers.len()
+    }
+
+    /// A subscription as Stripe holds it.
+    pub fn subscription(&self, id: &str) -> Option<StripeSubscription> {
+        self.lock().subscriptions.get(id).cloned()
+    }
+
+    /// The default payment method of a customer.
+    pub fn default_payment_method(&self, customer: &str) -> Option<String> {
+        self.lock().default_payment_methods.get(customer).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Billing for FakeBilling {
+    async fn create_customer(&self, _user_id: Uuid, _email: &str, key: &str) -> Result<Customer, BillingError> {
+        let mut state = self.lock();
+        state.call("create_customer")?;
+        if let Some(id) = state.answered.get(key).cloned() {
+            return Ok(state.customers.iter().find(|c| c.id == id).cloned().expect("answered"));
+        }
+        let customer = Customer {
+            id: state.id("cus"),
+            created: self.now,
+        };
+        state.answered.insert(key.to_owned(), customer.id.clone());
+        state.customers.push(customer.clone());
+        Ok(customer)
+    }
+
+    async fn create_subscription(
+        &self,
+        customer: &str,
+        price: &str,
+        trial_end: Option<DateTime<Utc>>,
+        _user_id: Uuid,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut state = self.lock();
+        state.call("create_subscription")?;
+        if let Some(id) = state.answered.get(key).cloned() {
+            return Ok(state.subscriptions[&id].clone());
+        }
+        let subscription = StripeSubscription {
+            id: state.id("sub"),
+            customer: customer.to_owned(),
+            status: if trial_end.is_some() {
+                Status::Trialing
+            } else {
+                Status::Active
+            },
+            item: state.id("si"),
+            price: price.to_owned(),
+            trial_start: trial_end.map(|_| self.now),
+            trial_end,
+            current_period_end: Some(trial_end.unwrap_or(self.now + chrono::Duration::days(30))),
+            cancel_at_period_end: false,
+        };
+        state.answered.insert(key.to_owned(), subscription.id.clone());
+        state
+            .subscriptions
+            .insert(subscription.id.clone(), subscription.clone());
+        Ok(subscription)
+    }
+
+    async fn change_price(
+        &self,
+        subscription: &str,
+        price: &str,
+        _key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut state = self.lock();
+        state.call("change_price")?;
+        let subscription = state.subscription(subscription)?;
+        subscription.price = price.to_owned();
+        Ok(subscription.clone())
+    }
+
+    async fn attach_default_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+        key: &str,
+    ) -> Result<String, BillingError> {
+        let mut state = self.lock();
+        state.call("attach_default_payment_method")?;
+        if payment_method == "pm_card_chargeDeclined" {
+            return Err(BillingError::CardDeclined("Your card was declined.".into()));
+        }
+        if let Some(id) = state.answered.get(key).cloned() {
+            return Ok(id);
+        }
+        let id = state.id("pm");
+        state.answered.insert(key.to_owned(), id.clone());
+        state.default_payment_methods.insert(customer.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    async fn set_cancel_at_period_end(
+        &self,
+        subscription: &str,
+        cancel: bool,
+        _key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut state = self.lock();
+        state.call("set_cancel_at_period_end")?;
+        let subscription = state.subscription(subscription)?;
+        subscription.cancel_at_period_end = cancel;
+        Ok(subscription.clone())
+    }
+
+    async fn cancel(&self, subscription: &str, _key: &str) -> Result<StripeSubscription, BillingError> {
+        let mut state = self.lock();
+        state.call("cancel")?;
+        let subscription = state.subscription(subscription)?;
+        subscription.status = Status::Canceled;
+        Ok(subscription.clone())
+    }
+}

@@ -1,0 +1,287 @@
+//! Fixtures shared by the tests and benches of the functions (a dev-dependency only): the
+//! standard plan catalog with local price ids, throwaway stores and outboxes, clocks, API
+//! Gateway events from the samples in `events/` with the caller, path and body a test needs, and
+//! the benches' timings.
+
+mod fake_billing;
+
+pub use fake_billing::FakeBilling;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use billing::clock::{Clock, SharedClock};
+use billing::remote::{Records, RemoteBilling, RemoteSettings, TokenSealer};
+use billing::subscription::PlanCatalog;
+use billing_adapters::{EmbeddedStore, OutboxMailer};
+use chrono::{DateTime, Duration, Utc};
+use lambda_http::Request;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The product's plans priced `price_<plan>`, as the local server configures them.
+pub fn catalog() -> PlanCatalog {
+    PlanCatalog::standard(|id| Ok::<_, ()>(format!("price_{id}"))).expect("infallible")
+}
+
+/// An embedded store in a temporary directory that lives as long as the process.
+pub fn embedded_store() -> Arc<EmbeddedStore> {
+    let dir = std::env::temp_dir().join(format!("billing-test-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    Arc::new(EmbeddedStore::open(dir.join("billing.redb")).expect("an embedded store"))
+}
+
+/// An embedded store in memory, for measuring handlers rather than the disk.
+pub fn in_memory_store() -> Arc<EmbeddedStore> {
+    Arc::new(EmbeddedStore::in_memory().expect("an in-memory embedded store"))
+}
+
+/// The value of the `csrf_token` field of the form in a page, as a browser would post it back.
+pub fn csrf_field(html: &str) -> String {
+    let marker = r#"name="csrf_token" value=""#;
+    let start = html.find(marker).unwrap_or_else(|| panic!("no CSRF field in {html}")) + marker.len();
+    html[start..].split('"').next().unwrap_or_default().to_owned()
+}
+
+/// Latencies of one measurement, for the benches' tables.
+#[derive(Clone, Debug, Default)]
+pub struct Timings(Vec<std::time::Duration>);
+
+impl Timings {
+    pub fn push(&mut self, elapsed: std::time::Duration) {
+        self.0.push(elapsed);
+    }
+
+    /// The `p`-quantile (0.5 for the median) in milliseconds.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    }
+
+    pub fn p50(&self) -> f64 {
+        self.percentile_ms(0.5)
+    }
+
+    pub fn p99(&self) -> f64 {
+        self.percentile_ms(0.99)
+    }
+
+    /// A markdown row: what, p50, p99, and p50 as a ratio to `baseline`'s.
+    pub fn row(&self, what: &str, baseline: &Timings) -> String {
+        format!(
+            "| {what} | {:.3} ms | {:.3} ms | {:.1} |",
+            self.p50(),
+            self.p99(),
+            self.p50() / baseline.p50()
+        )
+    }
+}
+
+/// `runs` raw `GetItem` round trips to the store's table, one per run over `ids` in turn: the
+/// benches' baseline for DynamoDB (or moto), what a read costs before any of the bundle's code.
+pub async fn raw_get_item_round_trips(store: &billing_adapters::DynamoStore, ids: &[Uuid], runs: usize) -> Timings {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut timings = Timings::default();
+    for run in 0..runs {
+        let started = std::time::Instant::now();
+        store
+            .client()
+            .get_item()
+            .table_name(store.table())
+            .key(
+                "pk",
+                AttributeValue::S(format!("SUBSCRIPTION#{}", ids[run % ids.len()])),
+            )
+            .key("sk", AttributeValue::S("STATE".into()))
+            .send()
+            .await
+            .expect("a GetItem round trip");
+        timings.push(started.elapsed());
+    }
+    timings
+}
+
+/// A subscription as an administrator would create it for a new user, not yet in Stripe
+/// unless `stripe` names its customer and subscription.
+pub fn new_subscription(stripe: Option<(&str, &str)>) -> billing::subscription::Subscription {
+    let mut body = serde_json::json!({"user_id": Uuid::new_v4(), "email": "bench@example.com"});
+    if let Some((customer, subscription)) = stripe {
+        body["stripe_customer"] = Value::from(customer);
+        body["stripe_subscription"] = Value::from(subscription);
+    }
+    let change =
+        billing::subscription::SubscriptionChange::from_json(body.to_string().as_bytes()).expect("a valid change");
+    let catalog = catalog();
+    change
+        .new_subscription(
+            catalog.get("pending").expect("the pending plan"),
+            Utc::now(),
+            Utc::now(),
+        )
+        .expect("a new subscription")
+}
+
+/// A clock tests move forward: the real time plus an offset.
+#[derive(Clone, Default)]
+pub struct TestClock {
+    offset_seconds: Arc<AtomicI64>,
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + Duration::seconds(self.offset_seconds.load(Ordering::SeqCst))
+    }
+}
+
+impl TestClock {
+    /// This clock, to be shared with the code under test; it moves when this one is advanced.
+    pub fn clock(&self) -> SharedClock {
+        Arc::new(self.clone())
+    }
+
+    /// The current time of this clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        Clock::now(self)
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.offset_seconds.fetch_add(by.num_seconds(), Ordering::SeqCst);
+    }
+}
+
+/// Remote billing on a throwaway embedded store, mailing into a file outbox, with links under
+/// `https://billing.example.com`.
+pub struct RemoteFixture {
+    pub remote: RemoteBilling,
+    pub outbox: Arc<OutboxMailer>,
+    pub store: Arc<EmbeddedStore>,
+}
+
+impl RemoteFixture {
+    pub fn new(mails_per_ip_hour: u32, mails_per_server_hour: u32) -> Self {
+        let store = embedded_store();
+        let outbox = outbox();
+        let remote = remote_billing_on(store.clone(), outbox.clone(), mails_per_ip_hour, mails_per_server_hour);
+        RemoteFixture { remote, outbox, store }
+    }
+}
+
+/// A file outbox in a temporary directory.
+pub fn outbox() -> Arc<OutboxMailer> {
+    let dir = std::env::temp_dir().join(format!("billing-outbox-{}", Uuid::new_v4().simple()));
+    Arc::new(OutboxMailer::new(dir).expect("an outbox directory"))
+}
+
+/// Remote billing keeping its records in `documents` and mailing into `outbox`, with links
+/// under `https://billing.example.com`.
+pub fn remote_billing_on(
+    documents: Arc<dyn billing::store::DocumentStore>,
+    outbox: Arc<OutboxMailer>,
+    mails_per_ip_hour: u32,
+    mails_per_server_hour: u32,
+) -> RemoteBilling {
+    RemoteBilling {
+        records: Records::new(documents),
+        sealer: Arc::new(TokenSealer::new(&[42u8; 32])),
+        mailer: outbox,
+        settings: RemoteSettings {
+            public_base_url: "https://billing.example.com".into(),
+            mails_per_ip_hour,
+            mails_per_server_hour,
+        },
+    }
+}
+
+/// An API Gateway v2 event from `events/<name>`, to be adjusted before use.
+pub struct ApiEvent(Value);
+
+impl ApiEvent {
+    pub fn sample(name: &str) -> Self {
+        let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        ApiEvent(serde_json::from_str(&text).expect("a JSON event"))
+    }
+
+    /// The caller: `sub` and space-separated scopes, as the JWT authorizer passes them.
+    pub fn caller(mut self, user: Uuid, scope: &str) -> Self {
+        self.0["requestContext"]["authorizer"] =
+            serde_json::json!({"jwt": {"claims": {"sub": user.to_string(), "scope": scope}, "scopes": null}});
+        self
+    }
+
+    pub fn anonymous(mut self) -> Self {
+        if let Some(context) = self.0["requestContext"].as_object_mut() {
+            context.remove("authorizer");
+        }
+        self
+    }
+
+    pub fn path_id(mut self, id: &str) -> Self {
+        self.0["pathParameters"]["id"] = Value::from(id);
+        let path = format!("/subscriptions/{id}");
+        self.0["rawPath"] = Value::from(path.as_str());
+        self.0["requestContext"]["http"]["path"] = Value::from(path);
+        self
+    }
+
+    pub fn body(mut self, body: &Value) -> Self {
+        self.0["body"] = Value::from(body.to_string());
+        self
+    }
+
+    /// Another route of the API: its key, the concrete path and the path parameters.
+    pub fn route(mut self, route_key: &str, path: &str, parameters: &[(&str, &str)]) -> Self {
+        let method = route_key.split(' ').next().unwrap_or("GET");
+        self.0["routeKey"] = Value::from(route_key);
+        self.0["requestContext"]["routeKey"] = Value::from(route_key);
+        self.0["requestContext"]["http"]["method"] = Value::from(method);
+        self.0["rawPath"] = Value::from(path);
+        self.0["requestContext"]["http"]["path"] = Value::from(path);
+        let parameters: serde_json::Map<String, Value> = parameters
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        self.0["pathParameters"] = Value::Object(parameters);
+        self
+    }
+
+    /// A form post's body (`application/x-www-form-urlencoded`), fields percent-encoded.
+    pub fn form(mut self, fields: &[(&str, &str)]) -> Self {
+        let encode =
+            |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+            .collect();
+        self.0["headers"]["content-type"] = Value::from("application/x-www-form-urlencoded");
+        self.0["body"] = Value::from(body.join("&"));
+        self
+    }
+
+    /// Cookies as API Gateway passes them (`name=value` each).
+    pub fn cookies(mut self, cookies: &[&str]) -> Self {
+        self.0["cookies"] = Value::from(cookies.iter().map(|c| Value::from(*c)).collect::<Vec<_>>());
+        self
+    }
+
+    pub fn source_ip(mut self, ip: &str) -> Self {
+        self.0["requestContext"]["http"]["sourceIp"] = Value::from(ip);
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.0["headers"][name] = Value::from(value);
+        self
+    }
+
+    pub fn request_id(mut self, id: &str) -> Self {
+        self.0["requestContext"]["requestId"] = Value::from(id);
+        self
+    }
+
+    pub fn build(self) -> Request {
+        lambda_http::request::from_str(&self.0.to_string()).expect("a valid API Gateway event")
+    }
+}
