@@ -16,10 +16,11 @@ test:
 	scripts/with-moto.sh cargo test --workspace
 	scripts/check-sandbox-with-stripe-python.sh
 
-## The lints CI runs: formatting, clippy, and the SAM template.
+## The lints CI runs: formatting, clippy, the documentation, and the SAM template.
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 	scripts/lint-template.sh
 
 fmt:

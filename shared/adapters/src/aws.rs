@@ -15,11 +15,16 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 
+/// How long a connection may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one attempt of a call may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a call may take, retries included.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(6);
+/// Attempts per call (the SDK's standard retries).
 pub const MAX_ATTEMPTS: u32 = 3;
 
+/// The configuration every client of a function is built from, with the timeouts above.
 pub async fn load_sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(

@@ -30,7 +30,9 @@ use billing::subscription::Subscription;
 /// A global secondary index: its name and the attribute it is keyed on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexDefinition {
+    /// The index's name.
     pub name: &'static str,
+    /// The attribute it is keyed on.
     pub partition_key: &'static str,
 }
 
@@ -38,12 +40,17 @@ pub struct IndexDefinition {
 /// the two, and the local server and the tests create tables from this definition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableDefinition {
+    /// The table's partition key attribute.
     pub partition_key: &'static str,
+    /// The table's sort key attribute.
     pub sort_key: &'static str,
+    /// Its global secondary indexes.
     pub indexes: [IndexDefinition; 2],
+    /// The attribute DynamoDB expires items by.
     pub ttl_attribute: &'static str,
 }
 
+/// The billing table, as `template.yaml` must declare it.
 pub const TABLE_DEFINITION: TableDefinition = TableDefinition {
     partition_key: "pk",
     sort_key: "sk",
@@ -82,6 +89,7 @@ fn stripe_customer_key(id: &str) -> String {
     format!("STRIPE_CUSTOMER#{id}")
 }
 
+/// The `Store` and `DocumentStore` ports on one DynamoDB table.
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
     client: Client,
@@ -89,6 +97,7 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// A store on `table` through `client`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoStore {
             client,
@@ -106,10 +115,12 @@ impl DynamoStore {
         DynamoStore::new(Client::new(config), table)
     }
 
+    /// The DynamoDB client (for benches' raw baselines).
     pub fn client(&self) -> &Client {
         &self.client
     }
 
+    /// The table's name.
     pub fn table(&self) -> &str {
         &self.table
     }

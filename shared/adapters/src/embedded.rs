@@ -29,6 +29,7 @@ const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
 /// Key → `{"version": n, "expires_at": <epoch seconds>|null, "body": ...}`.
 const DOCUMENTS: TableDefinition<&str, &str> = TableDefinition::new("documents");
 
+/// The `Store` and `DocumentStore` ports on one redb database.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,

@@ -9,6 +9,8 @@
 //! | `ses` | [`SesMailer`] (SES v2), [`aws`] client settings |
 //! | (always) | [`OutboxMailer`] (a directory of JSON files), [`SystemClock`] |
 
+#![warn(missing_docs)]
+
 #[cfg(any(feature = "dynamodb", feature = "ses"))]
 pub mod aws;
 #[cfg(feature = "dynamodb")]

@@ -22,8 +22,11 @@ use uuid::Uuid;
 /// How hard to try each Stripe call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// Attempts per call.
     pub attempts: u32,
+    /// How long one attempt may take.
     pub attempt_timeout: Duration,
+    /// The wait before the second attempt; each later wait is four times longer.
     pub first_backoff: Duration,
 }
 

@@ -15,24 +15,31 @@ use crate::subscription::Authority;
 /// description shown to people granting it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Scope {
+    /// The id in the `scope` claim.
     pub id: &'static str,
+    /// The name shown to people granting it.
     pub name: &'static str,
+    /// What it allows, for people granting it.
     pub description: &'static str,
 }
 
 impl Scope {
+    /// A user's own subscription: read it, choose plans, attach payment methods.
     pub const SUBSCRIPTION: Scope = Scope {
         id: "subscriptions",
         name: "Manage Subscriptions",
         description: "Read and update your own subscription.",
     };
+    /// Every subscription, system-controlled properties included.
     pub const SUBSCRIPTION_ADMIN: Scope = Scope {
         id: "subscriptions_admin",
         name: "Administer Subscriptions",
         description: "Read and update any subscription, create subscriptions and change system-controlled properties.",
     };
+    /// Every scope the service knows.
     pub const ALL: [Scope; 2] = [Scope::SUBSCRIPTION, Scope::SUBSCRIPTION_ADMIN];
 
+    /// The scope with this id in the `scope` claim, if the service knows it.
     pub fn from_id(id: &str) -> Option<Scope> {
         Scope::ALL.into_iter().find(|s| s.id == id)
     }
@@ -52,11 +59,13 @@ pub enum AuthError {
 /// The authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
+    /// The user the token was issued to (the `sub` claim).
     pub user_id: Uuid,
     scopes: Vec<Scope>,
 }
 
 impl Principal {
+    /// A principal holding `scopes`.
     pub fn new(user_id: Uuid, scopes: Vec<Scope>) -> Self {
         Principal { user_id, scopes }
     }
@@ -81,10 +90,12 @@ impl Principal {
         Ok(Principal { user_id, scopes })
     }
 
+    /// Whether the token carries `scope`.
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
     }
 
+    /// Whether the token carries the administrators' scope.
     pub fn is_admin(&self) -> bool {
         self.has(Scope::SUBSCRIPTION_ADMIN)
     }

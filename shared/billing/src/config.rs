@@ -10,6 +10,7 @@ use crate::subscription::PlanCatalog;
 
 /// Where configuration values come from: the process environment in functions, a map in tests.
 pub trait Environment {
+    /// The value of the variable `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
 }
 
@@ -28,12 +29,20 @@ impl Environment for HashMap<String, String> {
     }
 }
 
+/// Why a function cannot start: which variable to fix. Never carries a secret's value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// The variable (named) is not set.
     #[error("the environment variable {0} is not set")]
     Missing(String),
+    /// The variable is set to something unusable.
     #[error("the environment variable {name} is invalid: {reason}")]
-    Invalid { name: String, reason: String },
+    Invalid {
+        /// The variable.
+        name: String,
+        /// What is wrong with it, without its value.
+        reason: String,
+    },
 }
 
 /// A variable that must be present and non-empty.

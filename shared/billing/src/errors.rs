@@ -2,7 +2,7 @@
 //!
 //! Every layer reports problems with a client's request as [`FieldError`]s so that all of them
 //! can be returned at once. Which HTTP status a slug means is decided in one place only, the
-//! [`crate::http`] module.
+//! `billing-http` crate.
 
 use serde::Serialize;
 
@@ -10,27 +10,42 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Slug {
+    /// The input cannot be read: not JSON, wrong type, malformed id (400).
     InvalidFormat,
+    /// A required input is absent (400).
     Missing,
+    /// The input is readable but not allowed (400).
     InvalidValue,
+    /// No or invalid credentials (401).
     Unauthorized,
+    /// The caller may not do this (403).
     AccessDenied,
+    /// No such resource, or none the caller may see (404).
     NotFound,
+    /// The client accepts no JSON (406).
     NotAcceptable,
+    /// The request conflicts with the resource's state (409).
     Conflict,
+    /// `If-Match` names another version (412).
     PreconditionFailed,
+    /// The body is over the limit (413).
     TooLarge,
+    /// The body is not JSON (or not a form, for pages) (415).
     UnsupportedMediaType,
+    /// Stripe, the store or mail failed; nothing changed (502).
     UpstreamUnavailable,
+    /// A defect on our side, logged (500).
     ActOfGod,
     /// A realm asked for by a server other than the one it is registered to.
     RemoteRealmServerMismatch,
     /// A deactivated remote server calling.
     ServerDeactivated,
+    /// A rate limit was reached (429).
     TooManyRequests,
 }
 
 impl Slug {
+    /// The slug as the API spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Slug::InvalidFormat => "invalid_format",
@@ -57,11 +72,15 @@ impl Slug {
 /// path or query parameter), and a sentence for the human reading it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
+    /// What kind of error.
     pub slug: Slug,
+    /// The JSON pointer of the body field at fault, if one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The path parameter or header at fault, if one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<String>,
+    /// A sentence for people.
     pub message: String,
 }
 
@@ -103,6 +122,7 @@ impl FieldError {
 pub struct ValidationErrors(pub Vec<FieldError>);
 
 impl ValidationErrors {
+    /// The slugs of every error, in order.
     pub fn slugs(&self) -> Vec<Slug> {
         self.0.iter().map(|e| e.slug).collect()
     }

@@ -6,6 +6,8 @@
 //! crate depends on no AWS SDK, no Stripe client, no Lambda runtime and no HTML library, so the
 //! compiler keeps it pure and every rule is tested in-process (see `tests/`).
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod change;
 pub mod clock;

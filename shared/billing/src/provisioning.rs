@@ -19,12 +19,16 @@ use crate::store::{AuditEntry, Store, StoreError};
 use crate::stripe::{Billing, BillingError, idempotency_key};
 use crate::subscription::{Plan, Subscription, SubscriptionChange};
 
+/// Why a subscription was not created. Nothing was stored.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
+    /// The user already has a subscription.
     #[error("the subscription already exists")]
     AlreadyExists,
+    /// Stripe refused or failed.
     #[error(transparent)]
     Billing(#[from] BillingError),
+    /// The store failed.
     #[error(transparent)]
     Store(StoreError),
 }
@@ -41,11 +45,15 @@ impl From<StoreError> for ProvisionError {
 /// A validated creation: the change (with `user_id` and `email`), its plan, and when the trial
 /// starts when the caller knows (the profile's signup time).
 pub struct Provision<'a> {
+    /// The validated creation (with `user_id` and `email`).
     pub change: &'a SubscriptionChange,
+    /// The plan the subscription starts on.
     pub plan: &'a Plan,
+    /// When the trial starts, when the caller knows (the profile's signup).
     pub trial_start: Option<DateTime<Utc>>,
     /// Who asks, for the audit trail: `admin:<uuid>`, `system:signup`.
     pub actor: &'a str,
+    /// The current time.
     pub now: DateTime<Utc>,
 }
 

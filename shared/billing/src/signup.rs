@@ -14,14 +14,19 @@ use uuid::Uuid;
 
 use crate::ids::parse_canonical_uuid;
 
+/// The `type` of the events this service provisions from.
 pub const PROFILE_CREATED: &str = "profile.created";
 
 /// A profile to give a subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProfileCreated {
+    /// The auth service's id of the event.
     pub event_id: Uuid,
+    /// The new user.
     pub user_id: Uuid,
+    /// The user's address.
     pub email: String,
+    /// When the profile was created: the trial starts then.
     pub created_at: DateTime<Utc>,
 }
 
@@ -32,8 +37,10 @@ impl ProfileCreated {
     }
 }
 
+/// What a message on the signup queue is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SignupMessage {
+    /// A new profile to provision.
     ProfileCreated(ProfileCreated),
     /// Another event type on the same queue: acknowledged, nothing done.
     Other(String),

@@ -15,22 +15,32 @@ use crate::subscription::Status;
 /// A Stripe customer as far as the service cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Customer {
+    /// Stripe's id.
     pub id: String,
+    /// When Stripe created it.
     pub created: DateTime<Utc>,
 }
 
 /// A Stripe subscription as far as the service cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StripeSubscription {
+    /// Stripe's id (`sub_...`).
     pub id: String,
+    /// The customer's id.
     pub customer: String,
+    /// The status, in the service's terms.
     pub status: Status,
     /// The subscription item that carries the plan's price, and that price.
     pub item: String,
+    /// The item's price.
     pub price: String,
+    /// When the trial started, if there is one.
     pub trial_start: Option<DateTime<Utc>>,
+    /// When the trial ends, if there is one.
     pub trial_end: Option<DateTime<Utc>>,
+    /// When the current period ends.
     pub current_period_end: Option<DateTime<Utc>>,
+    /// Whether it ends at the period's end.
     pub cancel_at_period_end: bool,
 }
 
@@ -66,6 +76,7 @@ pub fn idempotency_key(operation: &str, target: &str, origin: &str) -> String {
 /// What the service asks of Stripe.
 #[async_trait]
 pub trait Billing: Send + Sync {
+    /// A customer for the user, with `user_id` in its metadata.
     async fn create_customer(&self, user_id: Uuid, email: &str, key: &str) -> Result<Customer, BillingError>;
 
     /// A subscription to `price` for `customer`, trialing until `trial_end` when given.
@@ -97,6 +108,7 @@ pub trait Billing: Send + Sync {
         key: &str,
     ) -> Result<String, BillingError>;
 
+    /// Whether the subscription ends at the end of its period.
     async fn set_cancel_at_period_end(
         &self,
         subscription: &str,
@@ -104,5 +116,6 @@ pub trait Billing: Send + Sync {
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
 
+    /// Cancels the subscription now.
     async fn cancel(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError>;
 }

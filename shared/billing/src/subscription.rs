@@ -19,16 +19,24 @@ use crate::ids::parse_canonical_uuid;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// In its free trial.
     Trialing,
+    /// Paid and current.
     Active,
+    /// A payment failed; Stripe is retrying.
     PastDue,
+    /// Paused (a trial ended without a payment method).
     Paused,
+    /// Ended.
     Canceled,
+    /// The first payment needs attention.
     Incomplete,
+    /// Payments failed for good; not serving.
     Unpaid,
 }
 
 impl Status {
+    /// Every status.
     pub const ALL: [Status; 7] = [
         Status::Trialing,
         Status::Active,
@@ -39,6 +47,7 @@ impl Status {
         Status::Unpaid,
     ];
 
+    /// The status as the API (and Stripe) spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Trialing => "trialing",
@@ -51,6 +60,7 @@ impl Status {
         }
     }
 
+    /// The status spelled `text`, if it is one.
     pub fn parse(text: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|s| s.as_str() == text)
     }
@@ -61,20 +71,35 @@ impl Status {
 pub struct Subscription {
     /// Equals `user_id`: one subscription per user.
     pub id: Uuid,
+    /// The user it belongs to.
     pub user_id: Uuid,
+    /// The subscriber's address.
     pub email: String,
+    /// The plan's id.
     pub plan: String,
+    /// Where it stands.
     pub status: Status,
+    /// When the trial started (the signup), if there is one.
     pub trial_start: Option<DateTime<Utc>>,
+    /// When the trial ends, if there is one.
     pub trial_end: Option<DateTime<Utc>>,
+    /// Whether it ends at the end of the period.
     pub cancel_at_period_end: bool,
+    /// When the current period ends.
     pub current_period_end: Option<DateTime<Utc>>,
+    /// The Stripe customer, once created.
     pub stripe_customer: Option<String>,
+    /// The Stripe subscription, once created.
     pub stripe_subscription: Option<String>,
+    /// Whether a payment method was attached.
     pub has_payment_source: bool,
+    /// Licenses bought, when the plan counts them.
     pub licenses: Option<u32>,
+    /// A discount, in percent.
     pub discount_percent: Option<u32>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
     /// Starts at 1 and grows by one with every stored change; the ETag of the resource.
     pub version: u64,
@@ -83,15 +108,18 @@ pub struct Subscription {
 /// A plan a subscription can be on and what it costs in Stripe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// The plan's id (`basic_monthly`, ...).
     pub id: String,
     /// The Stripe price (`price_...`) a subscription on this plan is billed at.
     pub stripe_price: String,
     /// Only `subscriptions_admin` (or the system) may put a subscription on it.
     pub admin_only: bool,
+    /// Days of free trial when a subscription starts on it.
     pub trial_days: Option<u32>,
 }
 
 impl Plan {
+    /// When a trial started at `start` ends on this plan, if it has one.
     pub fn trial_end_from(&self, start: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.trial_days.map(|days| start + Duration::days(i64::from(days)))
     }
@@ -117,6 +145,7 @@ impl PlanCatalog {
     /// Where every system-created subscription starts: signed up, no plan chosen yet.
     pub const PENDING: &'static str = "pending";
 
+    /// A catalog of `plans`.
     pub fn new(plans: Vec<Plan>) -> Self {
         PlanCatalog { plans }
     }
@@ -138,14 +167,17 @@ impl PlanCatalog {
         Ok(PlanCatalog { plans })
     }
 
+    /// The plan `id`.
     pub fn get(&self, id: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.id == id)
     }
 
+    /// The plan billed at this Stripe price.
     pub fn by_stripe_price(&self, price: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.stripe_price == price)
     }
 
+    /// Every plan.
     pub fn plans(&self) -> &[Plan] {
         &self.plans
     }
@@ -168,18 +200,28 @@ pub enum Authority {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubscriptionChange {
     // User-controlled.
+    /// A plan to move to.
     pub plan: Option<String>,
     /// A Stripe PaymentMethod id to attach and make the default.
     pub stripe_source: Option<String>,
+    /// A new address.
     pub email: Option<String>,
+    /// End (or not) at the end of the period.
     pub cancel_at_period_end: Option<bool>,
     // System-controlled.
+    /// The user (creates only).
     pub user_id: Option<Uuid>,
+    /// The Stripe customer (administrators).
     pub stripe_customer: Option<String>,
+    /// The Stripe subscription (administrators).
     pub stripe_subscription: Option<String>,
+    /// A status (administrators).
     pub status: Option<Status>,
+    /// A trial end (administrators).
     pub trial_end: Option<DateTime<Utc>>,
+    /// Licenses (administrators).
     pub licenses: Option<u32>,
+    /// A discount (administrators).
     pub discount_percent: Option<u32>,
 }
 

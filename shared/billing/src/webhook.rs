@@ -23,14 +23,19 @@ pub use apply::{ACTOR, EventContext, EventError, Handled, REMEMBER_EVENTS_FOR, a
 /// Signatures older (or newer) than this are refused, as Stripe's libraries do.
 pub const TOLERANCE_SECONDS: i64 = 300;
 
+/// Why a webhook's signature was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// No `Stripe-Signature` header.
     #[error("no Stripe-Signature header")]
     Missing,
+    /// The header is not `t=...,v1=...`.
     #[error("the Stripe-Signature header is malformed")]
     Malformed,
+    /// Signed more than five minutes from now.
     #[error("the signature is outside the {TOLERANCE_SECONDS} s tolerance")]
     Expired,
+    /// No signature matches the secret.
     #[error("no signature matches")]
     Mismatch,
 }
@@ -82,9 +87,13 @@ pub fn sign(payload: &[u8], secret: &str, timestamp: i64) -> String {
 /// The parts of a Stripe event this service reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StripeEvent {
+    /// The event's id (`evt_...`).
     pub id: String,
+    /// Its `type`.
     pub kind: String,
+    /// Stripe's `created`, in seconds.
     pub created: i64,
+    /// `data.object`.
     pub object: Value,
 }
 
@@ -95,12 +104,16 @@ pub enum EventKind {
     SubscriptionState,
     /// `customer.subscription.trial_will_end`: tell the subscriber.
     TrialWillEnd,
+    /// `invoice.paid`: a past-due subscription is active again.
     InvoicePaid,
+    /// `invoice.payment_failed`: an active subscription is past due.
     InvoicePaymentFailed,
+    /// Any other type: recorded and ignored.
     Other,
 }
 
 impl StripeEvent {
+    /// Reads an event; the error says what is missing.
     pub fn parse(payload: &[u8]) -> Result<Self, String> {
         let value: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
         let text = |name: &str| {
@@ -117,6 +130,7 @@ impl StripeEvent {
         })
     }
 
+    /// What the event is about.
     pub fn kind(&self) -> EventKind {
         match self.kind.as_str() {
             "customer.subscription.created"
@@ -131,6 +145,7 @@ impl StripeEvent {
         }
     }
 
+    /// Where the event stands in its subscription's order.
     pub fn mark(&self) -> EventMark {
         EventMark {
             created: self.created,
@@ -153,6 +168,7 @@ impl StripeEvent {
         }
     }
 
+    /// The Stripe customer the event concerns.
     pub fn stripe_customer(&self) -> Option<&str> {
         self.object["customer"].as_str()
     }

@@ -162,6 +162,7 @@ pub fn server(view: &ServerView) -> String {
     )
 }
 
+/// The page saying the server was deactivated.
 pub fn deactivated(hostname: &str) -> String {
     layout(
         "Server deactivated",

@@ -5,6 +5,8 @@
 //! limit (413), the `{"subscriptions": [...]}` and `{"errors": [...]}` envelopes, and the one
 //! mapping from the errors of every layer to slugs and status codes ([`ApiError`]).
 
+#![warn(missing_docs)]
+
 use std::future::Future;
 use std::time::Instant;
 
@@ -20,7 +22,6 @@ use billing::change::ChangeError;
 use billing::config::{Environment, optional};
 use billing::errors::{FieldError, Slug, ValidationErrors};
 use billing::ids::parse_canonical_uuid;
-use billing::mail::MailError;
 use billing::provisioning::ProvisionError;
 use billing::remote::RemoteError;
 use billing::store::StoreError;
@@ -30,6 +31,7 @@ use billing::subscription::{Subscription, SubscriptionChange};
 /// Bodies above this many bytes are refused with 413 before anything reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 const ALLOWED_METHODS: &str = "GET, POST, PATCH, OPTIONS";
@@ -59,7 +61,9 @@ pub fn status_of(slug: Slug) -> StatusCode {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{status}: {errors:?}")]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// Every error found.
     pub errors: Vec<FieldError>,
 }
 
@@ -94,6 +98,7 @@ impl ApiError {
         ApiError { status, errors }
     }
 
+    /// A failure with one error.
     pub fn one(error: FieldError) -> Self {
         ApiError::from_errors(vec![error])
     }
@@ -107,6 +112,7 @@ impl ApiError {
         ))
     }
 
+    /// The slugs of the errors, in order.
     pub fn slugs(&self) -> Vec<Slug> {
         self.errors.iter().map(|e| e.slug).collect()
     }
@@ -253,13 +259,16 @@ impl From<RemoteError> for ApiError {
 /// A successful answer: a status, the subscriptions, and the ETag when there is exactly one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiResponse {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The subscriptions of the envelope.
     pub subscriptions: Vec<Subscription>,
     /// A body other than the subscriptions envelope (the webhook's acknowledgement).
     pub other: Option<serde_json::Value>,
 }
 
 impl ApiResponse {
+    /// 200 with one subscription.
     pub fn ok(subscription: Subscription) -> Self {
         ApiResponse {
             status: StatusCode::OK,
@@ -268,6 +277,7 @@ impl ApiResponse {
         }
     }
 
+    /// 201 with the subscription created.
     pub fn created(subscription: Subscription) -> Self {
         ApiResponse {
             status: StatusCode::CREATED,
@@ -276,6 +286,7 @@ impl ApiResponse {
         }
     }
 
+    /// The same answer with another status.
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
@@ -322,6 +333,7 @@ impl Cors {
         cors
     }
 
+    /// From `CORS_ALLOWED_ORIGINS` (comma-separated; `*` for any); none when unset.
     pub fn from_env(env: &dyn Environment) -> Self {
         Cors::parse(&optional(env, "CORS_ALLOWED_ORIGINS").unwrap_or_default())
     }
@@ -341,6 +353,7 @@ impl Cors {
 
 /// What a handler gets to work with: the request and its id, body already checked.
 pub struct ApiRequest {
+    /// API Gateway's request id (or a fresh one).
     pub request_id: String,
     inner: Request,
 }
@@ -421,6 +434,7 @@ impl ApiRequest {
         route_key_of(&self.inner)
     }
 
+    /// The request's headers.
     pub fn headers(&self) -> &HeaderMap {
         self.inner.headers()
     }

@@ -27,18 +27,24 @@ pub const SESSION_COOKIE: &str = "billing_session";
 /// What a page handler answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PageResponse {
+    /// A page.
     Html {
+        /// The HTTP status.
         status: StatusCode,
+        /// The HTML.
         body: String,
     },
     /// A 302, possibly setting the session cookie.
     Redirect {
+        /// Where to.
         location: String,
+        /// A session secret to set as the cookie.
         session: Option<String>,
     },
 }
 
 impl PageResponse {
+    /// 200 with this page.
     pub fn ok(body: String) -> Self {
         PageResponse::Html {
             status: StatusCode::OK,
@@ -49,11 +55,13 @@ impl PageResponse {
 
 /// A browser request, body already checked.
 pub struct PageRequest {
+    /// API Gateway's request id (or a fresh one).
     pub request_id: String,
     inner: Request,
 }
 
 impl PageRequest {
+    /// The request's method.
     pub fn method(&self) -> &Method {
         self.inner.method()
     }
@@ -63,6 +71,7 @@ impl PageRequest {
         super::route_key_of(&self.inner)
     }
 
+    /// The path parameter `name`.
     pub fn path_parameter(&self, name: &str) -> Option<String> {
         self.inner.path_parameters().first(name).map(str::to_owned)
     }

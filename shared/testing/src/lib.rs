@@ -3,6 +3,8 @@
 //! Gateway events from the samples in `events/` with the caller, path and body a test needs, and
 //! the benches' timings.
 
+#![warn(missing_docs)]
+
 mod fake_billing;
 
 pub use fake_billing::FakeBilling;
@@ -48,6 +50,7 @@ pub fn csrf_field(html: &str) -> String {
 pub struct Timings(Vec<std::time::Duration>);
 
 impl Timings {
+    /// Adds one measurement.
     pub fn push(&mut self, elapsed: std::time::Duration) {
         self.0.push(elapsed);
     }
@@ -60,10 +63,12 @@ impl Timings {
         sorted.get(index).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     }
 
+    /// The median, in milliseconds.
     pub fn p50(&self) -> f64 {
         self.percentile_ms(0.5)
     }
 
+    /// The 99th percentile, in milliseconds.
     pub fn p99(&self) -> f64 {
         self.percentile_ms(0.99)
     }
@@ -146,6 +151,7 @@ impl TestClock {
         Clock::now(self)
     }
 
+    /// Moves this clock (and every copy) forward.
     pub fn advance(&self, by: Duration) {
         self.offset_seconds.fetch_add(by.num_seconds(), Ordering::SeqCst);
     }
@@ -154,12 +160,16 @@ impl TestClock {
 /// Remote billing on a throwaway embedded store, mailing into a file outbox, with links under
 /// `https://billing.example.com`.
 pub struct RemoteFixture {
+    /// The service.
     pub remote: RemoteBilling,
+    /// Where its mail goes.
     pub outbox: Arc<OutboxMailer>,
+    /// Where its records live.
     pub store: Arc<EmbeddedStore>,
 }
 
 impl RemoteFixture {
+    /// A fixture with these mail limits.
     pub fn new(mails_per_ip_hour: u32, mails_per_server_hour: u32) -> Self {
         let store = embedded_store();
         let outbox = outbox();
@@ -198,6 +208,7 @@ pub fn remote_billing_on(
 pub struct ApiEvent(Value);
 
 impl ApiEvent {
+    /// The sample `events/<name>`.
     pub fn sample(name: &str) -> Self {
         let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -211,6 +222,7 @@ impl ApiEvent {
         self
     }
 
+    /// No caller: no authorizer claims.
     pub fn anonymous(mut self) -> Self {
         if let Some(context) = self.0["requestContext"].as_object_mut() {
             context.remove("authorizer");
@@ -218,6 +230,7 @@ impl ApiEvent {
         self
     }
 
+    /// `/subscriptions/{id}` with this id.
     pub fn path_id(mut self, id: &str) -> Self {
         self.0["pathParameters"]["id"] = Value::from(id);
         let path = format!("/subscriptions/{id}");
@@ -226,6 +239,7 @@ impl ApiEvent {
         self
     }
 
+    /// This JSON body.
     pub fn body(mut self, body: &Value) -> Self {
         self.0["body"] = Value::from(body.to_string());
         self
@@ -266,21 +280,25 @@ impl ApiEvent {
         self
     }
 
+    /// The client's address as API Gateway reports it.
     pub fn source_ip(mut self, ip: &str) -> Self {
         self.0["requestContext"]["http"]["sourceIp"] = Value::from(ip);
         self
     }
 
+    /// A header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.0["headers"][name] = Value::from(value);
         self
     }
 
+    /// API Gateway's request id.
     pub fn request_id(mut self, id: &str) -> Self {
         self.0["requestContext"]["requestId"] = Value::from(id);
         self
     }
 
+    /// The request, as lambda_http reads the event.
     pub fn build(self) -> Request {
         lambda_http::request::from_str(&self.0.to_string()).expect("a valid API Gateway event")
     }

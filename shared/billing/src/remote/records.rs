@@ -8,7 +8,7 @@
 //! | billing user | `billing_user#realm#<realm>#<user>` or `billing_user#server#<server>#<user>` | none |
 //! | email confirmation | `confirmation#<sha256 of the key>` | 48 h (valid for 24 h; kept a day longer so a reused link is told apart from an unknown one) |
 //! | session | `session#<sha256 of the session id>` | 2 h |
-//! | mail counter | `mail_rate#<ip|server>#<who>#<hour>` | 2 h |
+//! | mail counter | `mail_rate#<kind>#<who>#<hour>` (kind `ip` or `server`) | 2 h |
 //!
 //! Confirmation keys and session ids are stored hashed: whoever reads the table cannot use
 //! them.
@@ -27,18 +27,24 @@ use crate::store::{DocumentStore, StoreError};
 /// A self-hosted installation that bills through this service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteServer {
+    /// The server's own id.
     pub uuid: Uuid,
     /// SHA-256 of salt and key, hex; the key itself is never stored.
     pub key_hash: String,
+    /// The salt of `key_hash`.
     pub key_salt: String,
+    /// The server's host name, as it registered.
     pub hostname: String,
+    /// Who is mailed about the server (deactivation links).
     pub contact_email: String,
     /// Who the contact is as a billing user: logins of the contact are keyed by it.
     pub contact_user_uuid: Uuid,
     /// Every realm this server has registered (a realm's own record says which server owns it).
     #[serde(default)]
     pub realms: Vec<Uuid>,
+    /// When the server first registered.
     pub registered_at: DateTime<Utc>,
+    /// When the server was deactivated from billing, if it was.
     pub deactivated_at: Option<DateTime<Utc>>,
 }
 
@@ -46,17 +52,22 @@ pub struct RemoteServer {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RealmPlan {
+    /// No plan: the free tier.
     #[default]
     Free,
+    /// The paid Basic plan.
     Basic,
+    /// The paid Business plan.
     Business,
 }
 
 impl RealmPlan {
+    /// Whether the plan is paid (and so blocks deactivation).
     pub fn is_paid(self) -> bool {
         self != RealmPlan::Free
     }
 
+    /// The plan's name, for pages.
     pub fn name(self) -> &'static str {
         match self {
             RealmPlan::Free => "Free",
@@ -69,20 +80,27 @@ impl RealmPlan {
 /// An organisation hosted on a remote server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteRealm {
+    /// The realm's id on its server.
     pub uuid: Uuid,
+    /// The server the realm belongs to.
     pub server_uuid: Uuid,
+    /// The realm's host name.
     pub host: String,
+    /// The organization's name.
     pub name: String,
     /// `https://` or `http://`: how the way back to the server is written.
     pub uri_scheme: String,
+    /// The realm's plan.
     #[serde(default)]
     pub plan: RealmPlan,
     /// Licenses bought for the realm; `None` until a plan with licenses is bought.
     pub licenses: Option<u32>,
+    /// When the realm was first seen.
     pub registered_at: DateTime<Utc>,
 }
 
 impl RemoteRealm {
+    /// The realm's own billing page on its server, where a user gets a fresh link.
     pub fn way_back(&self) -> String {
         format!("{}{}/self-hosted-billing/", self.uri_scheme, self.host)
     }
@@ -91,50 +109,69 @@ impl RemoteRealm {
 /// A person who has confirmed an email address for billing a realm (or a server).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BillingUser {
+    /// The billing user's id.
     pub id: Uuid,
+    /// The server the user came from.
     pub server_uuid: Uuid,
+    /// The realm, or none for a server's own billing user.
     pub realm_uuid: Option<Uuid>,
     /// The user's id on the remote server.
     pub user_uuid: Uuid,
+    /// The confirmed email address.
     pub email: String,
+    /// The user's name.
     pub full_name: String,
     /// The major version of the Terms of Service last accepted.
     pub tos_version: Option<u32>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When the user last logged in.
     pub last_login_at: Option<DateTime<Utc>>,
 }
 
 /// A pending email confirmation: single use, valid for 24 hours.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmation {
+    /// The access token's claims the confirmation was asked with.
     pub claims: AccessClaims,
+    /// The address to confirm.
     pub email: String,
+    /// When it was asked for.
     pub created_at: DateTime<Utc>,
+    /// After this, the link is refused as expired.
     pub valid_until: DateTime<Utc>,
+    /// When the link was used; it works once.
     pub used_at: Option<DateTime<Utc>>,
 }
 
 /// A logged-in billing user, for one realm (or, for a server's contact, the server).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// The server the session is for.
     pub server_uuid: Uuid,
+    /// The realm, or none for a session on the server's own pages.
     pub realm_uuid: Option<Uuid>,
+    /// The billing user logged in.
     pub billing_user_id: Uuid,
     /// The remote user's id: with server and realm, the billing user's key.
     pub user_uuid: Uuid,
+    /// When the session ends.
     pub expires_at: DateTime<Utc>,
 }
 
 /// A fixed-window counter of confirmation mails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailCount {
+    /// Mails sent in the window.
     pub sent: u32,
 }
 
+/// The key of a remote server's record.
 pub fn server_key(uuid: Uuid) -> String {
     format!("remote_server#{uuid}")
 }
 
+/// The key of a remote realm's record.
 pub fn realm_key(uuid: Uuid) -> String {
     format!("remote_realm#{uuid}")
 }
@@ -147,18 +184,22 @@ pub fn billing_user_key(server_uuid: Uuid, realm_uuid: Option<Uuid>, user_uuid: 
     }
 }
 
+/// The key of a confirmation: the hash of its secret, never the secret.
 pub fn confirmation_key(secret: &str) -> String {
     format!("confirmation#{}", sha256_hex(secret.as_bytes()))
 }
 
+/// The key of a session: the hash of its secret, never the secret.
 pub fn session_key(secret: &str) -> String {
     format!("session#{}", sha256_hex(secret.as_bytes()))
 }
 
+/// The key of a mail counter: per kind (`ip`, `server`), per who, per clock hour.
 pub fn mail_rate_key(kind: &str, who: &str, hour: i64) -> String {
     format!("mail_rate#{kind}#{who}#{hour}")
 }
 
+/// SHA-256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, bytes))
 }
@@ -170,6 +211,7 @@ pub struct Records {
 }
 
 impl Records {
+    /// Records kept in `documents`.
     pub fn new(documents: Arc<dyn DocumentStore>) -> Self {
         Records { documents }
     }

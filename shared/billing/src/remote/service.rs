@@ -29,6 +29,7 @@ pub const TERMS_OF_SERVICE_MAJOR: u32 = 1;
 pub const CONFIRMATION_LIFETIME: Duration = Duration::hours(24);
 /// How long a used or expired confirmation is remembered, to say so rather than "unknown".
 const CONFIRMATION_KEPT: Duration = Duration::hours(48);
+/// How long a billing session lasts.
 pub const SESSION_LIFETIME: Duration = Duration::hours(2);
 /// Server keys are random secrets the server generates; shorter ones are refused.
 const MIN_SERVER_KEY_LENGTH: usize = 32;
@@ -38,46 +39,73 @@ const MAX_NAME_LENGTH: usize = 100;
 /// Why a remote-billing step did not happen. Nothing was changed in any of these cases.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    /// Not a token, altered, or sealed with another key.
     #[error("invalid billing access token")]
     InvalidToken,
+    /// Genuine, but older than two hours.
     #[error("billing access token expired")]
-    ExpiredToken { way_back: String },
+    ExpiredToken {
+        /// The server's page where the user can get a fresh link.
+        way_back: String,
+    },
+    /// The server's Basic credentials are missing or wrong.
     #[error("missing or wrong server credentials")]
     BadCredentials,
+    /// The server was deactivated from billing.
     #[error("this server has been deactivated")]
     ServerDeactivated,
+    /// The server id is registered with another key.
     #[error("a different key is registered for this server")]
     ServerKeyMismatch,
+    /// The realm belongs to another server.
     #[error("the realm is registered to another server")]
     RealmServerMismatch,
+    /// No server has this id.
     #[error("no such server")]
     UnknownServer,
+    /// No realm has this id.
     #[error("no such realm")]
     UnknownRealm,
+    /// The request's fields are invalid; every error found.
     #[error("invalid request: {0:?}")]
     Invalid(ValidationErrors),
+    /// No confirmation has this key.
     #[error("unknown confirmation link")]
     UnknownConfirmation,
+    /// The confirmation link was used before.
     #[error("confirmation link already used")]
     ConfirmationUsed,
+    /// The confirmation link is older than a day.
     #[error("confirmation link expired")]
     ConfirmationExpired,
+    /// The billing user has not confirmed an address yet.
     #[error("the email address has not been confirmed")]
     EmailNotConfirmed,
+    /// The current Terms of Service were not accepted.
     #[error("the Terms of Service were not accepted")]
     TermsNotAccepted,
+    /// The form's CSRF token is missing or not this page's.
     #[error("the form's CSRF token is missing or wrong")]
     CsrfRejected,
+    /// The hour's confirmation mails for this address or server are used up.
     #[error("too many confirmation mails")]
     TooManyMails,
+    /// The page needs a session and there is none.
     #[error("no billing session for this page")]
-    NoSession { way_back: String },
+    NoSession {
+        /// The server's page where the user can log in again.
+        way_back: String,
+    },
+    /// A realm of the server has a paid plan.
     #[error("a realm of this server has a paid plan")]
     PaidPlan,
+    /// The deactivation box was not ticked.
     #[error("deactivation was not confirmed")]
     NotConfirmed,
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The mail could not be sent.
     #[error(transparent)]
     Mail(#[from] MailError),
 }
@@ -169,6 +197,7 @@ pub struct RemoteSettings {
 }
 
 impl RemoteSettings {
+    /// From `PUBLIC_BASE_URL` and the mail limits' variables.
     pub fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
         let number = |name: &str, default: u32| -> Result<u32, ConfigError> {
             match optional(env, name) {
@@ -190,32 +219,48 @@ impl RemoteSettings {
 /// `POST /api/v1/remotes/server/register`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RegisterRequest {
+    /// The server's id, as sent (validated by the service).
     pub server_uuid: String,
+    /// The server's secret key.
     pub server_key: String,
+    /// The server's host name.
     pub hostname: String,
+    /// Who is mailed about the server.
     pub contact_email: String,
 }
 
 /// `POST /api/v1/remotes/server/billing`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct BillingLinkRequest {
+    /// The user the link is for.
     pub user: RemoteUser,
+    /// The realm the user administers.
     pub realm: RealmDescription,
+    /// `https://` or `http://`: how the realm is reached.
     pub uri_scheme: String,
+    /// Where the login should land (`billing`, `plans`, ...).
     pub next_page: Option<String>,
 }
 
+/// A user of a remote server, as the server describes them.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RemoteUser {
+    /// The id on the remote server.
     pub uuid: String,
+    /// The address on the remote server.
     pub email: String,
+    /// The name on the remote server.
     pub full_name: String,
 }
 
+/// A realm (organization) of a remote server, as the server describes it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RealmDescription {
+    /// The realm's id on the server.
     pub uuid: String,
+    /// The realm's host name.
     pub host: String,
+    /// The organization's name.
     pub name: String,
 }
 
@@ -223,12 +268,21 @@ pub struct RealmDescription {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoginView {
     /// First login of this user for this realm: ask for the email address to confirm.
-    EmailForm { claims: AccessClaims, csrf: String },
+    EmailForm {
+        /// The access token's claims.
+        claims: AccessClaims,
+        /// The form's CSRF token.
+        csrf: String,
+    },
     /// A confirmed billing user: confirm name and, when needed, the Terms of Service.
     ConfirmLogin {
+        /// The access token's claims.
         claims: AccessClaims,
+        /// The billing user logging in.
         user: BillingUser,
+        /// Whether the current Terms of Service still need accepting.
         tos_required: bool,
+        /// The form's CSRF token.
         csrf: String,
     },
 }
@@ -236,41 +290,57 @@ pub enum LoginView {
 /// The confirm-login form.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoginForm {
+    /// The name to keep, when changed.
     pub full_name: Option<String>,
+    /// Whether the Terms of Service box was ticked.
     pub tos_consent: bool,
+    /// The form's CSRF token.
     pub csrf: Option<String>,
 }
 
 /// A completed login: the session secret for the cookie and where to go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoggedIn {
+    /// The session's secret, for the cookie.
     pub session_secret: String,
+    /// Where to go next.
     pub location: String,
 }
 
 /// What a realm page shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RealmView {
+    /// The realm.
     pub realm: RemoteRealm,
+    /// The logged-in billing user.
     pub user: BillingUser,
+    /// Which page.
     pub page: NextPage,
+    /// The page's forms' CSRF token.
     pub csrf: String,
 }
 
 /// What the server deactivation page shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerView {
+    /// The server.
     pub server: RemoteServer,
+    /// Its realms with a paid plan (which block deactivation).
     pub paid_realms: Vec<RemoteRealm>,
+    /// The page's forms' CSRF token.
     pub csrf: String,
 }
 
 /// The remote-billing service: its records, the token key, mail and settings.
 #[derive(Clone)]
 pub struct RemoteBilling {
+    /// Where the records live.
     pub records: Records,
+    /// Seals access tokens and makes CSRF tokens.
     pub sealer: Arc<TokenSealer>,
+    /// Confirmation and deactivation mail.
     pub mailer: Arc<dyn Mailer>,
+    /// Links' base and mail limits.
     pub settings: RemoteSettings,
 }
 
@@ -333,14 +403,9 @@ impl RemoteBilling {
                         registered_at: now,
                         deactivated_at: None,
                     };
-                    match self.records.insert(&server_key(uuid), &server, None, now).await {
-                        Ok(()) => {
-                            tracing::info!(server = %uuid, "remote server registered");
-                            return Ok(true);
-                        }
-                        Err(e @ StoreError::AlreadyExists) => return Err(e.into()),
-                        Err(e) => return Err(e.into()),
-                    }
+                    self.records.insert(&server_key(uuid), &server, None, now).await?;
+                    tracing::info!(server = %uuid, "remote server registered");
+                    Ok(true)
                 }
                 Some((mut server, version)) => {
                     if !server_key_matches(&server, key) {
@@ -352,15 +417,10 @@ impl RemoteBilling {
                     }
                     server.hostname = hostname.clone();
                     server.contact_email = request.contact_email.clone();
-                    match self
-                        .records
+                    self.records
                         .replace(&server_key(uuid), &server, version, None, now)
-                        .await
-                    {
-                        Ok(_) => return Ok(false),
-                        Err(e @ StoreError::VersionConflict) => return Err(e.into()),
-                        Err(e) => return Err(e.into()),
-                    }
+                        .await?;
+                    Ok(false)
                 }
             }
         })
@@ -514,15 +574,10 @@ impl RemoteBilling {
                 return Ok(());
             }
             server.realms.push(realm);
-            match self
-                .records
+            self.records
                 .replace(&server_key(server_uuid), &server, version, None, now)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e @ StoreError::VersionConflict) => return Err(e.into()),
-                Err(e) => return Err(e.into()),
-            }
+                .await?;
+            Ok(())
         })
         .await
     }
@@ -660,27 +715,23 @@ impl RemoteBilling {
         let expires = DateTime::from_timestamp((hour + 2) * 3600, 0).unwrap_or(now + Duration::hours(2));
         let key = &key;
         retry_on_conflict(|_| async move {
-            let written = match self.records.get::<MailCount>(&key, now).await? {
+            match self.records.get::<MailCount>(key, now).await? {
                 None => {
                     self.records
-                        .insert(&key, &MailCount { sent: 1 }, Some(expires), now)
-                        .await
+                        .insert(key, &MailCount { sent: 1 }, Some(expires), now)
+                        .await?;
                 }
                 Some((count, _)) if count.sent >= limit => {
                     tracing::warn!(kind, limit, "confirmation mail rate limit reached");
                     return Err(RemoteError::TooManyMails);
                 }
-                Some((count, version)) => self
-                    .records
-                    .replace(&key, &MailCount { sent: count.sent + 1 }, version, Some(expires), now)
-                    .await
-                    .map(|_| ()),
-            };
-            match written {
-                Ok(()) => return Ok(()),
-                Err(e @ (StoreError::AlreadyExists | StoreError::VersionConflict)) => return Err(e.into()),
-                Err(e) => return Err(e.into()),
+                Some((count, version)) => {
+                    self.records
+                        .replace(key, &MailCount { sent: count.sent + 1 }, version, Some(expires), now)
+                        .await?;
+                }
             }
+            Ok(())
         })
         .await
         .map_err(|error| {
@@ -769,7 +820,7 @@ impl RemoteBilling {
         let (claims, form, user_key) = (&claims, &form, &user_key);
         retry_on_conflict(|_| async move {
             let (mut user, version) = self
-                .billing_user(&claims, now)
+                .billing_user(claims, now)
                 .await?
                 .ok_or(RemoteError::EmailNotConfirmed)?;
             let tos_required = user.tos_version.is_none_or(|v| v < TERMS_OF_SERVICE_MAJOR);
@@ -787,11 +838,7 @@ impl RemoteBilling {
                 user.tos_version = Some(TERMS_OF_SERVICE_MAJOR);
             }
             user.last_login_at = Some(now);
-            match self.records.replace(&user_key, &user, version, None, now).await {
-                Ok(_) => {}
-                Err(e @ StoreError::VersionConflict) => return Err(e.into()),
-                Err(e) => return Err(e.into()),
-            }
+            self.records.replace(user_key, &user, version, None, now).await?;
             let secret = self.sealer.random_secret();
             let session = Session {
                 server_uuid: claims.server_uuid,
@@ -809,10 +856,10 @@ impl RemoteBilling {
                 Some(realm) => format!("/realm/{realm}/{}/", page.as_str()),
                 None => format!("/server/{}/deactivate/", claims.server_uuid),
             };
-            return Ok(LoggedIn {
+            Ok(LoggedIn {
                 session_secret: secret,
                 location,
-            });
+            })
         })
         .await
     }
@@ -973,18 +1020,11 @@ impl RemoteBilling {
                 return Err(RemoteError::PaidPlan);
             }
             server.deactivated_at = Some(now);
-            match self
-                .records
+            self.records
                 .replace(&server_key(server_uuid), &server, version, None, now)
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(server = %server_uuid, "remote server deactivated");
-                    return Ok(server);
-                }
-                Err(e @ StoreError::VersionConflict) => return Err(e.into()),
-                Err(e) => return Err(e.into()),
-            }
+                .await?;
+            tracing::info!(server = %server_uuid, "remote server deactivated");
+            Ok(server)
         })
         .await
     }

@@ -29,14 +29,20 @@ const CSRF_KEY_LABEL: &[u8] = b"remote-billing-csrf-key:v1";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NextPage {
+    /// The realm's billing page.
     Billing,
+    /// The plans page.
     Plans,
+    /// The upgrade page.
     Upgrade,
+    /// The sponsorship request page.
     Sponsorship,
+    /// The server's deactivation page.
     Deactivate,
 }
 
 impl NextPage {
+    /// Every page a login may land on.
     pub const ALL: [NextPage; 5] = [
         NextPage::Billing,
         NextPage::Plans,
@@ -45,6 +51,7 @@ impl NextPage {
         NextPage::Deactivate,
     ];
 
+    /// The page's path segment.
     pub fn as_str(self) -> &'static str {
         match self {
             NextPage::Billing => "billing",
@@ -64,9 +71,13 @@ impl NextPage {
 /// What an access token says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
+    /// The user on the remote server.
     pub user_uuid: Uuid,
+    /// The user's address on the remote server.
     pub user_email: String,
+    /// The user's name on the remote server.
     pub user_full_name: String,
+    /// The server that asked for the link.
     pub server_uuid: Uuid,
     /// The organisation the user bills for; `None` for a login of the server's contact, who
     /// manages the server itself (deactivation).
@@ -75,9 +86,11 @@ pub struct AccessClaims {
     pub realm_host: String,
     /// Set once the user has confirmed their email and a billing user exists.
     pub billing_user_id: Option<Uuid>,
+    /// When the link was made; it works for two hours.
     pub issued_at: DateTime<Utc>,
     /// `https://` or `http://`, as the server asked.
     pub uri_scheme: String,
+    /// Where the login lands.
     pub next_page: Option<NextPage>,
 }
 
@@ -88,6 +101,7 @@ impl AccessClaims {
     }
 }
 
+/// Why a token was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// Not a token, altered, or sealed with another key or for another purpose.
@@ -160,6 +174,7 @@ impl TokenSealer {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
+    /// The token of `claims`: sealed, base64url.
     pub fn seal(&self, claims: &AccessClaims) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         self.random.fill(&mut nonce).expect("the system random source works");

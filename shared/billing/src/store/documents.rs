@@ -14,11 +14,15 @@ use super::StoreError;
 /// A stored document and the version a conditional write must name to replace it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Document {
+    /// The document.
     pub body: Value,
+    /// Its version, 1 when first written.
     pub version: u64,
+    /// When it stops counting as present.
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// Versioned JSON documents by key, written on a condition.
 #[async_trait]
 pub trait DocumentStore: Send + Sync {
     /// The document under `key`, unless there is none or it had expired at `now` (backends

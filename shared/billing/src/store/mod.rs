@@ -44,8 +44,10 @@ pub use retry::{AsConflict, WRITE_ATTEMPTS, retry_on_conflict};
 /// Why a store operation did not happen. Nothing was written in any of these cases.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No item has this key.
     #[error("no such item")]
     NotFound,
+    /// An item with this key exists.
     #[error("the item already exists")]
     AlreadyExists,
     /// The stored version is not the one the caller expected: someone else wrote first.
@@ -62,9 +64,11 @@ pub enum StoreError {
 /// Who changed a subscription, and how, kept with every version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// The subscription changed.
     pub subscription_id: Uuid,
     /// The version this change produced.
     pub version: u64,
+    /// When.
     pub at: DateTime<Utc>,
     /// `user:<uuid>`, `admin:<uuid>`, or `system:<what>` (signup, Stripe webhook).
     pub actor: String,
@@ -97,7 +101,9 @@ impl AuditEntry {
 /// (Stripe's seconds), then by id, so that two events of the same second are still ordered.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EventMark {
+    /// Stripe's `created`, in seconds.
     pub created: i64,
+    /// The event's id.
     pub id: String,
 }
 
@@ -108,7 +114,9 @@ pub struct SubscriptionWrite<'a> {
     /// then only the event's mark is written, still on the condition that the subscription is
     /// at that version.
     pub next: &'a Subscription,
+    /// The version the writer read.
     pub expected_version: u64,
+    /// The audit record of the new version.
     pub audit: &'a AuditEntry,
     /// The event that produced it: written only if it is newer than the last one applied.
     pub mark: &'a EventMark,
@@ -117,6 +125,7 @@ pub struct SubscriptionWrite<'a> {
 /// What became of [`Store::record_event`]. Nothing was written unless `Recorded`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventWrite {
+    /// The event (and its write) was recorded.
     Recorded,
     /// The event was recorded before (and has not expired).
     Duplicate,
@@ -133,6 +142,7 @@ pub trait Store: Send + Sync {
     /// id exists: then [`StoreError::AlreadyExists`] and nothing is written.
     async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError>;
 
+    /// The subscription `id`, or [`StoreError::NotFound`].
     async fn get_subscription(&self, id: Uuid) -> Result<Subscription, StoreError>;
 
     /// Replaces the subscription with `next` (whose version must be `expected_version + 1`)
@@ -145,8 +155,10 @@ pub trait Store: Send + Sync {
         audit: &AuditEntry,
     ) -> Result<(), StoreError>;
 
+    /// The subscription linked to this Stripe subscription (an eventually consistent index).
     async fn find_by_stripe_subscription(&self, stripe_subscription: &str) -> Result<Subscription, StoreError>;
 
+    /// The subscription linked to this Stripe customer (an eventually consistent index).
     async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError>;
 
     /// Every audit record of a subscription, oldest first.
@@ -174,6 +186,7 @@ impl StoreError {
 }
 
 impl SubscriptionWrite<'_> {
+    /// Whether the write makes a new version (or only moves the event mark).
     pub fn changes_subscription(&self) -> bool {
         self.next.version != self.expected_version
     }
