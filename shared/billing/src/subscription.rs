@@ -13,7 +13,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::errors::{FieldError, Slug, ValidationErrors};
-use crate::ids::parse_canonical_uuid;
+
+mod fields;
+
+pub use fields::{FIELDS, Field, Owner};
 
 /// Where a subscription stands, in Stripe's vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -225,17 +228,6 @@ pub struct SubscriptionChange {
     pub discount_percent: Option<u32>,
 }
 
-/// The JSON pointers of the properties only an administrator or the system may set.
-pub const SYSTEM_CONTROLLED: [&str; 7] = [
-    "/user_id",
-    "/stripe_customer",
-    "/stripe_subscription",
-    "/status",
-    "/trial_end",
-    "/licenses",
-    "/discount_percent",
-];
-
 const NOT_NULL: &str = "must not be null; leave the field out to keep its value";
 
 impl SubscriptionChange {
@@ -250,28 +242,19 @@ impl SubscriptionChange {
         let mut errors = Vec::new();
         for (name, value) in &fields {
             let pointer = format!("/{}", escape_pointer(name));
-            if value.is_null() && KNOWN_FIELDS.contains(&name.as_str()) {
+            let Some(field) = fields::field(name) else {
+                errors.push(FieldError::field(
+                    Slug::InvalidFormat,
+                    pointer,
+                    format!("unknown field; known fields are {}", fields::known_names()),
+                ));
+                continue;
+            };
+            if value.is_null() {
                 errors.push(FieldError::field(Slug::InvalidFormat, pointer, NOT_NULL));
                 continue;
             }
-            let outcome = match name.as_str() {
-                "plan" => string(value).map(|v| change.plan = Some(v)),
-                "stripe_source" => string(value).map(|v| change.stripe_source = Some(v)),
-                "email" => string(value).map(|v| change.email = Some(v)),
-                "cancel_at_period_end" => boolean(value).map(|v| change.cancel_at_period_end = Some(v)),
-                "user_id" => uuid(value).map(|v| change.user_id = Some(v)),
-                "stripe_customer" => string(value).map(|v| change.stripe_customer = Some(v)),
-                "stripe_subscription" => string(value).map(|v| change.stripe_subscription = Some(v)),
-                "status" => status(value).map(|v| change.status = Some(v)),
-                "trial_end" => timestamp(value).map(|v| change.trial_end = Some(v)),
-                "licenses" => count(value).map(|v| change.licenses = Some(v)),
-                "discount_percent" => count(value).map(|v| change.discount_percent = Some(v)),
-                _ => Err((
-                    Slug::InvalidFormat,
-                    format!("unknown field; known fields are {}", KNOWN_FIELDS.join(", ")),
-                )),
-            };
-            if let Err((slug, message)) = outcome {
+            if let Err((slug, message)) = (field.read)(value, &mut change) {
                 errors.push(FieldError::field(slug, pointer, message));
             }
         }
@@ -289,19 +272,10 @@ impl SubscriptionChange {
 
     /// The JSON pointers of the system-controlled properties this change touches.
     pub fn changing_system_properties(&self) -> Vec<&'static str> {
-        let touched = [
-            self.user_id.is_some(),
-            self.stripe_customer.is_some(),
-            self.stripe_subscription.is_some(),
-            self.status.is_some(),
-            self.trial_end.is_some(),
-            self.licenses.is_some(),
-            self.discount_percent.is_some(),
-        ];
-        SYSTEM_CONTROLLED
+        FIELDS
             .iter()
-            .zip(touched)
-            .filter_map(|(pointer, touched)| touched.then_some(*pointer))
+            .filter(|field| field.owner == Owner::System && (field.is_set)(self))
+            .map(|field| field.pointer)
             .collect()
     }
 
@@ -476,35 +450,8 @@ impl SubscriptionChange {
     /// (so nothing needs to be written). The result carries the next version.
     pub fn apply(&self, current: &Subscription, now: DateTime<Utc>) -> Option<Subscription> {
         let mut next = current.clone();
-        if let Some(plan) = &self.plan {
-            next.plan.clone_from(plan);
-        }
-        if let Some(email) = &self.email {
-            next.email.clone_from(email);
-        }
-        if let Some(flag) = self.cancel_at_period_end {
-            next.cancel_at_period_end = flag;
-        }
-        if self.stripe_source.is_some() {
-            next.has_payment_source = true;
-        }
-        if let Some(customer) = &self.stripe_customer {
-            next.stripe_customer = Some(customer.clone());
-        }
-        if let Some(subscription) = &self.stripe_subscription {
-            next.stripe_subscription = Some(subscription.clone());
-        }
-        if let Some(status) = self.status {
-            next.status = status;
-        }
-        if let Some(trial_end) = self.trial_end {
-            next.trial_end = Some(trial_end.trunc_subsecs(0));
-        }
-        if let Some(licenses) = self.licenses {
-            next.licenses = Some(licenses);
-        }
-        if let Some(percent) = self.discount_percent {
-            next.discount_percent = Some(percent);
+        for field in FIELDS {
+            (field.apply)(self, &mut next);
         }
         if next == *current {
             return None;
@@ -517,93 +464,12 @@ impl SubscriptionChange {
     /// The fields this change sets, as JSON, for the audit trail. The payment method id is
     /// kept out: the audit trail records that one was attached, not which.
     pub fn audit_summary(&self) -> Value {
-        let mut fields = BTreeMap::new();
-        let mut put = |name: &str, value: Option<Value>| {
-            if let Some(value) = value {
-                fields.insert(name.to_owned(), value);
-            }
-        };
-        put("plan", self.plan.clone().map(Value::from));
-        put(
-            "stripe_source",
-            self.stripe_source.as_ref().map(|_| Value::from("attached")),
-        );
-        put("email", self.email.clone().map(Value::from));
-        put("cancel_at_period_end", self.cancel_at_period_end.map(Value::from));
-        put("user_id", self.user_id.map(|v| Value::from(v.to_string())));
-        put("stripe_customer", self.stripe_customer.clone().map(Value::from));
-        put("stripe_subscription", self.stripe_subscription.clone().map(Value::from));
-        put("status", self.status.map(|s| Value::from(s.as_str())));
-        put("trial_end", self.trial_end.map(|t| Value::from(t.to_rfc3339())));
-        put("licenses", self.licenses.map(Value::from));
-        put("discount_percent", self.discount_percent.map(Value::from));
+        let fields: BTreeMap<String, Value> = FIELDS
+            .iter()
+            .filter_map(|field| (field.audit)(self).map(|value| (field.name.to_owned(), value)))
+            .collect();
         Value::Object(fields.into_iter().collect())
     }
-}
-
-const KNOWN_FIELDS: [&str; 11] = [
-    "plan",
-    "stripe_source",
-    "email",
-    "cancel_at_period_end",
-    "user_id",
-    "stripe_customer",
-    "stripe_subscription",
-    "status",
-    "trial_end",
-    "licenses",
-    "discount_percent",
-];
-
-type FieldOutcome<T> = Result<T, (Slug, String)>;
-
-fn string(value: &Value) -> FieldOutcome<String> {
-    value
-        .as_str()
-        .map(str::to_owned)
-        .ok_or((Slug::InvalidFormat, "must be a string".to_owned()))
-}
-
-fn boolean(value: &Value) -> FieldOutcome<bool> {
-    value
-        .as_bool()
-        .ok_or((Slug::InvalidFormat, "must be true or false".to_owned()))
-}
-
-fn uuid(value: &Value) -> FieldOutcome<Uuid> {
-    value
-        .as_str()
-        .and_then(parse_canonical_uuid)
-        .ok_or((Slug::InvalidFormat, "must be a lowercase hyphenated UUID".to_owned()))
-}
-
-fn status(value: &Value) -> FieldOutcome<Status> {
-    let text = string(value)?;
-    Status::parse(&text).ok_or_else(|| {
-        let known: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
-        (
-            Slug::InvalidValue,
-            format!("unknown status {text:?}; statuses are {}", known.join(", ")),
-        )
-    })
-}
-
-fn timestamp(value: &Value) -> FieldOutcome<DateTime<Utc>> {
-    value
-        .as_str()
-        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .ok_or((Slug::InvalidFormat, "must be an RFC 3339 timestamp".to_owned()))
-}
-
-fn count(value: &Value) -> FieldOutcome<u32> {
-    if !value.is_number() {
-        return Err((Slug::InvalidFormat, "must be a whole number".to_owned()));
-    }
-    value.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or((
-        Slug::InvalidValue,
-        "must be a whole number from 0 to 4294967295".to_owned(),
-    ))
 }
 
 fn finish(errors: Vec<FieldError>) -> Result<(), ValidationErrors> {

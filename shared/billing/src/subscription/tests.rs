@@ -158,7 +158,16 @@ fn patch_by_non_admin_gets_one_error_per_system_property() {
             "trial_end": "2027-01-01T00:00:00Z", "licenses": 1, "discount_percent": 5}}"#
     ));
     let errors = errors_of(parsed.validate_patch(Authority::Owner, &catalog(), now()));
-    let expected: Vec<_> = SYSTEM_CONTROLLED.iter().map(|p| field(Slug::AccessDenied, p)).collect();
+    let system_controlled = [
+        "/user_id",
+        "/stripe_customer",
+        "/stripe_subscription",
+        "/status",
+        "/trial_end",
+        "/licenses",
+        "/discount_percent",
+    ];
+    let expected: Vec<_> = system_controlled.iter().map(|p| field(Slug::AccessDenied, p)).collect();
     assert_eq!(errors, expected);
 }
 
@@ -390,4 +399,39 @@ fn subscription_serialises_with_the_api_field_names() {
     assert_eq!(json["trial_start"], "2026-11-21T10:00:00Z");
     assert_eq!(json["status"], "trialing");
     assert_eq!(json["current_period_end"], serde_json::Value::Null);
+}
+
+#[test]
+fn every_field_of_the_table_is_read_applied_and_audited() {
+    // Given a change that sets every field
+    let parsed = change(&format!(
+        r#"{{"plan": "basic_monthly", "stripe_source": "pm_card_visa", "email": "new@example.com",
+            "cancel_at_period_end": true, "user_id": "{USER}", "stripe_customer": "cus_9",
+            "stripe_subscription": "sub_9", "status": "past_due", "trial_end": "2027-01-01T00:00:00Z",
+            "licenses": 12, "discount_percent": 15}}"#
+    ));
+    // Then every field of the table is recorded in the audit summary
+    let summary = parsed.audit_summary();
+    for field in FIELDS {
+        assert!(summary.get(field.name).is_some(), "{} is not audited", field.name);
+    }
+    assert_eq!(summary["stripe_source"], "attached");
+    // And applying it sets what each field names
+    let current = change(&format!(r#"{{"user_id": "{USER}", "email": "ada@example.com"}}"#))
+        .new_subscription(catalog().get("pending").unwrap(), now(), now())
+        .unwrap();
+    let next = parsed.apply(&current, now()).unwrap();
+    assert_eq!(next.plan, "basic_monthly");
+    assert!(next.has_payment_source);
+    assert_eq!(next.email, "new@example.com");
+    assert!(next.cancel_at_period_end);
+    assert_eq!(next.stripe_customer.as_deref(), Some("cus_9"));
+    assert_eq!(next.stripe_subscription.as_deref(), Some("sub_9"));
+    assert_eq!(next.status, Status::PastDue);
+    assert_eq!(
+        next.trial_end.map(|t| t.to_rfc3339()).as_deref(),
+        Some("2027-01-01T00:00:00+00:00")
+    );
+    assert_eq!((next.licenses, next.discount_percent), (Some(12), Some(15)));
+    assert_eq!(next.id, current.id);
 }
