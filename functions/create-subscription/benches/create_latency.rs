@@ -15,12 +15,10 @@ use billing::store::Store;
 use billing::stripe::Billing;
 use billing_adapters::DynamoStore;
 use billing_adapters::RetryPolicy;
-use billing_adapters::StripeBilling;
 use billing_http::Cors;
 use billing_testing::{ApiEvent, Timings, catalog, in_memory_store, raw_get_item_round_trips};
 use create_subscription::CreateSubscription;
 use serde_json::json;
-use stripe_sandbox::PriceSpec;
 use uuid::Uuid;
 
 const IN_PROCESS: usize = 500;
@@ -45,14 +43,8 @@ async fn measure(function: &CreateSubscription, runs: usize) -> Timings {
 
 #[tokio::main]
 async fn main() {
-    let prices: Vec<_> = catalog()
-        .plans()
-        .iter()
-        .map(|p| PriceSpec::recurring(&p.stripe_price, 800, "month"))
-        .collect();
-    let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
-    let billing =
-        Arc::new(StripeBilling::new("sk_test_bench", Some(&sandbox.base_url()), RetryPolicy::default()).unwrap());
+    // Kept until the end of main: dropping it stops the sandbox.
+    let (_sandbox, billing) = billing_testing::sandbox_billing(800, RetryPolicy::default()).await;
     let function = |store: Arc<dyn Store>| CreateSubscription {
         store,
         billing: billing.clone(),
@@ -81,28 +73,25 @@ async fn main() {
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], AGAINST_MOTO).await;
     let moto = measure(&function(dynamo.clone()), AGAINST_MOTO).await;
 
-    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
-    println!("|---|---|---|---|");
-    println!(
+    print!(
         "{}",
-        customer_creation.row(
-            "baseline: one Stripe customer creation (sandbox on loopback)",
-            &customer_creation
-        )
-    );
-    println!(
-        "{}",
-        embedded.row(
-            "create handler, embedded store in memory + sandbox (two Stripe calls)",
-            &customer_creation
-        )
-    );
-    println!(
-        "{}",
-        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
-    );
-    println!(
-        "{}",
-        moto.row("create handler, DynamoDB in moto + sandbox", &moto_round_trip)
+        Timings::table(&[
+            (
+                "baseline: one Stripe customer creation (sandbox on loopback)",
+                &customer_creation,
+                &customer_creation
+            ),
+            (
+                "create handler, embedded store in memory + sandbox (two Stripe calls)",
+                &embedded,
+                &customer_creation
+            ),
+            (
+                "baseline: one raw GetItem round trip to moto",
+                &moto_round_trip,
+                &moto_round_trip
+            ),
+            ("create handler, DynamoDB in moto + sandbox", &moto, &moto_round_trip),
+        ])
     );
 }

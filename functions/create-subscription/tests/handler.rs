@@ -1,16 +1,13 @@
 //! POST /subscriptions in-process, against the embedded store and the Stripe sandbox.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use billing::store::Store;
-use billing_adapters::RetryPolicy;
-use billing_adapters::StripeBilling;
 use billing_http::Cors;
 use billing_testing::{ApiEvent, catalog, embedded_store};
 use create_subscription::CreateSubscription;
 use serde_json::{Value, json};
-use stripe_sandbox::{PriceSpec, RunningSandbox};
+use stripe_sandbox::RunningSandbox;
 use uuid::Uuid;
 
 struct Fixture {
@@ -20,22 +17,11 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let prices: Vec<_> = catalog()
-        .plans()
-        .iter()
-        .map(|p| PriceSpec::recurring(&p.stripe_price, 0, "month"))
-        .collect();
-    let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
-    let retry = RetryPolicy {
-        attempts: 3,
-        attempt_timeout: Duration::from_secs(3),
-        first_backoff: Duration::from_millis(10),
-    };
-    let billing = StripeBilling::new("sk_test_handler", Some(&sandbox.base_url()), retry).unwrap();
+    let (sandbox, billing) = billing_testing::sandbox_billing(0, billing_testing::fast_retries()).await;
     let store: Arc<dyn Store> = embedded_store();
     let function = CreateSubscription {
         store: store.clone(),
-        billing: Arc::new(billing),
+        billing,
         catalog: catalog(),
         cors: Cors::default(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),

@@ -81,19 +81,21 @@ async fn main() {
     };
     let moto = measure(&function, &moto_ids, AGAINST_MOTO).await;
 
-    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
-    println!("|---|---|---|---|");
-    println!(
+    print!(
         "{}",
-        store_read.row("baseline: one subscription read (embedded store)", &store_read)
+        Timings::table(&[
+            (
+                "baseline: one subscription read (embedded store)",
+                &store_read,
+                &store_read
+            ),
+            (
+                "GET handler, embedded store (target: p99 < 1 ms)",
+                &embedded,
+                &store_read
+            ),
+            ("baseline: one raw GetItem round trip to moto", &round_trip, &round_trip),
+            ("GET handler, DynamoDB in moto", &moto, &round_trip),
+        ])
     );
-    println!(
-        "{}",
-        embedded.row("GET handler, embedded store (target: p99 < 1 ms)", &store_read)
-    );
-    println!(
-        "{}",
-        round_trip.row("baseline: one raw GetItem round trip to moto", &round_trip)
-    );
-    println!("{}", moto.row("GET handler, DynamoDB in moto", &round_trip));
 }

@@ -24,7 +24,6 @@ use billing_testing::{ApiEvent, Timings, catalog, embedded_store, in_memory_stor
 use chrono::Utc;
 use patch_subscription::PatchSubscription;
 use serde_json::json;
-use stripe_sandbox::PriceSpec;
 use uuid::Uuid;
 
 const IN_PROCESS: usize = 1000;
@@ -107,14 +106,8 @@ async fn store_writes(store: &dyn Store, subscription: Subscription, runs: usize
 
 #[tokio::main]
 async fn main() {
-    let prices: Vec<_> = catalog()
-        .plans()
-        .iter()
-        .map(|p| PriceSpec::recurring(&p.stripe_price, 800, "month"))
-        .collect();
-    let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
-    let billing =
-        Arc::new(StripeBilling::new("sk_test_bench", Some(&sandbox.base_url()), RetryPolicy::default()).unwrap());
+    // Kept until the end of main: dropping it stops the sandbox.
+    let (_sandbox, billing) = billing_testing::sandbox_billing(800, RetryPolicy::default()).await;
     let function = |store: Arc<dyn Store>| PatchSubscription {
         store,
         billing: billing.clone(),
@@ -141,36 +134,39 @@ async fn main() {
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[known.id], AGAINST_MOTO).await;
     let handler_moto = measure(&against_moto, AGAINST_MOTO).await;
 
-    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
-    println!("|---|---|---|---|");
-    println!(
+    print!(
         "{}",
-        stripe_update.row("baseline: one Stripe update (sandbox on loopback)", &stripe_update)
-    );
-    println!(
-        "{}",
-        handler_in_memory.row(
-            "PATCH handler, embedded store in memory + sandbox (target: p99 < 2 ms)",
-            &stripe_update
-        )
-    );
-    println!(
-        "{}",
-        file_write.row(
-            "baseline: one conditional write + audit record, embedded store on file (fsync)",
-            &file_write
-        )
-    );
-    println!(
-        "{}",
-        handler_on_file.row("PATCH handler, embedded store on file + sandbox", &file_write)
-    );
-    println!(
-        "{}",
-        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
-    );
-    println!(
-        "{}",
-        handler_moto.row("PATCH handler, DynamoDB in moto + sandbox", &moto_round_trip)
+        Timings::table(&[
+            (
+                "baseline: one Stripe update (sandbox on loopback)",
+                &stripe_update,
+                &stripe_update
+            ),
+            (
+                "PATCH handler, embedded store in memory + sandbox (target: p99 < 2 ms)",
+                &handler_in_memory,
+                &stripe_update
+            ),
+            (
+                "baseline: one conditional write + audit record, embedded store on file (fsync)",
+                &file_write,
+                &file_write
+            ),
+            (
+                "PATCH handler, embedded store on file + sandbox",
+                &handler_on_file,
+                &file_write
+            ),
+            (
+                "baseline: one raw GetItem round trip to moto",
+                &moto_round_trip,
+                &moto_round_trip
+            ),
+            (
+                "PATCH handler, DynamoDB in moto + sandbox",
+                &handler_moto,
+                &moto_round_trip
+            ),
+        ])
     );
 }

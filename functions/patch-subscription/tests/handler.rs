@@ -1,19 +1,16 @@
 //! PATCH /subscriptions/{id} in-process, against the embedded store and the Stripe sandbox.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use billing::provisioning::{Provision, provision};
 use billing::store::Store;
 use billing::subscription::{Subscription, SubscriptionChange};
-use billing_adapters::RetryPolicy;
-use billing_adapters::StripeBilling;
 use billing_http::Cors;
 use billing_testing::{ApiEvent, catalog, embedded_store};
 use chrono::Utc;
 use patch_subscription::PatchSubscription;
 use serde_json::{Value, json};
-use stripe_sandbox::{PriceSpec, RunningSandbox};
+use stripe_sandbox::RunningSandbox;
 use uuid::Uuid;
 
 struct Fixture {
@@ -23,18 +20,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let prices: Vec<_> = catalog()
-        .plans()
-        .iter()
-        .map(|p| PriceSpec::recurring(&p.stripe_price, 800, "month"))
-        .collect();
-    let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
-    let retry = RetryPolicy {
-        attempts: 3,
-        attempt_timeout: Duration::from_secs(3),
-        first_backoff: Duration::from_millis(10),
-    };
-    let billing = Arc::new(StripeBilling::new("sk_test_handler", Some(&sandbox.base_url()), retry).unwrap());
+    let (sandbox, billing) = billing_testing::sandbox_billing(800, billing_testing::fast_retries()).await;
     let store: Arc<dyn Store> = embedded_store();
     let function = Arc::new(PatchSubscription {
         store: store.clone(),

@@ -80,20 +80,6 @@ async fn measure(pages: &RemoteBillingPages, token: &str, runs: usize) -> Timing
     timings
 }
 
-async fn record_reads(documents: &dyn DocumentStore, key: &str, runs: usize) -> Timings {
-    let mut timings = Timings::default();
-    for _ in 0..runs {
-        let started = Instant::now();
-        documents
-            .get_document(key, Utc::now())
-            .await
-            .unwrap()
-            .expect("a stored record");
-        timings.push(started.elapsed());
-    }
-    timings
-}
-
 fn pages_on(documents: Arc<dyn DocumentStore>) -> RemoteBillingPages {
     RemoteBillingPages {
         remote: remote_billing_on(documents, outbox(), 5, 20),
@@ -108,7 +94,7 @@ async fn main() {
     let pages = pages_on(store.clone());
     let (server, token) = access_token(&pages.remote).await;
     let embedded = measure(&pages, &token, IN_PROCESS).await;
-    let record_read = record_reads(store.as_ref(), &server_key(server), IN_PROCESS).await;
+    let record_read = billing_testing::record_reads(store.as_ref(), &server_key(server), IN_PROCESS).await;
 
     // Against moto
     std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
@@ -119,16 +105,21 @@ async fn main() {
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], AGAINST_MOTO).await;
     let moto = measure(&pages, &token, AGAINST_MOTO).await;
 
-    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
-    println!("|---|---|---|---|");
-    println!(
+    print!(
         "{}",
-        record_read.row("baseline: one record read (embedded store in memory)", &record_read)
+        Timings::table(&[
+            (
+                "baseline: one record read (embedded store in memory)",
+                &record_read,
+                &record_read
+            ),
+            ("login page, embedded store in memory", &embedded, &record_read),
+            (
+                "baseline: one raw GetItem round trip to moto",
+                &moto_round_trip,
+                &moto_round_trip
+            ),
+            ("login page, DynamoDB in moto", &moto, &moto_round_trip),
+        ])
     );
-    println!("{}", embedded.row("login page, embedded store in memory", &record_read));
-    println!(
-        "{}",
-        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
-    );
-    println!("{}", moto.row("login page, DynamoDB in moto", &moto_round_trip));
 }

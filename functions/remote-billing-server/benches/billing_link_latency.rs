@@ -16,7 +16,6 @@ use billing::remote::records::server_key;
 use billing::store::DocumentStore;
 use billing_adapters::DynamoStore;
 use billing_testing::{ApiEvent, Timings, in_memory_store, outbox, raw_get_item_round_trips, remote_billing_on};
-use chrono::Utc;
 use lambda_http::http::StatusCode;
 use remote_billing_server::RemoteServerApi;
 use serde_json::json;
@@ -78,20 +77,6 @@ async fn measure(api: &RemoteServerApi, runs: usize) -> Timings {
     timings
 }
 
-async fn record_reads(documents: &dyn DocumentStore, key: &str, runs: usize) -> Timings {
-    let mut timings = Timings::default();
-    for _ in 0..runs {
-        let started = Instant::now();
-        documents
-            .get_document(key, Utc::now())
-            .await
-            .unwrap()
-            .expect("a stored record");
-        timings.push(started.elapsed());
-    }
-    timings
-}
-
 #[tokio::main]
 async fn main() {
     // In-process, embedded store in memory
@@ -99,7 +84,7 @@ async fn main() {
     let api = api_on(store.clone());
     let embedded = measure(&api, IN_PROCESS).await;
     let server = registered(&api).await;
-    let record_read = record_reads(store.as_ref(), &server_key(server), IN_PROCESS).await;
+    let record_read = billing_testing::record_reads(store.as_ref(), &server_key(server), IN_PROCESS).await;
 
     // Against moto
     std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
@@ -108,19 +93,21 @@ async fn main() {
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], AGAINST_MOTO).await;
     let moto = measure(&api_on(dynamo.clone()), AGAINST_MOTO).await;
 
-    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
-    println!("|---|---|---|---|");
-    println!(
+    print!(
         "{}",
-        record_read.row("baseline: one record read (embedded store in memory)", &record_read)
+        Timings::table(&[
+            (
+                "baseline: one record read (embedded store in memory)",
+                &record_read,
+                &record_read
+            ),
+            ("billing link, embedded store in memory", &embedded, &record_read),
+            (
+                "baseline: one raw GetItem round trip to moto",
+                &moto_round_trip,
+                &moto_round_trip
+            ),
+            ("billing link, DynamoDB in moto", &moto, &moto_round_trip),
+        ])
     );
-    println!(
-        "{}",
-        embedded.row("billing link, embedded store in memory", &record_read)
-    );
-    println!(
-        "{}",
-        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
-    );
-    println!("{}", moto.row("billing link, DynamoDB in moto", &moto_round_trip));
 }

@@ -108,32 +108,24 @@ async fn main() {
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], 200).await;
     let (moto, moto_rate) = measure(&listener(dynamo.clone()), BATCHES_AGAINST_MOTO).await;
 
-    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
-    println!("|---|---|---|---|");
-    println!(
+    let embedded_row = format!("batch of {BATCH} signups, embedded store on file + sandbox");
+    let moto_row = format!("batch of {BATCH} signups, DynamoDB in moto + sandbox");
+    print!(
         "{}",
-        baseline.row(
-            "baseline: one Stripe round trip (sandbox, a customer creation)",
-            &baseline
-        )
-    );
-    println!(
-        "{}",
-        embedded.row(
-            &format!("batch of {BATCH} signups, embedded store on file + sandbox"),
-            &baseline
-        )
-    );
-    println!(
-        "{}",
-        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
-    );
-    println!(
-        "{}",
-        moto.row(
-            &format!("batch of {BATCH} signups, DynamoDB in moto + sandbox"),
-            &moto_round_trip
-        )
+        Timings::table(&[
+            (
+                "baseline: one Stripe round trip (sandbox, a customer creation)",
+                &baseline,
+                &baseline
+            ),
+            (&embedded_row, &embedded, &baseline),
+            (
+                "baseline: one raw GetItem round trip to moto",
+                &moto_round_trip,
+                &moto_round_trip
+            ),
+            (&moto_row, &moto, &moto_round_trip),
+        ])
     );
     println!();
     println!(

@@ -2,18 +2,15 @@
 //! SQS batch sample of `events/` and events made for each case.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use billing::store::{Store, StoreError};
 use billing::subscription::Status;
-use billing_adapters::RetryPolicy;
-use billing_adapters::StripeBilling;
 use billing_testing::{catalog, embedded_store};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use signup_listener::SignupListener;
-use stripe_sandbox::{PriceSpec, RunningSandbox};
+use stripe_sandbox::RunningSandbox;
 use uuid::Uuid;
 
 struct Fixture {
@@ -23,18 +20,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let prices: Vec<_> = catalog()
-        .plans()
-        .iter()
-        .map(|p| PriceSpec::recurring(&p.stripe_price, 0, "month"))
-        .collect();
-    let sandbox = stripe_sandbox::start(0, &prices).await.unwrap();
-    let retry = RetryPolicy {
-        attempts: 3,
-        attempt_timeout: Duration::from_secs(3),
-        first_backoff: Duration::from_millis(10),
-    };
-    let billing = Arc::new(StripeBilling::new("sk_test_signup", Some(&sandbox.base_url()), retry).unwrap());
+    let (sandbox, billing) = billing_testing::sandbox_billing(0, billing_testing::fast_retries()).await;
     let store: Arc<dyn Store> = embedded_store();
     Fixture {
         listener: SignupListener {

@@ -111,25 +111,25 @@ async fn main() {
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &moto_ids, AGAINST_MOTO).await;
     let moto = measure(&webhook_on(dynamo), "moto", AGAINST_MOTO).await;
 
-    println!("| measurement | p50 | p99 | p50 ratio to its baseline |");
-    println!("|---|---|---|---|");
-    println!(
+    print!(
         "{}",
-        store_read.row("baseline: one subscription read (embedded store on file)", &store_read)
-    );
-    println!(
-        "{}",
-        embedded.row(
-            "webhook acknowledgement, embedded store on file (verify, look up, record + write)",
-            &store_read
-        )
-    );
-    println!(
-        "{}",
-        moto_round_trip.row("baseline: one raw GetItem round trip to moto", &moto_round_trip)
-    );
-    println!(
-        "{}",
-        moto.row("webhook acknowledgement, DynamoDB in moto", &moto_round_trip)
+        Timings::table(&[
+            (
+                "baseline: one subscription read (embedded store on file)",
+                &store_read,
+                &store_read
+            ),
+            (
+                "webhook acknowledgement, embedded store on file (verify, look up, record + write)",
+                &embedded,
+                &store_read
+            ),
+            (
+                "baseline: one raw GetItem round trip to moto",
+                &moto_round_trip,
+                &moto_round_trip
+            ),
+            ("webhook acknowledgement, DynamoDB in moto", &moto, &moto_round_trip),
+        ])
     );
 }

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use billing::clock::{Clock, SharedClock};
 use billing::remote::{Records, RemoteBilling, RemoteSettings, TokenSealer};
 use billing::subscription::PlanCatalog;
-use billing_adapters::{EmbeddedStore, OutboxMailer};
+use billing_adapters::{EmbeddedStore, OutboxMailer, RetryPolicy, StripeBilling};
 use chrono::{DateTime, Duration, Utc};
 use lambda_http::Request;
 use serde_json::Value;
+use stripe_sandbox::{PriceSpec, RunningSandbox};
 use uuid::Uuid;
 
 /// The product's plans priced `price_<plan>`, as the local server configures them.
@@ -73,6 +74,17 @@ impl Timings {
         self.percentile_ms(0.99)
     }
 
+    /// A markdown table of measurements, each `(what, timings, baseline)`: p50, p99 and p50 as a
+    /// ratio to its baseline's (a baseline row is its own baseline, ratio 1.0).
+    pub fn table(rows: &[(&str, &Timings, &Timings)]) -> String {
+        let mut table = String::from("| measurement | p50 | p99 | p50 ratio to its baseline |\n|---|---|---|---|\n");
+        for (what, timings, baseline) in rows {
+            table.push_str(&timings.row(what, baseline));
+            table.push('\n');
+        }
+        table
+    }
+
     /// A markdown row: what, p50, p99, and p50 as a ratio to `baseline`'s.
     pub fn row(&self, what: &str, baseline: &Timings) -> String {
         format!(
@@ -106,6 +118,46 @@ pub async fn raw_get_item_round_trips(store: &billing_adapters::DynamoStore, ids
         timings.push(started.elapsed());
     }
     timings
+}
+
+/// `runs` reads of the stored record `key`: the benches' baseline for the remote-billing pages,
+/// what a record read costs before any of the bundle's code.
+pub async fn record_reads(documents: &dyn billing::store::DocumentStore, key: &str, runs: usize) -> Timings {
+    let mut timings = Timings::default();
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        documents
+            .get_document(key, Utc::now())
+            .await
+            .expect("a record read")
+            .expect("a stored record");
+        timings.push(started.elapsed());
+    }
+    timings
+}
+
+/// Retries for tests: the same attempts as in production, a short backoff.
+pub fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        attempt_timeout: std::time::Duration::from_secs(3),
+        first_backoff: std::time::Duration::from_millis(10),
+    }
+}
+
+/// The Stripe sandbox on a free loopback port, offering every plan of [`catalog`] at
+/// `unit_amount` a month, and a Stripe client on it with `retry`.
+pub async fn sandbox_billing(unit_amount: i64, retry: RetryPolicy) -> (RunningSandbox, Arc<StripeBilling>) {
+    let prices: Vec<_> = catalog()
+        .plans()
+        .iter()
+        .map(|plan| PriceSpec::recurring(&plan.stripe_price, unit_amount, "month"))
+        .collect();
+    let sandbox = stripe_sandbox::start(0, &prices)
+        .await
+        .expect("the Stripe sandbox starts");
+    let billing = StripeBilling::new("sk_test_fixture", Some(&sandbox.base_url()), retry).expect("a Stripe client");
+    (sandbox, Arc::new(billing))
 }
 
 /// A subscription as an administrator would create it for a new user, not yet in Stripe
