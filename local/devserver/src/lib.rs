@@ -6,9 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
-use axum::http::{Method, Request as HttpRequest};
-use axum::response::IntoResponse;
+use axum::http::Method;
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, optional};
 use billing::mail::Mailer;
@@ -38,7 +36,7 @@ pub mod gateway;
 pub mod signups;
 pub mod tokens;
 
-use gateway::{Gateway, Handler, Route};
+use gateway::{Handler, Route};
 use tokens::TokenKeys;
 
 /// Command-line options of the local server.
@@ -496,14 +494,13 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
     let returned_secret = webhook_secret.clone();
     let mut all = routes(&bundle);
     all.extend(local_routes(signups.clone()));
-    let gateway = Arc::new(Gateway::new(all, keys.clone()));
     if let Some(sandbox) = &sandbox {
         sandbox.sandbox.set_webhook(Some(stripe_sandbox::WebhookTarget {
             url: format!("http://{address}/stripe/webhook"),
             secret: webhook_secret,
         }));
     }
-    let app = axum::Router::new().fallback(forward).with_state(gateway);
+    let app = gateway::router(all, keys.clone());
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!(%error, "the local server stopped");
@@ -519,30 +516,6 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         webhook_secret: returned_secret,
         task,
     })
-}
-
-async fn forward(
-    State(gateway): State<Arc<Gateway>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    request: HttpRequest<axum::body::Body>,
-) -> axum::response::Response {
-    let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, 10 * 1024 * 1024).await {
-        Ok(bytes) => bytes,
-        // API Gateway's own payload limit is 10 MB.
-        Err(_) => return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large").into_response(),
-    };
-    let response = gateway
-        .dispatch(parts.method, parts.uri, parts.headers, body, client)
-        .await;
-    let (parts, body) = response.into_parts();
-    let bytes: Vec<u8> = match body {
-        lambda_http::Body::Empty => Vec::new(),
-        lambda_http::Body::Text(text) => text.into_bytes(),
-        lambda_http::Body::Binary(bytes) => bytes,
-        _ => Vec::new(),
-    };
-    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// What `make run` prints: where the server is, tokens for an administrator and a user, and
