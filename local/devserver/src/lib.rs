@@ -63,22 +63,29 @@ impl Default for Options {
 pub const USAGE: &str = "usage: devserver [--port N] [--data-dir DIR] [--stripe-port N] [--aws]";
 
 impl Options {
+    /// Reads the command line (without the program's name); the error is the message to print.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+        let mut help = false;
+        let parsed = Options::parse_with_lexopt(args, &mut help);
+        match parsed {
+            _ if help => Err(USAGE.to_owned()),
+            Ok(options) => Ok(options),
+            Err(error) => Err(format!("{error}\n{USAGE}")),
+        }
+    }
+
+    fn parse_with_lexopt(args: impl IntoIterator<Item = String>, help: &mut bool) -> Result<Options, lexopt::Error> {
+        use lexopt::prelude::*;
         let mut options = Options::default();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
-            match arg.as_str() {
-                "--port" => options.port = value("--port")?.parse().map_err(|e| format!("--port: {e}"))?,
-                "--stripe-port" => {
-                    options.stripe_port = value("--stripe-port")?
-                        .parse()
-                        .map_err(|e| format!("--stripe-port: {e}"))?
-                }
-                "--data-dir" => options.data_dir = PathBuf::from(value("--data-dir")?),
-                "--aws" => options.aws = true,
-                "-h" | "--help" => return Err(USAGE.to_owned()),
-                other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        let mut parser = lexopt::Parser::from_args(args);
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Long("port") => options.port = parser.value()?.parse()?,
+                Long("stripe-port") => options.stripe_port = parser.value()?.parse()?,
+                Long("data-dir") => options.data_dir = PathBuf::from(parser.value()?),
+                Long("aws") => options.aws = true,
+                Short('h') | Long("help") => *help = true,
+                other => return Err(other.unexpected()),
             }
         }
         Ok(options)

@@ -13,15 +13,27 @@ async fn main() {
     let mut port = 12111;
     let mut prices = Vec::new();
     let (mut webhook, mut secret) = (None, None);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| fail(&format!("{arg} needs a value")));
-        match arg.as_str() {
-            "--port" => port = value().parse().unwrap_or_else(|e| fail(&format!("--port: {e}"))),
-            "--price" => prices.push(PriceSpec::parse(&value()).unwrap_or_else(|e| fail(&e))),
-            "--webhook" => webhook = Some(value()),
-            "--webhook-secret" => secret = Some(value()),
-            _ => fail(&format!("unknown argument {arg}")),
+    let mut parser = lexopt::Parser::from_env();
+    use lexopt::ValueExt;
+    let value = |parser: &mut lexopt::Parser| -> String {
+        parser
+            .value()
+            .map_err(|e| e.to_string())
+            .and_then(|v| v.string().map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| fail(&e))
+    };
+    while let Some(arg) = parser.next().unwrap_or_else(|e| fail(&e.to_string())) {
+        use lexopt::Arg::Long;
+        match arg {
+            Long("port") => {
+                port = value(&mut parser)
+                    .parse()
+                    .unwrap_or_else(|e| fail(&format!("--port: {e}")))
+            }
+            Long("price") => prices.push(PriceSpec::parse(&value(&mut parser)).unwrap_or_else(|e| fail(&e))),
+            Long("webhook") => webhook = Some(value(&mut parser)),
+            Long("webhook-secret") => secret = Some(value(&mut parser)),
+            other => fail(&other.unexpected().to_string()),
         }
     }
     if prices.is_empty() {
