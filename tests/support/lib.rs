@@ -48,17 +48,7 @@ pub async fn stripe_get(sandbox: &RunningSandbox, path_and_query: &str) -> serde
     response.json().await.expect("a JSON body")
 }
 
-/// The moto endpoint; panics with instructions when there is none.
-pub fn moto_endpoint() -> String {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!("AWS_ENDPOINT_URL is not set: this test needs the moto server. Run `make test`, which installs and starts it.")
-    });
-    let local = ["http://127.0.0.1:", "http://localhost:"]
-        .iter()
-        .any(|p| endpoint.starts_with(p));
-    assert!(local, "AWS_ENDPOINT_URL={endpoint} is not a local emulator");
-    endpoint
-}
+pub use billing_testing::moto_endpoint;
 
 /// The local server in `--aws` mode (DynamoDB in moto, on a fresh table) with the Stripe
 /// sandbox in-process, both on free ports.

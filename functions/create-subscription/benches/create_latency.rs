@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use billing::store::Store;
 use billing::stripe::Billing;
-use billing_adapters::DynamoStore;
 use billing_adapters::RetryPolicy;
 use billing_http::Cors;
 use billing_testing::{ApiEvent, Timings, catalog, in_memory_store, raw_get_item_round_trips};
@@ -67,9 +66,7 @@ async fn main() {
     }
 
     // Against moto
-    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
-    let dynamo = Arc::new(DynamoStore::connect(format!("bench-create-{}", Uuid::new_v4().simple())).await);
-    dynamo.ensure_table().await.unwrap();
+    let dynamo = Arc::new(billing_testing::moto_store("bench-create").await);
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], AGAINST_MOTO).await;
     let moto = measure(&function(dynamo.clone()), AGAINST_MOTO).await;
 

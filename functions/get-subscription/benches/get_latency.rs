@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use billing::store::{AuditEntry, Store};
-use billing_adapters::DynamoStore;
 use billing_http::Cors;
 use billing_testing::{ApiEvent, Timings, embedded_store, new_subscription, raw_get_item_round_trips};
 use get_subscription::GetSubscription;
@@ -70,9 +69,7 @@ async fn main() {
     let embedded = measure(&function, &ids, IN_PROCESS).await;
 
     // Against moto
-    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
-    let dynamo = Arc::new(DynamoStore::connect(format!("bench-get-{}", Uuid::new_v4().simple())).await);
-    dynamo.ensure_table().await.unwrap();
+    let dynamo = Arc::new(billing_testing::moto_store("bench-get").await);
     let moto_ids = seed(dynamo.as_ref(), 5).await;
     let round_trip = raw_get_item_round_trips(&dynamo, &moto_ids, AGAINST_MOTO).await;
     let function = GetSubscription {

@@ -16,7 +16,6 @@ use billing::provisioning::{Provision, provision};
 use billing::store::{AuditEntry, Store};
 use billing::stripe::Billing;
 use billing::subscription::{Subscription, SubscriptionChange};
-use billing_adapters::DynamoStore;
 use billing_adapters::RetryPolicy;
 use billing_adapters::StripeBilling;
 use billing_http::Cors;
@@ -126,9 +125,7 @@ async fn main() {
     let file_write = store_writes(on_file.store.as_ref(), some, IN_PROCESS).await;
 
     // Against moto
-    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
-    let dynamo = Arc::new(DynamoStore::connect(format!("bench-patch-{}", Uuid::new_v4().simple())).await);
-    dynamo.ensure_table().await.unwrap();
+    let dynamo = Arc::new(billing_testing::moto_store("bench-patch").await);
     let against_moto = function(dynamo.clone());
     let known = subscriber(&against_moto).await;
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[known.id], AGAINST_MOTO).await;

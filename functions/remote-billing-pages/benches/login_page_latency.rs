@@ -15,7 +15,6 @@ use base64::Engine;
 use billing::remote::records::server_key;
 use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling};
 use billing::store::DocumentStore;
-use billing_adapters::DynamoStore;
 use billing_testing::{ApiEvent, Timings, in_memory_store, outbox, raw_get_item_round_trips, remote_billing_on};
 use chrono::Utc;
 use lambda_http::http::StatusCode;
@@ -97,9 +96,7 @@ async fn main() {
     let record_read = billing_testing::record_reads(store.as_ref(), &server_key(server), IN_PROCESS).await;
 
     // Against moto
-    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
-    let dynamo = Arc::new(DynamoStore::connect(format!("bench-pages-{}", Uuid::new_v4().simple())).await);
-    dynamo.ensure_table().await.unwrap();
+    let dynamo = Arc::new(billing_testing::moto_store("bench-pages").await);
     let pages = pages_on(dynamo.clone());
     let (_, token) = access_token(&pages.remote).await;
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], AGAINST_MOTO).await;

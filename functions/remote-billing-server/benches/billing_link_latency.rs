@@ -14,7 +14,6 @@ use std::time::Instant;
 use base64::Engine;
 use billing::remote::records::server_key;
 use billing::store::DocumentStore;
-use billing_adapters::DynamoStore;
 use billing_testing::{ApiEvent, Timings, in_memory_store, outbox, raw_get_item_round_trips, remote_billing_on};
 use lambda_http::http::StatusCode;
 use remote_billing_server::RemoteServerApi;
@@ -87,9 +86,7 @@ async fn main() {
     let record_read = billing_testing::record_reads(store.as_ref(), &server_key(server), IN_PROCESS).await;
 
     // Against moto
-    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
-    let dynamo = Arc::new(DynamoStore::connect(format!("bench-remote-{}", Uuid::new_v4().simple())).await);
-    dynamo.ensure_table().await.unwrap();
+    let dynamo = Arc::new(billing_testing::moto_store("bench-remote").await);
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], AGAINST_MOTO).await;
     let moto = measure(&api_on(dynamo.clone()), AGAINST_MOTO).await;
 

@@ -15,7 +15,6 @@ use std::time::Instant;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use billing::store::Store;
 use billing::stripe::Billing;
-use billing_adapters::DynamoStore;
 use billing_adapters::RetryPolicy;
 use billing_adapters::StripeBilling;
 use billing_testing::{Timings, catalog, embedded_store, raw_get_item_round_trips};
@@ -102,9 +101,7 @@ async fn main() {
     let (embedded, embedded_rate) = measure(&listener(embedded_store()), BATCHES).await;
 
     // Against moto
-    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
-    let dynamo = Arc::new(DynamoStore::connect(format!("bench-signup-{}", Uuid::new_v4().simple())).await);
-    dynamo.ensure_table().await.unwrap();
+    let dynamo = Arc::new(billing_testing::moto_store("bench-signup").await);
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &[Uuid::new_v4()], 200).await;
     let (moto, moto_rate) = measure(&listener(dynamo.clone()), BATCHES_AGAINST_MOTO).await;
 

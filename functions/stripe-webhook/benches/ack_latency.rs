@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use billing::store::{AuditEntry, Store};
 use billing::subscription::SubscriptionChange;
-use billing_adapters::DynamoStore;
 use billing_testing::{ApiEvent, Timings, catalog, embedded_store, outbox, raw_get_item_round_trips};
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -104,9 +103,7 @@ async fn main() {
     let embedded = measure(&webhook_on(store), "bench", IN_PROCESS).await;
 
     // Against moto
-    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: this bench needs moto; run `make bench`");
-    let dynamo = Arc::new(DynamoStore::connect(format!("bench-webhook-{}", Uuid::new_v4().simple())).await);
-    dynamo.ensure_table().await.unwrap();
+    let dynamo = Arc::new(billing_testing::moto_store("bench-webhook").await);
     let moto_ids = seed(dynamo.as_ref(), "moto").await;
     let moto_round_trip = raw_get_item_round_trips(&dynamo, &moto_ids, AGAINST_MOTO).await;
     let moto = measure(&webhook_on(dynamo), "moto", AGAINST_MOTO).await;

@@ -11,8 +11,6 @@ use billing_adapters::EmbeddedStore;
 use chrono::{Duration, SubsecRound, Utc};
 use uuid::Uuid;
 
-mod support;
-
 fn catalog() -> PlanCatalog {
     PlanCatalog::standard(|id| Ok::<_, ()>(format!("price_{id}"))).unwrap()
 }
@@ -674,13 +672,13 @@ mod embedded_in_memory {
 mod dynamodb {
     use super::*;
 
-    conformance_suite!(support::dynamo_store().await);
+    conformance_suite!(billing_testing::moto_store("billing-test").await);
 
     /// Attributes that feed an index are left out, never written as NULL, and the index keys
     /// appear only when the subscription has the Stripe id.
     #[tokio::test]
     async fn absent_optional_attributes_are_omitted_not_null() {
-        let store = support::dynamo_store().await;
+        let store = billing_testing::moto_store("billing-test").await;
         let subscription = new_subscription(None);
         store
             .create_subscription(&subscription, &created(&subscription))
@@ -708,7 +706,7 @@ mod dynamodb {
 
     #[tokio::test]
     async fn the_billing_table_has_the_declared_indexes_and_ttl() {
-        let store = support::dynamo_store().await;
+        let store = billing_testing::moto_store("billing-test").await;
         let table = store
             .client()
             .describe_table()

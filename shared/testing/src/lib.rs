@@ -136,6 +136,35 @@ pub async fn record_reads(documents: &dyn billing::store::DocumentStore, key: &s
     timings
 }
 
+/// The local moto endpoint (`AWS_ENDPOINT_URL`, which `make test` exports). Panics with
+/// instructions when it is not set, and when it is not on this machine: tests create and write
+/// tables there. A test that needs moto fails without it; it never skips.
+pub fn moto_endpoint() -> String {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!(
+            "AWS_ENDPOINT_URL is not set: this test needs the moto server. Run `make test`, which installs and \
+             starts it (or run only the service-free tests with `cargo test --lib`)."
+        )
+    });
+    let local = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+        .iter()
+        .any(|prefix| endpoint.starts_with(prefix));
+    assert!(
+        local,
+        "AWS_ENDPOINT_URL={endpoint} is not a local emulator, and these tests create and write tables"
+    );
+    endpoint
+}
+
+/// A DynamoDB store on a fresh table of its own in moto.
+pub async fn moto_store(prefix: &str) -> billing_adapters::DynamoStore {
+    moto_endpoint();
+    let table = format!("{prefix}-{}", Uuid::new_v4().simple());
+    let store = billing_adapters::DynamoStore::connect(table).await;
+    store.ensure_table().await.expect("creating a table in moto");
+    store
+}
+
 /// Retries for tests: the same attempts as in production, a short backoff.
 pub fn fast_retries() -> RetryPolicy {
     RetryPolicy {
