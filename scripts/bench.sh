@@ -19,7 +19,7 @@ fi
 
 venv=$(scripts/python-venv.sh lambda-build 'cargo-lambda==1.9.2' 'ziglang==0.13.0')
 export PATH="$venv/bin:$PATH"
-functions=(lambda-baseline create-subscription get-subscription patch-subscription signup-listener stripe-webhook
+functions=(lambda-baseline dynamodb-floor create-subscription get-subscription patch-subscription signup-listener stripe-webhook
   remote-billing-server remote-billing-pages)
 lambda_packages=()
 for f in "${functions[@]}"; do lambda_packages+=(-p "$f"); done
@@ -59,16 +59,18 @@ out=$(mktemp)
   echo
   echo "### Size of each bootstrap"
   echo
-  echo "| function | arm64 bootstrap.zip (deployed) | zip in bytes | arm64 bootstrap | x86_64 bootstrap | zip ratio to baseline |"
-  echo "|---|---|---|---|---|---|"
+  echo "| function | arm64 bootstrap.zip (deployed) | zip in bytes | arm64 bootstrap | x86_64 bootstrap | zip ratio to baseline | zip ratio to DynamoDB floor |"
+  echo "|---|---|---|---|---|---|---|"
   base_zip=$(stat -c %s target/lambda-arm64/lambda-baseline/bootstrap.zip)
+  floor_zip=$(stat -c %s target/lambda-arm64/dynamodb-floor/bootstrap.zip)
   for f in "${functions[@]}"; do
     zip=$(stat -c %s "target/lambda-arm64/$f/bootstrap.zip")
     arm=$(unzip -l "target/lambda-arm64/$f/bootstrap.zip" | awk '$4 == "bootstrap" {print $1}')
     x86=$(stat -c %s "target/lambda-x86_64/$f/bootstrap")
     name=$f; [ "$f" = lambda-baseline ] && name="baseline: empty lambda_http function"
-    awk -v n="$name" -v z="$zip" -v a="$arm" -v x="$x86" -v b="$base_zip" \
-      'BEGIN { printf "| %s | %.2f MiB | %d | %.2f MiB | %.2f MiB | %.2f |\n", n, z/1048576, z, a/1048576, x/1048576, z/b }'
+    [ "$f" = dynamodb-floor ] && name="baseline: DynamoDB floor (one GetItem)"
+    awk -v n="$name" -v z="$zip" -v a="$arm" -v x="$x86" -v b="$base_zip" -v f="$floor_zip" \
+      'BEGIN { printf "| %s | %.2f MiB | %d | %.2f MiB | %.2f MiB | %.2f | %.2f |\n", n, z/1048576, z, a/1048576, x/1048576, z/b, z/f }'
   done
   echo
   bench() { # <section title> <bench name>

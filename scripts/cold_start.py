@@ -185,6 +185,10 @@ class Workload:
         """The `n`th request (0: the cold one) of run `run`."""
         if function == "lambda-baseline":
             return api_event("apigw-get-subscription.json")
+        if function == "dynamodb-floor":
+            user = str(uuid.uuid4())
+            return api_event("apigw-get-subscription.json", path=f"/subscriptions/{user}",
+                             parameters={"id": user}, caller=(user, "subscriptions"))
         if function == "create-subscription":
             user = str(uuid.uuid4())
             self.subscriptions.setdefault(run, []).append(user)
@@ -445,6 +449,7 @@ ensure_table.identity_made = False
 
 FUNCTIONS = [
     "lambda-baseline",
+    "dynamodb-floor",
     "create-subscription",
     "get-subscription",
     "patch-subscription",
@@ -477,13 +482,19 @@ def main():
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     base = results["lambda-baseline"]
-    print("| function | init p50 (start to first poll) | init p90 | cold start p50 (start to first response) | p90 | max "
-          "| cold p50 ratio to baseline | warm p50 (via Runtime API) | warm p99 | peak RSS | warnings logged | failed items |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    floor = results["dynamodb-floor"]
+    names = {"lambda-baseline": "baseline: empty lambda_http function",
+             "dynamodb-floor": "baseline: DynamoDB floor (one GetItem)"}
+    print("| function | init p50 (start to first poll) | init p90 | init p50 ratio to DynamoDB floor "
+          "| cold start p50 (start to first response) | p90 | max | cold p50 ratio to baseline "
+          "| cold p50 ratio to DynamoDB floor | warm p50 (via Runtime API) | warm p99 | peak RSS | warnings logged "
+          "| failed items |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for function, r in results.items():
-        name = "baseline: empty lambda_http function" if function == "lambda-baseline" else function
-        print(f"| {name} | {r['init_p50']:.1f} ms | {r['init_p90']:.1f} ms | {r['cold_p50']:.1f} ms | "
+        print(f"| {names.get(function, function)} | {r['init_p50']:.1f} ms | {r['init_p90']:.1f} ms | "
+              f"{r['init_p50'] / floor['init_p50']:.2f} | {r['cold_p50']:.1f} ms | "
               f"{r['cold_p90']:.1f} ms | {r['cold_max']:.1f} ms | {r['cold_p50'] / base['cold_p50']:.2f} | "
+              f"{r['cold_p50'] / floor['cold_p50']:.2f} | "
               f"{r['warm_p50']:.2f} ms | {r['warm_p99']:.2f} ms | {r['rss_max']:.1f} MB | {r['warnings']} | {r['failures']} |")
 
 
