@@ -76,19 +76,14 @@ impl Browser {
     }
 
     async fn submit(&mut self, action: &str, fields: &[(&str, &str)]) -> Page {
-        let body: Vec<String> = fields
-            .iter()
-            .map(|(name, value)| {
-                let encode =
-                    |t: &str| percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC).to_string();
-                format!("{}={}", encode(name), encode(value))
-            })
-            .collect();
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
         let request = self
             .client
             .post(self.url(action))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(body.join("&"));
+            .body(body);
         self.answer(request).await
     }
 }

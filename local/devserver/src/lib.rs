@@ -412,7 +412,10 @@ fn local_routes(signups: SignupQueue) -> Vec<Route> {
         *response.status_mut() = lambda_http::http::StatusCode::from_u16(status).unwrap_or_default();
         response
             .headers_mut()
-            .insert("content-type", "application/json".parse().expect("static header"));
+            .insert(
+                lambda_http::http::header::CONTENT_TYPE,
+                lambda_http::http::HeaderValue::from_static("application/json"),
+            );
         response
     };
     let enqueue = {

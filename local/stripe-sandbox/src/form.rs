@@ -11,12 +11,9 @@ pub struct FormError(pub String);
 /// become arrays, in index order.
 pub fn parse(body: &str) -> Result<Value, FormError> {
     let mut root = Value::Object(Map::new());
-    for pair in body.split('&').filter(|p| !p.is_empty()) {
-        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = decode(raw_key);
-        let value = decode(raw_value);
+    for (key, value) in form_urlencoded::parse(body.as_bytes()) {
         let path = split_key(&key)?;
-        insert(&mut root, &path, value)?;
+        insert(&mut root, &path, value.into_owned())?;
     }
     Ok(arrays(root))
 }

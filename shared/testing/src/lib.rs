@@ -344,14 +344,11 @@ impl ApiEvent {
 
     /// A form post's body (`application/x-www-form-urlencoded`), fields percent-encoded.
     pub fn form(mut self, fields: &[(&str, &str)]) -> Self {
-        let encode =
-            |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
-        let body: Vec<String> = fields
-            .iter()
-            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-            .collect();
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
         self.0["headers"]["content-type"] = Value::from("application/x-www-form-urlencoded");
-        self.0["body"] = Value::from(body.join("&"));
+        self.0["body"] = Value::from(body);
         self
     }
 
