@@ -410,12 +410,10 @@ fn local_routes(signups: SignupQueue) -> Vec<Route> {
     let json = |status: u16, body: serde_json::Value| {
         let mut response = lambda_http::Response::new(lambda_http::Body::Text(body.to_string()));
         *response.status_mut() = lambda_http::http::StatusCode::from_u16(status).unwrap_or_default();
-        response
-            .headers_mut()
-            .insert(
-                lambda_http::http::header::CONTENT_TYPE,
-                lambda_http::http::HeaderValue::from_static("application/json"),
-            );
+        response.headers_mut().insert(
+            lambda_http::http::header::CONTENT_TYPE,
+            lambda_http::http::HeaderValue::from_static("application/json"),
+        );
         response
     };
     let enqueue = {
