@@ -2,96 +2,11 @@
 //! self-hosted server calling its API, and a browser's requests made by hand.
 
 use bundle_tests::{
-    billing_access_url, confirmation_link_for, register_remote_server, ses_mails_to, start_server_against_moto,
+    Browser, billing_access_url, confirmation_link_for, path_of, register_remote_server, ses_mails_to,
+    start_server_against_moto,
 };
 use reqwest::StatusCode;
 use uuid::Uuid;
-
-/// A browser without JavaScript: follows nothing by itself, keeps the session cookie.
-struct Browser {
-    base: String,
-    client: reqwest::Client,
-    cookie: Option<String>,
-}
-
-struct Page {
-    status: StatusCode,
-    body: String,
-    location: Option<String>,
-}
-
-impl Page {
-    fn csrf(&self) -> String {
-        billing_testing::csrf_field(&self.body)
-    }
-}
-
-impl Browser {
-    fn new(base: &str) -> Self {
-        Browser {
-            base: base.to_owned(),
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            cookie: None,
-        }
-    }
-
-    fn url(&self, link: &str) -> String {
-        if link.starts_with("http") {
-            link.to_owned()
-        } else {
-            format!("{}{link}", self.base)
-        }
-    }
-
-    async fn answer(&mut self, request: reqwest::RequestBuilder) -> Page {
-        let request = match &self.cookie {
-            Some(cookie) => request.header("cookie", cookie),
-            None => request,
-        };
-        let response = request.send().await.unwrap();
-        if let Some(set) = response.headers().get("set-cookie") {
-            let set = set.to_str().unwrap();
-            assert!(
-                set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Lax"),
-                "{set}"
-            );
-            self.cookie = Some(set.split(';').next().unwrap().to_owned());
-        }
-        Page {
-            status: response.status(),
-            location: response
-                .headers()
-                .get("location")
-                .map(|v| v.to_str().unwrap().to_owned()),
-            body: response.text().await.unwrap(),
-        }
-    }
-
-    async fn get(&mut self, link: &str) -> Page {
-        let request = self.client.get(self.url(link));
-        self.answer(request).await
-    }
-
-    async fn submit(&mut self, action: &str, fields: &[(&str, &str)]) -> Page {
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(fields)
-            .finish();
-        let request = self
-            .client
-            .post(self.url(action))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        self.answer(request).await
-    }
-}
-
-fn path_of(link: &str) -> String {
-    let after_scheme = link.split_once("://").map_or(link, |(_, rest)| rest);
-    after_scheme[after_scheme.find('/').unwrap()..].to_owned()
-}
 
 #[tokio::test]
 async fn a_server_admin_logs_in_with_an_emailed_confirmation_and_comes_back_without_one() {

@@ -215,7 +215,7 @@ async fn preflight_and_content_negotiation_behave_through_the_gateway() {
     );
     assert_eq!(
         response.headers()["access-control-allow-headers"],
-        "authorization, content-type, if-match"
+        "authorization, content-type, if-match, idempotency-key"
     );
 
     let (status, _) = admin

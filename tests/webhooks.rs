@@ -167,9 +167,18 @@ async fn a_shuffled_storm_with_duplicates_converges_to_stripes_final_state() {
     for _ in 0..5 {
         subscriptions.push(subscribe(&server).await);
     }
+    // Their trials end now (on the free `pending` price nothing is charged: all active), so that
+    // renewals are charged during the storm.
+    for (_, created) in &subscriptions {
+        let sub = created["stripe_subscription"].as_str().unwrap();
+        let ended = stripe_post(sandbox, &format!("/v1/subscriptions/{sub}"), &[("trial_end", "now")]).await;
+        assert_eq!(ended["status"], "active", "{ended}");
+    }
     all_delivered(&server).await;
     sandbox.sandbox.hold_webhooks();
-    // 50 changes made in Stripe across the five subscriptions, over several seconds
+    // 50 changes made in Stripe across the five subscriptions, over several seconds: plan
+    // changes, cancellation flags, a deletion, and renewals paid or failing, whose invoice events
+    // (`invoice.paid`, `invoice.payment_failed`) interleave with the subscriptions' snapshots
     let prices = [
         "price_basic_monthly",
         "price_business_monthly",
@@ -223,12 +232,15 @@ async fn a_shuffled_storm_with_duplicates_converges_to_stripes_final_state() {
                         .unwrap();
                 }
                 _ => {
-                    stripe_post(
-                        sandbox,
-                        &format!("/v1/subscriptions/{sub}"),
-                        &[("metadata[round]", &round.to_string())],
-                    )
-                    .await;
+                    let pays = round % 2 == 1;
+                    if sandbox.sandbox.renewal(sub, pays).is_none() {
+                        stripe_post(
+                            sandbox,
+                            &format!("/v1/subscriptions/{sub}"),
+                            &[("metadata[round]", &round.to_string())],
+                        )
+                        .await;
+                    }
                 }
             }
         }

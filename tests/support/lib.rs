@@ -311,3 +311,100 @@ pub async fn confirmation_link_for(address: &str) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A browser without JavaScript: follows nothing by itself, keeps the session cookie.
+pub struct Browser {
+    /// Where the local server listens, `http://127.0.0.1:port`.
+    pub base: String,
+    client: reqwest::Client,
+    /// The session cookie, `name=value`, once the server set one.
+    pub cookie: Option<String>,
+}
+
+/// A page as the browser received it.
+pub struct Page {
+    /// Its status.
+    pub status: reqwest::StatusCode,
+    /// Its HTML.
+    pub body: String,
+    /// Where it redirects.
+    pub location: Option<String>,
+}
+
+impl Page {
+    /// The form's CSRF token.
+    pub fn csrf(&self) -> String {
+        billing_testing::csrf_field(&self.body)
+    }
+}
+
+impl Browser {
+    /// A browser with no cookie yet.
+    pub fn new(base: &str) -> Self {
+        Browser {
+            base: base.to_owned(),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookie: None,
+        }
+    }
+
+    fn url(&self, link: &str) -> String {
+        if link.starts_with("http") {
+            link.to_owned()
+        } else {
+            format!("{}{link}", self.base)
+        }
+    }
+
+    async fn answer(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let request = match &self.cookie {
+            Some(cookie) => request.header("cookie", cookie),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        if let Some(set) = response.headers().get("set-cookie") {
+            let set = set.to_str().unwrap();
+            assert!(
+                set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Lax"),
+                "{set}"
+            );
+            self.cookie = Some(set.split(';').next().unwrap().to_owned());
+        }
+        Page {
+            status: response.status(),
+            location: response
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    /// Opens a link (absolute, or a path on the server).
+    pub async fn get(&mut self, link: &str) -> Page {
+        let request = self.client.get(self.url(link));
+        self.answer(request).await
+    }
+
+    /// Submits a form to `action`.
+    pub async fn submit(&mut self, action: &str, fields: &[(&str, &str)]) -> Page {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let request = self
+            .client
+            .post(self.url(action))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        self.answer(request).await
+    }
+}
+
+/// The path (and query) of a link.
+pub fn path_of(link: &str) -> String {
+    let after_scheme = link.split_once("://").map_or(link, |(_, rest)| rest);
+    after_scheme[after_scheme.find('/').unwrap()..].to_owned()
+}

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use billing::access::{Operation, declared_store};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
 use billing::provisioning::{Provision, provision};
@@ -14,6 +15,12 @@ use billing_adapters::DynamoStore;
 use billing_adapters::StripeBilling;
 use billing_http::{ApiError, ApiResponse, Cors, serve};
 use lambda_http::{Body, Request, Response};
+
+/// The name refusals of undeclared operations give.
+pub const FUNCTION: &str = "create-subscription";
+
+/// What this function does with the store; its IAM policy grants exactly these.
+pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription, Operation::CreateSubscription];
 
 pub struct CreateSubscription {
     pub store: Arc<dyn Store>,
@@ -37,7 +44,16 @@ impl CreateSubscription {
             catalog,
             cors: Cors::from_env(env),
             clock: Arc::new(billing_adapters::SystemClock),
-        })
+        }
+        .declared())
+    }
+
+    /// The same function, its ports restricted to [`OPERATIONS`].
+    pub fn declared(self) -> Self {
+        CreateSubscription {
+            store: declared_store(self.store, FUNCTION, OPERATIONS),
+            ..self
+        }
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {

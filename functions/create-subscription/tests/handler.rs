@@ -25,7 +25,8 @@ async fn fixture() -> Fixture {
         catalog: catalog(),
         cors: Cors::default(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
-    };
+    }
+    .declared();
     Fixture {
         function,
         sandbox,

@@ -4,11 +4,18 @@
 
 use std::sync::Arc;
 
+use billing::access::{Operation, declared_store};
 use billing::config::{ConfigError, Environment, billing_table};
 use billing::store::Store;
 use billing_adapters::DynamoStore;
 use billing_http::{ApiResponse, Cors, serve};
 use lambda_http::{Body, Request, Response};
+
+/// The name refusals of undeclared operations give.
+pub const FUNCTION: &str = "get-subscription";
+
+/// What this function does with the store; its IAM policy grants exactly these.
+pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription];
 
 pub struct GetSubscription {
     pub store: Arc<dyn Store>,
@@ -22,7 +29,16 @@ impl GetSubscription {
         Ok(GetSubscription {
             store: Arc::new(DynamoStore::connect(table).await),
             cors: Cors::from_env(env),
-        })
+        }
+        .declared())
+    }
+
+    /// The same function, its ports restricted to [`OPERATIONS`].
+    pub fn declared(self) -> Self {
+        GetSubscription {
+            store: declared_store(self.store, FUNCTION, OPERATIONS),
+            ..self
+        }
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {

@@ -33,6 +33,7 @@ fn function(store: Arc<dyn Store>) -> GetSubscription {
         store,
         cors: Cors::parse("https://app.example.com"),
     }
+    .declared()
 }
 
 fn body(response: &lambda_http::Response<lambda_http::Body>) -> Value {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use billing::access::{Operation, declared_store};
 use billing::change::{ChangeContext, ChangeRequest, change_subscription};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
@@ -13,6 +14,12 @@ use billing::subscription::{Authority, PlanCatalog, SubscriptionChange};
 use billing_adapters::{DynamoStore, StripeBilling, SystemClock};
 use billing_http::{ApiResponse, Cors, serve};
 use lambda_http::{Body, Request, Response};
+
+/// The name refusals of undeclared operations give.
+pub const FUNCTION: &str = "patch-subscription";
+
+/// What this function does with the store; its IAM policy grants exactly these.
+pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription, Operation::UpdateSubscription];
 
 /// The PATCH endpoint and what it needs.
 pub struct PatchSubscription {
@@ -41,7 +48,16 @@ impl PatchSubscription {
             catalog,
             cors: Cors::from_env(env),
             clock: Arc::new(SystemClock),
-        })
+        }
+        .declared())
+    }
+
+    /// The same function, its ports restricted to [`OPERATIONS`].
+    pub fn declared(self) -> Self {
+        PatchSubscription {
+            store: declared_store(self.store, FUNCTION, OPERATIONS),
+            ..self
+        }
     }
 
     /// Answers one request.

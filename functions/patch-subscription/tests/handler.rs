@@ -22,13 +22,16 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let (sandbox, billing) = billing_testing::sandbox_billing(800, billing_testing::fast_retries()).await;
     let store: Arc<dyn Store> = embedded_store();
-    let function = Arc::new(PatchSubscription {
-        store: store.clone(),
-        billing,
-        catalog: catalog(),
-        cors: Cors::default(),
-        clock: std::sync::Arc::new(billing_adapters::SystemClock),
-    });
+    let function = Arc::new(
+        PatchSubscription {
+            store: store.clone(),
+            billing,
+            catalog: catalog(),
+            cors: Cors::default(),
+            clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        }
+        .declared(),
+    );
     Fixture {
         function,
         sandbox,

@@ -39,6 +39,7 @@ async fn access_token(remote: &RemoteBilling) -> (Uuid, String) {
                 hostname: "chat.example.org".into(),
                 contact_email: "admin@example.org".into(),
             },
+            None,
             now,
         )
         .await

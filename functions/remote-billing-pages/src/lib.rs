@@ -1,6 +1,7 @@
 //! The browser side of remote billing (API.md "Remote billing", steps 1 to 5, and server
 //! deactivation): server-rendered pages and form posts, one function behind all their routes.
 
+use billing::access::Operation;
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment};
 use billing::ids::parse_canonical_uuid;
@@ -17,6 +18,13 @@ pub const CONFIRM_EMAIL_ROUTE: &str = "GET /remote-billing-login/do_confirm/{key
 pub const REALM_PAGE_ROUTE: &str = "GET /realm/{realm_uuid}/{page}";
 pub const SERVER_PAGE_ROUTE: &str = "GET /server/{server_uuid}/deactivate";
 pub const DEACTIVATE_ROUTE: &str = "POST /server/{server_uuid}/deactivate";
+
+/// The name refusals of undeclared operations give.
+pub const FUNCTION: &str = "remote-billing-pages";
+
+/// What this function does with the store and the mail service; its IAM policy grants exactly
+/// these.
+pub const OPERATIONS: &[Operation] = &[Operation::GetDocument, Operation::PutDocument, Operation::SendMail];
 
 pub struct RemoteBillingPages {
     pub remote: RemoteBilling,
@@ -49,7 +57,16 @@ impl RemoteBillingPages {
         Ok(RemoteBillingPages {
             remote: remote_billing_on_aws(env).await?,
             clock: std::sync::Arc::new(billing_adapters::SystemClock),
-        })
+        }
+        .declared())
+    }
+
+    /// The same function, its ports restricted to [`OPERATIONS`].
+    pub fn declared(self) -> Self {
+        RemoteBillingPages {
+            remote: self.remote.restricted_to(FUNCTION, OPERATIONS),
+            ..self
+        }
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {

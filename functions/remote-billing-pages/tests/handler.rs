@@ -77,6 +77,7 @@ async fn world_with_limits(per_ip: u32, per_server: u32) -> World {
                 hostname: "chat.example.org".into(),
                 contact_email: "admin@example.org".into(),
             },
+            None,
             clock.now(),
         )
         .await
@@ -89,7 +90,8 @@ async fn world_with_limits(per_ip: u32, per_server: u32) -> World {
     let pages = RemoteBillingPages {
         remote: fixture.remote.clone(),
         clock: clock.clock(),
-    };
+    }
+    .declared();
     World {
         fixture,
         clock,

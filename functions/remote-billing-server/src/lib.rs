@@ -3,6 +3,7 @@
 //! Basic `server_uuid:server_key`); administrators have a deactivation link mailed to a
 //! server's contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT).
 
+use billing::access::Operation;
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment};
 use billing::errors::{FieldError, Slug};
@@ -12,9 +13,19 @@ use lambda_http::http::{StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
+/// What a 401 to a server's HTTP Basic credentials asks for.
+pub const BASIC_CHALLENGE: &str = "Basic realm=\"billing\"";
+
 pub const REGISTER_ROUTE: &str = "POST /api/v1/remotes/server/register";
 pub const BILLING_ROUTE: &str = "POST /api/v1/remotes/server/billing";
 pub const DEACTIVATION_LINK_ROUTE: &str = "POST /remote-servers/{server_uuid}/deactivation-link";
+
+/// The name refusals of undeclared operations give.
+pub const FUNCTION: &str = "remote-billing-server";
+
+/// What this function does with the store and the mail service; its IAM policy grants exactly
+/// these.
+pub const OPERATIONS: &[Operation] = &[Operation::GetDocument, Operation::PutDocument, Operation::SendMail];
 
 pub struct RemoteServerApi {
     pub remote: RemoteBilling,
@@ -37,7 +48,16 @@ impl RemoteServerApi {
             remote: remote_billing_on_aws(env).await?,
             cors: Cors::from_env(env),
             clock: std::sync::Arc::new(billing_adapters::SystemClock),
-        })
+        }
+        .declared())
+    }
+
+    /// The same function, its ports restricted to [`OPERATIONS`].
+    pub fn declared(self) -> Self {
+        RemoteServerApi {
+            remote: self.remote.restricted_to(FUNCTION, OPERATIONS),
+            ..self
+        }
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
@@ -47,16 +67,24 @@ impl RemoteServerApi {
                 Some(REGISTER_ROUTE) => {
                     let body: RegisterRequest = request.json_body()?;
                     let uuid = body.server_uuid.clone();
-                    let created = self.remote.register_server(body, now).await?;
-                    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-                    Ok(ApiResponse::json(json!({"server_uuid": uuid, "created": created})).with_status(status))
+                    let created = self.remote.register_server(body, request.client_ip(), now).await?;
+                    let body = json!({"server_uuid": uuid, "created": created});
+                    Ok(if created {
+                        ApiResponse::created_at(format!("/remote-servers/{uuid}"), body)
+                    } else {
+                        ApiResponse::json(body)
+                    })
                 }
                 Some(BILLING_ROUTE) => {
                     let authorization = request
                         .headers()
                         .get(header::AUTHORIZATION)
                         .and_then(|v| v.to_str().ok());
-                    let server = self.remote.authenticate(authorization, now).await?;
+                    let server = self.remote.authenticate(authorization, now).await.map_err(|error| {
+                        let mut answer = ApiError::from(error);
+                        answer.challenge = Some(BASIC_CHALLENGE);
+                        answer
+                    })?;
                     let body: BillingLinkRequest = request.json_body()?;
                     let url = self.remote.billing_link(&server, body, now).await?;
                     Ok(ApiResponse::json(json!({"billing_access_url": url})))

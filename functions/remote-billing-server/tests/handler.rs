@@ -23,7 +23,8 @@ fn fixture() -> Fixture {
         remote: remote.remote.clone(),
         cors: Default::default(),
         clock: clock.clock(),
-    };
+    }
+    .declared();
     Fixture { remote, clock, api }
 }
 

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use billing::access::{Operation, declared_store};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
 use billing::provisioning::{Provision, ProvisionError, provision};
@@ -23,6 +24,12 @@ use billing_adapters::DynamoStore;
 use billing_adapters::StripeBilling;
 use futures_util::future::join_all;
 use tracing::Instrument;
+
+/// The name refusals of undeclared operations give.
+pub const FUNCTION: &str = "signup-listener";
+
+/// What this function does with the store; its IAM policy grants exactly these.
+pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription, Operation::CreateSubscription];
 
 pub const ACTOR: &str = "system:signup";
 
@@ -61,7 +68,16 @@ impl SignupListener {
             billing: Arc::new(billing),
             catalog: plan_catalog(env)?,
             clock: Arc::new(billing_adapters::SystemClock),
-        })
+        }
+        .declared())
+    }
+
+    /// The same function, its ports restricted to [`OPERATIONS`].
+    pub fn declared(self) -> Self {
+        SignupListener {
+            store: declared_store(self.store, FUNCTION, OPERATIONS),
+            ..self
+        }
     }
 
     /// Handles a batch; the response names the messages SQS should deliver again.

@@ -28,7 +28,8 @@ async fn fixture() -> Fixture {
             billing,
             catalog: catalog(),
             clock: std::sync::Arc::new(billing_adapters::SystemClock),
-        },
+        }
+        .declared(),
         sandbox,
         store,
     }

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use billing::access::{Operation, declared_mailer, declared_store};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog, required};
 use billing::errors::{FieldError, Slug};
@@ -25,6 +26,21 @@ pub use billing::webhook::{ACTOR, REMEMBER_EVENTS_FOR};
 
 /// Stripe's events can be far larger than the API's requests.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// The name refusals of undeclared operations give.
+pub const FUNCTION: &str = "stripe-webhook";
+
+/// What this function does with the store and the mail service; its IAM policy grants exactly
+/// these.
+pub const OPERATIONS: &[Operation] = &[
+    Operation::GetSubscription,
+    Operation::FindByStripeSubscription,
+    Operation::FindByStripeCustomer,
+    Operation::RecordEvent,
+    Operation::RecordEventWithWrite,
+    Operation::IsRecorded,
+    Operation::SendMail,
+];
 
 /// The webhook endpoint and what it needs.
 pub struct StripeWebhook {
@@ -52,7 +68,17 @@ impl StripeWebhook {
             catalog: plan_catalog(env)?,
             secret,
             clock: Arc::new(SystemClock),
-        })
+        }
+        .declared())
+    }
+
+    /// The same function, its ports restricted to [`OPERATIONS`].
+    pub fn declared(self) -> Self {
+        StripeWebhook {
+            store: declared_store(self.store, FUNCTION, OPERATIONS),
+            mailer: declared_mailer(self.mailer, FUNCTION, OPERATIONS),
+            ..self
+        }
     }
 
     /// Answers one delivery of one event.

@@ -30,7 +30,8 @@ fn fixture() -> Fixture {
         catalog: catalog(),
         secret: SECRET.into(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
-    };
+    }
+    .declared();
     Fixture { webhook, store, outbox }
 }
 

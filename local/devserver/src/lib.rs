@@ -232,40 +232,58 @@ macro_rules! function_handler {
 
 /// The routes of `template.yaml`, each bound to its function.
 pub fn routes(bundle: &Bundle) -> Vec<Route> {
-    let get = function_handler!(Arc::new(GetSubscription {
-        store: bundle.store.clone(),
-        cors: bundle.cors.clone()
-    }));
-    let create = function_handler!(Arc::new(CreateSubscription {
-        store: bundle.store.clone(),
-        billing: bundle.billing.clone(),
-        catalog: bundle.catalog.clone(),
-        cors: bundle.cors.clone(),
-        clock: bundle.clock.clone(),
-    }));
-    let patch = function_handler!(Arc::new(PatchSubscription {
-        store: bundle.store.clone(),
-        billing: bundle.billing.clone(),
-        catalog: bundle.catalog.clone(),
-        cors: bundle.cors.clone(),
-        clock: bundle.clock.clone(),
-    }));
-    let webhook = function_handler!(Arc::new(StripeWebhook {
-        store: bundle.store.clone(),
-        mailer: bundle.mailer.clone(),
-        catalog: bundle.catalog.clone(),
-        secret: bundle.webhook_secret.clone(),
-        clock: bundle.clock.clone(),
-    }));
-    let remote_server = function_handler!(Arc::new(RemoteServerApi {
-        remote: bundle.remote.clone(),
-        cors: bundle.cors.clone(),
-        clock: bundle.clock.clone(),
-    }));
-    let remote_pages = function_handler!(Arc::new(RemoteBillingPages {
-        remote: bundle.remote.clone(),
-        clock: bundle.clock.clone(),
-    }));
+    let get = function_handler!(Arc::new(
+        GetSubscription {
+            store: bundle.store.clone(),
+            cors: bundle.cors.clone()
+        }
+        .declared()
+    ));
+    let create = function_handler!(Arc::new(
+        CreateSubscription {
+            store: bundle.store.clone(),
+            billing: bundle.billing.clone(),
+            catalog: bundle.catalog.clone(),
+            cors: bundle.cors.clone(),
+            clock: bundle.clock.clone(),
+        }
+        .declared()
+    ));
+    let patch = function_handler!(Arc::new(
+        PatchSubscription {
+            store: bundle.store.clone(),
+            billing: bundle.billing.clone(),
+            catalog: bundle.catalog.clone(),
+            cors: bundle.cors.clone(),
+            clock: bundle.clock.clone(),
+        }
+        .declared()
+    ));
+    let webhook = function_handler!(Arc::new(
+        StripeWebhook {
+            store: bundle.store.clone(),
+            mailer: bundle.mailer.clone(),
+            catalog: bundle.catalog.clone(),
+            secret: bundle.webhook_secret.clone(),
+            clock: bundle.clock.clone(),
+        }
+        .declared()
+    ));
+    let remote_server = function_handler!(Arc::new(
+        RemoteServerApi {
+            remote: bundle.remote.clone(),
+            cors: bundle.cors.clone(),
+            clock: bundle.clock.clone(),
+        }
+        .declared()
+    ));
+    let remote_pages = function_handler!(Arc::new(
+        RemoteBillingPages {
+            remote: bundle.remote.clone(),
+            clock: bundle.clock.clone(),
+        }
+        .declared()
+    ));
     let route =
         |method: Method, path: &'static str, authorized: bool, function: &'static str, handler: &Handler| Route {
             method,
@@ -325,7 +343,21 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             &remote_server,
         ),
         route(
+            Method::OPTIONS,
+            "/api/v1/remotes/server/register",
+            false,
+            "RemoteBillingServerFunction",
+            &remote_server,
+        ),
+        route(
             Method::POST,
+            "/api/v1/remotes/server/billing",
+            false,
+            "RemoteBillingServerFunction",
+            &remote_server,
+        ),
+        route(
+            Method::OPTIONS,
             "/api/v1/remotes/server/billing",
             false,
             "RemoteBillingServerFunction",
@@ -335,6 +367,13 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             Method::POST,
             "/remote-servers/{server_uuid}/deactivation-link",
             true,
+            "RemoteBillingServerFunction",
+            &remote_server,
+        ),
+        route(
+            Method::OPTIONS,
+            "/remote-servers/{server_uuid}/deactivation-link",
+            false,
             "RemoteBillingServerFunction",
             &remote_server,
         ),
@@ -474,12 +513,15 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
     let address = listener.local_addr()?;
     let (billing, catalog, sandbox) = open_billing(options, env).await?;
     let clock: SharedClock = Arc::new(billing_adapters::SystemClock);
-    let signup_listener = Arc::new(SignupListener {
-        store: store.clone(),
-        billing: billing.clone(),
-        catalog: catalog.clone(),
-        clock: clock.clone(),
-    });
+    let signup_listener = Arc::new(
+        SignupListener {
+            store: store.clone(),
+            billing: billing.clone(),
+            catalog: catalog.clone(),
+            clock: clock.clone(),
+        }
+        .declared(),
+    );
     let signups = open_signups(options, env, signup_listener).await?;
     // Stripe signs webhooks with the endpoint's secret; the in-process sandbox gets a fresh one.
     let webhook_secret = match (&sandbox, optional(env, "STRIPE_WEBHOOK_SECRET")) {

@@ -1,5 +1,7 @@
 //! The local server routes exactly like the HTTP API of `template.yaml`: the same methods and
-//! paths, to the same functions, with the JWT authorizer on the same routes.
+//! paths, to the same functions, with the JWT authorizer on the same routes. The template
+//! declares every route with and without a trailing slash (API Gateway routes them apart; the
+//! local server treats them as one), and a preflight for every path of the JSON API.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -54,6 +56,7 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
             public_base_url: "http://127.0.0.1:9".into(),
             mails_per_ip_hour: 5,
             mails_per_server_hour: 20,
+            registrations_per_ip_hour: 10,
         },
     };
     let bundle = devserver::Bundle {
@@ -79,9 +82,54 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
         .collect()
 }
 
+/// The template's routes with the trailing-slash twins folded into their routes.
+fn template_routes_without_twins() -> BTreeSet<RouteKey> {
+    template_routes()
+        .into_iter()
+        .filter(|(_, path, _, _)| !path.ends_with('/'))
+        .collect()
+}
+
 #[tokio::test]
 async fn devserver_routes_are_the_template_routes() {
-    let template = template_routes();
+    let template = template_routes_without_twins();
     assert!(!template.is_empty());
     assert_eq!(devserver_routes(), template);
+}
+
+#[test]
+fn every_template_route_is_declared_with_and_without_a_trailing_slash() {
+    let routes = template_routes();
+    let mut missing = Vec::new();
+    for (method, path, authorized, function) in &routes {
+        let twin = match path.strip_suffix('/') {
+            Some(bare) => bare.to_owned(),
+            None => format!("{path}/"),
+        };
+        if !routes.contains(&(method.clone(), twin.clone(), *authorized, function.clone())) {
+            missing.push(format!("{method} {twin} ({function})"));
+        }
+    }
+    assert!(missing.is_empty(), "routes without their twin: {missing:#?}");
+}
+
+#[test]
+fn every_json_api_path_answers_preflight_requests() {
+    // The pages are same-origin HTML and Stripe calls the webhook from its servers: neither is
+    // called by scripts of other origins.
+    let not_browser_apis = ["RemoteBillingPagesFunction", "StripeWebhookFunction"];
+    let routes = template_routes();
+    let mut missing = Vec::new();
+    for (method, path, _, function) in &routes {
+        if method == "OPTIONS" || not_browser_apis.contains(&function.as_str()) {
+            continue;
+        }
+        let preflight = routes
+            .iter()
+            .any(|(m, p, authorized, _)| m == "OPTIONS" && p == path && !authorized);
+        if !preflight {
+            missing.push(format!("OPTIONS {path} ({function})"));
+        }
+    }
+    assert!(missing.is_empty(), "paths without a preflight route: {missing:#?}");
 }

@@ -1020,6 +1020,50 @@ impl State {
         Ok(subscription)
     }
 
+    /// A renewal charge of a subscription that is not trialing or canceled, as Stripe makes it
+    /// at the end of a period: an invoice, paid with the default card (`invoice.paid`, and a
+    /// `past_due` or `unpaid` subscription becomes `active`) or failing
+    /// (`invoice.payment_failed`, and an `active` subscription becomes `past_due`), with the
+    /// `customer.subscription.updated` a status change makes. Returns the events.
+    pub fn renewal(&mut self, id: &str, pays: bool, now: i64) -> Option<Vec<Value>> {
+        let before = self
+            .subscriptions
+            .get(id)
+            .filter(|s| {
+                !matches!(
+                    s["status"].as_str(),
+                    Some("trialing" | "canceled" | "incomplete" | "incomplete_expired")
+                )
+            })?
+            .clone();
+        self.request = (
+            format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]),
+            None,
+        );
+        let first = self.emitted.len();
+        let item = &before["items"]["data"][0];
+        let amount = item["price"]["unit_amount"].as_i64().unwrap_or(0) * item["quantity"].as_i64().unwrap_or(1);
+        let invoice = objects::renewal_invoice(&ordered_id("in"), &before, amount, pays, now);
+        let kind = if pays { "invoice.paid" } else { "invoice.payment_failed" };
+        self.emit(kind, &invoice, None, now);
+        let status = match (pays, before["status"].as_str()) {
+            (true, Some("past_due" | "unpaid")) => Some("active"),
+            (false, Some("active")) => Some("past_due"),
+            _ => None,
+        };
+        let mut subscription = before.clone();
+        subscription["latest_invoice"] = invoice["id"].clone();
+        if let Some(status) = status {
+            subscription["status"] = json!(status);
+        }
+        self.subscriptions.insert(id.to_owned(), subscription.clone());
+        if status.is_some() {
+            let previous = objects::previous_attributes(&before, &subscription);
+            self.emit("customer.subscription.updated", &subscription, Some(previous), now);
+        }
+        Some(self.emitted.drain(first..).collect())
+    }
+
     /// Stripe's notice three days before a trial ends, for a trialing subscription.
     pub fn trial_will_end(&mut self, id: &str, now: i64) -> Option<Value> {
         let subscription = self

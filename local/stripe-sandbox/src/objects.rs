@@ -21,6 +21,7 @@ static SUBSCRIPTION_ITEM: LazyLock<Value> =
 static PRICE: LazyLock<Value> = LazyLock::new(|| fixture(include_str!("../fixtures/price.json")));
 static PAYMENT_METHOD: LazyLock<Value> = LazyLock::new(|| fixture(include_str!("../fixtures/payment_method.json")));
 static EVENT: LazyLock<Value> = LazyLock::new(|| fixture(include_str!("../fixtures/event.json")));
+static INVOICE: LazyLock<Value> = LazyLock::new(|| fixture(include_str!("../fixtures/invoice.json")));
 
 fn set(object: &mut Value, fields: Value) {
     let (Value::Object(target), Value::Object(fields)) = (object, fields) else {
@@ -192,6 +193,65 @@ pub struct NewSubscription<'a> {
     pub default_payment_method: Value,
     pub cancel_at_period_end: bool,
     pub description: Value,
+}
+
+/// The invoice of one renewal of `subscription`, charged automatically: `paid`, or `open` after
+/// a failed attempt. `parent.subscription_details` names the subscription (current API
+/// versions); `subscription` does too, as older versions did.
+pub fn renewal_invoice(id: &str, subscription: &Value, amount: i64, paid: bool, now: i64) -> Value {
+    let mut invoice = INVOICE.clone();
+    let period_end = subscription["items"]["data"][0]["current_period_end"]
+        .as_i64()
+        .unwrap_or(now);
+    set(
+        &mut invoice,
+        json!({
+            "id": id,
+            "object": "invoice",
+            "amount_due": amount,
+            "amount_paid": if paid { amount } else { 0 },
+            "amount_remaining": if paid { 0 } else { amount },
+            "attempt_count": 1,
+            "attempted": true,
+            "auto_advance": !paid,
+            "billing_reason": "subscription_cycle",
+            "created": now,
+            "currency": subscription["currency"],
+            "customer": subscription["customer"],
+            "customer_account": null,
+            "discounts": [],
+            "due_date": null,
+            "effective_at": now,
+            "from_invoice": null,
+            "hosted_invoice_url": format!("https://invoice.stripe.com/i/acct_sandbox/{id}"),
+            "last_finalization_error": null,
+            "lines": {"object": "list", "data": [], "has_more": false, "total_count": 0,
+                      "url": format!("/v1/invoices/{id}/lines")},
+            "livemode": false,
+            "metadata": {},
+            "next_payment_attempt": if paid { Value::Null } else { json!(now + 3 * 86_400) },
+            "parent": {
+                "type": "subscription_details",
+                "quote_details": null,
+                "subscription_details": {"metadata": subscription["metadata"], "subscription": subscription["id"]},
+            },
+            "period_start": now,
+            "period_end": period_end,
+            "status": if paid { "paid" } else { "open" },
+            "status_transitions": {"finalized_at": now, "marked_uncollectible_at": null,
+                                   "paid_at": if paid { json!(now) } else { Value::Null }, "voided_at": null},
+            "subscription": subscription["id"],
+            "subtotal": amount,
+            "subtotal_excluding_tax": amount,
+            "test_clock": null,
+            "total": amount,
+            "total_discount_amounts": [],
+            "total_excluding_tax": amount,
+            "total_taxes": [],
+            "webhooks_delivered_at": null,
+        }),
+    );
+    invoice
 }
 
 pub fn subscription(new: NewSubscription<'_>) -> Value {

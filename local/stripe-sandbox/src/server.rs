@@ -134,6 +134,27 @@ impl Sandbox {
         }
     }
 
+    /// Charges a renewal of `subscription` now, paid with its card or failing, as a test clock
+    /// advancing past the period's end would (see `State::renewal`), and sends its events to
+    /// the webhook endpoint. Returns the events' ids; `None` for a trialing or canceled
+    /// subscription, which has nothing to renew.
+    pub fn renewal(&self, subscription: &str, pays: bool) -> Option<Vec<String>> {
+        let events = lock(&self.state).renewal(subscription, pays, now())?;
+        let target = lock(&self.controls).webhook.clone();
+        Some(
+            events
+                .into_iter()
+                .map(|event| {
+                    let id = event["id"].as_str().unwrap_or_default().to_owned();
+                    if let Some(target) = &target {
+                        self.sender.enqueue(target.clone(), event);
+                    }
+                    id
+                })
+                .collect(),
+        )
+    }
+
     /// Makes Stripe's three-days-before notice for a trialing subscription now, as a test clock
     /// would. Returns the event id.
     pub fn trial_will_end(&self, subscription: &str) -> Option<String> {

@@ -23,7 +23,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use billing::store::{
-    AuditEntry, Document, DocumentStore, EventWrite, Store, StoreError, SubscriptionWrite, check_next_version,
+    AuditEntry, Document, DocumentStore, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite,
+    check_next_version,
 };
 use billing::subscription::Subscription;
 
@@ -72,6 +73,7 @@ const STATE: &str = "STATE";
 const CREATE_ATTEMPTS: u32 = 3;
 const ONCE: &str = "ONCE";
 const STRIPE_EVENT: &str = "STRIPE_EVENT";
+const STRIPE_INVOICE_EVENT: &str = "STRIPE_INVOICE_EVENT";
 
 fn subscription_pk(id: Uuid) -> String {
     format!("SUBSCRIPTION#{id}")
@@ -407,22 +409,45 @@ impl Store for DynamoStore {
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(once.build().map_err(build)?).build());
+        // The index of the subscription's own item in the transaction: what failed tells
+        // duplicate (0), stale (a mark) and version conflict (the subscription) apart.
+        let mut subscription_item = 2;
         if let Some(write) = &write {
             write.check()?;
+            const NEWER: &str =
+                "attribute_not_exists(pk) OR created < :created OR (created = :created AND event_id < :event)";
+            let created = AttributeValue::N(write.mark.created.to_string());
+            let event = s(write.mark.id.clone());
+            let mark_sk = match write.order {
+                EventOrder::Snapshot => STRIPE_EVENT,
+                EventOrder::Invoice => STRIPE_INVOICE_EVENT,
+            };
             let mark = Put::builder()
                 .table_name(&self.table)
                 .item("pk", s(subscription_pk(write.next.id)))
-                .item("sk", s(STRIPE_EVENT))
-                .item("created", AttributeValue::N(write.mark.created.to_string()))
-                .item("event_id", s(write.mark.id.clone()))
-                .condition_expression(
-                    "attribute_not_exists(pk) OR created < :created OR (created = :created AND event_id < :event)",
-                )
-                .expression_attribute_values(":created", AttributeValue::N(write.mark.created.to_string()))
-                .expression_attribute_values(":event", s(write.mark.id.clone()))
+                .item("sk", s(mark_sk))
+                .item("created", created.clone())
+                .item("event_id", event.clone())
+                .condition_expression(NEWER)
+                .expression_attribute_values(":created", created.clone())
+                .expression_attribute_values(":event", event.clone())
                 .build()
                 .map_err(build)?;
             request = request.transact_items(TransactWriteItem::builder().put(mark).build());
+            if write.order == EventOrder::Invoice {
+                // An invoice event never rolls back a newer snapshot.
+                let after_snapshots = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(subscription_pk(write.next.id)))
+                    .key("sk", s(STRIPE_EVENT))
+                    .condition_expression(NEWER)
+                    .expression_attribute_values(":created", created)
+                    .expression_attribute_values(":event", event)
+                    .build()
+                    .map_err(build)?;
+                request = request.transact_items(TransactWriteItem::builder().condition_check(after_snapshots).build());
+                subscription_item = 3;
+            }
             request = if write.changes_subscription() {
                 let subscription = self
                     .subscription_put(write.next)?
@@ -463,9 +488,9 @@ impl Store for DynamoStore {
                 };
                 if failed(0) {
                     Ok(EventWrite::Duplicate)
-                } else if failed(1) {
+                } else if (1..subscription_item).any(failed) {
                     Ok(EventWrite::Stale)
-                } else if failed(2) {
+                } else if failed(subscription_item) {
                     Ok(EventWrite::VersionConflict)
                 } else {
                     Err(StoreError::unavailable(format!(

@@ -13,7 +13,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
 use billing::store::{
-    AuditEntry, Document, DocumentStore, EventMark, EventWrite, Store, StoreError, SubscriptionWrite,
+    AuditEntry, Document, DocumentStore, EventMark, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite,
     check_next_version,
 };
 use billing::subscription::Subscription;
@@ -211,7 +211,15 @@ impl Store for EmbeddedStore {
         }
         let key = key.to_owned();
         let record = serde_json::json!({"expires_at": expires_at.timestamp(), "outcome": outcome}).to_string();
-        let write = write.map(|w| (w.next.clone(), w.expected_version, w.audit.clone(), w.mark.clone()));
+        let write = write.map(|w| {
+            (
+                w.next.clone(),
+                w.expected_version,
+                w.audit.clone(),
+                w.mark.clone(),
+                w.order,
+            )
+        });
         self.blocking(move |db| {
             let now = Utc::now().timestamp();
             let txn = db.begin_write().map_err(unavailable)?;
@@ -226,16 +234,24 @@ impl Store for EmbeddedStore {
                 if live {
                     return Ok(EventWrite::Duplicate);
                 }
-                if let Some((next, expected, audit, mark)) = &write {
+                if let Some((next, expected, audit, mark, order)) = &write {
                     let id = next.id.to_string();
+                    let invoice_id = format!("{id}#invoice");
                     let mut marks = txn.open_table(MARKS).map_err(unavailable)?;
-                    let last: Option<EventMark> = marks
-                        .get(id.as_str())
-                        .map_err(unavailable)?
-                        .map(|v| serde_json::from_str(v.value()))
-                        .transpose()
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    if last.is_some_and(|last| last >= *mark) {
+                    let last = |key: &str| -> Result<Option<EventMark>, StoreError> {
+                        marks
+                            .get(key)
+                            .map_err(unavailable)?
+                            .map(|v| serde_json::from_str(v.value()))
+                            .transpose()
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))
+                    };
+                    // Snapshots are ordered against snapshots; invoice events against both.
+                    let (fences, mark_key) = match order {
+                        EventOrder::Snapshot => (vec![last(&id)?], id.clone()),
+                        EventOrder::Invoice => (vec![last(&id)?, last(&invoice_id)?], invoice_id),
+                    };
+                    if fences.into_iter().flatten().any(|last| last >= *mark) {
                         return Ok(EventWrite::Stale);
                     }
                     let mut table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
@@ -255,7 +271,7 @@ impl Store for EmbeddedStore {
                         append_audit(&txn, audit)?;
                     }
                     let mark = serde_json::to_string(mark).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    marks.insert(id.as_str(), mark.as_str()).map_err(unavailable)?;
+                    marks.insert(mark_key.as_str(), mark.as_str()).map_err(unavailable)?;
                 }
                 once.insert(key.as_str(), record.as_str()).map_err(unavailable)?;
                 EventWrite::Recorded

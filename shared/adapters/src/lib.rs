@@ -17,6 +17,7 @@ pub mod aws;
 pub mod dynamo;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod iam;
 pub mod mail;
 #[cfg(feature = "stripe")]
 pub mod stripe;

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use billing::store::{AuditEntry, DocumentStore, EventMark, EventWrite, Store, StoreError, SubscriptionWrite};
+use billing::store::{
+    AuditEntry, DocumentStore, EventMark, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite,
+};
 use billing::subscription::{PlanCatalog, Subscription, SubscriptionChange};
 use billing_adapters::EmbeddedStore;
 use chrono::{Duration, SubsecRound, Utc};
@@ -297,6 +299,7 @@ async fn an_event_and_its_subscription_write_are_recorded_together(store: Arc<im
         expected_version: 1,
         audit: &audit,
         mark: &mark(100, "evt_a"),
+        order: EventOrder::Snapshot,
     };
     let tomorrow = Utc::now() + Duration::days(1);
     assert!(!store.is_recorded(&key).await.unwrap());
@@ -319,6 +322,7 @@ async fn an_event_and_its_subscription_write_are_recorded_together(store: Arc<im
         expected_version: 2,
         audit: &audit3,
         mark: &mark(100, "evt_a"),
+        order: EventOrder::Snapshot,
     };
     assert_eq!(
         store
@@ -343,6 +347,7 @@ async fn an_event_older_than_the_last_applied_is_stale_and_writes_nothing(store:
         expected_version: 1,
         audit: &audit,
         mark: &mark(200, "evt_b"),
+        order: EventOrder::Snapshot,
     };
     assert_eq!(
         store
@@ -363,6 +368,7 @@ async fn an_event_older_than_the_last_applied_is_stale_and_writes_nothing(store:
             expected_version: 2,
             audit: &audit,
             mark: &mark(created_at, id),
+            order: EventOrder::Snapshot,
         };
         assert_eq!(
             store
@@ -384,6 +390,7 @@ async fn an_event_older_than_the_last_applied_is_stale_and_writes_nothing(store:
         expected_version: 2,
         audit: &audit,
         mark: &mark(200, "evt_c"),
+        order: EventOrder::Snapshot,
     };
     assert_eq!(
         store
@@ -409,6 +416,7 @@ async fn an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing(s
         expected_version: 1,
         audit: &audit,
         mark: &mark(1, "evt_1"),
+        order: EventOrder::Snapshot,
     };
     let outcome = store
         .record_event(&key, Utc::now() + Duration::days(1), "applied", Some(write))
@@ -455,6 +463,7 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
         expected_version: 1,
         audit: &audit,
         mark: &mark(300, "evt_same"),
+        order: EventOrder::Snapshot,
     };
     assert_eq!(
         store
@@ -474,6 +483,7 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
         expected_version: 1,
         audit: &audit,
         mark: &mark(200, "evt_older"),
+        order: EventOrder::Snapshot,
     };
     assert_eq!(
         store
@@ -495,6 +505,7 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
         expected_version: 1,
         audit: &audit,
         mark: &mark(400, "evt_late"),
+        order: EventOrder::Snapshot,
     };
     assert_eq!(
         store
@@ -504,6 +515,86 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
         EventWrite::VersionConflict
     );
     assert!(!store.is_recorded(&key).await.unwrap());
+}
+
+/// Applies one event's change to the stored subscription, ordered as `order`.
+async fn apply_event(store: &impl Store, id: Uuid, json: &str, at: (i64, &str), order: EventOrder) -> EventWrite {
+    let current = store.get_subscription(id).await.unwrap();
+    let what = change(json);
+    let next = what.apply(&current, Utc::now()).unwrap_or_else(|| current.clone());
+    let audit = updated(&next, &what);
+    let write = SubscriptionWrite {
+        next: &next,
+        expected_version: current.version,
+        audit: &audit,
+        mark: &mark(at.0, at.1),
+        order,
+    };
+    store
+        .record_event(&unique("e:"), Utc::now() + Duration::days(1), "applied", Some(write))
+        .await
+        .unwrap()
+}
+
+async fn invoice_events_and_snapshots_are_ordered_each_against_their_own_kind(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    use EventOrder::{Invoice, Snapshot};
+    // Given an invoice event applied at 200
+    let failed = apply_event(
+        &*store,
+        v1.id,
+        r#"{"status": "past_due"}"#,
+        (200, "evt_inv_200"),
+        Invoice,
+    )
+    .await;
+    assert_eq!(failed, EventWrite::Recorded);
+    // When an older snapshot, never applied, arrives: it applies (invoices do not fence it)
+    let snapshot = apply_event(
+        &*store,
+        v1.id,
+        r#"{"status": "unpaid"}"#,
+        (150, "evt_sub_150"),
+        Snapshot,
+    )
+    .await;
+    assert_eq!(snapshot, EventWrite::Recorded);
+    assert_eq!(store.get_subscription(v1.id).await.unwrap().status.as_str(), "unpaid");
+    // and an older invoice event is stale against the newer invoice event
+    let older_invoice = apply_event(&*store, v1.id, r#"{"status": "active"}"#, (180, "evt_inv_180"), Invoice).await;
+    assert_eq!(older_invoice, EventWrite::Stale);
+    // Then a newer snapshot applies, and an invoice event older than it never rolls it back
+    let newer = apply_event(
+        &*store,
+        v1.id,
+        r#"{"status": "active"}"#,
+        (300, "evt_sub_300"),
+        Snapshot,
+    )
+    .await;
+    assert_eq!(newer, EventWrite::Recorded);
+    let late_invoice = apply_event(
+        &*store,
+        v1.id,
+        r#"{"status": "past_due"}"#,
+        (250, "evt_inv_250"),
+        Invoice,
+    )
+    .await;
+    assert_eq!(late_invoice, EventWrite::Stale);
+    assert_eq!(store.get_subscription(v1.id).await.unwrap().status.as_str(), "active");
+    // while an invoice event newer than every snapshot still changes the status
+    let fresh = apply_event(
+        &*store,
+        v1.id,
+        r#"{"status": "past_due"}"#,
+        (400, "evt_inv_400"),
+        Invoice,
+    )
+    .await;
+    assert_eq!(fresh, EventWrite::Recorded);
+    assert_eq!(store.get_subscription(v1.id).await.unwrap().status.as_str(), "past_due");
 }
 
 fn document_body(n: u32) -> serde_json::Value {
@@ -632,6 +723,7 @@ macro_rules! conformance_suite {
             an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing,
             an_event_without_a_write_is_recorded_for_review,
             an_event_that_changes_nothing_advances_the_mark_without_a_new_version,
+            invoice_events_and_snapshots_are_ordered_each_against_their_own_kind,
             a_document_is_inserted_once_and_read_back_with_its_version,
             a_document_is_replaced_only_from_the_version_read,
             concurrent_replaces_of_a_document_let_exactly_one_win,

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod auth;
 pub mod change;
 pub mod clock;

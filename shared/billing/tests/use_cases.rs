@@ -309,6 +309,73 @@ async fn an_event_for_an_unknown_subscription_and_an_unknown_type_are_recorded()
     assert_eq!(world.deliver(&other).await.unwrap(), Handled::Duplicate);
 }
 
+fn invoice_event(id: &str, kind: &str, created: i64, stripe_id: Option<&str>) -> StripeEvent {
+    StripeEvent {
+        id: id.into(),
+        kind: kind.into(),
+        created,
+        object: json!({"id": format!("in_{id}"), "customer": "cus_x", "subscription": stripe_id}),
+    }
+}
+
+#[tokio::test]
+async fn an_older_snapshot_still_applies_after_a_newer_invoice_event() {
+    // Given an active subscription whose renewal payment failed at +20
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let stripe_id = subscription.stripe_subscription.clone().unwrap();
+    let active = subscription_event("evt_1", NOW + 5, &stripe_id, "active", "price_basic_monthly");
+    world.deliver(&active).await.unwrap();
+    let failed = invoice_event("evt_3", "invoice.payment_failed", NOW + 20, Some(&stripe_id));
+    assert_eq!(world.deliver(&failed).await.unwrap(), Handled::Applied);
+    // When Stripe's snapshot of +10 (unpaid) arrives after it
+    let snapshot = subscription_event("evt_2", NOW + 10, &stripe_id, "unpaid", "price_basic_monthly");
+    // Then it is applied, not dropped as older than the invoice event
+    assert_eq!(world.deliver(&snapshot).await.unwrap(), Handled::Applied);
+    let stored = world.store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored.status, Status::Unpaid);
+}
+
+#[tokio::test]
+async fn an_invoice_event_older_than_the_last_snapshot_never_rolls_it_back() {
+    // Given a subscription Stripe says is active as of +30
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let stripe_id = subscription.stripe_subscription.clone().unwrap();
+    let active = subscription_event("evt_2", NOW + 30, &stripe_id, "active", "price_basic_monthly");
+    world.deliver(&active).await.unwrap();
+    // When a payment failure of +20 arrives late
+    let failed = invoice_event("evt_1", "invoice.payment_failed", NOW + 20, Some(&stripe_id));
+    // Then it is recorded as stale and the subscription stays active
+    assert_eq!(world.deliver(&failed).await.unwrap(), Handled::Recorded("stale"));
+    let stored = world.store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored.status, Status::Active);
+}
+
+#[tokio::test]
+async fn a_one_off_invoice_changes_no_subscription() {
+    // Given an active subscription
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let stripe_id = subscription.stripe_subscription.clone().unwrap();
+    world
+        .deliver(&subscription_event(
+            "evt_1",
+            NOW + 5,
+            &stripe_id,
+            "active",
+            "price_basic_monthly",
+        ))
+        .await
+        .unwrap();
+    let before = world.store.get_subscription(subscription.id).await.unwrap();
+    // When an invoice of the same customer without a subscription fails
+    let one_off = invoice_event("evt_2", "invoice.payment_failed", NOW + 10, None);
+    // Then it is recorded as ignored and the subscription is untouched
+    assert_eq!(world.deliver(&one_off).await.unwrap(), Handled::Recorded("ignored"));
+    assert_eq!(world.store.get_subscription(subscription.id).await.unwrap(), before);
+}
+
 fn trial_will_end(stripe_id: &str) -> StripeEvent {
     StripeEvent {
         id: "evt_trial".into(),

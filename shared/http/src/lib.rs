@@ -35,7 +35,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 const ALLOWED_METHODS: &str = "GET, POST, PATCH, OPTIONS";
-const ALLOWED_HEADERS: &str = "authorization, content-type, if-match";
+const ALLOWED_HEADERS: &str = "authorization, content-type, if-match, idempotency-key";
+/// The response headers browsers may read (API.md conventions).
+const EXPOSED_HEADERS: &str = "etag, x-request-id, location, retry-after";
 
 /// The HTTP status a slug is answered with: the table of API.md, in one place.
 pub fn status_of(slug: Slug) -> StatusCode {
@@ -65,6 +67,11 @@ pub struct ApiError {
     pub status: StatusCode,
     /// Every error found.
     pub errors: Vec<FieldError>,
+    /// Seconds to wait before trying again (`Retry-After`), when the failure says.
+    pub retry_after: Option<u64>,
+    /// The authentication scheme a 401 asks for (`WWW-Authenticate`), where the client
+    /// authenticates to the function itself (HTTP Basic).
+    pub challenge: Option<&'static str>,
 }
 
 impl ApiError {
@@ -95,7 +102,12 @@ impl ApiError {
             .iter()
             .find(|slug| errors.iter().any(|e| e.slug == **slug))
             .map_or(StatusCode::INTERNAL_SERVER_ERROR, |slug| status_of(*slug));
-        ApiError { status, errors }
+        ApiError {
+            status,
+            errors,
+            retry_after: None,
+            challenge: None,
+        }
     }
 
     /// A failure with one error.
@@ -240,7 +252,9 @@ impl From<RemoteError> for ApiError {
             if let RemoteError::Invalid(errors) = error {
                 return errors.into();
             }
-            return ApiError::one(FieldError::general(slug, message));
+            let mut answer = ApiError::one(FieldError::general(slug, message));
+            answer.retry_after = error.retry_after();
+            return answer;
         }
         match error {
             RemoteError::Store(error) => error.into(),
@@ -265,6 +279,8 @@ pub struct ApiResponse {
     pub subscriptions: Vec<Subscription>,
     /// A body other than the subscriptions envelope (the webhook's acknowledgement).
     pub other: Option<serde_json::Value>,
+    /// Where what a 201 made lives (`Location`).
+    pub location: Option<String>,
 }
 
 impl ApiResponse {
@@ -274,6 +290,7 @@ impl ApiResponse {
             status: StatusCode::OK,
             subscriptions: vec![subscription],
             other: None,
+            location: None,
         }
     }
 
@@ -281,8 +298,19 @@ impl ApiResponse {
     pub fn created(subscription: Subscription) -> Self {
         ApiResponse {
             status: StatusCode::CREATED,
+            location: Some(format!("/subscriptions/{}", subscription.id)),
             subscriptions: vec![subscription],
             other: None,
+        }
+    }
+
+    /// 201 with this body, for what lives at `location`.
+    pub fn created_at(location: String, body: serde_json::Value) -> Self {
+        ApiResponse {
+            status: StatusCode::CREATED,
+            subscriptions: Vec::new(),
+            other: Some(body),
+            location: Some(location),
         }
     }
 
@@ -298,6 +326,7 @@ impl ApiResponse {
             status: StatusCode::OK,
             subscriptions: Vec::new(),
             other: Some(body),
+            location: None,
         }
     }
 }
@@ -397,6 +426,11 @@ impl ApiRequest {
         let Some(value) = self.inner.headers().get(header::IF_MATCH) else {
             return Ok(None);
         };
+        // `*` matches any existing version: no precondition beyond the subscription existing,
+        // which every update requires anyway.
+        if value.as_bytes().trim_ascii() == b"*" {
+            return Ok(None);
+        }
         value
             .to_str()
             .ok()
@@ -432,6 +466,11 @@ impl ApiRequest {
     /// The API Gateway route this request came in by (`POST /path/{param}`).
     pub fn route_key(&self) -> Option<&str> {
         route_key_of(&self.inner)
+    }
+
+    /// The client's IP address, as API Gateway saw it.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        client_ip_of(&self.inner)
     }
 
     /// The request's headers.
@@ -484,7 +523,7 @@ where
 {
     let started = Instant::now();
     let request_id = request_id_of(&request);
-    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+    let span = request_span(&request, &request_id);
     async move {
         let origin = request
             .headers()
@@ -513,6 +552,10 @@ where
         if let Some(allowed) = cors.allow_origin(origin.as_deref()) {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
             headers.insert(header::VARY, HeaderValue::from_static("origin"));
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(EXPOSED_HEADERS),
+            );
         }
         tracing::info!(
             status = response.status().as_u16(),
@@ -523,6 +566,32 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// The span every log line of one request is written in: its id and its route *template*
+/// (`POST /remote-billing-login/{token}`), never its path, whose segments can be access tokens
+/// and confirmation keys (API.md: no log line holds a secret).
+pub fn request_span(request: &Request, request_id: &str) -> tracing::Span {
+    let route = route_key_of(request).unwrap_or("(no route)");
+    tracing::info_span!("request", request_id = %request_id, route = %route)
+}
+
+/// The `Retry-After` of an answer (API.md: every 429 and 502 carries one): what the failure
+/// said, else a short wait for an upstream failure and a minute for a limit.
+pub fn retry_after_for(status: StatusCode, said: Option<u64>) -> Option<u64> {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => Some(said.unwrap_or(60)),
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => Some(said.unwrap_or(5)),
+        _ => None,
+    }
+}
+
+/// The client's IP address, as API Gateway saw it.
+pub fn client_ip_of(request: &Request) -> Option<std::net::IpAddr> {
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.as_deref()?.parse().ok(),
+        _ => None,
+    }
 }
 
 /// The route key of API Gateway's request context, without a trailing slash.
@@ -595,6 +664,7 @@ fn precheck(request: &Request, max_body: usize) -> Result<(), ApiError> {
 }
 
 fn render(outcome: Result<ApiResponse, ApiError>) -> Response<Body> {
+    let (mut retry_after, mut challenge, mut location) = (None, None, None);
     let (status, body, etag) = match outcome {
         Ok(answer) => {
             let etag = match answer.subscriptions.as_slice() {
@@ -607,9 +677,12 @@ fn render(outcome: Result<ApiResponse, ApiError>) -> Response<Body> {
                     subscriptions: &answer.subscriptions,
                 }),
             };
+            location = answer.location;
             (answer.status, body, etag)
         }
         Err(error) => {
+            retry_after = error.retry_after;
+            challenge = error.challenge.filter(|_| error.status == StatusCode::UNAUTHORIZED);
             if error.status.is_server_error() {
                 tracing::warn!(errors = ?error.slugs(), "request failed");
             } else {
@@ -633,6 +706,17 @@ fn render(outcome: Result<ApiResponse, ApiError>) -> Response<Body> {
         && let Ok(value) = HeaderValue::from_str(&format!("\"{version}\""))
     {
         headers.insert(header::ETAG, value);
+    }
+    if let Some(seconds) = retry_after_for(status, retry_after) {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(challenge) = challenge {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    if let Some(location) = location
+        && let Ok(value) = HeaderValue::from_str(&location)
+    {
+        headers.insert(header::LOCATION, value);
     }
     response
 }

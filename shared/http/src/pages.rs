@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use cookie::{Cookie, SameSite};
 use lambda_http::http::{HeaderValue, Method, StatusCode, header};
-use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use tracing::Instrument;
 
@@ -33,6 +32,15 @@ pub enum PageResponse {
         status: StatusCode,
         /// The HTML.
         body: String,
+    },
+    /// A page saying to come back later (429, 503), with `Retry-After`.
+    Retry {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The HTML.
+        body: String,
+        /// Seconds to wait.
+        retry_after: u64,
     },
     /// A 302, possibly setting the session cookie.
     Redirect {
@@ -101,10 +109,7 @@ impl PageRequest {
 
     /// The client's address as API Gateway saw it.
     pub fn client_ip(&self) -> Option<IpAddr> {
-        match self.inner.request_context_ref() {
-            Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.as_deref()?.parse().ok(),
-            _ => None,
-        }
+        crate::client_ip_of(&self.inner)
     }
 }
 
@@ -159,9 +164,14 @@ pub fn error_page(error: RemoteError) -> PageResponse {
     if status.is_client_error() {
         tracing::info!(status = status.as_u16(), %error, "page refused");
     }
-    PageResponse::Html {
-        status,
-        body: pages::error(title, &message, None),
+    let body = pages::error(title, &message, None);
+    match crate::retry_after_for(status, error.retry_after()) {
+        Some(retry_after) => PageResponse::Retry {
+            status,
+            body,
+            retry_after,
+        },
+        None => PageResponse::Html { status, body },
     }
 }
 
@@ -173,7 +183,7 @@ where
 {
     let started = Instant::now();
     let request_id = request_id_of(&request);
-    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+    let span = crate::request_span(&request, &request_id);
     async move {
         let outcome = match precheck(&request) {
             Some(refusal) => refusal,
@@ -224,14 +234,26 @@ fn precheck(request: &Request) -> Option<PageResponse> {
 }
 
 fn render(outcome: PageResponse, request_id: &str) -> Response<Body> {
+    let html = |status: StatusCode, body: String| {
+        let mut response = Response::new(Body::Text(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        response
+    };
     let mut response = match outcome {
-        PageResponse::Html { status, body } => {
-            let mut response = Response::new(Body::Text(body));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
+        PageResponse::Html { status, body } => html(status, body),
+        PageResponse::Retry {
+            status,
+            body,
+            retry_after,
+        } => {
+            let mut response = html(status, body);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             response
         }
         PageResponse::Redirect { location, session } => {

@@ -146,7 +146,7 @@ async fn preflight_answers_204_with_the_allowed_methods_and_headers() {
     assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example.com");
     assert_eq!(
         headers[header::ACCESS_CONTROL_ALLOW_HEADERS],
-        "authorization, content-type, if-match"
+        "authorization, content-type, if-match, idempotency-key"
     );
     assert!(
         headers[header::ACCESS_CONTROL_ALLOW_METHODS]

@@ -281,6 +281,7 @@ pub fn remote_billing_on(
             public_base_url: "https://billing.example.com".into(),
             mails_per_ip_hour,
             mails_per_server_hour,
+            registrations_per_ip_hour: 10,
         },
     }
 }

@@ -11,7 +11,7 @@ pub mod token;
 
 pub use records::{BillingUser, RealmPlan, Records, RemoteRealm, RemoteServer, Session};
 pub use service::{
-    BillingLinkRequest, LoggedIn, LoginForm, LoginView, RealmView, RegisterRequest, RemoteBilling, RemoteError,
-    RemoteSettings, ServerView, TERMS_OF_SERVICE_MAJOR,
+    BillingLinkRequest, LoggedIn, LoginForm, LoginView, RateLimit, RealmView, RegisterRequest, RemoteBilling,
+    RemoteError, RemoteSettings, ServerView, TERMS_OF_SERVICE_MAJOR,
 };
 pub use token::{AccessClaims, NextPage, TokenSealer};

@@ -194,9 +194,10 @@ pub fn session_key(secret: &str) -> String {
     format!("session#{}", sha256_hex(secret.as_bytes()))
 }
 
-/// The key of a mail counter: per kind (`ip`, `server`), per who, per clock hour.
-pub fn mail_rate_key(kind: &str, who: &str, hour: i64) -> String {
-    format!("mail_rate#{kind}#{who}#{hour}")
+/// The key of a rate counter: per kind (`mail`, `registration`), per who (`ip:<address>`,
+/// `server:<uuid>`, an address), per clock hour.
+pub fn rate_key(kind: &str, who: &str, hour: i64) -> String {
+    format!("rate#{kind}#{who}#{hour}")
 }
 
 /// SHA-256 of `bytes`, lowercase hex.
@@ -214,6 +215,11 @@ impl Records {
     /// Records kept in `documents`.
     pub fn new(documents: Arc<dyn DocumentStore>) -> Self {
         Records { documents }
+    }
+
+    /// The document store the records live in.
+    pub fn documents(&self) -> &Arc<dyn DocumentStore> {
+        &self.documents
     }
 
     /// The record and its version, if present and not expired.

@@ -2,6 +2,7 @@
 //! addresses, logging billing users in, and deactivating servers. Every rule of API.md's
 //! "Remote billing" section is here; the functions only translate HTTP to these calls.
 
+use crate::access::{Operation, declared_documents, declared_mailer};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use uuid::Uuid;
 
 use super::records::{
     BillingUser, Confirmation, MailCount, Records, RemoteRealm, RemoteServer, Session, billing_user_key,
-    confirmation_key, mail_rate_key, realm_key, server_key, session_key, sha256_hex,
+    confirmation_key, rate_key, realm_key, server_key, session_key, sha256_hex,
 };
 use super::token::{AccessClaims, NextPage, TokenError, TokenSealer};
 use crate::config::{ConfigError, Environment, optional, required};
@@ -35,6 +36,15 @@ pub const SESSION_LIFETIME: Duration = Duration::hours(2);
 const MIN_SERVER_KEY_LENGTH: usize = 32;
 const MAX_SERVER_KEY_LENGTH: usize = 256;
 const MAX_NAME_LENGTH: usize = 100;
+
+/// The rate limits of remote billing, each counted per hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimit {
+    /// Confirmation mails, per client IP and per server.
+    ConfirmationMails,
+    /// Server registrations, per client IP.
+    Registrations,
+}
 
 /// Why a remote-billing step did not happen. Nothing was changed in any of these cases.
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +97,24 @@ pub enum RemoteError {
     /// The form's CSRF token is missing or not this page's.
     #[error("the form's CSRF token is missing or wrong")]
     CsrfRejected,
-    /// The hour's confirmation mails for this address or server are used up.
-    #[error("too many confirmation mails")]
-    TooManyMails,
+    /// A rate limit was reached: the hour's confirmation mails for this address or server, or
+    /// registrations from this address.
+    #[error("rate limit reached: {limit:?}")]
+    RateLimited {
+        /// Which limit.
+        limit: RateLimit,
+        /// Seconds until the limit's window ends.
+        retry_after: u64,
+    },
     /// The page needs a session and there is none.
     #[error("no billing session for this page")]
     NoSession {
         /// The server's page where the user can log in again.
         way_back: String,
     },
+    /// The server was deactivated before: there is nothing left to deactivate.
+    #[error("the server is already deactivated")]
+    AlreadyDeactivated,
     /// A realm of the server has a paid plan.
     #[error("a realm of this server has a paid plan")]
     PaidPlan,
@@ -164,11 +183,22 @@ impl RemoteError {
                 Slug::AccessDenied,
                 "This form was not sent from the page we showed you. Reload the page and try again.",
             ),
-            RemoteError::TooManyMails => (
+            RemoteError::RateLimited {
+                limit: RateLimit::ConfirmationMails,
+                ..
+            } => (
                 Slug::TooManyRequests,
                 "Too many confirmation emails were requested. Try again in an hour.",
             ),
+            RemoteError::RateLimited {
+                limit: RateLimit::Registrations,
+                ..
+            } => (
+                Slug::TooManyRequests,
+                "Too many server registrations from this address. Try again in an hour.",
+            ),
             RemoteError::NoSession { .. } => (Slug::Unauthorized, "Log in to billing from your server first."),
+            RemoteError::AlreadyDeactivated => (Slug::Conflict, "This server is already deactivated."),
             RemoteError::PaidPlan => (
                 Slug::Conflict,
                 "An organization on this server has a paid plan; end it before deactivating the server.",
@@ -178,6 +208,14 @@ impl RemoteError {
             RemoteError::Store(_) | RemoteError::Mail(MailError::Unavailable(_)) => return None,
         };
         Some((slug, message.to_owned()))
+    }
+
+    /// Seconds the client should wait before trying again, for a rate limit.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            RemoteError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     fn field(slug: Slug, pointer: &str, message: &str) -> Self {
@@ -194,6 +232,8 @@ pub struct RemoteSettings {
     pub mails_per_ip_hour: u32,
     /// `REMOTE_BILLING_MAILS_PER_SERVER_HOUR` (default 20).
     pub mails_per_server_hour: u32,
+    /// `REMOTE_REGISTRATIONS_PER_IP_HOUR` (default 10).
+    pub registrations_per_ip_hour: u32,
 }
 
 impl RemoteSettings {
@@ -212,6 +252,7 @@ impl RemoteSettings {
             public_base_url: required(env, "PUBLIC_BASE_URL")?.trim_end_matches('/').to_owned(),
             mails_per_ip_hour: number("REMOTE_BILLING_MAILS_PER_IP_HOUR", 5)?,
             mails_per_server_hour: number("REMOTE_BILLING_MAILS_PER_SERVER_HOUR", 20)?,
+            registrations_per_ip_hour: number("REMOTE_REGISTRATIONS_PER_IP_HOUR", 10)?,
         })
     }
 }
@@ -360,9 +401,32 @@ impl RemoteBilling {
         })
     }
 
+    /// The same service, its records and mail restricted to the operations `function`
+    /// declared (see [`crate::access`]).
+    pub fn restricted_to(&self, function: &'static str, operations: &'static [Operation]) -> RemoteBilling {
+        RemoteBilling {
+            records: Records::new(declared_documents(
+                self.records.documents().clone(),
+                function,
+                operations,
+            )),
+            sealer: self.sealer.clone(),
+            mailer: declared_mailer(self.mailer.clone(), function, operations),
+            settings: self.settings.clone(),
+        }
+    }
+
     /// Registers a server, or with the same key updates its hostname and contact email.
     /// Returns whether it was new.
-    pub async fn register_server(&self, request: RegisterRequest, now: DateTime<Utc>) -> Result<bool, RemoteError> {
+    ///
+    /// Registrations are limited per client IP (`REMOTE_REGISTRATIONS_PER_IP_HOUR`); a valid
+    /// request counts whether it registers or updates.
+    pub async fn register_server(
+        &self,
+        request: RegisterRequest,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, RemoteError> {
         let mut errors = Vec::new();
         let uuid = uuid_field(&request.server_uuid, "/server_uuid", &mut errors);
         let key = request.server_key.as_str();
@@ -376,7 +440,7 @@ impl RemoteBilling {
                 "server_key must be 32 to 256 printable ASCII characters, generated at random",
             ));
         }
-        let hostname = text_field(&request.hostname, "/hostname", 255, &mut errors);
+        let hostname = host_field(&request.hostname, "/hostname", &mut errors);
         if !is_plausible_email(&request.contact_email) {
             errors.push(FieldError::field(
                 Slug::InvalidValue,
@@ -387,6 +451,13 @@ impl RemoteBilling {
         let Some(uuid) = uuid.filter(|_| errors.is_empty()) else {
             return Err(RemoteError::Invalid(ValidationErrors(errors)));
         };
+        self.count_in_hour(
+            RateLimit::Registrations,
+            &ip_text(client_ip),
+            self.settings.registrations_per_ip_hour,
+            now,
+        )
+        .await?;
         let (hostname, request) = (&hostname, &request);
         retry_on_conflict(|_| async move {
             match self.records.get::<RemoteServer>(&server_key(uuid), now).await? {
@@ -467,7 +538,7 @@ impl RemoteBilling {
         }
         let full_name = text_field(&request.user.full_name, "/user/full_name", MAX_NAME_LENGTH, &mut errors);
         let realm_uuid = uuid_field(&request.realm.uuid, "/realm/uuid", &mut errors);
-        let host = text_field(&request.realm.host, "/realm/host", 255, &mut errors);
+        let host = host_field(&request.realm.host, "/realm/host", &mut errors);
         let name = text_field(&request.realm.name, "/realm/name", MAX_NAME_LENGTH, &mut errors);
         if !matches!(request.uri_scheme.as_str(), "https://" | "http://") {
             errors.push(FieldError::field(
@@ -585,7 +656,10 @@ impl RemoteBilling {
     /// Mails the server's contact a login link that leads to the deactivation page.
     /// Returns the address it was sent to.
     pub async fn send_deactivation_link(&self, server_uuid: Uuid, now: DateTime<Utc>) -> Result<String, RemoteError> {
-        let server = self.active_server(server_uuid, RemoteError::UnknownServer, now).await?;
+        let server = match self.active_server(server_uuid, RemoteError::UnknownServer, now).await {
+            Err(RemoteError::ServerDeactivated) => return Err(RemoteError::AlreadyDeactivated),
+            other => other?,
+        };
         let claims = AccessClaims {
             user_uuid: server.contact_user_uuid,
             user_email: server.contact_email.clone(),
@@ -668,15 +742,31 @@ impl RemoteBilling {
     ) -> Result<String, RemoteError> {
         let claims = self.open_token(token, now).await?;
         self.check_csrf(token, csrf)?;
-        let email = email.trim();
+        // A deactivation login is the server's contact's alone: whatever address the form
+        // posts, the confirmation goes to the contact the server registered.
+        let contact;
+        let email = if claims.realm_uuid.is_none() {
+            contact = self
+                .active_server(claims.server_uuid, RemoteError::InvalidToken, now)
+                .await?
+                .contact_email;
+            contact.as_str()
+        } else {
+            email.trim()
+        };
         if !is_plausible_email(email) {
             return Err(RemoteError::field(Slug::InvalidValue, "email", "not an email address"));
         }
-        let ip = client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-        self.count_mail("ip", &ip, self.settings.mails_per_ip_hour, now).await?;
-        self.count_mail(
-            "server",
-            &claims.server_uuid.to_string(),
+        self.count_in_hour(
+            RateLimit::ConfirmationMails,
+            &format!("ip:{}", ip_text(client_ip)),
+            self.settings.mails_per_ip_hour,
+            now,
+        )
+        .await?;
+        self.count_in_hour(
+            RateLimit::ConfirmationMails,
+            &format!("server:{}", claims.server_uuid),
             self.settings.mails_per_server_hour,
             now,
         )
@@ -708,10 +798,25 @@ impl RemoteBilling {
         Ok(email.to_owned())
     }
 
-    /// Counts one mail in this hour's window of `who`, refusing past `limit`.
-    async fn count_mail(&self, kind: &str, who: &str, limit: u32, now: DateTime<Utc>) -> Result<(), RemoteError> {
+    /// Counts one request against `rate` in this hour's window of `who`, refusing past `limit`.
+    async fn count_in_hour(
+        &self,
+        rate: RateLimit,
+        who: &str,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(), RemoteError> {
         let hour = now.timestamp() / 3600;
-        let key = mail_rate_key(kind, who, hour);
+        let retry_after = ((hour + 1) * 3600 - now.timestamp()).max(1) as u64;
+        let limited = || RemoteError::RateLimited {
+            limit: rate,
+            retry_after,
+        };
+        let kind = match rate {
+            RateLimit::ConfirmationMails => "mail",
+            RateLimit::Registrations => "registration",
+        };
+        let key = rate_key(kind, who, hour);
         let expires = DateTime::from_timestamp((hour + 2) * 3600, 0).unwrap_or(now + Duration::hours(2));
         let key = &key;
         retry_on_conflict(|_| async move {
@@ -722,8 +827,8 @@ impl RemoteBilling {
                         .await?;
                 }
                 Some((count, _)) if count.sent >= limit => {
-                    tracing::warn!(kind, limit, "confirmation mail rate limit reached");
-                    return Err(RemoteError::TooManyMails);
+                    tracing::warn!(kind, limit, "rate limit reached");
+                    return Err(limited());
                 }
                 Some((count, version)) => {
                     self.records
@@ -734,13 +839,7 @@ impl RemoteBilling {
             Ok(())
         })
         .await
-        .map_err(|error| {
-            if error.is_conflict() {
-                RemoteError::TooManyMails
-            } else {
-                error
-            }
-        })
+        .map_err(|error| if error.is_conflict() { limited() } else { error })
     }
 
     /// Step 3: uses a confirmation key, creating the billing user, and returns a fresh access
@@ -1067,6 +1166,49 @@ fn uuid_field(text: &str, pointer: &str, errors: &mut Vec<FieldError>) -> Option
     parsed
 }
 
+/// A host name as API.md defines it, else `invalid_value` (or `missing`) on `pointer`: links,
+/// redirects and mails are built from it, so it can name no other place and carry no text.
+fn host_field(text: &str, pointer: &str, errors: &mut Vec<FieldError>) -> String {
+    let host = text.trim();
+    if host.is_empty() {
+        errors.push(FieldError::field(Slug::Missing, pointer, "must not be empty"));
+    } else if !is_host_name(host) {
+        errors.push(FieldError::field(
+            Slug::InvalidValue,
+            pointer,
+            "must be a DNS host name (letters, digits, hyphens and dots) with an optional :port",
+        ));
+    }
+    host.to_ascii_lowercase()
+}
+
+/// Whether `text` is a DNS name (labels of 1 to 63 letters, digits and hyphens, not starting or
+/// ending with a hyphen, separated by dots, 253 characters in all) with an optional `:port`
+/// (1 to 65535).
+pub fn is_host_name(text: &str) -> bool {
+    let (name, port) = match text.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (text, None),
+    };
+    let port_ok = port.is_none_or(|port| {
+        (1..=5).contains(&port.len())
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| (1..=65_535).contains(&p))
+    });
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    port_ok && !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
+}
+
+/// A client IP as rate limits count it.
+fn ip_text(client_ip: Option<IpAddr>) -> String {
+    client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
 fn text_field(text: &str, pointer: &str, max: usize, errors: &mut Vec<FieldError>) -> String {
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -1085,4 +1227,41 @@ fn text_field(text: &str, pointer: &str, max: usize, errors: &mut Vec<FieldError
         ));
     }
     trimmed.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host_name;
+
+    #[test]
+    fn host_names_are_dns_names_with_an_optional_port() {
+        for good in [
+            "chat.example.org",
+            "localhost",
+            "zulip-1.example.co.uk",
+            "chat.example.org:8443",
+            "127.0.0.1",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(is_host_name(good), "{good} is a host name");
+        }
+        for bad in [
+            "evil.example/x?",
+            "evil.example#",
+            "ACME: your card was declined, pay at https://evil.example",
+            "user@evil.example",
+            "chat.example.org:0",
+            "chat.example.org:99999",
+            "chat.example.org:",
+            "a..b",
+            "-chat.example.org",
+            "chat-.example.org",
+            "chat example.org",
+            "https://chat.example.org",
+            &"a".repeat(64),
+            &format!("{}.example", ["abcdefghij"; 25].join(".")),
+        ] {
+            assert!(!is_host_name(bad), "{bad} is not a host name");
+        }
+    }
 }

@@ -22,7 +22,8 @@
 //! | subscription by Stripe subscription id | GSI `by_stripe_subscription`: `gsi1pk = STRIPE_SUBSCRIPTION#<sub_...>` |
 //! | subscription by Stripe customer id | GSI `by_stripe_customer`: `gsi2pk = STRIPE_CUSTOMER#<cus_...>` |
 //! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
-//! | the last Stripe event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
+//! | the last Stripe snapshot event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
+//! | the last Stripe invoice event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_INVOICE_EVENT` (`created`, `event_id`) |
 //! | a versioned document ([`DocumentStore`]: remote servers, realms, billing users, confirmations, sessions, rate counters) | `pk = DOC#<key>`, `sk = DOC` (`body` JSON text, `version`, TTL `expires_at`) |
 //!
 //! Index key attributes are written only when the subscription has the Stripe id (sparse
@@ -107,6 +108,18 @@ pub struct EventMark {
     pub id: String,
 }
 
+/// What a Stripe event is ordered against (API.md: ordering is per kind of state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOrder {
+    /// A full snapshot of the subscription (`customer.subscription.*`): applied only when newer
+    /// than every snapshot applied before it; it moves the snapshot mark.
+    Snapshot,
+    /// A status change from an invoice (`invoice.*`): applied only when newer than the last
+    /// snapshot (so it never rolls a newer snapshot back) and than the last invoice event; it
+    /// moves only the invoice mark, so an older snapshot not applied yet still applies.
+    Invoice,
+}
+
 /// A subscription write that goes with a recorded Stripe event.
 #[derive(Clone, Copy, Debug)]
 pub struct SubscriptionWrite<'a> {
@@ -120,6 +133,8 @@ pub struct SubscriptionWrite<'a> {
     pub audit: &'a AuditEntry,
     /// The event that produced it: written only if it is newer than the last one applied.
     pub mark: &'a EventMark,
+    /// Which earlier events it is ordered against.
+    pub order: EventOrder,
 }
 
 /// What became of [`Store::record_event`]. Nothing was written unless `Recorded`.

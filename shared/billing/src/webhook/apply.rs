@@ -5,6 +5,9 @@
 //! - Each event id is recorded with a conditional write, in the same transaction as its effect
 //!   on the subscription (and the last-applied-event mark that orders them), for
 //!   [`REMEMBER_EVENTS_FOR`]: longer than Stripe's three days of retries.
+//! - Ordering is per kind of state ([`EventOrder`]): subscription snapshots are fenced against
+//!   snapshots; invoice events change only the status, never over a newer snapshot, and never
+//!   hold back an older snapshot. An invoice without a subscription changes nothing.
 //! - Every outcome is stored: applied, or recorded as ignored, stale, concerning an unknown
 //!   subscription, mailed, or refused by the mail service (kept for review). An error means
 //!   nothing was stored and the event must be delivered again.
@@ -18,7 +21,9 @@ use serde_json::json;
 use super::{EventKind, StripeEvent, apply_event};
 use crate::clock::Clock;
 use crate::mail::{MailError, Mailer, texts};
-use crate::store::{AuditEntry, EventWrite, Store, StoreError, SubscriptionWrite, WRITE_ATTEMPTS, retry_on_conflict};
+use crate::store::{
+    AuditEntry, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite, WRITE_ATTEMPTS, retry_on_conflict,
+};
 use crate::subscription::{PlanCatalog, Subscription};
 
 /// How long an event id is remembered: well past Stripe's three days of retries.
@@ -72,6 +77,10 @@ pub async fn apply_stripe_event(context: EventContext<'_>, event: &StripeEvent) 
     match event.kind() {
         EventKind::Other => Ok(record(context, &key, "ignored").await?),
         EventKind::TrialWillEnd => mail_trial_end(context, event, &key).await,
+        // A one-off invoice belongs to no subscription: the customer's subscription is not its.
+        EventKind::InvoicePaid | EventKind::InvoicePaymentFailed if event.stripe_subscription().is_none() => {
+            Ok(record(context, &key, "ignored").await?)
+        }
         _ => apply(context, event, &key).await,
     }
 }
@@ -141,6 +150,10 @@ async fn apply(context: EventContext<'_>, event: &StripeEvent, key: &str) -> Res
             expected_version: current.version,
             audit: &audit,
             mark: &mark,
+            order: match event.kind() {
+                EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => EventOrder::Invoice,
+                _ => EventOrder::Snapshot,
+            },
         };
         let written = context
             .store
