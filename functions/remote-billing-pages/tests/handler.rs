@@ -847,3 +847,95 @@ async fn a_realm_user_session_cannot_open_the_server_deactivation_page() {
         .await;
     assert_eq!(page.status, StatusCode::FOUND);
 }
+
+#[tokio::test]
+async fn a_deactivation_login_mails_only_the_servers_contact_whatever_address_is_posted() {
+    // Given the deactivation link mailed to the server's contact, in other hands
+    let world = world().await;
+    world
+        .fixture
+        .remote
+        .send_deactivation_link(world.server.uuid, world.clock.now())
+        .await
+        .unwrap();
+    let mail = world.mails().pop().unwrap();
+    let start = mail
+        .text
+        .find("https://billing.example.com/remote-billing-login/")
+        .unwrap();
+    let token = token_of(mail.text[start..].split_whitespace().next().unwrap());
+    let form = world.login_page(&token).await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+
+    // When the holder asks for the confirmation to go to their own address
+    let sent = world
+        .request_confirmation(&token, "attacker@evil.example", &form.csrf(), "203.0.113.9")
+        .await;
+
+    // Then the confirmation goes to the contact, and never to the posted address
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
+    let mails = world.mails();
+    assert!(mails.iter().all(|m| m.to != "attacker@evil.example"), "{mails:?}");
+    assert_eq!(mails.last().unwrap().to, "admin@example.org");
+    assert!(mails.last().unwrap().text.contains("/remote-billing-login/do_confirm/"));
+}
+
+#[tokio::test]
+async fn the_confirmation_rate_limit_page_says_when_to_come_back() {
+    // Given an address that used up its confirmation mails for the hour
+    let world = world_with_limits(1, 20).await;
+    let token = world.access_token(None).await;
+    let form = world.login_page(&token).await;
+    let first = world
+        .request_confirmation(&token, "owner@example.org", &form.csrf(), "203.0.113.7")
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    // When it asks for another
+    let event = ApiEvent::sample("apigw-remote-billing-confirm.json")
+        .route(
+            REQUEST_CONFIRMATION_ROUTE,
+            &format!("/remote-billing-login/{token}/confirm"),
+            &[("token", &token)],
+        )
+        .form(&[("csrf_token", &form.csrf()), ("email", "owner@example.org")])
+        .source_ip("203.0.113.7");
+    let response = world.pages.handle(event.build()).await;
+    // Then the 429 page carries Retry-After
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+}
+
+#[tokio::test]
+async fn the_server_page_sends_a_visitor_without_a_session_back_over_the_servers_own_scheme() {
+    // Given a server reached over plain http (its billing links say so)
+    let world = world().await;
+    let request: BillingLinkRequest = serde_json::from_value(json!({
+        "user": {"uuid": world.user, "email": "owner@example.org", "full_name": "Ada Owner"},
+        "realm": {"uuid": world.realm, "host": "chat.example.org", "name": "Example Org"},
+        "uri_scheme": "http://",
+    }))
+    .unwrap();
+    world
+        .fixture
+        .remote
+        .billing_link(&world.server, request, world.clock.now())
+        .await
+        .unwrap();
+    // When someone without a session opens its deactivation page
+    let server = world.server.uuid.to_string();
+    let page = world
+        .get(
+            SERVER_PAGE_ROUTE,
+            &format!("/server/{server}/deactivate/"),
+            &[("server_uuid", &server)],
+            None,
+        )
+        .await;
+    // Then they are sent back to the server over http, not a hard-coded https
+    assert_eq!(page.status, StatusCode::FOUND);
+    assert_eq!(
+        page.location.as_deref(),
+        Some("http://chat.example.org/self-hosted-billing/")
+    );
+}

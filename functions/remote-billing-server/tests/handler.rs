@@ -281,3 +281,164 @@ async fn only_administrators_send_deactivation_links() {
         .await;
     assert_eq!(unknown, StatusCode::NOT_FOUND);
 }
+
+fn register_body(server: Uuid, hostname: &str) -> Value {
+    json!({"server_uuid": server, "server_key": KEY, "hostname": hostname, "contact_email": "admin@example.org"})
+}
+
+#[tokio::test]
+async fn host_names_and_schemes_that_could_point_elsewhere_are_refused_and_nothing_is_stored() {
+    // Given a server that registers with a host name that is a URL fragment
+    let f = fixture();
+    let server = Uuid::new_v4();
+    let event = ApiEvent::sample("apigw-remote-server-register.json").body(&register_body(server, "evil.example/x?"));
+    let (status, body) = f.call(event).await;
+    // Then it is refused on that field, and nothing was stored under its id
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errors"][0]["field"], "/hostname");
+    assert_eq!(slugs(&body), ["invalid_value"]);
+    assert_eq!(
+        f.register(server, KEY, "admin@example.org").await.0,
+        StatusCode::CREATED
+    );
+
+    // When it asks for a link for a realm whose host is a sentence and whose scheme is a script
+    let mut body = billing_body(Uuid::new_v4(), None);
+    body["realm"]["host"] = json!("ACME: your card was declined, pay at https://evil.example");
+    body["uri_scheme"] = json!("javascript:");
+    let (status, answer) = f.billing_link(server, KEY, &body).await;
+    // Then both fields are refused at once and no realm is registered
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let fields: Vec<&str> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["/realm/host", "/uri_scheme"]);
+    let realm = body["realm"]["uuid"].as_str().unwrap().parse().unwrap();
+    let stored = f
+        .remote
+        .remote
+        .records
+        .get::<billing::remote::RemoteRealm>(&billing::remote::records::realm_key(realm), f.clock.now())
+        .await
+        .unwrap();
+    assert!(stored.is_none());
+}
+
+#[tokio::test]
+async fn registrations_past_the_hourly_limit_of_an_address_are_too_many_requests() {
+    // Given ten registrations from one address within an hour
+    let f = fixture();
+    let from = |ip: &str| {
+        ApiEvent::sample("apigw-remote-server-register.json")
+            .body(&register_body(Uuid::new_v4(), "chat.example.org"))
+            .source_ip(ip)
+    };
+    for _ in 0..10 {
+        assert_eq!(f.call(from("203.0.113.7")).await.0, StatusCode::CREATED);
+    }
+    // When the same address registers an eleventh server
+    let refused = f.api.handle(from("203.0.113.7").build()).await;
+    // Then it is refused with a Retry-After up to the end of the hour, and others still register
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    let body: Value = serde_json::from_slice(refused.body()).unwrap();
+    assert_eq!(slugs(&body), ["too_many_requests"]);
+    assert_eq!(f.call(from("203.0.113.8")).await.0, StatusCode::CREATED);
+    // and an hour later the address may register again
+    f.clock.advance(chrono::Duration::hours(1));
+    assert_eq!(f.call(from("203.0.113.7")).await.0, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_registration_answers_201_with_the_location_of_the_server() {
+    let f = fixture();
+    let server = Uuid::new_v4();
+    let response = f
+        .api
+        .handle(
+            ApiEvent::sample("apigw-remote-server-register.json")
+                .body(&register_body(server, "chat.example.org"))
+                .build(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["location"], format!("/remote-servers/{server}"));
+}
+
+#[tokio::test]
+async fn refused_server_credentials_ask_for_basic_authentication() {
+    let f = fixture();
+    let server = f.registered().await;
+    let response = f
+        .api
+        .handle(
+            ApiEvent::sample("apigw-remote-server-billing.json")
+                .header("authorization", &basic(server, "not-the-key-not-the-key-not-the-key"))
+                .body(&billing_body(Uuid::new_v4(), None))
+                .build(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], "Basic realm=\"billing\"");
+}
+
+#[tokio::test]
+async fn a_deactivation_link_for_a_deactivated_server_is_a_conflict() {
+    // Given a server deactivated by its contact
+    let f = fixture();
+    let server = f.registered().await;
+    let records = &f.remote.remote.records;
+    let key = billing::remote::records::server_key(server);
+    let (mut record, version) = records
+        .get::<billing::remote::RemoteServer>(&key, f.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    record.deactivated_at = Some(f.clock.now());
+    records
+        .replace(&key, &record, version, None, f.clock.now())
+        .await
+        .unwrap();
+    // When an administrator asks for its deactivation link
+    let (status, body) = f.deactivation_link(server, "subscriptions subscriptions_admin").await;
+    // Then there is nothing to deactivate, and no mail is sent
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(slugs(&body), ["conflict"]);
+    assert!(f.remote.outbox.mails().is_empty());
+}
+
+#[tokio::test]
+async fn a_known_realms_host_name_and_scheme_follow_the_servers_latest_request() {
+    // Given a realm registered as chat.example.org, "Example Org", over https
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+    assert_eq!(
+        f.billing_link(server, KEY, &billing_body(realm, None)).await.0,
+        StatusCode::OK
+    );
+    // When the server asks again after the organisation was renamed and moved
+    let mut body = billing_body(realm, None);
+    body["realm"]["host"] = json!("Chat.Example.COM:8443");
+    body["realm"]["name"] = json!("Renamed Org");
+    body["uri_scheme"] = json!("http://");
+    let (status, answer) = f.billing_link(server, KEY, &body).await;
+    // Then the realm's record carries the new host (lowercased), name and scheme
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (stored, _) = f
+        .remote
+        .remote
+        .records
+        .get::<billing::remote::RemoteRealm>(&billing::remote::records::realm_key(realm), f.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.host.as_str(), stored.name.as_str(), stored.uri_scheme.as_str()),
+        ("chat.example.com:8443", "Renamed Org", "http://")
+    );
+}

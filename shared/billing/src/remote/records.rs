@@ -46,6 +46,16 @@ pub struct RemoteServer {
     pub registered_at: DateTime<Utc>,
     /// When the server was deactivated from billing, if it was.
     pub deactivated_at: Option<DateTime<Utc>>,
+    /// The scheme of the server's latest billing link (`https://` until it sends one).
+    #[serde(default)]
+    pub uri_scheme: Option<String>,
+}
+
+impl RemoteServer {
+    /// The scheme the server's pages are reached with, from its latest billing link.
+    pub fn scheme(&self) -> &str {
+        self.uri_scheme.as_deref().unwrap_or("https://")
+    }
 }
 
 /// A realm's plan. Realms start on the free plan; paid plans block deactivation.

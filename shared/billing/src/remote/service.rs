@@ -473,6 +473,7 @@ impl RemoteBilling {
                         realms: Vec::new(),
                         registered_at: now,
                         deactivated_at: None,
+                        uri_scheme: None,
                     };
                     self.records.insert(&server_key(uuid), &server, None, now).await?;
                     tracing::info!(server = %uuid, "remote server registered");
@@ -575,6 +576,9 @@ impl RemoteBilling {
             registered_at: now,
         };
         self.claim_realm(server, realm, now).await?;
+        if server.uri_scheme.as_deref() != Some(request.uri_scheme.as_str()) {
+            self.remember_scheme(server.uuid, &request.uri_scheme, now).await?;
+        }
         let claims = AccessClaims {
             user_uuid,
             user_email: request.user.email,
@@ -599,7 +603,8 @@ impl RemoteBilling {
         now: DateTime<Utc>,
     ) -> Result<(), RemoteError> {
         if let Some((existing, _)) = self.records.get::<RemoteRealm>(&realm_key(realm.uuid), now).await? {
-            return self.check_realm_owner(&existing, server);
+            self.check_realm_owner(&existing, server)?;
+            return self.update_realm_details(&existing, &realm, now).await;
         }
         // The server lists the realm before the realm record exists, so that deactivation,
         // which checks the listed realms, can never miss one.
@@ -619,6 +624,59 @@ impl RemoteBilling {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Takes a known realm's host, name and scheme from the server's latest request: the
+    /// organisation may have been renamed or moved to another host since it registered.
+    async fn update_realm_details(
+        &self,
+        existing: &RemoteRealm,
+        latest: &RemoteRealm,
+        now: DateTime<Utc>,
+    ) -> Result<(), RemoteError> {
+        let same = |realm: &RemoteRealm| {
+            (&realm.host, &realm.name, &realm.uri_scheme) == (&latest.host, &latest.name, &latest.uri_scheme)
+        };
+        if same(existing) {
+            return Ok(());
+        }
+        let key = &realm_key(latest.uuid);
+        retry_on_conflict(|_| async move {
+            let (mut realm, version) = self
+                .records
+                .get::<RemoteRealm>(key, now)
+                .await?
+                .ok_or(RemoteError::UnknownRealm)?;
+            if same(&realm) {
+                return Ok(());
+            }
+            realm.host.clone_from(&latest.host);
+            realm.name.clone_from(&latest.name);
+            realm.uri_scheme.clone_from(&latest.uri_scheme);
+            self.records.replace(key, &realm, version, None, now).await?;
+            tracing::info!(realm = %realm.uuid, "remote realm's host and name updated");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Keeps the scheme of a server's latest billing link, for its own pages' links.
+    async fn remember_scheme(&self, server_uuid: Uuid, scheme: &str, now: DateTime<Utc>) -> Result<(), RemoteError> {
+        let key = &server_key(server_uuid);
+        retry_on_conflict(|_| async move {
+            let (mut server, version) = self
+                .records
+                .get::<RemoteServer>(key, now)
+                .await?
+                .ok_or(RemoteError::UnknownServer)?;
+            if server.scheme() == scheme && server.uri_scheme.is_some() {
+                return Ok(());
+            }
+            server.uri_scheme = Some(scheme.to_owned());
+            self.records.replace(key, &server, version, None, now).await?;
+            Ok(())
+        })
+        .await
     }
 
     fn check_realm_owner(&self, realm: &RemoteRealm, server: &RemoteServer) -> Result<(), RemoteError> {
@@ -669,7 +727,7 @@ impl RemoteBilling {
             realm_host: server.hostname.clone(),
             billing_user_id: None,
             issued_at: now,
-            uri_scheme: "https://".into(),
+            uri_scheme: server.scheme().to_owned(),
             next_page: Some(NextPage::Deactivate),
         };
         let link = self.login_url(&claims);
@@ -1064,7 +1122,7 @@ impl RemoteBilling {
             .await?
             .filter(|s| s.server_uuid == server_uuid && s.realm_uuid.is_none())
             .ok_or_else(|| RemoteError::NoSession {
-                way_back: format!("https://{}/self-hosted-billing/", server.hostname),
+                way_back: format!("{}{}/self-hosted-billing/", server.scheme(), server.hostname),
             })?;
         if server.deactivated_at.is_some() {
             return Err(RemoteError::ServerDeactivated);
