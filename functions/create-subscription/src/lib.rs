@@ -10,7 +10,7 @@ use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
 use billing::provisioning::{Provision, provision};
 use billing::store::Store;
 use billing::stripe::Billing;
-use billing::subscription::{PlanCatalog, SubscriptionChange};
+use billing::subscription::{PlanCatalog, ReadChange};
 use billing_adapters::DynamoStore;
 use billing_adapters::StripeBilling;
 use billing_http::{ApiError, ApiResponse, Cors, serve};
@@ -60,9 +60,8 @@ impl CreateSubscription {
         serve(request, &self.cors, |request| async move {
             let principal = request.principal()?;
             principal.require_admin()?;
-            let change: SubscriptionChange = request.json_body()?;
             let now = self.clock.now();
-            change.validate_create(&self.catalog, now)?;
+            let change = request.json_body::<ReadChange>()?.validate_create(&self.catalog, now)?;
             let plan_id = change.plan.as_deref().unwrap_or(PlanCatalog::PENDING);
             let plan = self
                 .catalog

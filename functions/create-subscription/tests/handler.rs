@@ -167,3 +167,36 @@ async fn empty_body_is_missing() {
     assert_eq!(response.status(), 400);
     assert_eq!(body(&response)["errors"][0]["slug"], "missing");
 }
+
+#[tokio::test]
+async fn a_malformed_user_id_does_not_hide_the_email_and_plan_errors() {
+    // Given an administrator's create with three bad fields
+    let f = fixture().await;
+    let request = admin_create(&json!({"user_id": "x", "email": "nope", "plan": "gold"}));
+    // When it is sent
+    let response = f.function.handle(request).await;
+    // Then all three are reported at once, and user_id is malformed, not missing
+    assert_eq!(response.status(), 400);
+    let errors = body(&response)["errors"].clone();
+    let mut found: Vec<(String, String)> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["field"].as_str().unwrap().to_owned(),
+                e["slug"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("/email".to_owned(), "invalid_value".to_owned()),
+            ("/plan".to_owned(), "invalid_value".to_owned()),
+            ("/user_id".to_owned(), "invalid_format".to_owned()),
+        ]
+    );
+    assert_eq!(customers_with_email(&f.sandbox, "nope").await, 0);
+}

@@ -10,7 +10,7 @@ use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
 use billing::store::Store;
 use billing::stripe::Billing;
-use billing::subscription::{Authority, PlanCatalog, SubscriptionChange};
+use billing::subscription::{Authority, PlanCatalog, ReadChange};
 use billing_adapters::{DynamoStore, StripeBilling, SystemClock};
 use billing_http::{ApiResponse, Cors, serve};
 use lambda_http::{Body, Request, Response};
@@ -66,8 +66,10 @@ impl PatchSubscription {
             let principal = request.principal()?;
             let id = request.path_uuid("id")?;
             let authority = principal.authority_over(id)?;
-            let change: SubscriptionChange = request.json_body()?;
-            change.validate_patch(authority, &self.catalog, self.clock.now())?;
+            let change =
+                request
+                    .json_body::<ReadChange>()?
+                    .validate_patch(authority, &self.catalog, self.clock.now())?;
             let actor = match authority {
                 Authority::Admin => format!("admin:{}", principal.user_id),
                 Authority::Owner => format!("user:{}", principal.user_id),

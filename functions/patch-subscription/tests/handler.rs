@@ -339,3 +339,30 @@ async fn concurrent_patches_without_if_match_keep_each_others_fields() {
     assert_eq!(stored.plan, "basic_annual");
     assert_eq!(stored.version, 4);
 }
+
+#[tokio::test]
+async fn a_non_admin_sending_a_malformed_system_field_and_an_unknown_one_gets_both_errors_as_403() {
+    // Given a subscriber
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    // When they send a status (of the wrong type, too) and a field that does not exist
+    let event = patch(
+        subscription.id,
+        "subscriptions",
+        subscription.id,
+        &json!({"status": 5, "colour": 1}),
+    );
+    let response = f.function.handle(without_if_match(event)).await;
+    // Then the refusal decides the status, and both errors are reported, one per field
+    assert_eq!(response.status(), 403);
+    let errors = body(&response)["errors"].clone();
+    let found: Vec<(&str, &str)> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["slug"].as_str().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(found, [("access_denied", "/status"), ("invalid_format", "/colour")]);
+    let stored = f.store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored, subscription);
+}

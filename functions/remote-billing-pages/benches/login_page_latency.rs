@@ -38,6 +38,7 @@ async fn access_token(remote: &RemoteBilling) -> (Uuid, String) {
                 server_key: SERVER_KEY.into(),
                 hostname: "chat.example.org".into(),
                 contact_email: "admin@example.org".into(),
+                read_errors: Vec::new(),
             },
             None,
             now,

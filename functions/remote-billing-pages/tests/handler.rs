@@ -76,6 +76,7 @@ async fn world_with_limits(per_ip: u32, per_server: u32) -> World {
                 server_key: SERVER_KEY.into(),
                 hostname: "chat.example.org".into(),
                 contact_email: "admin@example.org".into(),
+                read_errors: Vec::new(),
             },
             None,
             clock.now(),

@@ -442,3 +442,40 @@ async fn a_known_realms_host_name_and_scheme_follow_the_servers_latest_request()
         ("chat.example.com:8443", "Renamed Org", "http://")
     );
 }
+
+#[tokio::test]
+async fn a_billing_link_request_reports_unknown_absent_and_invalid_fields_together() {
+    // Given a registered server
+    let f = fixture();
+    let server = f.registered().await;
+    // When its request has an unknown member, lacks the realm's name, and has a bad scheme
+    let body = json!({
+        "user": {"uuid": Uuid::new_v4(), "email": "owner@example.org", "full_name": "Ada Owner"},
+        "realm": {"uuid": Uuid::new_v4(), "host": "chat.example.org"},
+        "uri_scheme": "ftp://",
+        "colour": "blue",
+    });
+    let (status, answer) = f.billing_link(server, KEY, &body).await;
+    // Then every error is reported on its pointer, one per field
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let mut found: Vec<(String, String)> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["field"].as_str().unwrap().to_owned(),
+                e["slug"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("/colour".to_owned(), "invalid_format".to_owned()),
+            ("/realm/name".to_owned(), "missing".to_owned()),
+            ("/uri_scheme".to_owned(), "invalid_value".to_owned()),
+        ]
+    );
+}

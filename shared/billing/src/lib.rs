@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod body;
 pub mod change;
 pub mod clock;
 pub mod config;

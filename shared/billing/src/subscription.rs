@@ -228,41 +228,115 @@ pub struct SubscriptionChange {
     pub discount_percent: Option<u32>,
 }
 
+/// A request body read as a change as far as it could be: see [`SubscriptionChange::read`].
+#[derive(Default)]
+pub struct ReadChange {
+    /// The fields that could be read.
+    pub change: SubscriptionChange,
+    /// Why the others could not (type errors, unknown fields, nulls).
+    pub errors: Vec<FieldError>,
+    /// The known fields the body named, read or not.
+    pub named: Vec<&'static Field>,
+}
+
+impl ReadChange {
+    /// Validates a create request (admin or system) with every error at once: reading errors,
+    /// missing required fields (a field that is present but malformed is not also missing) and
+    /// value errors.
+    pub fn validate_create(
+        self,
+        catalog: &PlanCatalog,
+        now: DateTime<Utc>,
+    ) -> Result<SubscriptionChange, ValidationErrors> {
+        let mut errors = self.errors;
+        for (name, pointer) in [("user_id", "/user_id"), ("email", "/email")] {
+            if !self.named.iter().any(|field| field.name == name) {
+                errors.push(FieldError::field(Slug::Missing, pointer, format!("{name} is required")));
+            }
+        }
+        self.change.check_values(Authority::Admin, catalog, now, &mut errors);
+        finish(crate::body::one_per_field(errors))?;
+        Ok(self.change)
+    }
+
+    /// Validates a change of an existing subscription made with `authority`, with every error
+    /// at once: a system-controlled field sent by a non-administrator is refused
+    /// (`access_denied`) whatever its value, alongside the other fields' reading and value
+    /// errors; an empty change is `missing`.
+    pub fn validate_patch(
+        self,
+        authority: Authority,
+        catalog: &PlanCatalog,
+        now: DateTime<Utc>,
+    ) -> Result<SubscriptionChange, ValidationErrors> {
+        if self.named.is_empty() && self.errors.is_empty() {
+            return Err(FieldError::general(Slug::Missing, "the change is empty: send at least one field").into());
+        }
+        let mut errors = Vec::new();
+        for field in &self.named {
+            match authority {
+                Authority::Owner if field.owner == Owner::System => errors.push(FieldError::field(
+                    Slug::AccessDenied,
+                    field.pointer,
+                    "only an administrator may change this property",
+                )),
+                Authority::Admin if field.name == "user_id" => errors.push(FieldError::field(
+                    Slug::InvalidValue,
+                    field.pointer,
+                    "user_id is fixed when the subscription is created",
+                )),
+                _ => {}
+            }
+        }
+        errors.extend(self.errors);
+        self.change.check_values(authority, catalog, now, &mut errors);
+        finish(crate::body::one_per_field(errors))?;
+        Ok(self.change)
+    }
+}
+
 const NOT_NULL: &str = "must not be null; leave the field out to keep its value";
 
 impl SubscriptionChange {
     /// Reads a request body. Every malformed or unknown field is reported, not just the first.
     pub fn from_json(body: &[u8]) -> Result<Self, ValidationErrors> {
+        let read = SubscriptionChange::read(body)?;
+        finish(read.errors)?;
+        Ok(read.change)
+    }
+
+    /// Reads a request body as far as it can be read: the fields that could be read, an error
+    /// for each that could not, and which known fields the body named. Only a body that is not
+    /// a JSON object fails outright; the rest is left to [`ReadChange::validate_create`] and
+    /// [`ReadChange::validate_patch`], which report every error at once.
+    pub fn read(body: &[u8]) -> Result<ReadChange, ValidationErrors> {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| FieldError::general(Slug::InvalidFormat, format!("the body is not valid JSON: {e}")))?;
         let Value::Object(fields) = value else {
             return Err(FieldError::general(Slug::InvalidFormat, "the body must be a JSON object").into());
         };
-        let mut change = SubscriptionChange::default();
-        let mut errors = Vec::new();
+        let mut read = ReadChange::default();
         for (name, value) in &fields {
             let pointer = format!("/{}", escape_pointer(name));
             let Some(field) = fields::field(name) else {
-                errors.push(FieldError::field(
+                read.errors.push(FieldError::field(
                     Slug::InvalidFormat,
                     pointer,
                     format!("unknown field; known fields are {}", fields::known_names()),
                 ));
                 continue;
             };
+            read.named.push(field);
             if value.is_null() {
-                errors.push(FieldError::field(Slug::InvalidFormat, pointer, NOT_NULL));
+                read.errors
+                    .push(FieldError::field(Slug::InvalidFormat, pointer, NOT_NULL));
                 continue;
             }
-            if let Err((slug, message)) = (field.read)(value, &mut change) {
-                errors.push(FieldError::field(slug, pointer, message));
+            if let Err((slug, message)) = (field.read)(value, &mut read.change) {
+                read.errors.push(FieldError::field(slug, pointer, message));
             }
         }
-        if errors.is_empty() {
-            Ok(change)
-        } else {
-            Err(ValidationErrors(errors))
-        }
+        Ok(read)
     }
 
     /// True when the change asks for nothing at all.

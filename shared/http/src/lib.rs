@@ -26,7 +26,7 @@ use billing::provisioning::ProvisionError;
 use billing::remote::RemoteError;
 use billing::store::StoreError;
 use billing::stripe::BillingError;
-use billing::subscription::{Subscription, SubscriptionChange};
+use billing::subscription::{ReadChange, Subscription, SubscriptionChange};
 
 /// Bodies above this many bytes are refused with 413 before anything reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -491,20 +491,23 @@ impl JsonBody for SubscriptionChange {
     }
 }
 
-/// Bodies read with serde: one `invalid_format` error naming what serde found.
-macro_rules! serde_json_body {
-    ($($body:ty),*) => {$(
-        impl JsonBody for $body {
-            fn from_json_body(body: &[u8]) -> Result<Self, ValidationErrors> {
-                serde_json::from_slice(body).map_err(|e| {
-                    FieldError::general(Slug::InvalidFormat, format!("the body is not the expected JSON: {e}")).into()
-                })
-            }
-        }
-    )*};
+impl JsonBody for ReadChange {
+    fn from_json_body(body: &[u8]) -> Result<Self, ValidationErrors> {
+        SubscriptionChange::read(body)
+    }
 }
 
-serde_json_body!(billing::remote::RegisterRequest, billing::remote::BillingLinkRequest);
+impl JsonBody for billing::remote::RegisterRequest {
+    fn from_json_body(body: &[u8]) -> Result<Self, ValidationErrors> {
+        billing::remote::RegisterRequest::read(body)
+    }
+}
+
+impl JsonBody for billing::remote::BillingLinkRequest {
+    fn from_json_body(body: &[u8]) -> Result<Self, ValidationErrors> {
+        billing::remote::BillingLinkRequest::read(body)
+    }
+}
 
 /// Runs one JSON request through the shared pipeline and `handler`, and always answers.
 pub async fn serve<F, Fut>(request: Request, cors: &Cors, handler: F) -> Response<Body>

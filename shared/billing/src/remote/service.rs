@@ -3,6 +3,7 @@
 //! "Remote billing" section is here; the functions only translate HTTP to these calls.
 
 use crate::access::{Operation, declared_documents, declared_mailer};
+use crate::body::{Member, ShapedBody, one_per_field};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -268,6 +269,31 @@ pub struct RegisterRequest {
     pub hostname: String,
     /// Who is mailed about the server.
     pub contact_email: String,
+    /// What reading the request body found wrong (unknown, absent or mistyped members),
+    /// reported together with the value errors.
+    #[serde(skip)]
+    pub read_errors: Vec<FieldError>,
+}
+
+impl RegisterRequest {
+    const SHAPE: &'static [(&'static str, Member)] = &[
+        ("server_uuid", Member::Text),
+        ("server_key", Member::Text),
+        ("hostname", Member::Text),
+        ("contact_email", Member::Text),
+    ];
+
+    /// Reads a request body as far as it can be read (see [`crate::body`]).
+    pub fn read(body: &[u8]) -> Result<Self, ValidationErrors> {
+        let body = ShapedBody::read(body, Self::SHAPE)?;
+        Ok(RegisterRequest {
+            server_uuid: body.text("/server_uuid"),
+            server_key: body.text("/server_key"),
+            hostname: body.text("/hostname"),
+            contact_email: body.text("/contact_email"),
+            read_errors: body.errors,
+        })
+    }
 }
 
 /// `POST /api/v1/remotes/server/billing`.
@@ -281,6 +307,49 @@ pub struct BillingLinkRequest {
     pub uri_scheme: String,
     /// Where the login should land (`billing`, `plans`, ...).
     pub next_page: Option<String>,
+    /// What reading the request body found wrong (unknown, absent or mistyped members),
+    /// reported together with the value errors.
+    #[serde(skip)]
+    pub read_errors: Vec<FieldError>,
+}
+
+impl BillingLinkRequest {
+    const SHAPE: &'static [(&'static str, Member)] = &[
+        (
+            "user",
+            Member::Object(&[
+                ("uuid", Member::Text),
+                ("email", Member::Text),
+                ("full_name", Member::Text),
+            ]),
+        ),
+        (
+            "realm",
+            Member::Object(&[("uuid", Member::Text), ("host", Member::Text), ("name", Member::Text)]),
+        ),
+        ("uri_scheme", Member::Text),
+        ("next_page", Member::OptionalText),
+    ];
+
+    /// Reads a request body as far as it can be read (see [`crate::body`]).
+    pub fn read(body: &[u8]) -> Result<Self, ValidationErrors> {
+        let body = ShapedBody::read(body, Self::SHAPE)?;
+        Ok(BillingLinkRequest {
+            user: RemoteUser {
+                uuid: body.text("/user/uuid"),
+                email: body.text("/user/email"),
+                full_name: body.text("/user/full_name"),
+            },
+            realm: RealmDescription {
+                uuid: body.text("/realm/uuid"),
+                host: body.text("/realm/host"),
+                name: body.text("/realm/name"),
+            },
+            uri_scheme: body.text("/uri_scheme"),
+            next_page: body.optional_text("/next_page"),
+            read_errors: body.errors,
+        })
+    }
 }
 
 /// A user of a remote server, as the server describes them.
@@ -427,7 +496,7 @@ impl RemoteBilling {
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<bool, RemoteError> {
-        let mut errors = Vec::new();
+        let mut errors = request.read_errors.clone();
         let uuid = uuid_field(&request.server_uuid, "/server_uuid", &mut errors);
         let key = request.server_key.as_str();
         if key.len() < MIN_SERVER_KEY_LENGTH
@@ -449,7 +518,7 @@ impl RemoteBilling {
             ));
         }
         let Some(uuid) = uuid.filter(|_| errors.is_empty()) else {
-            return Err(RemoteError::Invalid(ValidationErrors(errors)));
+            return Err(RemoteError::Invalid(ValidationErrors(one_per_field(errors))));
         };
         self.count_in_hour(
             RateLimit::Registrations,
@@ -528,7 +597,7 @@ impl RemoteBilling {
         request: BillingLinkRequest,
         now: DateTime<Utc>,
     ) -> Result<String, RemoteError> {
-        let mut errors = Vec::new();
+        let mut errors = request.read_errors.clone();
         let user_uuid = uuid_field(&request.user.uuid, "/user/uuid", &mut errors);
         if !is_plausible_email(&request.user.email) {
             errors.push(FieldError::field(
@@ -563,7 +632,7 @@ impl RemoteBilling {
             }
         };
         let (Some(user_uuid), Some(realm_uuid), true) = (user_uuid, realm_uuid, errors.is_empty()) else {
-            return Err(RemoteError::Invalid(ValidationErrors(errors)));
+            return Err(RemoteError::Invalid(ValidationErrors(one_per_field(errors))));
         };
         let realm = RemoteRealm {
             uuid: realm_uuid,
