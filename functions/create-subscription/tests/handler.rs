@@ -17,7 +17,12 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let (sandbox, billing) = billing_testing::sandbox_billing(0, billing_testing::fast_retries()).await;
+    fixture_with_prices(0).await
+}
+
+/// A fixture whose sandbox charges `amount` cents for every plan.
+async fn fixture_with_prices(amount: i64) -> Fixture {
+    let (sandbox, billing) = billing_testing::sandbox_billing(amount, billing_testing::fast_retries()).await;
     let store: Arc<dyn Store> = embedded_store();
     let function = CreateSubscription {
         store: store.clone(),
@@ -199,4 +204,46 @@ async fn a_malformed_user_id_does_not_hide_the_email_and_plan_errors() {
         ]
     );
     assert_eq!(customers_with_email(&f.sandbox, "nope").await, 0);
+}
+
+#[tokio::test]
+async fn a_paid_plan_created_with_a_good_card_is_active_not_incomplete() {
+    // Given plans that cost money
+    let f = fixture_with_prices(800).await;
+    let user = Uuid::new_v4();
+    // When an administrator creates a subscription on a paid plan with a card
+    let response = f
+        .function
+        .handle(admin_create(&json!({
+            "user_id": user,
+            "email": "card@example.com",
+            "plan": "basic_monthly",
+            "stripe_source": "pm_card_visa",
+        })))
+        .await;
+    // Then the card paid the first invoice: active in Stripe and in the store
+    assert_eq!(response.status(), 201, "{}", body(&response));
+    let created = body(&response)["subscriptions"][0].clone();
+    assert_eq!(created["status"], "active", "{created}");
+    assert_eq!(created["has_payment_source"], true);
+    let stored = f.store.get_subscription(user).await.unwrap();
+    assert_eq!(stored.status.as_str(), "active");
+    let stripe = stripe_get(
+        &f.sandbox,
+        &format!("/v1/subscriptions/{}", created["stripe_subscription"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(stripe["status"], "active");
+}
+
+async fn stripe_get(sandbox: &RunningSandbox, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}{}", sandbox.base_url(), path.trim_start_matches('/')))
+        .bearer_auth("sk_test_handler")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

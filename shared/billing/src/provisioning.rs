@@ -80,6 +80,17 @@ pub async fn provision(
             &idempotency_key("create_customer", &target, "provision"),
         )
         .await?;
+    // The card first, as the customer's default: the subscription's first invoice is then paid
+    // with it, and a paid plan starts active instead of `incomplete`.
+    if let Some(method) = &change.stripe_source {
+        billing
+            .attach_default_payment_method(
+                &customer.id,
+                method,
+                &idempotency_key("attach_payment_method", &target, "provision"),
+            )
+            .await?;
+    }
     let trial_start = request.trial_start.unwrap_or(customer.created);
     // A trial that would already be over (a signup processed very late) is no trial at all.
     let trial_end = change
@@ -95,15 +106,6 @@ pub async fn provision(
             &idempotency_key("create_subscription", &target, &customer.id),
         )
         .await?;
-    if let Some(method) = &change.stripe_source {
-        billing
-            .attach_default_payment_method(
-                &customer.id,
-                method,
-                &idempotency_key("attach_payment_method", &target, "provision"),
-            )
-            .await?;
-    }
     let mut subscription = change
         .new_subscription(request.plan, trial_start, request.now)
         .expect("validate_create requires user_id and email");
