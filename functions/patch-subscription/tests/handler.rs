@@ -366,3 +366,45 @@ async fn a_non_admin_sending_a_malformed_system_field_and_an_unknown_one_gets_bo
     let stored = f.store.get_subscription(subscription.id).await.unwrap();
     assert_eq!(stored, subscription);
 }
+
+/// `request` as Lambda invokes it, with `left` until the invocation's deadline.
+fn with_deadline(request: lambda_http::Request, left: std::time::Duration) -> lambda_http::Request {
+    use lambda_http::RequestExt;
+    let mut context = lambda_http::Context::default();
+    let deadline = std::time::SystemTime::now() + left;
+    context.deadline = deadline.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    request.with_lambda_context(context)
+}
+
+#[tokio::test]
+async fn a_slow_stripe_answers_502_before_the_deadline_and_changes_nothing() {
+    // Given a subscriber, and a Stripe that now takes 3 s per call
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    f.sandbox.sandbox.set_latency(std::time::Duration::from_millis(3000));
+    // When they change plan in an invocation with 2 s left
+    let event = patch(
+        subscription.id,
+        "subscriptions",
+        subscription.id,
+        &json!({"plan": "basic_monthly"}),
+    );
+    let started = std::time::Instant::now();
+    let response = f
+        .function
+        .handle(with_deadline(
+            without_if_match(event),
+            std::time::Duration::from_secs(2),
+        ))
+        .await;
+    // Then the function answers 502 with Retry-After before the deadline, and nothing changed
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), 502, "{}", body(&response));
+    assert_eq!(body(&response)["errors"][0]["slug"], "upstream_unavailable");
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(f.store.get_subscription(subscription.id).await.unwrap(), subscription);
+}

@@ -15,6 +15,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use billing::access::{Operation, declared_store};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
+use billing::deadline;
 use billing::provisioning::{Provision, ProvisionError, provision};
 use billing::signup::{self, ProfileCreated, SignupMessage};
 use billing::store::Store;
@@ -23,6 +24,7 @@ use billing::subscription::{PlanCatalog, SubscriptionChange};
 use billing_adapters::DynamoStore;
 use billing_adapters::StripeBilling;
 use futures_util::future::join_all;
+use std::time::SystemTime;
 use tracing::Instrument;
 
 /// The name refusals of undeclared operations give.
@@ -82,7 +84,31 @@ impl SignupListener {
 
     /// Handles a batch; the response names the messages SQS should deliver again.
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let outcomes = join_all(event.records.iter().map(|message| self.handle_message(message))).await;
+        self.handle_within(event, None).await
+    }
+
+    /// [`SignupListener::handle`] before the invocation's `deadline`: Stripe's retries stop in
+    /// time, and a message still unfinished just before the deadline is reported as a failure
+    /// of the batch (SQS delivers it again; its provisioning is idempotent), so the finished
+    /// ones are acknowledged instead of the whole batch failing with the invocation.
+    pub async fn handle_within(&self, event: SqsEvent, deadline: Option<SystemTime>) -> SqsBatchResponse {
+        let outcomes = join_all(event.records.iter().map(|message| async move {
+            match deadline {
+                None => self.handle_message(message).await,
+                Some(at) => {
+                    let guard = deadline::until_deadline(at).saturating_sub(deadline::ANSWER_MARGIN / 2);
+                    let work = deadline::within(Some(at), self.handle_message(message));
+                    tokio::time::timeout(guard, work).await.unwrap_or_else(|_| {
+                        tracing::warn!(
+                            message_id = message.message_id.as_deref().unwrap_or(""),
+                            "unfinished at the deadline; SQS will deliver it again"
+                        );
+                        Outcome::Retry("unfinished at the invocation's deadline".into())
+                    })
+                }
+            }
+        }))
+        .await;
         let mut response = SqsBatchResponse::default();
         for (message, outcome) in event.records.iter().zip(outcomes) {
             if !outcome.acknowledged() {

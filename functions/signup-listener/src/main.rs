@@ -8,8 +8,10 @@ use signup_listener::SignupListener;
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let listener = SignupListener::from_env(&ProcessEnvironment).await?;
-    run(service_fn(|event: LambdaEvent<_>| async {
-        Ok::<_, Error>(listener.handle(event.payload).await)
+    let listener = &listener;
+    run(service_fn(|event: LambdaEvent<_>| async move {
+        let deadline = event.context.deadline();
+        Ok::<_, Error>(listener.handle_within(event.payload, Some(deadline)).await)
     }))
     .await
 }

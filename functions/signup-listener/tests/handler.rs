@@ -230,3 +230,31 @@ async fn a_tenfold_redelivery_storm_makes_no_duplicate() {
         assert_eq!(f.store.audit_trail(*user).await.unwrap().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn signups_unfinished_before_the_deadline_are_reported_and_the_finished_acknowledged() {
+    // Given a batch of a signup and another event type, and a Stripe taking 3 s per call
+    let f = fixture().await;
+    f.sandbox.sandbox.set_latency(std::time::Duration::from_millis(3000));
+    let user = Uuid::new_v4();
+    let other = json!({"type": "profile.deleted", "event_id": Uuid::new_v4()});
+    let event = batch(vec![
+        message("slow", &signup(user, "slow@example.com", Utc::now())),
+        message("other", &other),
+    ]);
+    // When the invocation has 2 s left
+    let started = std::time::Instant::now();
+    let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    let response = f.listener.handle_within(event, Some(deadline)).await;
+    // Then it answers before the deadline, reporting only the signup, which stored nothing
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(failed_ids(&response), ["slow"]);
+    assert!(matches!(
+        f.store.get_subscription(user).await,
+        Err(StoreError::NotFound)
+    ));
+}

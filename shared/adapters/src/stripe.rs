@@ -7,6 +7,7 @@ use std::time::Duration;
 use ::stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use async_trait::async_trait;
 use billing::config::{ConfigError, Environment, optional, required};
+use billing::deadline;
 use billing::stripe::{Billing, BillingError, Customer, StripeSubscription};
 use billing::subscription::Status;
 use chrono::{DateTime, TimeZone, Utc};
@@ -18,6 +19,9 @@ use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoic
 use stripe_payment::payment_method::AttachPaymentMethod;
 use stripe_shared::{Subscription as StripeSubscriptionObject, SubscriptionStatus};
 use uuid::Uuid;
+
+/// The shortest attempt worth starting before a deadline.
+const MIN_ATTEMPT: Duration = Duration::from_millis(200);
 
 /// How hard to try each Stripe call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +100,39 @@ impl StripeBilling {
         let mut backoff = self.retry.first_backoff;
         let mut last = String::new();
         for attempt in 1..=self.retry.attempts {
-            match call(RequestStrategy::Idempotent(key.clone())).await {
+            // Within an invocation, an attempt gets what is left before its deadline, and none
+            // is started that could not finish: the caller answers 502 while it still can.
+            let budget = deadline::remaining();
+            if budget.is_some_and(|left| left < MIN_ATTEMPT) {
+                tracing::warn!(
+                    operation,
+                    attempt,
+                    "no time left before the deadline for another Stripe attempt"
+                );
+                return Err(BillingError::Unavailable(format!(
+                    "{operation}: out of time before the invocation's deadline{}",
+                    if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last failure: {last})")
+                    }
+                )));
+            }
+            let attempt_time = budget.map_or(self.retry.attempt_timeout, |left| left.min(self.retry.attempt_timeout));
+            let outcome = match tokio::time::timeout(attempt_time, call(RequestStrategy::Idempotent(key.clone()))).await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    last = format!("no answer within {} ms", attempt_time.as_millis());
+                    tracing::warn!(operation, attempt, error = %last, "Stripe call timed out; retrying");
+                    if attempt < self.retry.attempts {
+                        tokio::time::sleep(backoff.min(deadline::remaining().unwrap_or(backoff))).await;
+                        backoff *= 4;
+                    }
+                    continue;
+                }
+            };
+            match outcome {
                 Ok(value) => return Ok(value),
                 Err(error) => match classify(&error) {
                     Retry::Yes => {
@@ -110,7 +146,7 @@ impl StripeBilling {
                 },
             }
             if attempt < self.retry.attempts {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff.min(deadline::remaining().unwrap_or(backoff))).await;
                 backoff *= 4;
             }
         }

@@ -14,6 +14,7 @@ pub mod body;
 pub mod change;
 pub mod clock;
 pub mod config;
+pub mod deadline;
 pub mod errors;
 pub mod ids;
 pub mod mail;

@@ -538,11 +538,14 @@ where
         } else {
             let outcome = match precheck(&request, max_body) {
                 Ok(()) => {
-                    handler(ApiRequest {
+                    let deadline = invocation_deadline(&request);
+                    let work = handler(ApiRequest {
                         request_id: request_id.clone(),
                         inner: request,
-                    })
-                    .await
+                    });
+                    before_deadline(deadline, work)
+                        .await
+                        .unwrap_or_else(|| Err(out_of_time()))
                 }
                 Err(error) => Err(error),
             };
@@ -577,6 +580,37 @@ where
 pub fn request_span(request: &Request, request_id: &str) -> tracing::Span {
     let route = route_key_of(request).unwrap_or("(no route)");
     tracing::info_span!("request", request_id = %request_id, route = %route)
+}
+
+/// The deadline of the Lambda invocation a request came in by; none locally, where requests
+/// carry no invocation context.
+pub fn invocation_deadline(request: &Request) -> Option<std::time::SystemTime> {
+    request
+        .lambda_context_ref()
+        .filter(|context| context.deadline > 0)
+        .map(|context| context.deadline())
+}
+
+/// Runs `work` within `deadline` (see `billing::deadline`): its upstream calls stop retrying
+/// in time, and, as a last guard, the work is abandoned just before the deadline (`None`).
+/// Abandoning is safe: every write is one conditional transaction, written whole or not at
+/// all, and every Stripe call carries an idempotency key, so the client's retry completes it.
+pub async fn before_deadline<F: Future>(deadline: Option<std::time::SystemTime>, work: F) -> Option<F::Output> {
+    let Some(at) = deadline else {
+        return Some(work.await);
+    };
+    let guard = billing::deadline::until_deadline(at).saturating_sub(billing::deadline::ANSWER_MARGIN / 2);
+    tokio::time::timeout(guard, billing::deadline::within(Some(at), work))
+        .await
+        .ok()
+}
+
+fn out_of_time() -> ApiError {
+    tracing::error!("request abandoned at its deadline");
+    ApiError::one(FieldError::general(
+        Slug::UpstreamUnavailable,
+        "the request could not be finished in time; nothing was half-written, and a retry is safe",
+    ))
 }
 
 /// The `Retry-After` of an answer (API.md: every 429 and 502 carries one): what the failure

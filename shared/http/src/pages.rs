@@ -187,12 +187,28 @@ where
     async move {
         let outcome = match precheck(&request) {
             Some(refusal) => refusal,
-            None => handler(PageRequest {
-                request_id: request_id.clone(),
-                inner: request,
-            })
-            .await
-            .unwrap_or_else(error_page),
+            None => {
+                let deadline = crate::invocation_deadline(&request);
+                let work = handler(PageRequest {
+                    request_id: request_id.clone(),
+                    inner: request,
+                });
+                match crate::before_deadline(deadline, work).await {
+                    Some(outcome) => outcome.unwrap_or_else(error_page),
+                    None => {
+                        tracing::error!("page abandoned at its deadline");
+                        PageResponse::Retry {
+                            status: StatusCode::SERVICE_UNAVAILABLE,
+                            body: pages::error(
+                                "Temporarily unavailable",
+                                "This took too long on our side; nothing was changed. Try again in a minute.",
+                                None,
+                            ),
+                            retry_after: 5,
+                        }
+                    }
+                }
+            }
         };
         let response = render(outcome, &request_id);
         tracing::info!(
