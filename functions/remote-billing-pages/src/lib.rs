@@ -24,7 +24,12 @@ pub const FUNCTION: &str = "remote-billing-pages";
 
 /// What this function does with the store and the mail service; its IAM policy grants exactly
 /// these.
-pub const OPERATIONS: &[Operation] = &[Operation::GetDocument, Operation::PutDocument, Operation::SendMail];
+pub const OPERATIONS: &[Operation] = &[
+    Operation::GetDocument,
+    Operation::PutDocument,
+    Operation::ListDocuments,
+    Operation::SendMail,
+];
 
 pub struct RemoteBillingPages {
     pub remote: RemoteBilling,

@@ -3,7 +3,8 @@
 
 use billing::mail::Mail;
 use billing::remote::records::realm_key;
-use billing::remote::{BillingLinkRequest, RealmPlan, RegisterRequest, RemoteRealm, RemoteServer};
+use billing::remote::{BillingLinkRequest, RealmPlan, RegisterRequest, RemoteServer};
+use billing::store::DocumentStore;
 use billing_testing::{ApiEvent, RemoteFixture, TestClock};
 use chrono::Duration;
 use lambda_http::http::StatusCode;
@@ -65,7 +66,10 @@ impl Answer {
 }
 
 async fn world_with_limits(per_ip: u32, per_server: u32) -> World {
-    let fixture = RemoteFixture::new(per_ip, per_server);
+    world_on(RemoteFixture::new(per_ip, per_server)).await
+}
+
+async fn world_on(fixture: RemoteFixture) -> World {
     let clock = TestClock::default();
     let server_uuid = Uuid::new_v4();
     fixture
@@ -267,15 +271,11 @@ impl World {
     async fn set_realm_plan(&self, plan: RealmPlan) {
         let records = &self.fixture.remote.records;
         let now = self.clock.now();
-        let (mut realm, version) = records
-            .get::<RemoteRealm>(&realm_key(self.realm), now)
-            .await
-            .unwrap()
-            .unwrap();
+        let (mut realm, version) = records.realm(self.realm, now).await.unwrap().unwrap();
         realm.plan = plan;
         realm.licenses = Some(25);
         records
-            .replace(&realm_key(self.realm), &realm, version, None, now)
+            .replace(&realm_key(realm.server_uuid, self.realm), &realm, version, None, now)
             .await
             .unwrap();
     }
@@ -939,4 +939,48 @@ async fn the_server_page_sends_a_visitor_without_a_session_back_over_the_servers
         page.location.as_deref(),
         Some("http://chat.example.org/self-hosted-billing/")
     );
+}
+
+#[tokio::test]
+async fn a_server_with_thousands_of_realms_keeps_a_small_record_and_is_deactivated() {
+    // Given a server that registered 3,000 realms, all on the free plan
+    let world = world_on(RemoteFixture::in_memory(5, 20)).await;
+    for n in 0..3_000 {
+        let request: BillingLinkRequest = serde_json::from_value(json!({
+            "user": {"uuid": Uuid::new_v4(), "email": "owner@example.org", "full_name": "Ada Owner"},
+            "realm": {"uuid": Uuid::new_v4(), "host": format!("org-{n}.chat.example.org"), "name": format!("Org {n}")},
+            "uri_scheme": "https://",
+        }))
+        .unwrap();
+        world
+            .fixture
+            .remote
+            .billing_link(&world.server, request, world.clock.now())
+            .await
+            .unwrap();
+    }
+    // Then the server's own record did not grow with them, and its realms are one collection
+    let server_record = world
+        .fixture
+        .store
+        .get_document(
+            &billing::remote::records::server_key(world.server.uuid),
+            world.clock.now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(server_record.body.to_string().len() < 1_000, "{}", server_record.body);
+    let realms = world
+        .fixture
+        .remote
+        .records
+        .realms_of(world.server.uuid, world.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(realms.len(), 3_000);
+    // When its contact deactivates it
+    let (_, done) = world.deactivate_through_the_contact().await;
+    // Then it is deactivated
+    assert!(done.body.contains("deactivated"), "{}", done.body);
 }

@@ -317,13 +317,7 @@ async fn host_names_and_schemes_that_could_point_elsewhere_are_refused_and_nothi
         .collect();
     assert_eq!(fields, ["/realm/host", "/uri_scheme"]);
     let realm = body["realm"]["uuid"].as_str().unwrap().parse().unwrap();
-    let stored = f
-        .remote
-        .remote
-        .records
-        .get::<billing::remote::RemoteRealm>(&billing::remote::records::realm_key(realm), f.clock.now())
-        .await
-        .unwrap();
+    let stored = f.remote.remote.records.realm(realm, f.clock.now()).await.unwrap();
     assert!(stored.is_none());
 }
 
@@ -433,7 +427,7 @@ async fn a_known_realms_host_name_and_scheme_follow_the_servers_latest_request()
         .remote
         .remote
         .records
-        .get::<billing::remote::RemoteRealm>(&billing::remote::records::realm_key(realm), f.clock.now())
+        .realm(realm, f.clock.now())
         .await
         .unwrap()
         .unwrap();

@@ -563,43 +563,66 @@ fn condition_failed<R>(error: &SdkError<aws_sdk_dynamodb::operation::put_item::P
         .is_some_and(|e| e.is_conditional_check_failed_exception())
 }
 
+/// The sort-key prefix of a collection's members: the partition may also hold the document
+/// keyed by the collection's name itself.
+const MEMBER: &str = "MEMBER#";
+
+/// The table keys of a document: its own partition, or, for `<collection>/<member>`, the
+/// collection's partition with the member in the sort key, so a collection is one query.
+fn document_keys(key: &str) -> (String, String) {
+    match key.split_once('/') {
+        Some((collection, member)) => (document_pk(collection), format!("{MEMBER}{member}")),
+        None => (document_pk(key), DOC.to_owned()),
+    }
+}
+
+/// A stored document, unless it had expired at `now`.
+fn decode_document(
+    key: &str,
+    item: &HashMap<String, AttributeValue>,
+    now: DateTime<Utc>,
+) -> Result<Option<Document>, StoreError> {
+    let number = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<i64>().ok())
+    };
+    let expires_at = number(TABLE_DEFINITION.ttl_attribute);
+    if expires_at.is_some_and(|expiry| expiry <= now.timestamp()) {
+        return Ok(None);
+    }
+    let version = number("version")
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("document {key} has no version")))?;
+    let body = item
+        .get("body")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("document {key} has no body")))?;
+    Ok(Some(Document {
+        body: serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        version,
+        expires_at: expires_at.and_then(|e| DateTime::from_timestamp(e, 0)),
+    }))
+}
+
 #[async_trait]
 impl DocumentStore for DynamoStore {
     async fn get_document(&self, key: &str, now: DateTime<Utc>) -> Result<Option<Document>, StoreError> {
+        let (pk, sk) = document_keys(key);
         let output = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(document_pk(key)))
-            .key("sk", s(DOC))
+            .key("pk", s(pk))
+            .key("sk", s(sk))
             .consistent_read(true)
             .send()
             .await
             .map_err(sdk)?;
-        let Some(item) = output.item else {
-            return Ok(None);
-        };
-        let number = |name: &str| {
-            item.get(name)
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse::<i64>().ok())
-        };
-        let expires_at = number(TABLE_DEFINITION.ttl_attribute);
-        if expires_at.is_some_and(|expiry| expiry <= now.timestamp()) {
-            return Ok(None);
+        match output.item {
+            Some(item) => decode_document(key, &item, now),
+            None => Ok(None),
         }
-        let version = number("version")
-            .and_then(|v| u64::try_from(v).ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("document {key} has no version")))?;
-        let body = item
-            .get("body")
-            .and_then(|v| v.as_s().ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("document {key} has no body")))?;
-        Ok(Some(Document {
-            body: serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            version,
-            expires_at: expires_at.and_then(|e| DateTime::from_timestamp(e, 0)),
-        }))
     }
 
     async fn put_document(
@@ -612,12 +635,13 @@ impl DocumentStore for DynamoStore {
     ) -> Result<u64, StoreError> {
         let ttl = TABLE_DEFINITION.ttl_attribute;
         let version = expected.map_or(1, |v| v + 1);
+        let (pk, sk) = document_keys(key);
         let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(document_pk(key)))
-            .item("sk", s(DOC))
+            .item("pk", s(pk))
+            .item("sk", s(sk))
             .item("body", s(body.to_string()))
             .item("version", AttributeValue::N(version.to_string()));
         if let Some(expiry) = expires_at {
@@ -639,6 +663,44 @@ impl DocumentStore for DynamoStore {
                 Some(_) => StoreError::VersionConflict,
             }),
             Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        let mut members = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :member)")
+                .expression_attribute_values(":pk", s(document_pk(collection)))
+                .expression_attribute_values(":member", s(MEMBER))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in output.items.unwrap_or_default() {
+                let member = item
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|sk| sk.strip_prefix(MEMBER))
+                    .ok_or_else(|| StoreError::Corrupt(format!("a member of {collection} without its sort key")))?
+                    .to_owned();
+                if let Some(document) = decode_document(&member, &item, now)? {
+                    members.push((member, document));
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(members);
+            }
         }
     }
 }

@@ -436,4 +436,37 @@ impl DocumentStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        // Members are keyed `<collection>/<member>`: the range from `<collection>/` up to
+        // `<collection>0` (the character after `/`) holds exactly them.
+        let (from, to) = (format!("{collection}/"), format!("{collection}0"));
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(DOCUMENTS).map_err(unavailable)?;
+            let mut members = Vec::new();
+            for entry in table.range(from.as_str()..to.as_str()).map_err(unavailable)? {
+                let (key, json) = entry.map_err(unavailable)?;
+                let stored = read_document(json.value())?;
+                if !stored.live_at(now) {
+                    continue;
+                }
+                let member = key.value()[from.len()..].to_owned();
+                members.push((
+                    member,
+                    Document {
+                        expires_at: stored.expires_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+                        version: stored.version,
+                        body: stored.body,
+                    },
+                ));
+            }
+            Ok(members)
+        })
+        .await
+    }
 }

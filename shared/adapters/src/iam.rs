@@ -60,7 +60,7 @@ pub fn grants(operation: Operation) -> &'static [Grant] {
         Operation::CreateSubscription | Operation::UpdateSubscription => &[PUT_ITEM, GET_ITEM],
         Operation::GetSubscription | Operation::IsRecorded | Operation::GetDocument => &[GET_ITEM],
         Operation::FindByStripeSubscription | Operation::FindByStripeCustomer => &[QUERY_INDEXES],
-        Operation::AuditTrail => &[QUERY_TABLE],
+        Operation::AuditTrail | Operation::ListDocuments => &[QUERY_TABLE],
         // A transaction of Puts: the event's id, alone.
         Operation::RecordEvent => &[PUT_ITEM],
         // The id, the event mark and the new state and audit (Puts), or, when the event changes

@@ -597,6 +597,39 @@ async fn invoice_events_and_snapshots_are_ordered_each_against_their_own_kind(st
     assert_eq!(store.get_subscription(v1.id).await.unwrap().status.as_str(), "past_due");
 }
 
+async fn a_collection_lists_its_members_in_order_and_nothing_else(store: Arc<impl DocumentStore>) {
+    // Given three members of a collection, one expired, a member of a neighbouring collection
+    // and a document keyed like the collection itself
+    let now = Utc::now();
+    let collection = unique("realms#");
+    let neighbour = format!("{collection}x");
+    for (member, expires) in [("b", None), ("a", None), ("c", Some(now - Duration::minutes(1)))] {
+        let key = billing::store::member_key(&collection, member);
+        store
+            .put_document(&key, &document_body(1), expires, None, now)
+            .await
+            .unwrap();
+    }
+    let other = billing::store::member_key(&neighbour, "a");
+    store
+        .put_document(&other, &document_body(2), None, None, now)
+        .await
+        .unwrap();
+    store
+        .put_document(&collection, &document_body(3), None, None, now)
+        .await
+        .unwrap();
+    // When the collection is listed
+    let members = store.list_documents(&collection, now).await.unwrap();
+    // Then it holds exactly its live members, in member order, each readable by its key too
+    let names: Vec<&str> = members.iter().map(|(member, _)| member.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(members[0].1.body, document_body(1));
+    let key = billing::store::member_key(&collection, "a");
+    assert_eq!(store.get_document(&key, now).await.unwrap().unwrap().version, 1);
+    assert!(store.list_documents(&unique("empty#"), now).await.unwrap().is_empty());
+}
+
 fn document_body(n: u32) -> serde_json::Value {
     serde_json::json!({"n": n, "name": "ünïcödé \"quoted\""})
 }
@@ -728,6 +761,7 @@ macro_rules! conformance_suite {
             a_document_is_replaced_only_from_the_version_read,
             concurrent_replaces_of_a_document_let_exactly_one_win,
             an_expired_document_counts_as_absent_and_can_be_written_anew,
+            a_collection_lists_its_members_in_order_and_nothing_else,
         );
     };
     (@tests $store:expr; $($test:ident),* $(,)?) => {

@@ -48,13 +48,15 @@ pub enum Operation {
     GetDocument,
     /// [`DocumentStore::put_document`].
     PutDocument,
+    /// [`DocumentStore::list_documents`].
+    ListDocuments,
     /// [`Mailer::send`].
     SendMail,
 }
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 13] = [
         Operation::CreateSubscription,
         Operation::GetSubscription,
         Operation::UpdateSubscription,
@@ -66,6 +68,7 @@ impl Operation {
         Operation::IsRecorded,
         Operation::GetDocument,
         Operation::PutDocument,
+        Operation::ListDocuments,
         Operation::SendMail,
     ];
 }
@@ -210,6 +213,15 @@ impl DocumentStore for Declared<dyn DocumentStore> {
         self.store(Operation::PutDocument)?;
         self.inner.put_document(key, body, expires_at, expected, now).await
     }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        self.store(Operation::ListDocuments)?;
+        self.inner.list_documents(collection, now).await
+    }
 }
 
 #[async_trait]
@@ -243,6 +255,10 @@ mod tests {
             _: DateTime<Utc>,
         ) -> Result<u64, StoreError> {
             Ok(1)
+        }
+
+        async fn list_documents(&self, _: &str, _: DateTime<Utc>) -> Result<Vec<(String, Document)>, StoreError> {
+            Ok(Vec::new())
         }
     }
 

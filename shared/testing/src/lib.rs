@@ -257,6 +257,14 @@ impl RemoteFixture {
         let remote = remote_billing_on(store.clone(), outbox.clone(), mails_per_ip_hour, mails_per_server_hour);
         RemoteFixture { remote, outbox, store }
     }
+
+    /// A fixture on an in-memory store, for tests that write thousands of records.
+    pub fn in_memory(mails_per_ip_hour: u32, mails_per_server_hour: u32) -> Self {
+        let store = in_memory_store();
+        let outbox = outbox();
+        let remote = remote_billing_on(store.clone(), outbox.clone(), mails_per_ip_hour, mails_per_server_hour);
+        RemoteFixture { remote, outbox, store }
+    }
 }
 
 /// A file outbox in a temporary directory.

@@ -39,9 +39,6 @@ pub struct RemoteServer {
     pub contact_email: String,
     /// Who the contact is as a billing user: logins of the contact are keyed by it.
     pub contact_user_uuid: Uuid,
-    /// Every realm this server has registered (a realm's own record says which server owns it).
-    #[serde(default)]
-    pub realms: Vec<Uuid>,
     /// When the server first registered.
     pub registered_at: DateTime<Utc>,
     /// When the server was deactivated from billing, if it was.
@@ -181,9 +178,27 @@ pub fn server_key(uuid: Uuid) -> String {
     format!("remote_server#{uuid}")
 }
 
-/// The key of a remote realm's record.
-pub fn realm_key(uuid: Uuid) -> String {
+/// The key of the record saying which server a realm belongs to (its claim): written once,
+/// conditionally, so two servers can never both own a realm.
+pub fn realm_owner_key(uuid: Uuid) -> String {
     format!("remote_realm#{uuid}")
+}
+
+/// The collection of a server's realms: listed whole with one query, whatever their number.
+pub fn server_realms(server_uuid: Uuid) -> String {
+    format!("remote_server_realms#{server_uuid}")
+}
+
+/// The key of a realm's record, in its server's collection.
+pub fn realm_key(server_uuid: Uuid, uuid: Uuid) -> String {
+    crate::store::member_key(&server_realms(server_uuid), &uuid.to_string())
+}
+
+/// Which server a realm belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealmOwner {
+    /// The owning server.
+    pub server_uuid: Uuid,
 }
 
 /// Billing users are found by the remote server's user id, within a realm or a server.
@@ -225,6 +240,24 @@ impl Records {
     /// Records kept in `documents`.
     pub fn new(documents: Arc<dyn DocumentStore>) -> Self {
         Records { documents }
+    }
+
+    /// A realm's record and its version, through its owner record.
+    pub async fn realm(&self, uuid: Uuid, now: DateTime<Utc>) -> Result<Option<(RemoteRealm, u64)>, StoreError> {
+        let Some((owner, _)) = self.get::<RealmOwner>(&realm_owner_key(uuid), now).await? else {
+            return Ok(None);
+        };
+        self.get::<RemoteRealm>(&realm_key(owner.server_uuid, uuid), now).await
+    }
+
+    /// Every realm of a server, with one query.
+    pub async fn realms_of(&self, server_uuid: Uuid, now: DateTime<Utc>) -> Result<Vec<RemoteRealm>, StoreError> {
+        self.documents
+            .list_documents(&server_realms(server_uuid), now)
+            .await?
+            .into_iter()
+            .map(|(_, document)| serde_json::from_value(document.body).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
     }
 
     /// The document store the records live in.

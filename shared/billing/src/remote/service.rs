@@ -15,8 +15,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::records::{
-    BillingUser, Confirmation, MailCount, Records, RemoteRealm, RemoteServer, Session, billing_user_key,
-    confirmation_key, rate_key, realm_key, server_key, session_key, sha256_hex,
+    BillingUser, Confirmation, MailCount, RealmOwner, Records, RemoteRealm, RemoteServer, Session, billing_user_key,
+    confirmation_key, rate_key, realm_key, realm_owner_key, server_key, session_key, sha256_hex,
 };
 use super::token::{AccessClaims, NextPage, TokenError, TokenSealer};
 use crate::config::{ConfigError, Environment, optional, required};
@@ -539,7 +539,6 @@ impl RemoteBilling {
                         hostname: hostname.clone(),
                         contact_email: request.contact_email.clone(),
                         contact_user_uuid: Uuid::new_v4(),
-                        realms: Vec::new(),
                         registered_at: now,
                         deactivated_at: None,
                         uri_scheme: None,
@@ -664,34 +663,51 @@ impl RemoteBilling {
     }
 
     /// Registers `realm` to `server` unless it is registered already: to the same server,
-    /// fine; to another, refused (the organisation moved without its billing).
+    /// fine (its host, name and scheme follow the request); to another, refused (the
+    /// organisation moved without its billing).
+    ///
+    /// The owner record is the claim, written once on the condition that none exists; the
+    /// realm's record then goes into its server's collection. A failure between the two leaves
+    /// a claim without a record, which the next billing link completes.
     async fn claim_realm(
         &self,
         server: &RemoteServer,
         realm: RemoteRealm,
         now: DateTime<Utc>,
     ) -> Result<(), RemoteError> {
-        if let Some((existing, _)) = self.records.get::<RemoteRealm>(&realm_key(realm.uuid), now).await? {
-            self.check_realm_owner(&existing, server)?;
-            return self.update_realm_details(&existing, &realm, now).await;
-        }
-        // The server lists the realm before the realm record exists, so that deactivation,
-        // which checks the listed realms, can never miss one.
-        self.add_realm_to_server(server.uuid, realm.uuid, now).await?;
-        match self.records.insert(&realm_key(realm.uuid), &realm, None, now).await {
-            Ok(()) => {
-                tracing::info!(server = %server.uuid, realm = %realm.uuid, "remote realm registered");
-                Ok(())
+        let owner_key = realm_owner_key(realm.uuid);
+        let owner = match self.records.get::<RealmOwner>(&owner_key, now).await? {
+            Some((owner, _)) => owner,
+            None => {
+                let claim = RealmOwner {
+                    server_uuid: server.uuid,
+                };
+                match self.records.insert(&owner_key, &claim, None, now).await {
+                    Ok(()) => claim,
+                    Err(StoreError::AlreadyExists) => {
+                        self.records
+                            .get::<RealmOwner>(&owner_key, now)
+                            .await?
+                            .ok_or(StoreError::VersionConflict)?
+                            .0
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            Err(StoreError::AlreadyExists) => {
-                let (existing, _) = self
-                    .records
-                    .get::<RemoteRealm>(&realm_key(realm.uuid), now)
-                    .await?
-                    .ok_or(StoreError::VersionConflict)?;
-                self.check_realm_owner(&existing, server)
-            }
-            Err(e) => Err(e.into()),
+        };
+        self.check_realm_owner(realm.uuid, owner.server_uuid, server)?;
+        let key = realm_key(server.uuid, realm.uuid);
+        match self.records.get::<RemoteRealm>(&key, now).await? {
+            Some((existing, _)) => self.update_realm_details(&existing, &realm, now).await,
+            None => match self.records.insert(&key, &realm, None, now).await {
+                Ok(()) => {
+                    tracing::info!(server = %server.uuid, realm = %realm.uuid, "remote realm registered");
+                    Ok(())
+                }
+                // Registered by a concurrent request of the same server.
+                Err(StoreError::AlreadyExists) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
         }
     }
 
@@ -709,7 +725,7 @@ impl RemoteBilling {
         if same(existing) {
             return Ok(());
         }
-        let key = &realm_key(latest.uuid);
+        let key = &realm_key(latest.server_uuid, latest.uuid);
         retry_on_conflict(|_| async move {
             let (mut realm, version) = self
                 .records
@@ -748,36 +764,17 @@ impl RemoteBilling {
         .await
     }
 
-    fn check_realm_owner(&self, realm: &RemoteRealm, server: &RemoteServer) -> Result<(), RemoteError> {
-        if realm.server_uuid == server.uuid {
+    fn check_realm_owner(&self, realm: Uuid, owner: Uuid, server: &RemoteServer) -> Result<(), RemoteError> {
+        if owner == server.uuid {
             return Ok(());
         }
         tracing::warn!(
-            realm = %realm.uuid,
-            registered_to = %realm.server_uuid,
+            %realm,
+            registered_to = %owner,
             asked_by = %server.uuid,
             "billing link refused: the realm is registered to another server (exported and imported elsewhere?)"
         );
         Err(RemoteError::RealmServerMismatch)
-    }
-
-    async fn add_realm_to_server(&self, server_uuid: Uuid, realm: Uuid, now: DateTime<Utc>) -> Result<(), RemoteError> {
-        retry_on_conflict(|_| async move {
-            let (mut server, version) = self
-                .records
-                .get::<RemoteServer>(&server_key(server_uuid), now)
-                .await?
-                .ok_or(RemoteError::UnknownServer)?;
-            if server.realms.contains(&realm) {
-                return Ok(());
-            }
-            server.realms.push(realm);
-            self.records
-                .replace(&server_key(server_uuid), &server, version, None, now)
-                .await?;
-            Ok(())
-        })
-        .await
     }
 
     /// Mails the server's contact a login link that leads to the deactivation page.
@@ -1138,7 +1135,7 @@ impl RemoteBilling {
     ) -> Result<RealmView, RemoteError> {
         let (realm, _) = self
             .records
-            .get::<RemoteRealm>(&realm_key(realm_uuid), now)
+            .realm(realm_uuid, now)
             .await?
             .ok_or(RemoteError::UnknownRealm)?;
         let session = self
@@ -1204,17 +1201,15 @@ impl RemoteBilling {
         })
     }
 
+    /// The server's realms on a paid plan: one query of its realms, however many it has.
     async fn paid_realms(&self, server: &RemoteServer, now: DateTime<Utc>) -> Result<Vec<RemoteRealm>, RemoteError> {
-        let mut paid = Vec::new();
-        for realm in &server.realms {
-            if let Some((realm, _)) = self.records.get::<RemoteRealm>(&realm_key(*realm), now).await?
-                && realm.server_uuid == server.uuid
-                && realm.plan.is_paid()
-            {
-                paid.push(realm);
-            }
-        }
-        Ok(paid)
+        Ok(self
+            .records
+            .realms_of(server.uuid, now)
+            .await?
+            .into_iter()
+            .filter(|realm| realm.plan.is_paid())
+            .collect())
     }
 
     /// Deactivates a server, on the confirmed form of its contact's session; refused while a
@@ -1241,7 +1236,8 @@ impl RemoteBilling {
                 .get::<RemoteServer>(&server_key(server_uuid), now)
                 .await?
                 .ok_or(RemoteError::UnknownServer)?;
-            // A realm registered since the page was read is checked again.
+            // The realms are read again just before the write: a plan bought since the page
+            // was read is seen.
             if !self.paid_realms(&server, now).await?.is_empty() {
                 return Err(RemoteError::PaidPlan);
             }

@@ -2,8 +2,11 @@
 //! optional expiry, written only on a condition (absent, or at the version the writer read).
 //!
 //! The remote-billing records (servers, realms, billing users, confirmations, sessions, rate
-//! counters) are read and written whole by key and never queried otherwise, so one versioned
-//! document primitive carries all of them; what each document means lives in `remote`.
+//! counters) are read and written whole by key, so one versioned document primitive carries all
+//! of them; what each document means lives in `remote`. A key of the form
+//! `<collection>/<member>` puts a document in a collection, which is read whole with one query
+//! ([`DocumentStore::list_documents`]): the realms of a server, however many, without a record
+//! that grows with them.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -43,4 +46,15 @@ pub trait DocumentStore: Send + Sync {
         expected: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Every document of `collection` (those keyed `<collection>/<member>`) not expired at
+    /// `now`, with its member name, in member order: one query, paged by the backend, never a
+    /// read per member.
+    async fn list_documents(&self, collection: &str, now: DateTime<Utc>)
+    -> Result<Vec<(String, Document)>, StoreError>;
+}
+
+/// The key of `member` in `collection`.
+pub fn member_key(collection: &str, member: &str) -> String {
+    format!("{collection}/{member}")
 }

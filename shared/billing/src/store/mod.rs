@@ -24,7 +24,8 @@
 //! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
 //! | the last Stripe snapshot event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
 //! | the last Stripe invoice event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_INVOICE_EVENT` (`created`, `event_id`) |
-//! | a versioned document ([`DocumentStore`]: remote servers, realms, billing users, confirmations, sessions, rate counters) | `pk = DOC#<key>`, `sk = DOC` (`body` JSON text, `version`, TTL `expires_at`) |
+//! | a versioned document ([`DocumentStore`]: remote servers, realm owners, billing users, confirmations, sessions, rate counters) | `pk = DOC#<key>`, `sk = DOC` (`body` JSON text, `version`, TTL `expires_at`) |
+//! | a member of a document collection (a server's realms), read whole with one query | `pk = DOC#<collection>`, `sk = MEMBER#<member>` (as above) |
 //!
 //! Index key attributes are written only when the subscription has the Stripe id (sparse
 //! indexes), never as NULL.
@@ -39,7 +40,7 @@ use crate::subscription::Subscription;
 mod documents;
 mod retry;
 
-pub use documents::{Document, DocumentStore};
+pub use documents::{Document, DocumentStore, member_key};
 pub use retry::{AsConflict, WRITE_ATTEMPTS, retry_on_conflict};
 
 /// Why a store operation did not happen. Nothing was written in any of these cases.
