@@ -27,6 +27,7 @@ pub const FUNCTION: &str = "remote-billing-pages";
 pub const OPERATIONS: &[Operation] = &[
     Operation::GetDocument,
     Operation::PutDocument,
+    Operation::PutDocuments,
     Operation::ListDocuments,
     Operation::SendMail,
 ];

@@ -1,6 +1,8 @@
 //! The remote-billing pages in-process, against the embedded store and a file outbox, with a
 //! clock the tests move: every browser step, and every way it is refused.
 
+use std::sync::Arc;
+
 use billing::mail::Mail;
 use billing::remote::records::realm_key;
 use billing::remote::{BillingLinkRequest, RealmPlan, RegisterRequest, RemoteServer};
@@ -983,4 +985,95 @@ async fn a_server_with_thousands_of_realms_keeps_a_small_record_and_is_deactivat
     let (_, done) = world.deactivate_through_the_contact().await;
     // Then it is deactivated
     assert!(done.body.contains("deactivated"), "{}", done.body);
+}
+
+/// The embedded store, refusing every write of a billing user while `failing` is set (a store
+/// failing between two writes).
+struct FailingUserWrites {
+    inner: Arc<dyn DocumentStore>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl FailingUserWrites {
+    fn refuses(&self, key: &str) -> bool {
+        key.starts_with("billing_user#") && self.failing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl DocumentStore for FailingUserWrites {
+    async fn get_document(
+        &self,
+        key: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<billing::store::Document>, billing::store::StoreError> {
+        self.inner.get_document(key, now).await
+    }
+
+    async fn put_document(
+        &self,
+        key: &str,
+        body: &serde_json::Value,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        expected: Option<u64>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, billing::store::StoreError> {
+        if self.refuses(key) {
+            return Err(billing::store::StoreError::unavailable("the store failed"));
+        }
+        self.inner.put_document(key, body, expires_at, expected, now).await
+    }
+
+    async fn put_documents(
+        &self,
+        writes: &[billing::store::DocumentWrite<'_>],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), billing::store::StoreError> {
+        if writes.iter().any(|w| self.refuses(w.key)) {
+            return Err(billing::store::StoreError::unavailable("the store failed"));
+        }
+        self.inner.put_documents(writes, now).await
+    }
+
+    async fn list_documents(
+        &self,
+        collection: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(String, billing::store::Document)>, billing::store::StoreError> {
+        self.inner.list_documents(collection, now).await
+    }
+}
+
+#[tokio::test]
+async fn a_confirmation_that_fails_to_create_the_billing_user_leaves_the_link_usable() {
+    // Given a store that fails when the billing user is written
+    let store = billing_testing::embedded_store();
+    let failing = Arc::new(FailingUserWrites {
+        inner: store.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let outbox = billing_testing::outbox();
+    let fixture = RemoteFixture {
+        remote: billing_testing::remote_billing_on(failing.clone(), outbox.clone(), 5, 20),
+        outbox,
+        store,
+    };
+    let world = world_on(fixture).await;
+    let token = world.access_token(None).await;
+    let form = world.login_page(&token).await;
+    let sent = world
+        .request_confirmation(&token, "owner@example.org", &form.csrf(), "203.0.113.7")
+        .await;
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
+    let key = world.confirmation_key("owner@example.org");
+    failing.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // When the link is followed while the store fails
+    let failed = world.follow_confirmation(&key).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE, "{}", failed.body);
+
+    // Then the link was not used up: followed again once the store is back, it logs in
+    failing.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let confirmed = world.follow_confirmation(&key).await;
+    assert_eq!(confirmed.status, StatusCode::FOUND, "{}", confirmed.body);
 }

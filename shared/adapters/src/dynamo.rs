@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use billing::store::{
-    AuditEntry, Document, DocumentStore, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite,
+    AuditEntry, Document, DocumentStore, DocumentWrite, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite,
     check_next_version,
 };
 use billing::subscription::Subscription;
@@ -563,6 +563,50 @@ fn condition_failed<R>(error: &SdkError<aws_sdk_dynamodb::operation::put_item::P
         .is_some_and(|e| e.is_conditional_check_failed_exception())
 }
 
+/// A conditional document write, as the parts of a `PutItem` or of a transaction's `Put`.
+struct DocumentPut {
+    item: Option<HashMap<String, AttributeValue>>,
+    condition_expression: Option<String>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+}
+
+impl DynamoStore {
+    fn document_put(&self, write: &DocumentWrite<'_>, now: DateTime<Utc>) -> DocumentPut {
+        let ttl = TABLE_DEFINITION.ttl_attribute;
+        let version = write.expected.map_or(1, |v| v + 1);
+        let (pk, sk) = document_keys(write.key);
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(pk)),
+            ("sk".to_owned(), s(sk)),
+            ("body".to_owned(), s(write.body.to_string())),
+            ("version".to_owned(), AttributeValue::N(version.to_string())),
+        ]);
+        if let Some(expiry) = write.expires_at {
+            item.insert(ttl.to_owned(), AttributeValue::N(expiry.timestamp().to_string()));
+        }
+        let (condition, names, values) = match write.expected {
+            // TTL deletion runs late: an expired document still present counts as absent.
+            None => (
+                "attribute_not_exists(pk) OR #ttl <= :now",
+                Some(HashMap::from([("#ttl".to_owned(), ttl.to_owned())])),
+                HashMap::from([(":now".to_owned(), AttributeValue::N(now.timestamp().to_string()))]),
+            ),
+            Some(expected) => (
+                "version = :expected",
+                None,
+                HashMap::from([(":expected".to_owned(), AttributeValue::N(expected.to_string()))]),
+            ),
+        };
+        DocumentPut {
+            item: Some(item),
+            condition_expression: Some(condition.to_owned()),
+            expression_attribute_names: names,
+            expression_attribute_values: Some(values),
+        }
+    }
+}
+
 /// The sort-key prefix of a collection's members: the partition may also hold the document
 /// keyed by the collection's name itself.
 const MEMBER: &str = "MEMBER#";
@@ -633,35 +677,55 @@ impl DocumentStore for DynamoStore {
         expected: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let ttl = TABLE_DEFINITION.ttl_attribute;
-        let version = expected.map_or(1, |v| v + 1);
-        let (pk, sk) = document_keys(key);
-        let mut put = self
+        let write = DocumentWrite {
+            key,
+            body,
+            expires_at,
+            expected,
+        };
+        let put = self.document_put(&write, now);
+        let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(pk))
-            .item("sk", s(sk))
-            .item("body", s(body.to_string()))
-            .item("version", AttributeValue::N(version.to_string()));
-        if let Some(expiry) = expires_at {
-            put = put.item(ttl, AttributeValue::N(expiry.timestamp().to_string()));
-        }
-        put = match expected {
-            None => put
-                .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
-                .expression_attribute_names("#ttl", ttl)
-                .expression_attribute_values(":now", AttributeValue::N(now.timestamp().to_string())),
-            Some(expected) => put
-                .condition_expression("version = :expected")
-                .expression_attribute_values(":expected", AttributeValue::N(expected.to_string())),
-        };
-        match put.send().await {
-            Ok(_) => Ok(version),
+            .set_item(put.item)
+            .set_condition_expression(put.condition_expression)
+            .set_expression_attribute_names(put.expression_attribute_names)
+            .set_expression_attribute_values(put.expression_attribute_values)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(expected.map_or(1, |v| v + 1)),
             Err(e) if condition_failed(&e) => Err(match expected {
                 None => StoreError::AlreadyExists,
                 Some(_) => StoreError::VersionConflict,
             }),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn put_documents(&self, writes: &[DocumentWrite<'_>], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut request = self.client.transact_write_items();
+        for write in writes {
+            let put = self.document_put(write, now);
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(put.item)
+                .set_condition_expression(put.condition_expression)
+                .set_expression_attribute_names(put.expression_attribute_names)
+                .set_expression_attribute_values(put.expression_attribute_values)
+                .build()
+                .map_err(build)?;
+            request = request.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+            {
+                Err(StoreError::VersionConflict)
+            }
             Err(e) => Err(sdk(e)),
         }
     }

@@ -13,8 +13,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
 use billing::store::{
-    AuditEntry, Document, DocumentStore, EventMark, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite,
-    check_next_version,
+    AuditEntry, Document, DocumentStore, DocumentWrite, EventMark, EventOrder, EventWrite, Store, StoreError,
+    SubscriptionWrite, check_next_version,
 };
 use billing::subscription::Subscription;
 
@@ -433,6 +433,55 @@ impl DocumentStore for EmbeddedStore {
             };
             txn.commit().map_err(unavailable)?;
             Ok(version)
+        })
+        .await
+    }
+
+    async fn put_documents(&self, writes: &[DocumentWrite<'_>], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let writes: Vec<(String, serde_json::Value, Option<i64>, Option<u64>)> = writes
+            .iter()
+            .map(|w| {
+                (
+                    w.key.to_owned(),
+                    w.body.clone(),
+                    w.expires_at.map(|e| e.timestamp()),
+                    w.expected,
+                )
+            })
+            .collect();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut table = txn.open_table(DOCUMENTS).map_err(unavailable)?;
+                let mut stored = Vec::new();
+                for (key, body, expires_at, expected) in writes {
+                    let current = match table.get(key.as_str()).map_err(unavailable)? {
+                        Some(json) => Some(read_document(json.value())?),
+                        None => None,
+                    };
+                    let version = match (expected, current) {
+                        (None, Some(current)) if current.live_at(now) => return Err(StoreError::VersionConflict),
+                        (None, _) => 1,
+                        (Some(expected), Some(current)) if current.version == expected => expected + 1,
+                        (Some(_), _) => return Err(StoreError::VersionConflict),
+                    };
+                    let document = StoredDocument {
+                        version,
+                        expires_at,
+                        body,
+                    };
+                    stored.push((
+                        key,
+                        serde_json::to_string(&document).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    ));
+                }
+                for (key, json) in stored {
+                    table.insert(key.as_str(), json.as_str()).map_err(unavailable)?;
+                }
+            }
+            // Returning before the commit drops the transaction: nothing is written.
+            txn.commit().map_err(unavailable)?;
+            Ok(())
         })
         .await
     }

@@ -66,7 +66,8 @@ pub fn grants(operation: Operation) -> &'static [Grant] {
         // The id, the event mark and the new state and audit (Puts), or, when the event changes
         // nothing, a ConditionCheck on the subscription's version.
         Operation::RecordEventWithWrite => &[PUT_ITEM, CONDITION_CHECK_ITEM],
-        Operation::PutDocument => &[PUT_ITEM],
+        // PutItem, or a transaction of Puts.
+        Operation::PutDocument | Operation::PutDocuments => &[PUT_ITEM],
         Operation::SendMail => &[SEND_EMAIL],
     }
 }

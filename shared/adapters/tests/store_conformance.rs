@@ -630,6 +630,75 @@ async fn a_collection_lists_its_members_in_order_and_nothing_else(store: Arc<imp
     assert!(store.list_documents(&unique("empty#"), now).await.unwrap().is_empty());
 }
 
+async fn several_documents_are_written_all_or_none(store: Arc<impl DocumentStore>) {
+    use billing::store::DocumentWrite;
+    // Given one document at version 1
+    let now = Utc::now();
+    let (existing, fresh) = (unique("doc"), unique("doc"));
+    store
+        .put_document(&existing, &document_body(1), None, None, now)
+        .await
+        .unwrap();
+    let (two, three) = (document_body(2), document_body(3));
+    // When a write of both names a stale version of the first
+    let stale = [
+        DocumentWrite {
+            key: &existing,
+            body: &two,
+            expires_at: None,
+            expected: Some(7),
+        },
+        DocumentWrite {
+            key: &fresh,
+            body: &three,
+            expires_at: None,
+            expected: None,
+        },
+    ];
+    // Then neither is written
+    assert!(matches!(
+        store.put_documents(&stale, now).await,
+        Err(StoreError::VersionConflict)
+    ));
+    assert_eq!(store.get_document(&fresh, now).await.unwrap(), None);
+    assert_eq!(
+        store.get_document(&existing, now).await.unwrap().unwrap().body,
+        document_body(1)
+    );
+    // And with the right version both are
+    let right = [
+        DocumentWrite {
+            key: &existing,
+            body: &two,
+            expires_at: None,
+            expected: Some(1),
+        },
+        DocumentWrite {
+            key: &fresh,
+            body: &three,
+            expires_at: None,
+            expected: None,
+        },
+    ];
+    store.put_documents(&right, now).await.unwrap();
+    assert_eq!(store.get_document(&existing, now).await.unwrap().unwrap().version, 2);
+    assert_eq!(
+        store.get_document(&fresh, now).await.unwrap().unwrap().body,
+        document_body(3)
+    );
+    // while inserting a present document again fails whole
+    let again = [DocumentWrite {
+        key: &fresh,
+        body: &two,
+        expires_at: None,
+        expected: None,
+    }];
+    assert!(matches!(
+        store.put_documents(&again, now).await,
+        Err(StoreError::VersionConflict)
+    ));
+}
+
 fn document_body(n: u32) -> serde_json::Value {
     serde_json::json!({"n": n, "name": "ünïcödé \"quoted\""})
 }
@@ -762,6 +831,7 @@ macro_rules! conformance_suite {
             concurrent_replaces_of_a_document_let_exactly_one_win,
             an_expired_document_counts_as_absent_and_can_be_written_anew,
             a_collection_lists_its_members_in_order_and_nothing_else,
+            several_documents_are_written_all_or_none,
         );
     };
     (@tests $store:expr; $($test:ident),* $(,)?) => {

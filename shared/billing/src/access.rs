@@ -19,7 +19,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::mail::{Mail, MailError, Mailer};
-use crate::store::{AuditEntry, Document, DocumentStore, EventWrite, Store, StoreError, SubscriptionWrite};
+use crate::store::{
+    AuditEntry, Document, DocumentStore, DocumentWrite, EventWrite, Store, StoreError, SubscriptionWrite,
+};
 use crate::subscription::Subscription;
 
 /// One operation of a port, as a function declares it.
@@ -48,6 +50,8 @@ pub enum Operation {
     GetDocument,
     /// [`DocumentStore::put_document`].
     PutDocument,
+    /// [`DocumentStore::put_documents`].
+    PutDocuments,
     /// [`DocumentStore::list_documents`].
     ListDocuments,
     /// [`Mailer::send`].
@@ -56,7 +60,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 14] = [
         Operation::CreateSubscription,
         Operation::GetSubscription,
         Operation::UpdateSubscription,
@@ -68,6 +72,7 @@ impl Operation {
         Operation::IsRecorded,
         Operation::GetDocument,
         Operation::PutDocument,
+        Operation::PutDocuments,
         Operation::ListDocuments,
         Operation::SendMail,
     ];
@@ -214,6 +219,11 @@ impl DocumentStore for Declared<dyn DocumentStore> {
         self.inner.put_document(key, body, expires_at, expected, now).await
     }
 
+    async fn put_documents(&self, writes: &[DocumentWrite<'_>], now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.store(Operation::PutDocuments)?;
+        self.inner.put_documents(writes, now).await
+    }
+
     async fn list_documents(
         &self,
         collection: &str,
@@ -255,6 +265,10 @@ mod tests {
             _: DateTime<Utc>,
         ) -> Result<u64, StoreError> {
             Ok(1)
+        }
+
+        async fn put_documents(&self, _: &[DocumentWrite<'_>], _: DateTime<Utc>) -> Result<(), StoreError> {
+            Ok(())
         }
 
         async fn list_documents(&self, _: &str, _: DateTime<Utc>) -> Result<Vec<(String, Document)>, StoreError> {

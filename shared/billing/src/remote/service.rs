@@ -22,7 +22,7 @@ use super::token::{AccessClaims, NextPage, TokenError, TokenSealer};
 use crate::config::{ConfigError, Environment, optional, required};
 use crate::errors::{FieldError, Slug, ValidationErrors};
 use crate::mail::{MailError, Mailer, texts};
-use crate::store::{AsConflict, StoreError, retry_on_conflict};
+use crate::store::{AsConflict, DocumentWrite, StoreError, retry_on_conflict};
 use crate::subscription::is_plausible_email;
 
 /// The major version of the Terms of Service a billing user must have accepted.
@@ -969,57 +969,70 @@ impl RemoteBilling {
     /// Step 3: uses a confirmation key, creating the billing user, and returns a fresh access
     /// token that names the billing user.
     pub async fn confirm_email(&self, secret: &str, now: DateTime<Utc>) -> Result<String, RemoteError> {
-        let key = confirmation_key(secret);
-        let (mut confirmation, version) = self
-            .records
-            .get::<Confirmation>(&key, now)
-            .await?
-            .ok_or(RemoteError::UnknownConfirmation)?;
-        if confirmation.used_at.is_some() {
-            return Err(RemoteError::ConfirmationUsed);
-        }
-        if now >= confirmation.valid_until {
-            return Err(RemoteError::ConfirmationExpired);
-        }
-        self.active_server(confirmation.claims.server_uuid, RemoteError::UnknownServer, now)
-            .await?;
-        confirmation.used_at = Some(now);
-        let expiry = Some(confirmation.created_at + CONFIRMATION_KEPT);
-        match self.records.replace(&key, &confirmation, version, expiry, now).await {
-            Ok(_) => {}
-            // Someone used it in between: single use means one of the two wins.
-            Err(StoreError::VersionConflict) => return Err(RemoteError::ConfirmationUsed),
-            Err(e) => return Err(e.into()),
-        }
-        let claims = &confirmation.claims;
-        let user_key = billing_user_key(claims.server_uuid, claims.realm_uuid, claims.user_uuid);
-        let user = BillingUser {
-            id: Uuid::new_v4(),
-            server_uuid: claims.server_uuid,
-            realm_uuid: claims.realm_uuid,
-            user_uuid: claims.user_uuid,
-            email: confirmation.email.clone(),
-            full_name: claims.user_full_name.clone(),
-            tos_version: None,
-            created_at: now,
-            last_login_at: None,
-        };
-        let user = match self.records.insert(&user_key, &user, None, now).await {
-            Ok(()) => user,
-            // Confirmed before (two confirmation mails): the existing user, with the address
-            // confirmed last.
-            Err(StoreError::AlreadyExists) => {
-                let (mut existing, version) = self
-                    .records
-                    .get::<BillingUser>(&user_key, now)
-                    .await?
-                    .ok_or(StoreError::VersionConflict)?;
-                existing.email = confirmation.email.clone();
-                self.records.replace(&user_key, &existing, version, None, now).await?;
-                existing
+        let key = &confirmation_key(secret);
+        // The key is marked used and the billing user written in one transaction: a failure
+        // in between can neither burn the key without a user nor leave it usable twice. A
+        // concurrent use of the same key makes this one's write fail; the retry then finds
+        // the key used.
+        let (user, confirmation) = retry_on_conflict(|_| async move {
+            let (mut confirmation, version) = self
+                .records
+                .get::<Confirmation>(key, now)
+                .await?
+                .ok_or(RemoteError::UnknownConfirmation)?;
+            if confirmation.used_at.is_some() {
+                return Err(RemoteError::ConfirmationUsed);
             }
-            Err(e) => return Err(e.into()),
-        };
+            if now >= confirmation.valid_until {
+                return Err(RemoteError::ConfirmationExpired);
+            }
+            self.active_server(confirmation.claims.server_uuid, RemoteError::UnknownServer, now)
+                .await?;
+            confirmation.used_at = Some(now);
+            let claims = &confirmation.claims;
+            let user_key = billing_user_key(claims.server_uuid, claims.realm_uuid, claims.user_uuid);
+            let (user, user_version) = match self.records.get::<BillingUser>(&user_key, now).await? {
+                // Confirmed before (two confirmation mails): the existing user, with the
+                // address confirmed last.
+                Some((mut existing, version)) => {
+                    existing.email = confirmation.email.clone();
+                    (existing, Some(version))
+                }
+                None => (
+                    BillingUser {
+                        id: Uuid::new_v4(),
+                        server_uuid: claims.server_uuid,
+                        realm_uuid: claims.realm_uuid,
+                        user_uuid: claims.user_uuid,
+                        email: confirmation.email.clone(),
+                        full_name: claims.user_full_name.clone(),
+                        tos_version: None,
+                        created_at: now,
+                        last_login_at: None,
+                    },
+                    None,
+                ),
+            };
+            let expiry = Some(confirmation.created_at + CONFIRMATION_KEPT);
+            let (confirmation_body, user_body) = (to_body(&confirmation)?, to_body(&user)?);
+            let writes = [
+                DocumentWrite {
+                    key,
+                    body: &confirmation_body,
+                    expires_at: expiry,
+                    expected: Some(version),
+                },
+                DocumentWrite {
+                    key: &user_key,
+                    body: &user_body,
+                    expires_at: None,
+                    expected: user_version,
+                },
+            ];
+            self.records.documents().put_documents(&writes, now).await?;
+            Ok((user, confirmation))
+        })
+        .await?;
         tracing::info!(billing_user = %user.id, "email confirmed");
         let fresh = AccessClaims {
             billing_user_id: Some(user.id),
@@ -1330,6 +1343,11 @@ pub fn is_host_name(text: &str) -> bool {
 /// A client IP as rate limits count it.
 fn ip_text(client_ip: Option<IpAddr>) -> String {
     client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+/// A record as the JSON body of its document.
+fn to_body<T: serde::Serialize>(record: &T) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(record).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn text_field(text: &str, pointer: &str, max: usize, errors: &mut Vec<FieldError>) -> String {

@@ -25,6 +25,20 @@ pub struct Document {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// One write of [`DocumentStore::put_documents`]: `body` under `key`, on the condition
+/// [`DocumentStore::put_document`] describes for `expected`.
+#[derive(Clone, Copy, Debug)]
+pub struct DocumentWrite<'a> {
+    /// Where.
+    pub key: &'a str,
+    /// What.
+    pub body: &'a Value,
+    /// When it stops counting as present.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// `None`: must be absent; `Some(v)`: must be at version `v`.
+    pub expected: Option<u64>,
+}
+
 /// Versioned JSON documents by key, written on a condition.
 #[async_trait]
 pub trait DocumentStore: Send + Sync {
@@ -46,6 +60,11 @@ pub trait DocumentStore: Send + Sync {
         expected: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Writes every one of `writes` (at most 25, distinct keys) or none: when any condition
+    /// fails, nothing is written and the answer is [`StoreError::VersionConflict`] (read again
+    /// and retry).
+    async fn put_documents(&self, writes: &[DocumentWrite<'_>], now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Every document of `collection` (those keyed `<collection>/<member>`) not expired at
     /// `now`, with its member name, in member order: one query, paged by the backend, never a

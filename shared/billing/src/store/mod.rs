@@ -40,7 +40,7 @@ use crate::subscription::Subscription;
 mod documents;
 mod retry;
 
-pub use documents::{Document, DocumentStore, member_key};
+pub use documents::{Document, DocumentStore, DocumentWrite, member_key};
 pub use retry::{AsConflict, WRITE_ATTEMPTS, retry_on_conflict};
 
 /// Why a store operation did not happen. Nothing was written in any of these cases.
