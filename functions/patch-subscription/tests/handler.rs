@@ -408,3 +408,23 @@ async fn a_slow_stripe_answers_502_before_the_deadline_and_changes_nothing() {
     assert!(response.headers().contains_key("retry-after"));
     assert_eq!(f.store.get_subscription(subscription.id).await.unwrap(), subscription);
 }
+
+#[tokio::test]
+async fn linking_a_stripe_subscription_of_another_subscription_is_a_conflict_on_that_field() {
+    // Given two subscribers, each with their own Stripe subscription
+    let f = fixture().await;
+    let (first, second) = (f.subscriber().await, f.subscriber().await);
+    // When an administrator links the second to the first's Stripe subscription
+    let taken = first.stripe_subscription.clone().unwrap();
+    let event = patch(
+        Uuid::new_v4(),
+        "subscriptions subscriptions_admin",
+        second.id,
+        &json!({"stripe_subscription": taken}),
+    );
+    let response = f.function.handle(without_if_match(event)).await;
+    // Then it is refused on that field, and the second is unchanged
+    assert_eq!(response.status(), 409, "{}", body(&response));
+    assert_eq!(body(&response)["errors"][0]["field"], "/stripe_subscription");
+    assert_eq!(f.store.get_subscription(second.id).await.unwrap(), second);
+}

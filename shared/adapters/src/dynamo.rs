@@ -74,6 +74,18 @@ const CREATE_ATTEMPTS: u32 = 3;
 const ONCE: &str = "ONCE";
 const STRIPE_EVENT: &str = "STRIPE_EVENT";
 const STRIPE_INVOICE_EVENT: &str = "STRIPE_INVOICE_EVENT";
+/// The claim of a Stripe id by one subscription: `pk = STRIPE_LINK#<id>`, `sk = LINK`, `owner`.
+const STRIPE_LINK: &str = "STRIPE_LINK#";
+const LINK: &str = "LINK";
+
+/// What became of a subscription's transaction.
+enum Written {
+    Yes,
+    /// The subscription's own condition failed (exists, or another version).
+    No,
+    /// A Stripe id of it is another subscription's.
+    LinkTaken(&'static str),
+}
 
 fn subscription_pk(id: Uuid) -> String {
     format!("SUBSCRIPTION#{id}")
@@ -235,25 +247,70 @@ impl DynamoStore {
             .map_err(build)
     }
 
-    /// Writes a subscription and its audit record in one transaction, the subscription's
-    /// write guarded by `condition`. `Ok(false)` when a condition failed.
-    async fn write_with_audit(&self, subscription: Put, audit: &AuditEntry) -> Result<bool, StoreError> {
-        let result = self
+    /// The claims of `subscription`'s Stripe ids, each a `Put` that succeeds only when the id
+    /// is unclaimed or already this subscription's, with the field it guards.
+    fn link_claims(&self, subscription: &Subscription) -> Result<Vec<(Put, &'static str)>, StoreError> {
+        let owner = subscription.id.to_string();
+        [
+            ("/stripe_customer", subscription.stripe_customer.as_deref()),
+            ("/stripe_subscription", subscription.stripe_subscription.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, id)| id.map(|id| (field, id)))
+        .map(|(field, id)| {
+            let claim = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(format!("{STRIPE_LINK}{id}")))
+                .item("sk", s(LINK))
+                .item("owner", s(owner.clone()))
+                .condition_expression("attribute_not_exists(pk) OR #owner = :owner")
+                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_values(":owner", s(owner.clone()))
+                .build()
+                .map_err(build)?;
+            Ok((claim, field))
+        })
+        .collect()
+    }
+
+    /// Writes a subscription, its audit record and the claims of its Stripe ids in one
+    /// transaction, the subscription's write guarded by its own condition.
+    async fn write_with_audit(
+        &self,
+        subscription: Put,
+        audit: &AuditEntry,
+        next: &Subscription,
+    ) -> Result<Written, StoreError> {
+        let claims = self.link_claims(next)?;
+        let mut request = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(subscription).build())
-            .transact_items(TransactWriteItem::builder().put(self.audit_put(audit)?).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
-            {
-                Ok(false)
+            .transact_items(TransactWriteItem::builder().put(self.audit_put(audit)?).build());
+        for (claim, _) in &claims {
+            request = request.transact_items(TransactWriteItem::builder().put(claim.clone()).build());
+        }
+        match request.send().await {
+            Ok(_) => Ok(Written::Yes),
+            Err(e) => {
+                let Some(cancelled) = e.as_service_error().and_then(|e| match e {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
+                    _ => None,
+                }) else {
+                    return Err(sdk(e));
+                };
+                let failed = |index: usize| {
+                    cancelled
+                        .cancellation_reasons()
+                        .get(index)
+                        .and_then(|r| r.code())
+                        .is_some_and(|code| code == "ConditionalCheckFailed")
+                };
+                if let Some((_, field)) = claims.iter().enumerate().find(|(i, _)| failed(i + 2)).map(|(_, c)| c) {
+                    return Ok(Written::LinkTaken(field));
+                }
+                Ok(Written::No)
             }
-            Err(e) => Err(sdk(e)),
         }
     }
 
@@ -305,8 +362,13 @@ impl Store for DynamoStore {
             let put = self
                 .subscription_put(subscription)?
                 .condition_expression("attribute_not_exists(pk)");
-            if self.write_with_audit(put.build().map_err(build)?, audit).await? {
-                return Ok(());
+            match self
+                .write_with_audit(put.build().map_err(build)?, audit, subscription)
+                .await?
+            {
+                Written::Yes => return Ok(()),
+                Written::LinkTaken(field) => return Err(StoreError::LinkTaken(field)),
+                Written::No => {}
             }
             if self.get_item(subscription.id).await?.is_some() {
                 return Err(StoreError::AlreadyExists);
@@ -333,8 +395,10 @@ impl Store for DynamoStore {
             .subscription_put(next)?
             .condition_expression("attribute_exists(pk) AND version = :expected")
             .expression_attribute_values(":expected", AttributeValue::N(expected_version.to_string()));
-        if self.write_with_audit(put.build().map_err(build)?, audit).await? {
-            return Ok(());
+        match self.write_with_audit(put.build().map_err(build)?, audit, next).await? {
+            Written::Yes => return Ok(()),
+            Written::LinkTaken(field) => return Err(StoreError::LinkTaken(field)),
+            Written::No => {}
         }
         match self.get_item(next.id).await? {
             None => Err(StoreError::NotFound),

@@ -309,20 +309,32 @@ fn reindex(
     let pairs = [
         (
             BY_STRIPE_SUBSCRIPTION,
+            "/stripe_subscription",
             previous.and_then(|p| p.stripe_subscription.as_deref()),
             next.stripe_subscription.as_deref(),
         ),
         (
             BY_STRIPE_CUSTOMER,
+            "/stripe_customer",
             previous.and_then(|p| p.stripe_customer.as_deref()),
             next.stripe_customer.as_deref(),
         ),
     ];
-    for (definition, old, new) in pairs {
+    for (definition, field, old, new) in pairs {
         if old == new {
             continue;
         }
         let mut index = txn.open_table(definition).map_err(unavailable)?;
+        // A Stripe id belongs to one subscription: never re-point it (the caller's transaction
+        // is dropped, so nothing is written).
+        if let Some(new) = new
+            && index
+                .get(new)
+                .map_err(unavailable)?
+                .is_some_and(|owner| owner.value() != id)
+        {
+            return Err(StoreError::LinkTaken(field));
+        }
         if let Some(old) = old {
             let points_here = index.get(old).map_err(unavailable)?.is_some_and(|v| v.value() == id);
             if points_here {

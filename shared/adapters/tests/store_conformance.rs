@@ -699,6 +699,49 @@ async fn several_documents_are_written_all_or_none(store: Arc<impl DocumentStore
     ));
 }
 
+async fn a_stripe_id_linked_to_another_subscription_is_refused_and_nothing_is_written(store: Arc<impl Store>) {
+    // Given a subscription linked to a Stripe customer and subscription
+    let (customer, stripe_id) = (unique("cus_"), unique("sub_"));
+    let first = new_subscription(Some((&customer, &stripe_id)));
+    store.create_subscription(&first, &created(&first)).await.unwrap();
+    // When another is created with the same customer
+    let mut second = new_subscription(None);
+    second.stripe_customer = Some(customer.clone());
+    let refused = store.create_subscription(&second, &created(&second)).await;
+    // Then it is refused on that field and not stored
+    assert!(
+        matches!(refused, Err(StoreError::LinkTaken("/stripe_customer"))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        store.get_subscription(second.id).await,
+        Err(StoreError::NotFound)
+    ));
+    // And when a third, stored without Stripe ids, is updated to the first's subscription id
+    let third = new_subscription(None);
+    store.create_subscription(&third, &created(&third)).await.unwrap();
+    let what = change(&format!(r#"{{"stripe_subscription": "{stripe_id}"}}"#));
+    let next = what.apply(&third, Utc::now()).unwrap();
+    let refused = store.update_subscription(&next, 1, &updated(&next, &what)).await;
+    // Then it is refused too, the third is unchanged, and the id still finds the first
+    assert!(
+        matches!(refused, Err(StoreError::LinkTaken("/stripe_subscription"))),
+        "{refused:?}"
+    );
+    assert_eq!(store.get_subscription(third.id).await.unwrap(), third);
+    assert_eq!(
+        store.find_by_stripe_subscription(&stripe_id).await.unwrap().id,
+        first.id
+    );
+    // while the first may be written again with its own ids
+    let own = change(r#"{"status": "active"}"#);
+    let next = own.apply(&first, Utc::now()).unwrap();
+    store
+        .update_subscription(&next, 1, &updated(&next, &own))
+        .await
+        .unwrap();
+}
+
 fn document_body(n: u32) -> serde_json::Value {
     serde_json::json!({"n": n, "name": "ünïcödé \"quoted\""})
 }
@@ -832,6 +875,7 @@ macro_rules! conformance_suite {
             an_expired_document_counts_as_absent_and_can_be_written_anew,
             a_collection_lists_its_members_in_order_and_nothing_else,
             several_documents_are_written_all_or_none,
+            a_stripe_id_linked_to_another_subscription_is_refused_and_nothing_is_written,
         );
     };
     (@tests $store:expr; $($test:ident),* $(,)?) => {

@@ -166,6 +166,11 @@ impl From<StoreError> for ApiError {
                     "storage is unavailable; nothing was changed, try again",
                 ))
             }
+            StoreError::LinkTaken(field) => ApiError::one(FieldError::field(
+                Slug::Conflict,
+                field,
+                "this Stripe id is linked to another subscription",
+            )),
             StoreError::Corrupt(detail) => ApiError::act_of_god(&detail),
         }
     }

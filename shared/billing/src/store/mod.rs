@@ -21,6 +21,7 @@
 //! | audit trail of a subscription, oldest first | `pk = SUBSCRIPTION#<uuid>`, `sk` begins with `AUDIT#` (`AUDIT#<version, 20 digits>`) |
 //! | subscription by Stripe subscription id | GSI `by_stripe_subscription`: `gsi1pk = STRIPE_SUBSCRIPTION#<sub_...>` |
 //! | subscription by Stripe customer id | GSI `by_stripe_customer`: `gsi2pk = STRIPE_CUSTOMER#<cus_...>` |
+//! | the one subscription a Stripe id belongs to (written with every subscription write, on the condition that it is unclaimed or this subscription's) | `pk = STRIPE_LINK#<cus_... or sub_...>`, `sk = LINK`, `owner` |
 //! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
 //! | the last Stripe snapshot event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
 //! | the last Stripe invoice event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_INVOICE_EVENT` (`created`, `event_id`) |
@@ -58,6 +59,10 @@ pub enum StoreError {
     /// The backend could not be reached or refused for reasons of its own; safe to retry.
     #[error("the store is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A Stripe id of the write (`/stripe_customer`, `/stripe_subscription`, the field's
+    /// pointer) is linked to another subscription.
+    #[error("{0} is linked to another subscription")]
+    LinkTaken(&'static str),
     /// What the backend holds cannot be read as the domain's types.
     #[error("the store holds an unreadable item: {0}")]
     Corrupt(String),
@@ -155,7 +160,8 @@ pub enum EventWrite {
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Stores a new subscription (at version 1) and its audit record, unless one with the same
-    /// id exists: then [`StoreError::AlreadyExists`] and nothing is written.
+    /// id exists: then [`StoreError::AlreadyExists`] and nothing is written. A Stripe id linked
+    /// to another subscription is [`StoreError::LinkTaken`], and nothing is written.
     async fn create_subscription(&self, subscription: &Subscription, audit: &AuditEntry) -> Result<(), StoreError>;
 
     /// The subscription `id`, or [`StoreError::NotFound`].
@@ -163,7 +169,8 @@ pub trait Store: Send + Sync {
 
     /// Replaces the subscription with `next` (whose version must be `expected_version + 1`)
     /// only if the stored one is at `expected_version`; otherwise
-    /// [`StoreError::VersionConflict`] (or [`StoreError::NotFound`]) and nothing is written.
+    /// [`StoreError::VersionConflict`] (or [`StoreError::NotFound`]) and nothing is written. A
+    /// Stripe id linked to another subscription is [`StoreError::LinkTaken`].
     async fn update_subscription(
         &self,
         next: &Subscription,
