@@ -322,3 +322,50 @@ async fn malformed_if_match_is_invalid_format() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_body(&response)["errors"][0]["param"], "If-Match");
 }
+
+#[tokio::test]
+async fn if_match_star_matches_any_existing_version() {
+    let mut request = event("apigw-patch-subscription.json");
+    request
+        .headers_mut()
+        .insert(header::IF_MATCH, HeaderValue::from_static("*"));
+    let response = serve(request, &cors(), |request| async move {
+        assert_eq!(request.if_match()?, None, "no precondition beyond existing");
+        Ok(ApiResponse::ok(subscription()))
+    })
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_allowed_origin_may_read_the_headers_the_api_sends() {
+    let mut request = event("apigw-get-subscription.json");
+    request
+        .headers_mut()
+        .insert(header::ORIGIN, HeaderValue::from_static("https://app.example.com"));
+    let response = answer_ok(request).await;
+    assert_eq!(
+        response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+        "etag, x-request-id, location, retry-after"
+    );
+}
+
+#[tokio::test]
+async fn a_created_subscription_answers_201_with_its_location() {
+    let response = serve(event("apigw-create-subscription.json"), &cors(), |_| async {
+        Ok(ApiResponse::created(subscription()))
+    })
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()[header::LOCATION], format!("/subscriptions/{USER}"));
+}
+
+#[tokio::test]
+async fn an_upstream_failure_says_when_to_retry() {
+    let response = serve(event("apigw-get-subscription.json"), &cors(), |_| async {
+        Err(ApiError::from(BillingError::Unavailable("Stripe is down".into())))
+    })
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+}
