@@ -2,7 +2,7 @@
 //! self-hosted server calling its API, and a browser's requests made by hand.
 
 use bundle_tests::{
-    Browser, billing_access_url, confirmation_link_for, path_of, register_remote_server, ses_mails_to,
+    Browser, FirstLogin, billing_access_url, first_login, path_of, register_remote_server, ses_mails_to,
     start_server_against_moto,
 };
 use reqwest::StatusCode;
@@ -19,38 +19,11 @@ async fn a_server_admin_logs_in_with_an_emailed_confirmation_and_comes_back_with
     let link = billing_access_url(&base, &server, realm, user, &email).await;
     assert!(link.starts_with(&format!("{base}/remote-billing-login/")), "{link}");
 
-    // When the owner opens it and submits the email form
+    // When the owner opens it, has the confirmation mailed, follows the link of the mail SES
+    // sent and accepts the Terms of Service
     let mut browser = Browser::new(&base);
-    let form = browser.get(&link).await;
-    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
-    assert!(form.body.contains(&email), "the address is prefilled");
-    let sent = browser
-        .submit(
-            &format!("{}/confirm", path_of(&link)),
-            &[("csrf_token", &form.csrf()), ("email", &email)],
-        )
-        .await;
-    assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
-    assert!(sent.body.contains("Check your email"));
-
-    // and follows the link of the mail SES sent, accepting the Terms of Service
-    let confirmation = confirmation_link_for(&email).await;
-    let confirmed = browser.get(&confirmation).await;
-    assert_eq!(confirmed.status, StatusCode::FOUND, "{}", confirmed.body);
-    let login = confirmed.location.unwrap();
-    let page = browser.get(&login).await;
-    assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains("tos_consent"), "{}", page.body);
-    let done = browser
-        .submit(
-            &login,
-            &[
-                ("csrf_token", &page.csrf()),
-                ("full_name", "Ada Owner"),
-                ("tos_consent", "true"),
-            ],
-        )
-        .await;
+    let FirstLogin { form, done, .. } = first_login(&mut browser, &link, &email).await;
+    assert!(form.body.contains(&email), "the address was prefilled");
 
     // Then the owner lands on the realm's billing page with a session
     assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use bundle_tests::{
-    Browser, billing_access_url, confirmation_link_for, path_of, register_remote_server, start_server_against_moto,
+    Browser, FirstLogin, billing_access_url, first_login, path_of, register_remote_server, start_server_against_moto,
 };
 use reqwest::StatusCode;
 use uuid::Uuid;
@@ -72,30 +72,12 @@ async fn no_log_line_holds_a_token_a_key_a_cookie_or_a_bearer_token() {
     let email = format!("owner-{}@example.org", user.simple());
     let link = billing_access_url(&base, &server, realm, user, &email).await;
     let mut browser = Browser::new(&base);
-    let form = browser.get(&link).await;
-    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
-    let sent = browser
-        .submit(
-            &format!("{}/confirm", path_of(&link)),
-            &[("csrf_token", &form.csrf()), ("email", &email)],
-        )
-        .await;
-    assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
-    let confirmation = confirmation_link_for(&email).await;
-    let confirmed = browser.get(&confirmation).await;
-    assert_eq!(confirmed.status, StatusCode::FOUND, "{}", confirmed.body);
-    let login = confirmed.location.unwrap();
-    let page = browser.get(&login).await;
-    let done = browser
-        .submit(
-            &login,
-            &[
-                ("csrf_token", &page.csrf()),
-                ("full_name", "Ada Owner"),
-                ("tos_consent", "true"),
-            ],
-        )
-        .await;
+    let FirstLogin {
+        form,
+        confirmation,
+        login,
+        done,
+    } = first_login(&mut browser, &link, &email).await;
     assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
     let billing = browser.get(&done.location.unwrap()).await;
     assert_eq!(billing.status, StatusCode::OK, "{}", billing.body);

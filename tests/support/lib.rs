@@ -408,3 +408,53 @@ pub fn path_of(link: &str) -> String {
     let after_scheme = link.split_once("://").map_or(link, |(_, rest)| rest);
     after_scheme[after_scheme.find('/').unwrap()..].to_owned()
 }
+
+/// What a first login through the emailed confirmation went through, page by page.
+pub struct FirstLogin {
+    /// The email form the access link opened.
+    pub form: Page,
+    /// The confirmation link of the mail SES sent.
+    pub confirmation: String,
+    /// The login page the confirmation redirected to (a fresh token).
+    pub login: String,
+    /// The answer to the confirm-login form, Terms of Service accepted.
+    pub done: Page,
+}
+
+/// A first login: opens `link`, asks for the confirmation mail to `email`, follows the link of
+/// the mail SES sent, and accepts the Terms of Service. Checks each step's status on the way.
+pub async fn first_login(browser: &mut Browser, link: &str, email: &str) -> FirstLogin {
+    let form = browser.get(link).await;
+    assert_eq!(form.status, reqwest::StatusCode::OK, "{}", form.body);
+    let sent = browser
+        .submit(
+            &format!("{}/confirm", path_of(link)),
+            &[("csrf_token", &form.csrf()), ("email", email)],
+        )
+        .await;
+    assert_eq!(sent.status, reqwest::StatusCode::OK, "{}", sent.body);
+    assert!(sent.body.contains("Check your email"));
+    let confirmation = confirmation_link_for(email).await;
+    let confirmed = browser.get(&confirmation).await;
+    assert_eq!(confirmed.status, reqwest::StatusCode::FOUND, "{}", confirmed.body);
+    let login = confirmed.location.unwrap();
+    let page = browser.get(&login).await;
+    assert_eq!(page.status, reqwest::StatusCode::OK);
+    assert!(page.body.contains("tos_consent"), "{}", page.body);
+    let done = browser
+        .submit(
+            &login,
+            &[
+                ("csrf_token", &page.csrf()),
+                ("full_name", "Ada Owner"),
+                ("tos_consent", "true"),
+            ],
+        )
+        .await;
+    FirstLogin {
+        form,
+        confirmation,
+        login,
+        done,
+    }
+}

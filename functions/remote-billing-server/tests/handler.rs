@@ -76,6 +76,22 @@ impl Fixture {
         server
     }
 
+    /// Marks `server` deactivated, as its contact's confirmed form does.
+    async fn deactivate(&self, server: Uuid) {
+        let records = &self.remote.remote.records;
+        let key = billing::remote::records::server_key(server);
+        let (mut record, version) = records
+            .get::<billing::remote::RemoteServer>(&key, self.clock.now())
+            .await
+            .unwrap()
+            .unwrap();
+        record.deactivated_at = Some(self.clock.now());
+        records
+            .replace(&key, &record, version, None, self.clock.now())
+            .await
+            .unwrap();
+    }
+
     async fn deactivation_link(&self, server: Uuid, scope: &str) -> (StatusCode, Value) {
         let path = format!("/remote-servers/{server}/deactivation-link");
         self.call(
@@ -236,18 +252,7 @@ async fn a_deactivated_server_is_refused_with_server_deactivated() {
     // Given a deactivated server
     let f = fixture();
     let server = f.registered().await;
-    let records = &f.remote.remote.records;
-    let key = billing::remote::records::server_key(server);
-    let (mut record, version) = records
-        .get::<billing::remote::RemoteServer>(&key, f.clock.now())
-        .await
-        .unwrap()
-        .unwrap();
-    record.deactivated_at = Some(f.clock.now());
-    records
-        .replace(&key, &record, version, None, f.clock.now())
-        .await
-        .unwrap();
+    f.deactivate(server).await;
 
     // When it asks for a link, or registers again
     let (status, body) = f.billing_link(server, KEY, &billing_body(Uuid::new_v4(), None)).await;
@@ -385,18 +390,7 @@ async fn a_deactivation_link_for_a_deactivated_server_is_a_conflict() {
     // Given a server deactivated by its contact
     let f = fixture();
     let server = f.registered().await;
-    let records = &f.remote.remote.records;
-    let key = billing::remote::records::server_key(server);
-    let (mut record, version) = records
-        .get::<billing::remote::RemoteServer>(&key, f.clock.now())
-        .await
-        .unwrap()
-        .unwrap();
-    record.deactivated_at = Some(f.clock.now());
-    records
-        .replace(&key, &record, version, None, f.clock.now())
-        .await
-        .unwrap();
+    f.deactivate(server).await;
     // When an administrator asks for its deactivation link
     let (status, body) = f.deactivation_link(server, "subscriptions subscriptions_admin").await;
     // Then there is nothing to deactivate, and no mail is sent

@@ -293,19 +293,8 @@ impl DynamoStore {
         match request.send().await {
             Ok(_) => Ok(Written::Yes),
             Err(e) => {
-                let Some(cancelled) = e.as_service_error().and_then(|e| match e {
-                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
-                    _ => None,
-                }) else {
-                    return Err(sdk(e));
-                };
-                let failed = |index: usize| {
-                    cancelled
-                        .cancellation_reasons()
-                        .get(index)
-                        .and_then(|r| r.code())
-                        .is_some_and(|code| code == "ConditionalCheckFailed")
-                };
+                let failed = failed_conditions(e)?;
+                let failed = |index: usize| failed.get(index).copied().unwrap_or(false);
                 if let Some((_, field)) = claims.iter().enumerate().find(|(i, _)| failed(i + 2)).map(|(_, c)| c) {
                     return Ok(Written::LinkTaken(field));
                 }
@@ -537,19 +526,8 @@ impl Store for DynamoStore {
         match request.send().await {
             Ok(_) => Ok(EventWrite::Recorded),
             Err(e) => {
-                let Some(cancelled) = e.as_service_error().and_then(|e| match e {
-                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
-                    _ => None,
-                }) else {
-                    return Err(sdk(e));
-                };
-                let failed = |index: usize| {
-                    cancelled
-                        .cancellation_reasons()
-                        .get(index)
-                        .and_then(|r| r.code())
-                        .is_some_and(|code| code == "ConditionalCheckFailed")
-                };
+                let reasons = failed_conditions(e)?;
+                let failed = |index: usize| reasons.get(index).copied().unwrap_or(false);
                 if failed(0) {
                     Ok(EventWrite::Duplicate)
                 } else if (1..subscription_item).any(failed) {
@@ -557,9 +535,10 @@ impl Store for DynamoStore {
                 } else if failed(subscription_item) {
                     Ok(EventWrite::VersionConflict)
                 } else {
+                    // Cancelled for another reason (a conflicting transaction in flight): nothing
+                    // was written, and the event is delivered again.
                     Err(StoreError::unavailable(format!(
-                        "event write cancelled: {:?}",
-                        cancelled.cancellation_reasons()
+                        "event write cancelled without a failed condition: {reasons:?}"
                     )))
                 }
             }
@@ -586,6 +565,25 @@ impl Store for DynamoStore {
                     .and_then(|n| n.parse::<i64>().ok())
             })
             .is_some_and(|expiry| expiry > now))
+    }
+}
+
+/// Which items of a cancelled transaction failed their condition, by position; any other
+/// failure of the request is the store's error.
+fn failed_conditions<R>(
+    error: SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> Result<Vec<bool>, StoreError>
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match error.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => Ok(cancelled
+            .cancellation_reasons()
+            .iter()
+            .map(|reason| reason.code() == Some("ConditionalCheckFailed"))
+            .collect()),
+        _ => Err(sdk(error)),
     }
 }
 
