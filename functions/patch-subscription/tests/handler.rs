@@ -7,7 +7,7 @@ use billing::store::Store;
 use billing::subscription::{Subscription, SubscriptionChange};
 use billing_http::Cors;
 use billing_testing::{ApiEvent, catalog, embedded_store};
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use patch_subscription::PatchSubscription;
 use serde_json::{Value, json};
 use stripe_sandbox::RunningSandbox;
@@ -427,4 +427,62 @@ async fn linking_a_stripe_subscription_of_another_subscription_is_a_conflict_on_
     assert_eq!(response.status(), 409, "{}", body(&response));
     assert_eq!(body(&response)["errors"][0]["field"], "/stripe_subscription");
     assert_eq!(f.store.get_subscription(second.id).await.unwrap(), second);
+}
+
+#[tokio::test]
+async fn an_email_change_reaches_the_stripe_customer() {
+    // Given a subscriber
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    // When they change their address
+    let event = patch(
+        subscription.id,
+        "subscriptions",
+        subscription.id,
+        &json!({"email": "new-address@example.com"}),
+    );
+    let response = f.function.handle(without_if_match(event)).await;
+    // Then Stripe bills the new address, and the store holds it
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    let customer = f
+        .stripe(&format!(
+            "/v1/customers/{}",
+            subscription.stripe_customer.as_deref().unwrap()
+        ))
+        .await;
+    assert_eq!(customer["email"], "new-address@example.com");
+    assert_eq!(
+        f.store.get_subscription(subscription.id).await.unwrap().email,
+        "new-address@example.com"
+    );
+}
+
+#[tokio::test]
+async fn an_administrators_trial_end_reaches_stripe_and_the_store_keeps_what_stripe_answered() {
+    // Given a trialing subscriber
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    let end = (Utc::now() + chrono::Duration::days(60)).with_nanosecond(0).unwrap();
+    // When an administrator moves the trial's end
+    let event = patch(
+        Uuid::new_v4(),
+        "subscriptions subscriptions_admin",
+        subscription.id,
+        &json!({"trial_end": end.to_rfc3339()}),
+    );
+    let response = f.function.handle(without_if_match(event)).await;
+    // Then Stripe's subscription ends its trial then (so its next event agrees), and the store
+    // holds Stripe's answer: the trial end and the period end with it
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    let stripe = f
+        .stripe(&format!(
+            "/v1/subscriptions/{}",
+            subscription.stripe_subscription.as_deref().unwrap()
+        ))
+        .await;
+    assert_eq!(stripe["trial_end"], end.timestamp());
+    let stored = f.store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored.trial_end, Some(end));
+    assert_eq!(stored.current_period_end, Some(end));
+    assert_eq!(stored.status.as_str(), "trialing");
 }

@@ -13,7 +13,7 @@ use billing::subscription::Status;
 use chrono::{DateTime, TimeZone, Utc};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, RetrieveSubscription,
-    UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+    UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior, UpdateSubscriptionTrialEnd,
 };
 use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_payment::payment_method::AttachPaymentMethod;
@@ -372,5 +372,24 @@ impl Billing for StripeBilling {
         let request = CancelSubscription::new(subscription);
         let canceled = self.send("cancel_subscription", key, &request).await?;
         summarize(&canceled)
+    }
+
+    async fn set_trial_end(
+        &self,
+        subscription: &str,
+        trial_end: DateTime<Utc>,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let request = UpdateSubscription::new(subscription)
+            .trial_end(UpdateSubscriptionTrialEnd::Timestamp(trial_end.timestamp()))
+            .proration_behavior(UpdateSubscriptionProrationBehavior::None);
+        let updated = self.send("set_trial_end", key, &request).await?;
+        summarize(&updated)
+    }
+
+    async fn set_email(&self, customer: &str, email: &str, key: &str) -> Result<(), BillingError> {
+        let request = UpdateCustomer::new(customer).email(email);
+        self.send("set_email", key, &request).await?;
+        Ok(())
     }
 }

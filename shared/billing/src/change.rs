@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::store::{AuditEntry, Store, StoreError, retry_on_conflict};
-use crate::stripe::{Billing, BillingError, idempotency_key};
+use crate::stripe::{Billing, BillingError, StripeSubscription, idempotency_key};
 use crate::subscription::{PlanCatalog, Subscription, SubscriptionChange};
 
 /// Why a change was not made. Nothing was stored in any of these cases.
@@ -98,10 +98,20 @@ pub async fn change_subscription(
         // The attempt is part of the key: a re-applied change after a lost race must reach
         // Stripe again, since the race may have changed Stripe in between.
         let attempt_origin = format!("{}:{attempt}", request.origin);
-        apply_to_stripe(context, &current, request.change, request.origin, &attempt_origin).await?;
-        let Some(next) = request.change.apply(&current, context.clock.now()) else {
+        let answered = apply_to_stripe(context, &current, request.change, request.origin, &attempt_origin).await?;
+        let Some(mut next) = request.change.apply(&current, context.clock.now()) else {
             return Ok(current);
         };
+        // What Stripe answered last is the truth of what it bills: its status, trial end and
+        // period end are stored, not what the change alone implies (an administrator's explicit
+        // `status` still wins, as on create).
+        if let Some(stripe) = answered {
+            if request.change.status.is_none() {
+                next.status = stripe.status;
+            }
+            next.trial_end = stripe.trial_end;
+            next.current_period_end = stripe.current_period_end;
+        }
         let audit = AuditEntry::of(&next, request.actor, "patch", request.change.audit_summary());
         match context.store.update_subscription(&next, current.version, &audit).await {
             Ok(()) => {
@@ -127,27 +137,42 @@ impl crate::store::AsConflict for ChangeError {
     }
 }
 
-/// Tells Stripe what it must know before the change is stored. Attaching a payment method is
-/// the same act however often it is repeated, so its key is the request's; price and flag
-/// changes carry the write attempt too.
+/// Tells Stripe every change it bills from, before the change is stored (API.md's PATCH table),
+/// and returns what Stripe last answered about the subscription, for the stored state to follow
+/// it. Attaching a payment method is the same act however often it is repeated, so its key is
+/// the request's; the other calls carry the write attempt too.
 async fn apply_to_stripe(
     context: ChangeContext<'_>,
     current: &Subscription,
     change: &SubscriptionChange,
     request_origin: &str,
     attempt_origin: &str,
-) -> Result<(), ChangeError> {
+) -> Result<Option<StripeSubscription>, ChangeError> {
     let plan_changes = change.plan.as_ref().filter(|plan| **plan != current.plan);
     let flag_changes = change
         .cancel_at_period_end
         .filter(|flag| *flag != current.cancel_at_period_end);
-    if plan_changes.is_none() && flag_changes.is_none() && change.stripe_source.is_none() {
-        return Ok(());
+    let trial_changes = change.trial_end.filter(|end| Some(*end) != current.trial_end);
+    let email_changes = change.email.as_ref().filter(|email| **email != current.email);
+    let nothing_for_stripe = plan_changes.is_none()
+        && flag_changes.is_none()
+        && trial_changes.is_none()
+        && email_changes.is_none()
+        && change.stripe_source.is_none();
+    if nothing_for_stripe {
+        return Ok(None);
     }
     let (Some(customer), Some(stripe_subscription)) = (&current.stripe_customer, &current.stripe_subscription) else {
         return Err(ChangeError::NotInStripe);
     };
     let target = current.id.to_string();
+    let mut answered = None;
+    if let Some(email) = email_changes {
+        context
+            .billing
+            .set_email(customer, email, &idempotency_key("set_email", &target, attempt_origin))
+            .await?;
+    }
     if let Some(method) = &change.stripe_source {
         context
             .billing
@@ -165,24 +190,40 @@ async fn apply_to_stripe(
                 "plan {plan} is not in the catalog"
             ))));
         };
-        context
-            .billing
-            .change_price(
-                stripe_subscription,
-                &plan.stripe_price,
-                &idempotency_key("change_price", &target, attempt_origin),
-            )
-            .await?;
+        answered = Some(
+            context
+                .billing
+                .change_price(
+                    stripe_subscription,
+                    &plan.stripe_price,
+                    &idempotency_key("change_price", &target, attempt_origin),
+                )
+                .await?,
+        );
+    }
+    if let Some(trial_end) = trial_changes {
+        answered = Some(
+            context
+                .billing
+                .set_trial_end(
+                    stripe_subscription,
+                    trial_end,
+                    &idempotency_key("set_trial_end", &target, attempt_origin),
+                )
+                .await?,
+        );
     }
     if let Some(flag) = flag_changes {
-        context
-            .billing
-            .set_cancel_at_period_end(
-                stripe_subscription,
-                flag,
-                &idempotency_key("cancel_at_period_end", &target, attempt_origin),
-            )
-            .await?;
+        answered = Some(
+            context
+                .billing
+                .set_cancel_at_period_end(
+                    stripe_subscription,
+                    flag,
+                    &idempotency_key("cancel_at_period_end", &target, attempt_origin),
+                )
+                .await?,
+        );
     }
-    Ok(())
+    Ok(answered)
 }

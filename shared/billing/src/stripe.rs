@@ -118,4 +118,15 @@ pub trait Billing: Send + Sync {
 
     /// Cancels the subscription now.
     async fn cancel(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError>;
+
+    /// Moves the subscription's trial end (Stripe then bills from it, and its events carry it).
+    async fn set_trial_end(
+        &self,
+        subscription: &str,
+        trial_end: DateTime<Utc>,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError>;
+
+    /// The address Stripe sends the customer's invoices and receipts to.
+    async fn set_email(&self, customer: &str, email: &str, key: &str) -> Result<(), BillingError>;
 }

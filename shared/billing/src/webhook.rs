@@ -225,7 +225,11 @@ pub fn apply_event(current: &Subscription, event: &StripeEvent, catalog: &PlanCa
             if next.trial_end.is_none() {
                 next.trial_start = None;
             }
-            if let Some(end) = timestamp(&item["current_period_end"]) {
+            // API versions before 2025-03-31 carry the period on the subscription; later ones
+            // only on its items.
+            if let Some(end) =
+                timestamp(&object["current_period_end"]).or_else(|| timestamp(&item["current_period_end"]))
+            {
                 next.current_period_end = Some(end);
             }
         }

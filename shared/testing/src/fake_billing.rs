@@ -196,4 +196,23 @@ impl Billing for FakeBilling {
         subscription.status = Status::Canceled;
         Ok(subscription.clone())
     }
+
+    async fn set_trial_end(
+        &self,
+        subscription: &str,
+        trial_end: DateTime<Utc>,
+        _key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut state = self.lock();
+        state.call("set_trial_end")?;
+        let subscription = state.subscription(subscription)?;
+        subscription.trial_end = Some(trial_end);
+        subscription.current_period_end = Some(trial_end);
+        subscription.status = Status::Trialing;
+        Ok(subscription.clone())
+    }
+
+    async fn set_email(&self, _customer: &str, _email: &str, _key: &str) -> Result<(), BillingError> {
+        self.lock().call("set_email")
+    }
 }

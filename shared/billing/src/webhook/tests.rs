@@ -177,3 +177,17 @@ fn the_user_is_read_from_subscription_and_invoice_metadata() {
     };
     assert_eq!(other.user_id(), None);
 }
+
+#[test]
+fn the_period_end_is_read_from_the_subscription_or_else_from_its_first_item() {
+    // Given a snapshot of an older API version, with the period on the subscription only
+    let mut older = subscription_event("evt_1", NOW, "active", "price_basic_monthly", false);
+    older.object["current_period_end"] = json!(NOW + 7 * 86400);
+    older.object["items"]["data"][0]["current_period_end"] = serde_json::Value::Null;
+    // and one of a current version, with the period on its item only
+    let current = subscription_event("evt_2", NOW, "active", "price_basic_monthly", false);
+    // Then both give the period's end
+    let read = |event: &StripeEvent| apply_event(&subscription(), event, &catalog()).current_period_end;
+    assert_eq!(read(&older), Utc.timestamp_opt(NOW + 7 * 86400, 0).single());
+    assert_eq!(read(&current), Utc.timestamp_opt(NOW + 30 * 86400, 0).single());
+}
