@@ -31,6 +31,7 @@ async fn created_customer_and_trialing_subscription_are_what_the_sandbox_holds()
             &customer.id,
             "price_pending",
             Some(trial_end),
+            None,
             user,
             &idempotency_key("subscription", &user.to_string(), "t"),
         )
@@ -132,7 +133,14 @@ async fn price_change_payment_method_and_cancellation_reach_the_sandbox() {
     let customer = billing.create_customer(user, &email(), "k:customer").await.unwrap();
     let trial_end = Utc::now() + Days::days(31);
     let subscription = billing
-        .create_subscription(&customer.id, "price_pending", Some(trial_end), user, "k:subscription")
+        .create_subscription(
+            &customer.id,
+            "price_pending",
+            Some(trial_end),
+            None,
+            user,
+            "k:subscription",
+        )
         .await
         .unwrap();
 

@@ -247,3 +247,26 @@ async fn stripe_get(sandbox: &RunningSandbox, path: &str) -> Value {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn licenses_set_at_creation_are_the_quantity_stripe_bills() {
+    // Given an administrator creating a subscription for three licenses
+    let f = fixture_with_prices(800).await;
+    let user = Uuid::new_v4();
+    let response = f
+        .function
+        .handle(admin_create(
+            &json!({"user_id": user, "email": "team@example.com", "licenses": 3}),
+        ))
+        .await;
+    // Then Stripe's subscription item has quantity 3, and the store says 3 licenses
+    assert_eq!(response.status(), 201, "{}", body(&response));
+    let created = body(&response)["subscriptions"][0].clone();
+    assert_eq!(created["licenses"], 3);
+    let stripe = stripe_get(
+        &f.sandbox,
+        &format!("/v1/subscriptions/{}", created["stripe_subscription"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(stripe["items"]["data"][0]["quantity"], 3);
+}

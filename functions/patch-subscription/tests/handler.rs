@@ -486,3 +486,31 @@ async fn an_administrators_trial_end_reaches_stripe_and_the_store_keeps_what_str
     assert_eq!(stored.current_period_end, Some(end));
     assert_eq!(stored.status.as_str(), "trialing");
 }
+
+#[tokio::test]
+async fn licenses_set_by_an_administrator_are_the_quantity_stripe_bills() {
+    // Given a subscriber on one license
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    // When an administrator gives them five
+    let event = patch(
+        Uuid::new_v4(),
+        "subscriptions subscriptions_admin",
+        subscription.id,
+        &json!({"licenses": 5}),
+    );
+    let response = f.function.handle(without_if_match(event)).await;
+    // Then Stripe's item quantity is 5, and the store says 5 licenses
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    let stripe = f
+        .stripe(&format!(
+            "/v1/subscriptions/{}",
+            subscription.stripe_subscription.as_deref().unwrap()
+        ))
+        .await;
+    assert_eq!(stripe["items"]["data"][0]["quantity"], 5);
+    assert_eq!(
+        f.store.get_subscription(subscription.id).await.unwrap().licenses,
+        Some(5)
+    );
+}

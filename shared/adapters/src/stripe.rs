@@ -155,6 +155,25 @@ impl StripeBilling {
 }
 
 impl StripeBilling {
+    /// The subscription as Stripe holds it now. Its item id is Stripe's business: read it
+    /// rather than keep a copy that can go stale.
+    async fn retrieve(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError> {
+        let retrieve = RetrieveSubscription::new(subscription);
+        let current = self
+            .with_retries("retrieve_subscription", key, |_| {
+                let request = retrieve.clone();
+                async move {
+                    request
+                        .customize()
+                        .request_strategy(RequestStrategy::Once)
+                        .send(&self.client)
+                        .await
+                }
+            })
+            .await?;
+        summarize(&current)
+    }
+
     /// Sends `request` with the idempotency key and the retry policy.
     async fn send<R>(&self, operation: &str, key: &str, request: &R) -> Result<R::Output, BillingError>
     where
@@ -258,6 +277,7 @@ fn summarize(subscription: &StripeSubscriptionObject) -> Result<StripeSubscripti
         trial_end: subscription.trial_end.and_then(timestamp),
         current_period_end: timestamp(item.current_period_end),
         cancel_at_period_end: subscription.cancel_at_period_end,
+        quantity: item.quantity,
     })
 }
 
@@ -281,11 +301,13 @@ impl Billing for StripeBilling {
         customer: &str,
         price: &str,
         trial_end: Option<DateTime<Utc>>,
+        quantity: Option<u32>,
         user_id: Uuid,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
         let mut item = CreateSubscriptionItems::new();
         item.price = Some(price.to_owned());
+        item.quantity = quantity.map(u64::from);
         let mut request = CreateSubscription::new().customer(customer).items(vec![item]).metadata(
             [("user_id".to_owned(), user_id.to_string())]
                 .into_iter()
@@ -304,21 +326,7 @@ impl Billing for StripeBilling {
         price: &str,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
-        // The item id is Stripe's business: read it rather than keep a copy that can go stale.
-        let retrieve = RetrieveSubscription::new(subscription);
-        let current = self
-            .with_retries("retrieve_subscription", key, |_| {
-                let request = retrieve.clone();
-                async move {
-                    request
-                        .customize()
-                        .request_strategy(RequestStrategy::Once)
-                        .send(&self.client)
-                        .await
-                }
-            })
-            .await?;
-        let current = summarize(&current)?;
+        let current = self.retrieve(subscription, key).await?;
         if current.price == price {
             return Ok(current);
         }
@@ -384,6 +392,26 @@ impl Billing for StripeBilling {
             .trial_end(UpdateSubscriptionTrialEnd::Timestamp(trial_end.timestamp()))
             .proration_behavior(UpdateSubscriptionProrationBehavior::None);
         let updated = self.send("set_trial_end", key, &request).await?;
+        summarize(&updated)
+    }
+
+    async fn set_quantity(
+        &self,
+        subscription: &str,
+        quantity: u32,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let current = self.retrieve(subscription, key).await?;
+        if current.quantity == Some(u64::from(quantity)) {
+            return Ok(current);
+        }
+        let mut item = UpdateSubscriptionItems::new();
+        item.id = Some(current.item.clone());
+        item.quantity = Some(u64::from(quantity));
+        let request = UpdateSubscription::new(subscription)
+            .items(vec![item])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::None);
+        let updated = self.send("set_quantity", key, &request).await?;
         summarize(&updated)
     }
 

@@ -154,10 +154,12 @@ async fn apply_to_stripe(
         .filter(|flag| *flag != current.cancel_at_period_end);
     let trial_changes = change.trial_end.filter(|end| Some(*end) != current.trial_end);
     let email_changes = change.email.as_ref().filter(|email| **email != current.email);
+    let licenses_change = change.licenses.filter(|count| Some(*count) != current.licenses);
     let nothing_for_stripe = plan_changes.is_none()
         && flag_changes.is_none()
         && trial_changes.is_none()
         && email_changes.is_none()
+        && licenses_change.is_none()
         && change.stripe_source.is_none();
     if nothing_for_stripe {
         return Ok(None);
@@ -197,6 +199,18 @@ async fn apply_to_stripe(
                     stripe_subscription,
                     &plan.stripe_price,
                     &idempotency_key("change_price", &target, attempt_origin),
+                )
+                .await?,
+        );
+    }
+    if let Some(count) = licenses_change {
+        answered = Some(
+            context
+                .billing
+                .set_quantity(
+                    stripe_subscription,
+                    count,
+                    &idempotency_key("set_quantity", &target, attempt_origin),
                 )
                 .await?,
         );

@@ -102,6 +102,7 @@ pub async fn provision(
             &customer.id,
             &request.plan.stripe_price,
             trial_end,
+            change.licenses,
             user_id,
             &idempotency_key("create_subscription", &target, &customer.id),
         )

@@ -42,6 +42,8 @@ pub struct StripeSubscription {
     pub current_period_end: Option<DateTime<Utc>>,
     /// Whether it ends at the period's end.
     pub cancel_at_period_end: bool,
+    /// The item's quantity (licenses), when Stripe says.
+    pub quantity: Option<u64>,
 }
 
 /// Why Stripe did not do what was asked. Nothing changed in Stripe in any of these cases,
@@ -79,12 +81,14 @@ pub trait Billing: Send + Sync {
     /// A customer for the user, with `user_id` in its metadata.
     async fn create_customer(&self, user_id: Uuid, email: &str, key: &str) -> Result<Customer, BillingError>;
 
-    /// A subscription to `price` for `customer`, trialing until `trial_end` when given.
+    /// A subscription to `price` for `customer`, trialing until `trial_end` when given, of
+    /// `quantity` licenses when given (else one).
     async fn create_subscription(
         &self,
         customer: &str,
         price: &str,
         trial_end: Option<DateTime<Utc>>,
+        quantity: Option<u32>,
         user_id: Uuid,
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
@@ -124,6 +128,14 @@ pub trait Billing: Send + Sync {
         &self,
         subscription: &str,
         trial_end: DateTime<Utc>,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError>;
+
+    /// The subscription item's quantity: the licenses billed.
+    async fn set_quantity(
+        &self,
+        subscription: &str,
+        quantity: u32,
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
 

@@ -113,6 +113,7 @@ impl Billing for FakeBilling {
         customer: &str,
         price: &str,
         trial_end: Option<DateTime<Utc>>,
+        quantity: Option<u32>,
         _user_id: Uuid,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
@@ -134,6 +135,7 @@ impl Billing for FakeBilling {
             trial_start: trial_end.map(|_| self.now),
             trial_end,
             current_period_end: Some(trial_end.unwrap_or(self.now + chrono::Duration::days(30))),
+            quantity: Some(u64::from(quantity.unwrap_or(1))),
             cancel_at_period_end: false,
         };
         state.answered.insert(key.to_owned(), subscription.id.clone());
@@ -209,6 +211,19 @@ impl Billing for FakeBilling {
         subscription.trial_end = Some(trial_end);
         subscription.current_period_end = Some(trial_end);
         subscription.status = Status::Trialing;
+        Ok(subscription.clone())
+    }
+
+    async fn set_quantity(
+        &self,
+        subscription: &str,
+        quantity: u32,
+        _key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut state = self.lock();
+        state.call("set_quantity")?;
+        let subscription = state.subscription(subscription)?;
+        subscription.quantity = Some(u64::from(quantity));
         Ok(subscription.clone())
     }
 
