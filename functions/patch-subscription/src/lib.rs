@@ -1,11 +1,13 @@
 //! `PATCH /subscriptions/{id}`: the owner or an administrator changes a subscription. The
 //! request is read and validated here; `billing::change::change_subscription` does the rest
 //! (Stripe first, then a conditional write, re-applied after a lost race unless `If-Match`).
+//! `DELETE /subscriptions/{id}` cancels it now (`billing::change::cancel_subscription`); the
+//! subscription stays, and a later PATCH with a `plan` subscribes again.
 
 use std::sync::Arc;
 
 use billing::access::{Operation, declared_store};
-use billing::change::{ChangeContext, ChangeRequest, change_subscription};
+use billing::change::{ChangeContext, ChangeRequest, cancel_subscription, change_subscription};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
 use billing::store::Store;
@@ -14,6 +16,9 @@ use billing::subscription::{Authority, PlanCatalog, ReadChange};
 use billing_adapters::{DynamoStore, StripeBilling, SystemClock};
 use billing_http::{ApiResponse, Cors, serve};
 use lambda_http::{Body, Request, Response};
+
+/// The route that cancels a subscription now.
+pub const CANCEL_ROUTE: &str = "DELETE /subscriptions/{id}";
 
 /// The name refusals of undeclared operations give.
 pub const FUNCTION: &str = "patch-subscription";
@@ -66,10 +71,6 @@ impl PatchSubscription {
             let principal = request.principal()?;
             let id = request.path_uuid("id")?;
             let authority = principal.authority_over(id)?;
-            let change =
-                request
-                    .json_body::<ReadChange>()?
-                    .validate_patch(authority, &self.catalog, self.clock.now())?;
             let actor = match authority {
                 Authority::Admin => format!("admin:{}", principal.user_id),
                 Authority::Owner => format!("user:{}", principal.user_id),
@@ -80,6 +81,14 @@ impl PatchSubscription {
                 catalog: &self.catalog,
                 clock: self.clock.as_ref(),
             };
+            if request.route_key() == Some(CANCEL_ROUTE) {
+                let canceled = cancel_subscription(context, id, &actor, &request.request_id).await?;
+                return Ok(ApiResponse::ok(canceled));
+            }
+            let change =
+                request
+                    .json_body::<ReadChange>()?
+                    .validate_patch(authority, &self.catalog, self.clock.now())?;
             let subscription = change_subscription(
                 context,
                 ChangeRequest {

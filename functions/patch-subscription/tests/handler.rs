@@ -514,3 +514,75 @@ async fn licenses_set_by_an_administrator_are_the_quantity_stripe_bills() {
         Some(5)
     );
 }
+
+fn cancel(caller: Uuid, scope: &str, id: Uuid) -> lambda_http::Request {
+    ApiEvent::sample("apigw-patch-subscription.json")
+        .caller(caller, scope)
+        .route(
+            patch_subscription::CANCEL_ROUTE,
+            &format!("/subscriptions/{id}"),
+            &[("id", &id.to_string())],
+        )
+        .build()
+}
+
+#[tokio::test]
+async fn delete_cancels_now_and_a_plan_sent_later_subscribes_again() {
+    // Given a subscriber with a card, on a paid plan
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    let event = patch(
+        subscription.id,
+        "subscriptions",
+        subscription.id,
+        &json!({"plan": "basic_monthly", "stripe_source": "pm_card_visa"}),
+    );
+    assert_eq!(f.function.handle(without_if_match(event)).await.status(), 200);
+    let old_stripe_id = subscription.stripe_subscription.clone().unwrap();
+
+    // When they cancel it
+    let mut request = cancel(subscription.id, "subscriptions", subscription.id);
+    *request.method_mut() = lambda_http::http::Method::DELETE;
+    let response = f.function.handle(request).await;
+
+    // Then Stripe's subscription is canceled now and the stored one says so, still readable
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    assert_eq!(body(&response)["subscriptions"][0]["status"], "canceled");
+    assert_eq!(
+        f.stripe(&format!("/v1/subscriptions/{old_stripe_id}")).await["status"],
+        "canceled"
+    );
+    assert_eq!(
+        f.store.get_subscription(subscription.id).await.unwrap().status.as_str(),
+        "canceled"
+    );
+
+    // And when they send a plan again, a new Stripe subscription is made, paid with their card
+    let event = patch(
+        subscription.id,
+        "subscriptions",
+        subscription.id,
+        &json!({"plan": "basic_monthly"}),
+    );
+    let response = f.function.handle(without_if_match(event)).await;
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    let stored = f.store.get_subscription(subscription.id).await.unwrap();
+    let new_stripe_id = stored.stripe_subscription.clone().unwrap();
+    assert_ne!(new_stripe_id, old_stripe_id);
+    assert_eq!(stored.status.as_str(), "active");
+    assert_eq!(
+        f.stripe(&format!("/v1/subscriptions/{new_stripe_id}")).await["status"],
+        "active"
+    );
+}
+
+#[tokio::test]
+async fn someone_elses_subscription_cannot_be_canceled() {
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    let mut request = cancel(Uuid::new_v4(), "subscriptions", subscription.id);
+    *request.method_mut() = lambda_http::http::Method::DELETE;
+    let response = f.function.handle(request).await;
+    assert_eq!(response.status(), 403, "{}", body(&response));
+    assert_eq!(f.store.get_subscription(subscription.id).await.unwrap(), subscription);
+}

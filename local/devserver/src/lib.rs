@@ -315,6 +315,13 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             &get,
         ),
         route(
+            Method::DELETE,
+            "/subscriptions/{id}",
+            true,
+            "PatchSubscriptionFunction",
+            &patch,
+        ),
+        route(
             Method::PATCH,
             "/subscriptions/{id}",
             true,

@@ -8,12 +8,13 @@
 //! the change read again and re-apply ([`retry_on_conflict`]), so neither writer loses the
 //! other's fields.
 
+use chrono::SubsecRound;
 use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::store::{AuditEntry, Store, StoreError, retry_on_conflict};
 use crate::stripe::{Billing, BillingError, StripeSubscription, idempotency_key};
-use crate::subscription::{PlanCatalog, Subscription, SubscriptionChange};
+use crate::subscription::{Plan, PlanCatalog, Status, Subscription, SubscriptionChange};
 
 /// Why a change was not made. Nothing was stored in any of these cases.
 #[derive(Debug, thiserror::Error)]
@@ -99,18 +100,32 @@ pub async fn change_subscription(
         // Stripe again, since the race may have changed Stripe in between.
         let attempt_origin = format!("{}:{attempt}", request.origin);
         let answered = apply_to_stripe(context, &current, request.change, request.origin, &attempt_origin).await?;
-        let Some(mut next) = request.change.apply(&current, context.clock.now()) else {
-            return Ok(current);
-        };
+        let now = context.clock.now();
+        let mut next = request.change.apply(&current, now).unwrap_or_else(|| {
+            let mut same = current.clone();
+            same.version = current.version + 1;
+            same.updated_at = now.trunc_subsecs(0).max(current.updated_at);
+            same
+        });
         // What Stripe answered last is the truth of what it bills: its status, trial end and
         // period end are stored, not what the change alone implies (an administrator's explicit
-        // `status` still wins, as on create).
+        // `status` still wins, as on create), and its ids (a new subscription after a cancel).
         if let Some(stripe) = answered {
             if request.change.status.is_none() {
                 next.status = stripe.status;
             }
+            next.stripe_subscription = Some(stripe.id);
+            next.stripe_customer = Some(stripe.customer);
             next.trial_end = stripe.trial_end;
             next.current_period_end = stripe.current_period_end;
+        }
+        let unchanged = Subscription {
+            version: current.version,
+            updated_at: current.updated_at,
+            ..next.clone()
+        } == current;
+        if unchanged {
+            return Ok(current);
         }
         let audit = AuditEntry::of(&next, request.actor, "patch", request.change.audit_summary());
         match context.store.update_subscription(&next, current.version, &audit).await {
@@ -148,7 +163,14 @@ async fn apply_to_stripe(
     request_origin: &str,
     attempt_origin: &str,
 ) -> Result<Option<StripeSubscription>, ChangeError> {
-    let plan_changes = change.plan.as_ref().filter(|plan| **plan != current.plan);
+    // A canceled (or never made) Stripe subscription gets a new one when a plan is sent, even
+    // the plan it had: that is how a customer subscribes again.
+    let resubscribes =
+        change.plan.is_some() && (current.status == Status::Canceled || current.stripe_subscription.is_none());
+    let plan_changes = change
+        .plan
+        .as_ref()
+        .filter(|plan| **plan != current.plan || resubscribes);
     let flag_changes = change
         .cancel_at_period_end
         .filter(|flag| *flag != current.cancel_at_period_end);
@@ -164,10 +186,15 @@ async fn apply_to_stripe(
     if nothing_for_stripe {
         return Ok(None);
     }
+    let target = current.id.to_string();
+    if resubscribes && let Some(plan) = plan_changes.and_then(|plan| context.catalog.get(plan)) {
+        return resubscribe(context, current, change, plan, request_origin, attempt_origin)
+            .await
+            .map(Some);
+    }
     let (Some(customer), Some(stripe_subscription)) = (&current.stripe_customer, &current.stripe_subscription) else {
         return Err(ChangeError::NotInStripe);
     };
-    let target = current.id.to_string();
     let mut answered = None;
     if let Some(email) = email_changes {
         context
@@ -240,4 +267,104 @@ async fn apply_to_stripe(
         );
     }
     Ok(answered)
+}
+
+/// A new Stripe subscription on `plan` for a subscription whose Stripe subscription was
+/// canceled (or never made): the customer's card first (a paid plan is then charged with it),
+/// no trial (the trial was the first subscription's), the licenses it has. The customer is made
+/// when missing, with the key provisioning uses, so it is the customer provisioning would have
+/// made.
+async fn resubscribe(
+    context: ChangeContext<'_>,
+    current: &Subscription,
+    change: &SubscriptionChange,
+    plan: &Plan,
+    request_origin: &str,
+    attempt_origin: &str,
+) -> Result<StripeSubscription, ChangeError> {
+    let target = current.id.to_string();
+    let email = change.email.as_deref().unwrap_or(&current.email);
+    let customer = match &current.stripe_customer {
+        Some(customer) => customer.clone(),
+        None => {
+            context
+                .billing
+                .create_customer(
+                    current.id,
+                    email,
+                    &idempotency_key("create_customer", &target, "provision"),
+                )
+                .await?
+                .id
+        }
+    };
+    if let Some(method) = &change.stripe_source {
+        context
+            .billing
+            .attach_default_payment_method(
+                &customer,
+                method,
+                &idempotency_key("attach_payment_method", &target, request_origin),
+            )
+            .await?;
+    }
+    let mut answered = context
+        .billing
+        .create_subscription(
+            &customer,
+            &plan.stripe_price,
+            None,
+            change.licenses.or(current.licenses),
+            current.user_id,
+            &idempotency_key("resubscribe", &target, attempt_origin),
+        )
+        .await?;
+    answered.customer = customer;
+    Ok(answered)
+}
+
+/// Cancels a subscription's Stripe subscription now (`DELETE /subscriptions/{id}`) and stores
+/// the canceled state; the subscription stays, readable, and a later `plan` subscribes again.
+/// Cancelling a canceled subscription answers it as it is.
+pub async fn cancel_subscription(
+    context: ChangeContext<'_>,
+    id: Uuid,
+    actor: &str,
+    origin: &str,
+) -> Result<Subscription, ChangeError> {
+    retry_on_conflict(|attempt| async move {
+        let current = context.store.get_subscription(id).await?;
+        if current.status == Status::Canceled {
+            return Ok(current);
+        }
+        let Some(stripe_subscription) = &current.stripe_subscription else {
+            return Err(ChangeError::NotInStripe);
+        };
+        let target = current.id.to_string();
+        let canceled = context
+            .billing
+            .cancel(
+                stripe_subscription,
+                &idempotency_key("cancel", &target, &format!("{origin}:{attempt}")),
+            )
+            .await?;
+        let mut next = current.clone();
+        next.status = canceled.status;
+        next.cancel_at_period_end = false;
+        next.version = current.version + 1;
+        next.updated_at = context.clock.now().trunc_subsecs(0).max(current.updated_at);
+        let audit = AuditEntry::of(
+            &next,
+            actor,
+            "cancel",
+            serde_json::json!({"status": next.status.as_str()}),
+        );
+        context
+            .store
+            .update_subscription(&next, current.version, &audit)
+            .await?;
+        tracing::info!(subscription = %id, "subscription canceled");
+        Ok(next)
+    })
+    .await
 }

@@ -216,7 +216,7 @@ async fn a_stale_expected_version_is_refused_before_stripe_is_called() {
 }
 
 #[tokio::test]
-async fn a_stripe_change_without_a_stripe_subscription_is_refused() {
+async fn a_plan_for_a_subscription_never_made_in_stripe_makes_one_and_other_stripe_changes_are_refused() {
     // Given a subscription stored without Stripe ids
     let world = World::new();
     let bare = change(json!({"user_id": Uuid::new_v4(), "email": "ada@example.com"}))
@@ -224,10 +224,22 @@ async fn a_stripe_change_without_a_stripe_subscription_is_refused() {
         .unwrap();
     let audit = billing::store::AuditEntry::of(&bare, "system:test", "create", json!({}));
     world.store.create_subscription(&bare, &audit).await.unwrap();
-    // When a plan is chosen, then it is refused and nothing is stored
-    let outcome = world.change(bare.id, json!({"plan": "basic_monthly"}), None).await;
+    // When only the end-of-period flag is sent, it is refused and nothing is stored
+    let outcome = world.change(bare.id, json!({"cancel_at_period_end": true}), None).await;
     assert!(matches!(outcome, Err(ChangeError::NotInStripe)), "{outcome:?}");
     assert_eq!(world.store.get_subscription(bare.id).await.unwrap().version, 1);
+    // And when a plan is chosen, a Stripe customer and subscription are made and stored
+    let changed = world
+        .change(bare.id, json!({"plan": "basic_monthly"}), None)
+        .await
+        .unwrap();
+    assert!(changed.stripe_customer.is_some() && changed.stripe_subscription.is_some());
+    assert_eq!(changed.plan, "basic_monthly");
+    let calls = world.billing.calls();
+    assert!(
+        calls.contains(&"create_customer".to_owned()) && calls.contains(&"create_subscription".to_owned()),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test]
@@ -485,4 +497,31 @@ proptest! {
         let (expected, delivered) = converge(&events, &deliveries);
         prop_assert_eq!(delivered, expected);
     }
+}
+
+#[tokio::test]
+async fn a_late_event_of_a_canceled_stripe_subscription_leaves_the_new_one_alone() {
+    // Given a subscription whose first Stripe subscription was canceled and replaced
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let old_id = subscription.stripe_subscription.clone().unwrap();
+    let mut moved = subscription.clone();
+    moved.stripe_subscription = Some("sub_new".into());
+    moved.status = Status::Active;
+    moved.version = 2;
+    let audit = billing::store::AuditEntry::of(&moved, "system:test", "patch", json!({}));
+    world.store.update_subscription(&moved, 1, &audit).await.unwrap();
+    // When the old one's deletion arrives (same customer, no metadata)
+    let mut late = subscription_event("evt_late", NOW + 50, &old_id, "canceled", "price_basic_monthly");
+    late.kind = "customer.subscription.deleted".into();
+    late.object["customer"] = json!(subscription.stripe_customer.clone().unwrap());
+    // Then it concerns no stored subscription, and the new one stays active
+    assert_eq!(
+        world.deliver(&late).await.unwrap(),
+        Handled::Recorded("unknown_subscription")
+    );
+    assert_eq!(
+        world.store.get_subscription(subscription.id).await.unwrap().status,
+        Status::Active
+    );
 }

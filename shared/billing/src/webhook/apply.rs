@@ -115,8 +115,16 @@ pub async fn subscription_of(store: &dyn Store, event: &StripeEvent) -> Result<O
         None => Err(StoreError::NotFound),
     };
     let found = match by_subscription {
+        // By customer only when the customer's subscription is not another Stripe subscription:
+        // a late event of a canceled Stripe subscription must not touch the one made after it.
         Err(StoreError::NotFound) => match event.stripe_customer() {
-            Some(customer) => store.find_by_stripe_customer(customer).await,
+            Some(customer) => store.find_by_stripe_customer(customer).await.and_then(|found| {
+                let theirs = event.stripe_subscription();
+                match (found.stripe_subscription.as_deref(), theirs) {
+                    (Some(ours), Some(theirs)) if ours != theirs => Err(StoreError::NotFound),
+                    _ => Ok(found),
+                }
+            }),
             None => Err(StoreError::NotFound),
         },
         other => other,
