@@ -74,6 +74,7 @@ const CREATE_ATTEMPTS: u32 = 3;
 const ONCE: &str = "ONCE";
 const STRIPE_EVENT: &str = "STRIPE_EVENT";
 const STRIPE_INVOICE_EVENT: &str = "STRIPE_INVOICE_EVENT";
+const STRIPE_CUSTOMER_EVENT: &str = "STRIPE_CUSTOMER_EVENT";
 /// The claim of a Stripe id by one subscription: `pk = STRIPE_LINK#<id>`, `sk = LINK`, `owner`.
 const STRIPE_LINK: &str = "STRIPE_LINK#";
 const LINK: &str = "LINK";
@@ -474,6 +475,7 @@ impl Store for DynamoStore {
             let mark_sk = match write.order {
                 EventOrder::Snapshot => STRIPE_EVENT,
                 EventOrder::Invoice => STRIPE_INVOICE_EVENT,
+                EventOrder::Customer => STRIPE_CUSTOMER_EVENT,
             };
             let mark = Put::builder()
                 .table_name(&self.table)

@@ -250,6 +250,10 @@ impl Store for EmbeddedStore {
                     let (fences, mark_key) = match order {
                         EventOrder::Snapshot => (vec![last(&id)?], id.clone()),
                         EventOrder::Invoice => (vec![last(&id)?, last(&invoice_id)?], invoice_id),
+                        EventOrder::Customer => {
+                            let customer_id = format!("{id}#customer");
+                            (vec![last(&customer_id)?], customer_id)
+                        }
                     };
                     if fences.into_iter().flatten().any(|last| last >= *mark) {
                         return Ok(EventWrite::Stale);

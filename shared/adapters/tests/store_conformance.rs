@@ -742,6 +742,43 @@ async fn a_stripe_id_linked_to_another_subscription_is_refused_and_nothing_is_wr
         .unwrap();
 }
 
+async fn customer_events_are_ordered_only_against_customer_events(store: Arc<impl Store>) {
+    let v1 = new_subscription(None);
+    store.create_subscription(&v1, &created(&v1)).await.unwrap();
+    use EventOrder::{Customer, Snapshot};
+    // Given a snapshot applied at 300
+    let snapshot = apply_event(
+        &*store,
+        v1.id,
+        r#"{"status": "active"}"#,
+        (300, "evt_sub_300"),
+        Snapshot,
+    )
+    .await;
+    assert_eq!(snapshot, EventWrite::Recorded);
+    // When a customer event of 200 arrives, it still applies (snapshots do not fence it)
+    let customer = apply_event(
+        &*store,
+        v1.id,
+        r#"{"email": "a@example.com"}"#,
+        (200, "evt_cus_200"),
+        Customer,
+    )
+    .await;
+    assert_eq!(customer, EventWrite::Recorded);
+    // and an older customer event after it is stale
+    let older = apply_event(
+        &*store,
+        v1.id,
+        r#"{"email": "b@example.com"}"#,
+        (100, "evt_cus_100"),
+        Customer,
+    )
+    .await;
+    assert_eq!(older, EventWrite::Stale);
+    assert_eq!(store.get_subscription(v1.id).await.unwrap().email, "a@example.com");
+}
+
 fn document_body(n: u32) -> serde_json::Value {
     serde_json::json!({"n": n, "name": "ünïcödé \"quoted\""})
 }
@@ -869,6 +906,7 @@ macro_rules! conformance_suite {
             an_event_without_a_write_is_recorded_for_review,
             an_event_that_changes_nothing_advances_the_mark_without_a_new_version,
             invoice_events_and_snapshots_are_ordered_each_against_their_own_kind,
+            customer_events_are_ordered_only_against_customer_events,
             a_document_is_inserted_once_and_read_back_with_its_version,
             a_document_is_replaced_only_from_the_version_read,
             concurrent_replaces_of_a_document_let_exactly_one_win,

@@ -108,6 +108,11 @@ pub enum EventKind {
     InvoicePaid,
     /// `invoice.payment_failed`: an active subscription is past due.
     InvoicePaymentFailed,
+    /// `invoice.payment_action_required`: the card needs the customer (3-D Secure); an active
+    /// subscription is past due, and the customer is mailed the invoice's page.
+    InvoicePaymentActionRequired,
+    /// `customer.updated`: whether the customer has a default payment method.
+    CustomerUpdated,
     /// Any other type: recorded and ignored.
     Other,
 }
@@ -141,6 +146,8 @@ impl StripeEvent {
             "customer.subscription.trial_will_end" => EventKind::TrialWillEnd,
             "invoice.paid" => EventKind::InvoicePaid,
             "invoice.payment_failed" => EventKind::InvoicePaymentFailed,
+            "invoice.payment_action_required" => EventKind::InvoicePaymentActionRequired,
+            "customer.updated" => EventKind::CustomerUpdated,
             _ => EventKind::Other,
         }
     }
@@ -159,18 +166,28 @@ impl StripeEvent {
     pub fn stripe_subscription(&self) -> Option<&str> {
         match self.kind() {
             EventKind::SubscriptionState | EventKind::TrialWillEnd => self.object["id"].as_str(),
-            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => {
-                self.object["parent"]["subscription_details"]["subscription"]
-                    .as_str()
-                    .or_else(|| self.object["subscription"].as_str())
-            }
-            EventKind::Other => None,
+            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed | EventKind::InvoicePaymentActionRequired => self
+                .object["parent"]["subscription_details"]["subscription"]
+                .as_str()
+                .or_else(|| self.object["subscription"].as_str()),
+            EventKind::CustomerUpdated | EventKind::Other => None,
         }
     }
 
     /// The Stripe customer the event concerns.
     pub fn stripe_customer(&self) -> Option<&str> {
-        self.object["customer"].as_str()
+        match self.kind() {
+            EventKind::CustomerUpdated => self.object["id"].as_str(),
+            _ => self.object["customer"].as_str(),
+        }
+    }
+
+    /// Whether this is an invoice event (ordered as [`crate::store::EventOrder::Invoice`]).
+    pub fn is_invoice(&self) -> bool {
+        matches!(
+            self.kind(),
+            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed | EventKind::InvoicePaymentActionRequired
+        )
     }
 
     /// The user the subscription belongs to, from the `user_id` metadata this service puts on
@@ -179,8 +196,10 @@ impl StripeEvent {
     /// eventually consistent.
     pub fn user_id(&self) -> Option<uuid::Uuid> {
         let metadata = match self.kind() {
-            EventKind::SubscriptionState | EventKind::TrialWillEnd => &self.object["metadata"],
-            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => {
+            EventKind::SubscriptionState | EventKind::TrialWillEnd | EventKind::CustomerUpdated => {
+                &self.object["metadata"]
+            }
+            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed | EventKind::InvoicePaymentActionRequired => {
                 &self.object["parent"]["subscription_details"]["metadata"]
             }
             EventKind::Other => return None,
@@ -238,10 +257,14 @@ pub fn apply_event(current: &Subscription, event: &StripeEvent, catalog: &PlanCa
                 next.status = Status::Active;
             }
         }
-        EventKind::InvoicePaymentFailed => {
+        EventKind::InvoicePaymentFailed | EventKind::InvoicePaymentActionRequired => {
             if current.status == Status::Active {
                 next.status = Status::PastDue;
             }
+        }
+        EventKind::CustomerUpdated => {
+            let default_method = &object["invoice_settings"]["default_payment_method"];
+            next.has_payment_source = !default_method.is_null() || !object["default_source"].is_null();
         }
         EventKind::TrialWillEnd | EventKind::Other => {}
     }

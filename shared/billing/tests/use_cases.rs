@@ -525,3 +525,78 @@ async fn a_late_event_of_a_canceled_stripe_subscription_leaves_the_new_one_alone
         Status::Active
     );
 }
+
+fn customer_updated(id: &str, created: i64, customer: &str, user: Uuid, default_method: Option<&str>) -> StripeEvent {
+    StripeEvent {
+        id: id.into(),
+        kind: "customer.updated".into(),
+        created,
+        object: json!({"id": customer, "object": "customer", "metadata": {"user_id": user},
+                       "default_source": null, "invoice_settings": {"default_payment_method": default_method}}),
+    }
+}
+
+#[tokio::test]
+async fn has_payment_source_follows_the_customers_default_payment_method_in_order() {
+    // Given a subscriber whose customer gets a default card at +10 and loses it at +20
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let customer = subscription.stripe_customer.clone().unwrap();
+    let added = customer_updated("evt_1", NOW + 10, &customer, subscription.id, Some("pm_1"));
+    let removed = customer_updated("evt_2", NOW + 20, &customer, subscription.id, None);
+    // When the removal arrives first, then the addition
+    assert_eq!(world.deliver(&removed).await.unwrap(), Handled::Applied);
+    assert_eq!(world.deliver(&added).await.unwrap(), Handled::Recorded("stale"));
+    // Then the subscription has no payment source, as Stripe's latest customer says
+    assert!(
+        !world
+            .store
+            .get_subscription(subscription.id)
+            .await
+            .unwrap()
+            .has_payment_source
+    );
+    // and a later addition sets it
+    let again = customer_updated("evt_3", NOW + 30, &customer, subscription.id, Some("pm_2"));
+    assert_eq!(world.deliver(&again).await.unwrap(), Handled::Applied);
+    assert!(
+        world
+            .store
+            .get_subscription(subscription.id)
+            .await
+            .unwrap()
+            .has_payment_source
+    );
+}
+
+#[tokio::test]
+async fn a_payment_needing_authentication_makes_the_subscription_past_due_and_mails_the_invoice_once() {
+    // Given an active subscription
+    let world = World::new();
+    let subscription = world.provision(Uuid::new_v4()).await.unwrap();
+    let stripe_id = subscription.stripe_subscription.clone().unwrap();
+    world
+        .deliver(&subscription_event(
+            "evt_1",
+            NOW + 5,
+            &stripe_id,
+            "active",
+            "price_basic_monthly",
+        ))
+        .await
+        .unwrap();
+    // When Stripe says the renewal needs the customer's authentication, twice (a redelivery)
+    let mut event = invoice_event("evt_2", "invoice.payment_action_required", NOW + 10, Some(&stripe_id));
+    event.object["hosted_invoice_url"] = json!("https://invoice.stripe.com/i/acct_1/in_2");
+    assert_eq!(world.deliver(&event).await.unwrap(), Handled::Applied);
+    assert_eq!(world.deliver(&event).await.unwrap(), Handled::Duplicate);
+    // Then it is past due, and one mail with the invoice's page went to the subscriber
+    let stored = world.store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored.status, Status::PastDue);
+    let mails = world.outbox.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(
+        mails[0],
+        texts::payment_action_required(&stored.email, "https://invoice.stripe.com/i/acct_1/in_2")
+    );
+}

@@ -21,6 +21,19 @@ pub fn trial_ending(to: &str, ends: Option<DateTime<Utc>>) -> Mail {
     }
 }
 
+/// To a subscriber whose payment needs them (3-D Secure): the invoice's page, where they
+/// complete it (`invoice.payment_action_required`).
+pub fn payment_action_required(to: &str, invoice_url: &str) -> Mail {
+    Mail {
+        to: to.to_owned(),
+        subject: "Confirm your payment".to_owned(),
+        text: format!(
+            "Hello,\n\nyour bank asks you to confirm your latest payment. Open the invoice below and follow the steps \
+             to complete it; until then your subscription is past due.\n\n{invoice_url}\n"
+        ),
+    }
+}
+
 /// To a billing user who asked to log in: the one-time confirmation link for `realm_host`.
 pub fn login_confirmation(to: &str, realm_host: &str, link: &str) -> Mail {
     Mail {

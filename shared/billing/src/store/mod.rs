@@ -25,6 +25,7 @@
 //! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
 //! | the last Stripe snapshot event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
 //! | the last Stripe invoice event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_INVOICE_EVENT` (`created`, `event_id`) |
+//! | the last Stripe customer event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_CUSTOMER_EVENT` (`created`, `event_id`) |
 //! | a versioned document ([`DocumentStore`]: remote servers, realm owners, billing users, confirmations, sessions, rate counters) | `pk = DOC#<key>`, `sk = DOC` (`body` JSON text, `version`, TTL `expires_at`) |
 //! | a member of a document collection (a server's realms), read whole with one query | `pk = DOC#<collection>`, `sk = MEMBER#<member>` (as above) |
 //!
@@ -124,6 +125,9 @@ pub enum EventOrder {
     /// snapshot (so it never rolls a newer snapshot back) and than the last invoice event; it
     /// moves only the invoice mark, so an older snapshot not applied yet still applies.
     Invoice,
+    /// A change of the customer (`customer.updated`: its default payment method), which no
+    /// subscription snapshot carries: ordered only against earlier customer events.
+    Customer,
 }
 
 /// A subscription write that goes with a recorded Stripe event.

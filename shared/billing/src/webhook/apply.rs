@@ -78,9 +78,8 @@ pub async fn apply_stripe_event(context: EventContext<'_>, event: &StripeEvent) 
         EventKind::Other => Ok(record(context, &key, "ignored").await?),
         EventKind::TrialWillEnd => mail_trial_end(context, event, &key).await,
         // A one-off invoice belongs to no subscription: the customer's subscription is not its.
-        EventKind::InvoicePaid | EventKind::InvoicePaymentFailed if event.stripe_subscription().is_none() => {
-            Ok(record(context, &key, "ignored").await?)
-        }
+        _ if event.is_invoice() && event.stripe_subscription().is_none() => Ok(record(context, &key, "ignored").await?),
+        EventKind::InvoicePaymentActionRequired => mail_action_required(context, event, &key).await,
         _ => apply(context, event, &key).await,
     }
 }
@@ -159,7 +158,8 @@ async fn apply(context: EventContext<'_>, event: &StripeEvent, key: &str) -> Res
             audit: &audit,
             mark: &mark,
             order: match event.kind() {
-                EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => EventOrder::Invoice,
+                _ if event.is_invoice() => EventOrder::Invoice,
+                EventKind::CustomerUpdated => EventOrder::Customer,
                 _ => EventOrder::Snapshot,
             },
         };
@@ -179,6 +179,37 @@ async fn apply(context: EventContext<'_>, event: &StripeEvent, key: &str) -> Res
         Err(StoreError::VersionConflict) => Err(EventError::KeptChanging),
         other => Ok(other?),
     }
+}
+
+/// `invoice.payment_action_required`: the customer is mailed the invoice's page, where they can
+/// authenticate the payment, and the status changes as for a failed payment. The mail goes
+/// before the event is recorded (at least once; a duplicate delivery after the record sends
+/// nothing), as for the trial-end mail.
+async fn mail_action_required(
+    context: EventContext<'_>,
+    event: &StripeEvent,
+    key: &str,
+) -> Result<Handled, EventError> {
+    if context.store.is_recorded(key).await? {
+        return Ok(Handled::Duplicate);
+    }
+    if let (Some(subscription), Some(url)) = (
+        subscription_of(context.store, event).await?,
+        event.object["hosted_invoice_url"].as_str(),
+    ) {
+        match context
+            .mailer
+            .send(&texts::payment_action_required(&subscription.email, url))
+            .await
+        {
+            Ok(id) => tracing::info!(mail = %id, subscription = %subscription.id, "payment action mail sent"),
+            Err(MailError::Refused(detail)) => {
+                tracing::error!(error = %detail, subscription = %subscription.id, "payment action mail refused");
+            }
+            Err(unavailable) => return Err(EventError::Mail(unavailable)),
+        }
+    }
+    apply(context, event, key).await
 }
 
 async fn mail_trial_end(context: EventContext<'_>, event: &StripeEvent, key: &str) -> Result<Handled, EventError> {
