@@ -313,3 +313,32 @@ async fn trial_will_end_sends_exactly_one_mail_through_ses() {
     assert_eq!(mails.len(), 1, "{mails:?}");
     assert!(mails[0]["subject"].as_str().unwrap().contains("trial"));
 }
+
+#[tokio::test]
+async fn has_payment_source_follows_the_default_card_as_it_is_attached_and_detached_in_stripe() {
+    // Given a subscriber who attached a card through the API
+    let server = start_server_against_moto().await;
+    let sandbox = server.sandbox.as_ref().unwrap();
+    let (user, created) = subscribe(&server).await;
+    let (status, body) = Caller::user(&server, user)
+        .patch(user, json!({"stripe_source": "pm_card_visa"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    all_delivered(&server).await;
+    assert!(server.store.get_subscription(user).await.unwrap().has_payment_source);
+
+    // When the card is detached in Stripe (the customer's portal, or the dashboard)
+    let customer = created["stripe_customer"].as_str().unwrap();
+    let stored = stripe_get(sandbox, &format!("/v1/customers/{customer}")).await;
+    let card = stored["invoice_settings"]["default_payment_method"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stripe_post(sandbox, &format!("/v1/payment_methods/{card}/detach"), &[]).await;
+
+    // Then the customer's update reaches the subscription: it has no payment source
+    eventually(30, "has_payment_source to follow the detach", || async {
+        !server.store.get_subscription(user).await.unwrap().has_payment_source
+    })
+    .await;
+}

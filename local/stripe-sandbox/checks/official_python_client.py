@@ -146,6 +146,21 @@ def _():
     assert events.data and events.data[0].data.object.id == state["subscription"].id
 
 
+@check("detaching the default card clears it, with its events")
+def _():
+    customer = client.v1.customers.create(params={"email": f"detach-{uuid.uuid4().hex}@example.com"})
+    method = client.v1.payment_methods.attach("pm_card_visa", params={"customer": customer.id})
+    client.v1.customers.update(customer.id, params={"invoice_settings": {"default_payment_method": method.id}})
+    detached = client.v1.payment_methods.detach(method.id)
+    assert detached.customer is None
+    assert client.v1.customers.retrieve(customer.id).invoice_settings.default_payment_method is None
+    detach_event = client.v1.events.list(params={"type": "payment_method.detached", "limit": 1}).data[0]
+    assert detach_event.data.previous_attributes["customer"] == customer.id
+    update = client.v1.events.list(params={"type": "customer.updated", "limit": 1}).data[0]
+    assert update.data.object.id == customer.id
+    assert update.data.previous_attributes["invoice_settings"]["default_payment_method"] == method.id
+
+
 passed = sum(1 for _, error in results if error is None)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")

@@ -474,14 +474,23 @@ impl State {
                 "The payment method you provided is not attached to a customer so detachment is impossible.",
             ));
         };
+        let before = method.clone();
         method["customer"] = Value::Null;
         self.payment_methods.insert(id.to_owned(), method.clone());
-        if let Some(customer) = self.customers.get_mut(&owner)
+        let previous = objects::previous_attributes(&before, &method);
+        self.emit("payment_method.detached", &method, Some(previous), now);
+        // Detaching the customer's default clears it, which changes the customer: Stripe says
+        // so with a `customer.updated` of its own.
+        if let Some(customer) = self.customers.get(&owner)
             && customer["invoice_settings"]["default_payment_method"] == id
         {
+            let before = customer.clone();
+            let mut customer = before.clone();
             customer["invoice_settings"]["default_payment_method"] = Value::Null;
+            self.customers.insert(owner.clone(), customer.clone());
+            let previous = objects::previous_attributes(&before, &customer);
+            self.emit("customer.updated", &customer, Some(previous), now);
         }
-        self.emit("payment_method.detached", &method, None, now);
         Ok(method)
     }
 
