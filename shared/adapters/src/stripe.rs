@@ -8,16 +8,17 @@ use ::stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use async_trait::async_trait;
 use billing::config::{ConfigError, Environment, optional, required};
 use billing::deadline;
-use billing::stripe::{Billing, BillingError, Customer, StripeSubscription};
+use billing::stripe::{Billing, BillingError, Customer, PriceTerms, Proration, StripeSubscription};
 use billing::subscription::Status;
 use chrono::{DateTime, TimeZone, Utc};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, RetrieveSubscription,
     UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior, UpdateSubscriptionTrialEnd,
 };
+use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_payment::payment_method::AttachPaymentMethod;
-use stripe_shared::{Subscription as StripeSubscriptionObject, SubscriptionStatus};
+use stripe_shared::{Price, RecurringInterval, Subscription as StripeSubscriptionObject, SubscriptionStatus};
 use uuid::Uuid;
 
 /// The shortest attempt worth starting before a deadline.
@@ -157,21 +158,31 @@ impl StripeBilling {
 impl StripeBilling {
     /// The subscription as Stripe holds it now. Its item id is Stripe's business: read it
     /// rather than keep a copy that can go stale.
-    async fn retrieve(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError> {
+    async fn retrieve_object(&self, subscription: &str, key: &str) -> Result<StripeSubscriptionObject, BillingError> {
         let retrieve = RetrieveSubscription::new(subscription);
-        let current = self
-            .with_retries("retrieve_subscription", key, |_| {
-                let request = retrieve.clone();
-                async move {
-                    request
-                        .customize()
-                        .request_strategy(RequestStrategy::Once)
-                        .send(&self.client)
-                        .await
-                }
-            })
-            .await?;
-        summarize(&current)
+        self.with_retries("retrieve_subscription", key, |_| {
+            let request = retrieve.clone();
+            async move {
+                request
+                    .customize()
+                    .request_strategy(RequestStrategy::Once)
+                    .send(&self.client)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// A price, for what it costs.
+    async fn retrieve_price(&self, price: &str, key: &str) -> Result<Price, BillingError> {
+        self.with_retries("retrieve_price", key, |_| async move {
+            RequestBuilder::new(StripeMethod::Get, format!("/prices/{price}"))
+                .customize::<Price>()
+                .request_strategy(RequestStrategy::Once)
+                .send(&self.client)
+                .await
+        })
+        .await
     }
 
     /// Sends `request` with the idempotency key and the retry policy.
@@ -240,6 +251,34 @@ fn classify(error: &StripeError) -> Retry {
             Retry::No(BillingError::Rejected(format!("unreadable Stripe response: {detail}")))
         }
         StripeError::ConfigError(detail) => Retry::No(BillingError::Rejected(detail.clone())),
+    }
+}
+
+/// What `price` costs for `quantity`, per its period.
+fn terms_of(price: &Price, quantity: u64) -> PriceTerms {
+    let (days, count) = price.recurring.as_ref().map_or((30, 1), |recurring| {
+        let days = match recurring.interval {
+            RecurringInterval::Day => 1,
+            RecurringInterval::Week => 7,
+            RecurringInterval::Year => 365,
+            _ => 30,
+        };
+        (days, recurring.interval_count.max(1))
+    });
+    PriceTerms {
+        amount: price
+            .unit_amount
+            .unwrap_or(0)
+            .saturating_mul(i64::try_from(quantity).unwrap_or(i64::MAX)),
+        period_days: days * i64::try_from(count).unwrap_or(1),
+    }
+}
+
+fn behavior_of(proration: Proration) -> UpdateSubscriptionProrationBehavior {
+    match proration {
+        Proration::InvoiceNow => UpdateSubscriptionProrationBehavior::AlwaysInvoice,
+        Proration::NextInvoice => UpdateSubscriptionProrationBehavior::CreateProrations,
+        Proration::Nothing => UpdateSubscriptionProrationBehavior::None,
     }
 }
 
@@ -326,16 +365,24 @@ impl Billing for StripeBilling {
         price: &str,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
-        let current = self.retrieve(subscription, key).await?;
+        let object = self.retrieve_object(subscription, key).await?;
+        let current = summarize(&object)?;
         if current.price == price {
             return Ok(current);
         }
+        let quantity = current.quantity.unwrap_or(1);
+        let next = self.retrieve_price(price, key).await?;
+        let proration = Proration::for_change(
+            terms_of(&object.items.data[0].price, quantity),
+            terms_of(&next, quantity),
+            current.status == Status::Trialing,
+        );
         let mut item = UpdateSubscriptionItems::new();
         item.id = Some(current.item.clone());
         item.price = Some(price.to_owned());
         let request = UpdateSubscription::new(subscription)
             .items(vec![item])
-            .proration_behavior(UpdateSubscriptionProrationBehavior::None);
+            .proration_behavior(behavior_of(proration));
         let updated = self.send("change_price", key, &request).await?;
         summarize(&updated)
     }
@@ -401,16 +448,23 @@ impl Billing for StripeBilling {
         quantity: u32,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
-        let current = self.retrieve(subscription, key).await?;
+        let object = self.retrieve_object(subscription, key).await?;
+        let current = summarize(&object)?;
         if current.quantity == Some(u64::from(quantity)) {
             return Ok(current);
         }
+        let price = &object.items.data[0].price;
+        let proration = Proration::for_change(
+            terms_of(price, current.quantity.unwrap_or(1)),
+            terms_of(price, u64::from(quantity)),
+            current.status == Status::Trialing,
+        );
         let mut item = UpdateSubscriptionItems::new();
         item.id = Some(current.item.clone());
         item.quantity = Some(u64::from(quantity));
         let request = UpdateSubscription::new(subscription)
             .items(vec![item])
-            .proration_behavior(UpdateSubscriptionProrationBehavior::None);
+            .proration_behavior(behavior_of(proration));
         let updated = self.send("set_quantity", key, &request).await?;
         summarize(&updated)
     }

@@ -68,6 +68,45 @@ pub enum BillingError {
     Rejected(String),
 }
 
+/// What a recurring price costs for a quantity: the amount per period, in the currency's
+/// smallest unit, and the period's length in days.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriceTerms {
+    /// Unit amount times quantity.
+    pub amount: i64,
+    /// A day 1, a week 7, a month 30, a year 365, times the interval count.
+    pub period_days: i64,
+}
+
+/// How a change of price or quantity is billed (API.md's PATCH table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proration {
+    /// A move to a higher price: prorated and invoiced at once (`always_invoice`).
+    InvoiceNow,
+    /// A move to a lower (or equal) price: prorated as a credit on the next invoice
+    /// (`create_prorations`).
+    NextInvoice,
+    /// During a trial: nothing is charged and the trial continues (`none`).
+    Nothing,
+}
+
+impl Proration {
+    /// How moving from `current` to `next` is billed; prices of different periods are compared
+    /// per day.
+    pub fn for_change(current: PriceTerms, next: PriceTerms, trialing: bool) -> Self {
+        if trialing {
+            return Proration::Nothing;
+        }
+        let next_per_day = i128::from(next.amount) * i128::from(current.period_days.max(1));
+        let current_per_day = i128::from(current.amount) * i128::from(next.period_days.max(1));
+        if next_per_day > current_per_day {
+            Proration::InvoiceNow
+        } else {
+            Proration::NextInvoice
+        }
+    }
+}
+
 /// The idempotency key of one Stripe call: `billing:<operation>:<target>:<origin>`.
 pub fn idempotency_key(operation: &str, target: &str, origin: &str) -> String {
     let key = format!("billing:{operation}:{target}:{origin}");
@@ -93,8 +132,8 @@ pub trait Billing: Send + Sync {
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
 
-    /// Moves the subscription's (single) item to `price`. No proration: a plan change bills
-    /// from the next period.
+    /// Moves the subscription's (single) item to `price`, prorated as [`Proration::for_change`]
+    /// says.
     async fn change_price(
         &self,
         subscription: &str,
@@ -131,7 +170,7 @@ pub trait Billing: Send + Sync {
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
 
-    /// The subscription item's quantity: the licenses billed.
+    /// The subscription item's quantity: the licenses billed, prorated like a price change.
     async fn set_quantity(
         &self,
         subscription: &str,
@@ -141,4 +180,52 @@ pub trait Billing: Send + Sync {
 
     /// The address Stripe sends the customer's invoices and receipts to.
     async fn set_email(&self, customer: &str, email: &str, key: &str) -> Result<(), BillingError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MONTHLY_BASIC: PriceTerms = PriceTerms {
+        amount: 800,
+        period_days: 30,
+    };
+    const MONTHLY_BUSINESS: PriceTerms = PriceTerms {
+        amount: 2_000,
+        period_days: 30,
+    };
+    const ANNUAL_BASIC: PriceTerms = PriceTerms {
+        amount: 8_000,
+        period_days: 365,
+    };
+
+    #[test]
+    fn a_higher_price_is_invoiced_now_a_lower_one_credited_and_a_trial_charged_nothing() {
+        assert_eq!(
+            Proration::for_change(MONTHLY_BASIC, MONTHLY_BUSINESS, false),
+            Proration::InvoiceNow
+        );
+        assert_eq!(
+            Proration::for_change(MONTHLY_BUSINESS, MONTHLY_BASIC, false),
+            Proration::NextInvoice
+        );
+        assert_eq!(
+            Proration::for_change(MONTHLY_BASIC, MONTHLY_BUSINESS, true),
+            Proration::Nothing
+        );
+        // per day, a year of basic (8,000 / 365) costs less than a month of it (800 / 30)
+        assert_eq!(
+            Proration::for_change(MONTHLY_BASIC, ANNUAL_BASIC, false),
+            Proration::NextInvoice
+        );
+        // three licenses cost more than one
+        let three = PriceTerms {
+            amount: 3 * 800,
+            period_days: 30,
+        };
+        assert_eq!(
+            Proration::for_change(MONTHLY_BASIC, three, false),
+            Proration::InvoiceNow
+        );
+    }
 }
