@@ -406,33 +406,17 @@ impl Store for DynamoStore {
     }
 
     async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut entries = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :audit)")
-                .expression_attribute_values(":pk", s(subscription_pk(id)))
-                .expression_attribute_values(":audit", s("AUDIT#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk)?;
-            for item in output.items.unwrap_or_default() {
+        self.query_prefix(subscription_pk(id), "AUDIT#")
+            .await?
+            .iter()
+            .map(|item| {
                 let json = item
                     .get("audit")
                     .and_then(|v| v.as_s().ok())
                     .ok_or_else(|| StoreError::Corrupt("audit item without its record".into()))?;
-                entries.push(serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(entries);
-            }
-        }
+                serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
     }
 
     async fn record_event(
@@ -627,6 +611,34 @@ fn condition_failed<R>(error: &SdkError<aws_sdk_dynamodb::operation::put_item::P
         .is_some_and(|e| e.is_conditional_check_failed_exception())
 }
 
+impl DynamoStore {
+    /// Every item of partition `pk` whose sort key starts with `prefix`, in sort-key order,
+    /// read strongly consistently page after page.
+    async fn query_prefix(&self, pk: String, prefix: &str) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            items.extend(output.items.unwrap_or_default());
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+}
+
 /// A conditional document write, as the parts of a `PutItem` or of a transaction's `Put`.
 struct DocumentPut {
     item: Option<HashMap<String, AttributeValue>>,
@@ -800,35 +812,17 @@ impl DocumentStore for DynamoStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, Document)>, StoreError> {
         let mut members = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :member)")
-                .expression_attribute_values(":pk", s(document_pk(collection)))
-                .expression_attribute_values(":member", s(MEMBER))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk)?;
-            for item in output.items.unwrap_or_default() {
-                let member = item
-                    .get("sk")
-                    .and_then(|v| v.as_s().ok())
-                    .and_then(|sk| sk.strip_prefix(MEMBER))
-                    .ok_or_else(|| StoreError::Corrupt(format!("a member of {collection} without its sort key")))?
-                    .to_owned();
-                if let Some(document) = decode_document(&member, &item, now)? {
-                    members.push((member, document));
-                }
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(members);
+        for item in self.query_prefix(document_pk(collection), MEMBER).await? {
+            let member = item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.strip_prefix(MEMBER))
+                .ok_or_else(|| StoreError::Corrupt(format!("a member of {collection} without its sort key")))?
+                .to_owned();
+            if let Some(document) = decode_document(&member, &item, now)? {
+                members.push((member, document));
             }
         }
+        Ok(members)
     }
 }
