@@ -161,6 +161,130 @@ def _():
     assert update.data.previous_attributes["invoice_settings"]["default_payment_method"] == method.id
 
 
+def sandbox_control(path, body):
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base}/_sandbox/{path}", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
+
+
+def paying_customer(card="pm_card_visa"):
+    customer = client.v1.customers.create(params={"email": f"pay-{uuid.uuid4().hex}@example.com"})
+    method = client.v1.payment_methods.attach(card, params={"customer": customer.id})
+    client.v1.customers.update(customer.id, params={"invoice_settings": {"default_payment_method": method.id}})
+    return customer
+
+
+@check("a subscription without a trial is invoiced and paid at creation")
+def _():
+    customer = paying_customer()
+    subscription = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": "price_monthly", "quantity": 3}]}
+    )
+    assert subscription.status == "active" and subscription["items"].data[0].quantity == 3
+    invoice = client.v1.invoices.retrieve(subscription.latest_invoice)
+    assert invoice.status == "paid" and invoice.amount_paid == 3000, invoice
+    assert invoice.billing_reason == "subscription_create" and invoice.number
+    assert invoice.lines.data[0].amount == 3000 and invoice.lines.data[0].quantity == 3
+    state["paying"] = (customer, subscription)
+
+
+@check("an upgrade with always_invoice makes a paid invoice of proration lines")
+def _():
+    customer, subscription = state["paying"]
+    item = subscription["items"].data[0]
+    updated = client.v1.subscriptions.update(
+        subscription.id,
+        params={"items": [{"id": item.id, "quantity": 5}], "proration_behavior": "always_invoice"},
+    )
+    invoice = client.v1.invoices.retrieve(updated.latest_invoice)
+    assert invoice.billing_reason == "subscription_update" and invoice.status == "paid"
+    lines = invoice.lines.data
+    prorations = [line.parent.subscription_item_details.proration for line in lines]
+    assert prorations == [True, True], prorations
+    assert lines[0].amount < 0 < lines[1].amount and invoice.amount_paid == lines[0].amount + lines[1].amount
+
+
+@check("a coupon on the subscription discounts its next invoice, previewed")
+def _():
+    customer, subscription = state["paying"]
+    coupon_id = f"py-{uuid.uuid4().hex[:8]}"
+    coupon = client.v1.coupons.create(params={"id": coupon_id, "percent_off": 20, "duration": "forever"})
+    assert coupon.id == coupon_id and coupon.percent_off == 20
+    try:
+        client.v1.coupons.create(params={"id": coupon_id, "percent_off": 20, "duration": "forever"})
+    except stripe.InvalidRequestError as error:
+        assert error.code == "resource_already_exists"
+    else:
+        raise AssertionError("a second coupon with the same id")
+    updated = client.v1.subscriptions.update(subscription.id, params={"discounts": [{"coupon": coupon_id}]})
+    assert len(updated.discounts) == 1 and updated.discounts[0].startswith("di_")
+    preview = client.v1.invoices.create_preview(params={"customer": customer.id, "subscription": subscription.id})
+    assert preview.total_discount_amounts[0].amount == 1000 and preview.amount_due == 4000, preview
+    cleared = client.v1.subscriptions.update(subscription.id, params={"discounts": ""})
+    assert cleared.discounts == []
+
+
+@check("moving the clock renews the subscription: period moved, invoice paid, events")
+def _():
+    customer, subscription = state["paying"]
+    before = client.v1.subscriptions.retrieve(subscription.id)
+    end = before["items"].data[0].current_period_end
+    advanced = sandbox_control("clock/advance", {"seconds": 31 * 86400})
+    after = client.v1.subscriptions.retrieve(subscription.id)
+    assert after["items"].data[0].current_period_start == end, after
+    invoices = client.v1.invoices.list(params={"subscription": subscription.id})
+    assert invoices.data[0].billing_reason == "subscription_cycle" and invoices.data[0].status == "paid"
+    assert invoices.data[0].id == after.latest_invoice and len(invoices.data) == 3
+    kinds = [client.v1.events.retrieve(e).type for e in advanced["events"]]
+    assert "invoice.paid" in kinds and "customer.subscription.updated" in kinds, kinds
+
+
+@check("a card that needs authentication leaves the invoice open with payment_action_required")
+def _():
+    customer = paying_customer("pm_card_authenticationRequired")
+    subscription = client.v1.subscriptions.create(params={"customer": customer.id, "items": [{"price": "price_monthly"}]})
+    assert subscription.status == "incomplete"
+    invoice = client.v1.invoices.retrieve(subscription.latest_invoice)
+    assert invoice.status == "open" and invoice.hosted_invoice_url
+    event = client.v1.events.list(params={"type": "invoice.payment_action_required", "limit": 1}).data[0]
+    assert event.data.object.id == invoice.id
+    voided = client.v1.invoices.void_invoice(invoice.id)
+    assert voided.status == "void"
+
+
+@check("a card that fails charges makes invoice.payment_failed")
+def _():
+    customer = paying_customer("pm_card_chargeCustomerFail")
+    subscription = client.v1.subscriptions.create(params={"customer": customer.id, "items": [{"price": "price_monthly"}]})
+    assert subscription.status == "incomplete"
+    event = client.v1.events.list(params={"type": "invoice.payment_failed", "limit": 1}).data[0]
+    assert event.data.object.id == subscription.latest_invoice
+
+
+@check("setup intents and portal sessions")
+def _():
+    customer = paying_customer()
+    intent = client.v1.setup_intents.create(params={"customer": customer.id, "usage": "off_session"})
+    assert intent.id.startswith("seti_") and intent.client_secret.startswith(intent.id + "_secret_")
+    assert intent.status == "requires_payment_method"
+    session = client.v1.billing_portal.sessions.create(
+        params={"customer": customer.id, "return_url": "https://app.example.com/billing"}
+    )
+    assert session.url.startswith("https://") and session.return_url == "https://app.example.com/billing"
+
+
+@check("customer email updates")
+def _():
+    customer = paying_customer()
+    updated = client.v1.customers.update(customer.id, params={"email": "new@example.com"})
+    assert updated.email == "new@example.com"
+
+
 passed = sum(1 for _, error in results if error is None)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")

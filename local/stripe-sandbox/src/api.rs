@@ -12,6 +12,11 @@ use serde_json::{Map, Value, json};
 
 use crate::objects::{self, NewSubscription, PriceSpec, TestCard};
 
+mod invoicing;
+
+pub use invoicing::Charge;
+use invoicing::{interval_seconds, status_after};
+
 /// A refusal in Stripe's shape, and whether Stripe would keep it under an idempotency key
 /// (only answers from requests that started executing are kept; parameter errors are not).
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +86,14 @@ pub struct State {
     subscriptions: BTreeMap<String, Value>,
     payment_methods: BTreeMap<String, Value>,
     prices: BTreeMap<String, Value>,
+    invoices: BTreeMap<String, Value>,
+    coupons: BTreeMap<String, Value>,
+    discounts: BTreeMap<String, Value>,
+    setup_intents: BTreeMap<String, Value>,
+    /// Proration lines waiting for a subscription's next invoice, by subscription id.
+    pending_lines: BTreeMap<String, Vec<Value>>,
+    /// Trials whose three-days notice was sent: (subscription, trial end).
+    noticed: std::collections::BTreeSet<(String, i64)>,
     /// Newest last.
     events: Vec<Value>,
     /// Object ids in creation order, for lists (newest first).
@@ -573,13 +586,6 @@ impl State {
         Ok(price.clone())
     }
 
-    fn amount_due(items: &[Value]) -> i64 {
-        items
-            .iter()
-            .map(|i| i["price"]["unit_amount"].as_i64().unwrap_or(0) * i["quantity"].as_i64().unwrap_or(1))
-            .sum()
-    }
-
     /// The payment method a charge for `subscription` would use: its own default, else its
     /// customer's invoice default.
     fn paying_method(&self, subscription_default: &Value, customer: &str) -> Option<String> {
@@ -591,19 +597,27 @@ impl State {
         })
     }
 
-    /// The status a subscription not in trial ends up with once its first invoice is due.
-    fn charged_status(&self, amount: i64, method: Option<&str>, behavior: &str) -> Result<&'static str, Failure> {
-        if amount == 0 {
-            return Ok("active");
-        }
+    /// What charging `method` would do (no method: nothing to charge with).
+    fn charge_with(&self, method: Option<&str>) -> Charge {
         match method.map(|m| self.card_of(m)) {
-            Some(Some(card)) if !card.charges_fail => Ok("active"),
-            Some(_) if behavior == "error_if_incomplete" => Err(card_declined("generic_decline")),
-            None if behavior == "error_if_incomplete" => Err(invalid(
+            None => Charge::NoPaymentMethod,
+            Some(Some(card)) if card.charges_need_authentication => Charge::NeedsAuthentication,
+            Some(Some(card)) if !card.charges_fail => Charge::Paid,
+            Some(_) => Charge::Failed,
+        }
+    }
+
+    /// Under `payment_behavior=error_if_incomplete`, a charge that did not go through is the
+    /// request's error and nothing is kept.
+    fn refuse_unpaid(charge: Charge) -> Result<(), Failure> {
+        match charge {
+            Charge::Paid | Charge::NotAttempted => Ok(()),
+            Charge::NoPaymentMethod => Err(invalid(
                 None,
                 "This customer has no attached payment source or default payment method. Please consider adding a default payment method.",
             )),
-            _ => Ok("incomplete"),
+            Charge::NeedsAuthentication => Err(card_declined("authentication_required")),
+            Charge::Failed => Err(card_declined("generic_decline")),
         }
     }
 
@@ -622,6 +636,7 @@ impl State {
                 "proration_behavior",
                 "description",
                 "off_session",
+                "discounts",
                 "expand",
             ],
         )?;
@@ -716,16 +731,28 @@ impl State {
             None => (now, now + interval_seconds(interval.as_str().unwrap_or("month"))),
         };
         let items = self.subscription_items(&id, &items_param, now, period)?;
-        let status = match trial_end {
-            Some(_) => "trialing",
-            None => {
-                let method = self.paying_method(&default_method, customer);
-                self.charged_status(Self::amount_due(&items), method.as_deref(), behavior)?
-            }
+        let amount: i64 = items
+            .iter()
+            .map(|i| i["price"]["unit_amount"].as_i64().unwrap_or(0) * i["quantity"].as_i64().unwrap_or(1))
+            .sum();
+        let charge = if trial_end.is_some() || amount == 0 {
+            Charge::Paid
+        } else if behavior == "default_incomplete" {
+            Charge::NotAttempted
+        } else {
+            self.charge_with(self.paying_method(&default_method, customer).as_deref())
+        };
+        if behavior == "error_if_incomplete" {
+            Self::refuse_unpaid(charge)?;
+        }
+        let status = match (trial_end, charge) {
+            (Some(_), _) => "trialing",
+            (None, Charge::Paid) => "active",
+            (None, _) => "incomplete",
         };
         let currency = items[0]["price"]["currency"].as_str().unwrap_or("usd").to_owned();
         let metadata = p.metadata(&json!({}))?.unwrap_or_else(|| json!({}));
-        let subscription = objects::subscription(NewSubscription {
+        let mut subscription = objects::subscription(NewSubscription {
             id: &id,
             customer,
             created: now,
@@ -738,12 +765,31 @@ impl State {
             cancel_at_period_end: p.boolean("cancel_at_period_end")?.unwrap_or(false),
             description: p.string("description")?.map_or(Value::Null, Value::from),
         });
+        if let Some(discounts) = params.get("discounts") {
+            self.apply_discounts(&mut subscription, discounts, now)?;
+        }
         if let Some(c) = self.customers.get_mut(customer) {
             c["currency"] = Value::from(currency);
         }
+        // The first invoice: the first period, or nothing to pay during a trial.
+        let mut lines = Self::period_lines(&subscription, period);
+        if trial_end.is_some() {
+            for line in &mut lines {
+                line["amount"] = json!(0);
+                line["subtotal"] = json!(0);
+                line["description"] = json!(format!(
+                    "Trial period for {}",
+                    line["description"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        let draft = self.draft_invoice(&subscription, "subscription_create", lines, period, now);
+        let (invoice, charge) = self.finalize_and_charge(draft, charge, now);
+        subscription["latest_invoice"] = invoice["id"].clone();
         self.subscriptions.insert(id.clone(), subscription.clone());
         self.remember(&id);
         self.emit("customer.subscription.created", &subscription, None, now);
+        self.emit_invoice_outcome(&invoice, charge, now);
         Ok(subscription)
     }
 
@@ -808,6 +854,7 @@ impl State {
                 "trial_end",
                 "description",
                 "off_session",
+                "discounts",
                 "expand",
             ],
         )?;
@@ -825,7 +872,9 @@ impl State {
                 ));
             }
         }
-        p.one_of("proration_behavior", &["always_invoice", "create_prorations", "none"])?;
+        let proration = p
+            .one_of("proration_behavior", &["always_invoice", "create_prorations", "none"])?
+            .unwrap_or("create_prorations");
         let behavior = p
             .one_of(
                 "payment_behavior",
@@ -877,11 +926,12 @@ impl State {
         if let Some(items) = params.get("items") {
             self.update_items(&mut subscription, items, now)?;
         }
+        let mut end_trial_now = false;
         match p.string("trial_end")? {
             None => {}
             Some("now") if subscription["status"] == "trialing" => {
                 subscription["trial_end"] = Value::from(now);
-                subscription["status"] = Value::from("active_pending_charge");
+                end_trial_now = true;
             }
             Some("now") => {}
             Some(text) => {
@@ -904,23 +954,69 @@ impl State {
                 }
             }
         }
-        // Outside a trial, an unpaid subscription becomes active once it can be charged.
-        let needs_charge = subscription["status"] == "active_pending_charge" || subscription["status"] == "incomplete";
-        if needs_charge {
-            let items = subscription["items"]["data"].as_array().cloned().unwrap_or_default();
-            let method = self.paying_method(&subscription["default_payment_method"], &customer);
-            let status = self.charged_status(Self::amount_due(&items), method.as_deref(), behavior)?;
-            let status = if status == "incomplete" && before["status"] != "incomplete" {
-                "past_due"
-            } else {
-                status
-            };
-            subscription["status"] = Value::from(status);
+        if let Some(discounts) = params.get("discounts") {
+            self.apply_discounts(&mut subscription, discounts, now)?;
+        }
+        if end_trial_now {
+            // The trial ends now: the first paid period starts, invoiced at once.
+            if behavior == "error_if_incomplete" {
+                Self::refuse_unpaid(self.charge_for(&subscription))?;
+            }
+            return Ok(self.start_period(&before, subscription, now, None));
+        }
+        let trialing = subscription["status"] == "trialing";
+        let prorations = if trialing || proration == "none" || before["status"] == "incomplete" {
+            Vec::new()
+        } else {
+            Self::proration_lines(&before, &subscription, now)
+        };
+        let mut invoiced = None;
+        if proration == "always_invoice" && !prorations.is_empty() {
+            let charge = self.charge_for(&subscription);
+            if behavior == "error_if_incomplete" {
+                Self::refuse_unpaid(charge)?;
+            }
+            let lines = self.take_pending(id).into_iter().chain(prorations).collect();
+            let draft = self.draft_invoice(&subscription, "subscription_update", lines, (now, now), now);
+            let (invoice, charge) = self.finalize_and_charge(draft, charge, now);
+            subscription["latest_invoice"] = invoice["id"].clone();
+            let status = status_after(charge, subscription["status"].as_str().unwrap_or_default()).to_owned();
+            subscription["status"] = json!(status);
+            invoiced = Some((invoice, charge));
+        } else {
+            self.add_pending(id, prorations);
+        }
+        // An incomplete subscription's first invoice is paid once the customer can be charged.
+        if before["status"] == "incomplete"
+            && let Some(latest) = before["latest_invoice"].as_str().map(str::to_owned)
+            && self.invoices.get(&latest).is_some_and(|i| i["status"] == "open")
+        {
+            let charge = self.charge_for(&subscription);
+            if charge == Charge::Paid
+                && let Some(mut invoice) = self.invoices.get(&latest).cloned()
+            {
+                let amount = invoice["amount_due"].clone();
+                invoice["status"] = json!("paid");
+                invoice["amount_paid"] = amount;
+                invoice["amount_remaining"] = json!(0);
+                invoice["attempt_count"] = json!(invoice["attempt_count"].as_i64().unwrap_or(0) + 1);
+                invoice["attempted"] = json!(true);
+                invoice["next_payment_attempt"] = Value::Null;
+                invoice["status_transitions"]["paid_at"] = json!(now);
+                self.invoices.insert(latest.clone(), invoice.clone());
+                subscription["status"] = json!("active");
+                invoiced = Some((invoice, charge));
+            } else if behavior == "error_if_incomplete" {
+                Self::refuse_unpaid(charge)?;
+            }
         }
         if subscription != before {
             self.subscriptions.insert(id.to_owned(), subscription.clone());
             let previous = objects::previous_attributes(&before, &subscription);
             self.emit("customer.subscription.updated", &subscription, Some(previous), now);
+        }
+        if let Some((invoice, charge)) = invoiced {
+            self.emit_invoice_outcome(&invoice, charge, now);
         }
         Ok(subscription)
     }
@@ -1029,47 +1125,22 @@ impl State {
         Ok(subscription)
     }
 
-    /// A renewal charge of a subscription that is not trialing or canceled, as Stripe makes it
-    /// at the end of a period: an invoice, paid with the default card (`invoice.paid`, and a
-    /// `past_due` or `unpaid` subscription becomes `active`) or failing
-    /// (`invoice.payment_failed`, and an `active` subscription becomes `past_due`), with the
-    /// `customer.subscription.updated` a status change makes. Returns the events.
+    /// A renewal of a subscription that is not trialing or canceled, now, as a test clock
+    /// reaching the period's end makes it (see `cycle`), but paid or failing as `pays` says
+    /// whatever its card. Returns the events.
     pub fn renewal(&mut self, id: &str, pays: bool, now: i64) -> Option<Vec<Value>> {
-        let before = self
-            .subscriptions
-            .get(id)
-            .filter(|s| {
-                !matches!(
-                    s["status"].as_str(),
-                    Some("trialing" | "canceled" | "incomplete" | "incomplete_expired")
-                )
-            })?
-            .clone();
+        self.subscriptions.get(id).filter(|s| {
+            !matches!(
+                s["status"].as_str(),
+                Some("trialing" | "canceled" | "incomplete" | "incomplete_expired")
+            )
+        })?;
         self.request = (
             format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]),
             None,
         );
         let first = self.emitted.len();
-        let item = &before["items"]["data"][0];
-        let amount = item["price"]["unit_amount"].as_i64().unwrap_or(0) * item["quantity"].as_i64().unwrap_or(1);
-        let invoice = objects::renewal_invoice(&ordered_id("in"), &before, amount, pays, now);
-        let kind = if pays { "invoice.paid" } else { "invoice.payment_failed" };
-        self.emit(kind, &invoice, None, now);
-        let status = match (pays, before["status"].as_str()) {
-            (true, Some("past_due" | "unpaid")) => Some("active"),
-            (false, Some("active")) => Some("past_due"),
-            _ => None,
-        };
-        let mut subscription = before.clone();
-        subscription["latest_invoice"] = invoice["id"].clone();
-        if let Some(status) = status {
-            subscription["status"] = json!(status);
-        }
-        self.subscriptions.insert(id.to_owned(), subscription.clone());
-        if status.is_some() {
-            let previous = objects::previous_attributes(&before, &subscription);
-            self.emit("customer.subscription.updated", &subscription, Some(previous), now);
-        }
+        self.cycle(id, now, Some(if pays { Charge::Paid } else { Charge::Failed }))?;
         Some(self.emitted.drain(first..).collect())
     }
 
@@ -1148,14 +1219,5 @@ fn limit(p: &Params<'_>) -> Result<usize, Failure> {
         None => Ok(10),
         Some(n) if (1..=100).contains(&n) => Ok(n as usize),
         Some(_) => Err(invalid(Some("limit"), "Invalid limit: must be between 1 and 100")),
-    }
-}
-
-fn interval_seconds(interval: &str) -> i64 {
-    match interval {
-        "day" => 86_400,
-        "week" => 7 * 86_400,
-        "year" => 365 * 86_400,
-        _ => 30 * 86_400,
     }
 }

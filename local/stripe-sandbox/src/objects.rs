@@ -195,63 +195,229 @@ pub struct NewSubscription<'a> {
     pub description: Value,
 }
 
-/// The invoice of one renewal of `subscription`, charged automatically: `paid`, or `open` after
-/// a failed attempt. `parent.subscription_details` names the subscription (current API
-/// versions); `subscription` does too, as older versions did.
-pub fn renewal_invoice(id: &str, subscription: &Value, amount: i64, paid: bool, now: i64) -> Value {
+/// One line of an invoice made by a subscription: a period of an item's price, or a proration
+/// of a change (`proration: true`, negative for unused time credited back).
+pub struct NewLine<'a> {
+    pub subscription: &'a Value,
+    pub item: &'a Value,
+    pub amount: i64,
+    pub quantity: i64,
+    pub description: String,
+    pub period: (i64, i64),
+    pub proration: bool,
+}
+
+pub fn invoice_line(id: &str, new: NewLine<'_>) -> Value {
+    json!({
+        "id": id,
+        "object": "line_item",
+        "amount": new.amount,
+        "currency": new.subscription["currency"],
+        "description": new.description,
+        "discount_amounts": [],
+        "discountable": true,
+        "discounts": [],
+        "invoice": null,
+        "livemode": false,
+        "metadata": {},
+        "parent": {
+            "type": "subscription_item_details",
+            "invoice_item_details": null,
+            "subscription_item_details": {
+                "invoice_item": null,
+                "proration": new.proration,
+                "proration_details": {"credited_items": null},
+                "subscription": new.subscription["id"],
+                "subscription_item": new.item["id"],
+            },
+        },
+        "period": {"start": new.period.0, "end": new.period.1},
+        "pretax_credit_amounts": [],
+        "pricing": {
+            "type": "price_details",
+            "price_details": {"price": new.item["price"]["id"], "product": new.item["price"]["product"]},
+            "unit_amount_decimal": new.item["price"]["unit_amount_decimal"],
+        },
+        "quantity": new.quantity,
+        "quantity_decimal": new.quantity.to_string(),
+        "subscription": new.subscription["id"],
+        "subtotal": new.amount,
+        "taxes": [],
+    })
+}
+
+/// An invoice a subscription makes, before it is finalized and charged.
+pub struct NewInvoice<'a> {
+    pub id: &'a str,
+    pub subscription: &'a Value,
+    /// `subscription_create`, `subscription_cycle`, `subscription_update`.
+    pub billing_reason: &'a str,
+    pub lines: Vec<Value>,
+    /// The subscription's discount, and what it takes off.
+    pub discount: Option<(&'a str, i64)>,
+    pub period: (i64, i64),
+    pub created: i64,
+}
+
+/// A draft invoice of `new.lines`, its totals computed. `parent.subscription_details` names
+/// the subscription (current API versions); `subscription` does too, as older versions did.
+pub fn invoice(new: NewInvoice<'_>) -> Value {
     let mut invoice = INVOICE.clone();
-    let period_end = subscription["items"]["data"][0]["current_period_end"]
-        .as_i64()
-        .unwrap_or(now);
+    let id = new.id;
+    let subtotal: i64 = new.lines.iter().filter_map(|l| l["amount"].as_i64()).sum();
+    let discounted = new.discount.map_or(0, |(_, amount)| amount);
+    let total = subtotal - discounted;
+    let mut lines = new.lines;
+    for line in &mut lines {
+        line["invoice"] = Value::from(id);
+    }
+    let count = lines.len();
     set(
         &mut invoice,
         json!({
             "id": id,
             "object": "invoice",
-            "amount_due": amount,
-            "amount_paid": if paid { amount } else { 0 },
-            "amount_remaining": if paid { 0 } else { amount },
-            "attempt_count": 1,
-            "attempted": true,
-            "auto_advance": !paid,
-            "billing_reason": "subscription_cycle",
-            "created": now,
-            "currency": subscription["currency"],
-            "customer": subscription["customer"],
+            "amount_due": total.max(0),
+            "amount_overpaid": 0,
+            "amount_paid": 0,
+            "amount_remaining": total.max(0),
+            "attempt_count": 0,
+            "attempted": false,
+            "auto_advance": true,
+            "billing_reason": new.billing_reason,
+            "collection_method": "charge_automatically",
+            "created": new.created,
+            "currency": new.subscription["currency"],
+            "customer": new.subscription["customer"],
             "customer_account": null,
-            "discounts": [],
+            "discounts": new.discount.map_or(json!([]), |(discount, _)| json!([discount])),
             "due_date": null,
-            "effective_at": now,
+            "effective_at": null,
+            "ending_balance": 0,
             "from_invoice": null,
             "hosted_invoice_url": format!("https://invoice.stripe.com/i/acct_sandbox/{id}"),
+            "invoice_pdf": format!("https://pay.stripe.com/invoice/acct_sandbox/{id}/pdf"),
             "last_finalization_error": null,
-            "lines": {"object": "list", "data": [], "has_more": false, "total_count": 0,
+            "latest_revision": null,
+            "lines": {"object": "list", "data": lines, "has_more": false, "total_count": count,
                       "url": format!("/v1/invoices/{id}/lines")},
             "livemode": false,
             "metadata": {},
-            "next_payment_attempt": if paid { Value::Null } else { json!(now + 3 * 86_400) },
+            "next_payment_attempt": null,
+            "number": null,
             "parent": {
                 "type": "subscription_details",
                 "quote_details": null,
-                "subscription_details": {"metadata": subscription["metadata"], "subscription": subscription["id"]},
+                "subscription_details": {"metadata": new.subscription["metadata"], "subscription": new.subscription["id"]},
             },
-            "period_start": now,
-            "period_end": period_end,
-            "status": if paid { "paid" } else { "open" },
-            "status_transitions": {"finalized_at": now, "marked_uncollectible_at": null,
-                                   "paid_at": if paid { json!(now) } else { Value::Null }, "voided_at": null},
-            "subscription": subscription["id"],
-            "subtotal": amount,
-            "subtotal_excluding_tax": amount,
+            "period_start": new.period.0,
+            "period_end": new.period.1,
+            "starting_balance": 0,
+            "status": "draft",
+            "status_transitions": {"finalized_at": null, "marked_uncollectible_at": null,
+                                   "paid_at": null, "voided_at": null},
+            "subscription": new.subscription["id"],
+            "subtotal": subtotal,
+            "subtotal_excluding_tax": subtotal,
             "test_clock": null,
-            "total": amount,
-            "total_discount_amounts": [],
-            "total_excluding_tax": amount,
+            "total": total,
+            "total_discount_amounts": new.discount.map_or(json!([]), |(discount, amount)| json!([{"amount": amount, "discount": discount}])),
+            "total_excluding_tax": total,
+            "total_pretax_credit_amounts": [],
             "total_taxes": [],
             "webhooks_delivered_at": null,
         }),
     );
     invoice
+}
+
+/// A coupon: `percent_off` off every invoice, for the given duration.
+pub fn coupon(id: &str, percent_off: f64, duration: &str, name: Option<&str>, created: i64) -> Value {
+    json!({
+        "id": id,
+        "object": "coupon",
+        "amount_off": null,
+        "created": created,
+        "currency": null,
+        "duration": duration,
+        "duration_in_months": null,
+        "livemode": false,
+        "max_redemptions": null,
+        "metadata": {},
+        "name": name,
+        "percent_off": percent_off,
+        "redeem_by": null,
+        "times_redeemed": 0,
+        "valid": true,
+    })
+}
+
+/// A coupon applied to a subscription.
+pub fn discount(id: &str, coupon: &Value, subscription: &Value, start: i64) -> Value {
+    json!({
+        "id": id,
+        "object": "discount",
+        "checkout_session": null,
+        "customer": subscription["customer"],
+        "customer_account": null,
+        "end": null,
+        "invoice": null,
+        "invoice_item": null,
+        "promotion_code": null,
+        "source": {"coupon": coupon["id"], "type": "coupon"},
+        "start": start,
+        "subscription": subscription["id"],
+        "subscription_item": null,
+    })
+}
+
+pub fn setup_intent(id: &str, customer: &str, usage: &str, created: i64) -> Value {
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    json!({
+        "id": id,
+        "object": "setup_intent",
+        "application": null,
+        "automatic_payment_methods": null,
+        "cancellation_reason": null,
+        "client_secret": format!("{id}_secret_{secret}"),
+        "created": created,
+        "customer": customer,
+        "customer_account": null,
+        "description": null,
+        "excluded_payment_method_types": null,
+        "flow_directions": null,
+        "last_setup_error": null,
+        "latest_attempt": null,
+        "livemode": false,
+        "mandate": null,
+        "metadata": {},
+        "next_action": null,
+        "on_behalf_of": null,
+        "payment_method": null,
+        "payment_method_configuration_details": null,
+        "payment_method_options": {"card": {"mandate_options": null, "network": null, "request_three_d_secure": "automatic"}},
+        "payment_method_types": ["card"],
+        "single_use_mandate": null,
+        "status": "requires_payment_method",
+        "usage": usage,
+    })
+}
+
+pub fn portal_session(id: &str, customer: &str, return_url: Option<&str>, created: i64) -> Value {
+    json!({
+        "id": id,
+        "object": "billing_portal.session",
+        "configuration": "bpc_sandbox_default",
+        "created": created,
+        "customer": customer,
+        "customer_account": null,
+        "flow": null,
+        "livemode": false,
+        "locale": null,
+        "on_behalf_of": null,
+        "return_url": return_url,
+        "url": format!("https://billing.stripe.com/p/session/test_{}", id.trim_start_matches("bps_")),
+    })
 }
 
 pub fn subscription(new: NewSubscription<'_>) -> Value {
@@ -328,9 +494,12 @@ pub struct TestCard {
     pub declines_on_attach: Option<&'static str>,
     /// Attaches, but charges fail.
     pub charges_fail: bool,
+    /// Attaches, but every charge made without the customer (a subscription's invoices)
+    /// needs 3-D Secure authentication first.
+    pub charges_need_authentication: bool,
 }
 
-pub const TEST_CARDS: [TestCard; 10] = [
+pub const TEST_CARDS: [TestCard; 11] = [
     TestCard {
         token: "pm_card_visa",
         brand: "visa",
@@ -338,6 +507,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: None,
         charges_fail: false,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_visa_debit",
@@ -346,6 +516,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "debit",
         declines_on_attach: None,
         charges_fail: false,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_mastercard",
@@ -354,6 +525,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: None,
         charges_fail: false,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_amex",
@@ -362,6 +534,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: None,
         charges_fail: false,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_discover",
@@ -370,6 +543,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: None,
         charges_fail: false,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_chargeDeclined",
@@ -378,6 +552,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: Some("generic_decline"),
         charges_fail: true,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_chargeDeclinedInsufficientFunds",
@@ -386,6 +561,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: Some("insufficient_funds"),
         charges_fail: true,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_chargeDeclinedExpiredCard",
@@ -394,6 +570,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: Some("expired_card"),
         charges_fail: true,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_chargeDeclinedIncorrectCvc",
@@ -402,6 +579,7 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: Some("incorrect_cvc"),
         charges_fail: true,
+        charges_need_authentication: false,
     },
     TestCard {
         token: "pm_card_chargeCustomerFail",
@@ -410,6 +588,16 @@ pub const TEST_CARDS: [TestCard; 10] = [
         funding: "credit",
         declines_on_attach: None,
         charges_fail: true,
+        charges_need_authentication: false,
+    },
+    TestCard {
+        token: "pm_card_authenticationRequired",
+        brand: "visa",
+        last4: "3184",
+        funding: "credit",
+        declines_on_attach: None,
+        charges_fail: false,
+        charges_need_authentication: true,
     },
 ];
 

@@ -134,31 +134,75 @@ impl Sandbox {
         }
     }
 
+    /// The sandbox's time: real time plus what [`Sandbox::advance_clock`] added.
+    pub fn now(&self) -> i64 {
+        now() + self.sender.clock_offset.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How far the sandbox's clock is ahead of real time, in seconds.
+    pub fn clock_offset(&self) -> i64 {
+        self.sender.clock_offset.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Moves the sandbox's time `seconds` forward, as a Stripe test clock does: the renewals,
+    /// trial ends, cancellations at period end and trial notices that fall due happen, each at
+    /// its own time, and their events are sent (signed at the new time). Returns the events'
+    /// ids.
+    pub fn advance_clock(&self, seconds: u64) -> Vec<String> {
+        self.set_clock_offset(
+            self.clock_offset()
+                .saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// Sets the sandbox's clock to real time + `offset` seconds. Moving it forward makes what
+    /// falls due happen (see [`Sandbox::advance_clock`]); moving it back makes nothing un-happen.
+    pub fn set_clock_offset(&self, offset: i64) -> Vec<String> {
+        let events = {
+            // The state's lock orders this against requests: none sees the new time before
+            // what fell due by it has happened.
+            let mut state = lock(&self.state);
+            let before = self.now();
+            self.sender
+                .clock_offset
+                .store(offset, std::sync::atomic::Ordering::SeqCst);
+            let after = self.now();
+            if after > before {
+                state.advance_clock(before, after)
+            } else {
+                Vec::new()
+            }
+        };
+        self.send_events(events)
+    }
+
+    fn send_events(&self, events: Vec<Value>) -> Vec<String> {
+        let target = lock(&self.controls).webhook.clone();
+        events
+            .into_iter()
+            .map(|event| {
+                let id = event["id"].as_str().unwrap_or_default().to_owned();
+                if let Some(target) = &target {
+                    self.sender.enqueue(target.clone(), event);
+                }
+                id
+            })
+            .collect()
+    }
+
     /// Charges a renewal of `subscription` now, paid with its card or failing, as a test clock
     /// advancing past the period's end would (see `State::renewal`), and sends its events to
     /// the webhook endpoint. Returns the events' ids; `None` for a trialing or canceled
     /// subscription, which has nothing to renew.
     pub fn renewal(&self, subscription: &str, pays: bool) -> Option<Vec<String>> {
-        let events = lock(&self.state).renewal(subscription, pays, now())?;
-        let target = lock(&self.controls).webhook.clone();
-        Some(
-            events
-                .into_iter()
-                .map(|event| {
-                    let id = event["id"].as_str().unwrap_or_default().to_owned();
-                    if let Some(target) = &target {
-                        self.sender.enqueue(target.clone(), event);
-                    }
-                    id
-                })
-                .collect(),
-        )
+        let events = lock(&self.state).renewal(subscription, pays, self.now())?;
+        Some(self.send_events(events))
     }
 
     /// Makes Stripe's three-days-before notice for a trialing subscription now, as a test clock
     /// would. Returns the event id.
     pub fn trial_will_end(&self, subscription: &str) -> Option<String> {
-        let event = lock(&self.state).trial_will_end(subscription, now())?;
+        let event = lock(&self.state).trial_will_end(subscription, self.now())?;
         if let Some(target) = lock(&self.controls).webhook.clone() {
             self.sender.enqueue(target, event.clone());
         }
@@ -367,7 +411,7 @@ async fn handle(
     let (outcome, events) = {
         let mut state = lock(&sandbox.state);
         state.request = (request_id.clone(), idempotency_key.clone());
-        let outcome = route(&mut state, &method, &path, &params);
+        let outcome = route(&mut state, &method, &path, &params, sandbox.now());
         (outcome, std::mem::take(&mut state.emitted))
     };
     let (status, body, saved) = match outcome {
@@ -409,9 +453,8 @@ fn idempotency_mismatch(key: &str, request_id: &str) -> Response {
     failure_response(&failure, request_id)
 }
 
-fn route(state: &mut State, method: &Method, path: &str, params: &Value) -> Outcome {
+fn route(state: &mut State, method: &Method, path: &str, params: &Value, now: i64) -> Outcome {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let now = now();
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "customers"]) => state.list_customers(params),
         ("POST", ["v1", "customers"]) => state.create_customer(params, now),
@@ -429,6 +472,15 @@ fn route(state: &mut State, method: &Method, path: &str, params: &Value) -> Outc
         ("GET", ["v1", "payment_methods", id]) => state.retrieve_payment_method(id, params),
         ("POST", ["v1", "payment_methods", id, "attach"]) => state.attach_payment_method(id, params, now),
         ("POST", ["v1", "payment_methods", id, "detach"]) => state.detach_payment_method(id, params, now),
+        ("GET", ["v1", "invoices"]) => state.list_invoices(params),
+        ("POST", ["v1", "invoices", "create_preview"]) => state.create_preview(params, now),
+        ("GET", ["v1", "invoices", id]) => state.retrieve_invoice(id, params),
+        ("POST", ["v1", "invoices", id, "void"]) => state.void_invoice(id, params, now),
+        ("POST", ["v1", "coupons"]) => state.create_coupon(params, now),
+        ("GET", ["v1", "coupons", id]) => state.retrieve_coupon(id, params),
+        ("POST", ["v1", "setup_intents"]) => state.create_setup_intent(params, now),
+        ("GET", ["v1", "setup_intents", id]) => state.retrieve_setup_intent(id, params),
+        ("POST", ["v1", "billing_portal", "sessions"]) => state.create_portal_session(params, now),
         ("GET", ["v1", "events"]) => state.list_events(params),
         ("GET", ["v1", "events", id]) => state.retrieve_event(id, params),
         _ => Err(Failure {
@@ -487,6 +539,20 @@ fn controls(sandbox: &Sandbox, method: &Method, path: &str, body: &Bytes) -> Res
             sandbox.set_webhook(target);
             answer(StatusCode::OK, json!({"webhook": input}))
         }
+        ("POST", "clock/advance") => match input["seconds"].as_u64() {
+            Some(seconds) => {
+                let events = sandbox.advance_clock(seconds);
+                answer(StatusCode::OK, json!({"now": sandbox.now(), "events": events}))
+            }
+            None => answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "give seconds, a whole number of seconds to move forward (a test clock never goes back)"}),
+            ),
+        },
+        ("GET", "clock") => answer(
+            StatusCode::OK,
+            json!({"now": sandbox.now(), "offset_seconds": sandbox.clock_offset()}),
+        ),
         ("GET", "deliveries") => answer(StatusCode::OK, json!({"deliveries": sandbox.deliveries()})),
         ("POST", "webhook/hold") => {
             sandbox.hold_webhooks();

@@ -53,6 +53,8 @@ pub struct Sender {
     pub deliveries: Arc<Mutex<Vec<Delivery>>>,
     /// While held, events wait here instead of being sent (see [`Sender::release`]).
     held: Arc<Mutex<Option<Vec<Outgoing>>>>,
+    /// Seconds the sandbox's clock is ahead of real time (shared with the sandbox).
+    pub clock_offset: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// An event on its way to an endpoint.
@@ -82,6 +84,7 @@ impl Sender {
             queue,
             deliveries: Arc::clone(&deliveries),
             held: Arc::new(Mutex::new(None)),
+            clock_offset: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         };
         let worker = sender.clone();
         tokio::spawn(async move {
@@ -160,9 +163,11 @@ impl Sender {
         };
         for attempt in 0..ATTEMPTS {
             record.attempts = attempt + 1;
+            // Signed at the sandbox's time, which a test may have moved forward.
             let timestamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
+                .map_or(0, |d| d.as_secs() as i64)
+                + self.clock_offset.load(std::sync::atomic::Ordering::SeqCst);
             let request = axum::http::Request::post(&target.url)
                 .header("content-type", "application/json; charset=utf-8")
                 .header("user-agent", "Stripe/1.0 (+https://stripe.com/docs/webhooks)")

@@ -1,0 +1,667 @@
+//! What subscriptions bill: invoices made at creation, at each renewal and by prorated changes,
+//! charged to the default card (or failing per test card); coupons and the discounts they
+//! make; invoice previews; setup intents and customer-portal sessions; and the passing of time
+//! (`advance_clock`) that makes renewals, trial ends and their events happen.
+//!
+//! The sandbox sends the events a consumer acts on (`invoice.paid`,
+//! `invoice.payment_failed`, `invoice.payment_action_required`, `invoice.voided`), not the
+//! bookkeeping ones (`invoice.created`, `invoice.finalized`).
+
+use serde_json::{Value, json};
+
+use super::{Failure, Outcome, Params, State, invalid, no_such, not_implemented, ordered_id, short_id};
+use crate::objects::{self, NewInvoice, NewLine};
+
+/// What happened when an invoice was charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Charge {
+    Paid,
+    /// The card was declined (`pm_card_chargeCustomerFail`).
+    Failed,
+    /// The card needs 3-D Secure, which an off-session charge cannot do
+    /// (`pm_card_authenticationRequired`).
+    NeedsAuthentication,
+    /// No card to charge.
+    NoPaymentMethod,
+    /// Not tried (`payment_behavior=default_incomplete`): the invoice waits, open.
+    NotAttempted,
+}
+
+/// Stripe's notice comes this long before a trial ends.
+const TRIAL_NOTICE: i64 = 3 * 86_400;
+/// An `incomplete` subscription whose first invoice is not paid expires after this.
+const INCOMPLETE_EXPIRY: i64 = 23 * 3_600;
+
+pub(super) fn interval_seconds(interval: &str) -> i64 {
+    match interval {
+        "day" => 86_400,
+        "week" => 7 * 86_400,
+        "year" => 365 * 86_400,
+        _ => 30 * 86_400,
+    }
+}
+
+fn period_of(subscription: &Value) -> (i64, i64) {
+    let item = &subscription["items"]["data"][0];
+    (
+        item["current_period_start"].as_i64().unwrap_or(0),
+        item["current_period_end"].as_i64().unwrap_or(0),
+    )
+}
+
+fn interval_of(subscription: &Value) -> i64 {
+    interval_seconds(
+        subscription["items"]["data"][0]["price"]["recurring"]["interval"]
+            .as_str()
+            .unwrap_or("month"),
+    )
+}
+
+fn item_amount(item: &Value) -> i64 {
+    item["price"]["unit_amount"].as_i64().unwrap_or(0) * item["quantity"].as_i64().unwrap_or(1)
+}
+
+fn item_name(item: &Value) -> String {
+    let name = item["price"]["nickname"]
+        .as_str()
+        .or_else(|| item["price"]["id"].as_str())
+        .unwrap_or("plan");
+    format!("{} × {name}", item["quantity"].as_i64().unwrap_or(1))
+}
+
+/// The status a subscription takes after an invoice of its own was charged.
+pub(super) fn status_after(charge: Charge, status: &str) -> &str {
+    match (charge, status) {
+        (Charge::NotAttempted, other) => other,
+        (Charge::Paid, "past_due" | "unpaid" | "incomplete" | "trialing" | "active_pending_charge") => "active",
+        (Charge::Paid, other) => other,
+        (_, "active" | "trialing" | "active_pending_charge") => "past_due",
+        (_, other) => other,
+    }
+}
+
+impl State {
+    /// What charging `subscription`'s customer would do now.
+    pub(super) fn charge_for(&self, subscription: &Value) -> Charge {
+        let customer = subscription["customer"].as_str().unwrap_or_default();
+        self.charge_with(
+            self.paying_method(&subscription["default_payment_method"], customer)
+                .as_deref(),
+        )
+    }
+
+    /// The subscription's discount and the coupon's percentage.
+    fn discount_of(&self, subscription: &Value) -> Option<(String, f64)> {
+        let id = subscription["discounts"][0].as_str()?;
+        let discount = self.discounts.get(id)?;
+        let coupon = self.coupons.get(discount["source"]["coupon"].as_str()?)?;
+        Some((id.to_owned(), coupon["percent_off"].as_f64()?))
+    }
+
+    /// One line per item for the period `period`.
+    pub(super) fn period_lines(subscription: &Value, period: (i64, i64)) -> Vec<Value> {
+        subscription["items"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|item| {
+                objects::invoice_line(
+                    &ordered_id("il"),
+                    NewLine {
+                        subscription,
+                        item,
+                        amount: item_amount(item),
+                        quantity: item["quantity"].as_i64().unwrap_or(1),
+                        description: item_name(item),
+                        period,
+                        proration: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The proration lines of moving from `before`'s items to `after`'s at `now`: unused time
+    /// on what changed credited, remaining time on what replaced it charged.
+    pub(super) fn proration_lines(before: &Value, after: &Value, now: i64) -> Vec<Value> {
+        let (start, end) = period_of(before);
+        if end <= now || end <= start {
+            return Vec::new();
+        }
+        let prorate = |amount: i64| (amount as f64 * (end - now) as f64 / (end - start) as f64).round() as i64;
+        let same = |a: &Value, b: &Value| {
+            a["id"] == b["id"] && a["price"]["id"] == b["price"]["id"] && a["quantity"] == b["quantity"]
+        };
+        let items = |s: &Value| s["items"]["data"].as_array().cloned().unwrap_or_default();
+        let (old, new) = (items(before), items(after));
+        let mut lines = Vec::new();
+        for item in old.iter().filter(|o| !new.iter().any(|n| same(o, n))) {
+            lines.push(objects::invoice_line(
+                &ordered_id("il"),
+                NewLine {
+                    subscription: after,
+                    item,
+                    amount: -prorate(item_amount(item)),
+                    quantity: item["quantity"].as_i64().unwrap_or(1),
+                    description: format!("Unused time on {}", item_name(item)),
+                    period: (now, end),
+                    proration: true,
+                },
+            ));
+        }
+        for item in new.iter().filter(|n| !old.iter().any(|o| same(o, n))) {
+            lines.push(objects::invoice_line(
+                &ordered_id("il"),
+                NewLine {
+                    subscription: after,
+                    item,
+                    amount: prorate(item_amount(item)),
+                    quantity: item["quantity"].as_i64().unwrap_or(1),
+                    description: format!("Remaining time on {}", item_name(item)),
+                    period: (now, end),
+                    proration: true,
+                },
+            ));
+        }
+        lines
+    }
+
+    /// A draft invoice of `lines` for `subscription`, with its discount applied.
+    pub(super) fn draft_invoice(
+        &self,
+        subscription: &Value,
+        reason: &str,
+        lines: Vec<Value>,
+        period: (i64, i64),
+        now: i64,
+    ) -> Value {
+        let subtotal: i64 = lines.iter().filter_map(|l| l["amount"].as_i64()).sum();
+        let discount = self
+            .discount_of(subscription)
+            .map(|(id, percent)| (id, (subtotal as f64 * percent / 100.0).round() as i64));
+        objects::invoice(NewInvoice {
+            id: &ordered_id("in"),
+            subscription,
+            billing_reason: reason,
+            lines,
+            discount: discount.as_ref().map(|(id, amount)| (id.as_str(), *amount)),
+            period,
+            created: now,
+        })
+    }
+
+    /// Finalizes `invoice` (it gets its number) and charges it as `charge` says (nothing to
+    /// charge is paid), keeping it. The caller emits [`State::emit_invoice_outcome`] after the
+    /// subscription's own event, as Stripe orders them.
+    pub(super) fn finalize_and_charge(&mut self, mut invoice: Value, charge: Charge, now: i64) -> (Value, Charge) {
+        let customer = invoice["customer"].as_str().unwrap_or_default().to_owned();
+        if let Some(customer) = self.customers.get_mut(&customer) {
+            let sequence = customer["next_invoice_sequence"].as_i64().unwrap_or(1);
+            invoice["number"] = json!(format!(
+                "{}-{sequence:04}",
+                customer["invoice_prefix"].as_str().unwrap_or("SANDBOX")
+            ));
+            customer["next_invoice_sequence"] = json!(sequence + 1);
+        }
+        invoice["status_transitions"]["finalized_at"] = json!(now);
+        invoice["effective_at"] = json!(now);
+        let amount = invoice["amount_due"].as_i64().unwrap_or(0);
+        let charge = if amount == 0 { Charge::Paid } else { charge };
+        if amount > 0 && charge != Charge::NotAttempted {
+            invoice["attempted"] = json!(true);
+            invoice["attempt_count"] = json!(1);
+        }
+        match charge {
+            Charge::Paid => {
+                invoice["status"] = json!("paid");
+                invoice["amount_paid"] = json!(amount);
+                invoice["amount_remaining"] = json!(0);
+                invoice["auto_advance"] = json!(false);
+                invoice["status_transitions"]["paid_at"] = json!(now);
+            }
+            Charge::Failed | Charge::NoPaymentMethod => {
+                invoice["status"] = json!("open");
+                invoice["next_payment_attempt"] = json!(now + 3 * 86_400);
+            }
+            Charge::NeedsAuthentication | Charge::NotAttempted => invoice["status"] = json!("open"),
+        }
+        let id = invoice["id"].as_str().unwrap_or_default().to_owned();
+        self.invoices.insert(id.clone(), invoice.clone());
+        self.remember(&id);
+        (invoice, charge)
+    }
+
+    pub(super) fn emit_invoice_outcome(&mut self, invoice: &Value, charge: Charge, now: i64) {
+        let kind = match charge {
+            Charge::NotAttempted => return,
+            Charge::Paid => "invoice.paid",
+            Charge::Failed | Charge::NoPaymentMethod => "invoice.payment_failed",
+            Charge::NeedsAuthentication => "invoice.payment_action_required",
+        };
+        self.emit(kind, invoice, None, now);
+    }
+
+    /// The lines waiting for the subscription's next invoice (prorations of past changes).
+    pub(super) fn take_pending(&mut self, subscription: &str) -> Vec<Value> {
+        self.pending_lines.remove(subscription).unwrap_or_default()
+    }
+
+    pub(super) fn add_pending(&mut self, subscription: &str, lines: Vec<Value>) {
+        if !lines.is_empty() {
+            self.pending_lines
+                .entry(subscription.to_owned())
+                .or_default()
+                .extend(lines);
+        }
+    }
+
+    /// `discounts` of a subscription create or update: `[{coupon}]` replaces the discount,
+    /// an empty string clears it.
+    pub(super) fn apply_discounts(&mut self, subscription: &mut Value, given: &Value, now: i64) -> Result<(), Failure> {
+        match given {
+            Value::String(s) if s.is_empty() => {
+                subscription["discounts"] = json!([]);
+                Ok(())
+            }
+            Value::Array(entries) if entries.len() == 1 => {
+                let p = Params::new(&entries[0], &["coupon"])
+                    .map_err(|_| not_implemented("discounts other than one coupon"))?;
+                let coupon_id = p.required("coupon").map_err(|_| {
+                    invalid(
+                        Some("discounts[0][coupon]"),
+                        "Missing required param: discounts[0][coupon].",
+                    )
+                })?;
+                let coupon = self
+                    .coupons
+                    .get(coupon_id)
+                    .cloned()
+                    .ok_or_else(|| no_such("coupon", coupon_id, Some("discounts[0][coupon]")))?;
+                let current = self.discount_of(subscription);
+                let unchanged = current
+                    .as_ref()
+                    .and_then(|(id, _)| self.discounts.get(id))
+                    .is_some_and(|d| d["source"]["coupon"] == coupon_id);
+                if !unchanged {
+                    let id = short_id("di");
+                    self.discounts
+                        .insert(id.clone(), objects::discount(&id, &coupon, subscription, now));
+                    subscription["discounts"] = json!([id]);
+                    if let Some(coupon) = self.coupons.get_mut(coupon_id) {
+                        coupon["times_redeemed"] = json!(coupon["times_redeemed"].as_i64().unwrap_or(0) + 1);
+                    }
+                }
+                Ok(())
+            }
+            Value::Array(entries) if entries.is_empty() => Ok(()),
+            _ => Err(not_implemented("discounts other than one coupon")),
+        }
+    }
+
+    // Coupons
+
+    pub fn create_coupon(&mut self, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(params, &["id", "percent_off", "duration", "name", "metadata", "expand"])?;
+        if params.get("amount_off").is_some() {
+            return Err(not_implemented("amount_off coupons"));
+        }
+        let percent: f64 = p
+            .required("percent_off")?
+            .parse()
+            .map_err(|_| invalid(Some("percent_off"), "Invalid decimal: percent_off"))?;
+        if !(percent > 0.0 && percent <= 100.0) {
+            return Err(invalid(
+                Some("percent_off"),
+                "Invalid percent_off: must be greater than 0 and at most 100",
+            ));
+        }
+        let duration = p
+            .one_of("duration", &["forever", "once", "repeating"])?
+            .unwrap_or("once");
+        if duration != "forever" {
+            return Err(not_implemented("coupons other than duration=forever"));
+        }
+        let id = p
+            .string("id")?
+            .map_or_else(|| short_id("cpn")[4..12].to_owned(), str::to_owned);
+        if self.coupons.contains_key(&id) {
+            return Err(super::error(
+                400,
+                "invalid_request_error",
+                Some("resource_already_exists"),
+                Some("id"),
+                "Coupon already exists.".to_owned(),
+                false,
+            ));
+        }
+        let coupon = objects::coupon(&id, percent, duration, p.string("name")?, now);
+        self.coupons.insert(id.clone(), coupon.clone());
+        self.remember(&id);
+        Ok(coupon)
+    }
+
+    pub fn retrieve_coupon(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand"])?;
+        self.coupons.get(id).cloned().ok_or_else(|| no_such("coupon", id, None))
+    }
+
+    pub fn retrieve_discount(&self, id: &str) -> Option<&Value> {
+        self.discounts.get(id)
+    }
+
+    // Invoices
+
+    pub fn retrieve_invoice(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand"])?;
+        self.invoices
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("invoice", id, None))
+    }
+
+    pub fn list_invoices(&self, params: &Value) -> Outcome {
+        let p = Params::new(
+            params,
+            &[
+                "customer",
+                "subscription",
+                "status",
+                "limit",
+                "starting_after",
+                "expand",
+            ],
+        )?;
+        let customer = p.string("customer")?;
+        let subscription = p.string("subscription")?;
+        let status = p.one_of("status", &["draft", "open", "paid", "uncollectible", "void"])?;
+        self.list("/v1/invoices", &p, |id| {
+            self.invoices.get(id).filter(|i| {
+                customer.is_none_or(|c| i["customer"] == c)
+                    && subscription.is_none_or(|s| i["subscription"] == s)
+                    && status.is_none_or(|s| i["status"] == s)
+            })
+        })
+    }
+
+    pub fn void_invoice(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
+        Params::new(params, &["expand"])?;
+        let mut invoice = self
+            .invoices
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("invoice", id, None))?;
+        if invoice["status"] != "open" {
+            return Err(invalid(
+                None,
+                format!(
+                    "You can only void open invoices; this invoice is {}.",
+                    invoice["status"].as_str().unwrap_or("")
+                ),
+            ));
+        }
+        invoice["status"] = json!("void");
+        invoice["amount_remaining"] = json!(0);
+        invoice["next_payment_attempt"] = Value::Null;
+        invoice["status_transitions"]["voided_at"] = json!(now);
+        self.invoices.insert(id.to_owned(), invoice.clone());
+        self.emit("invoice.voided", &invoice, None, now);
+        Ok(invoice)
+    }
+
+    /// `POST /v1/invoices/create_preview` for a subscription, with the changes of
+    /// `subscription_details` (items, proration behavior): the invoice the change would make
+    /// now under `always_invoice`, else the subscription's next invoice with the change's
+    /// prorations in it. Keeps nothing.
+    pub fn create_preview(&self, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(params, &["customer", "subscription", "subscription_details", "expand"])?;
+        let id = p
+            .string("subscription")?
+            .ok_or_else(|| not_implemented("invoice previews without a subscription"))?;
+        let current = self
+            .subscriptions
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("subscription", id, Some("subscription")))?;
+        if let Some(customer) = p.string("customer")?
+            && current["customer"] != customer
+        {
+            return Err(invalid(
+                Some("subscription"),
+                "The subscription does not belong to this customer.",
+            ));
+        }
+        if current["status"] == "canceled" {
+            return Err(invalid(
+                Some("subscription"),
+                "The subscription is canceled and will not invoice again.",
+            ));
+        }
+        let details = params.get("subscription_details").cloned().unwrap_or_else(|| json!({}));
+        let d = Params::new(&details, &["items", "proration_behavior", "proration_date"]).map_err(|f| {
+            invalid(
+                Some("subscription_details"),
+                f.body["error"]["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })?;
+        let behavior = d
+            .one_of("proration_behavior", &["always_invoice", "create_prorations", "none"])?
+            .unwrap_or("create_prorations");
+        let at = d.integer("proration_date")?.unwrap_or(now);
+        let mut changed = current.clone();
+        if let Some(items) = details.get("items") {
+            self.update_items(&mut changed, items, at)?;
+        }
+        let trialing = current["status"] == "trialing";
+        let prorations = if trialing || behavior == "none" {
+            Vec::new()
+        } else {
+            Self::proration_lines(&current, &changed, at)
+        };
+        let pending = self.pending_lines.get(id).cloned().unwrap_or_default();
+        let mut preview = if behavior == "always_invoice" && !trialing {
+            let lines = pending.into_iter().chain(prorations).collect();
+            self.draft_invoice(&changed, "subscription_update", lines, (at, at), now)
+        } else {
+            let (_, end) = period_of(&changed);
+            let next = (end, end + interval_of(&changed));
+            let lines = pending
+                .into_iter()
+                .chain(prorations)
+                .chain(Self::period_lines(&changed, next))
+                .collect();
+            self.draft_invoice(&changed, "upcoming", lines, next, now)
+        };
+        preview["id"] = json!(format!("upcoming_{}", preview["id"].as_str().unwrap_or_default()));
+        preview["hosted_invoice_url"] = Value::Null;
+        preview["invoice_pdf"] = Value::Null;
+        Ok(preview)
+    }
+
+    // Setup intents and portal sessions
+
+    pub fn create_setup_intent(&mut self, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(
+            params,
+            &[
+                "customer",
+                "usage",
+                "payment_method_types",
+                "metadata",
+                "description",
+                "expand",
+            ],
+        )?;
+        let customer = p.required("customer")?;
+        self.live_customer(customer, Some("customer"))?;
+        let usage = p
+            .one_of("usage", &["off_session", "on_session"])?
+            .unwrap_or("off_session");
+        if let Some(types) = params.get("payment_method_types")
+            && types.as_array().is_none_or(|t| t.iter().any(|t| t != "card"))
+        {
+            return Err(not_implemented("payment methods other than card"));
+        }
+        let id = ordered_id("seti");
+        let mut intent = objects::setup_intent(&id, customer, usage, now);
+        if let Some(metadata) = p.metadata(&json!({}))? {
+            intent["metadata"] = metadata;
+        }
+        if let Some(description) = p.string("description")? {
+            intent["description"] = json!(description);
+        }
+        self.setup_intents.insert(id.clone(), intent.clone());
+        self.remember(&id);
+        self.emit("setup_intent.created", &intent, None, now);
+        Ok(intent)
+    }
+
+    pub fn retrieve_setup_intent(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand", "client_secret"])?;
+        self.setup_intents
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("setup_intent", id, None))
+    }
+
+    pub fn create_portal_session(&mut self, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(params, &["customer", "return_url", "locale", "expand"])?;
+        let customer = p.required("customer")?;
+        self.live_customer(customer, Some("customer"))?;
+        let return_url = p.string("return_url")?;
+        if let Some(url) = return_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid(Some("return_url"), "Not a valid URL"));
+        }
+        let id = ordered_id("bps");
+        let session = objects::portal_session(&id, customer, return_url, now);
+        self.remember(&id);
+        Ok(session)
+    }
+
+    // Time
+
+    /// Moves the sandbox's time from `from` to `to`, making what falls due in between happen
+    /// in order, each at its own moment: trial-end notices, trial ends (charged), renewals
+    /// (charged, with the prorations waiting for them), cancellations at period end, and the
+    /// expiry of `incomplete` subscriptions. Returns the events made.
+    pub fn advance_clock(&mut self, from: i64, to: i64) -> Vec<Value> {
+        self.request = (
+            format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]),
+            None,
+        );
+        let first = self.emitted.len();
+        let ids: Vec<String> = self
+            .order
+            .iter()
+            .filter(|id| self.subscriptions.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in ids {
+            // Each step moves this subscription's own time forward; a long jump renews it once
+            // per period it covers.
+            for _ in 0..10_000 {
+                if !self.step(&id, from, to) {
+                    break;
+                }
+            }
+        }
+        self.emitted.drain(first..).collect()
+    }
+
+    /// Makes the earliest thing due for subscription `id` in `(from, to]` happen. False when
+    /// nothing is.
+    fn step(&mut self, id: &str, from: i64, to: i64) -> bool {
+        let Some(subscription) = self.subscriptions.get(id).cloned() else {
+            return false;
+        };
+        let (_, period_end) = period_of(&subscription);
+        match subscription["status"].as_str().unwrap_or_default() {
+            "trialing" => {
+                let end = subscription["trial_end"].as_i64().unwrap_or(i64::MAX);
+                let notice = end - TRIAL_NOTICE;
+                if notice > from && notice <= to && self.noticed.insert((id.to_owned(), end)) {
+                    self.emit("customer.subscription.trial_will_end", &subscription, None, notice);
+                    return true;
+                }
+                if end <= to {
+                    self.cycle(id, end, None);
+                    return true;
+                }
+                false
+            }
+            "incomplete" => {
+                let expiry = subscription["created"].as_i64().unwrap_or(0) + INCOMPLETE_EXPIRY;
+                if expiry > to {
+                    return false;
+                }
+                let mut expired = subscription.clone();
+                expired["status"] = json!("incomplete_expired");
+                expired["ended_at"] = json!(expiry);
+                self.subscriptions.insert(id.to_owned(), expired.clone());
+                let previous = objects::previous_attributes(&subscription, &expired);
+                self.emit("customer.subscription.updated", &expired, Some(previous), expiry);
+                true
+            }
+            "active" | "past_due" | "unpaid" if period_end <= to => {
+                if subscription["cancel_at_period_end"] == true {
+                    let mut canceled = subscription.clone();
+                    canceled["status"] = json!("canceled");
+                    canceled["ended_at"] = json!(period_end);
+                    canceled["canceled_at"] = json!(period_end);
+                    canceled["cancellation_details"]["reason"] = json!("cancellation_requested");
+                    self.subscriptions.insert(id.to_owned(), canceled.clone());
+                    self.emit("customer.subscription.deleted", &canceled, None, period_end);
+                } else {
+                    self.cycle(id, period_end, None);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Renews subscription `id` at `at` (see [`State::start_period`]).
+    pub(super) fn cycle(&mut self, id: &str, at: i64, forced: Option<Charge>) -> Option<Value> {
+        let before = self.subscriptions.get(id)?.clone();
+        Some(self.start_period(&before, before.clone(), at, forced))
+    }
+
+    /// Starts `subscription`'s next period at `at`: its items move to the new period, the
+    /// period (with the prorations waiting for it) is invoiced and charged, as `forced` says or
+    /// else as its card does, and the status follows the payment. Keeps it and emits
+    /// `customer.subscription.updated` (against `before`), then the invoice's outcome.
+    pub(super) fn start_period(
+        &mut self,
+        before: &Value,
+        mut subscription: Value,
+        at: i64,
+        forced: Option<Charge>,
+    ) -> Value {
+        let id = subscription["id"].as_str().unwrap_or_default().to_owned();
+        let period = (at, at + interval_of(&subscription));
+        for item in subscription["items"]["data"].as_array_mut().into_iter().flatten() {
+            item["current_period_start"] = json!(period.0);
+            item["current_period_end"] = json!(period.1);
+        }
+        if subscription["cancel_at_period_end"] == true {
+            subscription["cancel_at"] = json!(period.1);
+        }
+        let lines: Vec<Value> = self
+            .take_pending(&id)
+            .into_iter()
+            .chain(Self::period_lines(&subscription, period))
+            .collect();
+        let draft = self.draft_invoice(&subscription, "subscription_cycle", lines, period, at);
+        let charge = forced.unwrap_or_else(|| self.charge_for(&subscription));
+        let (invoice, charge) = self.finalize_and_charge(draft, charge, at);
+        let status = status_after(charge, subscription["status"].as_str().unwrap_or_default()).to_owned();
+        subscription["status"] = json!(status);
+        subscription["latest_invoice"] = invoice["id"].clone();
+        self.subscriptions.insert(id, subscription.clone());
+        let previous = objects::previous_attributes(before, &subscription);
+        self.emit("customer.subscription.updated", &subscription, Some(previous), at);
+        self.emit_invoice_outcome(&invoice, charge, at);
+        subscription
+    }
+}
