@@ -17,6 +17,7 @@ fn declared() -> BTreeMap<&'static str, &'static [Operation]> {
         (create_subscription::FUNCTION, create_subscription::OPERATIONS),
         (get_subscription::FUNCTION, get_subscription::OPERATIONS),
         (patch_subscription::FUNCTION, patch_subscription::OPERATIONS),
+        (subscription_lifecycle::FUNCTION, subscription_lifecycle::OPERATIONS),
         (signup_listener::FUNCTION, signup_listener::OPERATIONS),
         (stripe_webhook::FUNCTION, stripe_webhook::OPERATIONS),
         (remote_billing_server::FUNCTION, remote_billing_server::OPERATIONS),

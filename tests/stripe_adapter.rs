@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use billing::stripe::{Billing, BillingError, idempotency_key};
+use billing::stripe::{Billing, BillingError, SubscriptionTerms, idempotency_key};
 use billing::subscription::Status;
 use bundle_tests::{billing_for, start_sandbox, stripe_get};
 use chrono::{Duration as Days, Utc};
@@ -28,11 +28,14 @@ async fn created_customer_and_trialing_subscription_are_what_the_sandbox_holds()
     let trial_end = Utc::now() + Days::days(31);
     let subscription = billing
         .create_subscription(
-            &customer.id,
-            "price_pending",
-            Some(trial_end),
-            None,
-            user,
+            SubscriptionTerms {
+                customer: &customer.id,
+                price: "price_pending",
+                trial_end: Some(trial_end),
+                quantity: None,
+                discount_percent: None,
+                user_id: user,
+            },
             &idempotency_key("subscription", &user.to_string(), "t"),
         )
         .await
@@ -134,11 +137,14 @@ async fn price_change_payment_method_and_cancellation_reach_the_sandbox() {
     let trial_end = Utc::now() + Days::days(31);
     let subscription = billing
         .create_subscription(
-            &customer.id,
-            "price_pending",
-            Some(trial_end),
-            None,
-            user,
+            SubscriptionTerms {
+                customer: &customer.id,
+                price: "price_pending",
+                trial_end: Some(trial_end),
+                quantity: None,
+                discount_percent: None,
+                user_id: user,
+            },
             "k:subscription",
         )
         .await
@@ -210,4 +216,115 @@ async fn an_unknown_payment_method_is_refused() {
         matches!(outcome, Err(BillingError::PaymentMethodRefused(_))),
         "{outcome:?}"
     );
+}
+
+/// A paying customer in the sandbox: a customer with `card` as its default.
+async fn paying_customer(billing: &dyn Billing, card: &str) -> (Uuid, String) {
+    let user = Uuid::new_v4();
+    let customer = billing
+        .create_customer(user, &email(), &format!("{user}:customer"))
+        .await
+        .unwrap();
+    billing
+        .attach_default_payment_method(&customer.id, card, &format!("{user}:card"))
+        .await
+        .unwrap();
+    (user, customer.id)
+}
+
+#[tokio::test]
+async fn a_discount_at_creation_discounts_the_first_invoice_and_zero_removes_it() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let (user, customer) = paying_customer(&billing, "pm_card_visa").await;
+    // When a subscription of 3 licenses at 20 % off is created without a trial
+    let subscription = billing
+        .create_subscription(
+            SubscriptionTerms {
+                customer: &customer,
+                price: "price_basic_monthly",
+                trial_end: None,
+                quantity: Some(3),
+                discount_percent: Some(20),
+                user_id: user,
+            },
+            &format!("{user}:subscription"),
+        )
+        .await
+        .unwrap();
+    // Then its first invoice is paid for 3 licenses less 20 %, with the shared coupon
+    assert_eq!(subscription.status, Status::Active);
+    let stored = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    let invoice = stripe_get(
+        &sandbox,
+        &format!("/v1/invoices/{}", stored["latest_invoice"].as_str().unwrap()),
+    )
+    .await;
+    let price = stripe_get(&sandbox, "/v1/prices/price_basic_monthly").await["unit_amount"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        invoice["amount_paid"].as_i64().unwrap(),
+        3 * price * 80 / 100,
+        "{invoice}"
+    );
+    assert_eq!(
+        stripe_get(&sandbox, "/v1/coupons/billing-percent-20").await["percent_off"],
+        20.0
+    );
+    // And the invoices list has it, newest first
+    let page = billing.list_invoices(&customer, 10, None).await.unwrap();
+    assert_eq!(page.invoices[0].id, invoice["id"].as_str().unwrap());
+    assert_eq!(page.invoices[0].status.as_deref(), Some("paid"));
+    // When the discount is set to 0, then the subscription has none
+    billing.set_discount(&subscription.id, 0, "k:discount:0").await.unwrap();
+    let stored = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    assert_eq!(stored["discounts"], serde_json::json!([]));
+    // And a second subscription at 20 % reuses the coupon rather than failing on its id
+    billing
+        .set_discount(&subscription.id, 20, "k:discount:20")
+        .await
+        .unwrap();
+    let stored = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    assert_eq!(stored["discounts"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn setup_intents_portal_sessions_and_previews_come_from_the_sandbox() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let (user, customer) = paying_customer(&billing, "pm_card_visa").await;
+    let subscription = billing
+        .create_subscription(
+            SubscriptionTerms {
+                customer: &customer,
+                price: "price_basic_monthly",
+                trial_end: None,
+                quantity: None,
+                discount_percent: None,
+                user_id: user,
+            },
+            &format!("{user}:subscription"),
+        )
+        .await
+        .unwrap();
+    let intent = billing.create_setup_intent(&customer, "k:seti").await.unwrap();
+    assert!(intent.client_secret.starts_with(&format!("{}_secret_", intent.id)));
+    let again = billing.create_setup_intent(&customer, "k:seti").await.unwrap();
+    assert_eq!(again, intent, "the same key answers the same intent");
+    let url = billing
+        .create_portal_session(&customer, "https://app.example.com/billing", "k:portal")
+        .await
+        .unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+    // An upgrade previews as prorated lines invoiced now; nothing changes in Stripe
+    let preview = billing
+        .preview_change(&subscription.id, Some("price_business_monthly"), None)
+        .await
+        .unwrap();
+    assert_eq!(preview.lines.len(), 2, "{preview:?}");
+    assert!(preview.lines.iter().all(|line| line.proration));
+    assert!(preview.amount_due > 0);
+    let stored = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    assert_eq!(stored["items"]["data"][0]["price"]["id"], "price_basic_monthly");
 }

@@ -30,6 +30,7 @@ use signup_listener::SignupListener;
 use signups::SignupQueue;
 use stripe_sandbox::RunningSandbox;
 use stripe_webhook::StripeWebhook;
+use subscription_lifecycle::SubscriptionLifecycle;
 use tokio::net::TcpListener;
 
 pub mod gateway;
@@ -215,8 +216,35 @@ pub struct Bundle {
     pub mailer: Arc<dyn Mailer>,
     pub webhook_secret: String,
     pub remote: RemoteBilling,
+    /// The origins a customer-portal session may return to.
+    pub return_origins: Vec<String>,
     /// What time it is, for every function.
     pub clock: SharedClock,
+}
+
+/// The local server's clock: real time plus an offset that `POST /_local/clock` sets, so a
+/// test can try what happens "a month later". Every function reads time through it.
+#[derive(Clone, Debug, Default)]
+pub struct LocalClock {
+    offset_seconds: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl LocalClock {
+    /// Sets the clock to real time + `seconds`.
+    pub fn set_offset(&self, seconds: i64) {
+        self.offset_seconds.store(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How far the clock is from real time.
+    pub fn offset(&self) -> i64 {
+        self.offset_seconds.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl billing::clock::Clock for LocalClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + chrono::Duration::seconds(self.offset())
+    }
 }
 
 /// Wraps a function's `handle` as a gateway handler.
@@ -273,6 +301,17 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
         RemoteServerApi {
             remote: bundle.remote.clone(),
             cors: bundle.cors.clone(),
+            clock: bundle.clock.clone(),
+        }
+        .declared()
+    ));
+    let lifecycle = function_handler!(Arc::new(
+        SubscriptionLifecycle {
+            store: bundle.store.clone(),
+            billing: bundle.billing.clone(),
+            catalog: bundle.catalog.clone(),
+            cors: bundle.cors.clone(),
+            return_origins: bundle.return_origins.clone(),
             clock: bundle.clock.clone(),
         }
         .declared()
@@ -334,6 +373,62 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             false,
             "GetSubscriptionFunction",
             &get,
+        ),
+        route(
+            Method::POST,
+            "/subscriptions/{id}/setup-intent",
+            true,
+            "SubscriptionLifecycleFunction",
+            &lifecycle,
+        ),
+        route(
+            Method::OPTIONS,
+            "/subscriptions/{id}/setup-intent",
+            false,
+            "SubscriptionLifecycleFunction",
+            &lifecycle,
+        ),
+        route(
+            Method::POST,
+            "/subscriptions/{id}/portal-session",
+            true,
+            "SubscriptionLifecycleFunction",
+            &lifecycle,
+        ),
+        route(
+            Method::OPTIONS,
+            "/subscriptions/{id}/portal-session",
+            false,
+            "SubscriptionLifecycleFunction",
+            &lifecycle,
+        ),
+        route(
+            Method::GET,
+            "/subscriptions/{id}/invoices",
+            true,
+            "SubscriptionLifecycleFunction",
+            &lifecycle,
+        ),
+        route(
+            Method::OPTIONS,
+            "/subscriptions/{id}/invoices",
+            false,
+            "SubscriptionLifecycleFunction",
+            &lifecycle,
+        ),
+        route(
+            Method::POST,
+            "/subscriptions/{id}/preview",
+            true,
+            "SubscriptionLifecycleFunction",
+            &lifecycle,
+        ),
+        route(
+            Method::OPTIONS,
+            "/subscriptions/{id}/preview",
+            false,
+            "SubscriptionLifecycleFunction",
+            &lifecycle,
         ),
         route(
             Method::POST,
@@ -452,7 +547,7 @@ async fn open_mailer(options: &Options, env: &dyn Environment) -> Result<Arc<dyn
 }
 
 /// The local server's own routes, which have no counterpart in AWS.
-fn local_routes(signups: SignupQueue) -> Vec<Route> {
+fn local_routes(signups: SignupQueue, clock: LocalClock, sandbox: Option<stripe_sandbox::Sandbox>) -> Vec<Route> {
     let json = |status: u16, body: serde_json::Value| {
         let mut response = lambda_http::Response::new(lambda_http::Body::Text(body.to_string()));
         *response.status_mut() = lambda_http::http::StatusCode::from_u16(status).unwrap_or_default();
@@ -480,6 +575,28 @@ fn local_routes(signups: SignupQueue) -> Vec<Route> {
         async move { json(200, serde_json::json!({"dead_letters": signups.dead_letters()})) }
     });
     let health = gateway::handler(|_| async { lambda_http::Response::new(lambda_http::Body::Text("ok".into())) });
+    // Moves this server's clock and its in-process sandbox's together, so the renewals the
+    // sandbox makes happen and their webhooks are signed at a time the webhook accepts.
+    let set_clock = gateway::handler(move |request: lambda_http::Request| {
+        let (clock, sandbox) = (clock.clone(), sandbox.clone());
+        async move {
+            let input: serde_json::Value = serde_json::from_slice(request.body()).unwrap_or_default();
+            let Some(offset) = input["offset_seconds"].as_i64() else {
+                return json(
+                    400,
+                    serde_json::json!({"errors": [{"slug": "invalid_format", "field": "/offset_seconds",
+                        "message": "send {\"offset_seconds\": n}, whole seconds from real time (0 restores it)"}]}),
+                );
+            };
+            clock.set_offset(offset);
+            let events = sandbox.map(|s| s.set_clock_offset(offset)).unwrap_or_default();
+            let now = billing::clock::Clock::now(&clock);
+            json(
+                200,
+                serde_json::json!({"offset_seconds": offset, "now": now.to_rfc3339(), "stripe_events": events}),
+            )
+        }
+    });
     let local = |method: Method, path: &'static str, handler: Handler| Route {
         method,
         path,
@@ -489,6 +606,7 @@ fn local_routes(signups: SignupQueue) -> Vec<Route> {
     };
     vec![
         local(Method::GET, "/_local/health", health),
+        local(Method::POST, "/_local/clock", set_clock),
         local(Method::POST, "/_local/signup", enqueue),
         local(Method::GET, "/_local/signup/dead-letters", dead_letters),
     ]
@@ -519,7 +637,8 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).await?;
     let address = listener.local_addr()?;
     let (billing, catalog, sandbox) = open_billing(options, env).await?;
-    let clock: SharedClock = Arc::new(billing_adapters::SystemClock);
+    let local_clock = LocalClock::default();
+    let clock: SharedClock = Arc::new(local_clock.clone());
     let signup_listener = Arc::new(
         SignupListener {
             store: store.clone(),
@@ -538,11 +657,16 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
     };
     let mailer = open_mailer(options, env).await?;
     let remote = open_remote(env, documents, mailer.clone(), address)?;
+    let return_origins = billing::lifecycle::return_origins(
+        &optional(env, "CORS_ALLOWED_ORIGINS").unwrap_or_default(),
+        Some(&optional(env, "PUBLIC_BASE_URL").unwrap_or_else(|| format!("http://{address}"))),
+    );
     let bundle = Bundle {
         store: store.clone(),
         billing,
         catalog,
         cors: Cors::from_env(env),
+        return_origins,
         mailer,
         webhook_secret: webhook_secret.clone(),
         remote: remote.clone(),
@@ -550,7 +674,11 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
     };
     let returned_secret = webhook_secret.clone();
     let mut all = routes(&bundle);
-    all.extend(local_routes(signups.clone()));
+    all.extend(local_routes(
+        signups.clone(),
+        local_clock,
+        sandbox.as_ref().map(|s| s.sandbox.clone()),
+    ));
     if let Some(sandbox) = &sandbox {
         sandbox.sandbox.set_webhook(Some(stripe_sandbox::WebhookTarget {
             url: format!("http://{address}/stripe/webhook"),

@@ -67,6 +67,7 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
         cors: Cors::default(),
         mailer,
         webhook_secret: "whsec_routes".into(),
+        return_origins: Vec::new(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
     };
     devserver::routes(&bundle)

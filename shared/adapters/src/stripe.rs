@@ -8,17 +8,29 @@ use ::stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use async_trait::async_trait;
 use billing::config::{ConfigError, Environment, optional, required};
 use billing::deadline;
-use billing::stripe::{Billing, BillingError, Customer, PriceTerms, Proration, StripeSubscription};
+use billing::stripe::{
+    Billing, BillingError, Customer, InvoicePage, InvoicePreview, InvoiceSummary, PreviewLine, PriceTerms, Proration,
+    SetupIntent, StripeSubscription, SubscriptionTerms,
+};
 use billing::subscription::Status;
 use chrono::{DateTime, TimeZone, Utc};
+use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_billing::invoice::{
+    CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails, CreatePreviewInvoiceSubscriptionDetailsItems,
+    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior, ListInvoice,
+};
 use stripe_billing::subscription::{
-    CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, RetrieveSubscription,
-    UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior, UpdateSubscriptionTrialEnd,
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, DiscountsDataParam,
+    RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+    UpdateSubscriptionTrialEnd,
 };
 use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_payment::payment_method::AttachPaymentMethod;
-use stripe_shared::{Price, RecurringInterval, Subscription as StripeSubscriptionObject, SubscriptionStatus};
+use stripe_shared::{
+    Coupon, Invoice, Price, RecurringInterval, Subscription as StripeSubscriptionObject, SubscriptionStatus,
+};
 use uuid::Uuid;
 
 /// The shortest attempt worth starting before a deadline.
@@ -185,6 +197,44 @@ impl StripeBilling {
         .await
     }
 
+    /// The coupon of `percent` off forever, made once per percentage under a fixed id
+    /// (`billing-percent-20`), so every subscription with that discount shares it and a retry
+    /// finds the one already made.
+    async fn ensure_coupon(&self, percent: u32, key: &str) -> Result<String, BillingError> {
+        #[derive(serde::Serialize)]
+        struct NewCoupon {
+            id: String,
+            percent_off: u32,
+            duration: &'static str,
+            name: String,
+        }
+        let coupon = NewCoupon {
+            id: format!("billing-percent-{percent}"),
+            percent_off: percent,
+            duration: "forever",
+            name: format!("{percent}% off"),
+        };
+        let made = self
+            .with_retries("create_coupon", &format!("{key}:coupon"), |strategy| {
+                let coupon = &coupon;
+                async move {
+                    RequestBuilder::new(StripeMethod::Post, "/coupons")
+                        .form(coupon)
+                        .customize::<Coupon>()
+                        .request_strategy(strategy)
+                        .send(&self.client)
+                        .await
+                }
+            })
+            .await;
+        match made {
+            Ok(coupon) => Ok(coupon.id.as_str().to_owned()),
+            // Made before, by this or another subscription's discount: the same coupon.
+            Err(BillingError::Rejected(detail)) if detail.contains(COUPON_EXISTS) => Ok(coupon.id),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Sends `request` with the idempotency key and the retry policy.
     async fn send<R>(&self, operation: &str, key: &str, request: &R) -> Result<R::Output, BillingError>
     where
@@ -197,6 +247,10 @@ impl StripeBilling {
         .await
     }
 }
+
+/// How [`classify`] words Stripe's refusal of a coupon id already taken, so that
+/// `ensure_coupon` can tell it from other refusals.
+const COUPON_EXISTS: &str = "code resource_already_exists";
 
 enum Retry {
     Yes,
@@ -241,6 +295,10 @@ fn classify(error: &StripeError) -> Retry {
                 (_, _, Some("payment_method_unexpected_state" | "payment_method_unactivated")) => {
                     Retry::No(BillingError::PaymentMethodRefused(message))
                 }
+                (_, _, Some("resource_already_exists")) => Retry::No(BillingError::Rejected(format!(
+                    "{status} {} ({COUPON_EXISTS}): {message}",
+                    api.type_.as_str()
+                ))),
                 _ => Retry::No(BillingError::Rejected(format!(
                     "{status} {}: {message}",
                     api.type_.as_str()
@@ -300,6 +358,22 @@ fn status_of(status: &SubscriptionStatus) -> Status {
     }
 }
 
+fn invoice_summary(invoice: &Invoice) -> InvoiceSummary {
+    InvoiceSummary {
+        id: invoice.id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default(),
+        number: invoice.number.clone(),
+        status: invoice.status.as_ref().map(|status| status.as_str().to_owned()),
+        amount_due: invoice.amount_due,
+        amount_paid: invoice.amount_paid,
+        currency: invoice.currency.to_string(),
+        created: timestamp(invoice.created),
+        period_start: timestamp(invoice.period_start),
+        period_end: timestamp(invoice.period_end),
+        hosted_invoice_url: invoice.hosted_invoice_url.clone(),
+        invoice_pdf: invoice.invoice_pdf.clone(),
+    }
+}
+
 fn summarize(subscription: &StripeSubscriptionObject) -> Result<StripeSubscription, BillingError> {
     let item = subscription
         .items
@@ -337,23 +411,27 @@ impl Billing for StripeBilling {
 
     async fn create_subscription(
         &self,
-        customer: &str,
-        price: &str,
-        trial_end: Option<DateTime<Utc>>,
-        quantity: Option<u32>,
-        user_id: Uuid,
+        terms: SubscriptionTerms<'_>,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
         let mut item = CreateSubscriptionItems::new();
-        item.price = Some(price.to_owned());
-        item.quantity = quantity.map(u64::from);
-        let mut request = CreateSubscription::new().customer(customer).items(vec![item]).metadata(
-            [("user_id".to_owned(), user_id.to_string())]
-                .into_iter()
-                .collect::<std::collections::HashMap<_, _>>(),
-        );
-        if let Some(end) = trial_end {
+        item.price = Some(terms.price.to_owned());
+        item.quantity = terms.quantity.map(u64::from);
+        let mut request = CreateSubscription::new()
+            .customer(terms.customer)
+            .items(vec![item])
+            .metadata(
+                [("user_id".to_owned(), terms.user_id.to_string())]
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
+        if let Some(end) = terms.trial_end {
             request = request.trial_end(CreateSubscriptionTrialEnd::Timestamp(end.timestamp()));
+        }
+        if let Some(percent) = terms.discount_percent.filter(|p| *p > 0) {
+            let mut discount = DiscountsDataParam::new();
+            discount.coupon = Some(self.ensure_coupon(percent, key).await?);
+            request = request.discounts(vec![discount]);
         }
         let subscription = self.send("create_subscription", key, &request).await?;
         summarize(&subscription)
@@ -473,5 +551,145 @@ impl Billing for StripeBilling {
         let request = UpdateCustomer::new(customer).email(email);
         self.send("set_email", key, &request).await?;
         Ok(())
+    }
+
+    async fn set_discount(
+        &self,
+        subscription: &str,
+        percent: u32,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        if percent == 0 {
+            // `discounts=` (empty) clears them; the typed request cannot say "empty".
+            #[derive(serde::Serialize)]
+            struct ClearDiscounts {
+                discounts: &'static str,
+            }
+            let updated = self
+                .with_retries("remove_discount", key, |strategy| async move {
+                    RequestBuilder::new(StripeMethod::Post, format!("/subscriptions/{subscription}"))
+                        .form(&ClearDiscounts { discounts: "" })
+                        .customize::<StripeSubscriptionObject>()
+                        .request_strategy(strategy)
+                        .send(&self.client)
+                        .await
+                })
+                .await?;
+            return summarize(&updated);
+        }
+        let mut discount = DiscountsDataParam::new();
+        discount.coupon = Some(self.ensure_coupon(percent, key).await?);
+        let request = UpdateSubscription::new(subscription)
+            .discounts(vec![discount])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::None);
+        let updated = self.send("set_discount", key, &request).await?;
+        summarize(&updated)
+    }
+
+    async fn create_setup_intent(&self, customer: &str, key: &str) -> Result<SetupIntent, BillingError> {
+        let request = CreateSetupIntent::new()
+            .customer(customer)
+            .usage(CreateSetupIntentUsage::OffSession);
+        let intent = self.send("create_setup_intent", key, &request).await?;
+        Ok(SetupIntent {
+            id: intent.id.as_str().to_owned(),
+            client_secret: intent
+                .client_secret
+                .ok_or_else(|| BillingError::Rejected("Stripe's setup intent has no client secret".into()))?,
+        })
+    }
+
+    async fn create_portal_session(&self, customer: &str, return_url: &str, key: &str) -> Result<String, BillingError> {
+        let request = CreateBillingPortalSession::new()
+            .customer(customer)
+            .return_url(return_url);
+        Ok(self.send("create_portal_session", key, &request).await?.url)
+    }
+
+    async fn list_invoices(
+        &self,
+        customer: &str,
+        limit: u8,
+        starting_after: Option<&str>,
+    ) -> Result<InvoicePage, BillingError> {
+        let mut request = ListInvoice::new().customer(customer).limit(i64::from(limit));
+        if let Some(after) = starting_after {
+            request = request.starting_after(after);
+        }
+        let key = format!("billing:list_invoices:{customer}:{}", Uuid::new_v4());
+        let list = self
+            .with_retries("list_invoices", &key, |_| {
+                let request = request.clone();
+                async move {
+                    request
+                        .customize()
+                        .request_strategy(RequestStrategy::Once)
+                        .send(&self.client)
+                        .await
+                }
+            })
+            .await?;
+        Ok(InvoicePage {
+            invoices: list.data.iter().map(invoice_summary).collect(),
+            has_more: list.has_more,
+        })
+    }
+
+    async fn preview_change(
+        &self,
+        subscription: &str,
+        price: Option<&str>,
+        quantity: Option<u32>,
+    ) -> Result<InvoicePreview, BillingError> {
+        let key = format!("billing:preview:{subscription}:{}", Uuid::new_v4());
+        let object = self.retrieve_object(subscription, &key).await?;
+        let current = summarize(&object)?;
+        let current_quantity = current.quantity.unwrap_or(1);
+        let next_quantity = quantity.map_or(current_quantity, u64::from);
+        let current_price = &object.items.data[0].price;
+        let next_price = match price.filter(|p| *p != current.price) {
+            Some(price) => Some(self.retrieve_price(price, &key).await?),
+            None => None,
+        };
+        let proration = Proration::for_change(
+            terms_of(current_price, current_quantity),
+            terms_of(next_price.as_ref().unwrap_or(current_price), next_quantity),
+            current.status == Status::Trialing,
+        );
+        let mut item = CreatePreviewInvoiceSubscriptionDetailsItems::new();
+        item.id = Some(current.item.clone());
+        item.price = price.map(str::to_owned);
+        item.quantity = quantity.map(u64::from);
+        let mut details = CreatePreviewInvoiceSubscriptionDetails::new();
+        details.items = Some(vec![item]);
+        details.proration_behavior = Some(match proration {
+            Proration::InvoiceNow => CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::AlwaysInvoice,
+            Proration::NextInvoice => CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::CreateProrations,
+            Proration::Nothing => CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::None,
+        });
+        let request = CreatePreviewInvoice::new()
+            .customer(current.customer.as_str())
+            .subscription(subscription)
+            .subscription_details(details);
+        // A preview changes nothing: a fresh key per call is as safe as Stripe's own retries.
+        let preview: Invoice = self.send("preview_invoice", &key, &request).await?;
+        Ok(InvoicePreview {
+            amount_due: preview.amount_due,
+            currency: preview.currency.to_string(),
+            lines: preview
+                .lines
+                .data
+                .iter()
+                .map(|line| PreviewLine {
+                    description: line.description.clone(),
+                    amount: line.amount,
+                    proration: line
+                        .parent
+                        .as_ref()
+                        .and_then(|parent| parent.subscription_item_details.as_ref())
+                        .is_some_and(|details| details.proration),
+                })
+                .collect(),
+        })
     }
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::store::{AuditEntry, Store, StoreError, retry_on_conflict};
-use crate::stripe::{Billing, BillingError, StripeSubscription, idempotency_key};
+use crate::stripe::{Billing, BillingError, StripeSubscription, SubscriptionTerms, idempotency_key};
 use crate::subscription::{Plan, PlanCatalog, Status, Subscription, SubscriptionChange};
 
 /// Why a change was not made. Nothing was stored in any of these cases.
@@ -177,7 +177,12 @@ async fn apply_to_stripe(
     let trial_changes = change.trial_end.filter(|end| Some(*end) != current.trial_end);
     let email_changes = change.email.as_ref().filter(|email| **email != current.email);
     let licenses_change = change.licenses.filter(|count| Some(*count) != current.licenses);
+    // 0 removes the discount: stored as none, so 0 sent to a subscription without one is no change.
+    let discount_change = change
+        .discount_percent
+        .filter(|percent| (*percent > 0).then_some(*percent) != current.discount_percent);
     let nothing_for_stripe = plan_changes.is_none()
+        && discount_change.is_none()
         && flag_changes.is_none()
         && trial_changes.is_none()
         && email_changes.is_none()
@@ -211,6 +216,19 @@ async fn apply_to_stripe(
                 &idempotency_key("attach_payment_method", &target, request_origin),
             )
             .await?;
+    }
+    // The discount before the plan and licenses: an invoice they make is discounted.
+    if let Some(percent) = discount_change {
+        answered = Some(
+            context
+                .billing
+                .set_discount(
+                    stripe_subscription,
+                    percent,
+                    &idempotency_key("set_discount", &target, attempt_origin),
+                )
+                .await?,
+        );
     }
     if let Some(plan) = plan_changes {
         // The change was validated against this catalog: its plan is in it.
@@ -311,11 +329,14 @@ async fn resubscribe(
     let mut answered = context
         .billing
         .create_subscription(
-            &customer,
-            &plan.stripe_price,
-            None,
-            change.licenses.or(current.licenses),
-            current.user_id,
+            SubscriptionTerms {
+                customer: &customer,
+                price: &plan.stripe_price,
+                trial_end: None,
+                quantity: change.licenses.or(current.licenses),
+                discount_percent: change.discount_percent.or(current.discount_percent),
+                user_id: current.user_id,
+            },
             &idempotency_key("resubscribe", &target, attempt_origin),
         )
         .await?;

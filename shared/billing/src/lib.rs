@@ -17,6 +17,7 @@ pub mod config;
 pub mod deadline;
 pub mod errors;
 pub mod ids;
+pub mod lifecycle;
 pub mod mail;
 pub mod provisioning;
 pub mod remote;

@@ -16,7 +16,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::store::{AuditEntry, Store, StoreError};
-use crate::stripe::{Billing, BillingError, idempotency_key};
+use crate::stripe::{Billing, BillingError, SubscriptionTerms, idempotency_key};
 use crate::subscription::{Plan, Subscription, SubscriptionChange};
 
 /// Why a subscription was not created. Nothing was stored.
@@ -99,11 +99,14 @@ pub async fn provision(
         .filter(|end| *end > request.now);
     let stripe_subscription = billing
         .create_subscription(
-            &customer.id,
-            &request.plan.stripe_price,
-            trial_end,
-            change.licenses,
-            user_id,
+            SubscriptionTerms {
+                customer: &customer.id,
+                price: &request.plan.stripe_price,
+                trial_end,
+                quantity: change.licenses,
+                discount_percent: change.discount_percent,
+                user_id,
+            },
             &idempotency_key("create_subscription", &target, &customer.id),
         )
         .await?;

@@ -46,6 +46,90 @@ pub struct StripeSubscription {
     pub quantity: Option<u64>,
 }
 
+/// What a new Stripe subscription is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriptionTerms<'a> {
+    /// The customer's id.
+    pub customer: &'a str,
+    /// The price of its one item.
+    pub price: &'a str,
+    /// Trialing until then, when given.
+    pub trial_end: Option<DateTime<Utc>>,
+    /// The item's quantity (licenses), when given; else one.
+    pub quantity: Option<u32>,
+    /// A discount from the first invoice on, when given and not zero.
+    pub discount_percent: Option<u32>,
+    /// The subscriber, kept in the subscription's metadata.
+    pub user_id: Uuid,
+}
+
+/// A SetupIntent: how a browser collects a card with Stripe.js (3-D Secure included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetupIntent {
+    /// `seti_...`.
+    pub id: String,
+    /// What Stripe.js confirms the intent with; for the customer's browser only.
+    pub client_secret: String,
+}
+
+/// One of a customer's invoices, as the invoices endpoint lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct InvoiceSummary {
+    /// `in_...`.
+    pub id: String,
+    /// The number printed on it, once finalized.
+    pub number: Option<String>,
+    /// `draft`, `open`, `paid`, `uncollectible`, `void`.
+    pub status: Option<String>,
+    /// In the currency's smallest unit.
+    pub amount_due: i64,
+    /// In the currency's smallest unit.
+    pub amount_paid: i64,
+    /// ISO code, lowercase.
+    pub currency: String,
+    /// When it was made.
+    pub created: Option<DateTime<Utc>>,
+    /// The period it bills.
+    pub period_start: Option<DateTime<Utc>>,
+    /// The period it bills.
+    pub period_end: Option<DateTime<Utc>>,
+    /// Stripe's page where the customer can see and pay it.
+    pub hosted_invoice_url: Option<String>,
+    /// The PDF.
+    pub invoice_pdf: Option<String>,
+}
+
+/// A page of invoices, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoicePage {
+    /// The invoices.
+    pub invoices: Vec<InvoiceSummary>,
+    /// Whether older invoices follow.
+    pub has_more: bool,
+}
+
+/// One line of an invoice preview.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PreviewLine {
+    /// What it is for ("Remaining time on 3 × Business after ...").
+    pub description: Option<String>,
+    /// In the currency's smallest unit; negative for a credit.
+    pub amount: i64,
+    /// Whether it prorates a change.
+    pub proration: bool,
+}
+
+/// What a change would invoice (Stripe's invoice preview).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct InvoicePreview {
+    /// What the invoice would charge.
+    pub amount_due: i64,
+    /// ISO code, lowercase.
+    pub currency: String,
+    /// Its lines.
+    pub lines: Vec<PreviewLine>,
+}
+
 /// Why Stripe did not do what was asked. Nothing changed in Stripe in any of these cases,
 /// except where a retry with the same key would return the same answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -120,15 +204,10 @@ pub trait Billing: Send + Sync {
     /// A customer for the user, with `user_id` in its metadata.
     async fn create_customer(&self, user_id: Uuid, email: &str, key: &str) -> Result<Customer, BillingError>;
 
-    /// A subscription to `price` for `customer`, trialing until `trial_end` when given, of
-    /// `quantity` licenses when given (else one).
+    /// A subscription on `terms`, its discount applied from its first invoice on.
     async fn create_subscription(
         &self,
-        customer: &str,
-        price: &str,
-        trial_end: Option<DateTime<Utc>>,
-        quantity: Option<u32>,
-        user_id: Uuid,
+        terms: SubscriptionTerms<'_>,
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
 
@@ -180,6 +259,39 @@ pub trait Billing: Send + Sync {
 
     /// The address Stripe sends the customer's invoices and receipts to.
     async fn set_email(&self, customer: &str, email: &str, key: &str) -> Result<(), BillingError>;
+
+    /// A discount of `percent` on every future invoice of the subscription (a coupon with
+    /// `percent_off`, `duration=forever`); 0 removes the discount.
+    async fn set_discount(
+        &self,
+        subscription: &str,
+        percent: u32,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError>;
+
+    /// A SetupIntent for the customer's browser to collect a card for later, off-session use.
+    async fn create_setup_intent(&self, customer: &str, key: &str) -> Result<SetupIntent, BillingError>;
+
+    /// A customer-portal session; the portal links back to `return_url`. Returns its URL.
+    async fn create_portal_session(&self, customer: &str, return_url: &str, key: &str) -> Result<String, BillingError>;
+
+    /// The customer's invoices, newest first, `limit` at a time, after invoice
+    /// `starting_after` when given.
+    async fn list_invoices(
+        &self,
+        customer: &str,
+        limit: u8,
+        starting_after: Option<&str>,
+    ) -> Result<InvoicePage, BillingError>;
+
+    /// What moving the subscription to `price` and/or `quantity` would invoice, prorated as
+    /// the change itself would be ([`Proration::for_change`]). Changes nothing.
+    async fn preview_change(
+        &self,
+        subscription: &str,
+        price: Option<&str>,
+        quantity: Option<u32>,
+    ) -> Result<InvoicePreview, BillingError>;
 }
 
 #[cfg(test)]

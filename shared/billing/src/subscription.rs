@@ -513,7 +513,7 @@ impl SubscriptionChange {
             stripe_subscription: self.stripe_subscription.clone(),
             has_payment_source: self.stripe_source.is_some(),
             licenses: self.licenses,
-            discount_percent: self.discount_percent,
+            discount_percent: self.discount_percent.filter(|percent| *percent > 0),
             created_at: now,
             updated_at: now,
             version: 1,

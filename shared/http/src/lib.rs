@@ -227,6 +227,21 @@ impl From<ChangeError> for ApiError {
     }
 }
 
+impl From<billing::lifecycle::LifecycleError> for ApiError {
+    fn from(error: billing::lifecycle::LifecycleError) -> Self {
+        use billing::lifecycle::LifecycleError;
+        match error {
+            LifecycleError::NotFound => StoreError::NotFound.into(),
+            LifecycleError::NotInStripe(what) => ApiError::one(FieldError::general(
+                Slug::Conflict,
+                format!("this subscription has nothing in Stripe to {what}; send a plan to subscribe"),
+            )),
+            LifecycleError::Billing(error) => error.into(),
+            LifecycleError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<ProvisionError> for ApiError {
     fn from(error: ProvisionError) -> Self {
         match error {
@@ -468,6 +483,17 @@ impl ApiRequest {
         Ok(T::from_json_body(self.inner.body())?)
     }
 
+    /// The body read by `read` (a use case's own reader); an empty body is `missing`.
+    pub fn json_body_with<T>(&self, read: impl FnOnce(&[u8]) -> Result<T, ValidationErrors>) -> Result<T, ApiError> {
+        if self.inner.body().is_empty() {
+            return Err(ApiError::one(FieldError::general(
+                Slug::Missing,
+                "a JSON body is required",
+            )));
+        }
+        Ok(read(self.inner.body())?)
+    }
+
     /// The API Gateway route this request came in by (`POST /path/{param}`).
     pub fn route_key(&self) -> Option<&str> {
         route_key_of(&self.inner)
@@ -476,6 +502,14 @@ impl ApiRequest {
     /// The client's IP address, as API Gateway saw it.
     pub fn client_ip(&self) -> Option<std::net::IpAddr> {
         client_ip_of(&self.inner)
+    }
+
+    /// A query-string parameter (its first value).
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.inner
+            .query_string_parameters_ref()
+            .and_then(|q| q.first(name))
+            .map(str::to_owned)
     }
 
     /// The request's headers.

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use billing::stripe::{Billing, BillingError, Customer, StripeSubscription};
+use billing::stripe::{
+    Billing, BillingError, Customer, InvoicePage, InvoicePreview, SetupIntent, StripeSubscription, SubscriptionTerms,
+};
 use billing::subscription::Status;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -24,6 +26,8 @@ struct State {
     customers: Vec<Customer>,
     subscriptions: HashMap<String, StripeSubscription>,
     default_payment_methods: HashMap<String, String>,
+    /// Subscription → its discount in percent.
+    discounts: HashMap<String, u32>,
     /// Idempotency key → the id the first call made.
     answered: HashMap<String, String>,
     calls: Vec<String>,
@@ -81,6 +85,11 @@ impl FakeBilling {
         self.lock().subscriptions.get(id).cloned()
     }
 
+    /// The discount on a subscription, in percent.
+    pub fn discount_percent(&self, subscription: &str) -> Option<u32> {
+        self.lock().discounts.get(subscription).copied()
+    }
+
     /// The default payment method of a customer.
     pub fn default_payment_method(&self, customer: &str) -> Option<String> {
         self.lock().default_payment_methods.get(customer).cloned()
@@ -110,13 +119,17 @@ impl Billing for FakeBilling {
 
     async fn create_subscription(
         &self,
-        customer: &str,
-        price: &str,
-        trial_end: Option<DateTime<Utc>>,
-        quantity: Option<u32>,
-        _user_id: Uuid,
+        terms: SubscriptionTerms<'_>,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
+        let SubscriptionTerms {
+            customer,
+            price,
+            trial_end,
+            quantity,
+            discount_percent,
+            ..
+        } = terms;
         let mut state = self.lock();
         state.call("create_subscription")?;
         if let Some(id) = state.answered.get(key).cloned() {
@@ -139,6 +152,9 @@ impl Billing for FakeBilling {
             cancel_at_period_end: false,
         };
         state.answered.insert(key.to_owned(), subscription.id.clone());
+        if let Some(percent) = discount_percent.filter(|p| *p > 0) {
+            state.discounts.insert(subscription.id.clone(), percent);
+        }
         state
             .subscriptions
             .insert(subscription.id.clone(), subscription.clone());
@@ -229,5 +245,81 @@ impl Billing for FakeBilling {
 
     async fn set_email(&self, _customer: &str, _email: &str, _key: &str) -> Result<(), BillingError> {
         self.lock().call("set_email")
+    }
+
+    async fn set_discount(
+        &self,
+        subscription: &str,
+        percent: u32,
+        _key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut state = self.lock();
+        state.call("set_discount")?;
+        let answer = state.subscription(subscription)?.clone();
+        if percent == 0 {
+            state.discounts.remove(subscription);
+        } else {
+            state.discounts.insert(subscription.to_owned(), percent);
+        }
+        Ok(answer)
+    }
+
+    async fn create_setup_intent(&self, _customer: &str, key: &str) -> Result<SetupIntent, BillingError> {
+        let mut state = self.lock();
+        state.call("create_setup_intent")?;
+        let id = match state.answered.get(key).cloned() {
+            Some(id) => id,
+            None => {
+                let id = state.id("seti");
+                state.answered.insert(key.to_owned(), id.clone());
+                id
+            }
+        };
+        Ok(SetupIntent {
+            client_secret: format!("{id}_secret_fake"),
+            id,
+        })
+    }
+
+    async fn create_portal_session(
+        &self,
+        _customer: &str,
+        _return_url: &str,
+        _key: &str,
+    ) -> Result<String, BillingError> {
+        let mut state = self.lock();
+        state.call("create_portal_session")?;
+        Ok(format!("https://billing.example/{}", state.id("bps")))
+    }
+
+    /// The fake makes no invoices: every customer's list is empty.
+    async fn list_invoices(
+        &self,
+        _customer: &str,
+        _limit: u8,
+        _starting_after: Option<&str>,
+    ) -> Result<InvoicePage, BillingError> {
+        self.lock().call("list_invoices")?;
+        Ok(InvoicePage {
+            invoices: Vec::new(),
+            has_more: false,
+        })
+    }
+
+    /// The fake makes no invoices: a preview charges nothing.
+    async fn preview_change(
+        &self,
+        subscription: &str,
+        _price: Option<&str>,
+        _quantity: Option<u32>,
+    ) -> Result<InvoicePreview, BillingError> {
+        let mut state = self.lock();
+        state.call("preview_change")?;
+        state.subscription(subscription)?;
+        Ok(InvoicePreview {
+            amount_due: 0,
+            currency: "usd".to_owned(),
+            lines: Vec::new(),
+        })
     }
 }

@@ -351,6 +351,21 @@ impl ApiEvent {
         self
     }
 
+    /// The query string, as API Gateway passes it (raw and parsed).
+    pub fn query(mut self, parameters: &[(&str, &str)]) -> Self {
+        let raw = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(parameters)
+            .finish();
+        self.0["rawQueryString"] = Value::from(raw);
+        self.0["queryStringParameters"] = Value::Object(
+            parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect(),
+        );
+        self
+    }
+
     /// A form post's body (`application/x-www-form-urlencoded`), fields percent-encoded.
     pub fn form(mut self, fields: &[(&str, &str)]) -> Self {
         let body = form_urlencoded::Serializer::new(String::new())

@@ -162,7 +162,7 @@ field_table! {
     status: System, |next, status| next.status = *status, |status| status.audit();
     trial_end: System, |next, end| next.trial_end = Some(end.trunc_subsecs(0)), |end| end.audit();
     licenses: System, |next, count| next.licenses = Some(*count), |count| count.audit();
-    discount_percent: System, |next, percent| next.discount_percent = Some(*percent), |percent| percent.audit();
+    discount_percent: System, |next, percent| next.discount_percent = (*percent > 0).then_some(*percent), |percent| percent.audit();
 }
 
 /// The field named `name` in JSON.
