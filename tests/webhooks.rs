@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use billing::subscription::Status;
-use bundle_tests::{Caller, eventually, start_server_against_moto, stripe_get, stripe_post};
+use bundle_tests::{Caller, all_delivered, eventually, start_server_against_moto, stripe_get, stripe_post};
 use devserver::RunningServer;
 use serde_json::{Value, json};
 use stripe_sandbox::webhooks::Order;
@@ -21,20 +21,6 @@ async fn subscribe(server: &RunningServer) -> (Uuid, Value) {
 }
 
 /// Waits until the sandbox has delivered every event it made.
-async fn all_delivered(server: &RunningServer) {
-    let sandbox = &server.sandbox.as_ref().unwrap().sandbox;
-    eventually(30, "webhook deliveries", || async {
-        let delivered: std::collections::HashSet<Value> = sandbox
-            .deliveries()
-            .iter()
-            .filter(|d| d["status"] == 200)
-            .map(|d| d["event_id"].clone())
-            .collect();
-        sandbox.events().iter().all(|e| delivered.contains(&e["id"]))
-    })
-    .await;
-}
-
 async fn post_event(server: &RunningServer, payload: &str, signature: Option<String>) -> (u16, Value) {
     let mut request = reqwest::Client::new()
         .post(format!("http://{}/stripe/webhook", server.address))

@@ -194,6 +194,22 @@ pub async fn stripe_post(sandbox: &RunningSandbox, path: &str, form: &[(&str, &s
     response.json().await.expect("a JSON body")
 }
 
+/// Waits until every event the local server's sandbox made was delivered to its webhook and
+/// answered 200.
+pub async fn all_delivered(server: &devserver::RunningServer) {
+    let sandbox = &server.sandbox.as_ref().expect("the in-process sandbox").sandbox;
+    eventually(30, "webhook deliveries", || async {
+        let delivered: std::collections::HashSet<serde_json::Value> = sandbox
+            .deliveries()
+            .iter()
+            .filter(|d| d["status"] == 200)
+            .map(|d| d["event_id"].clone())
+            .collect();
+        sandbox.events().iter().all(|e| delivered.contains(&e["id"]))
+    })
+    .await;
+}
+
 /// Polls `check` until it holds or `seconds` pass; panics with `what` then.
 pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
 where

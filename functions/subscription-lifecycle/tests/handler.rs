@@ -248,7 +248,10 @@ async fn preview_of_more_licenses_shows_prorated_lines_and_changes_nothing() {
     assert_eq!(preview["currency"], "usd");
     // Nothing changed in Stripe or the store
     let stripe = f
-        .stripe(&format!("/v1/subscriptions/{}", mine.stripe_subscription.as_deref().unwrap()))
+        .stripe(&format!(
+            "/v1/subscriptions/{}",
+            mine.stripe_subscription.as_deref().unwrap()
+        ))
         .await;
     assert_eq!(stripe["items"]["data"][0]["quantity"], 1);
     assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
