@@ -270,3 +270,30 @@ async fn licenses_set_at_creation_are_the_quantity_stripe_bills() {
     .await;
     assert_eq!(stripe["items"]["data"][0]["quantity"], 3);
 }
+
+#[tokio::test]
+async fn a_discount_set_at_creation_discounts_the_first_invoice() {
+    // Given an administrator creating a paid subscription with a card at 10 % off
+    let f = fixture_with_prices(800).await;
+    let user = Uuid::new_v4();
+    let response = f
+        .function
+        .handle(admin_create(&json!({"user_id": user, "email": "team@example.com",
+            "plan": "basic_monthly", "stripe_source": "pm_card_visa", "discount_percent": 10})))
+        .await;
+    // Then the first invoice Stripe charged is 10 % off, and the store says 10
+    assert_eq!(response.status(), 201, "{}", body(&response));
+    let created = body(&response)["subscriptions"][0].clone();
+    assert_eq!(created["discount_percent"], 10);
+    let stripe = stripe_get(
+        &f.sandbox,
+        &format!("/v1/subscriptions/{}", created["stripe_subscription"].as_str().unwrap()),
+    )
+    .await;
+    let invoice = stripe_get(
+        &f.sandbox,
+        &format!("/v1/invoices/{}", stripe["latest_invoice"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(invoice["amount_paid"], 720, "{invoice}");
+}

@@ -515,6 +515,54 @@ async fn licenses_set_by_an_administrator_are_the_quantity_stripe_bills() {
     );
 }
 
+#[tokio::test]
+async fn a_discount_set_by_an_administrator_is_a_coupon_on_the_stripe_subscription_and_zero_removes_it() {
+    // Given a subscriber without a discount
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    let stripe_path = format!(
+        "/v1/subscriptions/{}",
+        subscription.stripe_subscription.as_deref().unwrap()
+    );
+    let admin = Uuid::new_v4();
+    // When an administrator gives them 25 % off
+    let response = f
+        .function
+        .handle(without_if_match(patch(
+            admin,
+            "subscriptions subscriptions_admin",
+            subscription.id,
+            &json!({"discount_percent": 25}),
+        )))
+        .await;
+    // Then Stripe's subscription carries a discount from a 25 %, forever coupon, and the store 25
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    assert_eq!(body(&response)["subscriptions"][0]["discount_percent"], 25);
+    let stripe = f.stripe(&stripe_path).await;
+    assert_eq!(stripe["discounts"].as_array().unwrap().len(), 1, "{stripe}");
+    let coupon = f.stripe("/v1/coupons/billing-percent-25").await;
+    assert_eq!(
+        (coupon["percent_off"].as_f64(), coupon["duration"].as_str()),
+        (Some(25.0), Some("forever"))
+    );
+    // When the discount is set to 0, then Stripe's subscription has none and the store null
+    let response = f
+        .function
+        .handle(without_if_match(
+            patch(
+                admin,
+                "subscriptions subscriptions_admin",
+                subscription.id,
+                &json!({"discount_percent": 0}),
+            )
+            .request_id("a-second-request"),
+        ))
+        .await;
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    assert_eq!(body(&response)["subscriptions"][0]["discount_percent"], Value::Null);
+    assert_eq!(f.stripe(&stripe_path).await["discounts"], json!([]));
+}
+
 fn cancel(caller: Uuid, scope: &str, id: Uuid) -> lambda_http::Request {
     ApiEvent::sample("apigw-patch-subscription.json")
         .caller(caller, scope)
