@@ -19,7 +19,8 @@ fi
 
 venv=$(scripts/python-venv.sh lambda-build 'cargo-lambda==1.9.2' 'ziglang==0.13.0')
 export PATH="$venv/bin:$PATH"
-functions=(lambda-baseline dynamodb-floor create-subscription get-subscription patch-subscription signup-listener stripe-webhook
+functions=(lambda-baseline dynamodb-floor create-subscription get-subscription patch-subscription subscription-lifecycle
+  signup-listener stripe-webhook
   remote-billing-server remote-billing-pages)
 lambda_packages=()
 for f in "${functions[@]}"; do lambda_packages+=(-p "$f"); done

@@ -209,6 +209,12 @@ class Workload:
                               body={"cancel_at_period_end": n // len(users) % 2 == 0})
             event["headers"].pop("if-match", None)
             return event
+        if function == "subscription-lifecycle":
+            # A read of the subscriber's invoices: the subscription from the table, the list from
+            # Stripe.
+            user = self.subscriptions[run][n % len(self.subscriptions[run])]
+            return api_event("apigw-subscription-invoices.json", path=f"/subscriptions/{user}/invoices",
+                             parameters={"id": user}, caller=(user, "subscriptions"))
         if function == "signup-listener":
             # The sample's records made valid signups all (it also carries a poison message and
             # another event type, which the tests cover): a full batch of real work.
@@ -408,7 +414,8 @@ def ensure_table(table):
 
 # create-subscription makes the subscriptions that get, patch and the webhook then work on, in
 # one table.
-CREATE_GROUP = ("create-subscription", "get-subscription", "patch-subscription", "stripe-webhook")
+CREATE_GROUP = ("create-subscription", "get-subscription", "patch-subscription", "subscription-lifecycle",
+                "stripe-webhook")
 
 
 class Tables:
@@ -453,6 +460,7 @@ FUNCTIONS = [
     "create-subscription",
     "get-subscription",
     "patch-subscription",
+    "subscription-lifecycle",
     "signup-listener",
     "stripe-webhook",
     "remote-billing-server",

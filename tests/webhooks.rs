@@ -57,7 +57,9 @@ async fn forged_missing_and_old_signatures_get_400_and_store_nothing() {
     let (user, created) = subscribe(&server).await;
     all_delivered(&server).await;
     let before = server.store.get_subscription(user).await.unwrap();
-    let event = json!({"id": format!("evt_{}", Uuid::new_v4().simple()), "type": "customer.subscription.deleted", "created": chrono::Utc::now().timestamp(),
+    // A second after the sandbox's own events: within one second events are ordered by id, and
+    // a made-up id does not sort like Stripe's time-ordered ones.
+    let event = json!({"id": format!("evt_{}", Uuid::new_v4().simple()), "type": "customer.subscription.deleted", "created": chrono::Utc::now().timestamp() + 1,
                        "data": {"object": {"id": created["stripe_subscription"], "status": "canceled", "items": {"data": []}}}})
     .to_string();
     let now = chrono::Utc::now().timestamp();

@@ -19,6 +19,7 @@ pub mod errors;
 pub mod ids;
 pub mod lifecycle;
 pub mod mail;
+pub mod plans;
 pub mod provisioning;
 pub mod remote;
 pub mod signup;

@@ -1,0 +1,412 @@
+//! The plan rules with the numbers of API.md's worked example and of Zulip's tests.
+
+use chrono::TimeZone;
+
+use super::*;
+
+fn at(year: i32, month: u32, day: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(year, month, day, 12, 0, 0).unwrap()
+}
+
+fn realm() -> Entity {
+    Entity::Realm(Uuid::from_u128(7))
+}
+
+fn context(billed_count: u32, now: DateTime<Utc>) -> UpgradeContext {
+    UpgradeContext {
+        billed_count,
+        trial_days: 0,
+        prices: Prices::default(),
+        now,
+    }
+}
+
+fn request(tier: Tier, management: LicenseManagement, licenses: Option<u32>) -> UpgradeRequest {
+    UpgradeRequest {
+        tier,
+        schedule: Schedule::Monthly,
+        license_management: management,
+        licenses,
+    }
+}
+
+/// A `basic` monthly plan bought on 1 January for 6 licenses, its licenses following the users.
+fn automatic_basic_for_six() -> Book {
+    let (book, _) = upgrade(
+        &Book::new(realm()),
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &context(6, at(2026, 1, 1)),
+    )
+    .unwrap();
+    book
+}
+
+fn tuples(book: &Book) -> Vec<(bool, u32, u32)> {
+    book.ledger
+        .iter()
+        .map(|r| (r.is_renewal, r.licenses, r.licenses_at_next_renewal))
+        .collect()
+}
+
+fn counts(points: &[(DateTime<Utc>, u32)]) -> Vec<CountAt> {
+    points
+        .iter()
+        .map(|(event_time, count)| CountAt {
+            event_time: *event_time,
+            count: *count,
+        })
+        .collect()
+}
+
+#[test]
+fn the_worked_example_ledger_keeps_the_high_water_mark_within_a_period() {
+    // Given a basic plan bought for 6 licenses
+    let book = automatic_basic_for_six();
+    // When the server reports 23, 20 and 21 users in January, then 22 after the renewal
+    let (book, changes) = sync_ledger(
+        &book,
+        &counts(&[
+            (at(2026, 1, 5), 23),
+            (at(2026, 1, 10), 20),
+            (at(2026, 1, 20), 21),
+            (at(2026, 2, 3), 22),
+        ]),
+    );
+    // Then the ledger is API.md's
+    assert_eq!(
+        tuples(&book),
+        [
+            (true, 6, 6),
+            (false, 23, 23),
+            (false, 23, 20),
+            (false, 23, 21),
+            (true, 21, 21),
+            (false, 22, 22)
+        ]
+    );
+    assert_eq!(changes.rows.len(), 5);
+    assert_eq!(
+        book.ledger[4].event_time,
+        at(2026, 2, 1),
+        "the renewal is at the period's start"
+    );
+}
+
+#[test]
+fn a_second_end_of_cycle_for_the_same_boundary_adds_no_row() {
+    let book = automatic_basic_for_six();
+    let (once, first) = end_of_cycle(&book, at(2026, 2, 2));
+    let (twice, second) = end_of_cycle(&once, at(2026, 2, 3));
+    assert_eq!(first.rows.len(), 1);
+    assert!(second.rows.is_empty());
+    assert_eq!(twice, once);
+    // and no renewal the day before the anniversary
+    let (before, none) = end_of_cycle(&book, at(2026, 1, 31));
+    assert!(none.rows.is_empty());
+    assert_eq!(before, book);
+}
+
+#[test]
+fn an_upload_replayed_across_two_boundaries_renews_twice_in_order() {
+    let book = automatic_basic_for_six();
+    let (book, _) = sync_ledger(&book, &counts(&[(at(2026, 3, 15), 9)]));
+    assert_eq!(tuples(&book), [(true, 6, 6), (true, 6, 6), (true, 6, 6), (false, 9, 9)]);
+    let renewals: Vec<_> = book
+        .ledger
+        .iter()
+        .filter(|r| r.is_renewal)
+        .map(|r| r.event_time)
+        .collect();
+    assert_eq!(renewals, [at(2026, 1, 1), at(2026, 2, 1), at(2026, 3, 1)]);
+}
+
+#[test]
+fn an_automatic_plan_refuses_manual_changes() {
+    let book = automatic_basic_for_six();
+    let change = ManualChange {
+        licenses: Some(30),
+        licenses_at_next_renewal: None,
+    };
+    assert_eq!(
+        update_licenses(&book, change, 6, at(2026, 1, 2)).unwrap_err(),
+        PlanError::AutomaticLicenses
+    );
+}
+
+fn manual_business_for(licenses: u32) -> Book {
+    upgrade(
+        &Book::new(realm()),
+        &request(Tier::Business, LicenseManagement::Manual, Some(licenses)),
+        &context(20, at(2026, 1, 1)),
+    )
+    .unwrap()
+    .0
+}
+
+#[test]
+fn manual_licenses_never_decrease_within_a_period_and_the_next_renewal_moves_freely_above_the_floor() {
+    let book = manual_business_for(30);
+    let now = at(2026, 1, 10);
+    let set = |licenses, next| ManualChange {
+        licenses,
+        licenses_at_next_renewal: next,
+    };
+    assert_eq!(
+        update_licenses(&book, set(Some(28), None), 20, now).unwrap_err(),
+        PlanError::CannotDecrease
+    );
+    assert_eq!(
+        update_licenses(&book, set(Some(30), None), 20, now).unwrap_err(),
+        PlanError::AlreadyOn(30)
+    );
+    let (book, _) = update_licenses(&book, set(Some(40), None), 20, now).unwrap();
+    assert_eq!(tuples(&book).last(), Some(&(false, 40, 40)));
+    // the next renewal goes down, but never below the billed count or the tier's minimum
+    let (book, _) = update_licenses(&book, set(None, Some(26)), 20, now).unwrap();
+    assert_eq!(tuples(&book).last(), Some(&(false, 40, 26)));
+    assert_eq!(
+        update_licenses(&book, set(None, Some(24)), 20, now).unwrap_err(),
+        PlanError::TooFewLicenses { minimum: 25 }
+    );
+    assert_eq!(
+        update_licenses(&book, set(None, Some(29)), 29 + 1, now).unwrap_err(),
+        PlanError::TooFewLicenses { minimum: 30 }
+    );
+    assert_eq!(
+        update_licenses(&book, set(None, Some(26)), 20, now).unwrap_err(),
+        PlanError::AlreadyScheduled(26)
+    );
+    // and the renewal starts the next period with it
+    let (book, _) = end_of_cycle(&book, at(2026, 2, 1));
+    assert_eq!(tuples(&book).last(), Some(&(true, 26, 26)));
+}
+
+#[test]
+fn manual_plans_are_never_synced_from_uploads() {
+    let book = manual_business_for(30);
+    let (after, changes) = sync_ledger(&book, &counts(&[(at(2026, 1, 5), 50)]));
+    assert!(changes.rows.is_empty());
+    assert_eq!(after, book);
+}
+
+#[test]
+fn the_minimums_are_one_for_basic_and_twenty_five_for_business() {
+    let book = Book::new(realm());
+    let now = at(2026, 1, 1);
+    let (basic, _) = upgrade(
+        &book,
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &context(0, now),
+    )
+    .unwrap();
+    assert_eq!(tuples(&basic), [(true, 1, 1)]);
+    let (business, _) = upgrade(
+        &book,
+        &request(Tier::Business, LicenseManagement::Automatic, None),
+        &context(11, now),
+    )
+    .unwrap();
+    assert_eq!(tuples(&business), [(true, 25, 25)]);
+    assert_eq!(
+        upgrade(
+            &book,
+            &request(Tier::Business, LicenseManagement::Manual, Some(24)),
+            &context(11, now)
+        )
+        .unwrap_err(),
+        PlanError::TooFewLicenses { minimum: 25 }
+    );
+    assert_eq!(
+        upgrade(
+            &book,
+            &request(Tier::Basic, LicenseManagement::Manual, Some(8)),
+            &context(9, now)
+        )
+        .unwrap_err(),
+        PlanError::TooFewLicenses { minimum: 9 }
+    );
+    // and an automatic plan's next-renewal count never falls below the minimum
+    let (business, _) = sync_ledger(&business, &counts(&[(at(2026, 1, 3), 3)]));
+    assert_eq!(tuples(&business).last(), Some(&(false, 25, 25)));
+}
+
+#[test]
+fn a_discount_prices_a_license_at_the_floor() {
+    assert_eq!(discounted(350, 0), 350);
+    assert_eq!(discounted(350, 25), 262, "262.5 rounds down");
+    assert_eq!(discounted(8_000, 15), 6_800);
+    assert_eq!(discounted(4_200, 33), 2_814);
+    let mut book = Book::new(realm());
+    book.customer.default_discount = 25;
+    let (book, _) = upgrade(
+        &book,
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &context(6, at(2026, 1, 1)),
+    )
+    .unwrap();
+    let plan = book.plan.unwrap();
+    assert_eq!((plan.price_per_license, plan.discount_percent), (262, 25));
+}
+
+#[test]
+fn a_trial_is_offered_on_basic_only_and_never_to_an_entity_that_had_a_plan() {
+    let mut context = context(6, at(2026, 1, 1));
+    context.trial_days = 30;
+    let fresh = Book::new(realm());
+    let (trial, _) = upgrade(
+        &fresh,
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &context,
+    )
+    .unwrap();
+    let plan = trial.plan.clone().unwrap();
+    assert_eq!(plan.status, PlanStatus::FreeTrial);
+    assert_eq!(plan.next_invoice_date, Some(at(2026, 1, 31)));
+    let (business, _) = upgrade(
+        &fresh,
+        &request(Tier::Business, LicenseManagement::Automatic, None),
+        &context,
+    )
+    .unwrap();
+    assert_eq!(business.plan.unwrap().status, PlanStatus::Active);
+    let mut had_one = fresh.clone();
+    had_one.ever_had_plan = true;
+    let (again, _) = upgrade(
+        &had_one,
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &context,
+    )
+    .unwrap();
+    assert_eq!(again.plan.unwrap().status, PlanStatus::Active);
+    // the trial's end starts the paid periods there, with a renewal for the users counted
+    let (trial, _) = sync_ledger(&trial, &counts(&[(at(2026, 1, 20), 8)]));
+    let (ended, _) = end_of_cycle(&trial, at(2026, 2, 1));
+    let plan = ended.plan.clone().unwrap();
+    assert_eq!(
+        (plan.status, plan.billing_cycle_anchor),
+        (PlanStatus::Active, at(2026, 1, 31))
+    );
+    assert_eq!(tuples(&ended).last(), Some(&(true, 8, 8)));
+}
+
+#[test]
+fn invoicing_bills_the_renewal_and_the_added_licenses_prorated_then_moves_on_a_month() {
+    // Given the worked example's ledger, and an upload after the due date
+    let book = automatic_basic_for_six();
+    let (book, _) = sync_ledger(
+        &book,
+        &counts(&[(at(2026, 1, 5), 23), (at(2026, 1, 10), 20), (at(2026, 1, 20), 21)]),
+    );
+    let due = at(2026, 2, 1);
+    // When the plan is invoiced on its due date
+    let InvoiceRun::Invoice { items, book, .. } = invoice_plan(&book, due, Some(at(2026, 2, 1))) else {
+        panic!("due and uploaded: invoiced");
+    };
+    // Then 17 added licenses are billed for the 27 of 31 January days left, and the renewal for 21
+    let january = 31.0 * 86_400.0;
+    let left = (at(2026, 2, 1) - at(2026, 1, 5)).num_seconds() as f64;
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(
+        (items[0].quantity, items[0].unit_amount),
+        (17, (350.0 * left / january + 0.5) as u64)
+    );
+    assert_eq!((items[1].quantity, items[1].unit_amount), (21, 350));
+    assert_eq!(items[1].description, "Basic - renewal");
+    assert!(items.iter().all(|i| i.idempotency_key.starts_with("ledger_entry:")));
+    let plan = book.plan.clone().unwrap();
+    assert_eq!(plan.next_invoice_date, Some(at(2026, 3, 1)));
+    assert_eq!(plan.invoiced_through, book.ledger.last().map(|r| r.seq));
+    // And invoicing again bills nothing more until the next due date
+    assert_eq!(
+        invoice_plan(&book, at(2026, 2, 2), Some(at(2026, 2, 2))),
+        InvoiceRun::NotDue
+    );
+}
+
+#[test]
+fn an_invoice_waits_for_an_upload_made_at_or_after_its_due_date() {
+    let book = automatic_basic_for_six();
+    assert_eq!(
+        invoice_plan(&book, at(2026, 1, 15), Some(at(2026, 1, 15))),
+        InvoiceRun::NotDue
+    );
+    assert_eq!(
+        invoice_plan(&book, at(2026, 2, 2), Some(at(2026, 1, 25))),
+        InvoiceRun::Deferred
+    );
+    assert_eq!(invoice_plan(&book, at(2026, 2, 2), None), InvoiceRun::Deferred);
+    assert!(matches!(
+        invoice_plan(&book, at(2026, 2, 2), Some(at(2026, 2, 1))),
+        InvoiceRun::Invoice { .. }
+    ));
+}
+
+#[test]
+fn an_annual_automatic_plan_is_invoiced_monthly_for_added_users() {
+    let (book, _) = upgrade(
+        &Book::new(realm()),
+        &UpgradeRequest {
+            tier: Tier::Business,
+            schedule: Schedule::Annual,
+            license_management: LicenseManagement::Automatic,
+            licenses: None,
+        },
+        &context(30, at(2026, 1, 1)),
+    )
+    .unwrap();
+    assert_eq!(book.plan.as_ref().unwrap().next_invoice_date, Some(at(2026, 2, 1)));
+    let (book, _) = sync_ledger(&book, &counts(&[(at(2026, 1, 11), 35)]));
+    let InvoiceRun::Invoice { items, book, .. } = invoice_plan(&book, at(2026, 2, 1), Some(at(2026, 2, 1))) else {
+        panic!("invoiced");
+    };
+    // 5 added licenses for the rest of the year; no renewal in February
+    assert_eq!(items.len(), 1);
+    let year = (at(2027, 1, 1) - at(2026, 1, 1)).num_seconds() as f64;
+    let left = (at(2027, 1, 1) - at(2026, 1, 11)).num_seconds() as f64;
+    assert_eq!(
+        (items[0].quantity, items[0].unit_amount),
+        (5, (8_000.0 * left / year + 0.5) as u64)
+    );
+    assert_eq!(book.plan.unwrap().next_invoice_date, Some(at(2026, 3, 1)));
+}
+
+#[test]
+fn a_plan_set_to_downgrade_ends_at_its_period_end_and_only_paid_tiers_are_sold() {
+    let mut book = automatic_basic_for_six();
+    book.plan.as_mut().unwrap().status = PlanStatus::DowngradeAtEndOfCycle;
+    let (ended, changes) = end_of_cycle(&book, at(2026, 2, 1));
+    assert!(ended.plan.is_none() && ended.ledger.is_empty());
+    assert_eq!(changes.ended[0].status, PlanStatus::Ended);
+    assert!(ended.ever_had_plan);
+    assert_eq!(
+        upgrade(
+            &Book::new(realm()),
+            &request(Tier::Community, LicenseManagement::Automatic, None),
+            &context(1, at(2026, 1, 1))
+        )
+        .unwrap_err(),
+        PlanError::NotForSale("community")
+    );
+    assert_eq!(
+        upgrade(
+            &automatic_basic_for_six(),
+            &request(Tier::Basic, LicenseManagement::Automatic, None),
+            &context(1, at(2026, 1, 1))
+        )
+        .unwrap_err(),
+        PlanError::AlreadyHasPlan
+    );
+}
+
+#[test]
+fn periods_follow_the_calendar_from_the_anchor() {
+    let anchor = at(2026, 1, 31);
+    assert_eq!(period_boundary(anchor, Schedule::Monthly, 1), at(2026, 2, 28));
+    assert_eq!(period_boundary(anchor, Schedule::Monthly, 2), at(2026, 3, 31));
+    assert_eq!(
+        next_period_start(anchor, Schedule::Monthly, at(2026, 3, 1)),
+        at(2026, 3, 31)
+    );
+    assert_eq!(period_start(anchor, Schedule::Monthly, at(2026, 3, 1)), at(2026, 2, 28));
+    assert_eq!(period_boundary(anchor, Schedule::Annual, 1), at(2027, 1, 31));
+}
