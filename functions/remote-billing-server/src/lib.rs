@@ -1,12 +1,14 @@
-//! The remote-billing API: self-hosted servers register (`POST /api/v1/remotes/server/register`)
-//! and ask for their users' billing access links (`POST /api/v1/remotes/server/billing`, HTTP
-//! Basic `server_uuid:server_key`); administrators have a deactivation link mailed to a
-//! server's contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT).
+//! The remote-billing API: self-hosted servers register (`POST /api/v1/remotes/server/register`),
+//! ask for their users' billing access links (`POST /api/v1/remotes/server/billing`) and upload
+//! their usage (`POST /api/v1/remotes/server/analytics`, `GET .../analytics/status`), with HTTP
+//! Basic `server_uuid:server_key`; administrators have a deactivation link mailed to a server's
+//! contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT).
 
 use billing::access::Operation;
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment};
 use billing::errors::{FieldError, Slug};
+use billing::remote::usage::Upload;
 use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling};
 use billing_http::{ApiError, ApiResponse, Cors, serve};
 use lambda_http::http::{StatusCode, header};
@@ -19,13 +21,23 @@ pub const BASIC_CHALLENGE: &str = "Basic realm=\"billing\"";
 pub const REGISTER_ROUTE: &str = "POST /api/v1/remotes/server/register";
 pub const BILLING_ROUTE: &str = "POST /api/v1/remotes/server/billing";
 pub const DEACTIVATION_LINK_ROUTE: &str = "POST /remote-servers/{server_uuid}/deactivation-link";
+/// A server's usage upload: its realms and realm audit-log rows.
+pub const ANALYTICS_ROUTE: &str = "POST /api/v1/remotes/server/analytics";
+/// The last audit-log row id received from the server.
+pub const ANALYTICS_STATUS_ROUTE: &str = "GET /api/v1/remotes/server/analytics/status";
 
 /// The name refusals of undeclared operations give.
 pub const FUNCTION: &str = "remote-billing-server";
 
 /// What this function does with the store and the mail service; its IAM policy grants exactly
 /// these.
-pub const OPERATIONS: &[Operation] = &[Operation::GetDocument, Operation::PutDocument, Operation::SendMail];
+pub const OPERATIONS: &[Operation] = &[
+    Operation::GetDocument,
+    Operation::PutDocument,
+    Operation::PutDocuments,
+    Operation::ListDocuments,
+    Operation::SendMail,
+];
 
 pub struct RemoteServerApi {
     pub remote: RemoteBilling,
@@ -60,6 +72,23 @@ impl RemoteServerApi {
         }
     }
 
+    /// The server calling with HTTP Basic credentials; a 401 asks for them.
+    async fn server_calling(
+        &self,
+        request: &billing_http::ApiRequest,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<billing::remote::RemoteServer, ApiError> {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.remote.authenticate(authorization, now).await.map_err(|error| {
+            let mut answer = ApiError::from(error);
+            answer.challenge = Some(BASIC_CHALLENGE);
+            answer
+        })
+    }
+
     pub async fn handle(&self, request: Request) -> Response<Body> {
         serve(request, &self.cors, |request| async move {
             let now = self.clock.now();
@@ -76,18 +105,26 @@ impl RemoteServerApi {
                     })
                 }
                 Some(BILLING_ROUTE) => {
-                    let authorization = request
-                        .headers()
-                        .get(header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok());
-                    let server = self.remote.authenticate(authorization, now).await.map_err(|error| {
-                        let mut answer = ApiError::from(error);
-                        answer.challenge = Some(BASIC_CHALLENGE);
-                        answer
-                    })?;
+                    let server = self.server_calling(&request, now).await?;
                     let body: BillingLinkRequest = request.json_body()?;
                     let url = self.remote.billing_link(&server, body, now).await?;
                     Ok(ApiResponse::json(json!({"billing_access_url": url})))
+                }
+                Some(ANALYTICS_ROUTE) => {
+                    let server = self.server_calling(&request, now).await?;
+                    let upload = request.json_body_with(Upload::read)?;
+                    let outcome = self.remote.record_upload(&server, &upload, now).await?;
+                    Ok(ApiResponse::json(json!({
+                        "stored_rows": outcome.stored_rows,
+                        "ledger_rows": outcome.ledger_rows,
+                    })))
+                }
+                Some(ANALYTICS_STATUS_ROUTE) => {
+                    let server = self.server_calling(&request, now).await?;
+                    let marker = self.remote.upload_status(&server, now).await?;
+                    Ok(ApiResponse::json(
+                        json!({"last_realm_audit_log_id": marker.last_audit_log_id}),
+                    ))
                 }
                 Some(DEACTIVATION_LINK_ROUTE) => {
                     request.principal()?.require_admin()?;

@@ -467,3 +467,176 @@ async fn a_billing_link_request_reports_unknown_absent_and_invalid_fields_togeth
         ]
     );
 }
+
+/// A realm audit-log row with the realm's counts after it: `members` members and one owner.
+fn audit_row(id: u64, realm: Uuid, at: chrono::DateTime<chrono::Utc>, members: u32) -> Value {
+    json!({"id": id, "realm": realm, "event_type": 101, "event_time": at.timestamp(), "backfilled": false,
+           "extra_data": {"10": {"11": {"100": 1, "200": 0, "300": 0, "400": members, "600": 0}, "12": 2}}})
+}
+
+fn realm_listing(realm: Uuid) -> Value {
+    json!({"uuid": realm, "host": "chat.example.org", "name": "Example Org", "org_type": 0,
+           "date_created": 1_764_000_000.0, "deactivated": false, "is_system_bot_realm": false})
+}
+
+impl Fixture {
+    async fn upload(&self, server: Uuid, body: &Value) -> (StatusCode, Value) {
+        self.call(
+            ApiEvent::sample("apigw-remote-server-analytics.json")
+                .header("authorization", &basic(server, KEY))
+                .body(body),
+        )
+        .await
+    }
+
+    async fn last_received(&self, server: Uuid) -> Value {
+        let (status, body) = self
+            .call(
+                ApiEvent::sample("apigw-remote-server-analytics.json")
+                    .route(ANALYTICS_STATUS_ROUTE, "/api/v1/remotes/server/analytics/status", &[])
+                    .header("authorization", &basic(server, KEY)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["last_realm_audit_log_id"].clone()
+    }
+}
+
+#[tokio::test]
+async fn an_upload_stores_its_rows_once_and_a_resent_upload_changes_nothing() {
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+    assert_eq!(f.last_received(server).await, Value::Null);
+    let now = f.clock.now();
+    let body = json!({"realms": [realm_listing(realm)], "realm_audit_logs": [
+        audit_row(11, realm, now, 5), audit_row(12, realm, now, 6), audit_row(15, realm, now, 7)], "version": "11.0"});
+    // When the server uploads three rows, then they are stored and the status says 15
+    let (status, answer) = f.upload(server, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["stored_rows"], 3);
+    assert_eq!(f.last_received(server).await, 15);
+    // When it sends the same upload again, then nothing more is stored
+    let (status, answer) = f.upload(server, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["stored_rows"], 0);
+    assert_eq!(f.last_received(server).await, 15);
+    // and the listed realm is now the server's
+    let realms = f.remote.remote.records.realms_of(server, now).await.unwrap();
+    assert_eq!(realms.iter().map(|r| r.uuid).collect::<Vec<_>>(), [realm]);
+}
+
+#[tokio::test]
+async fn rows_out_of_order_or_of_an_unknown_type_are_refused_and_nothing_is_stored() {
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+    let now = f.clock.now();
+    let mut unknown_type = audit_row(22, realm, now, 4);
+    unknown_type["event_type"] = json!(999);
+    let body = json!({"realms": [realm_listing(realm)],
+                      "realm_audit_logs": [audit_row(21, realm, now, 3), audit_row(20, realm, now, 3), unknown_type]});
+    let (status, answer) = f.upload(server, &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let fields: Vec<&str> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["/realm_audit_logs/1/id", "/realm_audit_logs/2/event_type"]);
+    assert_eq!(f.last_received(server).await, Value::Null);
+    // and a body that is not an upload is invalid_format
+    let (status, answer) = f.upload(server, &json!({"realms": "none"})).await;
+    assert_eq!(
+        (status, slugs(&answer)),
+        (StatusCode::BAD_REQUEST, vec!["invalid_format".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn an_upload_naming_another_servers_realm_is_refused_whole() {
+    let f = fixture();
+    let (first, second) = (f.registered().await, f.registered().await);
+    let realm = Uuid::new_v4();
+    // Given the realm registered to the first server
+    assert_eq!(
+        f.billing_link(first, KEY, &billing_body(realm, None)).await.0,
+        StatusCode::OK
+    );
+    // When the second uploads rows for it, then 403 and nothing is stored
+    let now = f.clock.now();
+    let body = json!({"realms": [], "realm_audit_logs": [audit_row(1, realm, now, 3)]});
+    let (status, answer) = f.upload(second, &body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert_eq!(slugs(&answer), ["remote_realm_server_mismatch"]);
+    assert_eq!(f.last_received(second).await, Value::Null);
+}
+
+#[tokio::test]
+async fn wrong_credentials_get_401_with_a_basic_challenge() {
+    let f = fixture();
+    let server = f.registered().await;
+    let response = f
+        .api
+        .handle(
+            ApiEvent::sample("apigw-remote-server-analytics.json")
+                .header("authorization", &basic(server, "not-the-key-not-the-key-not-the-key"))
+                .build(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], BASIC_CHALLENGE);
+}
+
+#[tokio::test]
+async fn uploaded_counts_sync_the_ledger_of_a_realms_automatic_plan() {
+    use billing::plans::{self, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+    assert_eq!(
+        f.billing_link(server, KEY, &billing_body(realm, None)).await.0,
+        StatusCode::OK
+    );
+    // Given the realm on a basic plan bought for 6 licenses that follow its users
+    let documents = f.remote.remote.records.documents().clone();
+    let start = f.clock.now();
+    let stored = plans::stored::load(documents.as_ref(), Entity::Realm(realm), start)
+        .await
+        .unwrap();
+    let request = UpgradeRequest {
+        tier: Tier::Basic,
+        schedule: Schedule::Monthly,
+        license_management: LicenseManagement::Automatic,
+        licenses: None,
+    };
+    let context = UpgradeContext {
+        billed_count: 6,
+        trial_days: 0,
+        prices: plans::Prices::default(),
+        now: start,
+    };
+    let (bought, changes) = plans::upgrade(&stored.book, &request, &context).unwrap();
+    plans::stored::save(documents.as_ref(), &stored, &bought, &changes, start)
+        .await
+        .unwrap();
+    // When the server uploads counts of 23, 20 and 21 (one owner plus members) in the period
+    let hour = chrono::Duration::hours(1);
+    let body = json!({"realms": [], "realm_audit_logs": [
+        audit_row(1, realm, start + hour, 22), audit_row(2, realm, start + hour * 2, 19), audit_row(3, realm, start + hour * 3, 20)]});
+    let (status, answer) = f.upload(server, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["ledger_rows"], 3);
+    // Then the ledger is API.md's worked example
+    let book = plans::stored::load(documents.as_ref(), Entity::Realm(realm), start)
+        .await
+        .unwrap()
+        .book;
+    let rows: Vec<_> = book
+        .ledger
+        .iter()
+        .map(|r| (r.is_renewal, r.licenses, r.licenses_at_next_renewal))
+        .collect();
+    assert_eq!(rows, [(true, 6, 6), (false, 23, 23), (false, 23, 20), (false, 23, 21)]);
+}

@@ -887,6 +887,63 @@ async fn an_expired_document_counts_as_absent_and_can_be_written_anew(store: Arc
     );
 }
 
+async fn a_plan_book_round_trips_and_a_stale_append_is_a_conflict(store: Arc<impl DocumentStore>) {
+    use billing::plans::{self, CountAt, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+    let now = Utc::now().trunc_subsecs(0);
+    let entity = Entity::Realm(Uuid::new_v4());
+    // Given a plan bought and stored
+    let stored = plans::stored::load(store.as_ref(), entity, now).await.unwrap();
+    assert_eq!(stored.book, plans::Book::new(entity));
+    let request = UpgradeRequest {
+        tier: Tier::Basic,
+        schedule: Schedule::Monthly,
+        license_management: LicenseManagement::Automatic,
+        licenses: None,
+    };
+    let context = UpgradeContext {
+        billed_count: 6,
+        trial_days: 0,
+        prices: plans::Prices::default(),
+        now,
+    };
+    let (bought, changes) = plans::upgrade(&stored.book, &request, &context).unwrap();
+    plans::stored::save(store.as_ref(), &stored, &bought, &changes, now)
+        .await
+        .unwrap();
+    // When it is read back, then it is what was stored
+    let stored = plans::stored::load(store.as_ref(), entity, now).await.unwrap();
+    assert_eq!(stored.book, bought);
+    // When sixty uploaded counts are synced in one write, then all sixty rows are appended
+    let counts: Vec<CountAt> = (1..=60)
+        .map(|i| CountAt {
+            event_time: now + Duration::minutes(i),
+            count: 6 + u32::try_from(i).unwrap(),
+        })
+        .collect();
+    let (synced, changes) = plans::sync_ledger(&stored.book, &counts);
+    assert_eq!(changes.rows.len(), 60);
+    plans::stored::save(store.as_ref(), &stored, &synced, &changes, now)
+        .await
+        .unwrap();
+    let read = plans::stored::load(store.as_ref(), entity, now).await.unwrap();
+    assert_eq!(read.book.ledger.len(), 61);
+    assert_eq!(read.book, synced);
+    // And a writer that read before them cannot append its own next row
+    let late = [CountAt {
+        event_time: now + Duration::minutes(1),
+        count: 99,
+    }];
+    let (stale, changes) = plans::sync_ledger(&stored.book, &late);
+    assert!(matches!(
+        plans::stored::save(store.as_ref(), &stored, &stale, &changes, now).await,
+        Err(StoreError::VersionConflict)
+    ));
+    assert_eq!(
+        plans::stored::load(store.as_ref(), entity, now).await.unwrap().book,
+        synced
+    );
+}
+
 macro_rules! conformance_suite {
     ($store:expr) => {
         conformance_suite!(@tests $store;
@@ -914,6 +971,7 @@ macro_rules! conformance_suite {
             a_collection_lists_its_members_in_order_and_nothing_else,
             several_documents_are_written_all_or_none,
             a_stripe_id_linked_to_another_subscription_is_refused_and_nothing_is_written,
+            a_plan_book_round_trips_and_a_stale_append_is_a_conflict,
         );
     };
     (@tests $store:expr; $($test:ident),* $(,)?) => {

@@ -850,5 +850,7 @@ pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime
     }
 }
 
+pub mod stored;
+
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 pub mod records;
 pub mod service;
 pub mod token;
+pub mod usage;
 
 pub use records::{BillingUser, RealmPlan, Records, RemoteRealm, RemoteServer, Session};
 pub use service::{

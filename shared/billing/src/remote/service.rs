@@ -669,7 +669,7 @@ impl RemoteBilling {
     /// The owner record is the claim, written once on the condition that none exists; the
     /// realm's record then goes into its server's collection. A failure between the two leaves
     /// a claim without a record, which the next billing link completes.
-    async fn claim_realm(
+    pub(crate) async fn claim_realm(
         &self,
         server: &RemoteServer,
         realm: RemoteRealm,

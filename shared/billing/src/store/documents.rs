@@ -61,7 +61,7 @@ pub trait DocumentStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
 
-    /// Writes every one of `writes` (at most 25, distinct keys) or none: when any condition
+    /// Writes every one of `writes` (at most 100, distinct keys: DynamoDB's transaction limit) or none: when any condition
     /// fails, nothing is written and the answer is [`StoreError::VersionConflict`] (read again
     /// and retry).
     async fn put_documents(&self, writes: &[DocumentWrite<'_>], now: DateTime<Utc>) -> Result<(), StoreError>;
