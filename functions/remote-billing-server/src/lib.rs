@@ -2,12 +2,15 @@
 //! ask for their users' billing access links (`POST /api/v1/remotes/server/billing`) and upload
 //! their usage (`POST /api/v1/remotes/server/analytics`, `GET .../analytics/status`), with HTTP
 //! Basic `server_uuid:server_key`; administrators have a deactivation link mailed to a server's
-//! contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT).
+//! contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT) and read an entity's
+//! self-hosted billing (`GET /remote-realms/{realm_uuid}/billing`,
+//! `GET /remote-servers/{server_uuid}/billing`, JWT).
 
 use billing::access::Operation;
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment};
 use billing::errors::{FieldError, Slug};
+use billing::plans::Entity;
 use billing::remote::usage::Upload;
 use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling};
 use billing_http::{ApiError, ApiResponse, Cors, serve};
@@ -21,6 +24,10 @@ pub const BASIC_CHALLENGE: &str = "Basic realm=\"billing\"";
 pub const REGISTER_ROUTE: &str = "POST /api/v1/remotes/server/register";
 pub const BILLING_ROUTE: &str = "POST /api/v1/remotes/server/billing";
 pub const DEACTIVATION_LINK_ROUTE: &str = "POST /remote-servers/{server_uuid}/deactivation-link";
+/// Administrators read a realm's self-hosted billing.
+pub const REALM_BILLING_ROUTE: &str = "GET /remote-realms/{realm_uuid}/billing";
+/// Administrators read a server's self-hosted billing.
+pub const SERVER_BILLING_ROUTE: &str = "GET /remote-servers/{server_uuid}/billing";
 /// A server's usage upload: its realms and realm audit-log rows.
 pub const ANALYTICS_ROUTE: &str = "POST /api/v1/remotes/server/analytics";
 /// The last audit-log row id received from the server.
@@ -125,6 +132,16 @@ impl RemoteServerApi {
                     Ok(ApiResponse::json(
                         json!({"last_realm_audit_log_id": marker.last_audit_log_id}),
                     ))
+                }
+                Some(route @ (REALM_BILLING_ROUTE | SERVER_BILLING_ROUTE)) => {
+                    request.principal()?.require_admin()?;
+                    let entity = if route == REALM_BILLING_ROUTE {
+                        Entity::Realm(request.path_uuid("realm_uuid")?)
+                    } else {
+                        Entity::Server(request.path_uuid("server_uuid")?)
+                    };
+                    let view = self.remote.billing_view(entity, now).await?;
+                    Ok(ApiResponse::json(json!({"billing": [view]})))
                 }
                 Some(DEACTIVATION_LINK_ROUTE) => {
                     request.principal()?.require_admin()?;

@@ -640,3 +640,118 @@ async fn uploaded_counts_sync_the_ledger_of_a_realms_automatic_plan() {
         .collect();
     assert_eq!(rows, [(true, 6, 6), (false, 23, 23), (false, 23, 20), (false, 23, 21)]);
 }
+
+impl Fixture {
+    async fn billing_of(&self, route: &str, path: &str, parameter: (&str, Uuid), scope: &str) -> (StatusCode, Value) {
+        self.call(
+            ApiEvent::sample("apigw-remote-server-register.json")
+                .route(route, path, &[(parameter.0, &parameter.1.to_string())])
+                .caller(Uuid::new_v4(), scope),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn administrators_read_a_realms_plan_ledger_and_last_upload() {
+    use billing::plans::{self, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+    assert_eq!(
+        f.billing_link(server, KEY, &billing_body(realm, None)).await.0,
+        StatusCode::OK
+    );
+    let path = format!("/remote-realms/{realm}/billing");
+    let admin = "subscriptions subscriptions_admin";
+    // Given no plan yet: the view says so
+    let (status, body) = f
+        .billing_of(REALM_BILLING_ROUTE, &path, ("realm_uuid", realm), admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = &body["billing"][0];
+    assert_eq!(
+        (&view["plan"], &view["ledger"], &view["last_upload_at"]),
+        (&Value::Null, &json!([]), &Value::Null)
+    );
+    // Given a basic plan and an upload of 13 users
+    let documents = f.remote.remote.records.documents().clone();
+    let now = f.clock.now();
+    let stored = plans::stored::load(documents.as_ref(), Entity::Realm(realm), now)
+        .await
+        .unwrap();
+    let request = UpgradeRequest {
+        tier: Tier::Basic,
+        schedule: Schedule::Monthly,
+        license_management: LicenseManagement::Automatic,
+        licenses: None,
+    };
+    let context = UpgradeContext {
+        billed_count: 6,
+        trial_days: 0,
+        prices: plans::Prices::default(),
+        now,
+    };
+    let (bought, changes) = plans::upgrade(&stored.book, &request, &context).unwrap();
+    plans::stored::save(documents.as_ref(), &stored, &bought, &changes, now)
+        .await
+        .unwrap();
+    let upload = json!({"realms": [], "realm_audit_logs": [audit_row(1, realm, now + chrono::Duration::hours(1), 12)]});
+    assert_eq!(f.upload(server, &upload).await.0, StatusCode::OK);
+    // Then the view has the plan, its two rows, the billed count and the upload time
+    let (status, body) = f
+        .billing_of(REALM_BILLING_ROUTE, &path, ("realm_uuid", realm), admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = &body["billing"][0];
+    assert_eq!(view["plan"]["tier"], "basic");
+    assert_eq!(view["plan"]["status"], "active");
+    assert_eq!(
+        (&view["plan"]["licenses"], &view["plan"]["licenses_at_next_renewal"]),
+        (&json!(13), &json!(13))
+    );
+    assert_eq!(view["plan"]["price_per_license"], 350);
+    assert_eq!(view["ledger"].as_array().unwrap().len(), 2);
+    assert_eq!(view["billed_licenses"], 13);
+    assert!(view["last_upload_at"].is_string());
+    // And the server's view counts the same users, without a plan of its own
+    let (status, body) = f
+        .billing_of(
+            SERVER_BILLING_ROUTE,
+            &format!("/remote-servers/{server}/billing"),
+            ("server_uuid", server),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["billing"][0]["plan"], &body["billing"][0]["billed_licenses"]),
+        (&Value::Null, &json!(13))
+    );
+}
+
+#[tokio::test]
+async fn the_billing_view_is_for_administrators_and_known_entities_only() {
+    let f = fixture();
+    let realm = Uuid::new_v4();
+    let path = format!("/remote-realms/{realm}/billing");
+    let (status, body) = f
+        .billing_of(REALM_BILLING_ROUTE, &path, ("realm_uuid", realm), "subscriptions")
+        .await;
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::FORBIDDEN, vec!["access_denied".to_owned()])
+    );
+    let (status, body) = f
+        .billing_of(
+            REALM_BILLING_ROUTE,
+            &path,
+            ("realm_uuid", realm),
+            "subscriptions subscriptions_admin",
+        )
+        .await;
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::NOT_FOUND, vec!["not_found".to_owned()])
+    );
+}

@@ -5,6 +5,7 @@
 //! mail rate counters ([`records`]), the sealed access tokens and CSRF tokens ([`token`]), the
 //! flows that tie them together ([`service`]). The HTML of the browser steps is in `billing-http`.
 
+pub mod admin;
 pub mod records;
 pub mod service;
 pub mod token;

@@ -1,0 +1,163 @@
+//! What administrators see of a billing entity's self-hosted billing (API.md, "Administrators'
+//! API"): `GET /remote-realms/{uuid}/billing` and `GET /remote-servers/{uuid}/billing` — the
+//! customer record, the live and the scheduled plan, the live plan's ledger, the billed count
+//! and the server's last upload.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::records::{RealmOwner, RemoteServer, realm_owner_key, server_key};
+use super::service::{RemoteBilling, RemoteError};
+use super::usage::{LatestCounts, UploadMarker, usage_collection};
+use crate::plans::{self, Entity, LedgerRow, Plan};
+use crate::store::member_key;
+
+/// A plan as administrators see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlanView {
+    /// Its id.
+    pub id: Uuid,
+    /// `basic`, `business`, `legacy`, `community`.
+    pub tier: plans::Tier,
+    /// Where it is in its life.
+    pub status: plans::PlanStatus,
+    /// `monthly` or `annual`.
+    pub schedule: plans::Schedule,
+    /// `automatic` or `manual`.
+    pub license_management: plans::LicenseManagement,
+    /// Cents per license, discount applied.
+    pub price_per_license: u64,
+    /// Periods start here.
+    pub billing_cycle_anchor: DateTime<Utc>,
+    /// When it is next invoiced.
+    pub next_invoice_date: Option<DateTime<Utc>>,
+    /// When it ends.
+    pub end_date: Option<DateTime<Utc>>,
+    /// Licenses paid for this period (a scheduled plan: the count chosen for it).
+    pub licenses: Option<u32>,
+    /// Licenses the next period starts with.
+    pub licenses_at_next_renewal: Option<u32>,
+}
+
+impl PlanView {
+    fn of(plan: &Plan, last: Option<&LedgerRow>) -> Self {
+        PlanView {
+            id: plan.id,
+            tier: plan.tier,
+            status: plan.status,
+            schedule: plan.schedule,
+            license_management: plan.license_management,
+            price_per_license: plan.price_per_license,
+            billing_cycle_anchor: plan.billing_cycle_anchor,
+            next_invoice_date: plan.next_invoice_date,
+            end_date: plan.end_date,
+            licenses: last.map(|r| r.licenses).or(plan.scheduled_licenses),
+            licenses_at_next_renewal: last.map(|r| r.licenses_at_next_renewal),
+        }
+    }
+}
+
+/// The customer record as administrators see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CustomerView {
+    /// The Stripe customer, once made.
+    pub stripe_customer: Option<String>,
+    /// The discount of every plan, in percent.
+    pub default_discount: u8,
+    /// Whether a sponsorship request awaits review.
+    pub sponsorship_pending: bool,
+}
+
+/// One ledger row as administrators see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LedgerView {
+    /// When it took effect.
+    pub event_time: DateTime<Utc>,
+    /// Whether it starts a period.
+    pub is_renewal: bool,
+    /// Licenses paid for.
+    pub licenses: u32,
+    /// Licenses the next period starts with.
+    pub licenses_at_next_renewal: u32,
+}
+
+/// `GET /{entity}/billing`'s element.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BillingView {
+    /// The customer record.
+    pub customer: CustomerView,
+    /// The live plan.
+    pub plan: Option<PlanView>,
+    /// The scheduled next plan.
+    pub next_plan: Option<PlanView>,
+    /// The live plan's ledger, oldest first.
+    pub ledger: Vec<LedgerView>,
+    /// The users the entity's server last reported (a server: across its realms).
+    pub billed_licenses: Option<u32>,
+    /// When the entity's server last uploaded.
+    pub last_upload_at: Option<DateTime<Utc>>,
+}
+
+impl RemoteBilling {
+    /// The billing of a realm or a server, for administrators. An entity never registered is
+    /// [`RemoteError::UnknownRealm`] or [`RemoteError::UnknownServer`].
+    pub async fn billing_view(&self, entity: Entity, now: DateTime<Utc>) -> Result<BillingView, RemoteError> {
+        let server = match entity {
+            Entity::Realm(realm) => {
+                self.records
+                    .get::<RealmOwner>(&realm_owner_key(realm), now)
+                    .await?
+                    .ok_or(RemoteError::UnknownRealm)?
+                    .0
+                    .server_uuid
+            }
+            Entity::Server(server) => {
+                self.records
+                    .get::<RemoteServer>(&server_key(server), now)
+                    .await?
+                    .ok_or(RemoteError::UnknownServer)?;
+                server
+            }
+        };
+        let stored = plans::stored::load(self.records.documents().as_ref(), entity, now).await?;
+        let collection = usage_collection(server);
+        let marker = self
+            .records
+            .get::<UploadMarker>(&member_key(&collection, "marker"), now)
+            .await?
+            .map(|(marker, _)| marker)
+            .unwrap_or_default();
+        let latest = self
+            .records
+            .get::<LatestCounts>(&member_key(&collection, "latest"), now)
+            .await?
+            .map(|(latest, _)| latest);
+        let billed_licenses = latest.and_then(|latest| match entity {
+            Entity::Realm(realm) => latest.realms.get(&realm).map(|(_, count)| *count),
+            Entity::Server(_) => Some(latest.total()),
+        });
+        let book = stored.book;
+        Ok(BillingView {
+            customer: CustomerView {
+                stripe_customer: book.customer.stripe_customer.clone(),
+                default_discount: book.customer.default_discount,
+                sponsorship_pending: book.customer.sponsorship_pending,
+            },
+            plan: book.plan.as_ref().map(|plan| PlanView::of(plan, book.ledger.last())),
+            next_plan: book.next_plan.as_ref().map(|plan| PlanView::of(plan, None)),
+            ledger: book
+                .ledger
+                .iter()
+                .map(|row| LedgerView {
+                    event_time: row.event_time,
+                    is_renewal: row.is_renewal,
+                    licenses: row.licenses,
+                    licenses_at_next_renewal: row.licenses_at_next_renewal,
+                })
+                .collect(),
+            billed_licenses,
+            last_upload_at: marker.last_upload_at,
+        })
+    }
+}
