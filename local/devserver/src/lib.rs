@@ -203,7 +203,8 @@ pub async fn open_billing(
     let prices = sandbox_prices();
     let sandbox = stripe_sandbox::start(options.stripe_port, &prices).await?;
     let billing = StripeBilling::new(SANDBOX_KEY, Some(&sandbox.base_url()), RetryPolicy::default())?;
-    let catalog = PlanCatalog::standard(|plan| Ok::<_, ConfigError>(format!("price_{plan}")))?;
+    let catalog = PlanCatalog::standard(|plan| Ok::<_, ConfigError>(format!("price_{plan}")))?
+        .with_cloud_trial_days(billing::config::cloud_free_trial_days(env)?);
     Ok((Arc::new(billing), catalog, Some(sandbox)))
 }
 

@@ -63,9 +63,37 @@ pub fn plan_price_variable(plan: &str) -> String {
     format!("STRIPE_PRICE_{}", plan.to_ascii_uppercase())
 }
 
-/// The plan catalog, each plan's price from `STRIPE_PRICE_<PLAN>`.
+/// A number of trial days from `name`: `default` when unset, 0 for none, at most 730 (Stripe's
+/// limit on a trial).
+fn trial_days(env: &dyn Environment, name: &str, default: u32) -> Result<u32, ConfigError> {
+    match optional(env, name) {
+        None => Ok(default),
+        Some(text) => match text.trim().parse::<u32>() {
+            Ok(days) if days <= 730 => Ok(days),
+            _ => Err(ConfigError::Invalid {
+                name: name.to_owned(),
+                reason: "a whole number of days from 0 (no trial) to 730".to_owned(),
+            }),
+        },
+    }
+}
+
+/// `CLOUD_FREE_TRIAL_DAYS`: the trial of the subscriptions API's `pending` plan (31 unless set).
+pub fn cloud_free_trial_days(env: &dyn Environment) -> Result<u32, ConfigError> {
+    trial_days(env, "CLOUD_FREE_TRIAL_DAYS", 31)
+}
+
+/// `SELF_HOSTED_FREE_TRIAL_DAYS`: the trial self-hosted entities are offered on `basic` (0, off,
+/// unless set).
+pub fn self_hosted_free_trial_days(env: &dyn Environment) -> Result<u32, ConfigError> {
+    trial_days(env, "SELF_HOSTED_FREE_TRIAL_DAYS", 0)
+}
+
+/// The plan catalog, each plan's price from `STRIPE_PRICE_<PLAN>`, the `pending` plan's trial
+/// from `CLOUD_FREE_TRIAL_DAYS`.
 pub fn plan_catalog(env: &dyn Environment) -> Result<PlanCatalog, ConfigError> {
-    PlanCatalog::standard(|plan| {
+    let trial = cloud_free_trial_days(env)?;
+    let catalog = PlanCatalog::standard(|plan| {
         let name = plan_price_variable(plan);
         let price = required(env, &name)?;
         if price.starts_with("price_") {
@@ -76,7 +104,8 @@ pub fn plan_catalog(env: &dyn Environment) -> Result<PlanCatalog, ConfigError> {
                 reason: "a Stripe price id starts with price_".to_owned(),
             })
         }
-    })
+    })?;
+    Ok(catalog.with_cloud_trial_days(trial))
 }
 
 /// The DynamoDB table holding every item of the service (`BILLING_TABLE`).
@@ -123,6 +152,34 @@ mod tests {
         assert!(catalog.get("free").unwrap().admin_only);
         assert!(!catalog.get("business_annual").unwrap().admin_only);
         assert_eq!(catalog.plans().len(), 6);
+    }
+
+    #[test]
+    fn each_deployment_types_trial_comes_from_its_own_setting() {
+        // Given only the cloud trial set, the self-hosted one stays off
+        let mut cloud = all_prices();
+        cloud.insert("CLOUD_FREE_TRIAL_DAYS".into(), "14".into());
+        assert_eq!(
+            plan_catalog(&cloud).unwrap().get("pending").unwrap().trial_days,
+            Some(14)
+        );
+        assert_eq!(self_hosted_free_trial_days(&cloud).unwrap(), 0);
+        // Given only the self-hosted trial set, the cloud one stays 31
+        let mut hosted = all_prices();
+        hosted.insert("SELF_HOSTED_FREE_TRIAL_DAYS".into(), "30".into());
+        assert_eq!(self_hosted_free_trial_days(&hosted).unwrap(), 30);
+        assert_eq!(
+            plan_catalog(&hosted).unwrap().get("pending").unwrap().trial_days,
+            Some(31)
+        );
+        // 0 is no trial; anything else that is not a number of days names its variable
+        cloud.insert("CLOUD_FREE_TRIAL_DAYS".into(), "0".into());
+        assert_eq!(plan_catalog(&cloud).unwrap().get("pending").unwrap().trial_days, None);
+        cloud.insert("CLOUD_FREE_TRIAL_DAYS".into(), "a month".into());
+        assert!(matches!(
+            plan_catalog(&cloud).unwrap_err(),
+            ConfigError::Invalid { name, .. } if name == "CLOUD_FREE_TRIAL_DAYS"
+        ));
     }
 
     #[test]

@@ -170,6 +170,16 @@ impl PlanCatalog {
         Ok(PlanCatalog { plans })
     }
 
+    /// The same catalog with the `pending` plan's trial set to `days` (0: no trial).
+    pub fn with_cloud_trial_days(mut self, days: u32) -> Self {
+        for plan in &mut self.plans {
+            if plan.id == PlanCatalog::PENDING {
+                plan.trial_days = (days > 0).then_some(days);
+            }
+        }
+        self
+    }
+
     /// The plan `id`.
     pub fn get(&self, id: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.id == id)
