@@ -285,6 +285,35 @@ def _():
     assert updated.email == "new@example.com"
 
 
+@check("invoice items become a one-off invoice, finalized and paid, or declined")
+def _():
+    customer = paying_customer()
+    period = {"start": int(time.time()), "end": int(time.time()) + 30 * 86400}
+    client.v1.invoice_items.create(params={"customer": customer.id, "currency": "usd", "quantity": 21,
+                                           "unit_amount_decimal": "350", "description": "Basic - renewal", "period": period})
+    client.v1.invoice_items.create(params={"customer": customer.id, "currency": "usd", "quantity": 17,
+                                           "unit_amount_decimal": "305", "description": "Additional Basic license"})
+    invoice = client.v1.invoices.create(params={"customer": customer.id, "collection_method": "charge_automatically",
+                                                "pending_invoice_items_behavior": "include"})
+    assert invoice.status == "draft" and invoice.amount_due == 21 * 350 + 17 * 305, invoice
+    assert invoice.lines.data[0].parent.invoice_item_details.invoice_item.startswith("ii_")
+    finalized = client.v1.invoices.finalize_invoice(invoice.id)
+    assert finalized.status == "open" and finalized.number
+    paid = client.v1.invoices.pay(invoice.id)
+    assert paid.status == "paid" and paid.amount_paid == invoice.amount_due
+    declining = paying_customer("pm_card_chargeCustomerFail")
+    client.v1.invoice_items.create(params={"customer": declining.id, "currency": "usd", "amount": 800})
+    other = client.v1.invoices.create(params={"customer": declining.id, "pending_invoice_items_behavior": "include"})
+    client.v1.invoices.finalize_invoice(other.id)
+    try:
+        client.v1.invoices.pay(other.id)
+    except stripe.CardError:
+        pass
+    else:
+        raise AssertionError("no CardError")
+    assert client.v1.invoices.void_invoice(other.id).status == "void"
+
+
 passed = sum(1 for _, error in results if error is None)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")

@@ -90,6 +90,7 @@ pub struct State {
     coupons: BTreeMap<String, Value>,
     discounts: BTreeMap<String, Value>,
     setup_intents: BTreeMap<String, Value>,
+    invoice_items: BTreeMap<String, Value>,
     /// Proration lines waiting for a subscription's next invoice, by subscription id.
     pending_lines: BTreeMap<String, Vec<Value>>,
     /// Trials whose three-days notice was sent: (subscription, trial end).
