@@ -18,6 +18,7 @@ fn declared() -> BTreeMap<&'static str, &'static [Operation]> {
         (get_subscription::FUNCTION, get_subscription::OPERATIONS),
         (patch_subscription::FUNCTION, patch_subscription::OPERATIONS),
         (subscription_lifecycle::FUNCTION, subscription_lifecycle::OPERATIONS),
+        (invoice_plans::FUNCTION, invoice_plans::OPERATIONS),
         (signup_listener::FUNCTION, signup_listener::OPERATIONS),
         (stripe_webhook::FUNCTION, stripe_webhook::OPERATIONS),
         (remote_billing_server::FUNCTION, remote_billing_server::OPERATIONS),

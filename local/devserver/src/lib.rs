@@ -23,6 +23,7 @@ use billing_adapters::StripeBilling;
 use billing_http::Cors;
 use create_subscription::CreateSubscription;
 use get_subscription::GetSubscription;
+use invoice_plans::InvoicePlans;
 use patch_subscription::PatchSubscription;
 use remote_billing_pages::RemoteBillingPages;
 use remote_billing_server::RemoteServerApi;
@@ -604,7 +605,12 @@ async fn open_mailer(options: &Options, env: &dyn Environment) -> Result<Arc<dyn
 }
 
 /// The local server's own routes, which have no counterpart in AWS.
-fn local_routes(signups: SignupQueue, clock: LocalClock, sandbox: Option<stripe_sandbox::Sandbox>) -> Vec<Route> {
+fn local_routes(
+    signups: SignupQueue,
+    clock: LocalClock,
+    sandbox: Option<stripe_sandbox::Sandbox>,
+    invoicing: Arc<InvoicePlans>,
+) -> Vec<Route> {
     let json = |status: u16, body: serde_json::Value| {
         let mut response = lambda_http::Response::new(lambda_http::Body::Text(body.to_string()));
         *response.status_mut() = lambda_http::http::StatusCode::from_u16(status).unwrap_or_default();
@@ -632,6 +638,30 @@ fn local_routes(signups: SignupQueue, clock: LocalClock, sandbox: Option<stripe_
         async move { json(200, serde_json::json!({"dead_letters": signups.dead_letters()})) }
     });
     let health = gateway::handler(|_| async { lambda_http::Response::new(lambda_http::Body::Text("ok".into())) });
+    // Runs the daily invoicing now, at `{"at": "<RFC 3339>"}` when given (else the clock's time).
+    let invoice_plans = gateway::handler(move |request: lambda_http::Request| {
+        let invoicing = invoicing.clone();
+        async move {
+            let input: serde_json::Value = if request.body().is_empty() {
+                serde_json::json!({})
+            } else {
+                match serde_json::from_slice(request.body()) {
+                    Ok(input) => input,
+                    Err(error) => {
+                        return json(
+                            400,
+                            serde_json::json!({"errors": [{"slug": "invalid_format",
+                                "message": format!("send {{\"at\": \"<RFC 3339 time>\"}} or nothing: {error}")}]}),
+                        );
+                    }
+                }
+            };
+            match invoicing.handle(&input).await {
+                Ok(report) => json(200, serde_json::to_value(report).unwrap_or_default()),
+                Err(error) => json(503, serde_json::json!({"error": error.to_string()})),
+            }
+        }
+    });
     // Moves this server's clock and its in-process sandbox's together, so the renewals the
     // sandbox makes happen and their webhooks are signed at a time the webhook accepts.
     let set_clock = gateway::handler(move |request: lambda_http::Request| {
@@ -664,6 +694,7 @@ fn local_routes(signups: SignupQueue, clock: LocalClock, sandbox: Option<stripe_
     vec![
         local(Method::GET, "/_local/health", health),
         local(Method::POST, "/_local/clock", set_clock),
+        local(Method::POST, "/_local/invoice-plans", invoice_plans),
         local(Method::POST, "/_local/signup", enqueue),
         local(Method::GET, "/_local/signup/dead-letters", dead_letters),
     ]
@@ -713,6 +744,12 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         (None, None) => billing::config::required(env, "STRIPE_WEBHOOK_SECRET")?,
     };
     let mailer = open_mailer(options, env).await?;
+    let invoicing = InvoicePlans {
+        documents: documents.clone(),
+        billing: billing.clone(),
+        clock: clock.clone(),
+    }
+    .declared();
     let remote = open_remote(env, documents, mailer.clone(), address)?;
     let return_origins = billing::lifecycle::return_origins(
         &optional(env, "CORS_ALLOWED_ORIGINS").unwrap_or_default(),
@@ -735,6 +772,7 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         signups.clone(),
         local_clock,
         sandbox.as_ref().map(|s| s.sandbox.clone()),
+        Arc::new(invoicing),
     ));
     if let Some(sandbox) = &sandbox {
         sandbox.sandbox.set_webhook(Some(stripe_sandbox::WebhookTarget {

@@ -16,9 +16,11 @@ use billing::subscription::Status;
 use chrono::{DateTime, TimeZone, Utc};
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_billing::invoice::{
-    CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails, CreatePreviewInvoiceSubscriptionDetailsItems,
-    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior, ListInvoice,
+    CreateInvoice, CreateInvoicePendingInvoiceItemsBehavior, CreatePreviewInvoice,
+    CreatePreviewInvoiceSubscriptionDetails, CreatePreviewInvoiceSubscriptionDetailsItems,
+    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior, FinalizeInvoiceInvoice, ListInvoice,
 };
+use stripe_billing::invoice_item::{CreateInvoiceItem, Period as InvoiceItemPeriod};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, DiscountsDataParam,
     RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
@@ -633,6 +635,51 @@ impl Billing for StripeBilling {
             invoices: list.data.iter().map(invoice_summary).collect(),
             has_more: list.has_more,
         })
+    }
+
+    async fn add_invoice_item(
+        &self,
+        customer: &str,
+        item: &billing::plans::InvoiceItem,
+        key: &str,
+    ) -> Result<(), BillingError> {
+        let request = CreateInvoiceItem::new()
+            .customer(customer)
+            .currency(stripe_types::Currency::USD)
+            .description(item.description.as_str())
+            .quantity(u64::from(item.quantity))
+            .unit_amount_decimal(item.unit_amount.to_string())
+            .discountable(false)
+            .period(InvoiceItemPeriod {
+                start: item.period.0.timestamp(),
+                end: item.period.1.timestamp(),
+            });
+        self.send("add_invoice_item", key, &request).await?;
+        Ok(())
+    }
+
+    async fn invoice_pending_items(
+        &self,
+        customer: &str,
+        description: &str,
+        key: &str,
+    ) -> Result<InvoiceSummary, BillingError> {
+        let create = CreateInvoice::new()
+            .customer(customer)
+            .collection_method(stripe_shared::InvoiceCollectionMethod::ChargeAutomatically)
+            .auto_advance(true)
+            .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Include)
+            .description(description);
+        let draft = self.send("create_invoice", &format!("{key}:create"), &create).await?;
+        let id = draft
+            .id
+            .clone()
+            .ok_or_else(|| BillingError::Rejected("Stripe's invoice has no id".into()))?;
+        let finalize = FinalizeInvoiceInvoice::new(id);
+        let finalized = self
+            .send("finalize_invoice", &format!("{key}:finalize"), &finalize)
+            .await?;
+        Ok(invoice_summary(&finalized))
     }
 
     async fn preview_change(

@@ -850,6 +850,7 @@ pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime
     }
 }
 
+pub mod invoicing;
 pub mod stored;
 
 #[cfg(test)]

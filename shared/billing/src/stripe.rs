@@ -284,6 +284,24 @@ pub trait Billing: Send + Sync {
         starting_after: Option<&str>,
     ) -> Result<InvoicePage, BillingError>;
 
+    /// Adds a pending invoice item to the customer, under `key` (`ledger_entry:<row id>`, so a
+    /// re-run after a crash adds nothing twice).
+    async fn add_invoice_item(
+        &self,
+        customer: &str,
+        item: &crate::plans::InvoiceItem,
+        key: &str,
+    ) -> Result<(), BillingError>;
+
+    /// Puts the customer's pending invoice items on one invoice, charged automatically, and
+    /// finalizes it. Returns it.
+    async fn invoice_pending_items(
+        &self,
+        customer: &str,
+        description: &str,
+        key: &str,
+    ) -> Result<InvoiceSummary, BillingError>;
+
     /// What moving the subscription to `price` and/or `quantity` would invoice, prorated as
     /// the change itself would be ([`Proration::for_change`]). Changes nothing.
     async fn preview_change(

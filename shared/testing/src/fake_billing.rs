@@ -292,6 +292,38 @@ impl Billing for FakeBilling {
         Ok(format!("https://billing.example/{}", state.id("bps")))
     }
 
+    async fn add_invoice_item(
+        &self,
+        _customer: &str,
+        _item: &billing::plans::InvoiceItem,
+        _key: &str,
+    ) -> Result<(), BillingError> {
+        self.lock().call("add_invoice_item")
+    }
+
+    async fn invoice_pending_items(
+        &self,
+        _customer: &str,
+        _description: &str,
+        _key: &str,
+    ) -> Result<billing::stripe::InvoiceSummary, BillingError> {
+        let mut state = self.lock();
+        state.call("invoice_pending_items")?;
+        Ok(billing::stripe::InvoiceSummary {
+            id: state.id("in"),
+            number: None,
+            status: Some("open".to_owned()),
+            amount_due: 0,
+            amount_paid: 0,
+            currency: "usd".to_owned(),
+            created: Some(self.now),
+            period_start: None,
+            period_end: None,
+            hosted_invoice_url: None,
+            invoice_pdf: None,
+        })
+    }
+
     /// The fake makes no invoices: every customer's list is empty.
     async fn list_invoices(
         &self,

@@ -11,6 +11,10 @@
 //! A ledger row is written on the condition that it is absent, and every plan on the version
 //! that was read: two writers that computed the same next row cannot both append it, and the
 //! loser reads again ([`StoreError::VersionConflict`]).
+//!
+//! Beside them, `plans_live/<realm#uuid | server#uuid>` ([`LiveEntry`]) says which plan of the
+//! entity is live and when it is next invoiced, written in the same transaction whenever that
+//! changes: the daily invoicing lists that one collection (one query) instead of every entity.
 
 use std::collections::HashMap;
 
@@ -21,6 +25,8 @@ use serde_json::Value;
 
 use super::{Book, Changes, Customer, Entity, LedgerRow, Plan, PlanStatus};
 use crate::store::{DocumentStore, DocumentWrite, StoreError, member_key};
+use serde::Deserialize;
+use uuid::Uuid;
 
 /// The collection of an entity's plan documents.
 pub fn collection(entity: Entity) -> String {
@@ -31,6 +37,36 @@ pub fn collection(entity: Entity) -> String {
 }
 
 const CUSTOMER: &str = "customer";
+
+/// The collection that lists every entity's live plan and its next invoice date.
+pub const LIVE_PLANS: &str = "plans_live";
+
+/// An entity's entry in [`LIVE_PLANS`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveEntry {
+    /// Whose.
+    pub entity: Entity,
+    /// The live plan, if any.
+    pub plan: Option<Uuid>,
+    /// When it is next invoiced.
+    pub next_invoice_date: Option<DateTime<Utc>>,
+}
+
+/// The member of an entity in [`LIVE_PLANS`].
+pub fn live_member(entity: Entity) -> String {
+    match entity {
+        Entity::Realm(uuid) => format!("realm#{uuid}"),
+        Entity::Server(uuid) => format!("server#{uuid}"),
+    }
+}
+
+fn live_entry(book: &Book) -> LiveEntry {
+    LiveEntry {
+        entity: book.customer.entity,
+        plan: book.plan.as_ref().map(|p| p.id),
+        next_invoice_date: book.plan.as_ref().and_then(|p| p.next_invoice_date),
+    }
+}
 
 fn plan_member(plan: &Plan) -> String {
     format!("plan#{}", plan.id)
@@ -48,6 +84,7 @@ pub struct StoredBook {
     /// Every plan of the entity, ended ones included, oldest first.
     pub history: Vec<Plan>,
     versions: HashMap<String, u64>,
+    live: Option<(LiveEntry, u64)>,
 }
 
 fn decode<T: DeserializeOwned>(member: &str, body: Value) -> Result<T, StoreError> {
@@ -82,6 +119,11 @@ pub async fn load(documents: &dyn DocumentStore, entity: Entity, now: DateTime<U
         None => Vec::new(),
     };
     ledger.sort_by_key(|r| r.seq);
+    let live_key = member_key(LIVE_PLANS, &live_member(entity));
+    let listed = match documents.get_document(&live_key, now).await? {
+        Some(document) => Some((decode::<LiveEntry>(&live_key, document.body)?, document.version)),
+        None => None,
+    };
     let book = Book {
         customer: customer.unwrap_or_else(|| Customer::new(entity)),
         ever_had_plan: plans.iter().any(|p| p.status != PlanStatus::NeverStarted),
@@ -93,6 +135,7 @@ pub async fn load(documents: &dyn DocumentStore, entity: Entity, now: DateTime<U
         book,
         history: plans,
         versions,
+        live: listed,
     })
 }
 
@@ -125,6 +168,18 @@ pub fn writes_for(stored: &StoredBook, after: &Book, changes: &Changes) -> Vec<(
     }
     for row in &changes.rows {
         writes.push((key(&ledger_member(row)), encode(row), None));
+    }
+    let entry = live_entry(after);
+    let unchanged = match &stored.live {
+        Some((current, _)) => *current == entry,
+        None => entry.plan.is_none(),
+    };
+    if !unchanged {
+        writes.push((
+            member_key(LIVE_PLANS, &live_member(entity)),
+            encode(&entry),
+            stored.live.as_ref().map(|(_, version)| *version),
+        ));
     }
     writes
 }

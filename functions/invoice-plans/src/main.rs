@@ -1,0 +1,16 @@
+//! Lambda bootstrap of the daily invoicing of self-hosted plans.
+
+use billing::config::ProcessEnvironment;
+use invoice_plans::InvoicePlans;
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let job = InvoicePlans::from_env(&ProcessEnvironment).await?;
+    let job = &job;
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| async move {
+        Ok::<_, Error>(job.handle(&event.payload).await?)
+    }))
+    .await
+}

@@ -1,0 +1,214 @@
+//! The invoicing job in-process, against the embedded store and the Stripe sandbox.
+
+use std::sync::Arc;
+
+use billing::plans::invoicing::EntityOutcome;
+use billing::plans::{self, CountAt, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+use billing::remote::usage::{UploadMarker, usage_collection};
+use billing::store::{DocumentStore, member_key};
+use billing_testing::{TestClock, embedded_store};
+use chrono::{DateTime, Duration, Utc};
+use invoice_plans::InvoicePlans;
+use serde_json::{Value, json};
+use stripe_sandbox::RunningSandbox;
+use uuid::Uuid;
+
+struct Fixture {
+    job: InvoicePlans,
+    documents: Arc<dyn DocumentStore>,
+    sandbox: RunningSandbox,
+    clock: TestClock,
+}
+
+async fn fixture() -> Fixture {
+    let (sandbox, billing) = billing_testing::sandbox_billing(800, billing_testing::fast_retries()).await;
+    let documents: Arc<dyn DocumentStore> = embedded_store();
+    let clock = TestClock::default();
+    let job = InvoicePlans {
+        documents: documents.clone(),
+        billing,
+        clock: clock.clock(),
+    }
+    .declared();
+    Fixture {
+        job,
+        documents,
+        sandbox,
+        clock,
+    }
+}
+
+impl Fixture {
+    /// A server on a `basic` plan bought for 6 licenses at `start`, paying with a card, whose
+    /// users then went to 23, 20 and 21: API.md's worked example.
+    async fn worked_example(&self, start: DateTime<Utc>) -> Entity {
+        let server = Uuid::new_v4();
+        let entity = Entity::Server(server);
+        let customer = self
+            .job
+            .billing
+            .create_customer(server, "billing@example.org", &format!("{server}:customer"))
+            .await
+            .unwrap();
+        self.job
+            .billing
+            .attach_default_payment_method(&customer.id, "pm_card_visa", &format!("{server}:card"))
+            .await
+            .unwrap();
+        let stored = plans::stored::load(self.documents.as_ref(), entity, start)
+            .await
+            .unwrap();
+        let mut book = stored.book.clone();
+        book.customer.stripe_customer = Some(customer.id);
+        let request = UpgradeRequest {
+            tier: Tier::Basic,
+            schedule: Schedule::Monthly,
+            license_management: LicenseManagement::Automatic,
+            licenses: None,
+        };
+        let context = UpgradeContext {
+            billed_count: 6,
+            trial_days: 0,
+            prices: plans::Prices::default(),
+            now: start,
+        };
+        let (bought, mut changes) = plans::upgrade(&book, &request, &context).unwrap();
+        let counts: Vec<CountAt> = [(4, 23), (9, 20), (19, 21)]
+            .into_iter()
+            .map(|(day, count)| CountAt {
+                event_time: start + Duration::days(day),
+                count,
+            })
+            .collect();
+        let (synced, more) = plans::sync_ledger(&bought, &counts);
+        changes.rows.extend(more.rows);
+        plans::stored::save(self.documents.as_ref(), &stored, &synced, &changes, start)
+            .await
+            .unwrap();
+        entity
+    }
+
+    async fn uploaded_at(&self, entity: Entity, at: DateTime<Utc>) {
+        let Entity::Server(server) = entity else { unreachable!() };
+        let key = member_key(&usage_collection(server), "marker");
+        let marker = serde_json::to_value(UploadMarker {
+            last_audit_log_id: Some(1),
+            last_upload_at: Some(at),
+        })
+        .unwrap();
+        let version = self.documents.get_document(&key, at).await.unwrap().map(|d| d.version);
+        self.documents
+            .put_document(&key, &marker, None, version, at)
+            .await
+            .unwrap();
+    }
+
+    async fn stripe(&self, path: &str) -> Value {
+        let url = format!("{}{}", self.sandbox.base_url(), path.trim_start_matches('/'));
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth("sk_test_handler")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn at_event(at: DateTime<Utc>) -> Value {
+    json!({"version": "0", "detail-type": "Scheduled Event", "source": "aws.events", "at": at.to_rfc3339()})
+}
+
+/// The prorated price of one license added `day` days into a 31-day January.
+fn prorated(day: i64) -> i64 {
+    let left = (31 - day) as f64 * 86_400.0;
+    (350.0 * left / (31.0 * 86_400.0) + 0.5) as i64
+}
+
+#[tokio::test]
+async fn a_due_plan_is_invoiced_for_its_renewal_and_added_licenses_once() {
+    let f = fixture().await;
+    let start = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().to_utc();
+    let entity = f.worked_example(start).await;
+    let due = start + Duration::days(31);
+    f.uploaded_at(entity, due).await;
+    // When the job runs on the due date
+    let report = f.job.handle(&at_event(due)).await.unwrap();
+    // Then one invoice bills 17 added licenses prorated and the renewal for 21
+    let [
+        EntityOutcome::Invoiced {
+            invoice: Some(invoice),
+            items: 2,
+            ..
+        },
+    ] = report.outcomes.as_slice()
+    else {
+        panic!("{report:?}");
+    };
+    let stripe = f.stripe(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(stripe["status"], "open", "finalized, charged automatically by Stripe");
+    assert_eq!(
+        stripe["amount_due"].as_i64().unwrap(),
+        17 * prorated(4) + 21 * 350,
+        "{stripe}"
+    );
+    // And the plan's next invoice is a month later; a second run invoices nothing
+    let book = plans::stored::load(f.documents.as_ref(), entity, due)
+        .await
+        .unwrap()
+        .book;
+    assert_eq!(book.plan.unwrap().next_invoice_date, Some(start + Duration::days(59)));
+    let again = f.job.handle(&at_event(due + Duration::hours(1))).await.unwrap();
+    assert!(again.outcomes.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_plan_whose_server_has_not_uploaded_since_the_due_date_is_deferred() {
+    let f = fixture().await;
+    let start = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().to_utc();
+    let entity = f.worked_example(start).await;
+    let due = start + Duration::days(31);
+    f.uploaded_at(entity, due - Duration::days(2)).await;
+    let report = f.job.handle(&at_event(due + Duration::days(1))).await.unwrap();
+    assert_eq!(report.outcomes, [EntityOutcome::Deferred { entity }]);
+    // Once the server uploads, the next run invoices it
+    f.uploaded_at(entity, due + Duration::days(1)).await;
+    let report = f.job.handle(&at_event(due + Duration::days(1))).await.unwrap();
+    assert!(
+        matches!(report.outcomes.as_slice(), [EntityOutcome::Invoiced { .. }]),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_that_failed_between_the_items_and_the_invoice_is_safe_to_run_again() {
+    let f = fixture().await;
+    let start = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().to_utc();
+    let entity = f.worked_example(start).await;
+    let due = start + Duration::days(31);
+    f.uploaded_at(entity, due).await;
+    // Given Stripe failing every invoice creation of the first run (after its items were added)
+    f.sandbox.sandbox.fail_next_on(3, 500, Some("/v1/invoices"));
+    let report = f.job.handle(&at_event(due)).await.unwrap();
+    assert!(
+        matches!(report.outcomes.as_slice(), [EntityOutcome::Failed { .. }]),
+        "{report:?}"
+    );
+    // When the job runs again
+    let report = f.job.handle(&at_event(due)).await.unwrap();
+    let [
+        EntityOutcome::Invoiced {
+            invoice: Some(invoice), ..
+        },
+    ] = report.outcomes.as_slice()
+    else {
+        panic!("{report:?}");
+    };
+    // Then the invoice has each item once
+    let stripe = f.stripe(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(stripe["lines"]["data"].as_array().unwrap().len(), 2, "{stripe}");
+    assert_eq!(stripe["amount_due"].as_i64().unwrap(), 17 * prorated(4) + 21 * 350);
+    let _ = f.clock.now();
+}

@@ -1,0 +1,184 @@
+//! The daily invoicing of self-hosted plans (API.md, "Invoicing"): every live plan whose next
+//! invoice date has come is run through [`invoice_plan`](super::invoice_plan), its ledger rows
+//! become Stripe invoice items under `ledger_entry:<row id>` keys, one invoice of them is made
+//! and finalized (charged automatically), and the plan's new state is stored.
+//!
+//! Safe to re-run after a crash at any point: the items and the invoice carry idempotency keys
+//! derived from the ledger and the due date, so a second run within Stripe's 24 hours gets the
+//! same objects back, and the plan's state is stored last, on the version read.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::stored::{self, LIVE_PLANS, LiveEntry};
+use super::{Entity, InvoiceRun};
+use crate::remote::records::{RealmOwner, realm_owner_key};
+use crate::remote::usage::{UploadMarker, usage_collection};
+use crate::store::{DocumentStore, StoreError, member_key};
+use crate::stripe::{Billing, BillingError};
+
+/// What the run did with one entity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum EntityOutcome {
+    /// Invoiced: the Stripe invoice (none when nothing was owed) and its item count.
+    Invoiced {
+        /// Whose plan.
+        entity: Entity,
+        /// The Stripe invoice.
+        invoice: Option<String>,
+        /// How many items it has.
+        items: usize,
+    },
+    /// Due, but its server has not uploaded since the due date: tried again on the next run.
+    Deferred {
+        /// Whose plan.
+        entity: Entity,
+    },
+    /// Refused or failed; tried again on the next run.
+    Failed {
+        /// Whose plan.
+        entity: Entity,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InvoicingReport {
+    /// One outcome per due plan.
+    pub outcomes: Vec<EntityOutcome>,
+}
+
+/// Why one entity's invoicing failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("Stripe: {0}")]
+    Billing(#[from] BillingError),
+    #[error("the entity has no Stripe customer")]
+    NoCustomer,
+}
+
+/// The last upload of the entity's server.
+async fn last_upload(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let server = match entity {
+        Entity::Server(server) => server,
+        Entity::Realm(realm) => match documents.get_document(&realm_owner_key(realm), now).await? {
+            Some(owner) => {
+                serde_json::from_value::<RealmOwner>(owner.body)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                    .server_uuid
+            }
+            None => return Ok(None),
+        },
+    };
+    let marker = documents
+        .get_document(&member_key(&usage_collection(server), "marker"), now)
+        .await?;
+    Ok(match marker {
+        Some(document) => {
+            serde_json::from_value::<UploadMarker>(document.body)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                .last_upload_at
+        }
+        None => None,
+    })
+}
+
+/// Invoices every plan due at `at` (one query lists them); one entity's failure does not stop
+/// the others. Plans due several times over (the job did not run for a while) are invoiced
+/// once per due date, oldest first.
+pub async fn invoice_plans(
+    documents: &dyn DocumentStore,
+    billing: &dyn Billing,
+    at: DateTime<Utc>,
+) -> Result<InvoicingReport, StoreError> {
+    let mut report = InvoicingReport::default();
+    let mut due: Vec<LiveEntry> = documents
+        .list_documents(LIVE_PLANS, at)
+        .await?
+        .into_iter()
+        .filter_map(|(_, document)| serde_json::from_value::<LiveEntry>(document.body).ok())
+        .filter(|entry| entry.next_invoice_date.is_some_and(|date| date <= at))
+        .collect();
+    due.sort_by_key(|entry| entry.next_invoice_date);
+    for entry in due {
+        // A plan that missed several runs catches up one due date at a time.
+        for _ in 0..36 {
+            let outcome = match invoice_entity(documents, billing, entry.entity, at).await {
+                Ok(outcome) => outcome,
+                Err(failure) => {
+                    tracing::warn!(entity = ?entry.entity, error = %failure, "plan not invoiced");
+                    Some(EntityOutcome::Failed {
+                        entity: entry.entity,
+                        reason: failure.to_string(),
+                    })
+                }
+            };
+            let Some(outcome) = outcome else {
+                break;
+            };
+            let again = matches!(outcome, EntityOutcome::Invoiced { .. });
+            report.outcomes.push(outcome);
+            if !again {
+                break;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Invoices one entity's plan once if it is due at `at`; `None` when it is not (any more).
+async fn invoice_entity(
+    documents: &dyn DocumentStore,
+    billing: &dyn Billing,
+    entity: Entity,
+    at: DateTime<Utc>,
+) -> Result<Option<EntityOutcome>, Failure> {
+    let stored = stored::load(documents, entity, at).await?;
+    let Some(plan) = stored.book.plan.clone() else {
+        return Ok(None);
+    };
+    let Some(due) = plan.next_invoice_date else {
+        return Ok(None);
+    };
+    let upload = last_upload(documents, entity, at).await?;
+    match super::invoice_plan(&stored.book, at, upload) {
+        InvoiceRun::NotDue => Ok(None),
+        InvoiceRun::Deferred => {
+            tracing::info!(?entity, %due, ?upload, "invoice deferred: no upload since it was due");
+            Ok(Some(EntityOutcome::Deferred { entity }))
+        }
+        InvoiceRun::Invoice { items, book, changes } => {
+            let mut invoice = None;
+            if !items.is_empty() {
+                let customer = stored
+                    .book
+                    .customer
+                    .stripe_customer
+                    .clone()
+                    .ok_or(Failure::NoCustomer)?;
+                for item in &items {
+                    billing.add_invoice_item(&customer, item, &item.idempotency_key).await?;
+                }
+                let key = format!("invoice_plan:{}:{}", plan.id, due.timestamp());
+                let description = format!("{} plan", plan.tier.display_name());
+                invoice = Some(billing.invoice_pending_items(&customer, &description, &key).await?.id);
+            }
+            stored::save(documents, &stored, &book, &changes, at).await?;
+            tracing::info!(?entity, %due, items = items.len(), ?invoice, "plan invoiced");
+            Ok(Some(EntityOutcome::Invoiced {
+                entity,
+                invoice,
+                items: items.len(),
+            }))
+        }
+    }
+}
