@@ -10,7 +10,9 @@ async fn main() -> Result<(), Error> {
     let job = InvoicePlans::from_env(&ProcessEnvironment).await?;
     let job = &job;
     run(service_fn(|event: LambdaEvent<serde_json::Value>| async move {
-        Ok::<_, Error>(job.handle(&event.payload).await?)
+        let deadline = event.context.deadline();
+        let report = billing::deadline::within(Some(deadline), job.handle(&event.payload)).await?;
+        Ok::<_, Error>(report)
     }))
     .await
 }

@@ -212,3 +212,25 @@ async fn a_run_that_failed_between_the_items_and_the_invoice_is_safe_to_run_agai
     assert_eq!(stripe["amount_due"].as_i64().unwrap(), 17 * prorated(4) + 21 * 350);
     let _ = f.clock.now();
 }
+
+#[tokio::test]
+async fn a_run_near_its_deadline_leaves_the_remaining_plans_due_for_the_next_one() {
+    let f = fixture().await;
+    let start = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().to_utc();
+    let entity = f.worked_example(start).await;
+    let due = start + Duration::days(31);
+    f.uploaded_at(entity, due).await;
+    // Given an invocation with less time left than one plan may take
+    let soon = std::time::SystemTime::now() + billing::plans::invoicing::TIME_PER_ENTITY / 2;
+    let report = billing::deadline::within(Some(soon), f.job.handle(&at_event(due)))
+        .await
+        .unwrap();
+    // Then nothing was started, and the plan is still due for the next run
+    assert!(report.outcomes.is_empty(), "{report:?}");
+    assert_eq!(report.left_for_next_run, 1);
+    let report = f.job.handle(&at_event(due)).await.unwrap();
+    assert!(
+        matches!(report.outcomes.as_slice(), [EntityOutcome::Invoiced { .. }]),
+        "{report:?}"
+    );
+}
