@@ -755,3 +755,45 @@ async fn the_billing_view_is_for_administrators_and_known_entities_only() {
         (StatusCode::NOT_FOUND, vec!["not_found".to_owned()])
     );
 }
+
+#[tokio::test]
+async fn realms_left_out_of_an_upload_are_marked_locally_deleted_and_restored_when_listed_again() {
+    let f = fixture();
+    let server = f.registered().await;
+    let (kept, dropped) = (Uuid::new_v4(), Uuid::new_v4());
+    let deleted = |realms: Vec<billing::remote::RemoteRealm>| {
+        let mut flags: Vec<(Uuid, bool)> = realms.into_iter().map(|r| (r.uuid, r.locally_deleted)).collect();
+        flags.sort();
+        flags
+    };
+    let both = json!({"realms": [realm_listing(kept), realm_listing(dropped)]});
+    assert_eq!(f.upload(server, &both).await.0, StatusCode::OK);
+    // When an upload lists only one of them, then the other is marked deleted
+    assert_eq!(
+        f.upload(server, &json!({"realms": [realm_listing(kept)]})).await.0,
+        StatusCode::OK
+    );
+    let now = f.clock.now();
+    let mut expected = vec![(kept, false), (dropped, true)];
+    expected.sort();
+    assert_eq!(
+        deleted(f.remote.remote.records.realms_of(server, now).await.unwrap()),
+        expected
+    );
+    // An upload without a realms list changes nothing; one that lists it again restores it
+    assert_eq!(
+        f.upload(server, &json!({"realm_audit_logs": []})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        deleted(f.remote.remote.records.realms_of(server, now).await.unwrap()),
+        expected
+    );
+    assert_eq!(f.upload(server, &both).await.0, StatusCode::OK);
+    let mut restored = vec![(kept, false), (dropped, false)];
+    restored.sort();
+    assert_eq!(
+        deleted(f.remote.remote.records.realms_of(server, now).await.unwrap()),
+        restored
+    );
+}

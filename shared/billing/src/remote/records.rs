@@ -104,6 +104,10 @@ pub struct RemoteRealm {
     pub licenses: Option<u32>,
     /// When the realm was first seen.
     pub registered_at: DateTime<Utc>,
+    /// Whether the server's latest usage upload left it out (deleted on the server, or moved
+    /// away); a later upload that lists it again restores it.
+    #[serde(default)]
+    pub locally_deleted: bool,
 }
 
 impl RemoteRealm {

@@ -642,6 +642,7 @@ impl RemoteBilling {
             plan: Default::default(),
             licenses: None,
             registered_at: now,
+            locally_deleted: false,
         };
         self.claim_realm(server, realm, now).await?;
         if server.uri_scheme.as_deref() != Some(request.uri_scheme.as_str()) {

@@ -88,9 +88,9 @@ pub struct UploadedRow {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upload {
-    /// The server's realms.
+    /// The server's realms; when present, realms it leaves out are marked locally deleted.
     #[serde(default)]
-    pub realms: Vec<UploadedRealm>,
+    pub realms: Option<Vec<UploadedRealm>>,
     /// Audit-log rows since the last upload.
     #[serde(default)]
     pub realm_audit_logs: Vec<UploadedRow>,
@@ -187,7 +187,7 @@ fn check_rows<'a>(
             format!("at most {MAX_ROWS} rows per upload"),
         ));
     }
-    if upload.realms.len() > MAX_ROWS {
+    if upload.realms.as_ref().is_some_and(|realms| realms.len() > MAX_ROWS) {
         errors.push(FieldError::field(
             Slug::InvalidValue,
             "/realms",
@@ -270,7 +270,8 @@ impl RemoteBilling {
         now: DateTime<Utc>,
     ) -> Result<UploadOutcome, RemoteError> {
         // Every realm named, listed or in a row, must be this server's or nobody's yet.
-        let mut named: BTreeSet<Uuid> = upload.realms.iter().map(|r| r.uuid).collect();
+        let listed: &[UploadedRealm] = upload.realms.as_deref().unwrap_or_default();
+        let mut named: BTreeSet<Uuid> = listed.iter().map(|r| r.uuid).collect();
         named.extend(upload.realm_audit_logs.iter().map(|r| r.realm));
         let mut known = BTreeSet::new();
         for realm in &named {
@@ -282,7 +283,7 @@ impl RemoteBilling {
                 known.insert(*realm);
             }
         }
-        known.extend(upload.realms.iter().map(|r| r.uuid));
+        known.extend(listed.iter().map(|r| r.uuid));
         let collection = usage_collection(server.uuid);
         let marker_key = member_key(&collection, "marker");
         let (marker, _) = self
@@ -291,7 +292,7 @@ impl RemoteBilling {
             .await?
             .unwrap_or_default();
         let fresh = check_rows(upload, marker.last_audit_log_id, &known).map_err(RemoteError::Invalid)?;
-        for realm in &upload.realms {
+        for realm in listed {
             if realm.is_system_bot_realm {
                 continue;
             }
@@ -304,8 +305,12 @@ impl RemoteBilling {
                 plan: Default::default(),
                 licenses: None,
                 registered_at: now,
+                locally_deleted: false,
             };
             self.claim_realm(server, record, now).await?;
+        }
+        if upload.realms.is_some() {
+            self.mark_missing_realms(server, listed, now).await?;
         }
         let rows: Vec<StoredRow> = fresh
             .iter()
@@ -352,6 +357,35 @@ impl RemoteBilling {
         }
         tracing::info!(server = %server.uuid, rows = outcome.stored_rows, ledger_rows = outcome.ledger_rows, "usage upload recorded");
         Ok(outcome)
+    }
+
+    /// Marks the server's realms that `listed` leaves out as locally deleted, and restores the
+    /// listed ones that were.
+    async fn mark_missing_realms(
+        &self,
+        server: &RemoteServer,
+        listed: &[UploadedRealm],
+        now: DateTime<Utc>,
+    ) -> Result<(), RemoteError> {
+        let listed: BTreeSet<Uuid> = listed.iter().map(|r| r.uuid).collect();
+        for realm in self.records.realms_of(server.uuid, now).await? {
+            let deleted = !listed.contains(&realm.uuid);
+            if realm.locally_deleted == deleted {
+                continue;
+            }
+            let key = super::records::realm_key(server.uuid, realm.uuid);
+            crate::store::retry_on_conflict(|_| async {
+                let Some((mut current, version)) = self.records.get::<RemoteRealm>(&key, now).await? else {
+                    return Ok(());
+                };
+                current.locally_deleted = deleted;
+                self.records.replace(&key, &current, version, None, now).await?;
+                Ok::<_, RemoteError>(())
+            })
+            .await?;
+            tracing::info!(realm = %realm.uuid, deleted, "realm's presence on its server changed");
+        }
+        Ok(())
     }
 
     /// Stores `rows` (possibly none: the upload time alone) with the marker, the latest counts
@@ -499,7 +533,7 @@ mod tests {
         let realm = Uuid::from_u128(1);
         let known = BTreeSet::from([realm]);
         let upload = Upload {
-            realms: Vec::new(),
+            realms: None,
             realm_audit_logs: vec![row(3, 101, realm), row(5, 101, realm), row(7, 101, realm)],
             version: None,
         };
@@ -508,7 +542,7 @@ mod tests {
         assert_eq!(fresh.iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [7]);
         // out of order, unknown type and unknown realm are all reported
         let upload = Upload {
-            realms: Vec::new(),
+            realms: None,
             realm_audit_logs: vec![row(9, 101, realm), row(8, 999, realm), row(10, 102, Uuid::from_u128(2))],
             version: None,
         };
