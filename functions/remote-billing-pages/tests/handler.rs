@@ -1042,6 +1042,19 @@ impl DocumentStore for FailingUserWrites {
     ) -> Result<Vec<(String, billing::store::Document)>, billing::store::StoreError> {
         self.inner.list_documents(collection, now).await
     }
+
+    async fn list_documents_range(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        through: &str,
+        limit: usize,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(String, billing::store::Document)>, billing::store::StoreError> {
+        self.inner
+            .list_documents_range(collection, after, through, limit, now)
+            .await
+    }
 }
 
 #[tokio::test]

@@ -825,4 +825,61 @@ impl DocumentStore for DynamoStore {
         }
         Ok(members)
     }
+
+    async fn list_documents_range(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        through: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        let mut members = Vec::new();
+        let mut start = None;
+        let from = format!("{MEMBER}{}", after.unwrap_or(""));
+        let to = format!("{MEMBER}{through}");
+        if to < from {
+            return Ok(members);
+        }
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(document_pk(collection)))
+                .expression_attribute_values(":from", s(from.clone()))
+                .expression_attribute_values(":to", s(to.clone()))
+                .consistent_read(true)
+                .limit(i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in output.items.unwrap_or_default() {
+                let Some(member) = item
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|sk| sk.strip_prefix(MEMBER))
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                // BETWEEN is inclusive; the cursor's own member was handed out before.
+                if after == Some(member.as_str()) {
+                    continue;
+                }
+                if let Some(document) = decode_document(&member, &item, now)? {
+                    members.push((member, document));
+                    if members.len() == limit {
+                        return Ok(members);
+                    }
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(members);
+            }
+        }
+    }
 }

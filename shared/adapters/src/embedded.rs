@@ -534,4 +534,49 @@ impl DocumentStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn list_documents_range(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        through: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        let prefix = format!("{collection}/");
+        let from = format!("{prefix}{}", after.unwrap_or(""));
+        let to = format!("{prefix}{through}");
+        let after = after.map(|a| format!("{prefix}{a}"));
+        if to < from {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(DOCUMENTS).map_err(unavailable)?;
+            let mut members = Vec::new();
+            for entry in table.range(from.as_str()..=to.as_str()).map_err(unavailable)? {
+                let (key, json) = entry.map_err(unavailable)?;
+                if after.as_deref() == Some(key.value()) {
+                    continue;
+                }
+                let stored = read_document(json.value())?;
+                if !stored.live_at(now) {
+                    continue;
+                }
+                members.push((
+                    key.value()[prefix.len()..].to_owned(),
+                    Document {
+                        expires_at: stored.expires_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+                        version: stored.version,
+                        body: stored.body,
+                    },
+                ));
+                if members.len() == limit {
+                    break;
+                }
+            }
+            Ok(members)
+        })
+        .await
+    }
 }

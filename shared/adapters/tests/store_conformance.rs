@@ -944,6 +944,50 @@ async fn a_plan_book_round_trips_and_a_stale_append_is_a_conflict(store: Arc<imp
     );
 }
 
+async fn a_range_of_a_collection_is_read_a_page_at_a_time_from_a_cursor(store: Arc<impl DocumentStore>) {
+    // Given members a to e, and d expired
+    let now = Utc::now();
+    let collection = unique("range#");
+    for member in ["a", "b", "c", "d", "e"] {
+        let expires = (member == "d").then(|| now - Duration::seconds(1));
+        store
+            .put_document(
+                &billing::store::member_key(&collection, member),
+                &document_body(1),
+                expires,
+                None,
+                now - Duration::seconds(5),
+            )
+            .await
+            .unwrap();
+    }
+    let names = |page: Vec<(String, billing::store::Document)>| page.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
+    // When it is read through "d", two at a time, then the pages follow each other
+    let first = store
+        .list_documents_range(&collection, None, "d", 2, now)
+        .await
+        .unwrap();
+    assert_eq!(names(first), ["a", "b"]);
+    let second = store
+        .list_documents_range(&collection, Some("b"), "d", 2, now)
+        .await
+        .unwrap();
+    assert_eq!(names(second), ["c"], "d is expired, e is past the bound");
+    let none = store
+        .list_documents_range(&collection, Some("c"), "d", 2, now)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // and an empty range is empty
+    assert!(
+        store
+            .list_documents_range(&collection, Some("e"), "a", 5, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! conformance_suite {
     ($store:expr) => {
         conformance_suite!(@tests $store;
@@ -972,6 +1016,7 @@ macro_rules! conformance_suite {
             several_documents_are_written_all_or_none,
             a_stripe_id_linked_to_another_subscription_is_refused_and_nothing_is_written,
             a_plan_book_round_trips_and_a_stale_append_is_a_conflict,
+            a_range_of_a_collection_is_read_a_page_at_a_time_from_a_cursor,
         );
     };
     (@tests $store:expr; $($test:ident),* $(,)?) => {

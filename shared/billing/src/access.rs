@@ -232,6 +232,20 @@ impl DocumentStore for Declared<dyn DocumentStore> {
         self.store(Operation::ListDocuments)?;
         self.inner.list_documents(collection, now).await
     }
+
+    async fn list_documents_range(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        through: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        self.store(Operation::ListDocuments)?;
+        self.inner
+            .list_documents_range(collection, after, through, limit, now)
+            .await
+    }
 }
 
 #[async_trait]
@@ -272,6 +286,17 @@ mod tests {
         }
 
         async fn list_documents(&self, _: &str, _: DateTime<Utc>) -> Result<Vec<(String, Document)>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn list_documents_range(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: &str,
+            _: usize,
+            _: DateTime<Utc>,
+        ) -> Result<Vec<(String, Document)>, StoreError> {
             Ok(Vec::new())
         }
     }

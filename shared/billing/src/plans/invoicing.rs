@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::stored::{self, LIVE_PLANS, LiveEntry};
+use super::stored::{self, LiveEntry, PLANS_DUE};
 use super::{Entity, InvoiceRun};
 use crate::remote::records::{RealmOwner, realm_owner_key};
 use crate::remote::usage::{UploadMarker, usage_collection};
@@ -49,8 +49,8 @@ pub enum EntityOutcome {
 pub struct InvoicingReport {
     /// One outcome per due plan.
     pub outcomes: Vec<EntityOutcome>,
-    /// Due plans left for the next run because the invocation's deadline was near (they stay
-    /// due, so the next run picks them up where this one stopped).
+    /// Due plans of the page being read left for the next run because the invocation's
+    /// deadline was near (more may follow them); they stay due, so the next run picks them up.
     pub left_for_next_run: usize,
 }
 
@@ -98,32 +98,41 @@ async fn last_upload(
     })
 }
 
-/// Invoices every plan due at `at` (one query lists them); one entity's failure does not stop
-/// the others. Plans due several times over (the job did not run for a while) are invoiced
-/// once per due date, oldest first.
+/// How many due plans one read of the index hands out.
+const PAGE: usize = 100;
+
+/// Invoices every plan due at `at`, read from the due-date index a page at a time from a cursor
+/// (only the plans due are read); one entity's failure does not stop the others. A plan due
+/// several times over (the job did not run for a while) is invoiced at its oldest due date
+/// first; its entry moves to the next date, later in the range, and is met again.
 pub async fn invoice_plans(
     documents: &dyn DocumentStore,
     billing: &dyn Billing,
     at: DateTime<Utc>,
 ) -> Result<InvoicingReport, StoreError> {
     let mut report = InvoicingReport::default();
-    let mut due: Vec<LiveEntry> = documents
-        .list_documents(LIVE_PLANS, at)
-        .await?
-        .into_iter()
-        .filter_map(|(_, document)| serde_json::from_value::<LiveEntry>(document.body).ok())
-        .filter(|entry| entry.next_invoice_date.is_some_and(|date| date <= at))
-        .collect();
-    due.sort_by_key(|entry| entry.next_invoice_date);
-    let total = due.len();
-    for (done, entry) in due.into_iter().enumerate() {
-        if crate::deadline::remaining().is_some_and(|left| left < TIME_PER_ENTITY) {
-            report.left_for_next_run = total - done;
-            tracing::warn!(left = report.left_for_next_run, "invoicing stopped before the deadline");
+    let through = stored::due_through(at);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = documents
+            .list_documents_range(PLANS_DUE, cursor.as_deref(), &through, PAGE, at)
+            .await?;
+        let Some((last, _)) = page.last() else {
             break;
-        }
-        // A plan that missed several runs catches up one due date at a time.
-        for _ in 0..36 {
+        };
+        let next_cursor = last.clone();
+        for (index, (_, document)) in page.iter().enumerate() {
+            if crate::deadline::remaining().is_some_and(|left| left < TIME_PER_ENTITY) {
+                report.left_for_next_run = page.len() - index;
+                tracing::warn!(
+                    left = report.left_for_next_run,
+                    "invoicing stopped before the deadline; more may be due"
+                );
+                return Ok(report);
+            }
+            let Ok(entry) = serde_json::from_value::<LiveEntry>(document.body.clone()) else {
+                continue;
+            };
             let outcome = match invoice_entity(documents, billing, entry.entity, at).await {
                 Ok(outcome) => outcome,
                 Err(failure) => {
@@ -134,15 +143,9 @@ pub async fn invoice_plans(
                     })
                 }
             };
-            let Some(outcome) = outcome else {
-                break;
-            };
-            let again = matches!(outcome, EntityOutcome::Invoiced { .. });
-            report.outcomes.push(outcome);
-            if !again {
-                break;
-            }
+            report.outcomes.extend(outcome);
         }
+        cursor = Some(next_cursor);
     }
     Ok(report)
 }

@@ -12,9 +12,11 @@
 //! that was read: two writers that computed the same next row cannot both append it, and the
 //! loser reads again ([`StoreError::VersionConflict`]).
 //!
-//! Beside them, `plans_live/<realm#uuid | server#uuid>` ([`LiveEntry`]) says which plan of the
-//! entity is live and when it is next invoiced, written in the same transaction whenever that
-//! changes: the daily invoicing lists that one collection (one query) instead of every entity.
+//! Beside them, an index of next invoice dates: `plans_due/<next invoice date, 20-digit Unix
+//! seconds>#<realm#uuid | server#uuid>` ([`LiveEntry`]), kept in the same transaction as the
+//! plan (the entry under the old date expires at once, a new one is made under the new date).
+//! The daily invoicing reads the range up to its time, a page at a time from a cursor: only the
+//! plans due, never the others, and never a scan.
 
 use std::collections::HashMap;
 
@@ -38,10 +40,10 @@ pub fn collection(entity: Entity) -> String {
 
 const CUSTOMER: &str = "customer";
 
-/// The collection that lists every entity's live plan and its next invoice date.
-pub const LIVE_PLANS: &str = "plans_live";
+/// The index of live plans by next invoice date.
+pub const PLANS_DUE: &str = "plans_due";
 
-/// An entity's entry in [`LIVE_PLANS`].
+/// An entity's entry in [`PLANS_DUE`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveEntry {
     /// Whose.
@@ -52,19 +54,56 @@ pub struct LiveEntry {
     pub next_invoice_date: Option<DateTime<Utc>>,
 }
 
-/// The member of an entity in [`LIVE_PLANS`].
-pub fn live_member(entity: Entity) -> String {
-    match entity {
+/// The member of an entity's plan due at `due` in [`PLANS_DUE`]: members sort by due date.
+pub fn due_member(due: DateTime<Utc>, entity: Entity) -> String {
+    let entity = match entity {
         Entity::Realm(uuid) => format!("realm#{uuid}"),
         Entity::Server(uuid) => format!("server#{uuid}"),
-    }
+    };
+    format!("{:020}#{entity}", due.timestamp().max(0))
 }
 
-fn live_entry(book: &Book) -> LiveEntry {
-    LiveEntry {
-        entity: book.customer.entity,
-        plan: book.plan.as_ref().map(|p| p.id),
-        next_invoice_date: book.plan.as_ref().and_then(|p| p.next_invoice_date),
+/// The last member of [`PLANS_DUE`] due at or before `at`.
+pub fn due_through(at: DateTime<Utc>) -> String {
+    // `~` sorts after every character of an entity's part.
+    format!("{:020}#~", at.timestamp().max(0))
+}
+
+fn due_entry(book: &Book) -> Option<(String, LiveEntry)> {
+    let plan = book.plan.as_ref()?;
+    let due = plan.next_invoice_date?;
+    Some((
+        due_member(due, book.customer.entity),
+        LiveEntry {
+            entity: book.customer.entity,
+            plan: Some(plan.id),
+            next_invoice_date: Some(due),
+        },
+    ))
+}
+
+/// One conditional write of a plan change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedWrite {
+    /// Where.
+    pub key: String,
+    /// What.
+    pub body: Value,
+    /// `None`: must be absent; `Some(v)`: must be at version `v`.
+    pub expected: Option<u64>,
+    /// When it stops counting (an index entry replaced by one under another date).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl PlannedWrite {
+    /// As the document store takes it.
+    pub fn as_write(&self) -> DocumentWrite<'_> {
+        DocumentWrite {
+            key: &self.key,
+            body: &self.body,
+            expires_at: self.expires_at,
+            expected: self.expected,
+        }
     }
 }
 
@@ -84,7 +123,8 @@ pub struct StoredBook {
     /// Every plan of the entity, ended ones included, oldest first.
     pub history: Vec<Plan>,
     versions: HashMap<String, u64>,
-    live: Option<(LiveEntry, u64)>,
+    /// The index entry of the live plan as read: its member and version.
+    due: Option<(String, u64)>,
 }
 
 fn decode<T: DeserializeOwned>(member: &str, body: Value) -> Result<T, StoreError> {
@@ -119,11 +159,13 @@ pub async fn load(documents: &dyn DocumentStore, entity: Entity, now: DateTime<U
         None => Vec::new(),
     };
     ledger.sort_by_key(|r| r.seq);
-    let live_key = member_key(LIVE_PLANS, &live_member(entity));
-    let listed = match documents.get_document(&live_key, now).await? {
-        Some(document) => Some((decode::<LiveEntry>(&live_key, document.body)?, document.version)),
-        None => None,
-    };
+    let mut due = None;
+    if let Some(date) = live.as_ref().and_then(|plan| plan.next_invoice_date) {
+        let member = due_member(date, entity);
+        if let Some(document) = documents.get_document(&member_key(PLANS_DUE, &member), now).await? {
+            due = Some((member, document.version));
+        }
+    }
     let book = Book {
         customer: customer.unwrap_or_else(|| Customer::new(entity)),
         ever_had_plan: plans.iter().any(|p| p.status != PlanStatus::NeverStarted),
@@ -135,18 +177,25 @@ pub async fn load(documents: &dyn DocumentStore, entity: Entity, now: DateTime<U
         book,
         history: plans,
         versions,
-        live: listed,
+        due,
     })
 }
 
 /// The conditional writes that take `stored` to `after`: the customer and every plan that
-/// changed (on the version read; absent when new), and each appended ledger row (absent).
-pub fn writes_for(stored: &StoredBook, after: &Book, changes: &Changes) -> Vec<(String, Value, Option<u64>)> {
+/// changed (on the version read; absent when new), each appended ledger row (absent), and the
+/// due-date index entry when the next invoice date changed (the old one expired at `now`).
+pub fn writes_for(stored: &StoredBook, after: &Book, changes: &Changes, now: DateTime<Utc>) -> Vec<PlannedWrite> {
     let entity = stored.book.customer.entity;
     let key = |member: &str| member_key(&collection(entity), member);
+    let write = |key: String, body: Value, expected: Option<u64>| PlannedWrite {
+        key,
+        body,
+        expected,
+        expires_at: None,
+    };
     let mut writes = Vec::new();
     if after.customer != stored.book.customer {
-        writes.push((
+        writes.push(write(
             key(CUSTOMER),
             encode(&after.customer),
             stored.versions.get(CUSTOMER).copied(),
@@ -160,26 +209,33 @@ pub fn writes_for(stored: &StoredBook, after: &Book, changes: &Changes) -> Vec<(
         if before.get(&plan.id).is_some_and(|old| *old == plan) {
             continue;
         }
-        if writes.iter().any(|(k, _, _)| *k == key(&plan_member(plan))) {
+        let member = plan_member(plan);
+        if writes.iter().any(|w| w.key == key(&member)) {
             continue;
         }
-        let member = plan_member(plan);
-        writes.push((key(&member), encode(plan), stored.versions.get(&member).copied()));
+        writes.push(write(key(&member), encode(plan), stored.versions.get(&member).copied()));
     }
     for row in &changes.rows {
-        writes.push((key(&ledger_member(row)), encode(row), None));
+        writes.push(write(key(&ledger_member(row)), encode(row), None));
     }
-    let entry = live_entry(after);
-    let unchanged = match &stored.live {
-        Some((current, _)) => *current == entry,
-        None => entry.plan.is_none(),
+    let next = due_entry(after);
+    let unchanged = match (&stored.due, &next) {
+        (Some((member, _)), Some((next_member, _))) => member == next_member,
+        (None, None) => true,
+        _ => false,
     };
     if !unchanged {
-        writes.push((
-            member_key(LIVE_PLANS, &live_member(entity)),
-            encode(&entry),
-            stored.live.as_ref().map(|(_, version)| *version),
-        ));
+        if let Some((member, version)) = &stored.due {
+            writes.push(PlannedWrite {
+                key: member_key(PLANS_DUE, member),
+                body: Value::Null,
+                expected: Some(*version),
+                expires_at: Some(now),
+            });
+        }
+        if let Some((member, entry)) = next {
+            writes.push(write(member_key(PLANS_DUE, &member), encode(&entry), None));
+        }
     }
     writes
 }
@@ -193,18 +249,10 @@ pub async fn save(
     changes: &Changes,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let writes = writes_for(stored, after, changes);
+    let writes = writes_for(stored, after, changes, now);
     if writes.is_empty() {
         return Ok(());
     }
-    let writes: Vec<DocumentWrite<'_>> = writes
-        .iter()
-        .map(|(key, body, expected)| DocumentWrite {
-            key,
-            body,
-            expires_at: None,
-            expected: *expected,
-        })
-        .collect();
+    let writes: Vec<DocumentWrite<'_>> = writes.iter().map(PlannedWrite::as_write).collect();
     documents.put_documents(&writes, now).await
 }

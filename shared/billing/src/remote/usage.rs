@@ -25,6 +25,7 @@ use uuid::Uuid;
 use super::records::{RealmOwner, RemoteRealm, RemoteServer, realm_owner_key};
 use super::service::{RemoteBilling, RemoteError};
 use crate::errors::{FieldError, Slug, ValidationErrors};
+use crate::plans::stored::PlannedWrite;
 use crate::plans::{self, CountAt, Entity, LicenseManagement, PlanStatus};
 use crate::store::{DocumentWrite, StoreError, member_key};
 
@@ -413,7 +414,13 @@ impl RemoteBilling {
             Some((latest, version)) => (latest, Some(version)),
             None => (LatestCounts::default(), None),
         };
-        let mut writes: Vec<(String, Value, Option<u64>)> = Vec::new();
+        let mut writes: Vec<PlannedWrite> = Vec::new();
+        let write = |key: String, body: Value, expected: Option<u64>| PlannedWrite {
+            key,
+            body,
+            expected,
+            expires_at: None,
+        };
         let mut realm_counts: BTreeMap<Uuid, Vec<CountAt>> = BTreeMap::new();
         let mut server_counts: Vec<CountAt> = Vec::new();
         let mut by_time: Vec<&StoredRow> = rows.clone();
@@ -438,7 +445,7 @@ impl RemoteBilling {
             }
         }
         for row in &rows {
-            writes.push((
+            writes.push(write(
                 member_key(&collection, &row_member(row.id)),
                 serde_json::to_value(row).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 None,
@@ -459,19 +466,19 @@ impl RemoteBilling {
             }
             let (after, changes) = plans::sync_ledger(&stored.book, &counts);
             ledger_rows += changes.rows.len();
-            writes.extend(plans::stored::writes_for(&stored, &after, &changes));
+            writes.extend(plans::stored::writes_for(&stored, &after, &changes, now));
         }
         if let Some(last) = rows.iter().map(|r| r.id).max() {
             marker.last_audit_log_id = Some(marker.last_audit_log_id.map_or(last, |l| l.max(last)));
         }
         marker.last_upload_at = Some(now);
-        writes.push((
+        writes.push(write(
             marker_key,
             serde_json::to_value(&marker).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             marker_version,
         ));
         if !rows.is_empty() {
-            writes.push((
+            writes.push(write(
                 latest_key,
                 serde_json::to_value(&latest).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 latest_version,
@@ -480,15 +487,7 @@ impl RemoteBilling {
         if writes.len() > MAX_TRANSACTION_ITEMS {
             return Err(ChunkError::TooLarge);
         }
-        let writes: Vec<DocumentWrite<'_>> = writes
-            .iter()
-            .map(|(key, body, expected)| DocumentWrite {
-                key,
-                body,
-                expires_at: None,
-                expected: *expected,
-            })
-            .collect();
+        let writes: Vec<DocumentWrite<'_>> = writes.iter().map(PlannedWrite::as_write).collect();
         documents.put_documents(&writes, now).await?;
         Ok(ledger_rows)
     }

@@ -71,6 +71,19 @@ pub trait DocumentStore: Send + Sync {
     /// read per member.
     async fn list_documents(&self, collection: &str, now: DateTime<Utc>)
     -> Result<Vec<(String, Document)>, StoreError>;
+
+    /// At most `limit` documents of `collection` whose member sorts after `after` (from the
+    /// first when `None`) and not after `through`, not expired at `now`, in member order: one
+    /// query that reads only that range, however large the collection (a sorted index, read a
+    /// page at a time from a cursor).
+    async fn list_documents_range(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        through: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Document)>, StoreError>;
 }
 
 /// The key of `member` in `collection`.
