@@ -195,10 +195,11 @@ pub async fn stripe_post(sandbox: &RunningSandbox, path: &str, form: &[(&str, &s
 }
 
 /// Waits until every event the local server's sandbox made was delivered to its webhook and
-/// answered 200.
+/// answered 200. Deliveries are sent one at a time, each a DynamoDB transaction in moto, which
+/// is slow when several tests share it and two cores: the wait is long, the usual case quick.
 pub async fn all_delivered(server: &devserver::RunningServer) {
     let sandbox = &server.sandbox.as_ref().expect("the in-process sandbox").sandbox;
-    eventually(30, "webhook deliveries", || async {
+    eventually(120, "webhook deliveries", || async {
         let delivered: std::collections::HashSet<serde_json::Value> = sandbox
             .deliveries()
             .iter()
