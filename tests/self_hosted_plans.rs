@@ -3,7 +3,7 @@
 //! server's uploads move its realm's license ledger, and the daily invoicing run
 //! (`POST /_local/invoice-plans`) bills the ledger in Stripe.
 
-use billing::plans::{self, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+use billing::plans::{self, Entity, Schedule};
 use billing::stripe::Billing;
 use bundle_tests::{billing_for, register_remote_server, start_server_against_moto, stripe_get};
 use chrono::{Duration, Utc};
@@ -54,27 +54,14 @@ async fn uploads_move_the_ledger_and_the_invoicing_run_bills_it_a_month_later() 
         .unwrap();
     let documents = server.remote.records.documents().clone();
     let start = Utc::now();
-    let stored = plans::stored::load(documents.as_ref(), Entity::Realm(realm), start)
-        .await
-        .unwrap();
-    let mut book = stored.book.clone();
-    book.customer.stripe_customer = Some(customer.id.clone());
-    let request = UpgradeRequest {
-        tier: Tier::Basic,
-        schedule: Schedule::Monthly,
-        license_management: LicenseManagement::Automatic,
-        licenses: None,
-    };
-    let context = UpgradeContext {
-        billed_count: 6,
-        trial_days: 0,
-        prices: plans::Prices::default(),
-        now: start,
-    };
-    let (bought, changes) = plans::upgrade(&book, &request, &context).unwrap();
-    plans::stored::save(documents.as_ref(), &stored, &bought, &changes, start)
-        .await
-        .unwrap();
+    billing_testing::store_automatic_basic_plan(
+        documents.as_ref(),
+        Entity::Realm(realm),
+        6,
+        Some(customer.id.clone()),
+        start,
+    )
+    .await;
     // When the server uploads 23, 20 and 21 users over the month
     let rows = json!({"realms": [], "realm_audit_logs": [
         audit_row(1, realm, start + Duration::days(4), 23),

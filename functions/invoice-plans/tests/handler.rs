@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use billing::plans::invoicing::EntityOutcome;
-use billing::plans::{self, CountAt, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+use billing::plans::{self, CountAt, Entity};
 use billing::remote::usage::{UploadMarker, usage_collection};
 use billing::store::{DocumentStore, member_key};
 use billing_testing::{TestClock, embedded_store};
@@ -55,24 +55,7 @@ impl Fixture {
             .attach_default_payment_method(&customer.id, "pm_card_visa", &format!("{server}:card"))
             .await
             .unwrap();
-        let stored = plans::stored::load(self.documents.as_ref(), entity, start)
-            .await
-            .unwrap();
-        let mut book = stored.book.clone();
-        book.customer.stripe_customer = Some(customer.id);
-        let request = UpgradeRequest {
-            tier: Tier::Basic,
-            schedule: Schedule::Monthly,
-            license_management: LicenseManagement::Automatic,
-            licenses: None,
-        };
-        let context = UpgradeContext {
-            billed_count: 6,
-            trial_days: 0,
-            prices: plans::Prices::default(),
-            now: start,
-        };
-        let (bought, mut changes) = plans::upgrade(&book, &request, &context).unwrap();
+        billing_testing::store_automatic_basic_plan(self.documents.as_ref(), entity, 6, Some(customer.id), start).await;
         let counts: Vec<CountAt> = [(4, 23), (9, 20), (19, 21)]
             .into_iter()
             .map(|(day, count)| CountAt {
@@ -80,8 +63,10 @@ impl Fixture {
                 count,
             })
             .collect();
-        let (synced, more) = plans::sync_ledger(&bought, &counts);
-        changes.rows.extend(more.rows);
+        let stored = plans::stored::load(self.documents.as_ref(), entity, start)
+            .await
+            .unwrap();
+        let (synced, changes) = plans::sync_ledger(&stored.book, &counts);
         plans::stored::save(self.documents.as_ref(), &stored, &synced, &changes, start)
             .await
             .unwrap();

@@ -591,7 +591,7 @@ async fn wrong_credentials_get_401_with_a_basic_challenge() {
 
 #[tokio::test]
 async fn uploaded_counts_sync_the_ledger_of_a_realms_automatic_plan() {
-    use billing::plans::{self, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+    use billing::plans::{self, Entity};
     let f = fixture();
     let server = f.registered().await;
     let realm = Uuid::new_v4();
@@ -602,25 +602,7 @@ async fn uploaded_counts_sync_the_ledger_of_a_realms_automatic_plan() {
     // Given the realm on a basic plan bought for 6 licenses that follow its users
     let documents = f.remote.remote.records.documents().clone();
     let start = f.clock.now();
-    let stored = plans::stored::load(documents.as_ref(), Entity::Realm(realm), start)
-        .await
-        .unwrap();
-    let request = UpgradeRequest {
-        tier: Tier::Basic,
-        schedule: Schedule::Monthly,
-        license_management: LicenseManagement::Automatic,
-        licenses: None,
-    };
-    let context = UpgradeContext {
-        billed_count: 6,
-        trial_days: 0,
-        prices: plans::Prices::default(),
-        now: start,
-    };
-    let (bought, changes) = plans::upgrade(&stored.book, &request, &context).unwrap();
-    plans::stored::save(documents.as_ref(), &stored, &bought, &changes, start)
-        .await
-        .unwrap();
+    billing_testing::store_automatic_basic_plan(documents.as_ref(), Entity::Realm(realm), 6, None, start).await;
     // When the server uploads counts of 23, 20 and 21 (one owner plus members) in the period
     let hour = chrono::Duration::hours(1);
     let body = json!({"realms": [], "realm_audit_logs": [
@@ -654,7 +636,7 @@ impl Fixture {
 
 #[tokio::test]
 async fn administrators_read_a_realms_plan_ledger_and_last_upload() {
-    use billing::plans::{self, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+    use billing::plans::Entity;
     let f = fixture();
     let server = f.registered().await;
     let realm = Uuid::new_v4();
@@ -677,25 +659,7 @@ async fn administrators_read_a_realms_plan_ledger_and_last_upload() {
     // Given a basic plan and an upload of 13 users
     let documents = f.remote.remote.records.documents().clone();
     let now = f.clock.now();
-    let stored = plans::stored::load(documents.as_ref(), Entity::Realm(realm), now)
-        .await
-        .unwrap();
-    let request = UpgradeRequest {
-        tier: Tier::Basic,
-        schedule: Schedule::Monthly,
-        license_management: LicenseManagement::Automatic,
-        licenses: None,
-    };
-    let context = UpgradeContext {
-        billed_count: 6,
-        trial_days: 0,
-        prices: plans::Prices::default(),
-        now,
-    };
-    let (bought, changes) = plans::upgrade(&stored.book, &request, &context).unwrap();
-    plans::stored::save(documents.as_ref(), &stored, &bought, &changes, now)
-        .await
-        .unwrap();
+    billing_testing::store_automatic_basic_plan(documents.as_ref(), Entity::Realm(realm), 6, None, now).await;
     let upload = json!({"realms": [], "realm_audit_logs": [audit_row(1, realm, now + chrono::Duration::hours(1), 12)]});
     assert_eq!(f.upload(server, &upload).await.0, StatusCode::OK);
     // Then the view has the plan, its two rows, the billed count and the upload time

@@ -888,28 +888,15 @@ async fn an_expired_document_counts_as_absent_and_can_be_written_anew(store: Arc
 }
 
 async fn a_plan_book_round_trips_and_a_stale_append_is_a_conflict(store: Arc<impl DocumentStore>) {
-    use billing::plans::{self, CountAt, Entity, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+    use billing::plans::{self, CountAt, Entity};
     let now = Utc::now().trunc_subsecs(0);
     let entity = Entity::Realm(Uuid::new_v4());
     // Given a plan bought and stored
-    let stored = plans::stored::load(store.as_ref(), entity, now).await.unwrap();
-    assert_eq!(stored.book, plans::Book::new(entity));
-    let request = UpgradeRequest {
-        tier: Tier::Basic,
-        schedule: Schedule::Monthly,
-        license_management: LicenseManagement::Automatic,
-        licenses: None,
-    };
-    let context = UpgradeContext {
-        billed_count: 6,
-        trial_days: 0,
-        prices: plans::Prices::default(),
-        now,
-    };
-    let (bought, changes) = plans::upgrade(&stored.book, &request, &context).unwrap();
-    plans::stored::save(store.as_ref(), &stored, &bought, &changes, now)
-        .await
-        .unwrap();
+    assert_eq!(
+        plans::stored::load(store.as_ref(), entity, now).await.unwrap().book,
+        plans::Book::new(entity)
+    );
+    let bought = billing_testing::store_automatic_basic_plan(store.as_ref(), entity, 6, None, now).await;
     // When it is read back, then it is what was stored
     let stored = plans::stored::load(store.as_ref(), entity, now).await.unwrap();
     assert_eq!(stored.book, bought);

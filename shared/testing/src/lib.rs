@@ -405,3 +405,40 @@ impl ApiEvent {
         lambda_http::request::from_str(&self.0.to_string()).expect("a valid API Gateway event")
     }
 }
+
+/// An entity's `basic` monthly plan bought at `now` for `billed_count` users, licenses following
+/// the users, as the upgrade page stores it (the customer's Stripe id set when given). Returns
+/// the book stored.
+pub async fn store_automatic_basic_plan(
+    documents: &dyn billing::store::DocumentStore,
+    entity: billing::plans::Entity,
+    billed_count: u32,
+    stripe_customer: Option<String>,
+    now: DateTime<Utc>,
+) -> billing::plans::Book {
+    use billing::plans::{self, LicenseManagement, Schedule, Tier, UpgradeContext, UpgradeRequest};
+    let stored = plans::stored::load(documents, entity, now)
+        .await
+        .expect("the plans read");
+    let mut book = stored.book.clone();
+    if stripe_customer.is_some() {
+        book.customer.stripe_customer = stripe_customer;
+    }
+    let request = UpgradeRequest {
+        tier: Tier::Basic,
+        schedule: Schedule::Monthly,
+        license_management: LicenseManagement::Automatic,
+        licenses: None,
+    };
+    let context = UpgradeContext {
+        billed_count,
+        trial_days: 0,
+        prices: plans::Prices::default(),
+        now,
+    };
+    let (bought, changes) = plans::upgrade(&book, &request, &context).expect("a basic plan for sale");
+    plans::stored::save(documents, &stored, &bought, &changes, now)
+        .await
+        .expect("the plan stored");
+    bought
+}
