@@ -83,6 +83,12 @@ async fn measure(pages: &RemoteBillingPages, token: &str, runs: usize) -> Timing
 
 fn pages_on(documents: Arc<dyn DocumentStore>) -> RemoteBillingPages {
     RemoteBillingPages {
+        purchases: billing::plans::purchase::Purchases {
+            documents: documents.clone(),
+            stripe: Arc::new(billing_testing::FakeBilling::new(chrono::Utc::now())),
+            trial_days: 0,
+            prices: billing::plans::Prices::default(),
+        },
         remote: remote_billing_on(documents, outbox(), 5, 20),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
     }

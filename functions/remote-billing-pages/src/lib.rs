@@ -1,13 +1,18 @@
-//! The browser side of remote billing (API.md "Remote billing", steps 1 to 5, and server
-//! deactivation): server-rendered pages and form posts, one function behind all their routes.
+//! The browser side of remote billing (API.md "Remote billing", steps 1 to 5, server
+//! deactivation, and the plan pages of "Remote billing plans"): server-rendered pages and form
+//! posts, one function behind all their routes.
 
 use billing::access::Operation;
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment};
 use billing::ids::parse_canonical_uuid;
+use billing::plans::purchase::{CheckoutLinks, PurchaseError, Purchases, UpgradeStart};
+use billing::plans::{Entity, LicenseManagement, ManualChange, PlanError, Schedule, Tier, UpgradeRequest};
 use billing::remote::{LoginForm, NextPage, RemoteBilling, RemoteError};
 use billing_http::html as pages;
 use billing_http::pages::{PageRequest, PageResponse, serve_page};
+use billing_http::plan_html::{self, PlanPage, UpgradeForm};
+use std::collections::HashMap;
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request, Response};
 
@@ -16,8 +21,9 @@ pub const COMPLETE_LOGIN_ROUTE: &str = "POST /remote-billing-login/{token}";
 pub const REQUEST_CONFIRMATION_ROUTE: &str = "POST /remote-billing-login/{token}/confirm";
 pub const CONFIRM_EMAIL_ROUTE: &str = "GET /remote-billing-login/do_confirm/{key}";
 pub const REALM_PAGE_ROUTE: &str = "GET /realm/{realm_uuid}/{page}";
-pub const SERVER_PAGE_ROUTE: &str = "GET /server/{server_uuid}/deactivate";
-pub const DEACTIVATE_ROUTE: &str = "POST /server/{server_uuid}/deactivate";
+pub const REALM_FORM_ROUTE: &str = "POST /realm/{realm_uuid}/{page}";
+pub const SERVER_PAGE_ROUTE: &str = "GET /server/{server_uuid}/{page}";
+pub const SERVER_FORM_ROUTE: &str = "POST /server/{server_uuid}/{page}";
 
 /// The name refusals of undeclared operations give.
 pub const FUNCTION: &str = "remote-billing-pages";
@@ -34,7 +40,28 @@ pub const OPERATIONS: &[Operation] = &[
 
 pub struct RemoteBillingPages {
     pub remote: RemoteBilling,
+    /// Buying and changing plans: on the same (declared) store as `remote`.
+    pub purchases: Purchases,
     pub clock: SharedClock,
+}
+
+/// The plan pages an entity has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PlanPageKind {
+    Plans,
+    Upgrade,
+    Billing,
+}
+
+impl PlanPageKind {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "plans" => Some(PlanPageKind::Plans),
+            "upgrade" => Some(PlanPageKind::Upgrade),
+            "billing" => Some(PlanPageKind::Billing),
+            _ => None,
+        }
+    }
 }
 
 /// A checkbox counts as ticked when the browser sends it at all (`on`, or our `true`).
@@ -60,8 +87,16 @@ async fn remote_billing_on_aws(env: &dyn Environment) -> Result<RemoteBilling, C
 
 impl RemoteBillingPages {
     pub async fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
+        let remote = remote_billing_on_aws(env).await?;
+        let purchases = Purchases {
+            documents: remote.records.documents().clone(),
+            stripe: std::sync::Arc::new(billing_adapters::StripeBilling::from_env(env)?),
+            trial_days: billing::config::self_hosted_free_trial_days(env)?,
+            prices: billing::plans::Prices::default(),
+        };
         Ok(RemoteBillingPages {
-            remote: remote_billing_on_aws(env).await?,
+            remote,
+            purchases,
             clock: std::sync::Arc::new(billing_adapters::SystemClock),
         }
         .declared())
@@ -69,8 +104,14 @@ impl RemoteBillingPages {
 
     /// The same function, its ports restricted to [`OPERATIONS`].
     pub fn declared(self) -> Self {
+        let remote = self.remote.restricted_to(FUNCTION, OPERATIONS);
+        let purchases = Purchases {
+            documents: remote.records.documents().clone(),
+            ..self.purchases
+        };
         RemoteBillingPages {
-            remote: self.remote.restricted_to(FUNCTION, OPERATIONS),
+            remote,
+            purchases,
             ..self
         }
     }
@@ -124,10 +165,13 @@ impl RemoteBillingPages {
                 })
             }
             Some(REALM_PAGE_ROUTE) => {
-                let (Some(realm), Some(page)) = (
-                    parse_canonical_uuid(&param("realm_uuid")),
-                    NextPage::parse(&param("page")),
-                ) else {
+                let Some(realm) = parse_canonical_uuid(&param("realm_uuid")) else {
+                    return Ok(not_found());
+                };
+                if let Some(kind) = PlanPageKind::parse(&param("page")) {
+                    return self.plan_page(&request, Entity::Realm(realm), kind, now).await;
+                }
+                let Some(page) = NextPage::parse(&param("page")) else {
                     return Ok(not_found());
                 };
                 let view = remote
@@ -135,19 +179,40 @@ impl RemoteBillingPages {
                     .await?;
                 Ok(PageResponse::ok(pages::realm(&view)))
             }
+            Some(REALM_FORM_ROUTE) => {
+                let (Some(realm), Some(kind)) = (
+                    parse_canonical_uuid(&param("realm_uuid")),
+                    PlanPageKind::parse(&param("page")),
+                ) else {
+                    return Ok(not_found());
+                };
+                self.plan_form(&request, Entity::Realm(realm), kind, now).await
+            }
             Some(SERVER_PAGE_ROUTE) => {
                 let Some(server) = parse_canonical_uuid(&param("server_uuid")) else {
                     return Ok(not_found());
                 };
+                if let Some(kind) = PlanPageKind::parse(&param("page")) {
+                    return self.plan_page(&request, Entity::Server(server), kind, now).await;
+                }
+                if param("page") != "deactivate" {
+                    return Ok(not_found());
+                }
                 let view = remote
                     .server_page(request.session_cookie().as_deref(), server, now)
                     .await?;
                 Ok(PageResponse::ok(pages::server(&view)))
             }
-            Some(DEACTIVATE_ROUTE) => {
+            Some(SERVER_FORM_ROUTE) => {
                 let Some(server) = parse_canonical_uuid(&param("server_uuid")) else {
                     return Ok(not_found());
                 };
+                if let Some(kind) = PlanPageKind::parse(&param("page")) {
+                    return self.plan_form(&request, Entity::Server(server), kind, now).await;
+                }
+                if param("page") != "deactivate" {
+                    return Ok(not_found());
+                }
                 let form = request.form();
                 let deactivated = remote
                     .deactivate_server(
@@ -163,4 +228,258 @@ impl RemoteBillingPages {
             _ => Ok(not_found()),
         }
     }
+}
+
+/// What a plan page shows, read once per request.
+struct PlanState {
+    session: billing::remote::entity::EntitySession,
+    book: billing::plans::Book,
+    usage: billing::plans::purchase::Usage,
+    upgrade: Option<billing::plans::purchase::PendingUpgrade>,
+}
+
+impl RemoteBillingPages {
+    async fn plan_state(
+        &self,
+        session: billing::remote::entity::EntitySession,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PlanState, RemoteError> {
+        let entity = session.entity;
+        let (book, upgrade) = self.purchases.current(entity, now).await?;
+        let usage = self.purchases.usage(entity, now).await?;
+        Ok(PlanState {
+            session,
+            book,
+            usage,
+            upgrade,
+        })
+    }
+
+    fn render(
+        &self,
+        state: &PlanState,
+        kind: PlanPageKind,
+        now: chrono::DateTime<chrono::Utc>,
+        form: &UpgradeForm,
+        error: Option<&str>,
+        notice: Option<&str>,
+    ) -> String {
+        let page = PlanPage {
+            session: &state.session,
+            book: &state.book,
+            usage: state.usage,
+            upgrade: state.upgrade.as_ref(),
+            prices: self.purchases.prices,
+            trial_days: self.purchases.trial_days,
+            now,
+        };
+        match kind {
+            PlanPageKind::Plans => plan_html::plans(&page),
+            PlanPageKind::Upgrade => plan_html::upgrade(&page, form, error),
+            PlanPageKind::Billing => plan_html::billing(&page, error, notice),
+        }
+    }
+
+    /// `GET .../{plans,upgrade,billing}/`.
+    async fn plan_page(
+        &self,
+        request: &PageRequest,
+        entity: Entity,
+        kind: PlanPageKind,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PageResponse, RemoteError> {
+        let session = self
+            .remote
+            .entity_session(request.session_cookie().as_deref(), entity, now)
+            .await?;
+        let state = self.plan_state(session, now).await?;
+        Ok(PageResponse::ok(self.render(&state, kind, now, &UpgradeForm::default(), None, None)))
+    }
+
+    /// `POST .../upgrade/` and `POST .../billing/`.
+    async fn plan_form(
+        &self,
+        request: &PageRequest,
+        entity: Entity,
+        kind: PlanPageKind,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PageResponse, RemoteError> {
+        let form = request.form();
+        let session = self
+            .remote
+            .entity_form(
+                request.session_cookie().as_deref(),
+                entity,
+                form.get("csrf_token").map(String::as_str),
+                now,
+            )
+            .await?;
+        let base = format!("{}{}", self.remote.settings.public_base_url, session.base_path);
+        let outcome = match kind {
+            PlanPageKind::Upgrade => self.upgrade(&session, &form, &base, now).await,
+            PlanPageKind::Billing => self.change_plan(entity, &form, now).await,
+            PlanPageKind::Plans => return Ok(not_found()),
+        };
+        match outcome {
+            Ok(FormOutcome::Redirect(location)) => Ok(PageResponse::Redirect {
+                location,
+                session: None,
+            }),
+            Ok(FormOutcome::Notice(notice)) => {
+                let state = self.plan_state(session, now).await?;
+                Ok(PageResponse::ok(self.render(&state, kind, now, &UpgradeForm::default(), None, Some(&notice))))
+            }
+            Err(Refusal::Page(error)) => Err(error),
+            Err(Refusal::Inline(status, message)) => {
+                let state = self.plan_state(session, now).await?;
+                let sent = UpgradeForm {
+                    tier: form.get("tier").cloned().unwrap_or_default(),
+                    schedule: form.get("schedule").cloned().unwrap_or_default(),
+                    license_management: form.get("license_management").cloned().unwrap_or_default(),
+                    licenses: form.get("licenses").cloned().unwrap_or_default(),
+                };
+                tracing::info!(status = status.as_u16(), %message, "plan form refused");
+                Ok(PageResponse::Html {
+                    status,
+                    body: self.render(&state, kind, now, &sent, Some(&message), None),
+                })
+            }
+        }
+    }
+
+    async fn upgrade(
+        &self,
+        session: &billing::remote::entity::EntitySession,
+        form: &HashMap<String, String>,
+        base: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<FormOutcome, Refusal> {
+        let request = read_upgrade(form)?;
+        let links = CheckoutLinks {
+            success_url: format!("{base}/billing/"),
+            cancel_url: format!("{base}/upgrade/"),
+        };
+        match self
+            .purchases
+            .begin_upgrade(session.entity, request, &session.user.email, &links, now)
+            .await
+        {
+            Ok(UpgradeStart::Checkout { url }) => Ok(FormOutcome::Redirect(url)),
+            Ok(UpgradeStart::Started(_)) => Ok(FormOutcome::Redirect(format!("{}/billing/", session.base_path))),
+            Err(error) => Err(Refusal::from(error)),
+        }
+    }
+
+    async fn change_plan(
+        &self,
+        entity: Entity,
+        form: &HashMap<String, String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<FormOutcome, Refusal> {
+        let count = |name: &str| -> Result<u32, Refusal> {
+            form.get(name)
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .filter(|count| *count > 0)
+                .ok_or_else(|| Refusal::bad_request("Enter a whole number of licenses, at least 1."))
+        };
+        let purchases = &self.purchases;
+        let (result, notice) = match form.get("action").map(String::as_str) {
+            Some("licenses") => {
+                let change = ManualChange {
+                    licenses: Some(count("licenses")?),
+                    licenses_at_next_renewal: None,
+                };
+                (purchases.change_licenses(entity, change, now).await, "Licenses updated; the increase is billed on your next invoice.")
+            }
+            Some("licenses_at_next_renewal") => {
+                let change = ManualChange {
+                    licenses: None,
+                    licenses_at_next_renewal: Some(count("licenses_at_next_renewal")?),
+                };
+                (purchases.change_licenses(entity, change, now).await, "Licenses at next renewal updated.")
+            }
+            Some("cancel") => (purchases.cancel(entity, now).await, "Your plan will end at the end of this period."),
+            Some("undo") => (purchases.undo_cancel(entity, now).await, "Your plan will renew as before."),
+            _ => return Err(Refusal::bad_request("Unknown action.")),
+        };
+        result.map_err(Refusal::from)?;
+        Ok(FormOutcome::Notice(notice.to_owned()))
+    }
+}
+
+/// What a form post comes to.
+enum FormOutcome {
+    /// 302 there (Checkout, or the billing page).
+    Redirect(String),
+    /// The page again, saying this.
+    Notice(String),
+}
+
+/// Why a form post changed nothing.
+enum Refusal {
+    /// The form again with this message inline.
+    Inline(StatusCode, String),
+    /// An error page.
+    Page(RemoteError),
+}
+
+impl Refusal {
+    fn bad_request(message: &str) -> Self {
+        Refusal::Inline(StatusCode::BAD_REQUEST, message.to_owned())
+    }
+}
+
+impl From<PurchaseError> for Refusal {
+    fn from(error: PurchaseError) -> Self {
+        match error {
+            PurchaseError::Plan(PlanError::AlreadyHasPlan) => Refusal::Inline(
+                StatusCode::CONFLICT,
+                "This organization already has a plan; change it on the billing page.".to_owned(),
+            ),
+            PurchaseError::Plan(rule) => Refusal::Inline(StatusCode::BAD_REQUEST, rule.to_string()),
+            PurchaseError::Declined(message) => Refusal::Inline(
+                StatusCode::PAYMENT_REQUIRED,
+                format!("{message} Nothing was charged and no plan was started."),
+            ),
+            PurchaseError::MissingData => Refusal::Inline(
+                StatusCode::BAD_REQUEST,
+                "Missing data: your server has not sent its usage data in the last two days, so its users cannot be counted. Check that it can reach the billing service, then try again.".to_owned(),
+            ),
+            PurchaseError::UnknownUpgrade => Refusal::Page(RemoteError::UnknownRealm),
+            PurchaseError::Store(error) => Refusal::Page(RemoteError::Store(error)),
+            PurchaseError::Stripe(error) => Refusal::Page(RemoteError::Stripe(error)),
+        }
+    }
+}
+
+/// The upgrade form's fields, or the first thing wrong with them.
+fn read_upgrade(form: &HashMap<String, String>) -> Result<UpgradeRequest, Refusal> {
+    let field = |name: &str| form.get(name).map(|v| v.trim()).unwrap_or_default();
+    let tier = match Tier::parse(field("tier")) {
+        Some(tier @ (Tier::Basic | Tier::Business)) => tier,
+        _ => return Err(Refusal::bad_request("Choose Basic or Business.")),
+    };
+    let schedule = match field("schedule") {
+        "monthly" => Schedule::Monthly,
+        "annual" => Schedule::Annual,
+        _ => return Err(Refusal::bad_request("Choose monthly or annual billing.")),
+    };
+    let license_management = match field("license_management") {
+        "automatic" => LicenseManagement::Automatic,
+        "manual" => LicenseManagement::Manual,
+        _ => return Err(Refusal::bad_request("Choose automatic or manual licenses.")),
+    };
+    let licenses = match (license_management, field("licenses")) {
+        (LicenseManagement::Automatic, _) => None,
+        (LicenseManagement::Manual, text) => match text.parse::<u32>() {
+            Ok(count) if count > 0 => Some(count),
+            _ => return Err(Refusal::bad_request("Enter the number of licenses to buy.")),
+        },
+    };
+    Ok(UpgradeRequest {
+        tier,
+        schedule,
+        license_management,
+        licenses,
+    })
 }

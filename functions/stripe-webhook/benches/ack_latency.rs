@@ -31,6 +31,12 @@ fn webhook_on(store: Arc<dyn Store>) -> StripeWebhook {
         catalog: catalog(),
         secret: SECRET.into(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        purchases: billing::plans::purchase::Purchases {
+            documents: embedded_store(),
+            stripe: Arc::new(billing_testing::FakeBilling::new(Utc::now())),
+            trial_days: 0,
+            prices: billing::plans::Prices::default(),
+        },
     }
 }
 

@@ -6,6 +6,10 @@
 //! - A 2xx answer means the effect is stored, or the event is recorded as ignored, as stale, or
 //!   as concerning an unknown subscription (kept for review, not retried). A transient failure
 //!   answers 500 so Stripe delivers again, with nothing half-applied.
+//! - `checkout.session.completed` for a self-hosted upgrade (`metadata.pending_upgrade`) saves
+//!   the card as the customer's default and carries the upgrade through
+//!   (`billing::plans::purchase`); every step of it is keyed, so a redelivery finishes what a
+//!   failed delivery started and charges nothing twice.
 
 use std::sync::Arc;
 
@@ -14,10 +18,11 @@ use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog, required};
 use billing::errors::{FieldError, Slug};
 use billing::mail::Mailer;
+use billing::plans::purchase::{PurchaseError, Purchases};
 use billing::store::Store;
 use billing::subscription::PlanCatalog;
 use billing::webhook::{self, EventContext, Handled, StripeEvent};
-use billing_adapters::{DynamoStore, SesMailer, SystemClock};
+use billing_adapters::{DynamoStore, SesMailer, StripeBilling, SystemClock};
 use billing_http::{ApiError, ApiResponse, Cors, serve_with_limit};
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
@@ -40,6 +45,10 @@ pub const OPERATIONS: &[Operation] = &[
     Operation::RecordEventWithWrite,
     Operation::IsRecorded,
     Operation::SendMail,
+    Operation::GetDocument,
+    Operation::PutDocument,
+    Operation::PutDocuments,
+    Operation::ListDocuments,
 ];
 
 /// The webhook endpoint and what it needs.
@@ -54,6 +63,8 @@ pub struct StripeWebhook {
     pub secret: String,
     /// What time it is: signatures' tolerance and records' expiry.
     pub clock: SharedClock,
+    /// Self-hosted upgrades completed by Checkout.
+    pub purchases: Purchases,
 }
 
 impl StripeWebhook {
@@ -62,8 +73,16 @@ impl StripeWebhook {
         let secret = required(env, "STRIPE_WEBHOOK_SECRET")?;
         let table = billing_table(env)?;
         let aws = billing_adapters::aws::load_sdk_config().await;
+        let dynamo = Arc::new(DynamoStore::with_config(&aws, table));
+        let purchases = Purchases {
+            documents: dynamo.clone(),
+            stripe: Arc::new(StripeBilling::from_env(env)?),
+            trial_days: billing::config::self_hosted_free_trial_days(env)?,
+            prices: billing::plans::Prices::default(),
+        };
         Ok(StripeWebhook {
-            store: Arc::new(DynamoStore::with_config(&aws, table)),
+            purchases,
+            store: dynamo,
             mailer: Arc::new(SesMailer::from_env_with_config(env, &aws)?),
             catalog: plan_catalog(env)?,
             secret,
@@ -77,6 +96,10 @@ impl StripeWebhook {
         StripeWebhook {
             store: declared_store(self.store, FUNCTION, OPERATIONS),
             mailer: declared_mailer(self.mailer, FUNCTION, OPERATIONS),
+            purchases: Purchases {
+                documents: billing::access::declared_documents(self.purchases.documents.clone(), FUNCTION, OPERATIONS),
+                ..self.purchases
+            },
             ..self
         }
     }
@@ -100,6 +123,11 @@ impl StripeWebhook {
                     format!("not a Stripe event: {e}"),
                 ))
             })?;
+            if event.kind == "checkout.session.completed" {
+                let handled = self.checkout_completed(&event).await?;
+                tracing::info!(event = %event.id, kind = %event.kind, outcome = ?handled, "event handled");
+                return Ok(ApiResponse::json(json!({"received": true, "duplicate": handled == Handled::Duplicate})));
+            }
             let context = EventContext {
                 store: self.store.as_ref(),
                 mailer: self.mailer.as_ref(),
@@ -121,5 +149,51 @@ impl StripeWebhook {
             Ok(ApiResponse::json(body))
         })
         .await
+    }
+}
+
+impl StripeWebhook {
+    /// `checkout.session.completed`: a self-hosted upgrade's card is saved; the upgrade goes on.
+    /// Recorded once it is settled (started, declined, refused, or not ours); a failure of the
+    /// store or of Stripe answers 500 and the redelivery goes on from where it stopped.
+    async fn checkout_completed(&self, event: &StripeEvent) -> Result<Handled, ApiError> {
+        let key = format!("stripe-event:{}", event.id);
+        let unavailable = |error: &dyn std::fmt::Display| {
+            tracing::error!(%error, event = %event.id, "checkout event not settled; Stripe will deliver it again");
+            ApiError::one(FieldError::general(
+                Slug::ActOfGod,
+                "the event could not be handled; deliver it again",
+            ))
+        };
+        if self.store.is_recorded(&key).await.map_err(|e| unavailable(&e))? {
+            return Ok(Handled::Duplicate);
+        }
+        let object = &event.object;
+        let text = |name: &str| object[name].as_str().unwrap_or_default();
+        let reference = object["metadata"]["pending_upgrade"].as_str();
+        let outcome = match (reference, text("mode"), text("customer"), text("setup_intent")) {
+            (Some(reference), "setup", customer, intent) if !customer.is_empty() && !intent.is_empty() => {
+                match self
+                    .purchases
+                    .checkout_completed(reference, customer, intent, self.clock.now())
+                    .await
+                {
+                    Ok(_) => "applied",
+                    Err(PurchaseError::Declined(_)) => "declined",
+                    Err(PurchaseError::Plan(_)) => "refused",
+                    Err(PurchaseError::UnknownUpgrade) => "unknown_upgrade",
+                    Err(error @ (PurchaseError::Store(_) | PurchaseError::Stripe(_) | PurchaseError::MissingData)) => {
+                        return Err(unavailable(&error));
+                    }
+                }
+            }
+            _ => "ignored",
+        };
+        let expires = self.clock.now() + billing::webhook::REMEMBER_EVENTS_FOR;
+        match self.store.record_event(&key, expires, outcome, None).await {
+            Ok(billing::store::EventWrite::Recorded) => Ok(Handled::Recorded(outcome)),
+            Ok(_) => Ok(Handled::Duplicate),
+            Err(error) => Err(unavailable(&error)),
+        }
     }
 }

@@ -22,7 +22,8 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let store: Arc<dyn Store> = embedded_store();
+    let embedded = embedded_store();
+    let store: Arc<dyn Store> = embedded.clone();
     let outbox = OutboxMailer::new(std::env::temp_dir().join(format!("outbox-{}", Uuid::new_v4().simple()))).unwrap();
     let webhook = StripeWebhook {
         store: store.clone(),
@@ -30,6 +31,12 @@ fn fixture() -> Fixture {
         catalog: catalog(),
         secret: SECRET.into(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        purchases: billing::plans::purchase::Purchases {
+            documents: embedded,
+            stripe: Arc::new(billing_testing::FakeBilling::new(Utc::now())),
+            trial_days: 0,
+            prices: billing::plans::Prices::default(),
+        },
     }
     .declared();
     Fixture { webhook, store, outbox }

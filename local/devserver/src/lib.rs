@@ -222,6 +222,8 @@ pub struct Bundle {
     pub return_origins: Vec<String>,
     /// What time it is, for every function.
     pub clock: SharedClock,
+    /// Self-hosted purchases (the pages and the webhook).
+    pub purchases: billing::plans::purchase::Purchases,
 }
 
 /// The local server's clock: real time plus an offset that `POST /_local/clock` sets, so a
@@ -296,6 +298,7 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             catalog: bundle.catalog.clone(),
             secret: bundle.webhook_secret.clone(),
             clock: bundle.clock.clone(),
+            purchases: bundle.purchases.clone(),
         }
         .declared()
     ));
@@ -321,6 +324,7 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
     let remote_pages = function_handler!(Arc::new(
         RemoteBillingPages {
             remote: bundle.remote.clone(),
+            purchases: bundle.purchases.clone(),
             clock: bundle.clock.clone(),
         }
         .declared()
@@ -573,15 +577,22 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             &remote_pages,
         ),
         route(
+            Method::POST,
+            "/realm/{realm_uuid}/{page}",
+            false,
+            "RemoteBillingPagesFunction",
+            &remote_pages,
+        ),
+        route(
             Method::GET,
-            "/server/{server_uuid}/deactivate",
+            "/server/{server_uuid}/{page}",
             false,
             "RemoteBillingPagesFunction",
             &remote_pages,
         ),
         route(
             Method::POST,
-            "/server/{server_uuid}/deactivate",
+            "/server/{server_uuid}/{page}",
             false,
             "RemoteBillingPagesFunction",
             &remote_pages,
@@ -750,6 +761,12 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         clock: clock.clone(),
     }
     .declared();
+    let purchases = billing::plans::purchase::Purchases {
+        documents: documents.clone(),
+        stripe: billing.clone(),
+        trial_days: billing::config::self_hosted_free_trial_days(env)?,
+        prices: billing::plans::Prices::default(),
+    };
     let remote = open_remote(env, documents, mailer.clone(), address)?;
     let return_origins = billing::lifecycle::return_origins(
         &optional(env, "CORS_ALLOWED_ORIGINS").unwrap_or_default(),
@@ -765,6 +782,7 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         webhook_secret: webhook_secret.clone(),
         remote: remote.clone(),
         clock,
+        purchases,
     };
     let returned_secret = webhook_secret.clone();
     let mut all = routes(&bundle);

@@ -59,7 +59,14 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
             registrations_per_ip_hour: 10,
         },
     };
+    let purchases = billing::plans::purchase::Purchases {
+        documents: store.clone(),
+        stripe: billing.clone(),
+        trial_days: 0,
+        prices: billing::plans::Prices::default(),
+    };
     let bundle = devserver::Bundle {
+        purchases,
         remote,
         store,
         billing,

@@ -12,8 +12,10 @@ use serde_json::{Map, Value, json};
 
 use crate::objects::{self, NewSubscription, PriceSpec, TestCard};
 
+mod checkout;
 mod invoicing;
 
+pub use checkout::Completed;
 pub use invoicing::Charge;
 use invoicing::{interval_seconds, status_after};
 
@@ -91,6 +93,10 @@ pub struct State {
     discounts: BTreeMap<String, Value>,
     setup_intents: BTreeMap<String, Value>,
     invoice_items: BTreeMap<String, Value>,
+    checkout_sessions: BTreeMap<String, Value>,
+    /// Where browsers reach the sandbox (`http://127.0.0.1:PORT`), as the request being
+    /// executed addressed it: the base of Checkout pages.
+    pub(crate) public_base: String,
     /// Proration lines waiting for a subscription's next invoice, by subscription id.
     pending_lines: BTreeMap<String, Vec<Value>>,
     /// Trials whose three-days notice was sent: (subscription, trial end).

@@ -687,3 +687,58 @@ pub fn previous_attributes(before: &Value, after: &Value) -> Map<String, Value> 
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
+
+static CHECKOUT_SESSION: LazyLock<Value> =
+    LazyLock::new(|| fixture(include_str!("../fixtures/checkout_session.json")));
+
+/// What a new Checkout Session is made of.
+pub struct NewCheckoutSession<'a> {
+    pub id: &'a str,
+    pub customer: &'a str,
+    pub customer_email: Option<&'a str>,
+    pub setup_intent: &'a str,
+    pub success_url: &'a str,
+    pub cancel_url: Option<&'a str>,
+    pub metadata: Value,
+    pub url: String,
+    pub created: i64,
+}
+
+/// A Checkout Session in `mode=setup`, open, with its SetupIntent made.
+pub fn checkout_session(new: NewCheckoutSession<'_>) -> Value {
+    let mut session = CHECKOUT_SESSION.clone();
+    let fields = json!({
+        "id": new.id,
+        "mode": "setup",
+        "status": "open",
+        "payment_status": "no_payment_required",
+        "payment_intent": null,
+        "setup_intent": new.setup_intent,
+        "customer": new.customer,
+        "customer_email": null,
+        "customer_details": {"address": null, "email": new.customer_email, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": null, "business_name": null, "individual_name": null},
+        "success_url": new.success_url,
+        "cancel_url": new.cancel_url,
+        "metadata": new.metadata,
+        "url": new.url,
+        "created": new.created,
+        "expires_at": new.created + 24 * 3600,
+        "currency": "usd",
+        "amount_subtotal": null,
+        "amount_total": null,
+        "invoice": null,
+        "invoice_creation": null,
+        "subscription": null,
+        "shipping_address_collection": null,
+        "shipping_cost": null,
+        "shipping_options": [],
+        "total_details": null,
+        "livemode": false,
+    });
+    if let (Some(target), Some(fields)) = (session.as_object_mut(), fields.as_object()) {
+        for (name, value) in fields {
+            target.insert(name.clone(), value.clone());
+        }
+    }
+    session
+}

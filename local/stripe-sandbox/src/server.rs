@@ -289,6 +289,9 @@ async fn handle(
     if let Some(control) = path.strip_prefix("/_sandbox/") {
         return controls(&sandbox, &method, control, &body);
     }
+    if let Some(session) = path.strip_prefix("/checkout/") {
+        return checkout_page(&sandbox, &method, session.trim_end_matches('/'), &body);
+    }
     match api_key(&headers) {
         None => {
             return failure_response(
@@ -411,6 +414,9 @@ async fn handle(
     let (outcome, events) = {
         let mut state = lock(&sandbox.state);
         state.request = (request_id.clone(), idempotency_key.clone());
+        if let Some(host) = headers.get("host").and_then(|h| h.to_str().ok()) {
+            state.public_base = format!("http://{host}");
+        }
         let outcome = route(&mut state, &method, &path, &params, sandbox.now());
         (outcome, std::mem::take(&mut state.emitted))
     };
@@ -440,6 +446,81 @@ async fn handle(
         }
     }
     stripe_response(status, &body, &request_id, &[])
+}
+
+/// Stripe's hosted Checkout page for a setup session: one form taking a test payment method.
+fn checkout_page(sandbox: &Sandbox, method: &Method, id: &str, body: &[u8]) -> Response {
+    let now = sandbox.now();
+    let page = |status: StatusCode, session: Option<&Value>, error: Option<&str>| {
+        let escape = |text: &str| {
+            text.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let email = session
+            .and_then(|s| s["customer_details"]["email"].as_str())
+            .map(escape)
+            .unwrap_or_default();
+        let cancel = session
+            .and_then(|s| s["cancel_url"].as_str())
+            .map(|url| format!(r#"<p><a href="{}">Cancel</a></p>"#, escape(url)))
+            .unwrap_or_default();
+        let error = error
+            .map(|e| format!(r#"<p role="alert" id="checkout-error">{}</p>"#, escape(e)))
+            .unwrap_or_default();
+        let form = if session.is_some() {
+            format!(
+                r#"<form method="post" action="/checkout/{id}"><label for="payment_method">Test payment method</label>
+<input id="payment_method" name="payment_method" value="pm_card_visa" autocomplete="off" required>
+<button type="submit" id="save-card">Save card</button></form>{cancel}"#,
+                id = escape(id)
+            )
+        } else {
+            String::new()
+        };
+        let html = format!(
+            r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Save a card · Stripe sandbox</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:30rem;margin:3rem auto}}label{{display:block}}input{{width:100%;padding:.5rem}}button{{margin-top:1rem;padding:.6rem 1.2rem}}[role=alert]{{color:#a00}}</style></head>
+<body><main><h1>Save a card</h1><p>Stripe sandbox Checkout for {email}. Any of Stripe's test payment methods works, e.g. <code>pm_card_visa</code>.</p>{error}{form}</main></body></html>"#
+        );
+        let mut response = (status, html).into_response();
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("text/html; charset=utf-8"));
+        response
+    };
+    if *method == Method::GET {
+        return match lock(&sandbox.state).open_checkout_session(id, now) {
+            Ok(session) => page(StatusCode::OK, Some(&session), None),
+            Err(message) => page(StatusCode::NOT_FOUND, None, Some(&message)),
+        };
+    }
+    if *method != Method::POST {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let payment_method = form::parse(&String::from_utf8_lossy(body))
+        .ok()
+        .and_then(|fields| fields["payment_method"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let (outcome, events, session) = {
+        let mut state = lock(&sandbox.state);
+        state.request = (format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]), None);
+        let outcome = state.complete_checkout_session(id, payment_method.trim(), now);
+        let session = state.open_checkout_session(id, now).ok();
+        (outcome, std::mem::take(&mut state.emitted), session)
+    };
+    sandbox.send_events(events);
+    match outcome {
+        Ok(crate::api::Completed::Redirect(location)) => {
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert("location", value);
+            }
+            response
+        }
+        Err(message) => page(StatusCode::PAYMENT_REQUIRED, session.as_ref(), Some(&message)),
+    }
 }
 
 fn idempotency_mismatch(key: &str, request_id: &str) -> Response {
@@ -482,6 +563,8 @@ fn route(state: &mut State, method: &Method, path: &str, params: &Value, now: i6
         ("POST", ["v1", "invoices", id, "void"]) => state.void_invoice(id, params, now),
         ("POST", ["v1", "coupons"]) => state.create_coupon(params, now),
         ("GET", ["v1", "coupons", id]) => state.retrieve_coupon(id, params),
+        ("POST", ["v1", "checkout", "sessions"]) => state.create_checkout_session(params, now),
+        ("GET", ["v1", "checkout", "sessions", id]) => state.retrieve_checkout_session(id, params),
         ("POST", ["v1", "setup_intents"]) => state.create_setup_intent(params, now),
         ("GET", ["v1", "setup_intents", id]) => state.retrieve_setup_intent(id, params),
         ("POST", ["v1", "billing_portal", "sessions"]) => state.create_portal_session(params, now),

@@ -10,7 +10,7 @@ use billing::config::{ConfigError, Environment, optional, required};
 use billing::deadline;
 use billing::stripe::{
     Billing, BillingError, Customer, InvoicePage, InvoicePreview, InvoiceSummary, PreviewLine, PriceTerms, Proration,
-    SetupIntent, StripeSubscription, SubscriptionTerms,
+    CheckoutSession, SavedCard, SetupCheckout, SetupIntent, StripeSubscription, SubscriptionTerms,
 };
 use billing::subscription::Status;
 use chrono::{DateTime, TimeZone, Utc};
@@ -18,7 +18,8 @@ use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_billing::invoice::{
     CreateInvoice, CreateInvoicePendingInvoiceItemsBehavior, CreatePreviewInvoice,
     CreatePreviewInvoiceSubscriptionDetails, CreatePreviewInvoiceSubscriptionDetailsItems,
-    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior, FinalizeInvoiceInvoice, ListInvoice,
+    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior, FinalizeInvoiceInvoice, ListInvoice, PayInvoice,
+    VoidInvoiceInvoice,
 };
 use stripe_billing::invoice_item::{CreateInvoiceItem, Period as InvoiceItemPeriod};
 use stripe_billing::subscription::{
@@ -28,8 +29,8 @@ use stripe_billing::subscription::{
 };
 use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
-use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
-use stripe_payment::payment_method::AttachPaymentMethod;
+use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage, RetrieveSetupIntent};
+use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
 use stripe_shared::{
     Coupon, Invoice, Price, RecurringInterval, Subscription as StripeSubscriptionObject, SubscriptionStatus,
 };
@@ -680,6 +681,137 @@ impl Billing for StripeBilling {
             .send("finalize_invoice", &format!("{key}:finalize"), &finalize)
             .await?;
         Ok(invoice_summary(&finalized))
+    }
+
+    async fn create_entity_customer(
+        &self,
+        entity: billing::plans::Entity,
+        email: &str,
+        key: &str,
+    ) -> Result<Customer, BillingError> {
+        let (kind, uuid) = match entity {
+            billing::plans::Entity::Realm(uuid) => ("remote_realm", uuid),
+            billing::plans::Entity::Server(uuid) => ("remote_server", uuid),
+        };
+        let request = CreateCustomer::new().email(email).metadata(
+            [(kind.to_owned(), uuid.to_string())]
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        let customer = self.send("create_entity_customer", key, &request).await?;
+        Ok(Customer {
+            id: customer.id.as_str().to_owned(),
+            created: timestamp(customer.created).unwrap_or_else(Utc::now),
+        })
+    }
+
+    async fn create_setup_checkout(
+        &self,
+        checkout: SetupCheckout<'_>,
+        key: &str,
+    ) -> Result<CheckoutSession, BillingError> {
+        // Checkout Sessions live in async-stripe's checkout crate, whose generated create
+        // request is one of the largest of the API: two typed fields of its answer are all
+        // this needs, so the request goes through the client's generic builder instead.
+        #[derive(serde::Serialize)]
+        struct NewSession<'a> {
+            mode: &'static str,
+            customer: &'a str,
+            currency: &'static str,
+            success_url: &'a str,
+            cancel_url: &'a str,
+            payment_method_types: [&'static str; 1],
+            metadata: std::collections::BTreeMap<&'static str, &'a str>,
+        }
+        #[derive(miniserde::Deserialize)]
+        struct Session {
+            id: String,
+            url: Option<String>,
+        }
+        let form = NewSession {
+            mode: "setup",
+            customer: checkout.customer,
+            currency: "usd",
+            success_url: checkout.success_url,
+            cancel_url: checkout.cancel_url,
+            payment_method_types: ["card"],
+            metadata: [("pending_upgrade", checkout.pending_upgrade)].into_iter().collect(),
+        };
+        let session = self
+            .with_retries("create_checkout_session", key, |strategy| {
+                let form = &form;
+                async move {
+                    RequestBuilder::new(StripeMethod::Post, "/checkout/sessions")
+                        .form(form)
+                        .customize::<Session>()
+                        .request_strategy(strategy)
+                        .send(&self.client)
+                        .await
+                }
+            })
+            .await?;
+        let url = session
+            .url
+            .ok_or_else(|| BillingError::Rejected("Stripe's Checkout Session has no url".into()))?;
+        Ok(CheckoutSession { id: session.id, url })
+    }
+
+    async fn save_checkout_card(
+        &self,
+        customer: &str,
+        setup_intent: &str,
+        key: &str,
+    ) -> Result<SavedCard, BillingError> {
+        let intent = self
+            .send(
+                "retrieve_setup_intent",
+                &format!("{key}:intent"),
+                &RetrieveSetupIntent::new(setup_intent),
+            )
+            .await?;
+        let payment_method = intent
+            .payment_method
+            .as_ref()
+            .map(|method| method.id().as_str().to_owned())
+            .ok_or_else(|| BillingError::PaymentMethodRefused("the SetupIntent saved no payment method".into()))?;
+        let method = self
+            .send(
+                "retrieve_payment_method",
+                &format!("{key}:method"),
+                &RetrievePaymentMethod::new(payment_method.as_str()),
+            )
+            .await?;
+        let mut settings = UpdateCustomerInvoiceSettings::new();
+        settings.default_payment_method = Some(payment_method.clone());
+        let make_default = UpdateCustomer::new(customer).invoice_settings(settings);
+        self.send("set_default_payment_method", &format!("{key}:default"), &make_default)
+            .await?;
+        Ok(SavedCard {
+            payment_method,
+            last4: method.card.map(|card| card.last4),
+        })
+    }
+
+    async fn charge_now(
+        &self,
+        customer: &str,
+        item: &billing::plans::InvoiceItem,
+        key: &str,
+    ) -> Result<InvoiceSummary, BillingError> {
+        self.add_invoice_item(customer, item, &format!("{key}:item")).await?;
+        let invoice = self.invoice_pending_items(customer, &item.description, key).await?;
+        let pay = PayInvoice::new(invoice.id.as_str()).off_session(true);
+        match self.send("pay_invoice", &format!("{key}:pay"), &pay).await {
+            Ok(paid) => Ok(invoice_summary(&paid)),
+            Err(BillingError::CardDeclined(message)) => {
+                // Nothing is owed for a plan that did not start: the invoice is voided, not
+                // left open for Stripe to retry.
+                let void = VoidInvoiceInvoice::new(invoice.id.as_str());
+                self.send("void_invoice", &format!("{key}:void"), &void).await?;
+                Err(BillingError::CardDeclined(message))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     async fn preview_change(

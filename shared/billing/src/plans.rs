@@ -126,6 +126,8 @@ pub enum PlanStatus {
     FreeTrial,
     /// Ends at the end of its period (the entity goes back to `self_managed`).
     DowngradeAtEndOfCycle,
+    /// A trial that ends at its end, never charged (Zulip's `downgrade_at_end_of_free_trial`).
+    DowngradeAtEndOfFreeTrial,
     /// Ends at its end date, when its `never_started` successor starts.
     SwitchPlanTierAtPlanEnd,
     /// A scheduled next plan.
@@ -195,6 +197,9 @@ pub struct Customer {
     pub default_discount: u8,
     /// Whether a sponsorship request awaits review.
     pub sponsorship_pending: bool,
+    /// The last four digits of the card invoices are charged to, once one is saved.
+    #[serde(default)]
+    pub card_last4: Option<String>,
 }
 
 impl Customer {
@@ -205,6 +210,7 @@ impl Customer {
             stripe_customer: None,
             default_discount: 0,
             sponsorship_pending: false,
+            card_last4: None,
         }
     }
 }
@@ -367,6 +373,18 @@ pub enum PlanError {
     /// The plan ends at the end of its period: nothing renews.
     #[error("Cannot change the licenses for next billing cycle for a plan that is being downgraded.")]
     Downgrading,
+    /// The plan is already set to end at the end of its period.
+    #[error("Your plan is already scheduled to end at the end of the billing period.")]
+    AlreadyEnding,
+    /// Only paid plans that renew can be cancelled.
+    #[error("This plan cannot be cancelled here.")]
+    NotCancellable,
+    /// There is no scheduled change to undo.
+    #[error("There is no scheduled change to undo.")]
+    NothingToUndo,
+    /// An upgrade could no longer be made when its card arrived.
+    #[error("{0}")]
+    Refused(String),
     /// The server has not uploaded its users recently enough to count them.
     #[error("missing data: the server has not uploaded its usage since {since:?}")]
     MissingData {
@@ -423,6 +441,9 @@ pub struct UpgradeContext {
     pub prices: Prices,
     /// Now.
     pub now: DateTime<Utc>,
+    /// The new plan's id: the pending upgrade's, so that completing one upgrade twice writes
+    /// one plan (the second write finds it and fails its condition).
+    pub plan_id: Uuid,
 }
 
 /// The license count an upgrade buys: for manual management the count asked for, at least
@@ -465,7 +486,7 @@ pub fn upgrade(book: &Book, request: &UpgradeRequest, context: &UpgradeContext) 
         next_invoice_after(request.schedule, request.license_management, now, now)
     };
     let plan = Plan {
-        id: Uuid::new_v4(),
+        id: context.plan_id,
         entity: book.customer.entity,
         tier: request.tier,
         schedule: request.schedule,
@@ -541,7 +562,7 @@ pub fn update_licenses(
     if plan.license_management == LicenseManagement::Automatic {
         return Err(PlanError::AutomaticLicenses);
     }
-    if plan.status == PlanStatus::FreeTrial && change.licenses.is_some() {
+    if matches!(plan.status, PlanStatus::FreeTrial | PlanStatus::DowngradeAtEndOfFreeTrial) && change.licenses.is_some() {
         return Err(PlanError::FreeTrial);
     }
     let last = *next.last_row().ok_or(PlanError::NoPlan)?;
@@ -562,7 +583,10 @@ pub fn update_licenses(
         at_renewal = at_renewal.max(asked);
     }
     if let Some(asked) = change.licenses_at_next_renewal {
-        if plan.status == PlanStatus::DowngradeAtEndOfCycle {
+        if matches!(
+            plan.status,
+            PlanStatus::DowngradeAtEndOfCycle | PlanStatus::DowngradeAtEndOfFreeTrial
+        ) {
             return Err(PlanError::Downgrading);
         }
         if asked == last.licenses_at_next_renewal && change.licenses.is_none() {
@@ -651,10 +675,40 @@ pub fn end_of_cycle(book: &Book, now: DateTime<Utc>) -> (Book, Changes) {
     (next, changes)
 }
 
+/// Sets the live paid plan to end at the end of its period (`downgrade_at_end_of_cycle`), or a
+/// trial to end at its end (`downgrade_at_end_of_free_trial`); the entity is back to
+/// `self_managed` then and nothing more is invoiced.
+pub fn cancel_at_end_of_cycle(book: &Book, now: DateTime<Utc>) -> Result<(Book, Changes), PlanError> {
+    let (mut next, changes) = end_of_cycle(book, now);
+    let plan = next.plan.as_mut().ok_or(PlanError::NoPlan)?;
+    plan.status = match plan.status {
+        PlanStatus::Active if plan.tier.is_paid() && plan.end_date.is_none() => PlanStatus::DowngradeAtEndOfCycle,
+        PlanStatus::FreeTrial => PlanStatus::DowngradeAtEndOfFreeTrial,
+        PlanStatus::DowngradeAtEndOfCycle | PlanStatus::DowngradeAtEndOfFreeTrial => {
+            return Err(PlanError::AlreadyEnding);
+        }
+        _ => return Err(PlanError::NotCancellable),
+    };
+    Ok((next, changes))
+}
+
+/// Undoes [`cancel_at_end_of_cycle`] before the period ends: the plan renews (or its trial
+/// turns into a paid plan) again.
+pub fn undo_cancel(book: &Book, now: DateTime<Utc>) -> Result<(Book, Changes), PlanError> {
+    let (mut next, changes) = end_of_cycle(book, now);
+    let plan = next.plan.as_mut().ok_or(PlanError::NoPlan)?;
+    plan.status = match plan.status {
+        PlanStatus::DowngradeAtEndOfCycle => PlanStatus::Active,
+        PlanStatus::DowngradeAtEndOfFreeTrial => PlanStatus::FreeTrial,
+        _ => return Err(PlanError::NothingToUndo),
+    };
+    Ok((next, changes))
+}
+
 /// When the live plan's current period ends, for `end_of_cycle`.
 fn boundary_of(plan: &Plan, last: &LedgerRow) -> Option<DateTime<Utc>> {
     match plan.status {
-        PlanStatus::FreeTrial => plan.next_invoice_date,
+        PlanStatus::FreeTrial | PlanStatus::DowngradeAtEndOfFreeTrial => plan.next_invoice_date,
         PlanStatus::SwitchPlanTierAtPlanEnd => plan.end_date,
         PlanStatus::Active | PlanStatus::DowngradeAtEndOfCycle if plan.end_date.is_some() => plan.end_date,
         PlanStatus::Active | PlanStatus::DowngradeAtEndOfCycle if plan.tier.is_paid() => Some(next_period_start(
@@ -851,6 +905,7 @@ pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime
 }
 
 pub mod invoicing;
+pub mod purchase;
 pub mod stored;
 
 #[cfg(test)]

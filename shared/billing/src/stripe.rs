@@ -72,6 +72,38 @@ pub struct SetupIntent {
     pub client_secret: String,
 }
 
+/// A Stripe Checkout Session in `mode=setup`: Stripe's page where a customer saves a card.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckoutSession {
+    /// `cs_...`.
+    pub id: String,
+    /// Stripe's page; the browser is sent there.
+    pub url: String,
+}
+
+/// What a setup Checkout Session is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetupCheckout<'a> {
+    /// The customer the card is saved for.
+    pub customer: &'a str,
+    /// Where Stripe sends the browser once the card is saved.
+    pub success_url: &'a str,
+    /// Where Stripe sends the browser when the customer gives up.
+    pub cancel_url: &'a str,
+    /// What the session completes (`pending_upgrade` in its metadata), read back from
+    /// `checkout.session.completed`.
+    pub pending_upgrade: &'a str,
+}
+
+/// A card made a customer's default for invoices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedCard {
+    /// `pm_...`.
+    pub payment_method: String,
+    /// Its last four digits, for pages.
+    pub last4: Option<String>,
+}
+
 /// One of a customer's invoices, as the invoices endpoint lists it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct InvoiceSummary {
@@ -299,6 +331,42 @@ pub trait Billing: Send + Sync {
         &self,
         customer: &str,
         description: &str,
+        key: &str,
+    ) -> Result<InvoiceSummary, BillingError>;
+
+    /// A customer for a self-hosted billing entity (its kind and UUID in the metadata), billed
+    /// at `email`.
+    async fn create_entity_customer(
+        &self,
+        entity: crate::plans::Entity,
+        email: &str,
+        key: &str,
+    ) -> Result<Customer, BillingError>;
+
+    /// A Checkout Session in `mode=setup` collecting a card for the customer.
+    async fn create_setup_checkout(
+        &self,
+        checkout: SetupCheckout<'_>,
+        key: &str,
+    ) -> Result<CheckoutSession, BillingError>;
+
+    /// Makes the card a completed setup Checkout Session saved (its SetupIntent's payment
+    /// method) the customer's default for invoices.
+    async fn save_checkout_card(
+        &self,
+        customer: &str,
+        setup_intent: &str,
+        key: &str,
+    ) -> Result<SavedCard, BillingError>;
+
+    /// Charges `item` now: one invoice with it, finalized and paid with the customer's default
+    /// card. A declined card voids the invoice and answers [`BillingError::CardDeclined`] with
+    /// Stripe's message; nothing is owed then. Every step is keyed from `key`, so a re-run
+    /// finds the same invoice.
+    async fn charge_now(
+        &self,
+        customer: &str,
+        item: &crate::plans::InvoiceItem,
         key: &str,
     ) -> Result<InvoiceSummary, BillingError>;
 

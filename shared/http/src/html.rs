@@ -10,9 +10,12 @@ use billing::remote::{LoginView, RealmView, ServerView, TERMS_OF_SERVICE_MAJOR};
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;color:#222}\
 label{display:block;margin:1rem 0 .25rem}input[type=text],input[type=email]{width:100%;padding:.5rem;font-size:1rem}\
 button{margin-top:1.25rem;padding:.6rem 1.2rem;font-size:1rem}.error{color:#a00}table{border-collapse:collapse}\
-td,th{padding:.3rem 1rem .3rem 0;text-align:left}";
+td,th{padding:.3rem 1rem .3rem 0;text-align:left}.muted{color:#555}\
+.nav{list-style:none;display:flex;gap:1.5rem;padding:0}[aria-current=page]{font-weight:bold}\
+fieldset{margin:1rem 0;border:1px solid #ccc}.choice{display:flex;gap:.5rem;align-items:baseline}.choice label{margin:.25rem 0}\
+input[type=number]{width:8rem;padding:.4rem;font-size:1rem}[role=status]{color:#064}";
 
-fn layout(title: &str, body: Markup) -> String {
+pub(crate) fn layout(title: &str, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -30,7 +33,7 @@ fn layout(title: &str, body: Markup) -> String {
     .into_string()
 }
 
-fn csrf_field(csrf: &str) -> Markup {
+pub(crate) fn csrf_field(csrf: &str) -> Markup {
     html! { input type="hidden" name="csrf_token" value=(csrf); }
 }
 

@@ -829,6 +829,8 @@ fn accepts_json(accept: &str) -> bool {
 pub mod html;
 #[cfg(feature = "pages")]
 pub mod pages;
+#[cfg(feature = "pages")]
+pub mod plan_html;
 
 #[cfg(test)]
 mod tests;

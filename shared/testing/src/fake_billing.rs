@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use billing::stripe::{
-    Billing, BillingError, Customer, InvoicePage, InvoicePreview, SetupIntent, StripeSubscription, SubscriptionTerms,
+    Billing, BillingError, CheckoutSession, Customer, InvoicePage, InvoicePreview, InvoiceSummary, SavedCard,
+    SetupCheckout, SetupIntent, StripeSubscription, SubscriptionTerms,
 };
 use billing::subscription::Status;
 use chrono::{DateTime, Utc};
@@ -299,6 +300,80 @@ impl Billing for FakeBilling {
         _key: &str,
     ) -> Result<(), BillingError> {
         self.lock().call("add_invoice_item")
+    }
+
+    async fn create_entity_customer(
+        &self,
+        _entity: billing::plans::Entity,
+        _email: &str,
+        key: &str,
+    ) -> Result<Customer, BillingError> {
+        self.create_customer(Uuid::nil(), "", key).await
+    }
+
+    async fn create_setup_checkout(
+        &self,
+        checkout: SetupCheckout<'_>,
+        key: &str,
+    ) -> Result<CheckoutSession, BillingError> {
+        let mut state = self.lock();
+        state.call("create_setup_checkout")?;
+        let id = match state.answered.get(key) {
+            Some(id) => id.clone(),
+            None => {
+                let id = state.id("cs");
+                state.answered.insert(key.to_owned(), id.clone());
+                id
+            }
+        };
+        Ok(CheckoutSession {
+            url: format!("https://checkout.stripe.com/c/pay/{id}#{}", checkout.pending_upgrade),
+            id,
+        })
+    }
+
+    async fn save_checkout_card(
+        &self,
+        customer: &str,
+        _setup_intent: &str,
+        _key: &str,
+    ) -> Result<SavedCard, BillingError> {
+        let mut state = self.lock();
+        state.call("save_checkout_card")?;
+        state
+            .default_payment_methods
+            .insert(customer.to_owned(), "pm_fake_visa".to_owned());
+        Ok(SavedCard {
+            payment_method: "pm_fake_visa".to_owned(),
+            last4: Some("4242".to_owned()),
+        })
+    }
+
+    async fn charge_now(
+        &self,
+        customer: &str,
+        item: &billing::plans::InvoiceItem,
+        _key: &str,
+    ) -> Result<InvoiceSummary, BillingError> {
+        let mut state = self.lock();
+        state.call("charge_now")?;
+        if state.default_payment_methods.get(customer).map(String::as_str) == Some("pm_card_chargeDeclined") {
+            return Err(BillingError::CardDeclined("Your card was declined.".to_owned()));
+        }
+        let amount = i64::try_from(u64::from(item.quantity) * item.unit_amount).unwrap_or(i64::MAX);
+        Ok(InvoiceSummary {
+            id: state.id("in"),
+            number: None,
+            status: Some("paid".to_owned()),
+            amount_due: amount,
+            amount_paid: amount,
+            currency: "usd".to_owned(),
+            created: Some(self.now),
+            period_start: Some(item.period.0),
+            period_end: Some(item.period.1),
+            hosted_invoice_url: None,
+            invoice_pdf: None,
+        })
     }
 
     async fn invoice_pending_items(

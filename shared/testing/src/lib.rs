@@ -435,6 +435,7 @@ pub async fn store_automatic_basic_plan(
         trial_days: 0,
         prices: plans::Prices::default(),
         now,
+        plan_id: uuid::Uuid::new_v4(),
     };
     let (bought, changes) = plans::upgrade(&book, &request, &context).expect("a basic plan for sale");
     plans::stored::save(documents, &stored, &bought, &changes, now)

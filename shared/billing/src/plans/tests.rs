@@ -18,6 +18,7 @@ fn context(billed_count: u32, now: DateTime<Utc>) -> UpgradeContext {
         trial_days: 0,
         prices: Prices::default(),
         now,
+        plan_id: Uuid::new_v4(),
     }
 }
 
@@ -409,4 +410,59 @@ fn periods_follow_the_calendar_from_the_anchor() {
     );
     assert_eq!(period_start(anchor, Schedule::Monthly, at(2026, 3, 1)), at(2026, 2, 28));
     assert_eq!(period_boundary(anchor, Schedule::Annual, 1), at(2027, 1, 31));
+}
+
+#[test]
+fn a_cancelled_plan_ends_at_its_period_end_unless_the_cancellation_is_undone() {
+    // Given a basic plan bought on 1 January
+    let book = automatic_basic_for_six();
+    // When its owner cancels on 10 January
+    let (cancelled, _) = cancel_at_end_of_cycle(&book, at(2026, 1, 10)).unwrap();
+    // Then it still runs until 1 February, and ends there
+    assert_eq!(cancelled.plan.as_ref().unwrap().status, PlanStatus::DowngradeAtEndOfCycle);
+    assert_eq!(
+        cancel_at_end_of_cycle(&cancelled, at(2026, 1, 11)).unwrap_err(),
+        PlanError::AlreadyEnding
+    );
+    let (ended, _) = end_of_cycle(&cancelled, at(2026, 2, 1));
+    assert!(ended.plan.is_none());
+    // And undoing the cancellation before then renews it as before
+    let (undone, _) = undo_cancel(&cancelled, at(2026, 1, 20)).unwrap();
+    assert_eq!(undone.plan.as_ref().unwrap().status, PlanStatus::Active);
+    let (renewed, changes) = end_of_cycle(&undone, at(2026, 2, 1));
+    assert_eq!(renewed.plan.unwrap().status, PlanStatus::Active);
+    assert!(changes.rows[0].is_renewal);
+    assert_eq!(undo_cancel(&undone, at(2026, 1, 21)).unwrap_err(), PlanError::NothingToUndo);
+}
+
+#[test]
+fn a_cancelled_trial_ends_at_the_trial_end_without_an_invoice() {
+    // Given a 30-day trial on basic
+    let (book, _) = upgrade(
+        &Book::new(realm()),
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &UpgradeContext {
+            trial_days: 30,
+            ..context(6, at(2026, 1, 1))
+        },
+    )
+    .unwrap();
+    assert_eq!(book.plan.as_ref().unwrap().status, PlanStatus::FreeTrial);
+    // When it is cancelled during the trial
+    let (cancelled, _) = cancel_at_end_of_cycle(&book, at(2026, 1, 5)).unwrap();
+    assert_eq!(
+        cancelled.plan.as_ref().unwrap().status,
+        PlanStatus::DowngradeAtEndOfFreeTrial
+    );
+    // Then invoicing at the trial's end bills nothing and ends it
+    let InvoiceRun::Invoice { items, book: after, .. } =
+        invoice_plan(&cancelled, at(2026, 1, 31), Some(at(2026, 1, 31)))
+    else {
+        panic!("due at the trial's end");
+    };
+    assert!(items.is_empty());
+    assert!(after.plan.is_none());
+    // And undoing it before the end makes it a trial again
+    let (undone, _) = undo_cancel(&cancelled, at(2026, 1, 6)).unwrap();
+    assert_eq!(undone.plan.unwrap().status, PlanStatus::FreeTrial);
 }

@@ -6,6 +6,7 @@
 //! flows that tie them together ([`service`]). The HTML of the browser steps is in `billing-http`.
 
 pub mod admin;
+pub mod entity;
 pub mod records;
 pub mod service;
 pub mod token;

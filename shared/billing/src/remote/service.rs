@@ -128,6 +128,9 @@ pub enum RemoteError {
     /// The mail could not be sent.
     #[error(transparent)]
     Mail(#[from] MailError),
+    /// Stripe could not be reached or refused our request; nothing was charged.
+    #[error(transparent)]
+    Stripe(#[from] crate::stripe::BillingError),
 }
 
 impl AsConflict for RemoteError {
@@ -206,7 +209,7 @@ impl RemoteError {
             ),
             RemoteError::NotConfirmed => (Slug::Missing, "Tick the box to confirm the deactivation."),
             RemoteError::Mail(MailError::Refused(_)) => (Slug::InvalidValue, "Mail to that address was refused."),
-            RemoteError::Store(_) | RemoteError::Mail(MailError::Unavailable(_)) => return None,
+            RemoteError::Store(_) | RemoteError::Mail(MailError::Unavailable(_)) | RemoteError::Stripe(_) => return None,
         };
         Some((slug, message.to_owned()))
     }
@@ -824,7 +827,7 @@ impl RemoteBilling {
     }
 
     /// The server `uuid`, refusing a deactivated one; `missing` when there is none.
-    async fn active_server(
+    pub(crate) async fn active_server(
         &self,
         uuid: Uuid,
         missing: RemoteError,
@@ -1116,7 +1119,9 @@ impl RemoteBilling {
         }
     }
 
-    fn check_csrf(&self, binding: &str, csrf: Option<&str>) -> Result<(), RemoteError> {
+    /// Refuses a form whose CSRF token is not the one issued for `binding` (a token or a
+    /// session secret).
+    pub fn check_csrf(&self, binding: &str, csrf: Option<&str>) -> Result<(), RemoteError> {
         match csrf {
             Some(token) if self.sealer.csrf_token_is_valid(binding, token) => Ok(()),
             _ => {
@@ -1127,7 +1132,7 @@ impl RemoteBilling {
     }
 
     /// The live session behind a cookie's secret.
-    async fn session(&self, secret: Option<&str>, now: DateTime<Utc>) -> Result<Option<Session>, RemoteError> {
+    pub(crate) async fn session(&self, secret: Option<&str>, now: DateTime<Utc>) -> Result<Option<Session>, RemoteError> {
         let Some(secret) = secret.filter(|s| !s.is_empty()) else {
             return Ok(None);
         };
@@ -1176,7 +1181,7 @@ impl RemoteBilling {
     }
 
     /// The session's billing user, unless it is gone or is another one now.
-    async fn session_user(&self, session: &Session, now: DateTime<Utc>) -> Result<Option<BillingUser>, RemoteError> {
+    pub(crate) async fn session_user(&self, session: &Session, now: DateTime<Utc>) -> Result<Option<BillingUser>, RemoteError> {
         let key = billing_user_key(session.server_uuid, session.realm_uuid, session.user_uuid);
         Ok(self
             .records

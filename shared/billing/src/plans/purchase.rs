@@ -1,0 +1,573 @@
+//! Buying and changing a self-hosted plan (API.md, "Pages"): the steps behind the `upgrade/`
+//! and `billing/` forms and behind `checkout.session.completed`, over the stored book and
+//! Stripe.
+//!
+//! An upgrade is first written down as a [`PendingUpgrade`] (its id becomes the plan's id and
+//! the root of every Stripe idempotency key of the purchase), so each step can be re-run:
+//!
+//! 1. `begin_upgrade` validates the form against fresh usage data, makes the entity's Stripe
+//!    customer once (keyed by the entity), stores the pending upgrade, and either sends the
+//!    browser to a Checkout Session in `mode=setup` (no card saved yet) or completes it at once.
+//! 2. `checkout_completed` (the webhook) makes the saved card the customer's default, records
+//!    its last four digits, and completes the upgrade.
+//! 3. `complete_upgrade` starts a trial (nothing charged) or charges the first period on one
+//!    invoice paid at once; the plan and the upgrade's outcome are written in one transaction,
+//!    only once the invoice is paid. A declined card voids the invoice, and the upgrade records
+//!    Stripe's message for the billing page; no plan exists.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::stored::{self, PlannedWrite, StoredBook};
+use super::{
+    Book, Changes, Entity, InvoiceItem, LicenseManagement, ManualChange, Plan, PlanError, PlanStatus, Prices,
+    Schedule, Tier, UpgradeContext, UpgradeRequest, end_of_cycle, next_period_start,
+};
+use crate::remote::records::{RealmOwner, realm_owner_key};
+use crate::remote::usage::{LatestCounts, UploadMarker, usage_collection};
+use crate::store::{AsConflict, DocumentStore, DocumentWrite, StoreError, member_key, retry_on_conflict};
+use crate::stripe::{Billing, BillingError, SetupCheckout, idempotency_key};
+
+/// Usage data older than this cannot count an entity's users: the upgrade page refuses.
+pub const FRESH_DATA: Duration = Duration::days(2);
+
+/// How long a pending upgrade (and the outcome the billing page shows) is kept.
+pub const KEEP_UPGRADES_FOR: Duration = Duration::days(30);
+
+/// Where an upgrade is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum UpgradeState {
+    /// Waiting for the card from Checkout (or for its charge).
+    AwaitingCard,
+    /// The plan started.
+    Started,
+    /// The card was declined: Stripe's message. No plan.
+    Declined {
+        /// What Stripe said.
+        message: String,
+    },
+    /// The upgrade could no longer be made when the card arrived (a plan started meanwhile).
+    Refused {
+        /// Why.
+        message: String,
+    },
+}
+
+/// An upgrade asked for on the `upgrade/` page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUpgrade {
+    /// Its id: the plan's id once it starts.
+    pub id: Uuid,
+    /// Whose.
+    pub entity: Entity,
+    /// What was asked for.
+    pub tier: Tier,
+    /// How often it renews.
+    pub schedule: Schedule,
+    /// Who sets the license count.
+    pub license_management: LicenseManagement,
+    /// The count asked for (manual management).
+    pub licenses: Option<u32>,
+    /// When it was asked for.
+    pub created_at: DateTime<Utc>,
+    /// Where it is.
+    #[serde(flatten)]
+    pub state: UpgradeState,
+}
+
+impl PendingUpgrade {
+    fn request(&self) -> UpgradeRequest {
+        UpgradeRequest {
+            tier: self.tier,
+            schedule: self.schedule,
+            license_management: self.license_management,
+            licenses: self.licenses,
+        }
+    }
+
+    /// The reference a Checkout Session carries in its metadata (`pending_upgrade`).
+    pub fn reference(&self) -> String {
+        let (kind, uuid) = entity_parts(self.entity);
+        format!("{kind}/{uuid}/{}", self.id)
+    }
+}
+
+fn entity_parts(entity: Entity) -> (&'static str, Uuid) {
+    match entity {
+        Entity::Realm(uuid) => ("realm", uuid),
+        Entity::Server(uuid) => ("server", uuid),
+    }
+}
+
+/// The entity and upgrade a Checkout reference names.
+pub fn parse_reference(reference: &str) -> Option<(Entity, Uuid)> {
+    let mut parts = reference.split('/');
+    let (kind, entity, upgrade) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let entity_uuid = crate::ids::parse_canonical_uuid(entity)?;
+    let upgrade = crate::ids::parse_canonical_uuid(upgrade)?;
+    let entity = match kind {
+        "realm" => Entity::Realm(entity_uuid),
+        "server" => Entity::Server(entity_uuid),
+        _ => return None,
+    };
+    Some((entity, upgrade))
+}
+
+fn upgrade_key(entity: Entity, id: Uuid) -> String {
+    member_key(&stored::collection(entity), &format!("upgrade#{id}"))
+}
+
+/// What the entity's server last told us.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// The users billed now (`None`: the server never reported the entity).
+    pub billed: Option<u32>,
+    /// The server's last upload.
+    pub last_upload: Option<DateTime<Utc>>,
+}
+
+impl Usage {
+    /// Whether the data can count the entity's users at `now`.
+    pub fn is_fresh(&self, now: DateTime<Utc>) -> bool {
+        self.last_upload.is_some_and(|at| now - at <= FRESH_DATA)
+    }
+}
+
+/// Where the browser goes from Checkout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckoutLinks {
+    /// Once the card is saved: the billing page.
+    pub success_url: String,
+    /// When the customer gives up: the upgrade page.
+    pub cancel_url: String,
+}
+
+/// How an upgrade went on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpgradeStart {
+    /// The browser goes to Stripe's Checkout to save a card first.
+    Checkout {
+        /// The Checkout page.
+        url: String,
+    },
+    /// The plan started (a trial, or paid at once).
+    Started(Box<Plan>),
+}
+
+/// Why a purchase step did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PurchaseError {
+    /// The plan rules refused; nothing changed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The card was declined: Stripe's message. The invoice was voided; no plan.
+    #[error("{0}")]
+    Declined(String),
+    /// No such pending upgrade (unknown, or older than [`KEEP_UPGRADES_FOR`]).
+    #[error("no such pending upgrade")]
+    UnknownUpgrade,
+    /// The entity's server has not uploaded for [`FRESH_DATA`].
+    #[error("missing data")]
+    MissingData,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stripe failed or refused; nothing was charged that a retry would charge again.
+    #[error(transparent)]
+    Stripe(BillingError),
+}
+
+impl AsConflict for PurchaseError {
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            PurchaseError::Store(StoreError::VersionConflict | StoreError::AlreadyExists)
+        )
+    }
+}
+
+impl From<BillingError> for PurchaseError {
+    fn from(error: BillingError) -> Self {
+        match error {
+            BillingError::CardDeclined(message) => PurchaseError::Declined(message),
+            other => PurchaseError::Stripe(other),
+        }
+    }
+}
+
+/// Self-hosted purchases: the store, Stripe and the settings they follow.
+#[derive(Clone)]
+pub struct Purchases {
+    /// Where books, usage and pending upgrades live.
+    pub documents: Arc<dyn DocumentStore>,
+    /// Stripe.
+    pub stripe: Arc<dyn Billing>,
+    /// `SELF_HOSTED_FREE_TRIAL_DAYS`.
+    pub trial_days: u32,
+    /// The list prices.
+    pub prices: Prices,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, body: Value) -> Result<T, StoreError> {
+    serde_json::from_value(body).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+}
+
+impl Purchases {
+    /// The billed count and last upload of the entity's server.
+    pub async fn usage(&self, entity: Entity, now: DateTime<Utc>) -> Result<Usage, StoreError> {
+        let server = match entity {
+            Entity::Server(server) => server,
+            Entity::Realm(realm) => {
+                let key = realm_owner_key(realm);
+                match self.documents.get_document(&key, now).await? {
+                    Some(owner) => decode::<RealmOwner>(&key, owner.body)?.server_uuid,
+                    None => return Ok(Usage::default()),
+                }
+            }
+        };
+        let collection = usage_collection(server);
+        let marker_key = member_key(&collection, "marker");
+        let last_upload = match self.documents.get_document(&marker_key, now).await? {
+            Some(marker) => decode::<UploadMarker>(&marker_key, marker.body)?.last_upload_at,
+            None => None,
+        };
+        let latest_key = member_key(&collection, "latest");
+        let billed = match self.documents.get_document(&latest_key, now).await? {
+            Some(latest) => {
+                let latest = decode::<LatestCounts>(&latest_key, latest.body)?;
+                match entity {
+                    Entity::Realm(realm) => Some(latest.realms.get(&realm).map_or(0, |(_, count)| *count)),
+                    Entity::Server(_) => Some(latest.total()),
+                }
+            }
+            None => None,
+        };
+        Ok(Usage { billed, last_upload })
+    }
+
+    /// The entity's book as of `now` (its end-of-cycle updates applied, not written: a read
+    /// never writes), and its newest pending upgrade.
+    pub async fn current(
+        &self,
+        entity: Entity,
+        now: DateTime<Utc>,
+    ) -> Result<(Book, Option<PendingUpgrade>), StoreError> {
+        let stored = stored::load(self.documents.as_ref(), entity, now).await?;
+        let (book, _) = end_of_cycle(&stored.book, now);
+        Ok((book, self.latest_upgrade(entity, now).await?))
+    }
+
+    /// The newest upgrade asked for in the last [`KEEP_UPGRADES_FOR`].
+    pub async fn latest_upgrade(&self, entity: Entity, now: DateTime<Utc>) -> Result<Option<PendingUpgrade>, StoreError> {
+        let collection = stored::collection(entity);
+        let mut upgrades = Vec::new();
+        let mut after = "upgrade#".to_owned();
+        loop {
+            let page = self
+                .documents
+                .list_documents_range(&collection, Some(&after), "upgrade#~", 100, now)
+                .await?;
+            let full = page.len() == 100;
+            for (member, document) in page {
+                upgrades.push(decode::<PendingUpgrade>(&member, document.body)?);
+                after = member;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(upgrades.into_iter().max_by_key(|u| (u.created_at, u.id)))
+    }
+
+    /// The `upgrade/` form: see the module's documentation. `email` is who the Stripe
+    /// customer is billed at, when one is made.
+    pub async fn begin_upgrade(
+        &self,
+        entity: Entity,
+        request: UpgradeRequest,
+        email: &str,
+        links: &CheckoutLinks,
+        now: DateTime<Utc>,
+    ) -> Result<UpgradeStart, PurchaseError> {
+        if !request.tier.is_paid() {
+            return Err(PlanError::NotForSale(request.tier.as_str()).into());
+        }
+        let usage = self.usage(entity, now).await?;
+        if !usage.is_fresh(now) {
+            return Err(PurchaseError::MissingData);
+        }
+        let (book, _) = self.current(entity, now).await?;
+        if book.plan.is_some() {
+            return Err(PlanError::AlreadyHasPlan.into());
+        }
+        super::licenses_to_buy(&request, usage.billed.unwrap_or(0))?;
+        let customer = self.ensure_customer(entity, email, now).await?;
+        let pending = PendingUpgrade {
+            id: Uuid::new_v4(),
+            entity,
+            tier: request.tier,
+            schedule: request.schedule,
+            license_management: request.license_management,
+            licenses: match request.license_management {
+                LicenseManagement::Manual => request.licenses,
+                LicenseManagement::Automatic => None,
+            },
+            created_at: now,
+            state: UpgradeState::AwaitingCard,
+        };
+        let body = serde_json::to_value(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.documents
+            .put_document(
+                &upgrade_key(entity, pending.id),
+                &body,
+                Some(now + KEEP_UPGRADES_FOR),
+                None,
+                now,
+            )
+            .await?;
+        if book.customer.card_last4.is_none() {
+            let reference = pending.reference();
+            let session = self
+                .stripe
+                .create_setup_checkout(
+                    SetupCheckout {
+                        customer: &customer,
+                        success_url: &links.success_url,
+                        cancel_url: &links.cancel_url,
+                        pending_upgrade: &reference,
+                    },
+                    &idempotency_key("checkout", &pending.id.to_string(), "upgrade"),
+                )
+                .await?;
+            tracing::info!(upgrade = %pending.id, "upgrade waits for a card from Checkout");
+            return Ok(UpgradeStart::Checkout { url: session.url });
+        }
+        let plan = self.complete_upgrade(entity, pending.id, now).await?;
+        Ok(UpgradeStart::Started(Box::new(plan)))
+    }
+
+    /// The entity's Stripe customer, made once: the key names the entity, so two racing
+    /// upgrades make one customer.
+    async fn ensure_customer(&self, entity: Entity, email: &str, now: DateTime<Utc>) -> Result<String, PurchaseError> {
+        retry_on_conflict(|_| async move {
+            let stored = stored::load(self.documents.as_ref(), entity, now).await?;
+            if let Some(customer) = &stored.book.customer.stripe_customer {
+                return Ok(customer.clone());
+            }
+            let (kind, uuid) = entity_parts(entity);
+            let made = self
+                .stripe
+                .create_entity_customer(entity, email, &idempotency_key("entity_customer", &format!("{kind}/{uuid}"), "v1"))
+                .await?;
+            let mut after = stored.book.clone();
+            after.customer.stripe_customer = Some(made.id.clone());
+            stored::save(self.documents.as_ref(), &stored, &after, &Changes::default(), now).await?;
+            tracing::info!(customer = %made.id, "Stripe customer made for a self-hosted entity");
+            Ok(made.id)
+        })
+        .await
+    }
+
+    async fn pending(&self, entity: Entity, id: Uuid, now: DateTime<Utc>) -> Result<(PendingUpgrade, u64), PurchaseError> {
+        let key = upgrade_key(entity, id);
+        let document = self
+            .documents
+            .get_document(&key, now)
+            .await?
+            .ok_or(PurchaseError::UnknownUpgrade)?;
+        Ok((decode(&key, document.body)?, document.version))
+    }
+
+    /// Starts the upgrade's plan, once: a trial, or the first period charged on an invoice
+    /// paid at once. A completed upgrade answers its plan again; a declined one its message.
+    pub async fn complete_upgrade(&self, entity: Entity, id: Uuid, now: DateTime<Utc>) -> Result<Plan, PurchaseError> {
+        retry_on_conflict(|_| async move {
+            let (pending, version) = self.pending(entity, id, now).await?;
+            let stored = stored::load(self.documents.as_ref(), entity, now).await?;
+            match &pending.state {
+                UpgradeState::AwaitingCard => {}
+                UpgradeState::Started => {
+                    return stored
+                        .history
+                        .iter()
+                        .find(|plan| plan.id == id)
+                        .cloned()
+                        .ok_or(PurchaseError::UnknownUpgrade);
+                }
+                UpgradeState::Declined { message } => return Err(PurchaseError::Declined(message.clone())),
+                UpgradeState::Refused { message } => {
+                    return Err(PlanError::Refused(message.clone()).into());
+                }
+            }
+            let usage = self.usage(entity, now).await?;
+            let (book, cycle) = end_of_cycle(&stored.book, now);
+            let context = UpgradeContext {
+                billed_count: usage.billed.unwrap_or(0),
+                trial_days: self.trial_days,
+                prices: self.prices,
+                now,
+                plan_id: id,
+            };
+            let (after, mut changes) = match super::upgrade(&book, &pending.request(), &context) {
+                Ok(done) => done,
+                Err(refusal) => {
+                    let state = UpgradeState::Refused {
+                        message: refusal.to_string(),
+                    };
+                    self.settle(&pending, version, state, None, now).await?;
+                    return Err(refusal.into());
+                }
+            };
+            let mut all = cycle;
+            all.rows.append(&mut changes.rows);
+            all.ended.append(&mut changes.ended);
+            let plan = after.plan.clone().expect("an upgrade starts a plan");
+            if plan.status == PlanStatus::Active {
+                let customer = after
+                    .customer
+                    .stripe_customer
+                    .clone()
+                    .ok_or(PurchaseError::Stripe(BillingError::Rejected("the entity has no Stripe customer".into())))?;
+                let licenses = after.last_row().map_or(0, |row| row.licenses);
+                let item = InvoiceItem {
+                    idempotency_key: format!("upgrade:{id}"),
+                    description: format!("{} ({}), first period", plan.tier.display_name(), schedule_name(plan.schedule)),
+                    quantity: licenses,
+                    unit_amount: plan.price_per_license,
+                    period: (now, next_period_start(now, plan.schedule, now)),
+                };
+                match self
+                    .stripe
+                    .charge_now(&customer, &item, &idempotency_key("upgrade", &id.to_string(), "first-period"))
+                    .await
+                {
+                    Ok(invoice) => tracing::info!(upgrade = %id, invoice = %invoice.id, "first period paid"),
+                    Err(BillingError::CardDeclined(message)) => {
+                        tracing::info!(upgrade = %id, "card declined; no plan");
+                        let state = UpgradeState::Declined {
+                            message: message.clone(),
+                        };
+                        self.settle(&pending, version, state, None, now).await?;
+                        return Err(PurchaseError::Declined(message));
+                    }
+                    Err(other) => return Err(PurchaseError::Stripe(other)),
+                }
+            }
+            let writes = stored::writes_for(&stored, &after, &all, now);
+            self.settle(&pending, version, UpgradeState::Started, Some(writes), now)
+                .await?;
+            tracing::info!(upgrade = %id, plan = %plan.id, status = ?plan.status, "self-hosted plan started");
+            Ok(plan)
+        })
+        .await
+    }
+
+    /// Writes the upgrade's outcome, with the plan's writes when it started: all or nothing.
+    async fn settle(
+        &self,
+        pending: &PendingUpgrade,
+        version: u64,
+        state: UpgradeState,
+        plan_writes: Option<Vec<PlannedWrite>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let settled = PendingUpgrade {
+            state,
+            ..pending.clone()
+        };
+        let key = upgrade_key(pending.entity, pending.id);
+        let body = serde_json::to_value(&settled).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut writes: Vec<DocumentWrite<'_>> = vec![DocumentWrite {
+            key: &key,
+            body: &body,
+            expires_at: Some(pending.created_at + KEEP_UPGRADES_FOR),
+            expected: Some(version),
+        }];
+        let plan_writes = plan_writes.unwrap_or_default();
+        writes.extend(plan_writes.iter().map(PlannedWrite::as_write));
+        self.documents.put_documents(&writes, now).await
+    }
+
+    /// `checkout.session.completed` for `reference`: the card the session saved becomes the
+    /// customer's default, its last four digits are recorded, and the upgrade completes.
+    pub async fn checkout_completed(
+        &self,
+        reference: &str,
+        customer: &str,
+        setup_intent: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, PurchaseError> {
+        let (entity, id) = parse_reference(reference).ok_or(PurchaseError::UnknownUpgrade)?;
+        let (_, _) = self.pending(entity, id, now).await?;
+        let card = self
+            .stripe
+            .save_checkout_card(customer, setup_intent, &idempotency_key("checkout_card", &id.to_string(), setup_intent))
+            .await?;
+        retry_on_conflict(|_| {
+            let last4 = card.last4.clone();
+            async move {
+                let stored = stored::load(self.documents.as_ref(), entity, now).await?;
+                if stored.book.customer.stripe_customer.as_deref() != Some(customer) {
+                    return Err(PurchaseError::UnknownUpgrade);
+                }
+                let mut after = stored.book.clone();
+                after.customer.card_last4 = last4.or_else(|| Some("····".to_owned()));
+                stored::save(self.documents.as_ref(), &stored, &after, &Changes::default(), now).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        self.complete_upgrade(entity, id, now).await
+    }
+
+    /// Runs a plan rule on the entity's book and writes what it changed (re-read and re-run
+    /// when another writer got there first).
+    async fn change<F>(&self, entity: Entity, now: DateTime<Utc>, rule: F) -> Result<Book, PurchaseError>
+    where
+        F: Fn(&Book, u32) -> Result<(Book, Changes), PlanError> + Sync,
+    {
+        let rule = &rule;
+        retry_on_conflict(|_| async move {
+            let stored: StoredBook = stored::load(self.documents.as_ref(), entity, now).await?;
+            let usage = self.usage(entity, now).await?;
+            let (after, changes) = rule(&stored.book, usage.billed.unwrap_or(0))?;
+            stored::save(self.documents.as_ref(), &stored, &after, &changes, now).await?;
+            Ok(after)
+        })
+        .await
+    }
+
+    /// The `billing/` form's license change (manual plans).
+    pub async fn change_licenses(&self, entity: Entity, change: ManualChange, now: DateTime<Utc>) -> Result<Book, PurchaseError> {
+        self.change(entity, now, |book, billed| super::update_licenses(book, change, billed, now))
+            .await
+    }
+
+    /// Cancels the live plan at the end of its period.
+    pub async fn cancel(&self, entity: Entity, now: DateTime<Utc>) -> Result<Book, PurchaseError> {
+        self.change(entity, now, |book, _| super::cancel_at_end_of_cycle(book, now))
+            .await
+    }
+
+    /// Undoes a cancellation.
+    pub async fn undo_cancel(&self, entity: Entity, now: DateTime<Utc>) -> Result<Book, PurchaseError> {
+        self.change(entity, now, |book, _| super::undo_cancel(book, now)).await
+    }
+}
+
+/// The schedule's name on invoices and pages.
+pub fn schedule_name(schedule: Schedule) -> &'static str {
+    match schedule {
+        Schedule::Monthly => "monthly",
+        Schedule::Annual => "annual",
+    }
+}
+
