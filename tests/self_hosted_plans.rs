@@ -1,11 +1,16 @@
 //! Self-hosted plans end to end: HTTP to the local server in `--aws` mode (the plans, ledger and
 //! uploads in moto's DynamoDB), Stripe in the sandbox, time moved with `POST /_local/clock`. A
 //! server's uploads move its realm's license ledger, and the daily invoicing run
-//! (`POST /_local/invoice-plans`) bills the ledger in Stripe.
+//! (`POST /_local/invoice-plans`) bills the ledger in Stripe. An owner buys a plan the way a
+//! browser does: the `upgrade/` form, the sandbox's Checkout page, the webhook that carries
+//! the upgrade through, the `billing/` page.
 
 use billing::plans::{self, Entity, Schedule};
 use billing::stripe::Billing;
-use bundle_tests::{billing_for, register_remote_server, start_server_against_moto, stripe_get};
+use bundle_tests::{
+    Browser, FirstLogin, all_delivered, billing_access_url, billing_for, first_login, path_of, register_remote_server,
+    start_server_against_moto, stripe_get,
+};
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -141,4 +146,389 @@ async fn uploads_move_the_ledger_and_the_invoicing_run_bills_it_a_month_later() 
         .book;
     assert_eq!(book.ledger.last().map(|r| (r.is_renewal, r.licenses)), Some((true, 21)));
     post(format!("{base}/_local/clock"), None, &json!({"offset_seconds": 0})).await;
+}
+
+/// The local server with a realm whose server has just uploaded `users` users, and the realm's
+/// owner logged in to its billing pages.
+struct Owner {
+    server: devserver::RunningServer,
+    base: String,
+    remote_server: bundle_tests::RemoteServerCredentials,
+    realm: Uuid,
+    user: Uuid,
+    email: String,
+    browser: Browser,
+}
+
+async fn owner_logged_in(users: u32) -> Owner {
+    let server = start_server_against_moto().await;
+    let base = format!("http://{}", server.address);
+    let remote_server = register_remote_server(&base, "admin@example.org").await;
+    let realm = Uuid::new_v4();
+    let listing = json!({"uuid": realm, "host": "chat.example.org", "name": "Example Org"});
+    let rows = json!({"realms": [listing], "realm_audit_logs": [
+        audit_row(1, realm, Utc::now() - Duration::hours(1), users)]});
+    let (status, body) = post(
+        format!("{base}/api/v1/remotes/server/analytics"),
+        Some(remote_server.basic()),
+        &rows,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let email = format!("owner-{}@example.org", realm.simple());
+    let user = Uuid::new_v4();
+    let link = billing_access_url(&base, &remote_server, realm, user, &email).await;
+    let mut browser = Browser::new(&base);
+    let FirstLogin { done, .. } = first_login(&mut browser, &link, &email).await;
+    assert_eq!(done.status.as_u16(), 302, "{}", done.body);
+    Owner {
+        server,
+        base,
+        remote_server,
+        realm,
+        user,
+        email,
+        browser,
+    }
+}
+
+impl Owner {
+    /// Moves the local server's clock to real time + `days` and logs in again there (a session
+    /// lasts two hours); a returning owner confirms with the login form only.
+    async fn at_day(&mut self, days: i64) {
+        let (status, _) = post(
+            format!("{}/_local/clock", self.base),
+            None,
+            &json!({"offset_seconds": days * 86_400}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let link = billing_access_url(&self.base, &self.remote_server, self.realm, self.user, &self.email).await;
+        let page = self.browser.get(&link).await;
+        assert_eq!(page.status.as_u16(), 200, "{}", page.body);
+        let done = self
+            .browser
+            .submit(
+                &path_of(&link),
+                &[("csrf_token", &page.csrf()), ("full_name", "Ada Owner")],
+            )
+            .await;
+        assert_eq!(done.status.as_u16(), 302, "{}", done.body);
+    }
+
+    fn page(&self, page: &str) -> String {
+        format!("/realm/{}/{page}/", self.realm)
+    }
+
+    /// Submits the upgrade form and, on Stripe's Checkout page, saves `card`; returns where
+    /// Checkout sent the browser.
+    async fn upgrade_through_checkout(&mut self, fields: &[(&str, &str)], card: &str) -> String {
+        let form = self.browser.get(&self.page("upgrade")).await;
+        assert_eq!(form.status.as_u16(), 200, "{}", form.body);
+        let csrf = form.csrf();
+        let mut sent = vec![("csrf_token", csrf.as_str())];
+        sent.extend_from_slice(fields);
+        let answer = self.browser.submit(&self.page("upgrade"), &sent).await;
+        assert_eq!(answer.status.as_u16(), 302, "{}", answer.body);
+        let checkout = answer.location.unwrap();
+        assert!(checkout.contains("/checkout/cs_test_"), "{checkout}");
+        // Checkout is Stripe's origin: the session cookie is not sent there.
+        let mut stripe = Browser::new(checkout.split("/checkout/").next().unwrap());
+        let page = stripe.get(&checkout).await;
+        assert_eq!(page.status.as_u16(), 200, "{}", page.body);
+        assert!(page.body.contains(r#"name="payment_method""#), "{}", page.body);
+        let saved = stripe.submit(&path_of(&checkout), &[("payment_method", card)]).await;
+        assert_eq!(saved.status.as_u16(), 303, "{}", saved.body);
+        saved.location.unwrap()
+    }
+
+    /// The billing page once it shows `marker`: the webhook carrying the upgrade through may
+    /// land after Checkout sent the browser back.
+    async fn billing_page_showing(&mut self, marker: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            all_delivered(&self.server).await;
+            let page = self.browser.get(&self.page("billing")).await;
+            assert_eq!(page.status.as_u16(), 200, "{}", page.body);
+            if page.body.contains(marker) {
+                return page.body;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {marker} on {}", page.body);
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn admin_view(&self) -> Value {
+        let admin = self
+            .server
+            .keys
+            .mint(Uuid::new_v4(), "subscriptions subscriptions_admin", Duration::hours(1));
+        reqwest::Client::new()
+            .get(format!("{}/remote-realms/{}/billing", self.base, self.realm))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn an_owner_buys_basic_through_checkout_and_every_invoice_matches_the_ledger_to_the_cent() {
+    // Given a realm of 6 users whose owner is logged in to billing
+    let mut owner = owner_logged_in(6).await;
+    let plans = owner.browser.get(&owner.page("plans")).await;
+    assert!(
+        plans.body.contains("$3.50/month") && plans.body.contains("$8.00/month"),
+        "{}",
+        plans.body
+    );
+    // When the owner upgrades to basic, monthly, automatic licenses, saving a card on Checkout
+    let back = owner
+        .upgrade_through_checkout(
+            &[
+                ("tier", "basic"),
+                ("schedule", "monthly"),
+                ("license_management", "automatic"),
+            ],
+            "pm_card_visa",
+        )
+        .await;
+    // Then Checkout returns to the billing page, which shows the plan once the webhook landed
+    assert_eq!(back, format!("{}{}", owner.base, owner.page("billing")));
+    let billing = owner.billing_page_showing(r#"<td id="plan-tier">Basic</td>"#).await;
+    assert!(billing.contains("Card ending in 4242"), "{billing}");
+    assert!(billing.contains(r#"<td id="plan-licenses">6</td>"#), "{billing}");
+    // And the first month was paid at once: 6 × $3.50
+    let view = owner.admin_view().await;
+    let customer = view["billing"][0]["customer"]["stripe_customer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invoices = stripe_get(
+        owner.server.sandbox.as_ref().unwrap(),
+        &format!("/v1/invoices?customer={customer}"),
+    )
+    .await;
+    let first = &invoices["data"][0];
+    assert_eq!(
+        (first["status"].as_str(), first["amount_paid"].as_i64()),
+        (Some("paid"), Some(6 * 350)),
+        "{invoices}"
+    );
+    let customer_object = stripe_get(
+        owner.server.sandbox.as_ref().unwrap(),
+        &format!("/v1/customers/{customer}"),
+    )
+    .await;
+    assert!(customer_object["invoice_settings"]["default_payment_method"].is_string());
+    // When the server reports 23, 20 and 21 users over the month, then uploads a month later
+    let start =
+        chrono::DateTime::parse_from_rfc3339(view["billing"][0]["plan"]["billing_cycle_anchor"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc);
+    let analytics = format!("{}/api/v1/remotes/server/analytics", owner.base);
+    let realm = owner.realm;
+    let rows = json!({"realms": [], "realm_audit_logs": [
+        audit_row(2, realm, start + Duration::days(4), 23),
+        audit_row(3, realm, start + Duration::days(9), 20),
+        audit_row(4, realm, start + Duration::days(19), 21)]});
+    let (status, body) = post(analytics.clone(), Some(owner.remote_server.basic()), &rows).await;
+    assert_eq!((status, &body["ledger_rows"]), (200, &json!(3)), "{body}");
+    owner.at_day(32).await;
+    let (status, body) = post(analytics, Some(owner.remote_server.basic()), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    // And the invoicing job runs
+    let (status, report) = post(format!("{}/_local/invoice-plans", owner.base), None, &json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    // Then one invoice bills the 17 added licenses for the rest of the month and the renewal of 21
+    let outcome = report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["entity"]["uuid"] == json!(realm))
+        .cloned()
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(outcome["outcome"], "invoiced", "{outcome}");
+    let period_end = plans::next_period_start(start, Schedule::Monthly, start);
+    let whole = (period_end - start).num_seconds() as f64;
+    let left = (period_end - (start + Duration::days(4))).num_seconds() as f64;
+    let prorated = (350.0 * left / whole + 0.5) as i64;
+    let invoice = stripe_get(
+        owner.server.sandbox.as_ref().unwrap(),
+        &format!("/v1/invoices/{}", outcome["invoice"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(
+        invoice["amount_due"].as_i64().unwrap(),
+        17 * prorated + 21 * 350,
+        "{invoice}"
+    );
+    // And running it again adds no item and no invoice
+    let (status, again) = post(format!("{}/_local/invoice-plans", owner.base), None, &json!({})).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        again["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["entity"]["uuid"] != json!(realm)),
+        "{again}"
+    );
+    let invoices = stripe_get(
+        owner.server.sandbox.as_ref().unwrap(),
+        &format!("/v1/invoices?customer={customer}"),
+    )
+    .await;
+    assert_eq!(invoices["data"].as_array().unwrap().len(), 2, "{invoices}");
+    // When the owner tries to set licenses by hand, then the automatic plan refuses inline
+    let page = owner.browser.get(&owner.page("billing")).await;
+    assert!(!page.body.contains(r#"id="update-licenses""#), "{}", page.body);
+    let refused = owner
+        .browser
+        .submit(
+            &owner.page("billing"),
+            &[("csrf_token", &page.csrf()), ("action", "licenses"), ("licenses", "30")],
+        )
+        .await;
+    assert_eq!(refused.status.as_u16(), 400, "{}", refused.body);
+    assert!(
+        refused.body.contains(r#"role="alert""#) && refused.body.contains("automatic license management"),
+        "{}",
+        refused.body
+    );
+    // When the owner cancels, then the plan ends at the period's end; undoing keeps it
+    let cancelled = owner
+        .browser
+        .submit(
+            &owner.page("billing"),
+            &[("csrf_token", &page.csrf()), ("action", "cancel")],
+        )
+        .await;
+    assert_eq!(cancelled.status.as_u16(), 200, "{}", cancelled.body);
+    assert!(
+        cancelled.body.contains("Ends at the end of this billing period"),
+        "{}",
+        cancelled.body
+    );
+    let kept = owner
+        .browser
+        .submit(
+            &owner.page("billing"),
+            &[("csrf_token", &page.csrf()), ("action", "undo")],
+        )
+        .await;
+    assert!(
+        kept.body.contains(r#"<td id="plan-status">Active</td>"#),
+        "{}",
+        kept.body
+    );
+    post(
+        format!("{}/_local/clock", owner.base),
+        None,
+        &json!({"offset_seconds": 0}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_declined_card_voids_the_first_invoice_starts_no_plan_and_says_why() {
+    // Given a realm of 30 users whose owner is logged in
+    let mut owner = owner_logged_in(30).await;
+    // When the owner buys business for 40 manual licenses with a card that saves but declines
+    owner
+        .upgrade_through_checkout(
+            &[
+                ("tier", "business"),
+                ("schedule", "annual"),
+                ("license_management", "manual"),
+                ("licenses", "40"),
+            ],
+            "pm_card_chargeCustomerFail",
+        )
+        .await;
+    // Then the billing page says Stripe's message, and there is no plan
+    let billing = owner.billing_page_showing("upgrade-declined").await;
+    assert!(
+        billing.contains("Your card was declined.") && billing.contains(r#"role="alert""#),
+        "{billing}"
+    );
+    assert!(billing.contains(r#"id="no-plan""#), "{billing}");
+    let view = owner.admin_view().await;
+    assert_eq!(view["billing"][0]["plan"], Value::Null, "{view}");
+    // And the invoice for 40 × $80.00 was voided, not left open
+    let customer = view["billing"][0]["customer"]["stripe_customer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invoices = stripe_get(
+        owner.server.sandbox.as_ref().unwrap(),
+        &format!("/v1/invoices?customer={customer}"),
+    )
+    .await;
+    let first = &invoices["data"][0];
+    assert_eq!(
+        (first["status"].as_str(), first["amount_due"].as_i64()),
+        (Some("void"), Some(40 * 8000)),
+        "{invoices}"
+    );
+}
+
+#[tokio::test]
+async fn too_few_licenses_and_stale_usage_data_are_refused_inline_and_change_nothing() {
+    // Given a realm of 30 users whose owner is logged in
+    let mut owner = owner_logged_in(30).await;
+    let form = owner.browser.get(&owner.page("upgrade")).await;
+    // When the owner asks for 26 manual business licenses
+    let refused = owner
+        .browser
+        .submit(
+            &owner.page("upgrade"),
+            &[
+                ("csrf_token", &form.csrf()),
+                ("tier", "business"),
+                ("schedule", "monthly"),
+                ("license_management", "manual"),
+                ("licenses", "26"),
+            ],
+        )
+        .await;
+    // Then the form comes back with the rule, its answers kept, and nothing was bought
+    assert_eq!(refused.status.as_u16(), 400, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("You must purchase licenses for all active users in your organization (minimum 30)."),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.contains(r#"value="26""#), "{}", refused.body);
+    // When three days pass without an upload
+    owner.at_day(3).await;
+    let form = owner.browser.get(&owner.page("upgrade")).await;
+    let stale = owner
+        .browser
+        .submit(
+            &owner.page("upgrade"),
+            &[
+                ("csrf_token", &form.csrf()),
+                ("tier", "basic"),
+                ("schedule", "monthly"),
+                ("license_management", "automatic"),
+            ],
+        )
+        .await;
+    post(
+        format!("{}/_local/clock", owner.base),
+        None,
+        &json!({"offset_seconds": 0}),
+    )
+    .await;
+    // Then the upgrade is refused for missing data, and no Stripe customer was made
+    assert_eq!(stale.status.as_u16(), 400, "{}", stale.body);
+    assert!(stale.body.contains("Missing data"), "{}", stale.body);
+    let view = owner.admin_view().await;
+    assert_eq!(view["billing"][0]["customer"]["stripe_customer"], Value::Null, "{view}");
 }

@@ -12,9 +12,9 @@ use billing::remote::{LoginForm, NextPage, RemoteBilling, RemoteError};
 use billing_http::html as pages;
 use billing_http::pages::{PageRequest, PageResponse, serve_page};
 use billing_http::plan_html::{self, PlanPage, UpgradeForm};
-use std::collections::HashMap;
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request, Response};
+use std::collections::HashMap;
 
 pub const LOGIN_ROUTE: &str = "GET /remote-billing-login/{token}";
 pub const COMPLETE_LOGIN_ROUTE: &str = "POST /remote-billing-login/{token}";
@@ -293,7 +293,14 @@ impl RemoteBillingPages {
             .entity_session(request.session_cookie().as_deref(), entity, now)
             .await?;
         let state = self.plan_state(session, now).await?;
-        Ok(PageResponse::ok(self.render(&state, kind, now, &UpgradeForm::default(), None, None)))
+        Ok(PageResponse::ok(self.render(
+            &state,
+            kind,
+            now,
+            &UpgradeForm::default(),
+            None,
+            None,
+        )))
     }
 
     /// `POST .../upgrade/` and `POST .../billing/`.
@@ -327,7 +334,14 @@ impl RemoteBillingPages {
             }),
             Ok(FormOutcome::Notice(notice)) => {
                 let state = self.plan_state(session, now).await?;
-                Ok(PageResponse::ok(self.render(&state, kind, now, &UpgradeForm::default(), None, Some(&notice))))
+                Ok(PageResponse::ok(self.render(
+                    &state,
+                    kind,
+                    now,
+                    &UpgradeForm::default(),
+                    None,
+                    Some(&notice),
+                )))
             }
             Err(Refusal::Page(error)) => Err(error),
             Err(Refusal::Inline(status, message)) => {
@@ -389,17 +403,29 @@ impl RemoteBillingPages {
                     licenses: Some(count("licenses")?),
                     licenses_at_next_renewal: None,
                 };
-                (purchases.change_licenses(entity, change, now).await, "Licenses updated; the increase is billed on your next invoice.")
+                (
+                    purchases.change_licenses(entity, change, now).await,
+                    "Licenses updated; the increase is billed on your next invoice.",
+                )
             }
             Some("licenses_at_next_renewal") => {
                 let change = ManualChange {
                     licenses: None,
                     licenses_at_next_renewal: Some(count("licenses_at_next_renewal")?),
                 };
-                (purchases.change_licenses(entity, change, now).await, "Licenses at next renewal updated.")
+                (
+                    purchases.change_licenses(entity, change, now).await,
+                    "Licenses at next renewal updated.",
+                )
             }
-            Some("cancel") => (purchases.cancel(entity, now).await, "Your plan will end at the end of this period."),
-            Some("undo") => (purchases.undo_cancel(entity, now).await, "Your plan will renew as before."),
+            Some("cancel") => (
+                purchases.cancel(entity, now).await,
+                "Your plan will end at the end of this period.",
+            ),
+            Some("undo") => (
+                purchases.undo_cancel(entity, now).await,
+                "Your plan will renew as before.",
+            ),
             _ => return Err(Refusal::bad_request("Unknown action.")),
         };
         result.map_err(Refusal::from)?;

@@ -688,8 +688,7 @@ pub fn previous_attributes(before: &Value, after: &Value) -> Map<String, Value> 
         .collect()
 }
 
-static CHECKOUT_SESSION: LazyLock<Value> =
-    LazyLock::new(|| fixture(include_str!("../fixtures/checkout_session.json")));
+static CHECKOUT_SESSION: LazyLock<Value> = LazyLock::new(|| fixture(include_str!("../fixtures/checkout_session.json")));
 
 /// What a new Checkout Session is made of.
 pub struct NewCheckoutSession<'a> {

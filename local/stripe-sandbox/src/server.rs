@@ -505,7 +505,10 @@ fn checkout_page(sandbox: &Sandbox, method: &Method, id: &str, body: &[u8]) -> R
         .unwrap_or_default();
     let (outcome, events, session) = {
         let mut state = lock(&sandbox.state);
-        state.request = (format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]), None);
+        state.request = (
+            format!("req_{}", &uuid::Uuid::new_v4().simple().to_string()[..14]),
+            None,
+        );
         let outcome = state.complete_checkout_session(id, payment_method.trim(), now);
         let session = state.open_checkout_session(id, now).ok();
         (outcome, std::mem::take(&mut state.emitted), session)

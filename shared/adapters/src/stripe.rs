@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use billing::config::{ConfigError, Environment, optional, required};
 use billing::deadline;
 use billing::stripe::{
-    Billing, BillingError, Customer, InvoicePage, InvoicePreview, InvoiceSummary, PreviewLine, PriceTerms, Proration,
-    CheckoutSession, SavedCard, SetupCheckout, SetupIntent, StripeSubscription, SubscriptionTerms,
+    Billing, BillingError, CheckoutSession, Customer, InvoicePage, InvoicePreview, InvoiceSummary, PreviewLine,
+    PriceTerms, Proration, SavedCard, SetupCheckout, SetupIntent, StripeSubscription, SubscriptionTerms,
 };
 use billing::subscription::Status;
 use chrono::{DateTime, TimeZone, Utc};

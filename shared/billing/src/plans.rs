@@ -562,7 +562,11 @@ pub fn update_licenses(
     if plan.license_management == LicenseManagement::Automatic {
         return Err(PlanError::AutomaticLicenses);
     }
-    if matches!(plan.status, PlanStatus::FreeTrial | PlanStatus::DowngradeAtEndOfFreeTrial) && change.licenses.is_some() {
+    if matches!(
+        plan.status,
+        PlanStatus::FreeTrial | PlanStatus::DowngradeAtEndOfFreeTrial
+    ) && change.licenses.is_some()
+    {
         return Err(PlanError::FreeTrial);
     }
     let last = *next.last_row().ok_or(PlanError::NoPlan)?;

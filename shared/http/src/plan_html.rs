@@ -148,8 +148,16 @@ pub fn upgrade(page: &PlanPage<'_>, form: &UpgradeForm, error: Option<&str>) -> 
     let billed = page.usage.billed.unwrap_or(0);
     let percent = discount(page);
     let form = UpgradeForm {
-        tier: if form.tier.is_empty() { "basic".into() } else { form.tier.clone() },
-        schedule: if form.schedule.is_empty() { "monthly".into() } else { form.schedule.clone() },
+        tier: if form.tier.is_empty() {
+            "basic".into()
+        } else {
+            form.tier.clone()
+        },
+        schedule: if form.schedule.is_empty() {
+            "monthly".into()
+        } else {
+            form.schedule.clone()
+        },
         license_management: if form.license_management.is_empty() {
             "automatic".into()
         } else {

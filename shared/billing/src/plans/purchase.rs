@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use super::stored::{self, PlannedWrite, StoredBook};
 use super::{
-    Book, Changes, Entity, InvoiceItem, LicenseManagement, ManualChange, Plan, PlanError, PlanStatus, Prices,
-    Schedule, Tier, UpgradeContext, UpgradeRequest, end_of_cycle, next_period_start,
+    Book, Changes, Entity, InvoiceItem, LicenseManagement, ManualChange, Plan, PlanError, PlanStatus, Prices, Schedule,
+    Tier, UpgradeContext, UpgradeRequest, end_of_cycle, next_period_start,
 };
 use crate::remote::records::{RealmOwner, realm_owner_key};
 use crate::remote::usage::{LatestCounts, UploadMarker, usage_collection};
@@ -266,7 +266,11 @@ impl Purchases {
     }
 
     /// The newest upgrade asked for in the last [`KEEP_UPGRADES_FOR`].
-    pub async fn latest_upgrade(&self, entity: Entity, now: DateTime<Utc>) -> Result<Option<PendingUpgrade>, StoreError> {
+    pub async fn latest_upgrade(
+        &self,
+        entity: Entity,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PendingUpgrade>, StoreError> {
         let collection = stored::collection(entity);
         let mut upgrades = Vec::new();
         let mut after = "upgrade#".to_owned();
@@ -365,7 +369,11 @@ impl Purchases {
             let (kind, uuid) = entity_parts(entity);
             let made = self
                 .stripe
-                .create_entity_customer(entity, email, &idempotency_key("entity_customer", &format!("{kind}/{uuid}"), "v1"))
+                .create_entity_customer(
+                    entity,
+                    email,
+                    &idempotency_key("entity_customer", &format!("{kind}/{uuid}"), "v1"),
+                )
                 .await?;
             let mut after = stored.book.clone();
             after.customer.stripe_customer = Some(made.id.clone());
@@ -376,7 +384,12 @@ impl Purchases {
         .await
     }
 
-    async fn pending(&self, entity: Entity, id: Uuid, now: DateTime<Utc>) -> Result<(PendingUpgrade, u64), PurchaseError> {
+    async fn pending(
+        &self,
+        entity: Entity,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(PendingUpgrade, u64), PurchaseError> {
         let key = upgrade_key(entity, id);
         let document = self
             .documents
@@ -431,22 +444,33 @@ impl Purchases {
             all.ended.append(&mut changes.ended);
             let plan = after.plan.clone().expect("an upgrade starts a plan");
             if plan.status == PlanStatus::Active {
-                let customer = after
-                    .customer
-                    .stripe_customer
-                    .clone()
-                    .ok_or(PurchaseError::Stripe(BillingError::Rejected("the entity has no Stripe customer".into())))?;
+                let customer =
+                    after
+                        .customer
+                        .stripe_customer
+                        .clone()
+                        .ok_or(PurchaseError::Stripe(BillingError::Rejected(
+                            "the entity has no Stripe customer".into(),
+                        )))?;
                 let licenses = after.last_row().map_or(0, |row| row.licenses);
                 let item = InvoiceItem {
                     idempotency_key: format!("upgrade:{id}"),
-                    description: format!("{} ({}), first period", plan.tier.display_name(), schedule_name(plan.schedule)),
+                    description: format!(
+                        "{} ({}), first period",
+                        plan.tier.display_name(),
+                        schedule_name(plan.schedule)
+                    ),
                     quantity: licenses,
                     unit_amount: plan.price_per_license,
                     period: (now, next_period_start(now, plan.schedule, now)),
                 };
                 match self
                     .stripe
-                    .charge_now(&customer, &item, &idempotency_key("upgrade", &id.to_string(), "first-period"))
+                    .charge_now(
+                        &customer,
+                        &item,
+                        &idempotency_key("upgrade", &id.to_string(), "first-period"),
+                    )
                     .await
                 {
                     Ok(invoice) => tracing::info!(upgrade = %id, invoice = %invoice.id, "first period paid"),
@@ -509,7 +533,11 @@ impl Purchases {
         let (_, _) = self.pending(entity, id, now).await?;
         let card = self
             .stripe
-            .save_checkout_card(customer, setup_intent, &idempotency_key("checkout_card", &id.to_string(), setup_intent))
+            .save_checkout_card(
+                customer,
+                setup_intent,
+                &idempotency_key("checkout_card", &id.to_string(), setup_intent),
+            )
             .await?;
         retry_on_conflict(|_| {
             let last4 = card.last4.clone();
@@ -546,9 +574,16 @@ impl Purchases {
     }
 
     /// The `billing/` form's license change (manual plans).
-    pub async fn change_licenses(&self, entity: Entity, change: ManualChange, now: DateTime<Utc>) -> Result<Book, PurchaseError> {
-        self.change(entity, now, |book, billed| super::update_licenses(book, change, billed, now))
-            .await
+    pub async fn change_licenses(
+        &self,
+        entity: Entity,
+        change: ManualChange,
+        now: DateTime<Utc>,
+    ) -> Result<Book, PurchaseError> {
+        self.change(entity, now, |book, billed| {
+            super::update_licenses(book, change, billed, now)
+        })
+        .await
     }
 
     /// Cancels the live plan at the end of its period.
@@ -570,4 +605,3 @@ pub fn schedule_name(schedule: Schedule) -> &'static str {
         Schedule::Annual => "annual",
     }
 }
-

@@ -419,7 +419,10 @@ fn a_cancelled_plan_ends_at_its_period_end_unless_the_cancellation_is_undone() {
     // When its owner cancels on 10 January
     let (cancelled, _) = cancel_at_end_of_cycle(&book, at(2026, 1, 10)).unwrap();
     // Then it still runs until 1 February, and ends there
-    assert_eq!(cancelled.plan.as_ref().unwrap().status, PlanStatus::DowngradeAtEndOfCycle);
+    assert_eq!(
+        cancelled.plan.as_ref().unwrap().status,
+        PlanStatus::DowngradeAtEndOfCycle
+    );
     assert_eq!(
         cancel_at_end_of_cycle(&cancelled, at(2026, 1, 11)).unwrap_err(),
         PlanError::AlreadyEnding
@@ -432,7 +435,10 @@ fn a_cancelled_plan_ends_at_its_period_end_unless_the_cancellation_is_undone() {
     let (renewed, changes) = end_of_cycle(&undone, at(2026, 2, 1));
     assert_eq!(renewed.plan.unwrap().status, PlanStatus::Active);
     assert!(changes.rows[0].is_renewal);
-    assert_eq!(undo_cancel(&undone, at(2026, 1, 21)).unwrap_err(), PlanError::NothingToUndo);
+    assert_eq!(
+        undo_cancel(&undone, at(2026, 1, 21)).unwrap_err(),
+        PlanError::NothingToUndo
+    );
 }
 
 #[test]

@@ -209,7 +209,9 @@ impl RemoteError {
             ),
             RemoteError::NotConfirmed => (Slug::Missing, "Tick the box to confirm the deactivation."),
             RemoteError::Mail(MailError::Refused(_)) => (Slug::InvalidValue, "Mail to that address was refused."),
-            RemoteError::Store(_) | RemoteError::Mail(MailError::Unavailable(_)) | RemoteError::Stripe(_) => return None,
+            RemoteError::Store(_) | RemoteError::Mail(MailError::Unavailable(_)) | RemoteError::Stripe(_) => {
+                return None;
+            }
         };
         Some((slug, message.to_owned()))
     }
@@ -1132,7 +1134,11 @@ impl RemoteBilling {
     }
 
     /// The live session behind a cookie's secret.
-    pub(crate) async fn session(&self, secret: Option<&str>, now: DateTime<Utc>) -> Result<Option<Session>, RemoteError> {
+    pub(crate) async fn session(
+        &self,
+        secret: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Session>, RemoteError> {
         let Some(secret) = secret.filter(|s| !s.is_empty()) else {
             return Ok(None);
         };
@@ -1181,7 +1187,11 @@ impl RemoteBilling {
     }
 
     /// The session's billing user, unless it is gone or is another one now.
-    pub(crate) async fn session_user(&self, session: &Session, now: DateTime<Utc>) -> Result<Option<BillingUser>, RemoteError> {
+    pub(crate) async fn session_user(
+        &self,
+        session: &Session,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BillingUser>, RemoteError> {
         let key = billing_user_key(session.server_uuid, session.realm_uuid, session.user_uuid);
         Ok(self
             .records
