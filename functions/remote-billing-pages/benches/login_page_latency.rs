@@ -89,6 +89,7 @@ fn pages_on(documents: Arc<dyn DocumentStore>) -> RemoteBillingPages {
             trial_days: 0,
             prices: billing::plans::Prices::default(),
         },
+        checkout_origin: "https://checkout.stripe.com".into(),
         remote: remote_billing_on(documents, outbox(), 5, 20),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
     }

@@ -10,7 +10,7 @@ use billing::plans::purchase::{CheckoutLinks, PurchaseError, Purchases, UpgradeS
 use billing::plans::{Entity, LicenseManagement, ManualChange, PlanError, Schedule, Tier, UpgradeRequest};
 use billing::remote::{LoginForm, NextPage, RemoteBilling, RemoteError};
 use billing_http::html as pages;
-use billing_http::pages::{PageRequest, PageResponse, serve_page};
+use billing_http::pages::{PageRequest, PageResponse, serve_page_posting_to};
 use billing_http::plan_html::{self, PlanPage, UpgradeForm};
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request, Response};
@@ -42,6 +42,9 @@ pub struct RemoteBillingPages {
     pub remote: RemoteBilling,
     /// Buying and changing plans: on the same (declared) store as `remote`.
     pub purchases: Purchases,
+    /// The origin of Stripe's Checkout pages (`https://checkout.stripe.com`), where the upgrade
+    /// form's answer may send the browser.
+    pub checkout_origin: String,
     pub clock: SharedClock,
 }
 
@@ -62,6 +65,20 @@ impl PlanPageKind {
             _ => None,
         }
     }
+}
+
+/// Where Checkout pages live: Stripe's, or those of the API base Stripe is reached at (a local
+/// sandbox serves its own).
+pub fn checkout_origin(api_base: Option<&str>) -> String {
+    let origin = api_base.and_then(|base| {
+        let (scheme, rest) = base.split_once("://")?;
+        let host = rest.split('/').next()?;
+        let plain = host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        (matches!(scheme, "http" | "https") && !host.is_empty() && plain).then(|| format!("{scheme}://{host}"))
+    });
+    origin.unwrap_or_else(|| "https://checkout.stripe.com".to_owned())
 }
 
 /// A checkbox counts as ticked when the browser sends it at all (`on`, or our `true`).
@@ -97,6 +114,7 @@ impl RemoteBillingPages {
         Ok(RemoteBillingPages {
             remote,
             purchases,
+            checkout_origin: checkout_origin(billing::config::optional(env, "STRIPE_API_BASE").as_deref()),
             clock: std::sync::Arc::new(billing_adapters::SystemClock),
         }
         .declared())
@@ -117,7 +135,7 @@ impl RemoteBillingPages {
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        serve_page(request, |request| self.route(request)).await
+        serve_page_posting_to(request, Some(&self.checkout_origin), |request| self.route(request)).await
     }
 
     async fn route(&self, request: PageRequest) -> Result<PageResponse, RemoteError> {

@@ -102,6 +102,7 @@ async fn world_on(fixture: RemoteFixture) -> World {
             trial_days: 0,
             prices: billing::plans::Prices::default(),
         },
+        checkout_origin: "https://checkout.stripe.com".into(),
         clock: clock.clock(),
     }
     .declared();

@@ -224,6 +224,8 @@ pub struct Bundle {
     pub clock: SharedClock,
     /// Self-hosted purchases (the pages and the webhook).
     pub purchases: billing::plans::purchase::Purchases,
+    /// Where Stripe's Checkout pages are (the sandbox's own, locally).
+    pub checkout_origin: String,
 }
 
 /// The local server's clock: real time plus an offset that `POST /_local/clock` sets, so a
@@ -325,6 +327,7 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
         RemoteBillingPages {
             remote: bundle.remote.clone(),
             purchases: bundle.purchases.clone(),
+            checkout_origin: bundle.checkout_origin.clone(),
             clock: bundle.clock.clone(),
         }
         .declared()
@@ -767,6 +770,13 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         trial_days: billing::config::self_hosted_free_trial_days(env)?,
         prices: billing::plans::Prices::default(),
     };
+    let checkout_origin = remote_billing_pages::checkout_origin(
+        sandbox
+            .as_ref()
+            .map(|sandbox| sandbox.base_url())
+            .or_else(|| optional(env, "STRIPE_API_BASE"))
+            .as_deref(),
+    );
     let remote = open_remote(env, documents, mailer.clone(), address)?;
     let return_origins = billing::lifecycle::return_origins(
         &optional(env, "CORS_ALLOWED_ORIGINS").unwrap_or_default(),
@@ -783,6 +793,7 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         remote: remote.clone(),
         clock,
         purchases,
+        checkout_origin,
     };
     let returned_secret = webhook_secret.clone();
     let mut all = routes(&bundle);

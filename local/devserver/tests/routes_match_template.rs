@@ -67,6 +67,7 @@ fn devserver_routes() -> BTreeSet<RouteKey> {
     };
     let bundle = devserver::Bundle {
         purchases,
+        checkout_origin: "https://checkout.stripe.com".into(),
         remote,
         store,
         billing,

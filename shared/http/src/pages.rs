@@ -181,6 +181,16 @@ where
     F: FnOnce(PageRequest) -> Fut,
     Fut: Future<Output = Result<PageResponse, RemoteError>>,
 {
+    serve_page_posting_to(request, None, handler).await
+}
+
+/// [`serve_page`] for pages whose forms may also end on `form_origin` (a form answered with a
+/// redirect to Stripe's Checkout: browsers check `form-action` along the redirects too).
+pub async fn serve_page_posting_to<F, Fut>(request: Request, form_origin: Option<&str>, handler: F) -> Response<Body>
+where
+    F: FnOnce(PageRequest) -> Fut,
+    Fut: Future<Output = Result<PageResponse, RemoteError>>,
+{
     let started = Instant::now();
     let request_id = request_id_of(&request);
     let span = crate::request_span(&request, &request_id);
@@ -210,7 +220,7 @@ where
                 }
             }
         };
-        let response = render(outcome, &request_id);
+        let response = render(outcome, &request_id, form_origin);
         tracing::info!(
             status = response.status().as_u16(),
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -249,7 +259,7 @@ fn precheck(request: &Request) -> Option<PageResponse> {
     None
 }
 
-fn render(outcome: PageResponse, request_id: &str) -> Response<Body> {
+fn render(outcome: PageResponse, request_id: &str, form_origin: Option<&str>) -> Response<Body> {
     let html = |status: StatusCode, body: String| {
         let mut response = Response::new(Body::Text(body));
         *response.status_mut() = status;
@@ -290,11 +300,17 @@ fn render(outcome: PageResponse, request_id: &str) -> Response<Body> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    let policy = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{}; frame-ancestors 'none'",
+        form_origin.map(|origin| format!(" {origin}")).unwrap_or_default()
+    );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ),
+        HeaderValue::from_str(&policy).unwrap_or_else(|_| {
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            )
+        }),
     );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if let Ok(value) = HeaderValue::from_str(request_id) {

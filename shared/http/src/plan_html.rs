@@ -186,7 +186,8 @@ pub fn upgrade(page: &PlanPage<'_>, form: &UpgradeForm, error: Option<&str>) -> 
                         legend { "Plan" }
                         @for tier in [Tier::Basic, Tier::Business] {
                             @let price = discounted(page.prices.list_price(tier, Schedule::Monthly), percent);
-                            @let label = format!("{} ({}/license/month, at least {} licenses{})", tier.display_name(), dollars(price), tier.minimum_licenses(),
+                            @let minimum = tier.minimum_licenses();
+                            @let label = format!("{} ({}/license/month, at least {} license{}{})", tier.display_name(), dollars(price), minimum, if minimum == 1 { "" } else { "s" },
                                 if trial_offered(page.book, tier, page.trial_days) { format!("; {}-day free trial", page.trial_days) } else { String::new() });
                             (radio("tier", tier.as_str(), &label, &form.tier))
                         }
