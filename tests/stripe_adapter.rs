@@ -328,3 +328,131 @@ async fn setup_intents_portal_sessions_and_previews_come_from_the_sandbox() {
     let stored = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
     assert_eq!(stored["items"]["data"][0]["price"]["id"], "price_basic_monthly");
 }
+
+/// Posts the sandbox's Checkout page form as a browser would; returns where it sent the browser.
+async fn complete_checkout(url: &str, card: &str) -> (u16, Option<String>) {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("payment_method={card}"))
+        .send()
+        .await
+        .unwrap();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), location)
+}
+
+#[tokio::test]
+async fn a_setup_checkout_saves_a_card_that_becomes_the_entitys_default_for_invoices() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let realm = Uuid::new_v4();
+    let entity = billing::plans::Entity::Realm(realm);
+    // Given an entity's customer, made twice under one key
+    let key = idempotency_key("entity_customer", &realm.to_string(), "t");
+    let customer = billing
+        .create_entity_customer(entity, "owner@example.org", &key)
+        .await
+        .unwrap();
+    let again = billing
+        .create_entity_customer(entity, "owner@example.org", &key)
+        .await
+        .unwrap();
+    assert_eq!(customer.id, again.id);
+    let held = stripe_get(&sandbox, &format!("/v1/customers/{}", customer.id)).await;
+    assert_eq!(held["metadata"]["remote_realm"], realm.to_string());
+    // When a setup Checkout Session is made and its page completed with a card
+    let session = billing
+        .create_setup_checkout(
+            billing::stripe::SetupCheckout {
+                customer: &customer.id,
+                success_url: "http://127.0.0.1:9/realm/x/billing/",
+                cancel_url: "http://127.0.0.1:9/realm/x/upgrade/",
+                pending_upgrade: "realm/x/y",
+            },
+            &idempotency_key("checkout", &realm.to_string(), "t"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        session.id.starts_with("cs_test_") && session.url.ends_with(&session.id),
+        "{session:?}"
+    );
+    let (status, location) = complete_checkout(&session.url, "pm_card_visa").await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (303, Some("http://127.0.0.1:9/realm/x/billing/"))
+    );
+    let held = stripe_get(&sandbox, &format!("/v1/checkout/sessions/{}", session.id)).await;
+    assert_eq!(
+        (held["status"].as_str(), held["mode"].as_str()),
+        (Some("complete"), Some("setup"))
+    );
+    assert_eq!(held["metadata"]["pending_upgrade"], "realm/x/y");
+    // Then the card of its SetupIntent becomes the customer's default
+    let intent = held["setup_intent"].as_str().unwrap();
+    let saved = billing
+        .save_checkout_card(
+            &customer.id,
+            intent,
+            &idempotency_key("checkout_card", &realm.to_string(), intent),
+        )
+        .await
+        .unwrap();
+    assert_eq!(saved.last4.as_deref(), Some("4242"));
+    let held = stripe_get(&sandbox, &format!("/v1/customers/{}", customer.id)).await;
+    assert_eq!(
+        held["invoice_settings"]["default_payment_method"],
+        saved.payment_method.as_str()
+    );
+    // And a completed session's page cannot be completed again
+    let (status, _) = complete_checkout(&session.url, "pm_card_visa").await;
+    assert_eq!(status, 402);
+}
+
+#[tokio::test]
+async fn charging_now_pays_one_invoice_and_a_declined_card_voids_it() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let item = |key: &str| billing::plans::InvoiceItem {
+        idempotency_key: key.to_owned(),
+        description: "Basic (monthly), first period".into(),
+        quantity: 6,
+        unit_amount: 350,
+        period: (Utc::now(), Utc::now() + Days::days(30)),
+    };
+    // Given a customer whose card pays, and one whose card declines charges
+    let (_, paying) = paying_customer(&billing, "pm_card_visa").await;
+    let (_, declining) = paying_customer(&billing, "pm_card_chargeCustomerFail").await;
+    // When the first period is charged now, twice under one key
+    let key = idempotency_key("upgrade", &Uuid::new_v4().to_string(), "first-period");
+    let paid = billing.charge_now(&paying, &item("upgrade:1"), &key).await.unwrap();
+    let again = billing.charge_now(&paying, &item("upgrade:1"), &key).await.unwrap();
+    // Then one invoice of 6 × 350 is paid
+    assert_eq!(paid.id, again.id);
+    assert_eq!((paid.status.as_deref(), paid.amount_paid), (Some("paid"), 2100));
+    let invoices = stripe_get(&sandbox, &format!("/v1/invoices?customer={paying}")).await;
+    assert_eq!(invoices["data"].as_array().unwrap().len(), 1, "{invoices}");
+    // When the declining card is charged, then Stripe's message comes back and the invoice is void
+    let key = idempotency_key("upgrade", &Uuid::new_v4().to_string(), "first-period");
+    let declined = billing.charge_now(&declining, &item("upgrade:2"), &key).await;
+    assert_eq!(
+        declined,
+        Err(BillingError::CardDeclined("Your card was declined.".into()))
+    );
+    let invoices = stripe_get(&sandbox, &format!("/v1/invoices?customer={declining}")).await;
+    let statuses: Vec<&str> = invoices["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|invoice| invoice["amount_due"] == 2100)
+        .map(|invoice| invoice["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["void"], "{invoices}");
+}

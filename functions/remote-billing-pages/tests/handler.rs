@@ -1097,3 +1097,322 @@ async fn a_confirmation_that_fails_to_create_the_billing_user_leaves_the_link_us
     let confirmed = world.follow_confirmation(&key).await;
     assert_eq!(confirmed.status, StatusCode::FOUND, "{}", confirmed.body);
 }
+
+// The plan pages: `plans/`, `upgrade/` and `billing/` of a realm and of a server. Stripe is the
+// in-memory `FakeBilling` here; the same flows run against the sandbox over HTTP in
+// `tests/self_hosted_plans.rs`.
+
+impl World {
+    /// The server reports `users` users of the world's realm now.
+    async fn upload_users(&self, id: u64, users: u32) {
+        let upload: billing::remote::usage::Upload = serde_json::from_value(json!({
+            "realms": [{"uuid": self.realm, "host": "chat.example.org", "name": "Example Org"}],
+            "realm_audit_logs": [{"id": id, "realm": self.realm, "event_type": 101,
+                "event_time": self.clock.now().timestamp(),
+                "extra_data": {"10": {"11": {"100": 1, "400": users - 1}}}}],
+        }))
+        .unwrap();
+        self.fixture
+            .remote
+            .record_upload(&self.server, &upload, self.clock.now())
+            .await
+            .unwrap();
+    }
+
+    async fn plan_page(&self, page: &str, session: Option<&str>) -> Answer {
+        let realm = self.realm.to_string();
+        self.get(
+            REALM_PAGE_ROUTE,
+            &format!("/realm/{realm}/{page}/"),
+            &[("realm_uuid", &realm), ("page", page)],
+            session,
+        )
+        .await
+    }
+
+    async fn plan_form(&self, page: &str, session: &str, form: &[(&str, &str)]) -> Answer {
+        let realm = self.realm.to_string();
+        self.post(
+            REALM_FORM_ROUTE,
+            &format!("/realm/{realm}/{page}/"),
+            &[("realm_uuid", &realm), ("page", page)],
+            form,
+            Some(session),
+            "198.51.100.7",
+        )
+        .await
+    }
+
+    /// Upgrades through Checkout: the form, then the completed session as the webhook reports
+    /// it (the fake Checkout URL carries the session's reference after `#`).
+    async fn buy(&self, session: &str, form: &[(&str, &str)]) {
+        let page = self.plan_page("upgrade", Some(session)).await;
+        let mut fields = vec![("csrf_token", page.csrf())];
+        fields.extend(form.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answer = self.plan_form("upgrade", session, &fields).await;
+        assert_eq!(answer.status, StatusCode::FOUND, "{}", answer.body);
+        let checkout = answer.location.unwrap();
+        let reference = checkout.split('#').nth(1).expect("the fake Checkout URL's reference");
+        let view = self
+            .fixture
+            .remote
+            .billing_view(billing::plans::Entity::Realm(self.realm), self.clock.now())
+            .await
+            .unwrap();
+        let customer = view.customer.stripe_customer.unwrap();
+        self.pages
+            .purchases
+            .checkout_completed(reference, &customer, "seti_fake", self.clock.now())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn plan_pages_without_a_session_send_the_user_back_to_the_server() {
+    // Given a realm known to billing
+    let world = world().await;
+    world.log_in(None).await;
+    for page in ["plans", "upgrade", "billing"] {
+        // When its plan page is opened without a session
+        let answer = world.plan_page(page, None).await;
+        // Then the browser goes back to the server to log in
+        assert_eq!(answer.status, StatusCode::FOUND, "{page}: {}", answer.body);
+        assert_eq!(
+            answer.location.as_deref(),
+            Some("https://chat.example.org/self-hosted-billing/")
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_goes_through_checkout_and_the_billing_page_shows_the_plan_and_card() {
+    // Given a logged-in owner of a realm of 6 users
+    let world = world().await;
+    let (session, _) = world.log_in(None).await;
+    world.upload_users(1, 6).await;
+    let plans = world.plan_page("plans", Some(&session)).await;
+    assert!(plans.body.contains("$3.50/month"), "{}", plans.body);
+    // When the owner buys basic with automatic licenses and Checkout completes
+    world
+        .buy(
+            &session,
+            &[
+                ("tier", "basic"),
+                ("schedule", "monthly"),
+                ("license_management", "automatic"),
+            ],
+        )
+        .await;
+    // Then the billing page shows the plan for 6 licenses and the saved card
+    let billing = world.plan_page("billing", Some(&session)).await;
+    assert_eq!(billing.status, StatusCode::OK);
+    for expected in [
+        r#"<td id="plan-tier">Basic</td>"#,
+        r#"<td id="plan-licenses">6</td>"#,
+        "Card ending in 4242",
+        r#"id="cancel-plan""#,
+    ] {
+        assert!(billing.body.contains(expected), "{expected} in {}", billing.body);
+    }
+    // And a second upgrade is refused with a conflict, inline
+    let upgrade = world.plan_page("upgrade", Some(&session)).await;
+    assert!(upgrade.body.contains(r#"id="has-plan""#), "{}", upgrade.body);
+    let again = world
+        .plan_form(
+            "upgrade",
+            &session,
+            &[
+                ("csrf_token", &billing.csrf()),
+                ("tier", "business"),
+                ("schedule", "monthly"),
+                ("license_management", "automatic"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert!(again.body.contains(r#"role="alert""#), "{}", again.body);
+}
+
+#[tokio::test]
+async fn a_manual_plan_raises_licenses_within_the_period_and_moves_the_next_renewal_above_the_users() {
+    // Given a manual basic plan of 10 licenses for a realm of 6 users
+    let world = world().await;
+    let (session, _) = world.log_in(None).await;
+    world.upload_users(1, 6).await;
+    world
+        .buy(
+            &session,
+            &[
+                ("tier", "basic"),
+                ("schedule", "monthly"),
+                ("license_management", "manual"),
+                ("licenses", "10"),
+            ],
+        )
+        .await;
+    let page = world.plan_page("billing", Some(&session)).await;
+    assert!(page.body.contains(r#"<td id="plan-licenses">10</td>"#), "{}", page.body);
+    let csrf = page.csrf();
+    // When the owner raises this period's licenses to 12
+    let raised = world
+        .plan_form(
+            "billing",
+            &session,
+            &[("csrf_token", &csrf), ("action", "licenses"), ("licenses", "12")],
+        )
+        .await;
+    // Then they are 12 now and at the next renewal
+    assert_eq!(raised.status, StatusCode::OK, "{}", raised.body);
+    assert!(
+        raised.body.contains(r#"<td id="plan-licenses">12</td>"#),
+        "{}",
+        raised.body
+    );
+    assert!(
+        raised.body.contains(r#"<td id="plan-next-licenses">12</td>"#),
+        "{}",
+        raised.body
+    );
+    // When the owner tries to lower them within the period, then it is refused inline
+    let lowered = world
+        .plan_form(
+            "billing",
+            &session,
+            &[("csrf_token", &csrf), ("action", "licenses"), ("licenses", "11")],
+        )
+        .await;
+    assert_eq!(lowered.status, StatusCode::BAD_REQUEST, "{}", lowered.body);
+    assert!(
+        lowered
+            .body
+            .contains("You cannot decrease the licenses in the current billing period.")
+    );
+    assert!(lowered.body.contains(r#"role="alert""#));
+    // When the next renewal is set below the users, then it is refused; above them it moves
+    let too_low = world
+        .plan_form(
+            "billing",
+            &session,
+            &[
+                ("csrf_token", &csrf),
+                ("action", "licenses_at_next_renewal"),
+                ("licenses_at_next_renewal", "5"),
+            ],
+        )
+        .await;
+    assert_eq!(too_low.status, StatusCode::BAD_REQUEST, "{}", too_low.body);
+    assert!(too_low.body.contains("(minimum 6)"), "{}", too_low.body);
+    let moved = world
+        .plan_form(
+            "billing",
+            &session,
+            &[
+                ("csrf_token", &csrf),
+                ("action", "licenses_at_next_renewal"),
+                ("licenses_at_next_renewal", "7"),
+            ],
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+    assert!(
+        moved.body.contains(r#"<td id="plan-licenses">12</td>"#),
+        "{}",
+        moved.body
+    );
+    assert!(
+        moved.body.contains(r#"<td id="plan-next-licenses">7</td>"#),
+        "{}",
+        moved.body
+    );
+}
+
+#[tokio::test]
+async fn plan_forms_with_a_forged_csrf_token_or_an_unknown_action_change_nothing() {
+    // Given a logged-in owner of a realm of 6 users
+    let world = world().await;
+    let (session, _) = world.log_in(None).await;
+    world.upload_users(1, 6).await;
+    // When the upgrade form comes with a forged token
+    let forged = world
+        .plan_form(
+            "upgrade",
+            &session,
+            &[
+                ("csrf_token", "forged"),
+                ("tier", "basic"),
+                ("schedule", "monthly"),
+                ("license_management", "automatic"),
+            ],
+        )
+        .await;
+    // Then it is refused and no Stripe customer was made
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    let view = world
+        .fixture
+        .remote
+        .billing_view(billing::plans::Entity::Realm(world.realm), world.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(view.customer.stripe_customer, None);
+    // And a billing form with an unknown action or no plan is refused inline (the session's
+    // token is the same on every page)
+    let page = world.plan_page("upgrade", Some(&session)).await;
+    let unknown = world
+        .plan_form(
+            "billing",
+            &session,
+            &[("csrf_token", &page.csrf()), ("action", "refund")],
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.body);
+    let cancel = world
+        .plan_form(
+            "billing",
+            &session,
+            &[("csrf_token", &page.csrf()), ("action", "cancel")],
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::BAD_REQUEST, "{}", cancel.body);
+    assert!(cancel.body.contains("this organization has no plan"), "{}", cancel.body);
+}
+
+#[tokio::test]
+async fn the_servers_contact_opens_the_servers_plan_pages_and_a_realm_session_cannot() {
+    // Given the server's contact logged in through the deactivation link, and a realm owner
+    let world = world().await;
+    let (contact, _) = world.contact_session().await;
+    let (owner, _) = world.log_in(None).await;
+    let server = world.server.uuid.to_string();
+    // When the contact opens the server's plans page, then it is the server's
+    let plans = world
+        .get(
+            SERVER_PAGE_ROUTE,
+            &format!("/server/{server}/plans/"),
+            &[("server_uuid", &server), ("page", "plans")],
+            Some(&contact),
+        )
+        .await;
+    assert_eq!(plans.status, StatusCode::OK, "{}", plans.body);
+    assert!(
+        plans.body.contains(&format!("Plans for {}", world.server.hostname)),
+        "{}",
+        plans.body
+    );
+    assert!(
+        plans.body.contains(&format!(r#"href="/server/{server}/upgrade/""#)),
+        "{}",
+        plans.body
+    );
+    // And the realm owner's session is sent back to the server
+    let refused = world
+        .get(
+            SERVER_PAGE_ROUTE,
+            &format!("/server/{server}/billing/"),
+            &[("server_uuid", &server), ("page", "billing")],
+            Some(&owner),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FOUND, "{}", refused.body);
+}

@@ -19,11 +19,13 @@ struct Fixture {
     webhook: StripeWebhook,
     store: Arc<dyn Store>,
     outbox: OutboxMailer,
+    documents: Arc<dyn billing::store::DocumentStore>,
 }
 
 fn fixture() -> Fixture {
     let embedded = embedded_store();
     let store: Arc<dyn Store> = embedded.clone();
+    let documents: Arc<dyn billing::store::DocumentStore> = embedded.clone();
     let outbox = OutboxMailer::new(std::env::temp_dir().join(format!("outbox-{}", Uuid::new_v4().simple()))).unwrap();
     let webhook = StripeWebhook {
         store: store.clone(),
@@ -39,7 +41,12 @@ fn fixture() -> Fixture {
         },
     }
     .declared();
-    Fixture { webhook, store, outbox }
+    Fixture {
+        webhook,
+        store,
+        outbox,
+        documents,
+    }
 }
 
 impl Fixture {
@@ -253,4 +260,126 @@ async fn a_signed_body_that_is_not_an_event_is_invalid_format() {
         (status, body["errors"][0]["slug"].as_str()),
         (400, Some("invalid_format"))
     );
+}
+
+/// The Checkout sample event of `events/`, completing the session of `reference`.
+fn checkout_completed(id: &str, reference: Option<&str>, customer: &str) -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../events/stripe-checkout-session-completed.json"
+    );
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    event["id"] = json!(id);
+    event["created"] = json!(Utc::now().timestamp());
+    event["data"]["object"]["customer"] = json!(customer);
+    event["data"]["object"]["metadata"] = match reference {
+        Some(reference) => json!({"pending_upgrade": reference}),
+        None => json!({}),
+    };
+    event
+}
+
+impl Fixture {
+    /// A realm of 6 users whose owner asked to upgrade to basic and was sent to Checkout: the
+    /// session's reference and the entity's Stripe customer.
+    async fn upgrade_waiting_for_checkout(&self) -> (Uuid, String, String) {
+        use billing::plans::purchase::{CheckoutLinks, UpgradeStart};
+        let remote = billing_testing::remote_billing_on(self.documents.clone(), billing_testing::outbox(), 5, 20);
+        let (server, realm) = (Uuid::new_v4(), Uuid::new_v4());
+        let request = billing::remote::RegisterRequest::read(
+            json!({"server_uuid": server, "server_key": "k".repeat(32), "hostname": "chat.example.org",
+                   "contact_email": "admin@example.org"})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        remote.register_server(request, None, Utc::now()).await.unwrap();
+        let server = remote
+            .authenticate(
+                Some(&format!("Basic {}", base64_of(&format!("{server}:{}", "k".repeat(32))))),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let upload: billing::remote::usage::Upload = serde_json::from_value(json!({
+            "realms": [{"uuid": realm, "host": "chat.example.org", "name": "Example Org"}],
+            "realm_audit_logs": [{"id": 1, "realm": realm, "event_type": 101, "event_time": Utc::now().timestamp(),
+                "extra_data": {"10": {"11": {"100": 1, "400": 5}}}}]}))
+        .unwrap();
+        remote.record_upload(&server, &upload, Utc::now()).await.unwrap();
+        let entity = billing::plans::Entity::Realm(realm);
+        let request = billing::plans::UpgradeRequest {
+            tier: billing::plans::Tier::Basic,
+            schedule: billing::plans::Schedule::Monthly,
+            license_management: billing::plans::LicenseManagement::Automatic,
+            licenses: None,
+        };
+        let links = CheckoutLinks {
+            success_url: "https://billing.example.com/b".into(),
+            cancel_url: "https://billing.example.com/u".into(),
+        };
+        let UpgradeStart::Checkout { url } = self
+            .webhook
+            .purchases
+            .begin_upgrade(entity, request, "owner@example.org", &links, Utc::now())
+            .await
+            .unwrap()
+        else {
+            panic!("no card yet: Checkout");
+        };
+        let customer = remote
+            .billing_view(entity, Utc::now())
+            .await
+            .unwrap()
+            .customer
+            .stripe_customer
+            .unwrap();
+        (realm, url.split('#').nth(1).unwrap().to_owned(), customer)
+    }
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test]
+async fn a_completed_checkout_starts_the_pending_upgrade_once() {
+    // Given an owner sent to Checkout to buy basic
+    let f = fixture();
+    let (realm, reference, customer) = f.upgrade_waiting_for_checkout().await;
+    // When Stripe reports the session completed, twice
+    let event = checkout_completed("evt_checkout_1", Some(&reference), &customer);
+    let (status, body) = f.deliver_signed(&event).await;
+    assert_eq!((status, &body["duplicate"]), (200, &json!(false)), "{body}");
+    let (status, body) = f.deliver_signed(&event).await;
+    // Then the plan started once, and the redelivery is a duplicate
+    assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
+    let book = billing::plans::stored::load(f.documents.as_ref(), billing::plans::Entity::Realm(realm), Utc::now())
+        .await
+        .unwrap();
+    let plan = book.book.plan.expect("the plan started");
+    assert_eq!((plan.tier, book.book.ledger.len()), (billing::plans::Tier::Basic, 1));
+    assert_eq!(book.book.customer.card_last4.as_deref(), Some("4242"));
+    assert_eq!(book.history.len(), 1);
+}
+
+#[tokio::test]
+async fn a_checkout_of_no_pending_upgrade_is_recorded_and_not_retried() {
+    // Given a webhook with nothing pending
+    let f = fixture();
+    // When Stripe reports sessions completed without our reference, or with an unknown one
+    let foreign = checkout_completed("evt_checkout_2", None, "cus_other");
+    let unknown = checkout_completed(
+        "evt_checkout_3",
+        Some(&format!("realm/{}/{}", Uuid::new_v4(), Uuid::new_v4())),
+        "cus_other",
+    );
+    // Then both are answered 200 (Stripe stops retrying) and recorded
+    for event in [foreign, unknown] {
+        let (status, body) = f.deliver_signed(&event).await;
+        assert_eq!((status, &body["duplicate"]), (200, &json!(false)), "{body}");
+        let id = event["id"].as_str().unwrap();
+        assert!(f.store.is_recorded(&format!("stripe-event:{id}")).await.unwrap());
+    }
 }
