@@ -314,6 +314,40 @@ def _():
     assert client.v1.invoices.void_invoice(other.id).status == "void"
 
 
+@check("a setup Checkout Session's page saves a card and completes the session")
+def _():
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    customer = client.v1.customers.create(params={"email": f"co-{uuid.uuid4().hex}@example.com"})
+    session = client.v1.checkout.sessions.create(params={
+        "mode": "setup", "customer": customer.id, "currency": "usd", "payment_method_types": ["card"],
+        "success_url": "https://example.com/done?session={CHECKOUT_SESSION_ID}",
+        "cancel_url": "https://example.com/cancel", "metadata": {"pending_upgrade": "p-1"}})
+    assert session.mode == "setup" and session.status == "open" and session.setup_intent.startswith("seti_"), session
+    page = urllib.request.urlopen(session.url).read().decode()
+    assert 'name="payment_method"' in page, page
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    form = urllib.parse.urlencode({"payment_method": "pm_card_visa"}).encode()
+    try:
+        urllib.request.build_opener(NoRedirect).open(session.url, data=form)
+    except urllib.error.HTTPError as answer:
+        assert answer.code == 303 and answer.headers["location"] == f"https://example.com/done?session={session.id}"
+    else:
+        raise AssertionError("no redirect to the success URL")
+    done = client.v1.checkout.sessions.retrieve(session.id)
+    assert done.status == "complete" and done.metadata["pending_upgrade"] == "p-1"
+    intent = client.v1.setup_intents.retrieve(done.setup_intent)
+    assert intent.status == "succeeded" and intent.payment_method.startswith("pm_")
+    method = client.v1.payment_methods.retrieve(intent.payment_method)
+    assert method.customer == customer.id and method.card.last4 == "4242"
+
+
 passed = sum(1 for _, error in results if error is None)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")
