@@ -30,7 +30,7 @@ cargo lambda build --release --x86-64 "${lambda_packages[@]}" --lambda-dir targe
 # One package set for every in-process cargo call: a different set unifies features
 # differently and rebuilds the whole tree.
 bench_packages=(-p create-subscription -p get-subscription -p patch-subscription -p signup-listener -p stripe-webhook
-  -p remote-billing-server -p remote-billing-pages -p stripe-sandbox)
+  -p remote-billing-server -p remote-billing-pages -p invoice-plans -p stripe-sandbox)
 cargo bench --no-run "${bench_packages[@]}" >&2
 cargo build --profile bench --bins "${bench_packages[@]}" >&2
 
@@ -87,6 +87,7 @@ out=$(mktemp)
   bench "Stripe webhook: acknowledgement latency" ack_latency
   bench "Remote billing: POST /api/v1/remotes/server/billing (a returning realm)" billing_link_latency
   bench "Remote billing: GET /remote-billing-login/{token}" login_page_latency
+  bench "Self-hosted invoicing run: time per due plan at 1,000 and 10,000 due plans (embedded store in memory, Stripe in memory)" invoicing_scale
 } > "$out"
 cat "$out"
 python3 - "$out" <<'PY'
