@@ -366,6 +366,15 @@ async fn an_owner_buys_basic_through_checkout_and_every_invoice_matches_the_ledg
         17 * prorated + 21 * 350,
         "{invoice}"
     );
+    // And Stripe collects it about an hour later, with the card saved on Checkout
+    owner.at_day(33).await;
+    let invoice = stripe_get(
+        owner.server.sandbox.as_ref().unwrap(),
+        &format!("/v1/invoices/{}", outcome["invoice"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(invoice["status"], "paid", "{invoice}");
+    assert_eq!(invoice["amount_paid"], invoice["amount_due"]);
     // And running it again adds no item and no invoice
     let (status, again) = post(format!("{}/_local/invoice-plans", owner.base), None, &json!({})).await;
     assert_eq!(status, 200, "{again}");

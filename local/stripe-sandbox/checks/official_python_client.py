@@ -348,6 +348,19 @@ def _():
     assert method.customer == customer.id and method.card.last4 == "4242"
 
 
+@check("an auto-advancing one-off invoice is charged an hour after it is finalized")
+def _():
+    customer = paying_customer()
+    client.v1.invoice_items.create(params={"customer": customer.id, "currency": "usd", "amount": 1234})
+    invoice = client.v1.invoices.create(params={"customer": customer.id, "auto_advance": True,
+                                                "pending_invoice_items_behavior": "include"})
+    client.v1.invoices.finalize_invoice(invoice.id)
+    assert client.v1.invoices.retrieve(invoice.id).status == "open"
+    sandbox_control("clock/advance", {"seconds": 3601})
+    paid = client.v1.invoices.retrieve(invoice.id)
+    assert paid.status == "paid" and paid.amount_paid == 1234 and paid.attempt_count == 1, paid
+
+
 passed = sum(1 for _, error in results if error is None)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")

@@ -27,6 +27,9 @@ pub enum Charge {
     NotAttempted,
 }
 
+/// How long after finalizing Stripe attempts an automatically collected invoice.
+pub const AUTO_ADVANCE_DELAY: i64 = 3600;
+
 /// Stripe's notice comes this long before a trial ends.
 const TRIAL_NOTICE: i64 = 3 * 86_400;
 /// An `incomplete` subscription whose first invoice is not paid expires after this.
@@ -705,7 +708,7 @@ impl State {
     /// (the invoice stays open; `invoice.payment_failed` or `invoice.payment_action_required`).
     pub fn pay_invoice(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
         Params::new(params, &["off_session", "expand"])?;
-        let mut invoice = self
+        let invoice = self
             .invoices
             .get(id)
             .cloned()
@@ -723,6 +726,21 @@ impl State {
                 ));
             }
         }
+        let (invoice, charge) = self.collect(id, invoice, now);
+        match charge {
+            Charge::Paid => Ok(invoice),
+            Charge::NoPaymentMethod => Err(invalid(
+                None,
+                "This customer has no attached payment source or default payment method. Please consider adding a default payment method.",
+            )),
+            Charge::NeedsAuthentication => Err(super::card_declined("authentication_required")),
+            _ => Err(super::card_declined("generic_decline")),
+        }
+    }
+
+    /// Charges an open invoice with the customer's default card at `now`, records the attempt,
+    /// and emits its outcome.
+    fn collect(&mut self, id: &str, mut invoice: Value, now: i64) -> (Value, Charge) {
         let customer = invoice["customer"].as_str().unwrap_or_default().to_owned();
         let charge = self.charge_with(self.paying_method(&Value::Null, &customer).as_deref());
         let amount = invoice["amount_due"].as_i64().unwrap_or(0);
@@ -736,14 +754,32 @@ impl State {
         }
         self.invoices.insert(id.to_owned(), invoice.clone());
         self.emit_invoice_outcome(&invoice, charge, now);
-        match charge {
-            Charge::Paid => Ok(invoice),
-            Charge::NoPaymentMethod => Err(invalid(
-                None,
-                "This customer has no attached payment source or default payment method. Please consider adding a default payment method.",
-            )),
-            Charge::NeedsAuthentication => Err(super::card_declined("authentication_required")),
-            _ => Err(super::card_declined("generic_decline")),
+        (invoice, charge)
+    }
+
+    /// Stripe attempts an automatically collected one-off invoice (`auto_advance`) about an
+    /// hour after it is finalized: each such invoice not yet attempted whose hour ends by `to`
+    /// is charged then, in the order they were finalized.
+    fn collect_auto_advancing(&mut self, to: i64) {
+        let mut due: Vec<(i64, String)> = self
+            .invoices
+            .iter()
+            .filter(|(_, invoice)| {
+                invoice["status"] == "open"
+                    && invoice["auto_advance"] == true
+                    && invoice["subscription"].is_null()
+                    && invoice["attempt_count"].as_i64().unwrap_or(0) == 0
+            })
+            .filter_map(|(id, invoice)| {
+                let at = invoice["status_transitions"]["finalized_at"].as_i64()? + AUTO_ADVANCE_DELAY;
+                (at <= to).then(|| (at, id.clone()))
+            })
+            .collect();
+        due.sort();
+        for (at, id) in due {
+            if let Some(invoice) = self.invoices.get(&id).cloned() {
+                self.collect(&id, invoice, at);
+            }
         }
     }
 
@@ -836,6 +872,7 @@ impl State {
                 }
             }
         }
+        self.collect_auto_advancing(to);
         self.emitted.drain(first..).collect()
     }
 
