@@ -830,43 +830,21 @@ pub enum InvoiceRun {
     },
 }
 
-/// Invoices the live plan at `at` if it is due: runs its end of cycle, then turns the ledger
-/// rows after the last invoiced one (up to `at`) into items — a renewal row bills `licenses ×
-/// price`, an increase bills the added licenses × price × the part of its period left — and
-/// moves the next invoice date on. An invoice due at `D` waits until the server has uploaded at
-/// or after `D` (`last_upload`).
-pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime<Utc>>) -> InvoiceRun {
-    let Some(due) = book.plan.as_ref().and_then(|p| p.next_invoice_date) else {
-        return InvoiceRun::NotDue;
-    };
-    if due > at {
-        return InvoiceRun::NotDue;
-    }
-    if last_upload.is_none_or(|upload| upload < due) {
-        return InvoiceRun::Deferred;
-    }
-    let (mut next, changes) = end_of_cycle(book, due);
-    let Some(mut plan) = next.plan.clone() else {
-        return InvoiceRun::Invoice {
-            items: Vec::new(),
-            book: Box::new(next),
-            changes,
-        };
-    };
+/// The items owed for `plan`'s ledger rows after its last invoiced one, up to `due`, and the
+/// last row they cover: a renewal bills `licenses × price`; an increase bills the added
+/// licenses × price × the part of its period left.
+fn ledger_items(plan: &Plan, ledger: &[LedgerRow], due: DateTime<Utc>) -> (Vec<InvoiceItem>, Option<u32>) {
     let mut items = Vec::new();
-    let mut base = next
-        .ledger
+    let invoiced_through = plan.invoiced_through;
+    let mut base = ledger
         .iter()
         .rev()
-        .find(|row| plan.invoiced_through.is_some_and(|seq| row.seq <= seq))
+        .find(|row| invoiced_through.is_some_and(|seq| row.seq <= seq))
         .map_or(0, |row| row.licenses);
-    let invoiced_through = plan.invoiced_through;
-    let due_rows: Vec<LedgerRow> = next
-        .ledger
+    let mut last = None;
+    let due_rows = ledger
         .iter()
-        .filter(|row| invoiced_through.is_none_or(|seq| row.seq > seq) && row.event_time <= due)
-        .copied()
-        .collect();
+        .filter(|row| invoiced_through.is_none_or(|seq| row.seq > seq) && row.event_time <= due);
     for row in due_rows {
         let period_start = period_start(plan.billing_cycle_anchor, plan.schedule, row.event_time);
         let period_end = next_period_start(plan.billing_cycle_anchor, plan.schedule, row.event_time);
@@ -892,7 +870,48 @@ pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime
             });
         }
         base = row.licenses;
-        plan.invoiced_through = Some(row.seq);
+        last = Some(row.seq);
+    }
+    (items, last)
+}
+
+/// Invoices the live plan at `at` if it is due: runs its end of cycle, then turns the ledger
+/// rows after the last invoiced one (up to `at`) into items — a renewal row bills `licenses ×
+/// price`, an increase bills the added licenses × price × the part of its period left — and
+/// moves the next invoice date on. An invoice due at `D` waits until the server has uploaded at
+/// or after `D` (`last_upload`).
+pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime<Utc>>) -> InvoiceRun {
+    let Some(due) = book.plan.as_ref().and_then(|p| p.next_invoice_date) else {
+        return InvoiceRun::NotDue;
+    };
+    if due > at {
+        return InvoiceRun::NotDue;
+    }
+    if last_upload.is_none_or(|upload| upload < due) {
+        return InvoiceRun::Deferred;
+    }
+    let (mut next, changes) = end_of_cycle(book, due);
+    let mut items = Vec::new();
+    // A plan that ended at this boundary (cancelled, or switching to its successor) is still
+    // owed the licenses added in its last period and not invoiced yet.
+    if let Some(ended) = book
+        .plan
+        .as_ref()
+        .filter(|current| changes.ended.iter().any(|p| p.id == current.id))
+    {
+        items.extend(ledger_items(ended, &book.ledger, due).0);
+    }
+    let Some(mut plan) = next.plan.clone() else {
+        return InvoiceRun::Invoice {
+            items,
+            book: Box::new(next),
+            changes,
+        };
+    };
+    let (owed, last) = ledger_items(&plan, &next.ledger, due);
+    items.extend(owed);
+    if last.is_some() {
+        plan.invoiced_through = last;
     }
     plan.next_invoice_date = Some(next_invoice_after(
         plan.schedule,

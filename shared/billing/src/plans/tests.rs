@@ -472,3 +472,24 @@ fn a_cancelled_trial_ends_at_the_trial_end_without_an_invoice() {
     let (undone, _) = undo_cancel(&cancelled, at(2026, 1, 6)).unwrap();
     assert_eq!(undone.plan.unwrap().status, PlanStatus::FreeTrial);
 }
+
+#[test]
+fn a_plan_cancelled_at_its_period_end_is_still_billed_for_the_licenses_added_in_its_last_period() {
+    // Given a basic plan of 6 whose users grew to 10 on 11 January, then cancelled
+    let book = automatic_basic_for_six();
+    let (grown, _) = sync_ledger(&book, &counts(&[(at(2026, 1, 11), 10)]));
+    let (cancelled, _) = cancel_at_end_of_cycle(&grown, at(2026, 1, 20)).unwrap();
+    // When it is invoiced at its end
+    let InvoiceRun::Invoice { items, book, .. } = invoice_plan(&cancelled, at(2026, 2, 1), Some(at(2026, 2, 1))) else {
+        panic!("due at the period's end");
+    };
+    // Then the 4 added licenses are billed for the rest of January, no renewal, and it ended
+    assert_eq!(items.len(), 1, "{items:?}");
+    let month = (at(2026, 2, 1) - at(2026, 1, 1)).num_seconds() as f64;
+    let left = (at(2026, 2, 1) - at(2026, 1, 11)).num_seconds() as f64;
+    assert_eq!(
+        (items[0].quantity, items[0].unit_amount),
+        (4, (350.0 * left / month + 0.5) as u64)
+    );
+    assert!(book.plan.is_none());
+}
