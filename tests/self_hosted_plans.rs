@@ -541,3 +541,85 @@ async fn too_few_licenses_and_stale_usage_data_are_refused_inline_and_change_not
     let view = owner.admin_view().await;
     assert_eq!(view["billing"][0]["customer"]["stripe_customer"], Value::Null, "{view}");
 }
+
+#[tokio::test]
+async fn a_manual_business_plan_bills_the_licenses_its_owner_adds_to_the_cent() {
+    // Given a realm of 30 users whose owner bought business, monthly, 30 manual licenses
+    let mut owner = owner_logged_in(30).await;
+    owner
+        .upgrade_through_checkout(
+            &[
+                ("tier", "business"),
+                ("schedule", "monthly"),
+                ("license_management", "manual"),
+                ("licenses", "30"),
+            ],
+            "pm_card_visa",
+        )
+        .await;
+    owner.billing_page_showing(r#"<td id="plan-licenses">30</td>"#).await;
+    // When, ten days later, the owner raises this period's licenses to 35
+    owner.at_day(10).await;
+    let page = owner.browser.get(&owner.page("billing")).await;
+    let raised = owner
+        .browser
+        .submit(
+            &owner.page("billing"),
+            &[("csrf_token", &page.csrf()), ("action", "licenses"), ("licenses", "35")],
+        )
+        .await;
+    assert_eq!(raised.status.as_u16(), 200, "{}", raised.body);
+    assert!(
+        raised.body.contains(r#"<td id="plan-licenses">35</td>"#),
+        "{}",
+        raised.body
+    );
+    // And a month after the purchase the server uploads and the invoicing job runs
+    owner.at_day(32).await;
+    let analytics = format!("{}/api/v1/remotes/server/analytics", owner.base);
+    let (status, _) = post(analytics, Some(owner.remote_server.basic()), &json!({})).await;
+    assert_eq!(status, 200);
+    let view = owner.admin_view().await;
+    let (status, report) = post(format!("{}/_local/invoice-plans", owner.base), None, &json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    // Then the first invoice was 30 × $8.00, and this one bills the 5 added licenses for the
+    // rest of the first month and the renewal of 35, to the cent
+    let time = |text: &Value| {
+        chrono::DateTime::parse_from_rfc3339(text.as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    let start = time(&view["billing"][0]["plan"]["billing_cycle_anchor"]);
+    let added = time(&view["billing"][0]["ledger"][1]["event_time"]);
+    let period_end = plans::next_period_start(start, Schedule::Monthly, start);
+    let whole = (period_end - start).num_seconds() as f64;
+    let left = (period_end - added).num_seconds() as f64;
+    let prorated = (800.0 * left / whole + 0.5) as i64;
+    let outcome = report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["entity"]["uuid"] == json!(owner.realm))
+        .cloned()
+        .unwrap_or_else(|| panic!("{report}"));
+    let customer = view["billing"][0]["customer"]["stripe_customer"].as_str().unwrap();
+    let sandbox = owner.server.sandbox.as_ref().unwrap();
+    let invoices = stripe_get(sandbox, &format!("/v1/invoices?customer={customer}")).await;
+    let amounts: Vec<i64> = invoices["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|invoice| invoice["amount_due"].as_i64().unwrap())
+        .collect();
+    assert_eq!(amounts, [5 * prorated + 35 * 800, 30 * 800], "{invoices}");
+    assert_eq!(
+        invoices["data"][0]["id"], outcome["invoice"],
+        "the newest invoice is the run's"
+    );
+    post(
+        format!("{}/_local/clock", owner.base),
+        None,
+        &json!({"offset_seconds": 0}),
+    )
+    .await;
+}
