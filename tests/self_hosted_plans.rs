@@ -258,6 +258,18 @@ impl Owner {
         }
     }
 
+    /// The entity's Stripe customer and its invoices in the sandbox, newest first.
+    async fn invoices(&self) -> (String, Value) {
+        let view = self.admin_view().await;
+        let customer = view["billing"][0]["customer"]["stripe_customer"]
+            .as_str()
+            .expect("a Stripe customer")
+            .to_owned();
+        let sandbox = self.server.sandbox.as_ref().unwrap();
+        let invoices = stripe_get(sandbox, &format!("/v1/invoices?customer={customer}")).await;
+        (customer, invoices)
+    }
+
     async fn admin_view(&self) -> Value {
         let admin = self
             .server
@@ -303,15 +315,7 @@ async fn an_owner_buys_basic_through_checkout_and_every_invoice_matches_the_ledg
     assert!(billing.contains(r#"<td id="plan-licenses">6</td>"#), "{billing}");
     // And the first month was paid at once: 6 × $3.50
     let view = owner.admin_view().await;
-    let customer = view["billing"][0]["customer"]["stripe_customer"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let invoices = stripe_get(
-        owner.server.sandbox.as_ref().unwrap(),
-        &format!("/v1/invoices?customer={customer}"),
-    )
-    .await;
+    let (customer, invoices) = owner.invoices().await;
     let first = &invoices["data"][0];
     assert_eq!(
         (first["status"].as_str(), first["amount_paid"].as_i64()),
@@ -468,15 +472,7 @@ async fn a_declined_card_voids_the_first_invoice_starts_no_plan_and_says_why() {
     let view = owner.admin_view().await;
     assert_eq!(view["billing"][0]["plan"], Value::Null, "{view}");
     // And the invoice for 40 × $80.00 was voided, not left open
-    let customer = view["billing"][0]["customer"]["stripe_customer"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let invoices = stripe_get(
-        owner.server.sandbox.as_ref().unwrap(),
-        &format!("/v1/invoices?customer={customer}"),
-    )
-    .await;
+    let (_, invoices) = owner.invoices().await;
     let first = &invoices["data"][0];
     assert_eq!(
         (first["status"].as_str(), first["amount_due"].as_i64()),
