@@ -619,3 +619,142 @@ async fn a_manual_business_plan_bills_the_licenses_its_owner_adds_to_the_cent() 
     )
     .await;
 }
+
+/// An administrator's POST with a JSON body; its status and answer.
+async fn admin_post(server: &devserver::RunningServer, path: &str, body: &Value) -> (u16, Value) {
+    let admin = server
+        .keys
+        .mint(Uuid::new_v4(), "subscriptions subscriptions_admin", Duration::hours(1));
+    let response = reqwest::Client::new()
+        .post(format!("http://{}{path}", server.address))
+        .bearer_auth(admin)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_legacy_server_scheduled_for_upgrade_keeps_the_manual_license_count() {
+    // Given a server of 30 users on a legacy plan for ten more days, with 20% off
+    let server = start_server_against_moto().await;
+    let base = format!("http://{}", server.address);
+    let contact = format!("admin-{}@example.org", Uuid::new_v4().simple());
+    let remote_server = register_remote_server(&base, &contact).await;
+    let realm = Uuid::new_v4();
+    let analytics = format!("{base}/api/v1/remotes/server/analytics");
+    let rows = json!({"realms": [{"uuid": realm, "host": "chat.example.org", "name": "Example Org"}],
+                      "realm_audit_logs": [audit_row(1, realm, Utc::now() - Duration::hours(1), 30)]});
+    let (status, body) = post(analytics.clone(), Some(remote_server.basic()), &rows).await;
+    assert_eq!(status, 200, "{body}");
+    let entity = format!("/remote-servers/{}", remote_server.uuid);
+    let end = Utc::now() + Duration::days(10);
+    let (status, view) = admin_post(
+        &server,
+        &format!("{entity}/legacy-plan"),
+        &json!({"end_date": end.timestamp()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["billing"][0]["plan"]["tier"], "legacy", "{view}");
+    let (status, again) = admin_post(
+        &server,
+        &format!("{entity}/legacy-plan"),
+        &json!({"end_date": end.timestamp()}),
+    )
+    .await;
+    assert_eq!(
+        (status, &again["errors"][0]["slug"]),
+        (409, &json!("conflict")),
+        "{again}"
+    );
+    let (status, view) = admin_post(&server, &format!("{entity}/discount"), &json!({"percent": 20})).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["billing"][0]["customer"]["default_discount"], 20, "{view}");
+    // And its contact logged in to the server's billing
+    let (status, _) = admin_post(&server, &format!("{entity}/deactivation-link"), &json!({})).await;
+    assert_eq!(status, 202);
+    let mail = bundle_tests::ses_mails_to(&contact).await.last().cloned().unwrap();
+    let body = mail["body"].as_str().unwrap();
+    let link = body[body.find("http").unwrap()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut browser = Browser::new(&base);
+    let FirstLogin { done, .. } = first_login(&mut browser, &link, &contact).await;
+    assert_eq!(done.status.as_u16(), 302, "{}", done.body);
+    // When the contact schedules business, monthly, 40 manual licenses, saving a card
+    let pages = format!("/server/{}", remote_server.uuid);
+    let form = browser.get(&format!("{pages}/upgrade/")).await;
+    assert!(form.body.contains(r#"id="legacy-notice""#), "{}", form.body);
+    let answer = browser
+        .submit(
+            &format!("{pages}/upgrade/"),
+            &[
+                ("csrf_token", &form.csrf()),
+                ("tier", "business"),
+                ("schedule", "monthly"),
+                ("license_management", "manual"),
+                ("licenses", "40"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status.as_u16(), 302, "{}", answer.body);
+    let checkout = answer.location.unwrap();
+    let mut stripe = Browser::new(checkout.split("/checkout/").next().unwrap());
+    let saved = stripe
+        .submit(&path_of(&checkout), &[("payment_method", "pm_card_visa")])
+        .await;
+    assert_eq!(saved.status.as_u16(), 303, "{}", saved.body);
+    all_delivered(&server).await;
+    // Then the billing page shows the scheduled plan at the discounted price, nothing charged yet
+    let billing = browser.get(&format!("{pages}/billing/")).await;
+    assert!(billing.body.contains(r#"id="scheduled-plan""#), "{}", billing.body);
+    assert!(
+        billing.body.contains("40 licenses, $6.40 a license"),
+        "{}",
+        billing.body
+    );
+    // When uploads lower the users to 26 before the end date
+    let rows = json!({"realm_audit_logs": [audit_row(2, realm, Utc::now(), 26)]});
+    let (status, body) = post(analytics.clone(), Some(remote_server.basic()), &rows).await;
+    assert_eq!(status, 200, "{body}");
+    // And the invoicing job runs the day after the end date, the server having uploaded
+    let (status, _) = post(
+        format!("{base}/_local/clock"),
+        None,
+        &json!({"offset_seconds": 11 * 86_400}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(analytics, Some(remote_server.basic()), &json!({})).await;
+    assert_eq!(status, 200);
+    let (status, report) = post(format!("{base}/_local/invoice-plans"), None, &json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    // Then business started with the 40 licenses chosen, invoiced 40 × floor(800 × 0.8) = $256.00
+    let outcome = report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["entity"]["uuid"] == json!(remote_server.uuid))
+        .cloned()
+        .unwrap_or_else(|| panic!("{report}"));
+    let sandbox = server.sandbox.as_ref().unwrap();
+    let invoice = stripe_get(
+        sandbox,
+        &format!("/v1/invoices/{}", outcome["invoice"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(invoice["amount_due"], 40 * 640, "{invoice}");
+    let (_, view) = admin_post(&server, &format!("{entity}/discount"), &json!({"percent": 20})).await;
+    let plan = &view["billing"][0]["plan"];
+    assert_eq!(
+        (plan["tier"].as_str(), plan["licenses"].as_u64()),
+        (Some("business"), Some(40)),
+        "{view}"
+    );
+    post(format!("{base}/_local/clock"), None, &json!({"offset_seconds": 0})).await;
+}

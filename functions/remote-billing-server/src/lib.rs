@@ -4,7 +4,8 @@
 //! Basic `server_uuid:server_key`; administrators have a deactivation link mailed to a server's
 //! contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT) and read an entity's
 //! self-hosted billing (`GET /remote-realms/{realm_uuid}/billing`,
-//! `GET /remote-servers/{server_uuid}/billing`, JWT).
+//! `GET /remote-servers/{server_uuid}/billing`, JWT) and change it: a legacy plan
+//! (`POST /{entity}/legacy-plan`) and the customer's discount (`POST /{entity}/discount`).
 
 use billing::access::Operation;
 use billing::clock::SharedClock;
@@ -28,6 +29,14 @@ pub const DEACTIVATION_LINK_ROUTE: &str = "POST /remote-servers/{server_uuid}/de
 pub const REALM_BILLING_ROUTE: &str = "GET /remote-realms/{realm_uuid}/billing";
 /// Administrators read a server's self-hosted billing.
 pub const SERVER_BILLING_ROUTE: &str = "GET /remote-servers/{server_uuid}/billing";
+/// Administrators put a realm on a legacy plan.
+pub const REALM_LEGACY_ROUTE: &str = "POST /remote-realms/{realm_uuid}/legacy-plan";
+/// Administrators put a server on a legacy plan.
+pub const SERVER_LEGACY_ROUTE: &str = "POST /remote-servers/{server_uuid}/legacy-plan";
+/// Administrators set a realm's discount.
+pub const REALM_DISCOUNT_ROUTE: &str = "POST /remote-realms/{realm_uuid}/discount";
+/// Administrators set a server's discount.
+pub const SERVER_DISCOUNT_ROUTE: &str = "POST /remote-servers/{server_uuid}/discount";
 /// A server's usage upload: its realms and realm audit-log rows.
 pub const ANALYTICS_ROUTE: &str = "POST /api/v1/remotes/server/analytics";
 /// The last audit-log row id received from the server.
@@ -143,6 +152,32 @@ impl RemoteServerApi {
                     let view = self.remote.billing_view(entity, now).await?;
                     Ok(ApiResponse::json(json!({"billing": [view]})))
                 }
+                Some(route @ (REALM_LEGACY_ROUTE | SERVER_LEGACY_ROUTE)) => {
+                    request.principal()?.require_admin()?;
+                    let entity = entity_of(&request, route == REALM_LEGACY_ROUTE)?;
+                    let body: LegacyPlanRequest = request.json_body_with(read_json)?;
+                    let end_date = chrono::DateTime::from_timestamp(body.end_date, 0).ok_or_else(|| {
+                        ApiError::one(FieldError::field(
+                            Slug::InvalidValue,
+                            "/end_date",
+                            "must be Unix seconds",
+                        ))
+                    })?;
+                    let view = self.remote.start_legacy_plan(entity, end_date, now).await?;
+                    Ok(ApiResponse::json(json!({"billing": [view]})))
+                }
+                Some(route @ (REALM_DISCOUNT_ROUTE | SERVER_DISCOUNT_ROUTE)) => {
+                    let principal = request.principal()?;
+                    principal.require_admin()?;
+                    let entity = entity_of(&request, route == REALM_DISCOUNT_ROUTE)?;
+                    let body: DiscountRequest = request.json_body_with(read_json)?;
+                    let actor = format!("admin:{}", principal.user_id);
+                    let view = self
+                        .remote
+                        .set_entity_discount(entity, body.percent, &actor, now)
+                        .await?;
+                    Ok(ApiResponse::json(json!({"billing": [view]})))
+                }
                 Some(DEACTIVATION_LINK_ROUTE) => {
                     request.principal()?.require_admin()?;
                     let server = request.path_uuid("server_uuid")?;
@@ -154,4 +189,36 @@ impl RemoteServerApi {
         })
         .await
     }
+}
+
+/// `POST /{entity}/legacy-plan`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegacyPlanRequest {
+    /// When the complimentary plan ends, Unix seconds.
+    end_date: i64,
+}
+
+/// `POST /{entity}/discount`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscountRequest {
+    /// 0 to 99.
+    percent: u8,
+}
+
+/// A body of one of the administrators' small requests; anything unreadable is
+/// `invalid_format` with serde's account of where.
+fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, billing::errors::ValidationErrors> {
+    serde_json::from_slice(body)
+        .map_err(|e| FieldError::general(Slug::InvalidFormat, format!("the body is not readable: {e}")).into())
+}
+
+/// The realm or server a route's path names.
+fn entity_of(request: &billing_http::ApiRequest, realm: bool) -> Result<Entity, ApiError> {
+    Ok(if realm {
+        Entity::Realm(request.path_uuid("realm_uuid")?)
+    } else {
+        Entity::Server(request.path_uuid("server_uuid")?)
+    })
 }

@@ -382,6 +382,15 @@ pub enum PlanError {
     /// There is no scheduled change to undo.
     #[error("There is no scheduled change to undo.")]
     NothingToUndo,
+    /// A discount is a whole percentage from 0 to 99.
+    #[error("The discount must be a whole percentage from 0 to 99, not {0}.")]
+    InvalidDiscount(u8),
+    /// A legacy plan's end date must be after now.
+    #[error("The end date must be in the future.")]
+    EndDateNotInFuture,
+    /// An upgrade is already scheduled for the end of the legacy plan.
+    #[error("An upgrade is already scheduled for the end of your current plan.")]
+    AlreadyScheduledUpgrade,
     /// An upgrade could no longer be made when its card arrived.
     #[error("{0}")]
     Refused(String),
@@ -469,9 +478,14 @@ pub fn trial_offered(book: &Book, tier: Tier, trial_days: u32) -> bool {
 /// Starts a paid plan now: a free trial when one is offered (nothing charged; first invoice at
 /// its end), else `active` (the caller charges the first period before storing it). The plan's
 /// first ledger row is a renewal with the bought count for both numbers.
+///
+/// An entity on a legacy plan schedules the upgrade instead ([`schedule_upgrade`]).
 pub fn upgrade(book: &Book, request: &UpgradeRequest, context: &UpgradeContext) -> Result<(Book, Changes), PlanError> {
     if !request.tier.is_paid() {
         return Err(PlanError::NotForSale(request.tier.as_str()));
+    }
+    if book.plan.as_ref().is_some_and(|plan| plan.tier == Tier::Legacy) {
+        return schedule_upgrade(book, request, context);
     }
     if book.plan.is_some() {
         return Err(PlanError::AlreadyHasPlan);
@@ -521,6 +535,114 @@ pub fn upgrade(book: &Book, request: &UpgradeRequest, context: &UpgradeContext) 
             ended: Vec::new(),
         },
     ))
+}
+
+/// Puts the entity on a complimentary `legacy` plan until `end_date`: never invoiced, its
+/// ledger tracking the users (one renewal row with the billed count now) so a plan scheduled
+/// after it starts with the right count. Refused while a plan is live.
+pub fn start_legacy(
+    book: &Book,
+    end_date: DateTime<Utc>,
+    billed_count: u32,
+    now: DateTime<Utc>,
+    plan_id: Uuid,
+) -> Result<(Book, Changes), PlanError> {
+    let (mut next, mut changes) = end_of_cycle(book, now);
+    if next.plan.is_some() {
+        return Err(PlanError::AlreadyHasPlan);
+    }
+    if end_date <= now {
+        return Err(PlanError::EndDateNotInFuture);
+    }
+    next.plan = Some(Plan {
+        id: plan_id,
+        entity: next.customer.entity,
+        tier: Tier::Legacy,
+        schedule: Schedule::Annual,
+        license_management: LicenseManagement::Automatic,
+        price_per_license: 0,
+        discount_percent: 0,
+        billing_cycle_anchor: now,
+        next_invoice_date: Some(end_date),
+        end_date: Some(end_date),
+        status: PlanStatus::Active,
+        invoiced_through: None,
+        scheduled_licenses: None,
+    });
+    next.ledger = Vec::new();
+    next.ever_had_plan = true;
+    let row = next.append(now, true, billed_count, billed_count);
+    if let Some(plan) = next.plan.as_mut() {
+        plan.invoiced_through = Some(row.seq);
+    }
+    changes.rows.push(row);
+    Ok((next, changes))
+}
+
+/// Schedules a paid plan to start when the live legacy plan ends: a `never_started` plan
+/// anchored at the end date (no trial; its first invoice is at that date), the legacy plan set
+/// to `switch_plan_tier_at_plan_end`, and a row on the legacy ledger whose next-renewal count is
+/// the count the new plan starts with: `max(billed count, requested)` for a manual plan,
+/// `max(billed count, minimum)` for an automatic one.
+pub fn schedule_upgrade(
+    book: &Book,
+    request: &UpgradeRequest,
+    context: &UpgradeContext,
+) -> Result<(Book, Changes), PlanError> {
+    let now = context.now;
+    let (mut next, mut changes) = end_of_cycle(book, now);
+    let legacy = match &next.plan {
+        Some(plan) if plan.tier == Tier::Legacy && plan.status == PlanStatus::Active => plan.clone(),
+        Some(plan) if plan.tier == Tier::Legacy => return Err(PlanError::AlreadyScheduledUpgrade),
+        _ => return Err(PlanError::NoPlan),
+    };
+    let end = legacy.end_date.ok_or(PlanError::NoPlan)?;
+    let licenses = licenses_to_buy(request, context.billed_count)?;
+    let discount = next.customer.default_discount;
+    next.next_plan = Some(Plan {
+        id: context.plan_id,
+        entity: next.customer.entity,
+        tier: request.tier,
+        schedule: request.schedule,
+        license_management: request.license_management,
+        price_per_license: discounted(context.prices.list_price(request.tier, request.schedule), discount),
+        discount_percent: discount,
+        billing_cycle_anchor: end,
+        next_invoice_date: Some(end),
+        end_date: None,
+        status: PlanStatus::NeverStarted,
+        invoiced_through: None,
+        scheduled_licenses: match request.license_management {
+            LicenseManagement::Manual => Some(licenses),
+            LicenseManagement::Automatic => None,
+        },
+    });
+    if let Some(plan) = next.plan.as_mut() {
+        plan.status = PlanStatus::SwitchPlanTierAtPlanEnd;
+    }
+    let last = *next.last_row().ok_or(PlanError::NoPlan)?;
+    let row = next.append(now, false, last.licenses, licenses);
+    changes.rows.push(row);
+    Ok((next, changes))
+}
+
+/// The customer's default discount becomes `percent`: the live paid plan and a scheduled next
+/// plan are repriced at once (`floor(list price × (100 − d) / 100)`), and every plan bought
+/// later starts with it. Returns the book and the discount it replaced.
+pub fn set_discount(book: &Book, percent: u8, prices: &Prices) -> Result<(Book, u8), PlanError> {
+    if percent > 99 {
+        return Err(PlanError::InvalidDiscount(percent));
+    }
+    let mut next = book.clone();
+    let old = next.customer.default_discount;
+    next.customer.default_discount = percent;
+    for plan in next.plan.iter_mut().chain(next.next_plan.iter_mut()) {
+        if plan.tier.is_paid() {
+            plan.price_per_license = discounted(prices.list_price(plan.tier, plan.schedule), percent);
+            plan.discount_percent = percent;
+        }
+    }
+    Ok((next, old))
 }
 
 /// When a plan invoiced at `last` is invoiced next: monthly for automatic plans even on
@@ -704,8 +826,16 @@ pub fn undo_cancel(book: &Book, now: DateTime<Utc>) -> Result<(Book, Changes), P
     plan.status = match plan.status {
         PlanStatus::DowngradeAtEndOfCycle => PlanStatus::Active,
         PlanStatus::DowngradeAtEndOfFreeTrial => PlanStatus::FreeTrial,
+        PlanStatus::SwitchPlanTierAtPlanEnd => PlanStatus::Active,
         _ => return Err(PlanError::NothingToUndo),
     };
+    // Cancelling a scheduled upgrade ends the plan that never started; the legacy plan goes on.
+    let mut changes = changes;
+    if let Some(mut scheduled) = next.next_plan.take() {
+        scheduled.status = PlanStatus::Ended;
+        scheduled.next_invoice_date = None;
+        changes.ended.push(scheduled);
+    }
     Ok((next, changes))
 }
 

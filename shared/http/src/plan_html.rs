@@ -173,9 +173,15 @@ pub fn upgrade(page: &PlanPage<'_>, form: &UpgradeForm, error: Option<&str>) -> 
             @if let Some(message) = error {
                 p role="alert" class="error" id="upgrade-error" { (message) }
             }
-            @if let Some(plan) = &page.book.plan {
+            @let legacy_end = page.book.plan.as_ref().filter(|plan| plan.tier == Tier::Legacy && page.book.next_plan.is_none()).and_then(|plan| plan.end_date);
+            @if let Some(next) = &page.book.next_plan {
+                p id="has-plan" { "An upgrade to " (next.tier.display_name()) " is scheduled for " (day(next.billing_cycle_anchor)) ". " a href={ (page.session.base_path) "/billing/" } { "See your billing" } "." }
+            } @else if let (Some(plan), None) = (&page.book.plan, legacy_end) {
                 p id="has-plan" { "You are on " (plan.tier.display_name()) ". " a href={ (page.session.base_path) "/billing/" } { "See your billing" } "." }
             } @else {
+                @if let Some(end) = legacy_end {
+                    p id="legacy-notice" { "Your complimentary plan ends on " strong { (day(end)) } ". The plan you choose here starts then, without a free trial, and is first charged then." }
+                }
                 p { "Your server reports " strong id="billed-count" { (billed) } " users. Every user needs a license." }
                 @if page.book.customer.card_last4.is_none() {
                     p { "You will be asked for a card by Stripe before anything is charged." }
@@ -204,7 +210,7 @@ pub fn upgrade(page: &PlanPage<'_>, form: &UpgradeForm, error: Option<&str>) -> 
                         label for="licenses" { "Number of licenses (manual only; at least " (minimum_basic) " on Basic, " (billed.max(Tier::Business.minimum_licenses())) " on Business)" }
                         input type="number" id="licenses" name="licenses" min="1" max="1000000" inputmode="numeric" autocomplete="off" value=(form.licenses);
                     }
-                    button type="submit" id="upgrade" { "Upgrade" }
+                    button type="submit" id="upgrade" { @if legacy_end.is_some() { "Schedule upgrade" } @else { "Upgrade" } }
                 }
             }
         },
@@ -265,7 +271,7 @@ pub fn billing(page: &PlanPage<'_>, error: Option<&str>, notice: Option<&str>) -
                         @if let Some(next) = plan.next_invoice_date {
                             tr { th scope="row" { "Next invoice" } td id="plan-next-invoice" {
                                 (day(next))
-                                @if renews { ", about " (dollars(u64::from(last.licenses_at_next_renewal) * plan.price_per_license)) " for the renewal" }
+                                @if renews && plan.price_per_license > 0 { ", about " (dollars(u64::from(last.licenses_at_next_renewal) * plan.price_per_license)) " for the renewal" }
                             } }
                         }
                         tr { th scope="row" { "Card" } td id="plan-card" {
@@ -295,6 +301,22 @@ pub fn billing(page: &PlanPage<'_>, error: Option<&str>, notice: Option<&str>) -
                         }
                     }
                     h2 { "Plan changes" }
+                    @if plan.tier == Tier::Legacy {
+                        @if let Some(next) = &page.book.next_plan {
+                            p id="scheduled-plan" {
+                                (next.tier.display_name()) " (" (schedule_name(next.schedule)) ", "
+                                @match next.scheduled_licenses { Some(count) => { (count) " licenses" } None => { "licenses following your users" } }
+                                ", " (dollars(next.price_per_license)) " a license) starts on " (day(next.billing_cycle_anchor)) "."
+                            }
+                            form method="post" action={ (base) "/billing/" } {
+                                (csrf_field(&page.session.csrf))
+                                input type="hidden" name="action" value="undo";
+                                button type="submit" id="cancel-scheduled-upgrade" { "Cancel the scheduled upgrade" }
+                            }
+                        } @else {
+                            p { "Complimentary until " (plan.end_date.map(day).unwrap_or_default()) ". " a href={ (base) "/upgrade/" } { "Schedule an upgrade" } "." }
+                        }
+                    } @else {
                     form method="post" action={ (base) "/billing/" } {
                         (csrf_field(&page.session.csrf))
                         @if renews {
@@ -306,6 +328,7 @@ pub fn billing(page: &PlanPage<'_>, error: Option<&str>, notice: Option<&str>) -
                             p { "The plan ends on " (plan.next_invoice_date.map(day).unwrap_or_default()) "." }
                             button type="submit" id="undo-cancel" { "Keep my plan" }
                         }
+                    }
                     }
                 }
                 _ => {

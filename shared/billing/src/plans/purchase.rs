@@ -223,11 +223,18 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, body: Value) -> Result<T, S
 impl Purchases {
     /// The billed count and last upload of the entity's server.
     pub async fn usage(&self, entity: Entity, now: DateTime<Utc>) -> Result<Usage, StoreError> {
+        usage_of(self.documents.as_ref(), entity, now).await
+    }
+}
+
+/// The billed count and last upload of the entity's server.
+pub async fn usage_of(documents: &dyn DocumentStore, entity: Entity, now: DateTime<Utc>) -> Result<Usage, StoreError> {
+    {
         let server = match entity {
             Entity::Server(server) => server,
             Entity::Realm(realm) => {
                 let key = realm_owner_key(realm);
-                match self.documents.get_document(&key, now).await? {
+                match documents.get_document(&key, now).await? {
                     Some(owner) => decode::<RealmOwner>(&key, owner.body)?.server_uuid,
                     None => return Ok(Usage::default()),
                 }
@@ -235,12 +242,12 @@ impl Purchases {
         };
         let collection = usage_collection(server);
         let marker_key = member_key(&collection, "marker");
-        let last_upload = match self.documents.get_document(&marker_key, now).await? {
+        let last_upload = match documents.get_document(&marker_key, now).await? {
             Some(marker) => decode::<UploadMarker>(&marker_key, marker.body)?.last_upload_at,
             None => None,
         };
         let latest_key = member_key(&collection, "latest");
-        let billed = match self.documents.get_document(&latest_key, now).await? {
+        let billed = match documents.get_document(&latest_key, now).await? {
             Some(latest) => {
                 let latest = decode::<LatestCounts>(&latest_key, latest.body)?;
                 match entity {
@@ -252,7 +259,9 @@ impl Purchases {
         };
         Ok(Usage { billed, last_upload })
     }
+}
 
+impl Purchases {
     /// The entity's book as of `now` (its end-of-cycle updates applied, not written: a read
     /// never writes), and its newest pending upgrade.
     pub async fn current(
@@ -309,8 +318,14 @@ impl Purchases {
             return Err(PurchaseError::MissingData);
         }
         let (book, _) = self.current(entity, now).await?;
-        if book.plan.is_some() {
-            return Err(PlanError::AlreadyHasPlan.into());
+        match &book.plan {
+            // On a legacy plan, the upgrade is scheduled from its end date.
+            Some(plan) if plan.tier == Tier::Legacy && book.next_plan.is_some() => {
+                return Err(PlanError::AlreadyScheduledUpgrade.into());
+            }
+            Some(plan) if plan.tier == Tier::Legacy => {}
+            Some(_) => return Err(PlanError::AlreadyHasPlan.into()),
+            None => {}
         }
         super::licenses_to_buy(&request, usage.billed.unwrap_or(0))?;
         let customer = self.ensure_customer(entity, email, now).await?;
@@ -442,7 +457,14 @@ impl Purchases {
             let mut all = cycle;
             all.rows.append(&mut changes.rows);
             all.ended.append(&mut changes.ended);
-            let plan = after.plan.clone().expect("an upgrade starts a plan");
+            // The plan bought: the live one, or (on a legacy plan) the one scheduled after it,
+            // which is charged by the invoicing run at its start.
+            let plan = [after.plan.as_ref(), after.next_plan.as_ref()]
+                .into_iter()
+                .flatten()
+                .find(|plan| plan.id == id)
+                .cloned()
+                .expect("an upgrade starts or schedules its plan");
             if plan.status == PlanStatus::Active {
                 let customer =
                     after

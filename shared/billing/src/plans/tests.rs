@@ -493,3 +493,137 @@ fn a_plan_cancelled_at_its_period_end_is_still_billed_for_the_licenses_added_in_
     );
     assert!(book.plan.is_none());
 }
+
+/// A realm on a legacy plan from 1 January to 1 April, its server reporting 30 users.
+fn legacy_until_april() -> Book {
+    let (book, _) = start_legacy(&Book::new(realm()), at(2026, 4, 1), 30, at(2026, 1, 1), Uuid::new_v4()).unwrap();
+    book
+}
+
+#[test]
+fn uploads_while_an_upgrade_is_scheduled_never_lower_the_manual_count_chosen_for_it() {
+    // Given a legacy plan with business, manual, 40 licenses scheduled from its end
+    let (scheduled, _) = upgrade(
+        &legacy_until_april(),
+        &request(Tier::Business, LicenseManagement::Manual, Some(40)),
+        &context(30, at(2026, 2, 1)),
+    )
+    .unwrap();
+    assert_eq!(scheduled.last_row().unwrap().licenses_at_next_renewal, 40);
+    // When the server reports 26 users, then 45
+    let (lowered, _) = sync_ledger(&scheduled, &counts(&[(at(2026, 2, 10), 26)]));
+    // Then the count for the next plan stays 40 (the defect Zulip fixed lowered it to 26)
+    assert_eq!(lowered.last_row().unwrap().licenses_at_next_renewal, 40);
+    let (raised, _) = sync_ledger(&lowered, &counts(&[(at(2026, 2, 20), 45)]));
+    assert_eq!(raised.last_row().unwrap().licenses_at_next_renewal, 45);
+}
+
+#[test]
+fn a_scheduled_upgrade_starts_at_the_legacy_end_date_and_is_invoiced_for_its_count() {
+    // Given business, manual 40, scheduled on a legacy plan ending 1 April, 20% off
+    let mut legacy = legacy_until_april();
+    legacy.customer.default_discount = 20;
+    let (scheduled, _) = upgrade(
+        &legacy,
+        &request(Tier::Business, LicenseManagement::Manual, Some(40)),
+        &context(30, at(2026, 2, 1)),
+    )
+    .unwrap();
+    let next = scheduled.next_plan.as_ref().unwrap();
+    assert_eq!(
+        (next.status, next.billing_cycle_anchor),
+        (PlanStatus::NeverStarted, at(2026, 4, 1))
+    );
+    assert_eq!(next.price_per_license, 640);
+    assert_eq!(
+        scheduled.plan.as_ref().unwrap().status,
+        PlanStatus::SwitchPlanTierAtPlanEnd
+    );
+    let (lowered, _) = sync_ledger(&scheduled, &counts(&[(at(2026, 3, 1), 26)]));
+    // When the invoicing job runs at the end date, the server having uploaded
+    let InvoiceRun::Invoice { items, book, changes } = invoice_plan(&lowered, at(2026, 4, 1), Some(at(2026, 4, 1)))
+    else {
+        panic!("due at the end date");
+    };
+    // Then the legacy plan ended, business is active, and its first invoice is 40 × $6.40
+    assert_eq!(changes.ended[0].tier, Tier::Legacy);
+    let plan = book.plan.unwrap();
+    assert_eq!((plan.tier, plan.status), (Tier::Business, PlanStatus::Active));
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!((items[0].quantity, items[0].unit_amount), (40, 640));
+    assert_eq!(plan.next_invoice_date, Some(at(2026, 5, 1)));
+}
+
+#[test]
+fn cancelling_a_scheduled_upgrade_puts_the_legacy_plan_back_and_it_ends_at_its_date() {
+    // Given an upgrade scheduled on a legacy plan
+    let (scheduled, _) = upgrade(
+        &legacy_until_april(),
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &context(30, at(2026, 2, 1)),
+    )
+    .unwrap();
+    // When it is cancelled
+    let (cancelled, changes) = undo_cancel(&scheduled, at(2026, 2, 2)).unwrap();
+    // Then the scheduled plan ended, the legacy plan is active again
+    assert!(cancelled.next_plan.is_none());
+    assert_eq!(changes.ended[0].status, PlanStatus::Ended);
+    assert_eq!(cancelled.plan.as_ref().unwrap().status, PlanStatus::Active);
+    // And with nothing scheduled, it ends at its end date: the entity is self-managed
+    let (ended, _) = end_of_cycle(&cancelled, at(2026, 4, 1));
+    assert!(ended.plan.is_none() && ended.ever_had_plan);
+    // And no trial is offered to an entity that had a legacy plan
+    assert!(!trial_offered(&ended, Tier::Basic, 30));
+}
+
+#[test]
+fn a_legacy_plan_is_refused_while_a_plan_is_live_and_needs_a_future_end_date() {
+    assert_eq!(
+        start_legacy(
+            &automatic_basic_for_six(),
+            at(2026, 6, 1),
+            6,
+            at(2026, 1, 2),
+            Uuid::new_v4()
+        )
+        .unwrap_err(),
+        PlanError::AlreadyHasPlan
+    );
+    assert_eq!(
+        start_legacy(&Book::new(realm()), at(2026, 1, 1), 6, at(2026, 1, 2), Uuid::new_v4()).unwrap_err(),
+        PlanError::EndDateNotInFuture
+    );
+}
+
+#[test]
+fn a_discount_reprices_the_live_plan_and_the_scheduled_one_and_later_plans_start_with_it() {
+    // Given a legacy plan with basic monthly scheduled after it
+    let (scheduled, _) = upgrade(
+        &legacy_until_april(),
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &context(30, at(2026, 2, 1)),
+    )
+    .unwrap();
+    // When the customer gets 25% off
+    let (discounted_book, old) = set_discount(&scheduled, 25, &Prices::default()).unwrap();
+    // Then the scheduled plan costs floor(350 × 0.75) = 262, the legacy plan stays free
+    assert_eq!(old, 0);
+    assert_eq!(discounted_book.next_plan.as_ref().unwrap().price_per_license, 262);
+    assert_eq!(discounted_book.plan.as_ref().unwrap().price_per_license, 0);
+    // And a plan bought after a downgrade starts with the discount too
+    let (ended, _) = end_of_cycle(
+        &undo_cancel(&discounted_book, at(2026, 2, 2)).unwrap().0,
+        at(2026, 4, 2),
+    );
+    let (bought, _) = upgrade(
+        &ended,
+        &request(Tier::Business, LicenseManagement::Automatic, None),
+        &context(30, at(2026, 4, 2)),
+    )
+    .unwrap();
+    assert_eq!(bought.plan.unwrap().price_per_license, 600);
+    assert_eq!(
+        set_discount(&ended, 100, &Prices::default()).unwrap_err(),
+        PlanError::InvalidDiscount(100)
+    );
+}

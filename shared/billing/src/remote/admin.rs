@@ -1,7 +1,8 @@
 //! What administrators see of a billing entity's self-hosted billing (API.md, "Administrators'
 //! API"): `GET /remote-realms/{uuid}/billing` and `GET /remote-servers/{uuid}/billing` — the
 //! customer record, the live and the scheduled plan, the live plan's ledger, the billed count
-//! and the server's last upload.
+//! and the server's last upload — and what they change: a legacy (complimentary) plan until an
+//! end date, and the customer's discount.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -10,8 +11,9 @@ use uuid::Uuid;
 use super::records::{RealmOwner, RemoteServer, realm_owner_key, server_key};
 use super::service::{RemoteBilling, RemoteError};
 use super::usage::{LatestCounts, UploadMarker, usage_collection};
+use crate::errors::Slug;
 use crate::plans::{self, Entity, LedgerRow, Plan};
-use crate::store::member_key;
+use crate::store::{member_key, retry_on_conflict};
 
 /// A plan as administrators see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -159,5 +161,125 @@ impl RemoteBilling {
             billed_licenses,
             last_upload_at: marker.last_upload_at,
         })
+    }
+}
+
+/// Who an administrator's change is recorded as.
+pub const ADMIN_ACTOR: &str = "admin";
+
+impl RemoteBilling {
+    /// Whether the entity's server (for a realm) or any realm of the server (for a server) has
+    /// a live plan: a server and its realms never both have one.
+    async fn live_plan_elsewhere(&self, entity: Entity, now: DateTime<Utc>) -> Result<bool, RemoteError> {
+        let others: Vec<Entity> = match entity {
+            Entity::Realm(realm) => {
+                let (owner, _) = self
+                    .records
+                    .get::<RealmOwner>(&realm_owner_key(realm), now)
+                    .await?
+                    .ok_or(RemoteError::UnknownRealm)?;
+                vec![Entity::Server(owner.server_uuid)]
+            }
+            Entity::Server(server) => self
+                .records
+                .realms_of(server, now)
+                .await?
+                .into_iter()
+                .map(|realm| Entity::Realm(realm.uuid))
+                .collect(),
+        };
+        for other in others {
+            let stored = plans::stored::load(self.records.documents().as_ref(), other, now).await?;
+            if plans::end_of_cycle(&stored.book, now).0.plan.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// `POST /{entity}/legacy-plan`: a complimentary plan until `end_date`; refused (conflict)
+    /// while the entity, its server or any of its realms has a live plan.
+    pub async fn start_legacy_plan(
+        &self,
+        entity: Entity,
+        end_date: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<BillingView, RemoteError> {
+        self.billing_view(entity, now).await?;
+        if self.live_plan_elsewhere(entity, now).await? {
+            return Err(RemoteError::PlanConflict(
+                "The server or one of its organizations has a plan; a server and its organizations never both have one."
+                    .into(),
+            ));
+        }
+        let documents = self.records.documents().clone();
+        retry_on_conflict(|_| {
+            let documents = documents.clone();
+            async move {
+                let stored = plans::stored::load(documents.as_ref(), entity, now).await?;
+                let usage = plans::purchase::usage_of(documents.as_ref(), entity, now).await?;
+                let (after, changes) =
+                    plans::start_legacy(&stored.book, end_date, usage.billed.unwrap_or(0), now, Uuid::new_v4())
+                        .map_err(plan_refusal)?;
+                plans::stored::save(documents.as_ref(), &stored, &after, &changes, now).await?;
+                tracing::info!(?entity, %end_date, "legacy plan started");
+                Ok::<_, RemoteError>(())
+            }
+        })
+        .await?;
+        self.billing_view(entity, now).await
+    }
+
+    /// `POST /{entity}/discount`: the customer's default discount, applied to the live plan and
+    /// a scheduled one at once; recorded as `discount_changed {old, new}` in the same write.
+    pub async fn set_entity_discount(
+        &self,
+        entity: Entity,
+        percent: u8,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<BillingView, RemoteError> {
+        self.billing_view(entity, now).await?;
+        let documents = self.records.documents().clone();
+        retry_on_conflict(|_| {
+            let documents = documents.clone();
+            async move {
+                let stored = plans::stored::load(documents.as_ref(), entity, now).await?;
+                let (current, cycle) = plans::end_of_cycle(&stored.book, now);
+                let (after, old) =
+                    plans::set_discount(&current, percent, &plans::Prices::default()).map_err(plan_refusal)?;
+                if old == percent {
+                    return Ok(());
+                }
+                let mut writes = plans::stored::writes_for(&stored, &after, &cycle, now);
+                let audit = serde_json::json!({
+                    "event": "discount_changed", "old": old, "new": percent,
+                    "actor": actor, "at": now,
+                });
+                writes.push(plans::stored::PlannedWrite {
+                    key: crate::store::member_key(
+                        &plans::stored::collection(entity),
+                        &format!("audit#{}#{}", now.timestamp_micros(), Uuid::new_v4()),
+                    ),
+                    body: audit,
+                    expected: None,
+                    expires_at: None,
+                });
+                let writes: Vec<_> = writes.iter().map(plans::stored::PlannedWrite::as_write).collect();
+                documents.put_documents(&writes, now).await?;
+                tracing::info!(?entity, old, new = percent, "discount changed");
+                Ok::<_, RemoteError>(())
+            }
+        })
+        .await?;
+        self.billing_view(entity, now).await
+    }
+}
+
+/// A plan rule's refusal as the administrators' API answers it.
+fn plan_refusal(error: plans::PlanError) -> RemoteError {
+    match error {
+        plans::PlanError::AlreadyHasPlan => RemoteError::PlanConflict("It already has a live plan.".into()),
+        other => RemoteError::field(Slug::InvalidValue, "", &other.to_string()),
     }
 }

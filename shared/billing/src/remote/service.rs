@@ -128,6 +128,9 @@ pub enum RemoteError {
     /// The mail could not be sent.
     #[error(transparent)]
     Mail(#[from] MailError),
+    /// The change conflicts with the plans of the entity, its server or its realms.
+    #[error("conflicting plan: {0}")]
+    PlanConflict(String),
     /// Stripe could not be reached or refused our request; nothing was charged.
     #[error(transparent)]
     Stripe(#[from] crate::stripe::BillingError),
@@ -208,6 +211,7 @@ impl RemoteError {
                 "An organization on this server has a paid plan; end it before deactivating the server.",
             ),
             RemoteError::NotConfirmed => (Slug::Missing, "Tick the box to confirm the deactivation."),
+            RemoteError::PlanConflict(message) => return Some((Slug::Conflict, message.clone())),
             RemoteError::Mail(MailError::Refused(_)) => (Slug::InvalidValue, "Mail to that address was refused."),
             RemoteError::Store(_) | RemoteError::Mail(MailError::Unavailable(_)) | RemoteError::Stripe(_) => {
                 return None;
@@ -224,7 +228,7 @@ impl RemoteError {
         }
     }
 
-    fn field(slug: Slug, pointer: &str, message: &str) -> Self {
+    pub(crate) fn field(slug: Slug, pointer: &str, message: &str) -> Self {
         RemoteError::Invalid(ValidationErrors(vec![FieldError::field(slug, pointer, message)]))
     }
 }
