@@ -480,6 +480,9 @@ impl From<PurchaseError> for Refusal {
                 StatusCode::CONFLICT,
                 "This organization already has a plan; change it on the billing page.".to_owned(),
             ),
+            PurchaseError::Plan(rule @ (PlanError::PlanElsewhere | PlanError::AlreadyScheduledUpgrade)) => {
+                Refusal::Inline(StatusCode::CONFLICT, rule.to_string())
+            }
             PurchaseError::Plan(rule) => Refusal::Inline(StatusCode::BAD_REQUEST, rule.to_string()),
             PurchaseError::Declined(message) => Refusal::Inline(
                 StatusCode::PAYMENT_REQUIRED,

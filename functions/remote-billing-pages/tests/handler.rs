@@ -1416,3 +1416,28 @@ async fn the_servers_contact_opens_the_servers_plan_pages_and_a_realm_session_ca
         .await;
     assert_eq!(refused.status, StatusCode::FOUND, "{}", refused.body);
 }
+
+#[tokio::test]
+async fn deactivation_is_refused_while_the_server_has_a_renewing_plan_and_allowed_once_it_is_cancelled() {
+    // Given a server on its own basic plan
+    let world = world().await;
+    let documents = world.fixture.remote.records.documents().clone();
+    let server = billing::plans::Entity::Server(world.server.uuid);
+    billing_testing::store_automatic_basic_plan(documents.as_ref(), server, 6, None, world.clock.now()).await;
+    // When its contact opens the deactivation page and posts it
+    let (session, page) = world.contact_session().await;
+    assert!(page.body.contains(r#"id="server-paid-plan""#), "{}", page.body);
+    let secret = session.trim_start_matches("billing_session=");
+    let csrf = world.fixture.remote.sealer.csrf_token(secret);
+    let refused = world
+        .post_deactivation(&session, &[("csrf_token", &csrf), ("confirmed", "true")])
+        .await;
+    // Then it is refused
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    // When the plan is cancelled at the end of its period, then the server can be deactivated
+    world.pages.purchases.cancel(server, world.clock.now()).await.unwrap();
+    let done = world
+        .post_deactivation(&session, &[("csrf_token", &csrf), ("confirmed", "true")])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+}

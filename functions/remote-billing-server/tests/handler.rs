@@ -761,3 +761,197 @@ async fn realms_left_out_of_an_upload_are_marked_locally_deleted_and_restored_wh
         restored
     );
 }
+
+impl Fixture {
+    async fn admin_post(
+        &self,
+        route: &str,
+        path: &str,
+        parameter: (&str, Uuid),
+        scope: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        self.call(
+            ApiEvent::sample("apigw-remote-server-register.json")
+                .route(route, path, &[(parameter.0, &parameter.1.to_string())])
+                .caller(Uuid::new_v4(), scope)
+                .body(body),
+        )
+        .await
+    }
+
+    /// A registered server with one realm of 30 users; the server and realm ids.
+    async fn server_with_a_realm(&self) -> (Uuid, Uuid) {
+        let server = self.registered().await;
+        let realm = Uuid::new_v4();
+        let upload = json!({"realms": [realm_listing(realm)],
+                            "realm_audit_logs": [audit_row(1, realm, self.clock.now(), 29)]});
+        assert_eq!(self.upload(server, &upload).await.0, StatusCode::OK);
+        (server, realm)
+    }
+}
+
+const ADMIN: &str = "subscriptions subscriptions_admin";
+
+#[tokio::test]
+async fn administrators_put_an_entity_on_a_legacy_plan_once_and_never_beside_a_related_plan() {
+    // Given a server with a realm
+    let f = fixture();
+    let (server, realm) = f.server_with_a_realm().await;
+    let end = (f.clock.now() + chrono::Duration::days(90)).timestamp();
+    let realm_path = format!("/remote-realms/{realm}/legacy-plan");
+    // When a user (not an administrator) asks, then it is forbidden
+    let (status, _) = f
+        .admin_post(
+            REALM_LEGACY_ROUTE,
+            &realm_path,
+            ("realm_uuid", realm),
+            "subscriptions",
+            &json!({"end_date": end}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // When an administrator puts the realm on a legacy plan, then the view shows it
+    let (status, body) = f
+        .admin_post(
+            REALM_LEGACY_ROUTE,
+            &realm_path,
+            ("realm_uuid", realm),
+            ADMIN,
+            &json!({"end_date": end}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let plan = &body["billing"][0]["plan"];
+    assert_eq!(
+        (plan["tier"].as_str(), plan["status"].as_str()),
+        (Some("legacy"), Some("active"))
+    );
+    assert_eq!(
+        (plan["licenses"].as_u64(), plan["price_per_license"].as_u64()),
+        (Some(30), Some(0))
+    );
+    // And a second one for the realm, or one for its server, is a conflict
+    let (status, body) = f
+        .admin_post(
+            REALM_LEGACY_ROUTE,
+            &realm_path,
+            ("realm_uuid", realm),
+            ADMIN,
+            &json!({"end_date": end}),
+        )
+        .await;
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::CONFLICT, vec!["conflict".to_owned()])
+    );
+    let (status, body) = f
+        .admin_post(
+            SERVER_LEGACY_ROUTE,
+            &format!("/remote-servers/{server}/legacy-plan"),
+            ("server_uuid", server),
+            ADMIN,
+            &json!({"end_date": end}),
+        )
+        .await;
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::CONFLICT, vec!["conflict".to_owned()])
+    );
+    // And an end date in the past or an unreadable body is refused
+    let other = Uuid::new_v4();
+    let (status, _) = f
+        .admin_post(
+            REALM_LEGACY_ROUTE,
+            &format!("/remote-realms/{other}/legacy-plan"),
+            ("realm_uuid", other),
+            ADMIN,
+            &json!({"end_date": end}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = f
+        .admin_post(
+            SERVER_LEGACY_ROUTE,
+            &format!("/remote-servers/{server}/legacy-plan"),
+            ("server_uuid", server),
+            ADMIN,
+            &json!({"end": end}),
+        )
+        .await;
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::BAD_REQUEST, vec!["invalid_format".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn a_discount_reprices_the_plan_and_is_audited_and_out_of_range_is_refused() {
+    // Given a realm on basic
+    let f = fixture();
+    let (_, realm) = f.server_with_a_realm().await;
+    let documents = f.remote.remote.records.documents().clone();
+    billing_testing::store_automatic_basic_plan(
+        documents.as_ref(),
+        billing::plans::Entity::Realm(realm),
+        30,
+        None,
+        f.clock.now(),
+    )
+    .await;
+    let path = format!("/remote-realms/{realm}/discount");
+    // When an administrator gives it 25% off
+    let (status, body) = f
+        .admin_post(
+            REALM_DISCOUNT_ROUTE,
+            &path,
+            ("realm_uuid", realm),
+            ADMIN,
+            &json!({"percent": 25}),
+        )
+        .await;
+    // Then the plan costs floor(350 × 0.75) and the change is recorded with the old and new values
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["billing"][0]["customer"]["default_discount"], 25);
+    assert_eq!(body["billing"][0]["plan"]["price_per_license"], 262);
+    let audit: Vec<Value> = documents
+        .list_documents(
+            &billing::plans::stored::collection(billing::plans::Entity::Realm(realm)),
+            f.clock.now(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(member, _)| member.starts_with("audit#"))
+        .map(|(_, document)| document.body)
+        .collect();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (&audit[0]["event"], &audit[0]["old"], &audit[0]["new"]),
+        (&json!("discount_changed"), &json!(0), &json!(25))
+    );
+    // When 100% is asked, then it is refused and nothing changes
+    let (status, body) = f
+        .admin_post(
+            REALM_DISCOUNT_ROUTE,
+            &path,
+            ("realm_uuid", realm),
+            ADMIN,
+            &json!({"percent": 100}),
+        )
+        .await;
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::BAD_REQUEST, vec!["invalid_value".to_owned()])
+    );
+    let (_, body) = f
+        .admin_post(
+            REALM_DISCOUNT_ROUTE,
+            &path,
+            ("realm_uuid", realm),
+            ADMIN,
+            &json!({"percent": 25}),
+        )
+        .await;
+    assert_eq!(body["billing"][0]["plan"]["price_per_license"], 262);
+}

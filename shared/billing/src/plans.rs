@@ -382,6 +382,11 @@ pub enum PlanError {
     /// There is no scheduled change to undo.
     #[error("There is no scheduled change to undo.")]
     NothingToUndo,
+    /// The entity's server, or one of the server's organizations, has a plan.
+    #[error(
+        "Your server, or an organization on it, already has a plan: a server and its organizations cannot both have one."
+    )]
+    PlanElsewhere,
     /// A discount is a whole percentage from 0 to 99.
     #[error("The discount must be a whole percentage from 0 to 99, not {0}.")]
     InvalidDiscount(u8),

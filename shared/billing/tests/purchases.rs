@@ -264,3 +264,43 @@ async fn two_upgrade_attempts_make_one_stripe_customer_and_a_live_plan_refuses_a
         Err(PurchaseError::Plan(billing::plans::PlanError::AlreadyHasPlan))
     ));
 }
+
+#[tokio::test]
+async fn a_realm_cannot_buy_a_plan_while_its_server_has_one() {
+    // Given a realm whose server is on a plan of its own
+    let world = world(6, 0).await;
+    let owner_key = billing::remote::records::realm_owner_key(world.realm);
+    let owner = world
+        .purchases
+        .documents
+        .get_document(&owner_key, now())
+        .await
+        .unwrap()
+        .unwrap();
+    let server: Uuid = serde_json::from_value(owner.body["server_uuid"].clone()).unwrap();
+    billing_testing::store_automatic_basic_plan(
+        world.purchases.documents.as_ref(),
+        Entity::Server(server),
+        6,
+        None,
+        now(),
+    )
+    .await;
+    // When the realm's owner upgrades
+    let refused = world
+        .purchases
+        .begin_upgrade(
+            world.entity(),
+            request(Tier::Basic, LicenseManagement::Automatic, None),
+            "owner@example.org",
+            &links(),
+            now(),
+        )
+        .await;
+    // Then it is refused, and no Stripe customer was made
+    assert!(matches!(
+        refused,
+        Err(PurchaseError::Plan(billing::plans::PlanError::PlanElsewhere))
+    ));
+    assert_eq!(world.stripe.customer_count(), 0);
+}

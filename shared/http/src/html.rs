@@ -147,7 +147,9 @@ pub fn server(view: &ServerView) -> String {
         "Deactivate server",
         html! {
             h1 { "Deactivate " (server.hostname) }
-            @if view.paid_realms.is_empty() {
+            @if view.server_plan_renews {
+                p class="error" role="alert" id="server-paid-plan" { "This server has a paid plan; cancel it on the server's billing page before deactivating." }
+            } @else if view.paid_realms.is_empty() {
                 p { "Deactivating stops this server from sending anyone into billing. It cannot be undone here." }
                 form method="post" action={ "/server/" (server.uuid) "/deactivate/" } {
                     (csrf_field(&view.csrf))

@@ -261,6 +261,65 @@ pub async fn usage_of(documents: &dyn DocumentStore, entity: Entity, now: DateTi
     }
 }
 
+/// The other billing entities whose plans exclude this one's: a realm's server, or a server's
+/// realms (a server and any of its realms never both have a live plan).
+pub async fn related_entities(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<Vec<Entity>, StoreError> {
+    Ok(match entity {
+        Entity::Realm(realm) => {
+            let key = realm_owner_key(realm);
+            match documents.get_document(&key, now).await? {
+                Some(owner) => vec![Entity::Server(decode::<RealmOwner>(&key, owner.body)?.server_uuid)],
+                None => Vec::new(),
+            }
+        }
+        Entity::Server(server) => documents
+            .list_documents(&crate::remote::records::server_realms(server), now)
+            .await?
+            .into_iter()
+            .filter_map(|(member, _)| crate::ids::parse_canonical_uuid(&member))
+            .map(Entity::Realm)
+            .collect(),
+    })
+}
+
+/// Whether a related entity ([`related_entities`]) has a live plan now.
+pub async fn live_plan_elsewhere(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    for other in related_entities(documents, entity, now).await? {
+        let stored = stored::load(documents, other, now).await?;
+        if end_of_cycle(&stored.book, now).0.plan.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the entity has a paid plan that is not scheduled to end (what keeps its server from
+/// being deactivated).
+pub async fn has_renewing_paid_plan(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let stored = stored::load(documents, entity, now).await?;
+    let (book, _) = end_of_cycle(&stored.book, now);
+    let renewing = |plan: &Plan| {
+        plan.tier.is_paid()
+            && !matches!(
+                plan.status,
+                PlanStatus::DowngradeAtEndOfCycle | PlanStatus::DowngradeAtEndOfFreeTrial
+            )
+    };
+    Ok(book.plan.iter().chain(book.next_plan.iter()).any(renewing))
+}
+
 impl Purchases {
     /// The entity's book as of `now` (its end-of-cycle updates applied, not written: a read
     /// never writes), and its newest pending upgrade.
@@ -328,6 +387,9 @@ impl Purchases {
             None => {}
         }
         super::licenses_to_buy(&request, usage.billed.unwrap_or(0))?;
+        if live_plan_elsewhere(self.documents.as_ref(), entity, now).await? {
+            return Err(PlanError::PlanElsewhere.into());
+        }
         let customer = self.ensure_customer(entity, email, now).await?;
         let pending = PendingUpgrade {
             id: Uuid::new_v4(),

@@ -168,35 +168,6 @@ impl RemoteBilling {
 pub const ADMIN_ACTOR: &str = "admin";
 
 impl RemoteBilling {
-    /// Whether the entity's server (for a realm) or any realm of the server (for a server) has
-    /// a live plan: a server and its realms never both have one.
-    async fn live_plan_elsewhere(&self, entity: Entity, now: DateTime<Utc>) -> Result<bool, RemoteError> {
-        let others: Vec<Entity> = match entity {
-            Entity::Realm(realm) => {
-                let (owner, _) = self
-                    .records
-                    .get::<RealmOwner>(&realm_owner_key(realm), now)
-                    .await?
-                    .ok_or(RemoteError::UnknownRealm)?;
-                vec![Entity::Server(owner.server_uuid)]
-            }
-            Entity::Server(server) => self
-                .records
-                .realms_of(server, now)
-                .await?
-                .into_iter()
-                .map(|realm| Entity::Realm(realm.uuid))
-                .collect(),
-        };
-        for other in others {
-            let stored = plans::stored::load(self.records.documents().as_ref(), other, now).await?;
-            if plans::end_of_cycle(&stored.book, now).0.plan.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// `POST /{entity}/legacy-plan`: a complimentary plan until `end_date`; refused (conflict)
     /// while the entity, its server or any of its realms has a live plan.
     pub async fn start_legacy_plan(
@@ -206,7 +177,7 @@ impl RemoteBilling {
         now: DateTime<Utc>,
     ) -> Result<BillingView, RemoteError> {
         self.billing_view(entity, now).await?;
-        if self.live_plan_elsewhere(entity, now).await? {
+        if plans::purchase::live_plan_elsewhere(self.records.documents().as_ref(), entity, now).await? {
             return Err(RemoteError::PlanConflict(
                 "The server or one of its organizations has a plan; a server and its organizations never both have one."
                     .into(),

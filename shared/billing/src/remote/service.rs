@@ -208,7 +208,7 @@ impl RemoteError {
             RemoteError::AlreadyDeactivated => (Slug::Conflict, "This server is already deactivated."),
             RemoteError::PaidPlan => (
                 Slug::Conflict,
-                "An organization on this server has a paid plan; end it before deactivating the server.",
+                "This server or an organization on it has a paid plan; cancel it before deactivating the server.",
             ),
             RemoteError::NotConfirmed => (Slug::Missing, "Tick the box to confirm the deactivation."),
             RemoteError::PlanConflict(message) => return Some((Slug::Conflict, message.clone())),
@@ -446,6 +446,8 @@ pub struct ServerView {
     pub server: RemoteServer,
     /// Its realms with a paid plan (which block deactivation).
     pub paid_realms: Vec<RemoteRealm>,
+    /// Whether the server itself has a paid plan not scheduled to end (which blocks it too).
+    pub server_plan_renews: bool,
     /// The page's forms' CSRF token.
     pub csrf: String,
 }
@@ -1227,22 +1229,35 @@ impl RemoteBilling {
             return Err(RemoteError::ServerDeactivated);
         }
         let paid_realms = self.paid_realms(&server, now).await?;
+        let server_plan_renews = self.server_plan_renews(server_uuid, now).await?;
         Ok(ServerView {
             server,
             paid_realms,
+            server_plan_renews,
             csrf: self.sealer.csrf_token(session_secret.unwrap_or_default()),
         })
     }
 
-    /// The server's realms on a paid plan: one query of its realms, however many it has.
+    /// The server's realms on a paid plan not scheduled to end: one query of its realms, then
+    /// each realm's plans.
     async fn paid_realms(&self, server: &RemoteServer, now: DateTime<Utc>) -> Result<Vec<RemoteRealm>, RemoteError> {
-        Ok(self
-            .records
-            .realms_of(server.uuid, now)
-            .await?
-            .into_iter()
-            .filter(|realm| realm.plan.is_paid())
-            .collect())
+        let documents = self.records.documents().clone();
+        let mut paid = Vec::new();
+        for realm in self.records.realms_of(server.uuid, now).await? {
+            let entity = crate::plans::Entity::Realm(realm.uuid);
+            if realm.plan.is_paid()
+                || crate::plans::purchase::has_renewing_paid_plan(documents.as_ref(), entity, now).await?
+            {
+                paid.push(realm);
+            }
+        }
+        Ok(paid)
+    }
+
+    /// Whether the server itself has a paid plan not scheduled to end.
+    async fn server_plan_renews(&self, server: Uuid, now: DateTime<Utc>) -> Result<bool, RemoteError> {
+        let entity = crate::plans::Entity::Server(server);
+        Ok(crate::plans::purchase::has_renewing_paid_plan(self.records.documents().as_ref(), entity, now).await?)
     }
 
     /// Deactivates a server, on the confirmed form of its contact's session; refused while a
@@ -1260,7 +1275,7 @@ impl RemoteBilling {
         if !confirmed {
             return Err(RemoteError::NotConfirmed);
         }
-        if !view.paid_realms.is_empty() {
+        if !view.paid_realms.is_empty() || view.server_plan_renews {
             return Err(RemoteError::PaidPlan);
         }
         retry_on_conflict(|_| async move {
@@ -1271,7 +1286,7 @@ impl RemoteBilling {
                 .ok_or(RemoteError::UnknownServer)?;
             // The realms are read again just before the write: a plan bought since the page
             // was read is seen.
-            if !self.paid_realms(&server, now).await?.is_empty() {
+            if !self.paid_realms(&server, now).await?.is_empty() || self.server_plan_renews(server_uuid, now).await? {
                 return Err(RemoteError::PaidPlan);
             }
             server.deactivated_at = Some(now);
