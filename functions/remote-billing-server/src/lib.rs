@@ -5,7 +5,8 @@
 //! contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT) and read an entity's
 //! self-hosted billing (`GET /remote-realms/{realm_uuid}/billing`,
 //! `GET /remote-servers/{server_uuid}/billing`, JWT) and change it: a legacy plan
-//! (`POST /{entity}/legacy-plan`) and the customer's discount (`POST /{entity}/discount`).
+//! (`POST /{entity}/legacy-plan`), the customer's discount (`POST /{entity}/discount`), and the
+//! server a realm lives on (`PUT /remote-realms/{realm_uuid}/server`).
 
 use billing::access::Operation;
 use billing::clock::SharedClock;
@@ -37,6 +38,8 @@ pub const SERVER_LEGACY_ROUTE: &str = "POST /remote-servers/{server_uuid}/legacy
 pub const REALM_DISCOUNT_ROUTE: &str = "POST /remote-realms/{realm_uuid}/discount";
 /// Administrators set a server's discount.
 pub const SERVER_DISCOUNT_ROUTE: &str = "POST /remote-servers/{server_uuid}/discount";
+/// Administrators move a realm to the server it was imported into.
+pub const REHOME_ROUTE: &str = "PUT /remote-realms/{realm_uuid}/server";
 /// A server's usage upload: its realms and realm audit-log rows.
 pub const ANALYTICS_ROUTE: &str = "POST /api/v1/remotes/server/analytics";
 /// The last audit-log row id received from the server.
@@ -178,6 +181,22 @@ impl RemoteServerApi {
                         .await?;
                     Ok(ApiResponse::json(json!({"billing": [view]})))
                 }
+                Some(REHOME_ROUTE) => {
+                    let principal = request.principal()?;
+                    principal.require_admin()?;
+                    let realm = request.path_uuid("realm_uuid")?;
+                    let body: RehomeRequest = request.json_body_with(read_json)?;
+                    let server = billing::ids::parse_canonical_uuid(&body.server_uuid).ok_or_else(|| {
+                        ApiError::one(FieldError::field(
+                            Slug::InvalidFormat,
+                            "/server_uuid",
+                            "must be a lowercase hyphenated UUID",
+                        ))
+                    })?;
+                    let actor = format!("admin:{}", principal.user_id);
+                    let view = self.remote.rehome_realm(realm, server, &actor, now).await?;
+                    Ok(ApiResponse::json(json!({"billing": [view]})))
+                }
                 Some(DEACTIVATION_LINK_ROUTE) => {
                     request.principal()?.require_admin()?;
                     let server = request.path_uuid("server_uuid")?;
@@ -197,6 +216,14 @@ impl RemoteServerApi {
 struct LegacyPlanRequest {
     /// When the complimentary plan ends, Unix seconds.
     end_date: i64,
+}
+
+/// `PUT /remote-realms/{uuid}/server`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RehomeRequest {
+    /// The server the realm now lives on.
+    server_uuid: String,
 }
 
 /// `POST /{entity}/discount`'s body.

@@ -955,3 +955,87 @@ async fn a_discount_reprices_the_plan_and_is_audited_and_out_of_range_is_refused
         .await;
     assert_eq!(body["billing"][0]["plan"]["price_per_license"], 262);
 }
+
+#[tokio::test]
+async fn a_realm_moved_to_its_new_server_no_longer_counts_for_the_old_one() {
+    // Given a realm of 30 users on server A, and server B it was imported into
+    let f = fixture();
+    let (old, realm) = f.server_with_a_realm().await;
+    let new = f.registered().await;
+    let path = format!("/remote-realms/{realm}/server");
+    let rehome = |scope: &'static str, body: Value| {
+        let path = path.clone();
+        let f = &f;
+        async move {
+            f.call(
+                ApiEvent::sample("apigw-remote-server-register.json")
+                    .route(REHOME_ROUTE, &path, &[("realm_uuid", &realm.to_string())])
+                    .caller(Uuid::new_v4(), scope)
+                    .body(&body),
+            )
+            .await
+        }
+    };
+    // When a user (not an administrator) asks, or names an unknown server, nothing moves
+    assert_eq!(
+        rehome("subscriptions", json!({"server_uuid": new})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        rehome(ADMIN, json!({"server_uuid": Uuid::new_v4()})).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // When an administrator moves it to B
+    let (status, body) = rehome(ADMIN, json!({"server_uuid": new})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Then A's uploads naming it are refused and A no longer counts its users; B's are taken
+    let (status, body) = f
+        .upload(
+            old,
+            &json!({"realm_audit_logs": [audit_row(2, realm, f.clock.now(), 40)]}),
+        )
+        .await;
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::FORBIDDEN, vec!["remote_realm_server_mismatch".to_owned()])
+    );
+    let (_, body) = f
+        .billing_of(
+            SERVER_BILLING_ROUTE,
+            &format!("/remote-servers/{old}/billing"),
+            ("server_uuid", old),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(body["billing"][0]["billed_licenses"], 0, "{body}");
+    let upload =
+        json!({"realms": [realm_listing(realm)], "realm_audit_logs": [audit_row(1, realm, f.clock.now(), 12)]});
+    assert_eq!(f.upload(new, &upload).await.0, StatusCode::OK);
+    let (_, body) = f
+        .billing_of(
+            REALM_BILLING_ROUTE,
+            &format!("/remote-realms/{realm}/billing"),
+            ("realm_uuid", realm),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(body["billing"][0]["billed_licenses"], 13, "{body}");
+    // And the move is in the realm's history
+    let documents = f.remote.remote.records.documents().clone();
+    let history: Vec<Value> = documents
+        .list_documents(
+            &billing::plans::stored::collection(billing::plans::Entity::Realm(realm)),
+            f.clock.now(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(member, _)| member.starts_with("audit#"))
+        .map(|(_, document)| document.body)
+        .collect();
+    assert_eq!(history[0]["event"], "realm_rehomed");
+    assert_eq!(
+        (&history[0]["old_server"], &history[0]["new_server"]),
+        (&json!(old), &json!(new))
+    );
+}

@@ -559,6 +559,20 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             &remote_server,
         ),
         route(
+            Method::PUT,
+            "/remote-realms/{realm_uuid}/server",
+            true,
+            "RemoteBillingServerFunction",
+            &remote_server,
+        ),
+        route(
+            Method::OPTIONS,
+            "/remote-realms/{realm_uuid}/server",
+            false,
+            "RemoteBillingServerFunction",
+            &remote_server,
+        ),
+        route(
             Method::GET,
             "/remote-realms/{realm_uuid}/billing",
             true,

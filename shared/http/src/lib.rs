@@ -34,7 +34,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-const ALLOWED_METHODS: &str = "GET, POST, PATCH, DELETE, OPTIONS";
+const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 const ALLOWED_HEADERS: &str = "authorization, content-type, if-match, idempotency-key";
 /// The response headers browsers may read (API.md conventions).
 const EXPOSED_HEADERS: &str = "etag, x-request-id, location, retry-after";

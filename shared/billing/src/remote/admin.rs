@@ -247,6 +247,102 @@ impl RemoteBilling {
     }
 }
 
+impl RemoteBilling {
+    /// `PUT /remote-realms/{uuid}/server`: the realm moves to the server it was imported into
+    /// (the fix for `remote_realm_server_mismatch`). In one transaction: the realm's owner, its
+    /// record under the new server (its old one expired), its count dropped from the old
+    /// server's latest counts (the old server's uploads no longer count for it, and are refused
+    /// for it), and `realm_rehomed` recorded in the realm's history.
+    pub async fn rehome_realm(
+        &self,
+        realm: Uuid,
+        new_server: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<BillingView, RemoteError> {
+        self.active_server(new_server, RemoteError::UnknownServer, now).await?;
+        let documents = self.records.documents().clone();
+        retry_on_conflict(|_| {
+            let documents = documents.clone();
+            async move {
+                let owner_key = realm_owner_key(realm);
+                let (owner, owner_version) = self
+                    .records
+                    .get::<RealmOwner>(&owner_key, now)
+                    .await?
+                    .ok_or(RemoteError::UnknownRealm)?;
+                let old_server = owner.server_uuid;
+                if old_server == new_server {
+                    return Ok(());
+                }
+                let old_key = super::records::realm_key(old_server, realm);
+                let (record, record_version) = self
+                    .records
+                    .get::<super::records::RemoteRealm>(&old_key, now)
+                    .await?
+                    .ok_or(RemoteError::UnknownRealm)?;
+                let moved = super::records::RemoteRealm {
+                    server_uuid: new_server,
+                    ..record
+                };
+                let mut writes: Vec<(String, serde_json::Value, Option<u64>, Option<DateTime<Utc>>)> = vec![
+                    (
+                        owner_key.clone(),
+                        serde_json::to_value(RealmOwner {
+                            server_uuid: new_server,
+                        })
+                        .expect("serializes"),
+                        Some(owner_version),
+                        None,
+                    ),
+                    (old_key, serde_json::Value::Null, Some(record_version), Some(now)),
+                    (
+                        super::records::realm_key(new_server, realm),
+                        serde_json::to_value(&moved).expect("serializes"),
+                        None,
+                        None,
+                    ),
+                ];
+                let latest_key = member_key(&usage_collection(old_server), "latest");
+                if let Some((mut latest, version)) = self.records.get::<LatestCounts>(&latest_key, now).await?
+                    && latest.realms.remove(&realm).is_some()
+                {
+                    writes.push((
+                        latest_key,
+                        serde_json::to_value(&latest).expect("serializes"),
+                        Some(version),
+                        None,
+                    ));
+                }
+                writes.push((
+                    member_key(
+                        &plans::stored::collection(Entity::Realm(realm)),
+                        &format!("audit#{}#{}", now.timestamp_micros(), Uuid::new_v4()),
+                    ),
+                    serde_json::json!({"event": "realm_rehomed", "old_server": old_server,
+                                       "new_server": new_server, "actor": actor, "at": now}),
+                    None,
+                    None,
+                ));
+                let writes: Vec<crate::store::DocumentWrite<'_>> = writes
+                    .iter()
+                    .map(|(key, body, expected, expires_at)| crate::store::DocumentWrite {
+                        key,
+                        body,
+                        expected: *expected,
+                        expires_at: *expires_at,
+                    })
+                    .collect();
+                documents.put_documents(&writes, now).await?;
+                tracing::info!(%realm, %old_server, %new_server, "realm moved to another server");
+                Ok::<_, RemoteError>(())
+            }
+        })
+        .await?;
+        self.billing_view(Entity::Realm(realm), now).await
+    }
+}
+
 /// A plan rule's refusal as the administrators' API answers it.
 fn plan_refusal(error: plans::PlanError) -> RemoteError {
     match error {
