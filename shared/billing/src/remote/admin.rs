@@ -12,6 +12,7 @@ use super::records::{RealmOwner, RemoteServer, realm_owner_key, server_key};
 use super::service::{RemoteBilling, RemoteError};
 use super::usage::{LatestCounts, UploadMarker, usage_collection};
 use crate::errors::Slug;
+use crate::plans::stored::PlannedWrite;
 use crate::plans::{self, Entity, LedgerRow, Plan};
 use crate::store::{member_key, retry_on_conflict};
 
@@ -285,21 +286,28 @@ impl RemoteBilling {
                     server_uuid: new_server,
                     ..record
                 };
-                let mut writes: Vec<(String, serde_json::Value, Option<u64>, Option<DateTime<Utc>>)> = vec![
-                    (
+                let write = |key: String, body: serde_json::Value, expected: Option<u64>| PlannedWrite {
+                    key,
+                    body,
+                    expected,
+                    expires_at: None,
+                };
+                let mut writes = vec![
+                    write(
                         owner_key.clone(),
                         serde_json::to_value(RealmOwner {
                             server_uuid: new_server,
                         })
                         .expect("serializes"),
                         Some(owner_version),
-                        None,
                     ),
-                    (old_key, serde_json::Value::Null, Some(record_version), Some(now)),
-                    (
+                    PlannedWrite {
+                        expires_at: Some(now),
+                        ..write(old_key, serde_json::Value::Null, Some(record_version))
+                    },
+                    write(
                         super::records::realm_key(new_server, realm),
                         serde_json::to_value(&moved).expect("serializes"),
-                        None,
                         None,
                     ),
                 ];
@@ -307,14 +315,13 @@ impl RemoteBilling {
                 if let Some((mut latest, version)) = self.records.get::<LatestCounts>(&latest_key, now).await?
                     && latest.realms.remove(&realm).is_some()
                 {
-                    writes.push((
+                    writes.push(write(
                         latest_key,
                         serde_json::to_value(&latest).expect("serializes"),
                         Some(version),
-                        None,
                     ));
                 }
-                writes.push((
+                writes.push(write(
                     member_key(
                         &plans::stored::collection(Entity::Realm(realm)),
                         &format!("audit#{}#{}", now.timestamp_micros(), Uuid::new_v4()),
@@ -322,17 +329,8 @@ impl RemoteBilling {
                     serde_json::json!({"event": "realm_rehomed", "old_server": old_server,
                                        "new_server": new_server, "actor": actor, "at": now}),
                     None,
-                    None,
                 ));
-                let writes: Vec<crate::store::DocumentWrite<'_>> = writes
-                    .iter()
-                    .map(|(key, body, expected, expires_at)| crate::store::DocumentWrite {
-                        key,
-                        body,
-                        expected: *expected,
-                        expires_at: *expires_at,
-                    })
-                    .collect();
+                let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
                 documents.put_documents(&writes, now).await?;
                 tracing::info!(%realm, %old_server, %new_server, "realm moved to another server");
                 Ok::<_, RemoteError>(())
