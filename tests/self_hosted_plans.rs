@@ -758,3 +758,57 @@ async fn a_legacy_server_scheduled_for_upgrade_keeps_the_manual_license_count() 
     );
     post(format!("{base}/_local/clock"), None, &json!({"offset_seconds": 0})).await;
 }
+
+#[tokio::test]
+async fn an_approved_sponsorship_puts_the_realm_on_community_and_mails_who_asked() {
+    // Given a realm of 12 users whose owner is logged in
+    let mut owner = owner_logged_in(12).await;
+    // When the owner sends the sponsorship form
+    let form = owner.browser.get(&owner.page("sponsorship")).await;
+    assert_eq!(form.status.as_u16(), 200, "{}", form.body);
+    let sent = owner
+        .browser
+        .submit(
+            &owner.page("sponsorship"),
+            &[
+                ("csrf_token", &form.csrf()),
+                ("org_type", "opensource"),
+                ("website", "https://example.org"),
+                ("description", "A community chat for an open-source project."),
+                ("expected_total_users", "200"),
+                ("paid_users_count", "0"),
+                ("plan_to_use", "community"),
+            ],
+        )
+        .await;
+    // Then it is pending, and a second request is not offered
+    assert_eq!(sent.status.as_u16(), 200, "{}", sent.body);
+    assert!(sent.body.contains(r#"id="sponsorship-pending""#), "{}", sent.body);
+    let view = owner.admin_view().await;
+    assert_eq!(view["billing"][0]["customer"]["sponsorship_pending"], true, "{view}");
+    // When an administrator approves it
+    let path = format!("/remote-realms/{}/sponsorship", owner.realm);
+    let (status, view) = admin_post(&owner.server, &path, &json!({"approve": true})).await;
+    // Then the realm is on community at once, nothing pending, and the owner is told
+    assert_eq!(status, 200, "{view}");
+    let billing = &view["billing"][0];
+    assert_eq!(
+        (
+            billing["plan"]["tier"].as_str(),
+            billing["plan"]["next_invoice_date"].as_str()
+        ),
+        (Some("community"), None),
+        "{view}"
+    );
+    assert_eq!(billing["customer"]["sponsorship_pending"], false);
+    let mails = bundle_tests::ses_mails_to(&owner.email).await;
+    assert!(
+        mails
+            .iter()
+            .any(|m| m["subject"].as_str().unwrap_or_default().contains("Community plan")),
+        "{mails:?}"
+    );
+    // And deciding again is a conflict
+    let (status, _) = admin_post(&owner.server, &path, &json!({"approve": true})).await;
+    assert_eq!(status, 409);
+}

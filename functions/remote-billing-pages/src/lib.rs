@@ -6,12 +6,15 @@ use billing::access::Operation;
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment};
 use billing::ids::parse_canonical_uuid;
-use billing::plans::purchase::{CheckoutLinks, PurchaseError, Purchases, UpgradeStart};
+use billing::plans::purchase::{
+    CheckoutLinks, PurchaseError, Purchases, SPONSORSHIP_ORG_TYPES, SponsorshipRequest, UpgradeStart,
+    request_sponsorship,
+};
 use billing::plans::{Entity, LicenseManagement, ManualChange, PlanError, Schedule, Tier, UpgradeRequest};
 use billing::remote::{LoginForm, NextPage, RemoteBilling, RemoteError};
 use billing_http::html as pages;
 use billing_http::pages::{PageRequest, PageResponse, serve_page_posting_to};
-use billing_http::plan_html::{self, PlanPage, UpgradeForm};
+use billing_http::plan_html::{self, PlanPage, SponsorshipForm, UpgradeForm};
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use std::collections::HashMap;
@@ -54,6 +57,7 @@ enum PlanPageKind {
     Plans,
     Upgrade,
     Billing,
+    Sponsorship,
 }
 
 impl PlanPageKind {
@@ -62,6 +66,7 @@ impl PlanPageKind {
             "plans" => Some(PlanPageKind::Plans),
             "upgrade" => Some(PlanPageKind::Upgrade),
             "billing" => Some(PlanPageKind::Billing),
+            "sponsorship" => Some(PlanPageKind::Sponsorship),
             _ => None,
         }
     }
@@ -273,12 +278,13 @@ impl RemoteBillingPages {
         })
     }
 
+    /// The page of `kind`, its form filled in with what was `sent` (after an error).
     fn render(
         &self,
         state: &PlanState,
         kind: PlanPageKind,
         now: chrono::DateTime<chrono::Utc>,
-        form: &UpgradeForm,
+        sent: &HashMap<String, String>,
         error: Option<&str>,
         notice: Option<&str>,
     ) -> String {
@@ -293,8 +299,9 @@ impl RemoteBillingPages {
         };
         match kind {
             PlanPageKind::Plans => plan_html::plans(&page),
-            PlanPageKind::Upgrade => plan_html::upgrade(&page, form, error),
+            PlanPageKind::Upgrade => plan_html::upgrade(&page, &upgrade_form_of(sent), error),
             PlanPageKind::Billing => plan_html::billing(&page, error, notice),
+            PlanPageKind::Sponsorship => plan_html::sponsorship(&page, &sponsorship_form_of(sent), error, notice),
         }
     }
 
@@ -315,7 +322,7 @@ impl RemoteBillingPages {
             &state,
             kind,
             now,
-            &UpgradeForm::default(),
+            &HashMap::new(),
             None,
             None,
         )))
@@ -343,6 +350,7 @@ impl RemoteBillingPages {
         let outcome = match kind {
             PlanPageKind::Upgrade => self.upgrade(&session, &form, &base, now).await,
             PlanPageKind::Billing => self.change_plan(entity, &form, now).await,
+            PlanPageKind::Sponsorship => self.request_sponsorship(&session, &form, now).await,
             PlanPageKind::Plans => return Ok(not_found()),
         };
         match outcome {
@@ -356,7 +364,7 @@ impl RemoteBillingPages {
                     &state,
                     kind,
                     now,
-                    &UpgradeForm::default(),
+                    &HashMap::new(),
                     None,
                     Some(&notice),
                 )))
@@ -364,16 +372,10 @@ impl RemoteBillingPages {
             Err(Refusal::Page(error)) => Err(error),
             Err(Refusal::Inline(status, message)) => {
                 let state = self.plan_state(session, now).await?;
-                let sent = UpgradeForm {
-                    tier: form.get("tier").cloned().unwrap_or_default(),
-                    schedule: form.get("schedule").cloned().unwrap_or_default(),
-                    license_management: form.get("license_management").cloned().unwrap_or_default(),
-                    licenses: form.get("licenses").cloned().unwrap_or_default(),
-                };
                 tracing::info!(status = status.as_u16(), %message, "plan form refused");
                 Ok(PageResponse::Html {
                     status,
-                    body: self.render(&state, kind, now, &sent, Some(&message), None),
+                    body: self.render(&state, kind, now, &form, Some(&message), None),
                 })
             }
         }
@@ -400,6 +402,21 @@ impl RemoteBillingPages {
             Ok(UpgradeStart::Started(_)) => Ok(FormOutcome::Redirect(format!("{}/billing/", session.base_path))),
             Err(error) => Err(Refusal::from(error)),
         }
+    }
+
+    async fn request_sponsorship(
+        &self,
+        session: &billing::remote::entity::EntitySession,
+        form: &HashMap<String, String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<FormOutcome, Refusal> {
+        let request = read_sponsorship(form, &session.user.email, now)?;
+        request_sponsorship(self.purchases.documents.as_ref(), session.entity, &request, now)
+            .await
+            .map_err(Refusal::from)?;
+        Ok(FormOutcome::Notice(
+            "Your sponsorship request was sent; we will email you the decision.".to_owned(),
+        ))
     }
 
     async fn change_plan(
@@ -480,7 +497,12 @@ impl From<PurchaseError> for Refusal {
                 StatusCode::CONFLICT,
                 "This organization already has a plan; change it on the billing page.".to_owned(),
             ),
-            PurchaseError::Plan(rule @ (PlanError::PlanElsewhere | PlanError::AlreadyScheduledUpgrade)) => {
+            PurchaseError::Plan(
+                rule @ (PlanError::PlanElsewhere
+                | PlanError::AlreadyScheduledUpgrade
+                | PlanError::SponsorshipPending
+                | PlanError::AlreadyCommunity),
+            ) => {
                 Refusal::Inline(StatusCode::CONFLICT, rule.to_string())
             }
             PurchaseError::Plan(rule) => Refusal::Inline(StatusCode::BAD_REQUEST, rule.to_string()),
@@ -497,6 +519,79 @@ impl From<PurchaseError> for Refusal {
             PurchaseError::Stripe(error) => Refusal::Page(RemoteError::Stripe(error)),
         }
     }
+}
+
+fn field_of(sent: &HashMap<String, String>, name: &str) -> String {
+    sent.get(name).cloned().unwrap_or_default()
+}
+
+/// The upgrade form as sent.
+fn upgrade_form_of(sent: &HashMap<String, String>) -> UpgradeForm {
+    UpgradeForm {
+        tier: field_of(sent, "tier"),
+        schedule: field_of(sent, "schedule"),
+        license_management: field_of(sent, "license_management"),
+        licenses: field_of(sent, "licenses"),
+    }
+}
+
+/// The sponsorship form as sent.
+fn sponsorship_form_of(sent: &HashMap<String, String>) -> SponsorshipForm {
+    SponsorshipForm {
+        org_type: field_of(sent, "org_type"),
+        website: field_of(sent, "website"),
+        description: field_of(sent, "description"),
+        expected_total_users: field_of(sent, "expected_total_users"),
+        paid_users_count: field_of(sent, "paid_users_count"),
+        plan_to_use: field_of(sent, "plan_to_use"),
+    }
+}
+
+/// The sponsorship form's fields, or the first thing wrong with them.
+fn read_sponsorship(
+    sent: &HashMap<String, String>,
+    email: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<SponsorshipRequest, Refusal> {
+    let field = |name: &str| sent.get(name).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let org_type = field("org_type");
+    if !SPONSORSHIP_ORG_TYPES.contains(&org_type.as_str()) {
+        return Err(Refusal::bad_request("Choose the type of your organization."));
+    }
+    let website = Some(field("website")).filter(|w| !w.is_empty());
+    if let Some(website) = &website
+        && (website.len() > 200 || !(website.starts_with("https://") || website.starts_with("http://")))
+    {
+        return Err(Refusal::bad_request(
+            "The website must be an http(s) address of at most 200 characters.",
+        ));
+    }
+    let description = field("description");
+    if description.is_empty() || description.chars().count() > 2000 {
+        return Err(Refusal::bad_request(
+            "Describe your organization in at most 2,000 characters.",
+        ));
+    }
+    let count = |name: &str, message: &str| field(name).parse::<u32>().map_err(|_| Refusal::bad_request(message));
+    let expected_total_users = count("expected_total_users", "Enter the number of users you expect.")?;
+    let paid_users_count = count(
+        "paid_users_count",
+        "Enter the number of users you pay for today (0 if none).",
+    )?;
+    let plan_to_use = field("plan_to_use");
+    if !["community", "basic", "business"].contains(&plan_to_use.as_str()) {
+        return Err(Refusal::bad_request("Choose the plan you would use."));
+    }
+    Ok(SponsorshipRequest {
+        org_type,
+        website,
+        description,
+        expected_total_users,
+        paid_users_count,
+        plan_to_use,
+        requested_by: email.to_owned(),
+        requested_at: now,
+    })
 }
 
 /// The upgrade form's fields, or the first thing wrong with them.

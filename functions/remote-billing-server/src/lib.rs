@@ -5,7 +5,8 @@
 //! contact (`POST /remote-servers/{server_uuid}/deactivation-link`, JWT) and read an entity's
 //! self-hosted billing (`GET /remote-realms/{realm_uuid}/billing`,
 //! `GET /remote-servers/{server_uuid}/billing`, JWT) and change it: a legacy plan
-//! (`POST /{entity}/legacy-plan`), the customer's discount (`POST /{entity}/discount`), and the
+//! (`POST /{entity}/legacy-plan`), a sponsorship request (`POST /{entity}/sponsorship`), the
+//! customer's discount (`POST /{entity}/discount`), and the
 //! server a realm lives on (`PUT /remote-realms/{realm_uuid}/server`).
 
 use billing::access::Operation;
@@ -38,6 +39,10 @@ pub const SERVER_LEGACY_ROUTE: &str = "POST /remote-servers/{server_uuid}/legacy
 pub const REALM_DISCOUNT_ROUTE: &str = "POST /remote-realms/{realm_uuid}/discount";
 /// Administrators set a server's discount.
 pub const SERVER_DISCOUNT_ROUTE: &str = "POST /remote-servers/{server_uuid}/discount";
+/// Administrators decide a realm's sponsorship request.
+pub const REALM_SPONSORSHIP_ROUTE: &str = "POST /remote-realms/{realm_uuid}/sponsorship";
+/// Administrators decide a server's sponsorship request.
+pub const SERVER_SPONSORSHIP_ROUTE: &str = "POST /remote-servers/{server_uuid}/sponsorship";
 /// Administrators move a realm to the server it was imported into.
 pub const REHOME_ROUTE: &str = "PUT /remote-realms/{realm_uuid}/server";
 /// A server's usage upload: its realms and realm audit-log rows.
@@ -181,6 +186,18 @@ impl RemoteServerApi {
                         .await?;
                     Ok(ApiResponse::json(json!({"billing": [view]})))
                 }
+                Some(route @ (REALM_SPONSORSHIP_ROUTE | SERVER_SPONSORSHIP_ROUTE)) => {
+                    let principal = request.principal()?;
+                    principal.require_admin()?;
+                    let entity = entity_of(&request, route == REALM_SPONSORSHIP_ROUTE)?;
+                    let body: SponsorshipDecision = request.json_body_with(read_json)?;
+                    let actor = format!("admin:{}", principal.user_id);
+                    let view = self
+                        .remote
+                        .decide_sponsorship(entity, body.approve, &actor, now)
+                        .await?;
+                    Ok(ApiResponse::json(json!({"billing": [view]})))
+                }
                 Some(REHOME_ROUTE) => {
                     let principal = request.principal()?;
                     principal.require_admin()?;
@@ -216,6 +233,14 @@ impl RemoteServerApi {
 struct LegacyPlanRequest {
     /// When the complimentary plan ends, Unix seconds.
     end_date: i64,
+}
+
+/// `POST /{entity}/sponsorship`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SponsorshipDecision {
+    /// Approve (community) or decline.
+    approve: bool,
 }
 
 /// `PUT /remote-realms/{uuid}/server`'s body.

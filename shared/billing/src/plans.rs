@@ -387,6 +387,15 @@ pub enum PlanError {
         "Your server, or an organization on it, already has a plan: a server and its organizations cannot both have one."
     )]
     PlanElsewhere,
+    /// A sponsorship request awaits review already.
+    #[error("Your sponsorship request is already being reviewed.")]
+    SponsorshipPending,
+    /// No sponsorship request awaits review.
+    #[error("No sponsorship request is pending.")]
+    NoSponsorshipRequest,
+    /// The entity is sponsored already.
+    #[error("It is on the Community plan already.")]
+    AlreadyCommunity,
     /// A discount is a whole percentage from 0 to 99.
     #[error("The discount must be a whole percentage from 0 to 99, not {0}.")]
     InvalidDiscount(u8),
@@ -631,6 +640,71 @@ pub fn schedule_upgrade(
     Ok((next, changes))
 }
 
+/// Approves a sponsorship request: the entity moves to the `community` tier. With no live plan
+/// the community plan starts now; a live plan (paid, trial or legacy) ends at the end of its
+/// period (legacy: its end date), when the community plan starts, and a plan scheduled after it
+/// is dropped. Nothing more is invoiced after that end.
+pub fn approve_sponsorship(
+    book: &Book,
+    billed_count: u32,
+    now: DateTime<Utc>,
+    plan_id: Uuid,
+) -> Result<(Book, Changes), PlanError> {
+    let (mut next, mut changes) = end_of_cycle(book, now);
+    if next.plan.as_ref().is_some_and(|plan| plan.tier == Tier::Community) {
+        return Err(PlanError::AlreadyCommunity);
+    }
+    next.customer.sponsorship_pending = false;
+    let community = |anchor: DateTime<Utc>, status: PlanStatus| Plan {
+        id: plan_id,
+        entity: book.customer.entity,
+        tier: Tier::Community,
+        schedule: Schedule::Annual,
+        license_management: LicenseManagement::Automatic,
+        price_per_license: 0,
+        discount_percent: 0,
+        billing_cycle_anchor: anchor,
+        next_invoice_date: None,
+        end_date: None,
+        status,
+        invoiced_through: None,
+        scheduled_licenses: None,
+    };
+    if let Some(mut dropped) = next.next_plan.take() {
+        dropped.status = PlanStatus::Ended;
+        dropped.next_invoice_date = None;
+        changes.ended.push(dropped);
+    }
+    let Some(live) = next.plan.clone() else {
+        next.plan = Some(community(now, PlanStatus::Active));
+        next.ledger = Vec::new();
+        next.ever_had_plan = true;
+        let row = next.append(now, true, billed_count, billed_count);
+        if let Some(plan) = next.plan.as_mut() {
+            plan.invoiced_through = Some(row.seq);
+        }
+        changes.rows.push(row);
+        return Ok((next, changes));
+    };
+    let last = *next.last_row().ok_or(PlanError::NoPlan)?;
+    let end = match live.status {
+        PlanStatus::FreeTrial | PlanStatus::DowngradeAtEndOfFreeTrial => live.next_invoice_date,
+        _ if live.end_date.is_some() => live.end_date,
+        _ => Some(next_period_start(
+            live.billing_cycle_anchor,
+            live.schedule,
+            last_renewal_time(&live, &last),
+        )),
+    }
+    .ok_or(PlanError::NoPlan)?;
+    if let Some(plan) = next.plan.as_mut() {
+        plan.status = PlanStatus::SwitchPlanTierAtPlanEnd;
+        plan.end_date = Some(end);
+    }
+    next.next_plan = Some(community(end, PlanStatus::NeverStarted));
+    Ok((next, changes))
+}
+
 /// The customer's default discount becomes `percent`: the live paid plan and a scheduled next
 /// plan are repriced at once (`floor(list price × (100 − d) / 100)`), and every plan bought
 /// later starts with it. Returns the book and the discount it replaced.
@@ -788,7 +862,8 @@ pub fn end_of_cycle(book: &Book, now: DateTime<Utc>) -> (Book, Changes) {
                 let mut successor = next.next_plan.take().expect("checked");
                 successor.status = PlanStatus::Active;
                 successor.billing_cycle_anchor = boundary;
-                successor.next_invoice_date = Some(boundary);
+                // A free successor (community) is never invoiced.
+                successor.next_invoice_date = successor.tier.is_paid().then_some(boundary);
                 next.plan = Some(successor);
                 next.ledger = Vec::new();
                 let licenses = last.licenses_at_next_renewal;
@@ -1048,12 +1123,11 @@ pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime
     if last.is_some() {
         plan.invoiced_through = last;
     }
-    plan.next_invoice_date = Some(next_invoice_after(
-        plan.schedule,
-        plan.license_management,
-        plan.billing_cycle_anchor,
-        due,
-    ));
+    // A free plan that followed (community) is never invoiced again.
+    plan.next_invoice_date = plan
+        .tier
+        .is_paid()
+        .then(|| next_invoice_after(plan.schedule, plan.license_management, plan.billing_cycle_anchor, due));
     next.plan = Some(plan);
     InvoiceRun::Invoice {
         items,

@@ -68,7 +68,7 @@ fn nav(page: &PlanPage<'_>, current: &str) -> Markup {
     html! {
         nav aria-label="Billing pages" {
             ul class="nav" {
-                @for (path, label) in [("plans", "Plans"), ("upgrade", "Upgrade"), ("billing", "Billing")] {
+                @for (path, label) in [("plans", "Plans"), ("upgrade", "Upgrade"), ("billing", "Billing"), ("sponsorship", "Sponsorship")] {
                     li {
                         @if path == current {
                             a href={ (base) "/" (path) "/" } aria-current="page" { (label) }
@@ -337,6 +337,76 @@ pub fn billing(page: &PlanPage<'_>, error: Option<&str>, notice: Option<&str>) -
             }
             @if page.usage.last_upload.is_some_and(|at| page.now - at > billing::plans::purchase::FRESH_DATA) {
                 p role="alert" class="error" id="stale-data" { "Your server has not sent its usage data for more than two days; invoices wait until it does." }
+            }
+        },
+    )
+}
+
+/// The sponsorship form as sent, to fill it in again after an error.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SponsorshipForm {
+    /// One of [`billing::plans::purchase::SPONSORSHIP_ORG_TYPES`].
+    pub org_type: String,
+    /// The organization's website.
+    pub website: String,
+    /// What it does.
+    pub description: String,
+    /// Users it expects.
+    pub expected_total_users: String,
+    /// Users it pays for today.
+    pub paid_users_count: String,
+    /// The plan it would use.
+    pub plan_to_use: String,
+}
+
+/// `sponsorship/`: the request form, or where the request stands.
+pub fn sponsorship(page: &PlanPage<'_>, form: &SponsorshipForm, error: Option<&str>, notice: Option<&str>) -> String {
+    let sponsored = page.book.plan.as_ref().is_some_and(|plan| plan.tier == Tier::Community)
+        || page
+            .book
+            .next_plan
+            .as_ref()
+            .is_some_and(|plan| plan.tier == Tier::Community);
+    layout(
+        "Sponsorship",
+        html! {
+            (header(page, "Sponsorship", "sponsorship"))
+            @if let Some(message) = error {
+                p role="alert" class="error" id="sponsorship-error" { (message) }
+            }
+            @if let Some(message) = notice {
+                p role="status" id="sponsorship-notice" { (message) }
+            }
+            @if sponsored {
+                p id="sponsored" { "This organization is sponsored: it is on the Community plan." }
+            } @else if page.book.customer.sponsorship_pending {
+                p id="sponsorship-pending" { "Your sponsorship request is being reviewed; we will email you the decision." }
+            } @else {
+                p { "Open-source projects, non-profits, education and research can ask for the Community plan, free of charge." }
+                form method="post" action={ (page.session.base_path) "/sponsorship/" } {
+                    (csrf_field(&page.session.csrf))
+                    label for="org_type" { "Type of organization" }
+                    select id="org_type" name="org_type" required {
+                        @for (value, label) in [("opensource", "Open-source project"), ("nonprofit", "Non-profit"), ("education", "Education"), ("research", "Research"), ("event", "Event"), ("other", "Other")] {
+                            option value=(value) selected[form.org_type == value] { (label) }
+                        }
+                    }
+                    label for="website" { "Website (optional)" }
+                    input type="url" id="website" name="website" autocomplete="url" maxlength="200" value=(form.website);
+                    label for="description" { "What the organization does" }
+                    textarea id="description" name="description" required maxlength="2000" rows="5" { (form.description) }
+                    label for="expected_total_users" { "Users you expect" }
+                    input type="number" id="expected_total_users" name="expected_total_users" min="1" inputmode="numeric" autocomplete="off" required value=(form.expected_total_users);
+                    label for="paid_users_count" { "Users you pay for today" }
+                    input type="number" id="paid_users_count" name="paid_users_count" min="0" inputmode="numeric" autocomplete="off" required value=(form.paid_users_count);
+                    label for="plan_to_use" { "Plan you would use" }
+                    select id="plan_to_use" name="plan_to_use" required {
+                        @for (value, label) in [("community", "Community"), ("basic", "Basic"), ("business", "Business")] {
+                            option value=(value) selected[form.plan_to_use == value] { (label) }
+                        }
+                    }
+                    button type="submit" id="request-sponsorship" { "Request sponsorship" }
+                }
             }
         },
     )

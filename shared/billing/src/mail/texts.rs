@@ -58,3 +58,16 @@ pub fn deactivation_link(to: &str, hostname: &str, server_uuid: Uuid, link: &str
         ),
     }
 }
+
+/// A sponsorship request was approved: the organization is on the Community plan.
+pub fn sponsorship_approved(to: &str, name: &str) -> Mail {
+    Mail {
+        to: to.to_owned(),
+        subject: format!("{name} is sponsored: Community plan"),
+        text: format!(
+            "Your sponsorship request for {name} was approved.\n\n\
+             It is on the Community plan now, or, if it has a paid plan, when that plan's current \
+             billing period ends; nothing more will be charged after that.\n"
+        ),
+    }
+}

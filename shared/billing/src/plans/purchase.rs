@@ -301,6 +301,88 @@ pub async fn live_plan_elsewhere(
     Ok(false)
 }
 
+/// A sponsorship request from the `sponsorship/` form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SponsorshipRequest {
+    /// The organization's type (`opensource`, `nonprofit`, `education`, `research`, `event`,
+    /// `other`).
+    pub org_type: String,
+    /// Its website, if any.
+    pub website: Option<String>,
+    /// What it does and why it asks.
+    pub description: String,
+    /// The users it expects.
+    pub expected_total_users: u32,
+    /// The users it pays for today.
+    pub paid_users_count: u32,
+    /// The plan it would use.
+    pub plan_to_use: String,
+    /// Who asked (a billing user's address): told of the decision.
+    pub requested_by: String,
+    /// When.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// The organization types a sponsorship request may name.
+pub const SPONSORSHIP_ORG_TYPES: [&str; 6] = ["opensource", "nonprofit", "education", "research", "event", "other"];
+
+/// Stores a sponsorship request and marks the customer's sponsorship pending, in one write.
+/// Refused while one is pending already or the entity is sponsored.
+pub async fn request_sponsorship(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    request: &SponsorshipRequest,
+    now: DateTime<Utc>,
+) -> Result<(), PurchaseError> {
+    retry_on_conflict(|_| async move {
+        let stored = stored::load(documents, entity, now).await?;
+        let (book, cycle) = end_of_cycle(&stored.book, now);
+        if book.customer.sponsorship_pending {
+            return Err(PlanError::SponsorshipPending.into());
+        }
+        if book.plan.as_ref().is_some_and(|plan| plan.tier == Tier::Community) {
+            return Err(PlanError::AlreadyCommunity.into());
+        }
+        let mut after = book.clone();
+        after.customer.sponsorship_pending = true;
+        let mut writes = stored::writes_for(&stored, &after, &cycle, now);
+        writes.push(PlannedWrite {
+            key: member_key(
+                &stored::collection(entity),
+                &format!("sponsorship#{:020}#{}", now.timestamp_micros(), Uuid::new_v4()),
+            ),
+            body: serde_json::to_value(request).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            expected: None,
+            expires_at: None,
+        });
+        let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
+        documents.put_documents(&writes, now).await?;
+        tracing::info!(?entity, "sponsorship requested");
+        Ok(())
+    })
+    .await
+}
+
+/// The entity's sponsorship requests, oldest first.
+pub async fn sponsorship_requests(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<Vec<SponsorshipRequest>, StoreError> {
+    documents
+        .list_documents_range(
+            &stored::collection(entity),
+            Some("sponsorship#"),
+            "sponsorship#~",
+            100,
+            now,
+        )
+        .await?
+        .into_iter()
+        .map(|(member, document)| decode(&member, document.body))
+        .collect()
+}
+
 /// Whether the entity has a paid plan that is not scheduled to end (what keeps its server from
 /// being deactivated).
 pub async fn has_renewing_paid_plan(

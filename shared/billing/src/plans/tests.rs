@@ -627,3 +627,39 @@ fn a_discount_reprices_the_live_plan_and_the_scheduled_one_and_later_plans_start
         PlanError::InvalidDiscount(100)
     );
 }
+
+#[test]
+fn an_approved_sponsorship_starts_community_now_or_at_the_end_of_the_paid_period() {
+    // Given an entity with no plan, and one on basic bought on 1 January
+    let mut pending = Book::new(realm());
+    pending.customer.sponsorship_pending = true;
+    // When the sponsorship of the first is approved, then it is on community at once, never invoiced
+    let (sponsored, _) = approve_sponsorship(&pending, 12, at(2026, 1, 5), Uuid::new_v4()).unwrap();
+    let plan = sponsored.plan.as_ref().unwrap();
+    assert_eq!(
+        (plan.tier, plan.status, plan.next_invoice_date),
+        (Tier::Community, PlanStatus::Active, None)
+    );
+    assert!(!sponsored.customer.sponsorship_pending);
+    assert_eq!(
+        approve_sponsorship(&sponsored, 12, at(2026, 1, 6), Uuid::new_v4()).unwrap_err(),
+        PlanError::AlreadyCommunity
+    );
+    // When the second's is approved on 10 January, then basic runs to 1 February, then community
+    let (switching, _) = approve_sponsorship(&automatic_basic_for_six(), 6, at(2026, 1, 10), Uuid::new_v4()).unwrap();
+    assert_eq!(
+        switching.plan.as_ref().unwrap().status,
+        PlanStatus::SwitchPlanTierAtPlanEnd
+    );
+    assert_eq!(
+        switching.next_plan.as_ref().unwrap().billing_cycle_anchor,
+        at(2026, 2, 1)
+    );
+    let InvoiceRun::Invoice { items, book, .. } = invoice_plan(&switching, at(2026, 2, 1), Some(at(2026, 2, 1))) else {
+        panic!("due on 1 February");
+    };
+    // And nothing more is charged: no renewal, community is not invoiced
+    assert!(items.is_empty(), "{items:?}");
+    let plan = book.plan.unwrap();
+    assert_eq!((plan.tier, plan.next_invoice_date), (Tier::Community, None));
+}

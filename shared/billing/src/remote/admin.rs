@@ -341,6 +341,92 @@ impl RemoteBilling {
     }
 }
 
+impl RemoteBilling {
+    /// `POST /{entity}/sponsorship {"approve"}`: decides the pending request. Approving moves
+    /// the entity to `community` (at once, or when its live plan's period ends) after checking
+    /// that neither its server nor its realms have a plan, records `sponsorship_approved`, then
+    /// mails whoever asked; declining clears the request and records `sponsorship_declined`.
+    /// The decision is stored before the mail: a mail service failure is logged, not undone.
+    pub async fn decide_sponsorship(
+        &self,
+        entity: Entity,
+        approve: bool,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<BillingView, RemoteError> {
+        self.billing_view(entity, now).await?;
+        let documents = self.records.documents().clone();
+        if approve && plans::purchase::live_plan_elsewhere(documents.as_ref(), entity, now).await? {
+            return Err(RemoteError::PlanConflict(
+                "The server or one of its organizations has a plan; a server and its organizations never both have one."
+                    .into(),
+            ));
+        }
+        retry_on_conflict(|_| {
+            let documents = documents.clone();
+            async move {
+                let stored = plans::stored::load(documents.as_ref(), entity, now).await?;
+                if !stored.book.customer.sponsorship_pending {
+                    return Err(RemoteError::PlanConflict(
+                        plans::PlanError::NoSponsorshipRequest.to_string(),
+                    ));
+                }
+                let billed = plans::purchase::usage_of(documents.as_ref(), entity, now).await?.billed;
+                let (after, changes) = if approve {
+                    plans::approve_sponsorship(&stored.book, billed.unwrap_or(0), now, Uuid::new_v4())
+                        .map_err(plan_refusal)?
+                } else {
+                    let (mut after, cycle) = plans::end_of_cycle(&stored.book, now);
+                    after.customer.sponsorship_pending = false;
+                    (after, cycle)
+                };
+                let mut writes = plans::stored::writes_for(&stored, &after, &changes, now);
+                writes.push(PlannedWrite {
+                    key: member_key(
+                        &plans::stored::collection(entity),
+                        &format!("audit#{}#{}", now.timestamp_micros(), Uuid::new_v4()),
+                    ),
+                    body: serde_json::json!({
+                        "event": if approve { "sponsorship_approved" } else { "sponsorship_declined" },
+                        "actor": actor, "at": now,
+                    }),
+                    expected: None,
+                    expires_at: None,
+                });
+                let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
+                documents.put_documents(&writes, now).await?;
+                tracing::info!(?entity, approve, "sponsorship decided");
+                Ok::<_, RemoteError>(())
+            }
+        })
+        .await?;
+        if approve {
+            let requests = plans::purchase::sponsorship_requests(documents.as_ref(), entity, now).await?;
+            let name = match entity {
+                Entity::Realm(realm) => self
+                    .records
+                    .realm(realm, now)
+                    .await?
+                    .map_or_else(|| realm.to_string(), |(realm, _)| realm.name),
+                Entity::Server(server) => self
+                    .records
+                    .get::<RemoteServer>(&server_key(server), now)
+                    .await?
+                    .map_or_else(|| server.to_string(), |(server, _)| server.hostname),
+            };
+            if let Some(request) = requests.last()
+                && let Err(error) = self
+                    .mailer
+                    .send(&crate::mail::texts::sponsorship_approved(&request.requested_by, &name))
+                    .await
+            {
+                tracing::error!(%error, ?entity, "the sponsorship approval mail was not sent");
+            }
+        }
+        self.billing_view(entity, now).await
+    }
+}
+
 /// A plan rule's refusal as the administrators' API answers it.
 fn plan_refusal(error: plans::PlanError) -> RemoteError {
     match error {
