@@ -100,3 +100,44 @@ async fn an_administrator_has_the_deactivation_link_mailed_to_the_servers_contac
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_server_level_link_confirms_the_contact_and_opens_the_servers_billing_pages() {
+    // Given a registered server too old to upload realms
+    let running = start_server_against_moto().await;
+    let base = format!("http://{}", running.address);
+    let contact = format!("admin-{}@example.org", Uuid::new_v4().simple());
+    let server = register_remote_server(&base, &contact).await;
+    // When it asks for a billing link without a realm, for one of its users
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/remotes/server/billing"))
+        .header("authorization", server.basic())
+        .json(&serde_json::json!({
+            "user": {"uuid": Uuid::new_v4(), "email": "someone@example.org", "full_name": "Some One"},
+            "uri_scheme": "https://",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let link = body["billing_access_url"].as_str().unwrap().to_owned();
+    // Then its login confirms the contact's address (whatever was asked) and lands on the
+    // server's billing page
+    let mut browser = Browser::new(&base);
+    let FirstLogin { done, .. } = first_login(&mut browser, &link, &contact).await;
+    assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
+    let landing = done.location.unwrap();
+    assert_eq!(landing, format!("/server/{}/billing/", server.uuid));
+    let page = browser.get(&landing).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("Billing for chat.example.org") && page.body.contains(r#"id="no-plan""#),
+        "{}",
+        page.body
+    );
+    assert!(
+        ses_mails_to("someone@example.org").await.is_empty(),
+        "only the contact is mailed"
+    );
+}

@@ -17,6 +17,8 @@ pub enum Member {
     OptionalText,
     /// An object with these members.
     Object(&'static [(&'static str, Member)]),
+    /// An object with these members, or nothing (absent or null).
+    OptionalObject(&'static [(&'static str, Member)]),
 }
 
 /// A body read as far as it could be: the JSON, and the shape errors found in it.
@@ -74,7 +76,7 @@ fn check(value: &Value, shape: &[(&'static str, Member)], prefix: &str, errors: 
     for (name, member) in shape {
         let pointer = format!("{prefix}/{name}");
         match (member, object.get(*name)) {
-            (Member::OptionalText, None | Some(Value::Null)) => {}
+            (Member::OptionalText | Member::OptionalObject(_), None | Some(Value::Null)) => {}
             (_, None | Some(Value::Null)) => errors.push(FieldError::field(
                 Slug::Missing,
                 &pointer,
@@ -83,7 +85,7 @@ fn check(value: &Value, shape: &[(&'static str, Member)], prefix: &str, errors: 
             (Member::Text | Member::OptionalText, Some(found)) if !found.is_string() => {
                 errors.push(FieldError::field(Slug::InvalidFormat, &pointer, "must be a string"));
             }
-            (Member::Object(members), Some(found)) => {
+            (Member::Object(members) | Member::OptionalObject(members), Some(found)) => {
                 if found.is_object() {
                     check(found, members, &pointer, errors);
                 } else {

@@ -310,8 +310,9 @@ impl RegisterRequest {
 pub struct BillingLinkRequest {
     /// The user the link is for.
     pub user: RemoteUser,
-    /// The realm the user administers.
-    pub realm: RealmDescription,
+    /// The realm the user administers; none for a server-level link (servers too old to upload
+    /// realms), whose login confirms only the server's contact address.
+    pub realm: Option<RealmDescription>,
     /// `https://` or `http://`: how the realm is reached.
     pub uri_scheme: String,
     /// Where the login should land (`billing`, `plans`, ...).
@@ -334,7 +335,7 @@ impl BillingLinkRequest {
         ),
         (
             "realm",
-            Member::Object(&[("uuid", Member::Text), ("host", Member::Text), ("name", Member::Text)]),
+            Member::OptionalObject(&[("uuid", Member::Text), ("host", Member::Text), ("name", Member::Text)]),
         ),
         ("uri_scheme", Member::Text),
         ("next_page", Member::OptionalText),
@@ -349,11 +350,15 @@ impl BillingLinkRequest {
                 email: body.text("/user/email"),
                 full_name: body.text("/user/full_name"),
             },
-            realm: RealmDescription {
-                uuid: body.text("/realm/uuid"),
-                host: body.text("/realm/host"),
-                name: body.text("/realm/name"),
-            },
+            realm: body
+                .value
+                .get("realm")
+                .filter(|realm| realm.is_object())
+                .map(|_| RealmDescription {
+                    uuid: body.text("/realm/uuid"),
+                    host: body.text("/realm/host"),
+                    name: body.text("/realm/name"),
+                }),
             uri_scheme: body.text("/uri_scheme"),
             next_page: body.optional_text("/next_page"),
             read_errors: body.errors,
@@ -617,9 +622,13 @@ impl RemoteBilling {
             ));
         }
         let full_name = text_field(&request.user.full_name, "/user/full_name", MAX_NAME_LENGTH, &mut errors);
-        let realm_uuid = uuid_field(&request.realm.uuid, "/realm/uuid", &mut errors);
-        let host = host_field(&request.realm.host, "/realm/host", &mut errors);
-        let name = text_field(&request.realm.name, "/realm/name", MAX_NAME_LENGTH, &mut errors);
+        let realm_fields = request.realm.as_ref().map(|realm| {
+            (
+                uuid_field(&realm.uuid, "/realm/uuid", &mut errors),
+                host_field(&realm.host, "/realm/host", &mut errors),
+                text_field(&realm.name, "/realm/name", MAX_NAME_LENGTH, &mut errors),
+            )
+        });
         if !matches!(request.uri_scheme.as_str(), "https://" | "http://") {
             errors.push(FieldError::field(
                 Slug::InvalidValue,
@@ -641,8 +650,29 @@ impl RemoteBilling {
                 page
             }
         };
-        let (Some(user_uuid), Some(realm_uuid), true) = (user_uuid, realm_uuid, errors.is_empty()) else {
+        let realm_ok = realm_fields.as_ref().is_none_or(|(uuid, _, _)| uuid.is_some());
+        let (Some(user_uuid), true, true) = (user_uuid, realm_ok, errors.is_empty()) else {
             return Err(RemoteError::Invalid(ValidationErrors(one_per_field(errors))));
+        };
+        if server.uri_scheme.as_deref() != Some(request.uri_scheme.as_str()) {
+            self.remember_scheme(server.uuid, &request.uri_scheme, now).await?;
+        }
+        let Some((Some(realm_uuid), host, name)) = realm_fields else {
+            // A server-level link: its login confirms only the server's contact address, and
+            // its session opens the server's own pages.
+            let claims = AccessClaims {
+                user_uuid,
+                user_email: request.user.email,
+                user_full_name: full_name,
+                server_uuid: server.uuid,
+                realm_uuid: None,
+                realm_host: server.hostname.clone(),
+                billing_user_id: None,
+                issued_at: now,
+                uri_scheme: request.uri_scheme,
+                next_page: Some(next_page.unwrap_or(NextPage::Billing)),
+            };
+            return Ok(self.login_url(&claims));
         };
         let realm = RemoteRealm {
             uuid: realm_uuid,
@@ -656,9 +686,6 @@ impl RemoteBilling {
             locally_deleted: false,
         };
         self.claim_realm(server, realm, now).await?;
-        if server.uri_scheme.as_deref() != Some(request.uri_scheme.as_str()) {
-            self.remember_scheme(server.uuid, &request.uri_scheme, now).await?;
-        }
         let claims = AccessClaims {
             user_uuid,
             user_email: request.user.email,
@@ -1102,7 +1129,11 @@ impl RemoteBilling {
             let page = claims.next_page.unwrap_or(NextPage::Billing);
             let location = match claims.realm_uuid {
                 Some(realm) => format!("/realm/{realm}/{}/", page.as_str()),
-                None => format!("/server/{}/deactivate/", claims.server_uuid),
+                None => format!(
+                    "/server/{}/{}/",
+                    claims.server_uuid,
+                    claims.next_page.unwrap_or(NextPage::Deactivate).as_str()
+                ),
             };
             Ok(LoggedIn {
                 session_secret: secret,
