@@ -688,6 +688,12 @@ async fn a_legacy_server_scheduled_for_upgrade_keeps_the_manual_license_count() 
     assert_eq!(done.status.as_u16(), 302, "{}", done.body);
     // When the contact schedules business, monthly, 40 manual licenses, saving a card
     let pages = format!("/server/{}", remote_server.uuid);
+    let plans = browser.get(&format!("{pages}/plans/")).await;
+    assert!(
+        plans.body.contains("Prices include your 20% discount.") && plans.body.contains("$6.40/month"),
+        "{}",
+        plans.body
+    );
     let form = browser.get(&format!("{pages}/upgrade/")).await;
     assert!(form.body.contains(r#"id="legacy-notice""#), "{}", form.body);
     let answer = browser
