@@ -914,17 +914,10 @@ async fn a_discount_reprices_the_plan_and_is_audited_and_out_of_range_is_refused
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["billing"][0]["customer"]["default_discount"], 25);
     assert_eq!(body["billing"][0]["plan"]["price_per_license"], 262);
-    let audit: Vec<Value> = documents
-        .list_documents(
-            &billing::plans::stored::collection(billing::plans::Entity::Realm(realm)),
-            f.clock.now(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|(member, _)| member.starts_with("audit#"))
-        .map(|(_, document)| document.body)
-        .collect();
+    let audit =
+        billing::plans::stored::history(documents.as_ref(), billing::plans::Entity::Realm(realm), f.clock.now())
+            .await
+            .unwrap();
     assert_eq!(audit.len(), 1);
     assert_eq!(
         (&audit[0]["event"], &audit[0]["old"], &audit[0]["new"]),
@@ -1022,17 +1015,10 @@ async fn a_realm_moved_to_its_new_server_no_longer_counts_for_the_old_one() {
     assert_eq!(body["billing"][0]["billed_licenses"], 13, "{body}");
     // And the move is in the realm's history
     let documents = f.remote.remote.records.documents().clone();
-    let history: Vec<Value> = documents
-        .list_documents(
-            &billing::plans::stored::collection(billing::plans::Entity::Realm(realm)),
-            f.clock.now(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|(member, _)| member.starts_with("audit#"))
-        .map(|(_, document)| document.body)
-        .collect();
+    let history =
+        billing::plans::stored::history(documents.as_ref(), billing::plans::Entity::Realm(realm), f.clock.now())
+            .await
+            .unwrap();
     assert_eq!(history[0]["event"], "realm_rehomed");
     assert_eq!(
         (&history[0]["old_server"], &history[0]["new_server"]),

@@ -568,7 +568,7 @@ pub fn start_legacy(
     if end_date <= now {
         return Err(PlanError::EndDateNotInFuture);
     }
-    next.plan = Some(Plan {
+    let legacy = Plan {
         id: plan_id,
         entity: next.customer.entity,
         tier: Tier::Legacy,
@@ -582,15 +582,22 @@ pub fn start_legacy(
         status: PlanStatus::Active,
         invoiced_through: None,
         scheduled_licenses: None,
-    });
-    next.ledger = Vec::new();
-    next.ever_had_plan = true;
-    let row = next.append(now, true, billed_count, billed_count);
-    if let Some(plan) = next.plan.as_mut() {
+    };
+    start_free_plan(&mut next, &mut changes, legacy, billed_count, now);
+    Ok((next, changes))
+}
+
+/// Makes `plan` (free: legacy, community) the live plan now, its ledger one renewal row of the
+/// billed count, never invoiced.
+fn start_free_plan(book: &mut Book, changes: &mut Changes, plan: Plan, billed_count: u32, now: DateTime<Utc>) {
+    book.plan = Some(plan);
+    book.ledger = Vec::new();
+    book.ever_had_plan = true;
+    let row = book.append(now, true, billed_count, billed_count);
+    if let Some(plan) = book.plan.as_mut() {
         plan.invoiced_through = Some(row.seq);
     }
     changes.rows.push(row);
-    Ok((next, changes))
 }
 
 /// Schedules a paid plan to start when the live legacy plan ends: a `never_started` plan
@@ -676,14 +683,13 @@ pub fn approve_sponsorship(
         changes.ended.push(dropped);
     }
     let Some(live) = next.plan.clone() else {
-        next.plan = Some(community(now, PlanStatus::Active));
-        next.ledger = Vec::new();
-        next.ever_had_plan = true;
-        let row = next.append(now, true, billed_count, billed_count);
-        if let Some(plan) = next.plan.as_mut() {
-            plan.invoiced_through = Some(row.seq);
-        }
-        changes.rows.push(row);
+        start_free_plan(
+            &mut next,
+            &mut changes,
+            community(now, PlanStatus::Active),
+            billed_count,
+            now,
+        );
         return Ok((next, changes));
     };
     let last = *next.last_row().ok_or(PlanError::NoPlan)?;

@@ -256,3 +256,18 @@ pub async fn save(
     let writes: Vec<DocumentWrite<'_>> = writes.iter().map(PlannedWrite::as_write).collect();
     documents.put_documents(&writes, now).await
 }
+
+/// The recorded history of an entity's billing (`audit#<time>#<id>` members: discount changes,
+/// sponsorship decisions, re-homing), oldest first.
+pub async fn history(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<Vec<Value>, StoreError> {
+    Ok(documents
+        .list_documents_range(&collection(entity), Some("audit#"), "audit#~", 1000, now)
+        .await?
+        .into_iter()
+        .map(|(_, document)| document.body)
+        .collect())
+}
