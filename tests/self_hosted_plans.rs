@@ -818,3 +818,49 @@ async fn an_approved_sponsorship_puts_the_realm_on_community_and_mails_who_asked
     let (status, _) = admin_post(&owner.server, &path, &json!({"approve": true})).await;
     assert_eq!(status, 409);
 }
+
+#[tokio::test]
+async fn a_realm_moved_to_the_server_it_was_imported_into_is_counted_there_only() {
+    // Given a realm of 9 users registered by server A, then imported into server B
+    let server = start_server_against_moto().await;
+    let base = format!("http://{}", server.address);
+    let old = register_remote_server(&base, "old@example.org").await;
+    let new = register_remote_server(&base, "new@example.org").await;
+    let realm = Uuid::new_v4();
+    let analytics = format!("{base}/api/v1/remotes/server/analytics");
+    let listing = json!({"uuid": realm, "host": "chat.example.org", "name": "Example Org"});
+    let rows = json!({"realms": [listing], "realm_audit_logs": [audit_row(1, realm, Utc::now(), 9)]});
+    assert_eq!(post(analytics.clone(), Some(old.basic()), &rows).await.0, 200);
+    let (status, body) = post(analytics.clone(), Some(new.basic()), &rows).await;
+    assert_eq!(
+        (status, &body["errors"][0]["slug"]),
+        (403, &json!("remote_realm_server_mismatch")),
+        "{body}"
+    );
+    // When an administrator moves it to B
+    let admin = server
+        .keys
+        .mint(Uuid::new_v4(), "subscriptions subscriptions_admin", Duration::hours(1));
+    let response = reqwest::Client::new()
+        .put(format!("{base}/remote-realms/{realm}/server"))
+        .bearer_auth(&admin)
+        .json(&json!({"server_uuid": new.uuid}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{:?}", response.text().await);
+    // Then B's uploads count for it and A's are refused
+    assert_eq!(post(analytics.clone(), Some(new.basic()), &rows).await.0, 200);
+    let more = json!({"realm_audit_logs": [audit_row(2, realm, Utc::now(), 30)]});
+    assert_eq!(post(analytics, Some(old.basic()), &more).await.0, 403);
+    let view: Value = reqwest::Client::new()
+        .get(format!("{base}/remote-realms/{realm}/billing"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["billing"][0]["billed_licenses"], 9, "{view}");
+}
