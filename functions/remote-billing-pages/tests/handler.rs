@@ -1441,3 +1441,56 @@ async fn deactivation_is_refused_while_the_server_has_a_renewing_plan_and_allowe
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
 }
+
+#[tokio::test]
+async fn on_a_legacy_plan_the_owner_schedules_an_upgrade_and_can_cancel_it_from_the_billing_page() {
+    // Given a realm of 6 users on a legacy plan for 60 more days
+    let world = world().await;
+    let (session, _) = world.log_in(None).await;
+    world.upload_users(1, 6).await;
+    let realm = billing::plans::Entity::Realm(world.realm);
+    world
+        .fixture
+        .remote
+        .start_legacy_plan(realm, world.clock.now() + chrono::Duration::days(60), world.clock.now())
+        .await
+        .unwrap();
+    let upgrade = world.plan_page("upgrade", Some(&session)).await;
+    assert!(upgrade.body.contains(r#"id="legacy-notice""#), "{}", upgrade.body);
+    assert!(upgrade.body.contains("Schedule upgrade"), "{}", upgrade.body);
+    // When the owner schedules basic with 8 manual licenses through Checkout
+    world
+        .buy(
+            &session,
+            &[
+                ("tier", "basic"),
+                ("schedule", "monthly"),
+                ("license_management", "manual"),
+                ("licenses", "8"),
+            ],
+        )
+        .await;
+    // Then the billing page shows the legacy plan and the scheduled one, nothing charged
+    let billing = world.plan_page("billing", Some(&session)).await;
+    assert!(billing.body.contains(r#"id="scheduled-plan""#), "{}", billing.body);
+    assert!(billing.body.contains("8 licenses, $3.50 a license"), "{}", billing.body);
+    // When the owner cancels the scheduled upgrade
+    let cancelled = world
+        .plan_form(
+            "billing",
+            &session,
+            &[("csrf_token", &billing.csrf()), ("action", "undo")],
+        )
+        .await;
+    // Then the legacy plan goes on alone
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    assert!(!cancelled.body.contains(r#"id="scheduled-plan""#), "{}", cancelled.body);
+    assert!(cancelled.body.contains("Complimentary until"), "{}", cancelled.body);
+    let view = world
+        .fixture
+        .remote
+        .billing_view(realm, world.clock.now())
+        .await
+        .unwrap();
+    assert!(view.next_plan.is_none());
+}
