@@ -26,7 +26,7 @@ async fn seed(store: &dyn Store, count: usize) -> Vec<Uuid> {
         store
             .create_subscription(
                 &subscription,
-                &AuditEntry::of(&subscription, "bench", "create", Value::Null),
+                &AuditEntry::between(None, &subscription, "bench", "create"),
             )
             .await
             .unwrap();

@@ -1,21 +1,36 @@
-//! `GET /subscriptions/{id}`: a subscription, to its owner (scope `subscriptions`) or to an
-//! administrator (`subscriptions_admin`). Whether the caller may see it is decided before it is
-//! looked up, so a refusal says nothing about whether it exists.
+//! The reads of subscriptions:
+//!
+//! - `GET /subscriptions/{id}`: a subscription, to its owner (scope `subscriptions`) or to an
+//!   administrator (`subscriptions_admin`);
+//! - `GET /subscriptions/{id}/audit?limit&cursor`: who changed it, when, and each field before
+//!   and after, oldest first (`billing::audit`), to the same callers.
+//!
+//! Whether the caller may see a subscription is decided before it is looked up, so a refusal
+//! says nothing about whether it exists.
 
 use std::sync::Arc;
 
 use billing::access::{Operation, declared_store};
+use billing::audit::{AuditQuery, audit_page};
 use billing::config::{ConfigError, Environment, billing_table};
 use billing::store::Store;
 use billing_adapters::DynamoStore;
-use billing_http::{ApiResponse, Cors, serve};
+use billing_http::{ApiError, ApiResponse, Cors, serve};
 use lambda_http::{Body, Request, Response};
 
 /// The name refusals of undeclared operations give.
 pub const FUNCTION: &str = "get-subscription";
 
 /// What this function does with the store; its IAM policy grants exactly these.
-pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription];
+pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription, Operation::AuditTrail];
+
+/// The routes this function answers.
+pub mod routes {
+    /// One subscription.
+    pub const GET: &str = "GET /subscriptions/{id}";
+    /// Its audit trail.
+    pub const AUDIT: &str = "GET /subscriptions/{id}/audit";
+}
 
 pub struct GetSubscription {
     pub store: Arc<dyn Store>,
@@ -46,8 +61,15 @@ impl GetSubscription {
             let principal = request.principal()?;
             let id = request.path_uuid("id")?;
             principal.authority_over(id)?;
-            let subscription = self.store.get_subscription(id).await?;
-            Ok(ApiResponse::ok(subscription))
+            match request.route_key() {
+                Some(routes::AUDIT) => {
+                    let query =
+                        AuditQuery::read(request.query("limit").as_deref(), request.query("cursor").as_deref())?;
+                    Ok(ApiResponse::json(audit_page(self.store.as_ref(), id, query).await?))
+                }
+                Some(routes::GET) | None => Ok(ApiResponse::ok(self.store.get_subscription(id).await?)),
+                Some(other) => Err(ApiError::act_of_god(&format!("{FUNCTION} has no route {other}"))),
+            }
         })
         .await
     }

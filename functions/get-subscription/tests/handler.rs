@@ -21,7 +21,7 @@ async fn stored_subscription(store: &dyn Store, user: Uuid) -> Subscription {
     store
         .create_subscription(
             &subscription,
-            &AuditEntry::of(&subscription, "system:test", "create", Value::Null),
+            &AuditEntry::between(None, &subscription, "system:test", "create"),
         )
         .await
         .unwrap();
@@ -125,4 +125,141 @@ async fn request_without_claims_is_unauthorized() {
     let response = function(embedded_store()).handle(request).await;
     assert_eq!(response.status(), 401);
     assert_eq!(body(&response)["errors"][0]["slug"], "unauthorized");
+}
+
+/// `GET /subscriptions/{id}/audit` with these query parameters, by `caller`.
+fn audit_request(caller: Uuid, scope: &str, target: Uuid, query: &[(&str, &str)]) -> lambda_http::Request {
+    ApiEvent::sample("apigw-subscription-audit.json")
+        .caller(caller, scope)
+        .path_id(&target.to_string())
+        .query(query)
+        .build()
+}
+
+/// A subscription changed by its owner and then by an administrator: versions 1 to 3.
+async fn subscription_with_history(store: &dyn Store, user: Uuid) -> Subscription {
+    let mut current = stored_subscription(store, user).await;
+    for (actor, change) in [
+        (format!("user:{user}"), r#"{"plan": "basic_monthly"}"#),
+        ("admin:someone".to_owned(), r#"{"licenses": 4}"#),
+    ] {
+        let next = SubscriptionChange::from_json(change.as_bytes())
+            .unwrap()
+            .apply(&current, Utc::now())
+            .unwrap();
+        let audit = AuditEntry::between(Some(&current), &next, actor, "patch");
+        store.update_subscription(&next, current.version, &audit).await.unwrap();
+        current = next;
+    }
+    current
+}
+
+#[tokio::test]
+async fn owner_reads_who_changed_each_field_before_and_after_oldest_first() {
+    // Given a subscription created, then changed by its owner and by an administrator
+    let store = embedded_store();
+    let user = Uuid::new_v4();
+    subscription_with_history(store.as_ref(), user).await;
+    // When its owner reads the audit trail
+    let response = function(store)
+        .handle(audit_request(user, "subscriptions", user, &[]))
+        .await;
+    // Then every version is there, oldest first, with its actor and each field before and after
+    assert_eq!(response.status(), 200);
+    let answer = body(&response);
+    let audit = answer["audit"].as_array().unwrap();
+    let versions: Vec<_> = audit.iter().map(|entry| entry["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(audit[0]["action"], "create");
+    assert_eq!(audit[1]["actor"], format!("user:{user}"));
+    assert_eq!(
+        audit[1]["changes"],
+        serde_json::json!([{"field": "/plan", "before": "pending", "after": "basic_monthly"}])
+    );
+    assert_eq!(audit[2]["actor"], "admin:someone");
+    assert_eq!(
+        audit[2]["changes"],
+        serde_json::json!([{"field": "/licenses", "before": null, "after": 4}])
+    );
+    assert!(audit[2]["at"].is_string());
+    assert_eq!(answer["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
+async fn audit_pages_follow_their_cursor_to_the_end() {
+    // Given a subscription at version 3
+    let store = embedded_store();
+    let user = Uuid::new_v4();
+    subscription_with_history(store.as_ref(), user).await;
+    let admin = Uuid::new_v4();
+    // When an administrator reads it two records at a time
+    let first = body(
+        &function(store.clone())
+            .handle(audit_request(admin, "subscriptions_admin", user, &[("limit", "2")]))
+            .await,
+    );
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a cursor to the next page")
+        .to_owned();
+    let second = body(
+        &function(store)
+            .handle(audit_request(
+                admin,
+                "subscriptions_admin",
+                user,
+                &[("limit", "2"), ("cursor", &cursor)],
+            ))
+            .await,
+    );
+    // Then the pages hold versions 1-2 and 3, and the last has no cursor
+    let versions = |page: &Value| -> Vec<u64> {
+        page["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["version"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(versions(&first), vec![1, 2]);
+    assert_eq!(versions(&second), vec![3]);
+    assert_eq!(second["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
+async fn audit_of_someone_elses_subscription_is_forbidden_and_of_none_not_found() {
+    let store = embedded_store();
+    let (owner, intruder) = (Uuid::new_v4(), Uuid::new_v4());
+    subscription_with_history(store.as_ref(), owner).await;
+    let refused = function(store.clone())
+        .handle(audit_request(intruder, "subscriptions", owner, &[]))
+        .await;
+    assert_eq!(refused.status(), 403);
+    let missing = function(store)
+        .handle(audit_request(intruder, "subscriptions", intruder, &[]))
+        .await;
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn audit_with_a_bad_limit_or_an_edited_cursor_is_refused_naming_each() {
+    let store = embedded_store();
+    let user = Uuid::new_v4();
+    subscription_with_history(store.as_ref(), user).await;
+    let response = function(store)
+        .handle(audit_request(
+            user,
+            "subscriptions",
+            user,
+            &[("limit", "0"), ("cursor", "eyJ4Ijox")],
+        ))
+        .await;
+    assert_eq!(response.status(), 400);
+    let params: Vec<_> = body(&response)["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["param"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(params, vec!["limit", "cursor"]);
 }

@@ -94,7 +94,7 @@ async fn store_writes(store: &dyn Store, subscription: Subscription, runs: usize
         let change =
             SubscriptionChange::from_json(json!({"cancel_at_period_end": i % 2 == 0}).to_string().as_bytes()).unwrap();
         let next = change.apply(&current, Utc::now()).unwrap_or_else(|| current.clone());
-        let audit = AuditEntry::of(&next, "system:bench", "patch", change.audit_summary());
+        let audit = AuditEntry::between(Some(&current), &next, "system:bench", "patch");
         let started = Instant::now();
         store.update_subscription(&next, current.version, &audit).await.unwrap();
         timings.push(started.elapsed());

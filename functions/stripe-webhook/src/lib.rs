@@ -27,7 +27,7 @@ use billing_http::{ApiError, ApiResponse, Cors, serve_with_limit};
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
-pub use billing::webhook::{ACTOR, REMEMBER_EVENTS_FOR};
+pub use billing::webhook::{REMEMBER_EVENTS_FOR, actor};
 
 /// Stripe's events can be far larger than the API's requests.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;

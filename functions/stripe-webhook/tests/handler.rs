@@ -66,7 +66,7 @@ impl Fixture {
         self.store
             .create_subscription(
                 &subscription,
-                &AuditEntry::of(&subscription, "system:test", "create", Value::Null),
+                &AuditEntry::between(None, &subscription, "system:test", "create"),
             )
             .await
             .unwrap();
@@ -130,7 +130,24 @@ async fn a_signed_subscription_update_is_applied() {
         (now.status, now.plan.as_str(), now.version),
         (Status::Active, "basic_monthly", 2)
     );
-    assert_eq!(f.store.audit_trail(stored.id).await.unwrap()[1].actor, "system:stripe");
+    // and the audit trail names the event as the actor, with the fields it changed
+    let audit = f.store.audit_trail(stored.id).await.unwrap().remove(1);
+    assert_eq!(
+        (audit.actor.as_str(), audit.action.as_str(), audit.event.as_deref()),
+        ("stripe:evt_1", "customer.subscription.updated", Some("evt_1"))
+    );
+    assert!(
+        audit
+            .changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|change| change["field"] == "/status"
+                && change["before"] == "trialing"
+                && change["after"] == "active"),
+        "{}",
+        audit.changes
+    );
 }
 
 #[tokio::test]

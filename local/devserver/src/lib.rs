@@ -384,6 +384,20 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             &get,
         ),
         route(
+            Method::GET,
+            "/subscriptions/{id}/audit",
+            true,
+            "GetSubscriptionFunction",
+            &get,
+        ),
+        route(
+            Method::OPTIONS,
+            "/subscriptions/{id}/audit",
+            false,
+            "GetSubscriptionFunction",
+            &get,
+        ),
+        route(
             Method::POST,
             "/subscriptions/{id}/setup-intent",
             true,

@@ -405,18 +405,37 @@ impl Store for DynamoStore {
         self.find_by_index(1, stripe_customer_key(stripe_customer)).await
     }
 
-    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
-        self.query_prefix(subscription_pk(id), "AUDIT#")
-            .await?
-            .iter()
-            .map(|item| {
+    async fn audit_page(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let mut start = None;
+        while entries.len() < limit {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(subscription_pk(id)))
+                .expression_attribute_values(":from", s(audit_sk(after.saturating_add(1))))
+                .expression_attribute_values(":to", s(audit_sk(u64::MAX)))
+                .limit(i32::try_from(limit - entries.len()).unwrap_or(i32::MAX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in output.items.unwrap_or_default() {
                 let json = item
                     .get("audit")
                     .and_then(|v| v.as_s().ok())
                     .ok_or_else(|| StoreError::Corrupt("audit item without its record".into()))?;
-                serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
-            .collect()
+                entries.push(serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(entries)
     }
 
     async fn record_event(

@@ -182,14 +182,15 @@ impl Store for EmbeddedStore {
         self.find_by_index(BY_STRIPE_CUSTOMER, stripe_customer).await
     }
 
-    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn audit_page(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(AUDIT).map_err(unavailable)?;
             let id = id.to_string();
             table
-                .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+                .range((id.as_str(), after.saturating_add(1))..=(id.as_str(), u64::MAX))
                 .map_err(unavailable)?
+                .take(limit)
                 .map(|entry| {
                     let (_, json) = entry.map_err(unavailable)?;
                     serde_json::from_str(json.value()).map_err(|e| StoreError::Corrupt(e.to_string()))

@@ -38,11 +38,11 @@ fn new_subscription(stripe: Option<(&str, &str)>) -> Subscription {
 }
 
 fn created(subscription: &Subscription) -> AuditEntry {
-    AuditEntry::of(subscription, "system:test", "create", serde_json::json!({}))
+    AuditEntry::between(None, subscription, "system:test", "create")
 }
 
-fn updated(next: &Subscription, what: &SubscriptionChange) -> AuditEntry {
-    AuditEntry::of(next, "system:test", "patch", what.audit_summary())
+fn updated(next: &Subscription) -> AuditEntry {
+    AuditEntry::between(None, next, "system:test", "patch")
 }
 
 fn unique(prefix: &str) -> String {
@@ -125,7 +125,7 @@ async fn concurrent_updates_from_one_version_let_exactly_one_win(store: Arc<impl
                     unreachable!()
                 });
                 store
-                    .update_subscription(&next, 1, &updated(&next, &what))
+                    .update_subscription(&next, 1, &updated(&next))
                     .await
                     .map(|()| next)
             })
@@ -153,12 +153,12 @@ async fn update_from_a_stale_version_is_a_conflict_and_changes_nothing(store: Ar
     store.create_subscription(&v1, &created(&v1)).await.unwrap();
     let first = change(r#"{"plan": "basic_monthly"}"#);
     let v2 = first.apply(&v1, Utc::now()).unwrap();
-    store.update_subscription(&v2, 1, &updated(&v2, &first)).await.unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2)).await.unwrap();
 
     // A writer still holding version 1
     let late = change(r#"{"email": "late@example.com"}"#);
     let stale = late.apply(&v1, Utc::now()).unwrap();
-    let outcome = store.update_subscription(&stale, 1, &updated(&stale, &late)).await;
+    let outcome = store.update_subscription(&stale, 1, &updated(&stale)).await;
 
     assert!(matches!(outcome, Err(StoreError::VersionConflict)));
     assert_eq!(store.get_subscription(v1.id).await.unwrap(), v2);
@@ -175,7 +175,7 @@ async fn unknown_ids_are_not_found(store: Arc<impl Store>) {
     let what = change(r#"{"plan": "basic_monthly"}"#);
     let next = what.apply(&ghost, Utc::now()).unwrap();
     assert!(matches!(
-        store.update_subscription(&next, 1, &updated(&next, &what)).await,
+        store.update_subscription(&next, 1, &updated(&next)).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
@@ -216,10 +216,7 @@ async fn lookups_by_stripe_ids_follow_changes(store: Arc<impl Store>) {
     let replacement = unique("sub_");
     let what = change(&format!(r#"{{"stripe_subscription": "{replacement}"}}"#));
     let next = what.apply(&ada, Utc::now()).unwrap();
-    store
-        .update_subscription(&next, 1, &updated(&next, &what))
-        .await
-        .unwrap();
+    store.update_subscription(&next, 1, &updated(&next)).await.unwrap();
     // Then the new id finds her at the new version and the old one finds nothing
     assert_eq!(store.find_by_stripe_subscription(&replacement).await.unwrap(), next);
     assert!(matches!(
@@ -275,9 +272,32 @@ async fn audit_trail_lists_every_version_oldest_first(store: Arc<impl Store>) {
     store.create_subscription(&v1, &created(&v1)).await.unwrap();
     let what = change(r#"{"plan": "business_annual", "stripe_source": "pm_card_visa"}"#);
     let v2 = what.apply(&v1, Utc::now()).unwrap();
-    store.update_subscription(&v2, 1, &updated(&v2, &what)).await.unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2)).await.unwrap();
     let trail = store.audit_trail(v1.id).await.unwrap();
-    assert_eq!(trail, vec![created(&v1), updated(&v2, &what)]);
+    assert_eq!(trail, vec![created(&v1), updated(&v2)]);
+}
+
+async fn audit_pages_start_after_a_version_and_hold_at_most_the_limit(store: Arc<impl Store>) {
+    // Given a subscription at version 4
+    let mut current = new_subscription(None);
+    store.create_subscription(&current, &created(&current)).await.unwrap();
+    for flag in [true, false, true] {
+        let next = change(&format!(r#"{{"cancel_at_period_end": {flag}}}"#))
+            .apply(&current, Utc::now())
+            .unwrap();
+        store
+            .update_subscription(&next, current.version, &updated(&next))
+            .await
+            .unwrap();
+        current = next;
+    }
+    // When its trail is read two records at a time
+    let versions = |page: Vec<AuditEntry>| page.iter().map(|entry| entry.version).collect::<Vec<_>>();
+    // Then each page starts after the version given, oldest first, and the last one is short
+    assert_eq!(versions(store.audit_page(current.id, 0, 2).await.unwrap()), vec![1, 2]);
+    assert_eq!(versions(store.audit_page(current.id, 2, 2).await.unwrap()), vec![3, 4]);
+    assert!(store.audit_page(current.id, 4, 2).await.unwrap().is_empty());
+    assert!(store.audit_page(Uuid::new_v4(), 0, 2).await.unwrap().is_empty());
 }
 
 fn mark(created: i64, id: &str) -> EventMark {
@@ -292,7 +312,7 @@ async fn an_event_and_its_subscription_write_are_recorded_together(store: Arc<im
     store.create_subscription(&v1, &created(&v1)).await.unwrap();
     let what = change(r#"{"status": "active"}"#);
     let v2 = what.apply(&v1, Utc::now()).unwrap();
-    let audit = updated(&v2, &what);
+    let audit = updated(&v2);
     let key = unique("stripe-event:evt_");
     let write = SubscriptionWrite {
         next: &v2,
@@ -316,7 +336,7 @@ async fn an_event_and_its_subscription_write_are_recorded_together(store: Arc<im
     let again = what.apply(&v2, Utc::now()).unwrap_or_else(|| v2.clone());
     let mut again = again;
     again.version = 3;
-    let audit3 = AuditEntry::of(&again, "system:test", "patch", serde_json::json!({}));
+    let audit3 = AuditEntry::between(None, &again, "system:test", "patch");
     let write = SubscriptionWrite {
         next: &again,
         expected_version: 2,
@@ -341,7 +361,7 @@ async fn an_event_older_than_the_last_applied_is_stale_and_writes_nothing(store:
     let tomorrow = Utc::now() + Duration::days(1);
     let newer = change(r#"{"status": "canceled"}"#);
     let v2 = newer.apply(&v1, Utc::now()).unwrap();
-    let audit = updated(&v2, &newer);
+    let audit = updated(&v2);
     let write = SubscriptionWrite {
         next: &v2,
         expected_version: 1,
@@ -361,7 +381,7 @@ async fn an_event_older_than_the_last_applied_is_stale_and_writes_nothing(store:
     for (created_at, id) in [(100, "evt_z"), (200, "evt_a"), (200, "evt_b")] {
         let older = change(r#"{"status": "active"}"#);
         let v3 = older.apply(&v2, Utc::now()).unwrap();
-        let audit = updated(&v3, &older);
+        let audit = updated(&v3);
         let key = unique("e:");
         let write = SubscriptionWrite {
             next: &v3,
@@ -384,7 +404,7 @@ async fn an_event_older_than_the_last_applied_is_stale_and_writes_nothing(store:
     // A newer one of the same second applies
     let later = change(r#"{"status": "past_due"}"#);
     let v3 = later.apply(&v2, Utc::now()).unwrap();
-    let audit = updated(&v3, &later);
+    let audit = updated(&v3);
     let write = SubscriptionWrite {
         next: &v3,
         expected_version: 2,
@@ -406,10 +426,10 @@ async fn an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing(s
     store.create_subscription(&v1, &created(&v1)).await.unwrap();
     let patch = change(r#"{"email": "moved@example.com"}"#);
     let v2 = patch.apply(&v1, Utc::now()).unwrap();
-    store.update_subscription(&v2, 1, &updated(&v2, &patch)).await.unwrap();
+    store.update_subscription(&v2, 1, &updated(&v2)).await.unwrap();
     let event = change(r#"{"status": "past_due"}"#);
     let stale = event.apply(&v1, Utc::now()).unwrap();
-    let audit = updated(&stale, &event);
+    let audit = updated(&stale);
     let key = unique("e:");
     let write = SubscriptionWrite {
         next: &stale,
@@ -457,7 +477,7 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
     let v1 = new_subscription(None);
     store.create_subscription(&v1, &created(&v1)).await.unwrap();
     let tomorrow = Utc::now() + Duration::days(1);
-    let audit = AuditEntry::of(&v1, "system:test", "stripe", serde_json::json!({}));
+    let audit = AuditEntry::between(None, &v1, "system:test", "stripe");
     let write = SubscriptionWrite {
         next: &v1,
         expected_version: 1,
@@ -477,7 +497,7 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
     // The mark moved: an older event with a change is now stale
     let older = change(r#"{"status": "active"}"#);
     let v2 = older.apply(&v1, Utc::now()).unwrap();
-    let audit = updated(&v2, &older);
+    let audit = updated(&v2);
     let write = SubscriptionWrite {
         next: &v2,
         expected_version: 1,
@@ -495,10 +515,7 @@ async fn an_event_that_changes_nothing_advances_the_mark_without_a_new_version(s
     // And an unchanged write from a stale version is a conflict, recording nothing
     let patch = change(r#"{"email": "elsewhere@example.com"}"#);
     let moved = patch.apply(&v1, Utc::now()).unwrap();
-    store
-        .update_subscription(&moved, 1, &updated(&moved, &patch))
-        .await
-        .unwrap();
+    store.update_subscription(&moved, 1, &updated(&moved)).await.unwrap();
     let key = unique("e:");
     let write = SubscriptionWrite {
         next: &v1,
@@ -522,7 +539,7 @@ async fn apply_event(store: &impl Store, id: Uuid, json: &str, at: (i64, &str), 
     let current = store.get_subscription(id).await.unwrap();
     let what = change(json);
     let next = what.apply(&current, Utc::now()).unwrap_or_else(|| current.clone());
-    let audit = updated(&next, &what);
+    let audit = updated(&next);
     let write = SubscriptionWrite {
         next: &next,
         expected_version: current.version,
@@ -722,7 +739,7 @@ async fn a_stripe_id_linked_to_another_subscription_is_refused_and_nothing_is_wr
     store.create_subscription(&third, &created(&third)).await.unwrap();
     let what = change(&format!(r#"{{"stripe_subscription": "{stripe_id}"}}"#));
     let next = what.apply(&third, Utc::now()).unwrap();
-    let refused = store.update_subscription(&next, 1, &updated(&next, &what)).await;
+    let refused = store.update_subscription(&next, 1, &updated(&next)).await;
     // Then it is refused too, the third is unchanged, and the id still finds the first
     assert!(
         matches!(refused, Err(StoreError::LinkTaken("/stripe_subscription"))),
@@ -736,10 +753,7 @@ async fn a_stripe_id_linked_to_another_subscription_is_refused_and_nothing_is_wr
     // while the first may be written again with its own ids
     let own = change(r#"{"status": "active"}"#);
     let next = own.apply(&first, Utc::now()).unwrap();
-    store
-        .update_subscription(&next, 1, &updated(&next, &own))
-        .await
-        .unwrap();
+    store.update_subscription(&next, 1, &updated(&next)).await.unwrap();
 }
 
 async fn customer_events_are_ordered_only_against_customer_events(store: Arc<impl Store>) {
@@ -988,6 +1002,7 @@ macro_rules! conformance_suite {
             an_id_is_recorded_once_until_it_expires,
             an_expired_record_counts_as_absent_even_before_the_backend_deletes_it,
             audit_trail_lists_every_version_oldest_first,
+            audit_pages_start_after_a_version_and_hold_at_most_the_limit,
             an_event_and_its_subscription_write_are_recorded_together,
             an_event_older_than_the_last_applied_is_stale_and_writes_nothing,
             an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing,

@@ -37,7 +37,7 @@ pub enum Operation {
     FindByStripeSubscription,
     /// [`Store::find_by_stripe_customer`].
     FindByStripeCustomer,
-    /// [`Store::audit_trail`].
+    /// [`Store::audit_page`] (and [`Store::audit_trail`], every page).
     AuditTrail,
     /// [`Store::record_event`] without a subscription write: only the event's id and outcome.
     RecordEvent,
@@ -175,9 +175,9 @@ impl Store for Declared<dyn Store> {
         self.inner.find_by_stripe_customer(stripe_customer).await
     }
 
-    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn audit_page(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.store(Operation::AuditTrail)?;
-        self.inner.audit_trail(id).await
+        self.inner.audit_page(id, after, limit).await
     }
 
     async fn record_event(

@@ -127,7 +127,7 @@ pub async fn change_subscription(
         if unchanged {
             return Ok(current);
         }
-        let audit = AuditEntry::of(&next, request.actor, "patch", request.change.audit_summary());
+        let audit = AuditEntry::between(Some(&current), &next, request.actor, "patch");
         match context.store.update_subscription(&next, current.version, &audit).await {
             Ok(()) => {
                 tracing::info!(subscription = %request.id, version = next.version, "subscription changed");
@@ -193,7 +193,7 @@ async fn apply_to_stripe(
     }
     let target = current.id.to_string();
     if resubscribes && let Some(plan) = plan_changes.and_then(|plan| context.catalog.get(plan)) {
-        return resubscribe(context, current, change, plan, request_origin, attempt_origin)
+        return resubscribe(context, current, change, plan, request_origin)
             .await
             .map(Some);
     }
@@ -298,7 +298,6 @@ async fn resubscribe(
     change: &SubscriptionChange,
     plan: &Plan,
     request_origin: &str,
-    attempt_origin: &str,
 ) -> Result<StripeSubscription, ChangeError> {
     let target = current.id.to_string();
     let email = change.email.as_deref().unwrap_or(&current.email);
@@ -337,7 +336,10 @@ async fn resubscribe(
                 discount_percent: change.discount_percent.or(current.discount_percent),
                 user_id: current.user_id,
             },
-            &idempotency_key("resubscribe", &target, attempt_origin),
+            // The request's key, not the attempt's: an attempt that lost the race to store
+            // the new subscription (a late event of the canceled one, say) must meet the same
+            // Stripe subscription again, never make and charge a second one.
+            &idempotency_key("resubscribe", &target, request_origin),
         )
         .await?;
     answered.customer = customer;
@@ -374,12 +376,7 @@ pub async fn cancel_subscription(
         next.cancel_at_period_end = false;
         next.version = current.version + 1;
         next.updated_at = context.clock.now().trunc_subsecs(0).max(current.updated_at);
-        let audit = AuditEntry::of(
-            &next,
-            actor,
-            "cancel",
-            serde_json::json!({"status": next.status.as_str()}),
-        );
+        let audit = AuditEntry::between(Some(&current), &next, actor, "cancel");
         context
             .store
             .update_subscription(&next, current.version, &audit)

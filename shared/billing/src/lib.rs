@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod change;
@@ -19,6 +20,7 @@ pub mod errors;
 pub mod ids;
 pub mod lifecycle;
 pub mod mail;
+pub mod paging;
 pub mod plans;
 pub mod provisioning;
 pub mod remote;

@@ -120,7 +120,7 @@ pub async fn provision(
     subscription.trial_start = stripe_subscription.trial_end.map(|_| trial_start);
     subscription.trial_end = stripe_subscription.trial_end;
     subscription.current_period_end = stripe_subscription.current_period_end;
-    let audit = AuditEntry::of(&subscription, request.actor, "create", change.audit_summary());
+    let audit = AuditEntry::between(None, &subscription, request.actor, "create");
     store.create_subscription(&subscription, &audit).await?;
     tracing::info!(subscription = %subscription.id, stripe_customer = %customer.id, stripe_subscription = %stripe_subscription.id, plan = %subscription.plan, "subscription created");
     Ok(subscription)

@@ -5,8 +5,6 @@
 //! choose, what a valid change looks like, and what the subscription becomes once a change is
 //! applied. Everything here is pure: time comes in as an argument.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -543,16 +541,6 @@ impl SubscriptionChange {
         next.updated_at = now.trunc_subsecs(0).max(current.updated_at);
         next.version = current.version + 1;
         Some(next)
-    }
-
-    /// The fields this change sets, as JSON, for the audit trail. The payment method id is
-    /// kept out: the audit trail records that one was attached, not which.
-    pub fn audit_summary(&self) -> Value {
-        let fields: BTreeMap<String, Value> = FIELDS
-            .iter()
-            .filter_map(|field| (field.audit)(self).map(|value| (field.name.to_owned(), value)))
-            .collect();
-        Value::Object(fields.into_iter().collect())
     }
 }
 

@@ -18,7 +18,7 @@ use crate::store::EventMark;
 mod apply;
 
 use crate::subscription::{PlanCatalog, Status, Subscription};
-pub use apply::{ACTOR, EventContext, EventError, Handled, REMEMBER_EVENTS_FOR, apply_stripe_event, subscription_of};
+pub use apply::{EventContext, EventError, Handled, REMEMBER_EVENTS_FOR, actor, apply_stripe_event, subscription_of};
 
 /// Signatures older (or newer) than this are refused, as Stripe's libraries do.
 pub const TOLERANCE_SECONDS: i64 = 300;

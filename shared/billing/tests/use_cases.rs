@@ -222,7 +222,7 @@ async fn a_plan_for_a_subscription_never_made_in_stripe_makes_one_and_other_stri
     let bare = change(json!({"user_id": Uuid::new_v4(), "email": "ada@example.com"}))
         .new_subscription(world.catalog.get("pending").unwrap(), now(), now())
         .unwrap();
-    let audit = billing::store::AuditEntry::of(&bare, "system:test", "create", json!({}));
+    let audit = billing::store::AuditEntry::between(None, &bare, "system:test", "create");
     world.store.create_subscription(&bare, &audit).await.unwrap();
     // When only the end-of-period flag is sent, it is refused and nothing is stored
     let outcome = world.change(bare.id, json!({"cancel_at_period_end": true}), None).await;
@@ -509,7 +509,7 @@ async fn a_late_event_of_a_canceled_stripe_subscription_leaves_the_new_one_alone
     moved.stripe_subscription = Some("sub_new".into());
     moved.status = Status::Active;
     moved.version = 2;
-    let audit = billing::store::AuditEntry::of(&moved, "system:test", "patch", json!({}));
+    let audit = billing::store::AuditEntry::between(None, &moved, "system:test", "patch");
     world.store.update_subscription(&moved, 1, &audit).await.unwrap();
     // When the old one's deletion arrives (same customer, no metadata)
     let mut late = subscription_event("evt_late", NOW + 50, &old_id, "canceled", "price_basic_monthly");
@@ -524,6 +524,112 @@ async fn a_late_event_of_a_canceled_stripe_subscription_leaves_the_new_one_alone
         world.store.get_subscription(subscription.id).await.unwrap().status,
         Status::Active
     );
+}
+
+/// A store whose first subscription update loses a race: just before it, another writer (a
+/// late event of a canceled Stripe subscription, say) stores a new version.
+struct LosesOneRace {
+    inner: Arc<EmbeddedStore>,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Store for LosesOneRace {
+    async fn create_subscription(
+        &self,
+        subscription: &Subscription,
+        audit: &billing::store::AuditEntry,
+    ) -> Result<(), billing::store::StoreError> {
+        self.inner.create_subscription(subscription, audit).await
+    }
+    async fn get_subscription(&self, id: Uuid) -> Result<Subscription, billing::store::StoreError> {
+        self.inner.get_subscription(id).await
+    }
+    async fn update_subscription(
+        &self,
+        next: &Subscription,
+        expected_version: u64,
+        audit: &billing::store::AuditEntry,
+    ) -> Result<(), billing::store::StoreError> {
+        if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let current = self.inner.get_subscription(next.id).await?;
+            let mut other = current.clone();
+            other.version += 1;
+            other.current_period_end = Some(now() + Duration::days(3));
+            let record = billing::store::AuditEntry::between(Some(&current), &other, "stripe:evt_late", "late");
+            self.inner.update_subscription(&other, current.version, &record).await?;
+        }
+        self.inner.update_subscription(next, expected_version, audit).await
+    }
+    async fn find_by_stripe_subscription(&self, id: &str) -> Result<Subscription, billing::store::StoreError> {
+        self.inner.find_by_stripe_subscription(id).await
+    }
+    async fn find_by_stripe_customer(&self, id: &str) -> Result<Subscription, billing::store::StoreError> {
+        self.inner.find_by_stripe_customer(id).await
+    }
+    async fn audit_page(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<billing::store::AuditEntry>, billing::store::StoreError> {
+        self.inner.audit_page(id, after, limit).await
+    }
+    async fn record_event(
+        &self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+        outcome: &str,
+        write: Option<billing::store::SubscriptionWrite<'_>>,
+    ) -> Result<billing::store::EventWrite, billing::store::StoreError> {
+        self.inner.record_event(key, expires_at, outcome, write).await
+    }
+    async fn is_recorded(&self, key: &str) -> Result<bool, billing::store::StoreError> {
+        self.inner.is_recorded(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_resubscription_that_loses_a_race_makes_one_stripe_subscription() {
+    // Given a canceled subscription
+    let world = World::new();
+    let user = Uuid::new_v4();
+    world.provision(user).await.unwrap();
+    billing::change::cancel_subscription(world.change_context(), user, "user:test", "req-0")
+        .await
+        .unwrap();
+    assert_eq!(world.billing.subscription_count(), 1);
+    // When the owner subscribes again and the first write loses a race with another writer
+    let racing = LosesOneRace {
+        inner: world.store.clone(),
+        raced: false.into(),
+    };
+    let what = change(json!({"plan": "basic_monthly"}));
+    let stored = change_subscription(
+        ChangeContext {
+            store: &racing,
+            ..world.change_context()
+        },
+        ChangeRequest {
+            id: user,
+            change: &what,
+            expected_version: None,
+            actor: "user:test",
+            origin: "req-1",
+        },
+    )
+    .await
+    .unwrap();
+    // Then the second attempt meets the Stripe subscription the first one made: one new one
+    assert_eq!(world.billing.subscription_count(), 2);
+    assert_eq!(stored.status, Status::Active);
+    assert!(
+        world
+            .billing
+            .subscription(stored.stripe_subscription.as_deref().unwrap())
+            .is_some()
+    );
+    assert_eq!(stored.version, 4);
 }
 
 fn customer_updated(id: &str, created: i64, customer: &str, user: Uuid, default_method: Option<&str>) -> StripeEvent {

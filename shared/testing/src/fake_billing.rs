@@ -81,6 +81,11 @@ impl FakeBilling {
         self.lock().customers.len()
     }
 
+    /// How many subscriptions exist (canceled ones included).
+    pub fn subscription_count(&self) -> usize {
+        self.lock().subscriptions.len()
+    }
+
     /// A subscription as Stripe holds it.
     pub fn subscription(&self, id: &str) -> Option<StripeSubscription> {
         self.lock().subscriptions.get(id).cloned()

@@ -69,7 +69,8 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Who changed a subscription, and how, kept with every version.
+/// Who changed a subscription, how, and what each field was before and after, kept with every
+/// version: an operator answers "who changed this and when" from these alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// The subscription changed.
@@ -78,29 +79,81 @@ pub struct AuditEntry {
     pub version: u64,
     /// When.
     pub at: DateTime<Utc>,
-    /// `user:<uuid>`, `admin:<uuid>`, or `system:<what>` (signup, Stripe webhook).
+    /// `user:<uuid>`, `admin:<uuid>`, `system:signup`, or `stripe:<event id>`.
     pub actor: String,
-    /// `create`, `patch`, `stripe_event`, ...
+    /// `create`, `patch`, `cancel`, or the Stripe event's type.
     pub action: String,
-    /// The fields the change set, as JSON.
+    /// `[{"field": "/plan", "before": ..., "after": ...}]`, one per field the write changed
+    /// (`before` is `null` on a create). Records written before fields were compared hold the
+    /// fields a change set, as an object; [`AuditEntry::field_changes`] reads both.
     pub changes: serde_json::Value,
+    /// The Stripe event that made the change, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
+/// Fields every write changes, which say nothing about what the write did.
+const UNAUDITED_FIELDS: [&str; 2] = ["version", "updated_at"];
+
 impl AuditEntry {
-    /// The audit record of `subscription` having just been written at its current version.
-    pub fn of(
-        subscription: &Subscription,
+    /// The audit record of `after` having just been written at its version, over `before` (the
+    /// version it replaced; `None` for a create): every field whose value differs, before and
+    /// after, as JSON pointers, in the order of their names.
+    pub fn between(
+        before: Option<&Subscription>,
+        after: &Subscription,
         actor: impl Into<String>,
         action: impl Into<String>,
-        changes: serde_json::Value,
     ) -> Self {
+        let fields = |subscription: Option<&Subscription>| match subscription.map(serde_json::to_value) {
+            Some(Ok(serde_json::Value::Object(fields))) => fields,
+            _ => serde_json::Map::new(),
+        };
+        let (old, new) = (fields(before), fields(Some(after)));
+        let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+        names.sort();
+        names.dedup();
+        let changes = names
+            .into_iter()
+            .filter(|name| !UNAUDITED_FIELDS.contains(&name.as_str()))
+            .filter_map(|name| {
+                let before = old.get(name).cloned().unwrap_or(serde_json::Value::Null);
+                let after = new.get(name).cloned().unwrap_or(serde_json::Value::Null);
+                (before != after)
+                    .then(|| serde_json::json!({"field": format!("/{name}"), "before": before, "after": after}))
+            })
+            .collect();
         AuditEntry {
-            subscription_id: subscription.id,
-            version: subscription.version,
-            at: subscription.updated_at,
+            subscription_id: after.id,
+            version: after.version,
+            at: after.updated_at,
             actor: actor.into(),
             action: action.into(),
-            changes,
+            changes: serde_json::Value::Array(changes),
+            event: None,
+        }
+    }
+
+    /// The same record, made by the Stripe event `id`.
+    pub fn by_event(self, id: &str) -> Self {
+        AuditEntry {
+            event: Some(id.to_owned()),
+            ..self
+        }
+    }
+
+    /// The changes as `[{"field", "before", "after"}]`; a record of the older form (an object
+    /// of the fields a change set) gives each field with its `after` and a `before` unknown
+    /// (`null`).
+    pub fn field_changes(&self) -> serde_json::Value {
+        match &self.changes {
+            serde_json::Value::Object(fields) => fields
+                .iter()
+                .filter(|(name, _)| name.as_str() != "event")
+                .map(|(name, after)| serde_json::json!({"field": format!("/{name}"), "before": null, "after": after}))
+                .collect(),
+            serde_json::Value::Array(_) => self.changes.clone(),
+            _ => serde_json::Value::Array(Vec::new()),
         }
     }
 }
@@ -188,8 +241,14 @@ pub trait Store: Send + Sync {
     /// The subscription linked to this Stripe customer (an eventually consistent index).
     async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError>;
 
+    /// A subscription's audit records of the versions after `after` (0: from the first), oldest
+    /// first, at most `limit`: one bounded query of the subscription's own records.
+    async fn audit_page(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
     /// Every audit record of a subscription, oldest first.
-    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError>;
+    async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_page(id, 0, usize::MAX).await
+    }
 
     /// Records `key` until `expires_at` with its `outcome` (kept for review) and, in the same
     /// transaction, the subscription write the event causes, if any: all of it or none.

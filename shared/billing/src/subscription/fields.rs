@@ -1,7 +1,8 @@
 //! The fields of a [`SubscriptionChange`], in one table: each line says a field's name, who may
-//! set it, how its JSON is read (by its type), what it does to a subscription and how the audit
-//! trail records it. Parsing, the list of known fields, the system-controlled check, `apply`
-//! and the audit summary are all derived from this table, so adding a field is one line here
+//! set it, how its JSON is read (by its type), and what it does to a subscription. Parsing,
+//! the list of known fields, the system-controlled check and `apply` are all derived from this
+//! table (the audit trail records what a write changed, field by field, from the subscription
+//! before and after it: [`crate::store::AuditEntry::between`]), so adding a field is one line here
 //! (and its member in `SubscriptionChange`).
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -32,16 +33,14 @@ pub struct Field {
     pub(super) read: fn(&Value, &mut SubscriptionChange) -> FieldOutcome<()>,
     pub(super) is_set: fn(&SubscriptionChange) -> bool,
     pub(super) apply: fn(&SubscriptionChange, &mut Subscription),
-    pub(super) audit: fn(&SubscriptionChange) -> Option<Value>,
 }
 
 /// A field's value that cannot be read: the slug and a sentence.
 pub(super) type FieldOutcome<T> = Result<T, (Slug, String)>;
 
-/// How a value of each field type is read from JSON and recorded in the audit trail.
+/// How a value of each field type is read from JSON.
 pub(super) trait FieldValue: Sized {
     fn read(value: &Value) -> FieldOutcome<Self>;
-    fn audit(&self) -> Value;
 }
 
 impl FieldValue for String {
@@ -51,9 +50,6 @@ impl FieldValue for String {
             .map(str::to_owned)
             .ok_or((Slug::InvalidFormat, "must be a string".to_owned()))
     }
-    fn audit(&self) -> Value {
-        Value::from(self.as_str())
-    }
 }
 
 impl FieldValue for bool {
@@ -61,9 +57,6 @@ impl FieldValue for bool {
         value
             .as_bool()
             .ok_or((Slug::InvalidFormat, "must be true or false".to_owned()))
-    }
-    fn audit(&self) -> Value {
-        Value::from(*self)
     }
 }
 
@@ -73,9 +66,6 @@ impl FieldValue for Uuid {
             .as_str()
             .and_then(parse_canonical_uuid)
             .ok_or((Slug::InvalidFormat, "must be a lowercase hyphenated UUID".to_owned()))
-    }
-    fn audit(&self) -> Value {
-        Value::from(self.to_string())
     }
 }
 
@@ -90,9 +80,6 @@ impl FieldValue for Status {
             )
         })
     }
-    fn audit(&self) -> Value {
-        Value::from(self.as_str())
-    }
 }
 
 impl FieldValue for DateTime<Utc> {
@@ -102,9 +89,6 @@ impl FieldValue for DateTime<Utc> {
             .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
             .map(|t| t.with_timezone(&Utc))
             .ok_or((Slug::InvalidFormat, "must be an RFC 3339 timestamp".to_owned()))
-    }
-    fn audit(&self) -> Value {
-        Value::from(self.to_rfc3339())
     }
 }
 
@@ -118,14 +102,11 @@ impl FieldValue for u32 {
             "must be a whole number from 0 to 4294967295".to_owned(),
         ))
     }
-    fn audit(&self) -> Value {
-        Value::from(*self)
-    }
 }
 
-/// One line per field: `name: owner, |next, value| what applying it does, |value| its audit record;`.
+/// One line per field: `name: owner, |next, value| what applying it does;`.
 macro_rules! field_table {
-    ($( $name:ident : $owner:ident, |$next:ident, $value:ident| $apply:expr, |$recorded:ident| $audit:expr; )*) => {
+    ($( $name:ident : $owner:ident, |$next:ident, $value:ident| $apply:expr;)*) => {
         /// Every field of a change, in the order the API documents them.
         pub const FIELDS: &[Field] = &[$(
             Field {
@@ -143,26 +124,24 @@ macro_rules! field_table {
                         $apply;
                     }
                 },
-                audit: |change| change.$name.as_ref().map(|$recorded| $audit),
             },
         )*];
     };
 }
 
 field_table! {
-    plan: User, |next, plan| next.plan.clone_from(plan), |plan| plan.audit();
-    // The audit trail records that a payment method was attached, not which.
-    stripe_source: User, |next, method| next.has_payment_source = true, |_method| Value::from("attached");
-    email: User, |next, email| next.email.clone_from(email), |email| email.audit();
-    cancel_at_period_end: User, |next, flag| next.cancel_at_period_end = *flag, |flag| flag.audit();
+    plan: User, |next, plan| next.plan.clone_from(plan);
+    stripe_source: User, |next, method| next.has_payment_source = true;
+    email: User, |next, email| next.email.clone_from(email);
+    cancel_at_period_end: User, |next, flag| next.cancel_at_period_end = *flag;
     // Fixed at creation (it is the subscription's id); validation refuses it in a patch.
-    user_id: System, |next, user| debug_assert_eq!(next.user_id, *user), |user| user.audit();
-    stripe_customer: System, |next, id| next.stripe_customer = Some(id.clone()), |id| id.audit();
-    stripe_subscription: System, |next, id| next.stripe_subscription = Some(id.clone()), |id| id.audit();
-    status: System, |next, status| next.status = *status, |status| status.audit();
-    trial_end: System, |next, end| next.trial_end = Some(end.trunc_subsecs(0)), |end| end.audit();
-    licenses: System, |next, count| next.licenses = Some(*count), |count| count.audit();
-    discount_percent: System, |next, percent| next.discount_percent = (*percent > 0).then_some(*percent), |percent| percent.audit();
+    user_id: System, |next, user| debug_assert_eq!(next.user_id, *user);
+    stripe_customer: System, |next, id| next.stripe_customer = Some(id.clone());
+    stripe_subscription: System, |next, id| next.stripe_subscription = Some(id.clone());
+    status: System, |next, status| next.status = *status;
+    trial_end: System, |next, end| next.trial_end = Some(end.trunc_subsecs(0));
+    licenses: System, |next, count| next.licenses = Some(*count);
+    discount_percent: System, |next, percent| next.discount_percent = (*percent > 0).then_some(*percent);
 }
 
 /// The field named `name` in JSON.

@@ -4,6 +4,7 @@
 use chrono::TimeZone;
 
 use super::*;
+use crate::store::AuditEntry;
 
 const USER: &str = "0b9e3c2a-7f4d-4d8a-9a51-3f1c2e4d5a6b";
 
@@ -361,11 +362,47 @@ fn apply_of_a_change_that_changes_nothing_is_none() {
 }
 
 #[test]
-fn audit_summary_records_that_a_payment_method_was_attached_but_not_which() {
-    let summary = change(r#"{"stripe_source": "pm_card_visa", "plan": "basic_monthly"}"#).audit_summary();
+fn audit_of_a_change_gives_each_changed_field_before_and_after_but_no_payment_method_id() {
+    // Given a stored subscription and a change of plan with a card
+    let current = stored();
+    let next = change(r#"{"stripe_source": "pm_card_visa", "plan": "basic_monthly"}"#)
+        .apply(&current, now())
+        .unwrap();
+    // When its audit record is made
+    let audit = AuditEntry::between(Some(&current), &next, "user:someone", "patch");
+    // Then it names each field that changed, before and after, and not the card's id
     assert_eq!(
-        summary,
-        serde_json::json!({"plan": "basic_monthly", "stripe_source": "attached"})
+        audit.changes,
+        serde_json::json!([
+            {"field": "/has_payment_source", "before": false, "after": true},
+            {"field": "/plan", "before": "pending", "after": "basic_monthly"},
+        ])
+    );
+    assert!(!audit.changes.to_string().contains("pm_card_visa"));
+    assert_eq!((audit.version, audit.at), (next.version, next.updated_at));
+}
+
+#[test]
+fn audit_of_a_create_has_no_before_values() {
+    let created = stored();
+    let audit = AuditEntry::between(None, &created, "system:signup", "create");
+    let changes = audit.changes.as_array().unwrap();
+    assert!(changes.iter().all(|change| change["before"].is_null()));
+    assert!(
+        changes
+            .iter()
+            .any(|change| change["field"] == "/plan" && change["after"] == "pending")
+    );
+    assert!(!changes.iter().any(|change| change["field"] == "/version"));
+}
+
+#[test]
+fn audit_records_of_the_older_form_read_as_field_changes_without_before() {
+    let mut audit = AuditEntry::between(None, &stored(), "system:stripe", "customer.subscription.updated");
+    audit.changes = serde_json::json!({"plan": "basic_monthly", "event": "evt_1"});
+    assert_eq!(
+        audit.field_changes(),
+        serde_json::json!([{"field": "/plan", "before": null, "after": "basic_monthly"}])
     );
 }
 
@@ -410,13 +447,7 @@ fn every_field_of_the_table_is_read_applied_and_audited() {
             "stripe_subscription": "sub_9", "status": "past_due", "trial_end": "2027-01-01T00:00:00Z",
             "licenses": 12, "discount_percent": 15}}"#
     ));
-    // Then every field of the table is recorded in the audit summary
-    let summary = parsed.audit_summary();
-    for field in FIELDS {
-        assert!(summary.get(field.name).is_some(), "{} is not audited", field.name);
-    }
-    assert_eq!(summary["stripe_source"], "attached");
-    // And applying it sets what each field names
+    // Then applying it sets what each field names
     let current = change(&format!(r#"{{"user_id": "{USER}", "email": "ada@example.com"}}"#))
         .new_subscription(catalog().get("pending").unwrap(), now(), now())
         .unwrap();
@@ -434,4 +465,21 @@ fn every_field_of_the_table_is_read_applied_and_audited() {
     );
     assert_eq!((next.licenses, next.discount_percent), (Some(12), Some(15)));
     assert_eq!(next.id, current.id);
+    // and the audit record of the write names every field but the fixed user id
+    let audit = AuditEntry::between(Some(&current), &next, "admin:someone", "patch");
+    let audited: Vec<&str> = audit
+        .changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    for field in FIELDS.iter().filter(|field| field.name != "user_id") {
+        let pointer = if field.name == "stripe_source" {
+            "/has_payment_source"
+        } else {
+            field.pointer
+        };
+        assert!(audited.contains(&pointer), "{} is not audited", field.name);
+    }
 }

@@ -16,7 +16,6 @@
 //!   it; a duplicate delivery after the record finds it and sends nothing.
 
 use chrono::{Duration, SubsecRound};
-use serde_json::json;
 
 use super::{EventKind, StripeEvent, apply_event};
 use crate::clock::Clock;
@@ -29,8 +28,11 @@ use crate::subscription::{PlanCatalog, Subscription};
 /// How long an event id is remembered: well past Stripe's three days of retries.
 pub const REMEMBER_EVENTS_FOR: Duration = Duration::days(30);
 
-/// Who the audit trail names for changes made by Stripe's events.
-pub const ACTOR: &str = "system:stripe";
+/// Who the audit trail names for a change made by the Stripe event `event_id` (API.md:
+/// `stripe:<event id>`), so the record leads to the kept event.
+pub fn actor(event_id: &str) -> String {
+    format!("stripe:{event_id}")
+}
 
 /// What the service needs to apply Stripe's events.
 #[derive(Clone, Copy)]
@@ -150,7 +152,7 @@ async fn apply(context: EventContext<'_>, event: &StripeEvent, key: &str) -> Res
             next.version = current.version + 1;
             next.updated_at = now.trunc_subsecs(0).max(current.updated_at);
         }
-        let audit = AuditEntry::of(&next, ACTOR, event.kind.as_str(), json!({"event": event.id}));
+        let audit = AuditEntry::between(Some(&current), &next, actor(&event.id), event.kind.as_str()).by_event(&event.id);
         let mark = event.mark();
         let write = SubscriptionWrite {
             next: &next,
