@@ -13,7 +13,6 @@ use billing::store::{AuditEntry, Store};
 use billing_http::Cors;
 use billing_testing::{ApiEvent, Timings, embedded_store, new_subscription, raw_get_item_round_trips};
 use get_subscription::GetSubscription;
-use serde_json::Value;
 use uuid::Uuid;
 
 const IN_PROCESS: usize = 5000;
