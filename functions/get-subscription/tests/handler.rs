@@ -263,3 +263,143 @@ async fn audit_with_a_bad_limit_or_an_edited_cursor_is_refused_naming_each() {
         .collect();
     assert_eq!(params, vec!["limit", "cursor"]);
 }
+
+/// `GET /subscriptions` with these query parameters, by `caller` with `scope`.
+fn list_request(caller: Uuid, scope: &str, query: &[(&str, &str)]) -> lambda_http::Request {
+    ApiEvent::sample("apigw-list-subscriptions.json")
+        .caller(caller, scope)
+        .query(query)
+        .build()
+}
+
+#[tokio::test]
+async fn admin_lists_subscriptions_by_status_a_page_at_a_time() {
+    // Given three trialing subscriptions and an active one
+    let store = embedded_store();
+    let mut trialing = Vec::new();
+    for _ in 0..3 {
+        trialing.push(stored_subscription(store.as_ref(), Uuid::new_v4()).await.id);
+    }
+    let trial = stored_subscription(store.as_ref(), Uuid::new_v4()).await;
+    let active = SubscriptionChange::from_json(br#"{"status": "active"}"#)
+        .unwrap()
+        .apply(&trial, Utc::now())
+        .unwrap();
+    store
+        .update_subscription(
+            &active,
+            1,
+            &AuditEntry::between(Some(&trial), &active, "system:test", "patch"),
+        )
+        .await
+        .unwrap();
+    let admin = Uuid::new_v4();
+    // When an administrator lists the trialing ones two at a time
+    let first = body(
+        &function(store.clone())
+            .handle(list_request(
+                admin,
+                "subscriptions_admin",
+                &[("status", "trialing"), ("limit", "2")],
+            ))
+            .await,
+    );
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_owned();
+    let second = body(
+        &function(store)
+            .handle(list_request(
+                admin,
+                "subscriptions_admin",
+                &[("status", "trialing"), ("limit", "2"), ("cursor", &cursor)],
+            ))
+            .await,
+    );
+    // Then the two pages hold the three trialing ones once each, and not the active one
+    let ids = |page: &Value| -> Vec<Uuid> {
+        page["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let mut listed = [ids(&first), ids(&second)].concat();
+    assert_eq!((ids(&first).len(), ids(&second).len()), (2, 1));
+    listed.sort();
+    trialing.sort();
+    assert_eq!(listed, trialing);
+    assert!(!listed.contains(&active.id));
+    assert_eq!(second["next_cursor"], Value::Null);
+    assert_eq!(first["subscriptions"][0]["status"], "trialing");
+}
+
+#[tokio::test]
+async fn the_list_is_for_administrators_only() {
+    let response = function(embedded_store())
+        .handle(list_request(Uuid::new_v4(), "subscriptions", &[]))
+        .await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(body(&response)["errors"][0]["slug"], "access_denied");
+}
+
+#[tokio::test]
+async fn list_filters_that_cannot_match_and_a_cursor_of_other_filters_are_refused() {
+    let store = embedded_store();
+    for _ in 0..2 {
+        stored_subscription(store.as_ref(), Uuid::new_v4()).await;
+    }
+    let admin = Uuid::new_v4();
+    let refused = function(store.clone())
+        .handle(list_request(
+            admin,
+            "subscriptions_admin",
+            &[("status", "asleep"), ("plan", "gold")],
+        ))
+        .await;
+    assert_eq!(refused.status(), 400);
+    let params: Vec<_> = body(&refused)["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["param"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(params, vec!["status", "plan"]);
+    // A cursor of the trialing list, sent with another filter
+    let first = body(
+        &function(store.clone())
+            .handle(list_request(
+                admin,
+                "subscriptions_admin",
+                &[("status", "trialing"), ("limit", "1")],
+            ))
+            .await,
+    );
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let mismatched = function(store)
+        .handle(list_request(
+            admin,
+            "subscriptions_admin",
+            &[("status", "active"), ("cursor", &cursor)],
+        ))
+        .await;
+    assert_eq!(mismatched.status(), 400);
+    assert_eq!(body(&mismatched)["errors"][0]["param"], "cursor");
+}
+
+#[tokio::test]
+async fn admin_finds_a_subscription_by_its_email_whatever_the_case() {
+    let store = embedded_store();
+    let user = Uuid::new_v4();
+    stored_subscription(store.as_ref(), user).await;
+    let found = body(
+        &function(store)
+            .handle(list_request(
+                Uuid::new_v4(),
+                "subscriptions_admin",
+                &[("email", "ADA@example.com")],
+            ))
+            .await,
+    );
+    assert_eq!(found["subscriptions"][0]["id"], user.to_string());
+    assert_eq!(found["subscriptions"].as_array().unwrap().len(), 1);
+}

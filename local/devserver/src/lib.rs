@@ -355,6 +355,7 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             "CreateSubscriptionFunction",
             &create,
         ),
+        route(Method::GET, "/subscriptions", true, "GetSubscriptionFunction", &get),
         route(
             Method::GET,
             "/subscriptions/{id}",

@@ -23,10 +23,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use billing::store::{
-    AuditEntry, Document, DocumentStore, DocumentWrite, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite,
-    check_next_version,
+    AuditEntry, Document, DocumentStore, DocumentWrite, EventOrder, EventWrite, Store, StoreError, SubscriptionFilter,
+    SubscriptionPage, SubscriptionWrite, check_next_version,
 };
-use billing::subscription::Subscription;
+use billing::subscription::{Status, Subscription};
 
 /// A global secondary index: its name and the attribute it is keyed on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct IndexDefinition {
     pub name: &'static str,
     /// The attribute it is keyed on.
     pub partition_key: &'static str,
+    /// The attribute its items are sorted by, if any.
+    pub sort_key: Option<&'static str>,
 }
 
 /// The shape of the billing table. `template.yaml` declares the same table; a test compares
@@ -46,7 +48,7 @@ pub struct TableDefinition {
     /// The table's sort key attribute.
     pub sort_key: &'static str,
     /// Its global secondary indexes.
-    pub indexes: [IndexDefinition; 2],
+    pub indexes: [IndexDefinition; 3],
     /// The attribute DynamoDB expires items by.
     pub ttl_attribute: &'static str,
 }
@@ -59,16 +61,29 @@ pub const TABLE_DEFINITION: TableDefinition = TableDefinition {
         IndexDefinition {
             name: "by_stripe_subscription",
             partition_key: "gsi1pk",
+            sort_key: None,
         },
         IndexDefinition {
             name: "by_stripe_customer",
             partition_key: "gsi2pk",
+            sort_key: None,
+        },
+        // One index for every operators' list (overloaded: the partition says which list), so
+        // a stack gains it in one update (CloudFormation adds one index per update).
+        IndexDefinition {
+            name: LISTINGS,
+            partition_key: "gsi3pk",
+            sort_key: Some("gsi3sk"),
         },
     ],
     ttl_attribute: "expires_at",
 };
 
 const STATE: &str = "STATE";
+/// The name of the operators' lists index.
+const LISTINGS: &str = "listings";
+/// A copy of a subscription in the list of its email: `pk = SUBSCRIPTION#<uuid>`, `sk = EMAIL`.
+const EMAIL_COPY: &str = "EMAIL";
 /// Tries of a create cancelled by a concurrent transaction while nothing is stored yet.
 const CREATE_ATTEMPTS: u32 = 3;
 const ONCE: &str = "ONCE";
@@ -90,6 +105,27 @@ enum Written {
 
 fn subscription_pk(id: Uuid) -> String {
     format!("SUBSCRIPTION#{id}")
+}
+
+/// The listings index's key attributes.
+const LISTING_PK: &str = "gsi3pk";
+const LISTING_SK: &str = "gsi3sk";
+
+fn status_partition(status: Status) -> String {
+    format!("SUBSCRIPTIONS#STATUS#{}", status.as_str())
+}
+
+fn email_partition(email: &str) -> String {
+    format!("SUBSCRIPTIONS#EMAIL#{}", email.to_lowercase())
+}
+
+/// Orders a list by creation, then id (two subscriptions created in the same second).
+fn created_key(subscription: &Subscription) -> String {
+    format!(
+        "{}#{}",
+        subscription.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        subscription.id
+    )
 }
 
 fn audit_sk(version: u64) -> String {
@@ -181,16 +217,20 @@ impl DynamoStore {
             .key_schema(key(def.partition_key, KeyType::Hash)?)
             .key_schema(key(def.sort_key, KeyType::Range)?);
         for index in def.indexes {
-            request = request
-                .attribute_definitions(string_attribute(index.partition_key)?)
-                .global_secondary_indexes(
-                    GlobalSecondaryIndex::builder()
-                        .index_name(index.name)
-                        .key_schema(key(index.partition_key, KeyType::Hash)?)
-                        .projection(Projection::builder().projection_type(ProjectionType::All).build())
-                        .build()
-                        .map_err(build)?,
-                );
+            request = request.attribute_definitions(string_attribute(index.partition_key)?);
+            let mut schema = vec![key(index.partition_key, KeyType::Hash)?];
+            if let Some(sort_key) = index.sort_key {
+                request = request.attribute_definitions(string_attribute(sort_key)?);
+                schema.push(key(sort_key, KeyType::Range)?);
+            }
+            request = request.global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(index.name)
+                    .set_key_schema(Some(schema))
+                    .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                    .build()
+                    .map_err(build)?,
+            );
         }
         match request.send().await {
             Ok(_) => {}
@@ -233,7 +273,29 @@ impl DynamoStore {
                 s(stripe_customer_key(id)),
             );
         }
+        item.insert(LISTING_PK.into(), s(status_partition(subscription.status)));
+        item.insert(
+            LISTING_SK.into(),
+            s(format!("{}#{}", subscription.plan, created_key(subscription))),
+        );
         Ok(Put::builder().table_name(&self.table).set_item(Some(item)))
+    }
+
+    /// The copy of `subscription` in its email's list, written with every version of it in the
+    /// same transaction (unconditionally: the subscription's own item carries the condition).
+    fn email_copy_put(&self, subscription: &Subscription) -> Result<Put, StoreError> {
+        let mut item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(subscription).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        item.retain(|_, value| !matches!(value, AttributeValue::Null(_)));
+        item.insert("pk".into(), s(subscription_pk(subscription.id)));
+        item.insert("sk".into(), s(EMAIL_COPY));
+        item.insert(LISTING_PK.into(), s(email_partition(&subscription.email)));
+        item.insert(LISTING_SK.into(), s(created_key(subscription)));
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .build()
+            .map_err(build)
     }
 
     fn audit_put(&self, audit: &AuditEntry) -> Result<Put, StoreError> {
@@ -291,6 +353,7 @@ impl DynamoStore {
         for (claim, _) in &claims {
             request = request.transact_items(TransactWriteItem::builder().put(claim.clone()).build());
         }
+        request = request.transact_items(TransactWriteItem::builder().put(self.email_copy_put(next)?).build());
         match request.send().await {
             Ok(_) => Ok(Written::Yes),
             Err(e) => {
@@ -438,6 +501,91 @@ impl Store for DynamoStore {
         Ok(entries)
     }
 
+    async fn list_subscriptions(
+        &self,
+        filter: &SubscriptionFilter,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<SubscriptionPage, StoreError> {
+        // The partitions to read, in order: one email's copies (status and plan filtered on
+        // them: an email has few), or each status asked for (the plan a prefix of the sort key).
+        let (partitions, prefix): (Vec<String>, Option<String>) = match &filter.email {
+            Some(email) => (vec![email_partition(email)], None),
+            None => (
+                filter
+                    .status
+                    .map_or(Status::ALL.to_vec(), |status| vec![status])
+                    .into_iter()
+                    .map(status_partition)
+                    .collect(),
+                filter.plan.as_ref().map(|plan| format!("{plan}#")),
+            ),
+        };
+        let (mut partition, mut start) = match cursor {
+            None => (0, None),
+            Some(cursor) => listing_position(cursor, &partitions)?,
+        };
+        let mut subscriptions = Vec::new();
+        while subscriptions.len() < limit && partition < partitions.len() {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(LISTINGS)
+                .expression_attribute_names("#pk", LISTING_PK)
+                .expression_attribute_values(":pk", s(partitions[partition].clone()))
+                .limit(i32::try_from(limit - subscriptions.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            query = match &prefix {
+                Some(prefix) => query
+                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                    .expression_attribute_names("#sk", LISTING_SK)
+                    .expression_attribute_values(":prefix", s(prefix.clone())),
+                None => query.key_condition_expression("#pk = :pk"),
+            };
+            if filter.email.is_some() {
+                let mut conditions = Vec::new();
+                if let Some(status) = filter.status {
+                    conditions.push("#status = :status");
+                    query = query
+                        .expression_attribute_names("#status", "status")
+                        .expression_attribute_values(":status", s(status.as_str()));
+                }
+                if let Some(plan) = &filter.plan {
+                    conditions.push("#plan = :plan");
+                    query = query
+                        .expression_attribute_names("#plan", "plan")
+                        .expression_attribute_values(":plan", s(plan.clone()));
+                }
+                if !conditions.is_empty() {
+                    query = query.filter_expression(conditions.join(" AND "));
+                }
+            }
+            let output = query.send().await.map_err(sdk)?;
+            for item in output.items.unwrap_or_default() {
+                subscriptions.push(decode(item)?);
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                partition += 1;
+            }
+        }
+        let next = (partition < partitions.len()).then(|| {
+            let key: serde_json::Map<String, serde_json::Value> = start
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    value
+                        .as_s()
+                        .ok()
+                        .map(|text| (name, serde_json::Value::from(text.as_str())))
+                })
+                .collect();
+            serde_json::json!({"partition": partition, "key": key})
+        });
+        Ok(SubscriptionPage { subscriptions, next })
+    }
+
     async fn record_event(
         &self,
         key: &str,
@@ -516,6 +664,11 @@ impl Store for DynamoStore {
                 request
                     .transact_items(TransactWriteItem::builder().put(subscription).build())
                     .transact_items(TransactWriteItem::builder().put(self.audit_put(write.audit)?).build())
+                    .transact_items(
+                        TransactWriteItem::builder()
+                            .put(self.email_copy_put(write.next)?)
+                            .build(),
+                    )
             } else {
                 let unchanged = ConditionCheck::builder()
                     .table_name(&self.table)
@@ -573,6 +726,38 @@ impl Store for DynamoStore {
     }
 }
 
+/// Where a list's cursor says to go on: a partition among `partitions` and the key of the last
+/// item read in it (none: from its start). The key must lie in that partition, so a cursor never
+/// reads outside the list it was given for.
+fn listing_position(
+    cursor: &serde_json::Value,
+    partitions: &[String],
+) -> Result<(usize, Option<HashMap<String, AttributeValue>>), StoreError> {
+    let partition = cursor["partition"]
+        .as_u64()
+        .and_then(|p| usize::try_from(p).ok())
+        .filter(|p| *p < partitions.len())
+        .ok_or(StoreError::InvalidCursor)?;
+    let key = cursor["key"].as_object().ok_or(StoreError::InvalidCursor)?;
+    if key.is_empty() {
+        return Ok((partition, None));
+    }
+    let expected = ["pk", "sk", LISTING_PK, LISTING_SK];
+    if key.len() != expected.len() || key[LISTING_PK].as_str() != Some(partitions[partition].as_str()) {
+        return Err(StoreError::InvalidCursor);
+    }
+    let start = expected
+        .iter()
+        .map(|name| {
+            key.get(*name)
+                .and_then(serde_json::Value::as_str)
+                .map(|text| ((*name).to_owned(), s(text)))
+                .ok_or(StoreError::InvalidCursor)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((partition, Some(start)))
+}
+
 /// Which items of a cancelled transaction failed their condition, by position; any other
 /// failure of the request is the store's error.
 fn failed_conditions<R>(
@@ -597,7 +782,7 @@ fn s(text: impl Into<String>) -> AttributeValue {
 }
 
 fn decode(mut item: HashMap<String, AttributeValue>) -> Result<Subscription, StoreError> {
-    for key in ["pk", "sk", "gsi1pk", "gsi2pk"] {
+    for key in ["pk", "sk", "gsi1pk", "gsi2pk", LISTING_PK, LISTING_SK] {
         item.remove(key);
     }
     serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))

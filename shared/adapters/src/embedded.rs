@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use billing::store::{
     AuditEntry, Document, DocumentStore, DocumentWrite, EventMark, EventOrder, EventWrite, Store, StoreError,
-    SubscriptionWrite, check_next_version,
+    SubscriptionFilter, SubscriptionPage, SubscriptionWrite, check_next_version,
 };
-use billing::subscription::Subscription;
+use billing::subscription::{Status, Subscription};
 
 const SUBSCRIPTIONS: TableDefinition<&str, &str> = TableDefinition::new("subscriptions");
 const BY_STRIPE_SUBSCRIPTION: TableDefinition<&str, &str> = TableDefinition::new("by_stripe_subscription");
@@ -180,6 +180,53 @@ impl Store for EmbeddedStore {
 
     async fn find_by_stripe_customer(&self, stripe_customer: &str) -> Result<Subscription, StoreError> {
         self.find_by_index(BY_STRIPE_CUSTOMER, stripe_customer).await
+    }
+
+    /// Reads every subscription and sorts the matches: the embedded store serves the local server
+    /// and tests, where the table is small; DynamoDB reads an index instead.
+    async fn list_subscriptions(
+        &self,
+        filter: &SubscriptionFilter,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<SubscriptionPage, StoreError> {
+        let after = match cursor {
+            None => None,
+            Some(cursor) => Some(cursor["after"].as_str().ok_or(StoreError::InvalidCursor)?.to_owned()),
+        };
+        let filter = filter.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SUBSCRIPTIONS).map_err(unavailable)?;
+            let mut matching = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (_, json) = entry.map_err(unavailable)?;
+                let subscription = decode(json.value())?;
+                let matches = filter
+                    .email
+                    .as_ref()
+                    .is_none_or(|email| email.to_lowercase() == subscription.email.to_lowercase())
+                    && filter.status.is_none_or(|status| status == subscription.status)
+                    && filter.plan.as_ref().is_none_or(|plan| *plan == subscription.plan);
+                if matches {
+                    matching.push((listing_key(&filter, &subscription), subscription));
+                }
+            }
+            matching.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut rest = matching
+                .into_iter()
+                .filter(|(key, _)| after.as_ref().is_none_or(|after| key > after));
+            let page: Vec<_> = rest.by_ref().take(limit).collect();
+            let next = page
+                .last()
+                .filter(|_| rest.next().is_some())
+                .map(|(key, _)| serde_json::json!({"after": key}));
+            Ok(SubscriptionPage {
+                subscriptions: page.into_iter().map(|(_, subscription)| subscription).collect(),
+                next,
+            })
+        })
+        .await
     }
 
     async fn audit_page(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -580,4 +627,22 @@ impl DocumentStore for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Where a subscription stands in a list: by status (in `Status::ALL` order), plan and creation,
+/// or, in the list of one email, by creation: the order DynamoDB's index gives.
+fn listing_key(filter: &SubscriptionFilter, subscription: &Subscription) -> String {
+    let created = format!(
+        "{}#{}",
+        subscription.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        subscription.id
+    );
+    if filter.email.is_some() {
+        return created;
+    }
+    let status = Status::ALL
+        .iter()
+        .position(|status| *status == subscription.status)
+        .unwrap_or(Status::ALL.len());
+    format!("{status:02}#{}#{created}", subscription.plan)
 }

@@ -59,7 +59,9 @@ pub fn grants(operation: Operation) -> &'static [Grant] {
         // A transaction of two Puts (state, audit); a cancelled one is told apart by a GetItem.
         Operation::CreateSubscription | Operation::UpdateSubscription => &[PUT_ITEM, GET_ITEM],
         Operation::GetSubscription | Operation::IsRecorded | Operation::GetDocument => &[GET_ITEM],
-        Operation::FindByStripeSubscription | Operation::FindByStripeCustomer => &[QUERY_INDEXES],
+        Operation::FindByStripeSubscription | Operation::FindByStripeCustomer | Operation::ListSubscriptions => {
+            &[QUERY_INDEXES]
+        }
         Operation::AuditTrail | Operation::ListDocuments => &[QUERY_TABLE],
         // A transaction of Puts: the event's id, alone.
         Operation::RecordEvent => &[PUT_ITEM],

@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use billing::store::{
-    AuditEntry, DocumentStore, EventMark, EventOrder, EventWrite, Store, StoreError, SubscriptionWrite,
+    AuditEntry, DocumentStore, EventMark, EventOrder, EventWrite, Store, StoreError, SubscriptionFilter,
+    SubscriptionWrite,
 };
-use billing::subscription::{PlanCatalog, Subscription, SubscriptionChange};
+use billing::subscription::{PlanCatalog, Status, Subscription, SubscriptionChange};
 use billing_adapters::EmbeddedStore;
 use chrono::{Duration, SubsecRound, Utc};
 use uuid::Uuid;
@@ -298,6 +299,109 @@ async fn audit_pages_start_after_a_version_and_hold_at_most_the_limit(store: Arc
     assert_eq!(versions(store.audit_page(current.id, 2, 2).await.unwrap()), vec![3, 4]);
     assert!(store.audit_page(current.id, 4, 2).await.unwrap().is_empty());
     assert!(store.audit_page(Uuid::new_v4(), 0, 2).await.unwrap().is_empty());
+}
+
+/// Every page of a list from its start, `limit` at a time.
+async fn walk(store: &impl Store, filter: &SubscriptionFilter, limit: usize) -> Vec<Vec<Subscription>> {
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_subscriptions(filter, limit, cursor.as_ref()).await.unwrap();
+        assert!(page.subscriptions.len() <= limit);
+        pages.push(page.subscriptions);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return pages,
+        }
+    }
+}
+
+async fn subscriptions_are_listed_by_email_status_and_plan_a_page_at_a_time(store: Arc<impl Store>) {
+    // Given three subscriptions of one address, created a second apart (two active on
+    // basic_monthly, one trialing on pending), and one of another address
+    let email = format!("{}@Example.com", unique("list-"));
+    let start = Utc::now().trunc_subsecs(0);
+    let mut ours = Vec::new();
+    for (i, (status, plan)) in [
+        (Status::Active, "basic_monthly"),
+        (Status::Active, "basic_monthly"),
+        (Status::Trialing, "pending"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut subscription = new_subscription(None);
+        subscription.email.clone_from(&email);
+        subscription.status = status;
+        subscription.plan = plan.to_owned();
+        subscription.created_at = start + Duration::seconds(i64::try_from(i).unwrap());
+        store
+            .create_subscription(&subscription, &created(&subscription))
+            .await
+            .unwrap();
+        ours.push(subscription);
+    }
+    let other = new_subscription(None);
+    store.create_subscription(&other, &created(&other)).await.unwrap();
+    let ids = |pages: &[Vec<Subscription>]| pages.iter().flatten().map(|s| s.id).collect::<Vec<_>>();
+    let by_email = SubscriptionFilter {
+        email: Some(email.to_lowercase()),
+        ..SubscriptionFilter::default()
+    };
+
+    // When the address's list is read two at a time (in another case)
+    let pages = walk(store.as_ref(), &by_email, 2).await;
+    // Then it holds the three by creation, in two pages
+    assert_eq!(ids(&pages), ours.iter().map(|s| s.id).collect::<Vec<_>>());
+    assert_eq!(pages.len(), 2);
+
+    // When it is narrowed to active subscriptions on basic_monthly
+    let active_basic = SubscriptionFilter {
+        status: Some(Status::Active),
+        plan: Some("basic_monthly".into()),
+        ..by_email.clone()
+    };
+    // Then the trialing one is left out
+    assert_eq!(
+        ids(&walk(store.as_ref(), &active_basic, 10).await),
+        vec![ours[0].id, ours[1].id]
+    );
+
+    // When the trialing one becomes active on basic_monthly
+    let what = change(r#"{"status": "active", "plan": "basic_monthly"}"#);
+    let moved = what.apply(&ours[2], Utc::now()).unwrap();
+    store.update_subscription(&moved, 1, &updated(&moved)).await.unwrap();
+    // Then every list follows the write: the address's, and the status and plan list walked
+    // whole (other tests' subscriptions among them), each of ours once, in order of creation
+    assert_eq!(
+        ids(&walk(store.as_ref(), &active_basic, 10).await),
+        ours.iter().map(|s| s.id).collect::<Vec<_>>()
+    );
+    let everyone_active_basic = SubscriptionFilter {
+        email: None,
+        ..active_basic.clone()
+    };
+    let listed = walk(store.as_ref(), &everyone_active_basic, 50).await;
+    assert!(
+        listed
+            .iter()
+            .flatten()
+            .all(|s| s.status == Status::Active && s.plan == "basic_monthly"),
+        "only active basic_monthly subscriptions"
+    );
+    let mine: Vec<Uuid> = ids(&listed)
+        .into_iter()
+        .filter(|id| ours.iter().any(|s| s.id == *id))
+        .collect();
+    assert_eq!(mine, ours.iter().map(|s| s.id).collect::<Vec<_>>());
+    assert!(!ids(&listed).contains(&other.id));
+
+    // And a cursor that was not given is refused
+    let forged = serde_json::json!({"partition": "first"});
+    assert!(matches!(
+        store.list_subscriptions(&by_email, 2, Some(&forged)).await,
+        Err(StoreError::InvalidCursor)
+    ));
 }
 
 fn mark(created: i64, id: &str) -> EventMark {
@@ -1003,6 +1107,7 @@ macro_rules! conformance_suite {
             an_expired_record_counts_as_absent_even_before_the_backend_deletes_it,
             audit_trail_lists_every_version_oldest_first,
             audit_pages_start_after_a_version_and_hold_at_most_the_limit,
+            subscriptions_are_listed_by_email_status_and_plan_a_page_at_a_time,
             an_event_and_its_subscription_write_are_recorded_together,
             an_event_older_than_the_last_applied_is_stale_and_writes_nothing,
             an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing,
@@ -1105,7 +1210,10 @@ mod dynamodb {
             .filter_map(|i| i.index_name().map(str::to_owned))
             .collect();
         indexes.sort();
-        assert_eq!(indexes, vec!["by_stripe_customer", "by_stripe_subscription"]);
+        assert_eq!(
+            indexes,
+            vec!["by_stripe_customer", "by_stripe_subscription", "listings"]
+        );
         let ttl = store
             .client()
             .describe_time_to_live()

@@ -67,7 +67,11 @@ fn template_table_indexes_match_the_table_definition() {
     let mut expected: Vec<_> = TABLE_DEFINITION
         .indexes
         .iter()
-        .map(|i| (i.name.to_owned(), vec![(i.partition_key.to_owned(), "HASH".to_owned())]))
+        .map(|i| {
+            let mut schema = vec![(i.partition_key.to_owned(), "HASH".to_owned())];
+            schema.extend(i.sort_key.map(|key| (key.to_owned(), "RANGE".to_owned())));
+            (i.name.to_owned(), schema)
+        })
         .collect();
     declared.sort();
     expected.sort();
@@ -91,6 +95,12 @@ fn template_table_declares_exactly_the_key_attributes_as_strings() {
         TABLE_DEFINITION.sort_key.to_owned(),
     ];
     expected.extend(TABLE_DEFINITION.indexes.iter().map(|i| i.partition_key.to_owned()));
+    expected.extend(
+        TABLE_DEFINITION
+            .indexes
+            .iter()
+            .filter_map(|i| i.sort_key.map(str::to_owned)),
+    );
     declared.sort();
     expected.sort();
     assert_eq!(declared, expected);

@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use crate::mail::{Mail, MailError, Mailer};
 use crate::store::{
-    AuditEntry, Document, DocumentStore, DocumentWrite, EventWrite, Store, StoreError, SubscriptionWrite,
+    AuditEntry, Document, DocumentStore, DocumentWrite, EventWrite, Store, StoreError, SubscriptionFilter,
+    SubscriptionPage, SubscriptionWrite,
 };
 use crate::subscription::Subscription;
 
@@ -39,6 +40,8 @@ pub enum Operation {
     FindByStripeCustomer,
     /// [`Store::audit_page`] (and [`Store::audit_trail`], every page).
     AuditTrail,
+    /// [`Store::list_subscriptions`].
+    ListSubscriptions,
     /// [`Store::record_event`] without a subscription write: only the event's id and outcome.
     RecordEvent,
     /// [`Store::record_event`] with the subscription write the event causes (a new version, or
@@ -60,13 +63,14 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 15] = [
         Operation::CreateSubscription,
         Operation::GetSubscription,
         Operation::UpdateSubscription,
         Operation::FindByStripeSubscription,
         Operation::FindByStripeCustomer,
         Operation::AuditTrail,
+        Operation::ListSubscriptions,
         Operation::RecordEvent,
         Operation::RecordEventWithWrite,
         Operation::IsRecorded,
@@ -178,6 +182,16 @@ impl Store for Declared<dyn Store> {
     async fn audit_page(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.store(Operation::AuditTrail)?;
         self.inner.audit_page(id, after, limit).await
+    }
+
+    async fn list_subscriptions(
+        &self,
+        filter: &SubscriptionFilter,
+        limit: usize,
+        cursor: Option<&Value>,
+    ) -> Result<SubscriptionPage, StoreError> {
+        self.store(Operation::ListSubscriptions)?;
+        self.inner.list_subscriptions(filter, limit, cursor).await
     }
 
     async fn record_event(

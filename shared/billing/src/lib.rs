@@ -19,6 +19,7 @@ pub mod deadline;
 pub mod errors;
 pub mod ids;
 pub mod lifecycle;
+pub mod listing;
 pub mod mail;
 pub mod paging;
 pub mod plans;

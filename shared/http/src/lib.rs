@@ -166,6 +166,7 @@ impl From<StoreError> for ApiError {
                     "storage is unavailable; nothing was changed, try again",
                 ))
             }
+            StoreError::InvalidCursor => ApiError::one(billing::paging::unreadable_cursor()),
             StoreError::LinkTaken(field) => ApiError::one(FieldError::field(
                 Slug::Conflict,
                 field,

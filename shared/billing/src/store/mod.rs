@@ -21,6 +21,8 @@
 //! | audit trail of a subscription, oldest first | `pk = SUBSCRIPTION#<uuid>`, `sk` begins with `AUDIT#` (`AUDIT#<version, 20 digits>`) |
 //! | subscription by Stripe subscription id | GSI `by_stripe_subscription`: `gsi1pk = STRIPE_SUBSCRIPTION#<sub_...>` |
 //! | subscription by Stripe customer id | GSI `by_stripe_customer`: `gsi2pk = STRIPE_CUSTOMER#<cus_...>` |
+//! | subscriptions by status, then plan, then creation (the operators' list) | GSI `listings` on the subscription's own item: `gsi3pk = SUBSCRIPTIONS#STATUS#<status>`, `gsi3sk = <plan>#<created_at>#<uuid>` (the plan filter is a key prefix) |
+//! | subscriptions of one email, by creation | GSI `listings` on a copy written with every version: `pk = SUBSCRIPTION#<uuid>`, `sk = EMAIL`, `gsi3pk = SUBSCRIPTIONS#EMAIL#<lowercased email>`, `gsi3sk = <created_at>#<uuid>` |
 //! | the one subscription a Stripe id belongs to (written with every subscription write, on the condition that it is unclaimed or this subscription's) | `pk = STRIPE_LINK#<cus_... or sub_...>`, `sk = LINK`, `owner` |
 //! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
 //! | the last Stripe snapshot event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
@@ -60,6 +62,9 @@ pub enum StoreError {
     /// The backend could not be reached or refused for reasons of its own; safe to retry.
     #[error("the store is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A list's cursor is not one this store gave for that list (edited, or of other filters).
+    #[error("the cursor does not belong to this list")]
+    InvalidCursor,
     /// A Stripe id of the write (`/stripe_customer`, `/stripe_subscription`, the field's
     /// pointer) is linked to another subscription.
     #[error("{0} is linked to another subscription")]
@@ -158,6 +163,27 @@ impl AuditEntry {
     }
 }
 
+/// Which subscriptions a list holds: each filter given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionFilter {
+    /// The subscriber's address, compared without regard to case.
+    pub email: Option<String>,
+    /// Where it stands.
+    pub status: Option<crate::subscription::Status>,
+    /// The plan's id.
+    pub plan: Option<String>,
+}
+
+/// One page of a list of subscriptions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionPage {
+    /// At most the limit asked.
+    pub subscriptions: Vec<Subscription>,
+    /// Where the next page starts, when one may follow: the store's own position, opaque to
+    /// callers, given back as `cursor`.
+    pub next: Option<serde_json::Value>,
+}
+
 /// Where a Stripe event stands in the order of the events of one subscription: by `created`
 /// (Stripe's seconds), then by id, so that two events of the same second are still ordered.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -244,6 +270,18 @@ pub trait Store: Send + Sync {
     /// A subscription's audit records of the versions after `after` (0: from the first), oldest
     /// first, at most `limit`: one bounded query of the subscription's own records.
     async fn audit_page(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Subscriptions matching `filter`, at most `limit`, from `cursor` (a page's `next`): by
+    /// status, then plan, then creation; those of one email by creation. Served by an index per
+    /// query, never by reading the whole table; a page may hold fewer than `limit` and still
+    /// have a `next`. A cursor this store did not give for the same filter is
+    /// [`StoreError::InvalidCursor`].
+    async fn list_subscriptions(
+        &self,
+        filter: &SubscriptionFilter,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<SubscriptionPage, StoreError>;
 
     /// Every audit record of a subscription, oldest first.
     async fn audit_trail(&self, id: Uuid) -> Result<Vec<AuditEntry>, StoreError> {
