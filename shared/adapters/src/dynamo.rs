@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::builders::PutBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, GlobalSecondaryIndex, KeySchemaElement, KeyType,
@@ -23,8 +25,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use billing::store::{
-    AuditEntry, Document, DocumentStore, DocumentWrite, EventOrder, EventWrite, Store, StoreError, SubscriptionFilter,
-    SubscriptionPage, SubscriptionWrite, check_next_version,
+    AuditEntry, Document, DocumentStore, DocumentWrite, EVENT_OUTCOMES, EventOrder, EventWrite, KeptEvent,
+    KeptEventPage, Store, StoreError, SubscriptionFilter, SubscriptionPage, SubscriptionWrite, check_next_version,
+    pack, unpack,
 };
 use billing::subscription::{Status, Subscription};
 
@@ -105,6 +108,58 @@ enum Written {
 
 fn subscription_pk(id: Uuid) -> String {
     format!("SUBSCRIPTION#{id}")
+}
+
+/// Which way a list runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
+/// The outcome of an event that applies again when delivered or replayed once its
+/// subscription exists: its record does not count as "already handled".
+const APPLIES_AGAIN: &str = "unknown_subscription";
+const KEPT_EVENT_SK: &str = "EVENT";
+
+fn kept_event_pk(id: &str) -> String {
+    format!("KEPT_EVENT#{id}")
+}
+
+fn event_partition(outcome: &str) -> String {
+    format!("STRIPE_EVENTS#{outcome}")
+}
+
+fn decode_kept_event(item: HashMap<String, AttributeValue>) -> Result<KeptEvent, StoreError> {
+    let text = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("a kept event without its {name}")))
+    };
+    let number = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<i64>().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("a kept event without its {name}")))
+    };
+    let id = text("pk")?.trim_start_matches("KEPT_EVENT#").to_owned();
+    let stored = item
+        .get("body")
+        .and_then(|v| v.as_b().ok())
+        .ok_or_else(|| StoreError::Corrupt("a kept event without its body".into()))?;
+    Ok(KeptEvent {
+        id,
+        kind: text("type")?,
+        created: number("created")?,
+        outcome: text("outcome")?,
+        subscription_id: item
+            .get("subscription_id")
+            .and_then(|v| v.as_s().ok())
+            .and_then(|text| text.parse().ok()),
+        body: unpack(&text("body_encoding")?, stored.as_ref())?,
+        kept_until: DateTime::from_timestamp(number(TABLE_DEFINITION.ttl_attribute)?, 0).unwrap_or_default(),
+    })
 }
 
 /// The listings index's key attributes.
@@ -521,68 +576,39 @@ impl Store for DynamoStore {
                 filter.plan.as_ref().map(|plan| format!("{plan}#")),
             ),
         };
-        let (mut partition, mut start) = match cursor {
-            None => (0, None),
-            Some(cursor) => listing_position(cursor, &partitions)?,
-        };
-        let mut subscriptions = Vec::new();
-        while subscriptions.len() < limit && partition < partitions.len() {
-            let mut query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(LISTINGS)
-                .expression_attribute_names("#pk", LISTING_PK)
-                .expression_attribute_values(":pk", s(partitions[partition].clone()))
-                .limit(i32::try_from(limit - subscriptions.len()).unwrap_or(i32::MAX))
-                .set_exclusive_start_key(start.take());
-            query = match &prefix {
-                Some(prefix) => query
-                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-                    .expression_attribute_names("#sk", LISTING_SK)
-                    .expression_attribute_values(":prefix", s(prefix.clone())),
-                None => query.key_condition_expression("#pk = :pk"),
-            };
-            if filter.email.is_some() {
-                let mut conditions = Vec::new();
-                if let Some(status) = filter.status {
-                    conditions.push("#status = :status");
-                    query = query
-                        .expression_attribute_names("#status", "status")
-                        .expression_attribute_values(":status", s(status.as_str()));
-                }
-                if let Some(plan) = &filter.plan {
-                    conditions.push("#plan = :plan");
-                    query = query
-                        .expression_attribute_names("#plan", "plan")
-                        .expression_attribute_values(":plan", s(plan.clone()));
-                }
-                if !conditions.is_empty() {
-                    query = query.filter_expression(conditions.join(" AND "));
-                }
-            }
-            let output = query.send().await.map_err(sdk)?;
-            for item in output.items.unwrap_or_default() {
-                subscriptions.push(decode(item)?);
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                partition += 1;
-            }
-        }
-        let next = (partition < partitions.len()).then(|| {
-            let key: serde_json::Map<String, serde_json::Value> = start
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(name, value)| {
-                    value
-                        .as_s()
-                        .ok()
-                        .map(|text| (name, serde_json::Value::from(text.as_str())))
-                })
-                .collect();
-            serde_json::json!({"partition": partition, "key": key})
-        });
+        let status = filter.status.filter(|_| filter.email.is_some());
+        let plan = filter.plan.clone().filter(|_| filter.email.is_some());
+        let (items, next) = self
+            .walk_listing(
+                &partitions,
+                prefix.as_deref(),
+                Order::OldestFirst,
+                limit,
+                cursor,
+                move |mut query| {
+                    // An email's copies are few: its status and plan filters apply as they are read.
+                    let mut conditions = Vec::new();
+                    if let Some(status) = status {
+                        conditions.push("#status = :status");
+                        query = query
+                            .expression_attribute_names("#status", "status")
+                            .expression_attribute_values(":status", s(status.as_str()));
+                    }
+                    if let Some(plan) = &plan {
+                        conditions.push("#plan = :plan");
+                        query = query
+                            .expression_attribute_names("#plan", "plan")
+                            .expression_attribute_values(":plan", s(plan.clone()));
+                    }
+                    if conditions.is_empty() {
+                        query
+                    } else {
+                        query.filter_expression(conditions.join(" AND "))
+                    }
+                },
+            )
+            .await?;
+        let subscriptions = items.into_iter().map(decode).collect::<Result<_, _>>()?;
         Ok(SubscriptionPage { subscriptions, next })
     }
 
@@ -604,9 +630,11 @@ impl Store for DynamoStore {
                 TABLE_DEFINITION.ttl_attribute,
                 AttributeValue::N(expires_at.timestamp().to_string()),
             )
-            .condition_expression("attribute_not_exists(pk) OR #expires <= :now")
+            .condition_expression("attribute_not_exists(pk) OR #expires <= :now OR #outcome = :again")
             .expression_attribute_names("#expires", TABLE_DEFINITION.ttl_attribute)
-            .expression_attribute_values(":now", AttributeValue::N(now));
+            .expression_attribute_names("#outcome", "outcome")
+            .expression_attribute_values(":now", AttributeValue::N(now))
+            .expression_attribute_values(":again", s(APPLIES_AGAIN));
         if !outcome.is_empty() {
             once = once.item("outcome", s(outcome));
         }
@@ -717,12 +745,82 @@ impl Store for DynamoStore {
         let now = Utc::now().timestamp();
         Ok(output
             .item
+            .filter(|item| item.get("outcome").and_then(|v| v.as_s().ok()).map(String::as_str) != Some(APPLIES_AGAIN))
             .and_then(|item| {
                 item.get(TABLE_DEFINITION.ttl_attribute)
                     .and_then(|v| v.as_n().ok())
                     .and_then(|n| n.parse::<i64>().ok())
             })
             .is_some_and(|expiry| expiry > now))
+    }
+
+    async fn keep_event(&self, event: &KeptEvent, replace: bool) -> Result<(), StoreError> {
+        let (encoding, body) = pack(&event.body);
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(kept_event_pk(&event.id)))
+            .item("sk", s(KEPT_EVENT_SK))
+            .item("type", s(event.kind.clone()))
+            .item("created", AttributeValue::N(event.created.to_string()))
+            .item("outcome", s(event.outcome.clone()))
+            .item("body", AttributeValue::B(Blob::new(body)))
+            .item("body_encoding", s(encoding))
+            .item(
+                TABLE_DEFINITION.ttl_attribute,
+                AttributeValue::N(event.kept_until.timestamp().to_string()),
+            )
+            .item(LISTING_PK, s(event_partition(&event.outcome)))
+            .item(LISTING_SK, s(format!("{:012}#{}", event.created.max(0), event.id)));
+        if let Some(subscription) = event.subscription_id {
+            put = put.item("subscription_id", s(subscription.to_string()));
+        }
+        if !replace {
+            put = put.condition_expression("attribute_not_exists(pk)");
+        }
+        match put.send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if !replace
+                    && e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn kept_event(&self, id: &str) -> Result<KeptEvent, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(kept_event_pk(id)))
+            .key("sk", s(KEPT_EVENT_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        decode_kept_event(output.item.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn list_kept_events(
+        &self,
+        outcome: Option<&str>,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<KeptEventPage, StoreError> {
+        let partitions: Vec<String> = match outcome {
+            Some(outcome) => vec![event_partition(outcome)],
+            None => EVENT_OUTCOMES.iter().map(|outcome| event_partition(outcome)).collect(),
+        };
+        let (items, next) = self
+            .walk_listing(&partitions, None, Order::NewestFirst, limit, cursor, |query| query)
+            .await?;
+        let events = items.into_iter().map(decode_kept_event).collect::<Result<_, _>>()?;
+        Ok(KeptEventPage { events, next })
     }
 }
 
@@ -818,6 +916,64 @@ fn condition_failed<R>(error: &SdkError<aws_sdk_dynamodb::operation::put_item::P
 impl DynamoStore {
     /// Every item of partition `pk` whose sort key starts with `prefix`, in sort-key order,
     /// read strongly consistently page after page.
+    /// One page of an operators' list on the `listings` index: `partitions` read in order
+    /// (each from `prefix` on its sort key, if given), `customize` adding a filter to each
+    /// query, until `limit` items or the last partition; and the cursor to go on from.
+    async fn walk_listing(
+        &self,
+        partitions: &[String],
+        prefix: Option<&str>,
+        order: Order,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+        customize: impl Fn(QueryFluentBuilder) -> QueryFluentBuilder,
+    ) -> Result<(Vec<HashMap<String, AttributeValue>>, Option<serde_json::Value>), StoreError> {
+        let (mut partition, mut start) = match cursor {
+            None => (0, None),
+            Some(cursor) => listing_position(cursor, partitions)?,
+        };
+        let mut items = Vec::new();
+        while items.len() < limit && partition < partitions.len() {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(LISTINGS)
+                .scan_index_forward(order == Order::OldestFirst)
+                .expression_attribute_names("#pk", LISTING_PK)
+                .expression_attribute_values(":pk", s(partitions[partition].clone()))
+                .limit(i32::try_from(limit - items.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            query = match prefix {
+                Some(prefix) => query
+                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                    .expression_attribute_names("#sk", LISTING_SK)
+                    .expression_attribute_values(":prefix", s(prefix)),
+                None => query.key_condition_expression("#pk = :pk"),
+            };
+            let output = customize(query).send().await.map_err(sdk)?;
+            items.extend(output.items.unwrap_or_default());
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                partition += 1;
+            }
+        }
+        let next = (partition < partitions.len()).then(|| {
+            let key: serde_json::Map<String, serde_json::Value> = start
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    value
+                        .as_s()
+                        .ok()
+                        .map(|text| (name, serde_json::Value::from(text.as_str())))
+                })
+                .collect();
+            serde_json::json!({"partition": partition, "key": key})
+        });
+        Ok((items, next))
+    }
+
     async fn query_prefix(&self, pk: String, prefix: &str) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut items = Vec::new();
         let mut start = None;

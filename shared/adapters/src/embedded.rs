@@ -13,8 +13,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
 use billing::store::{
-    AuditEntry, Document, DocumentStore, DocumentWrite, EventMark, EventOrder, EventWrite, Store, StoreError,
-    SubscriptionFilter, SubscriptionPage, SubscriptionWrite, check_next_version,
+    AuditEntry, Document, DocumentStore, DocumentWrite, EventMark, EventOrder, EventWrite, KeptEvent, KeptEventPage,
+    Store, StoreError, SubscriptionFilter, SubscriptionPage, SubscriptionWrite, check_next_version, pack, unpack,
 };
 use billing::subscription::{Status, Subscription};
 
@@ -26,6 +26,8 @@ const ONCE: TableDefinition<&str, &str> = TableDefinition::new("once_records");
 /// Subscription id → the last Stripe event applied to it (`EventMark` as JSON).
 const MARKS: TableDefinition<&str, &str> = TableDefinition::new("stripe_event_marks");
 const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
+/// Stripe event id → the kept event (`KeptEvent` as JSON, its body in base64).
+const KEPT_EVENTS: TableDefinition<&str, &str> = TableDefinition::new("kept_stripe_events");
 /// Key → `{"version": n, "expires_at": <epoch seconds>|null, "body": ...}`.
 const DOCUMENTS: TableDefinition<&str, &str> = TableDefinition::new("documents");
 
@@ -58,6 +60,7 @@ impl EmbeddedStore {
             txn.open_table(BY_STRIPE_CUSTOMER).map_err(unavailable)?;
             txn.open_table(ONCE).map_err(unavailable)?;
             txn.open_table(MARKS).map_err(unavailable)?;
+            txn.open_table(KEPT_EVENTS).map_err(unavailable)?;
             txn.open_table(AUDIT).map_err(unavailable)?;
             txn.open_table(DOCUMENTS).map_err(unavailable)?;
         }
@@ -277,8 +280,7 @@ impl Store for EmbeddedStore {
                     .get(key.as_str())
                     .map_err(unavailable)?
                     .and_then(|v| serde_json::from_str::<serde_json::Value>(v.value()).ok())
-                    .and_then(|v| v["expires_at"].as_i64())
-                    .is_some_and(|expiry| expiry > now);
+                    .is_some_and(|record| counts_as_handled(&record, now));
                 if live {
                     return Ok(EventWrite::Duplicate);
                 }
@@ -344,11 +346,120 @@ impl Store for EmbeddedStore {
                 .get(key.as_str())
                 .map_err(unavailable)?
                 .and_then(|v| serde_json::from_str::<serde_json::Value>(v.value()).ok())
-                .and_then(|v| v["expires_at"].as_i64())
-                .is_some_and(|expiry| expiry > now))
+                .is_some_and(|record| counts_as_handled(&record, now)))
         })
         .await
     }
+
+    async fn keep_event(&self, event: &KeptEvent, replace: bool) -> Result<(), StoreError> {
+        let (encoding, stored) = pack(&event.body);
+        let id = event.id.clone();
+        let record = serde_json::json!({
+            "type": event.kind,
+            "created": event.created,
+            "outcome": event.outcome,
+            "subscription_id": event.subscription_id,
+            "body_encoding": encoding,
+            "body": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, stored),
+            "kept_until": event.kept_until.timestamp(),
+        })
+        .to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut kept = txn.open_table(KEPT_EVENTS).map_err(unavailable)?;
+                let present = kept.get(id.as_str()).map_err(unavailable)?.is_some();
+                if replace || !present {
+                    kept.insert(id.as_str(), record.as_str()).map_err(unavailable)?;
+                }
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn kept_event(&self, id: &str) -> Result<KeptEvent, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let kept = txn.open_table(KEPT_EVENTS).map_err(unavailable)?;
+            let json = kept
+                .get(id.as_str())
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound)?;
+            decode_kept_event(&id, json.value())
+        })
+        .await
+    }
+
+    /// Reads every kept event: the embedded store serves the local server and tests.
+    async fn list_kept_events(
+        &self,
+        outcome: Option<&str>,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<KeptEventPage, StoreError> {
+        let after = match cursor {
+            None => None,
+            Some(cursor) => Some(cursor["after"].as_str().ok_or(StoreError::InvalidCursor)?.to_owned()),
+        };
+        let outcome = outcome.map(str::to_owned);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let kept = txn.open_table(KEPT_EVENTS).map_err(unavailable)?;
+            let mut matching = Vec::new();
+            for entry in kept.iter().map_err(unavailable)? {
+                let (id, json) = entry.map_err(unavailable)?;
+                let event = decode_kept_event(id.value(), json.value())?;
+                if outcome.as_ref().is_none_or(|outcome| *outcome == event.outcome) {
+                    // Newest first: the key sorts descending by creation through its complement.
+                    let key = format!("{:012}#{}", i64::MAX - event.created.max(0), event.id);
+                    matching.push((key, event));
+                }
+            }
+            matching.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut rest = matching
+                .into_iter()
+                .filter(|(key, _)| after.as_ref().is_none_or(|after| key > after));
+            let page: Vec<_> = rest.by_ref().take(limit).collect();
+            let next = page
+                .last()
+                .filter(|_| rest.next().is_some())
+                .map(|(key, _)| serde_json::json!({"after": key}));
+            Ok(KeptEventPage {
+                events: page.into_iter().map(|(_, event)| event).collect(),
+                next,
+            })
+        })
+        .await
+    }
+}
+
+/// Whether a record of an event stands for "handled": not expired, and not an outcome that
+/// applies again once its subscription exists.
+fn counts_as_handled(record: &serde_json::Value, now: i64) -> bool {
+    record["outcome"] != "unknown_subscription" && record["expires_at"].as_i64().is_some_and(|expiry| expiry > now)
+}
+
+fn decode_kept_event(id: &str, json: &str) -> Result<KeptEvent, StoreError> {
+    use base64::Engine;
+    let record: serde_json::Value = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("kept event {id} without its {what}"));
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(record["body"].as_str().ok_or_else(|| corrupt("body"))?)
+        .map_err(|_| corrupt("body"))?;
+    Ok(KeptEvent {
+        id: id.to_owned(),
+        kind: record["type"].as_str().ok_or_else(|| corrupt("type"))?.to_owned(),
+        created: record["created"].as_i64().ok_or_else(|| corrupt("created"))?,
+        outcome: record["outcome"].as_str().ok_or_else(|| corrupt("outcome"))?.to_owned(),
+        subscription_id: record["subscription_id"].as_str().and_then(|text| text.parse().ok()),
+        body: unpack(
+            record["body_encoding"].as_str().ok_or_else(|| corrupt("encoding"))?,
+            &stored,
+        )?,
+        kept_until: DateTime::from_timestamp(record["kept_until"].as_i64().unwrap_or_default(), 0).unwrap_or_default(),
+    })
 }
 
 /// Points the Stripe-id indexes at `next`, dropping entries `previous` had that it lost.

@@ -58,7 +58,12 @@ pub fn grants(operation: Operation) -> &'static [Grant] {
     match operation {
         // A transaction of two Puts (state, audit); a cancelled one is told apart by a GetItem.
         Operation::CreateSubscription | Operation::UpdateSubscription => &[PUT_ITEM, GET_ITEM],
-        Operation::GetSubscription | Operation::IsRecorded | Operation::GetDocument => &[GET_ITEM],
+        Operation::GetSubscription | Operation::IsRecorded | Operation::GetDocument | Operation::GetKeptEvent => {
+            &[GET_ITEM]
+        }
+        // A PutItem, conditional on its absence unless it replaces.
+        Operation::KeepEvent => &[PUT_ITEM],
+        Operation::ListKeptEvents => &[QUERY_INDEXES],
         Operation::FindByStripeSubscription | Operation::FindByStripeCustomer | Operation::ListSubscriptions => {
             &[QUERY_INDEXES]
         }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use billing::store::{
-    AuditEntry, DocumentStore, EventMark, EventOrder, EventWrite, Store, StoreError, SubscriptionFilter,
+    AuditEntry, DocumentStore, EventMark, EventOrder, EventWrite, KeptEvent, Store, StoreError, SubscriptionFilter,
     SubscriptionWrite,
 };
 use billing::subscription::{PlanCatalog, Status, Subscription, SubscriptionChange};
@@ -404,6 +404,97 @@ async fn subscriptions_are_listed_by_email_status_and_plan_a_page_at_a_time(stor
     ));
 }
 
+fn kept(id: &str, created: i64, outcome: &str, body: Vec<u8>) -> KeptEvent {
+    KeptEvent {
+        id: id.to_owned(),
+        kind: "customer.subscription.updated".into(),
+        created,
+        outcome: outcome.to_owned(),
+        subscription_id: None,
+        body,
+        kept_until: (Utc::now() + Duration::days(400)).trunc_subsecs(0),
+    }
+}
+
+async fn a_kept_event_reads_back_and_only_a_replacing_keep_changes_its_outcome(store: Arc<impl Store>) {
+    // Given an event kept as concerning an unknown subscription, with a body large enough to be
+    // deflated
+    let id = unique("evt_");
+    let body = format!(r#"{{"id": "{id}", "data": "{}"}}"#, "x".repeat(20_000)).into_bytes();
+    let first = kept(&id, 1_700_000_000, "unknown_subscription", body);
+    store.keep_event(&first, false).await.unwrap();
+    assert_eq!(store.kept_event(&id).await.unwrap(), first);
+    // When a duplicate delivery keeps it again, it stays as it was
+    let mut applied = first.clone();
+    applied.outcome = "applied".into();
+    applied.subscription_id = Some(Uuid::new_v4());
+    store.keep_event(&applied, false).await.unwrap();
+    assert_eq!(store.kept_event(&id).await.unwrap().outcome, "unknown_subscription");
+    // And a replay that applied it replaces the outcome
+    store.keep_event(&applied, true).await.unwrap();
+    assert_eq!(store.kept_event(&id).await.unwrap(), applied);
+    assert!(matches!(store.kept_event("evt_never").await, Err(StoreError::NotFound)));
+}
+
+async fn kept_events_are_listed_by_outcome_newest_first(store: Arc<impl Store>) {
+    // Given three events of one outcome and one of another
+    let outcome = "stale";
+    let ids: Vec<String> = (0..3).map(|_| unique("evt_")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let created = 1_800_000_000 + i64::try_from(i).unwrap();
+        store
+            .keep_event(&kept(id, created, outcome, b"{}".to_vec()), false)
+            .await
+            .unwrap();
+    }
+    let other = unique("evt_");
+    store
+        .keep_event(&kept(&other, 1_800_000_009, "applied", b"{}".to_vec()), false)
+        .await
+        .unwrap();
+    // When that outcome's list is read a page of two at a time
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_kept_events(Some(outcome), 2, cursor.as_ref()).await.unwrap();
+        assert!(page.events.len() <= 2);
+        assert!(page.events.iter().all(|event| event.outcome == outcome));
+        listed.extend(page.events.into_iter().map(|event| event.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    // Then ours are there once each, newest first, and the other outcome's is not
+    let ours: Vec<&String> = listed.iter().filter(|id| ids.contains(id)).collect();
+    assert_eq!(ours, vec![&ids[2], &ids[1], &ids[0]]);
+    assert!(!listed.contains(&other));
+}
+
+async fn an_event_recorded_for_an_unknown_subscription_applies_when_it_comes_again(store: Arc<impl Store>) {
+    // Given an event recorded as concerning an unknown subscription
+    let key = unique("stripe-event:evt_");
+    let tomorrow = Utc::now() + Duration::days(1);
+    assert_eq!(
+        store
+            .record_event(&key, tomorrow, "unknown_subscription", None)
+            .await
+            .unwrap(),
+        EventWrite::Recorded
+    );
+    // Then it does not count as handled, and a later delivery records what it did
+    assert!(!store.is_recorded(&key).await.unwrap());
+    assert_eq!(
+        store.record_event(&key, tomorrow, "ignored", None).await.unwrap(),
+        EventWrite::Recorded
+    );
+    assert!(store.is_recorded(&key).await.unwrap());
+    assert_eq!(
+        store.record_event(&key, tomorrow, "ignored", None).await.unwrap(),
+        EventWrite::Duplicate
+    );
+}
+
 fn mark(created: i64, id: &str) -> EventMark {
     EventMark {
         created,
@@ -555,17 +646,11 @@ async fn an_event_without_a_write_is_recorded_for_review(store: Arc<impl Store>)
     let key = unique("e:");
     let tomorrow = Utc::now() + Duration::days(1);
     assert_eq!(
-        store
-            .record_event(&key, tomorrow, "unknown_subscription", None)
-            .await
-            .unwrap(),
+        store.record_event(&key, tomorrow, "ignored", None).await.unwrap(),
         EventWrite::Recorded
     );
     assert_eq!(
-        store
-            .record_event(&key, tomorrow, "unknown_subscription", None)
-            .await
-            .unwrap(),
+        store.record_event(&key, tomorrow, "ignored", None).await.unwrap(),
         EventWrite::Duplicate
     );
     assert!(store.is_recorded(&key).await.unwrap());
@@ -1108,6 +1193,9 @@ macro_rules! conformance_suite {
             audit_trail_lists_every_version_oldest_first,
             audit_pages_start_after_a_version_and_hold_at_most_the_limit,
             subscriptions_are_listed_by_email_status_and_plan_a_page_at_a_time,
+            a_kept_event_reads_back_and_only_a_replacing_keep_changes_its_outcome,
+            kept_events_are_listed_by_outcome_newest_first,
+            an_event_recorded_for_an_unknown_subscription_applies_when_it_comes_again,
             an_event_and_its_subscription_write_are_recorded_together,
             an_event_older_than_the_last_applied_is_stale_and_writes_nothing,
             an_event_write_from_a_stale_version_is_a_conflict_and_records_nothing,

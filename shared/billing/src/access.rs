@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::mail::{Mail, MailError, Mailer};
 use crate::store::{
-    AuditEntry, Document, DocumentStore, DocumentWrite, EventWrite, Store, StoreError, SubscriptionFilter,
-    SubscriptionPage, SubscriptionWrite,
+    AuditEntry, Document, DocumentStore, DocumentWrite, EventWrite, KeptEvent, KeptEventPage, Store, StoreError,
+    SubscriptionFilter, SubscriptionPage, SubscriptionWrite,
 };
 use crate::subscription::Subscription;
 
@@ -49,6 +49,12 @@ pub enum Operation {
     RecordEventWithWrite,
     /// [`Store::is_recorded`].
     IsRecorded,
+    /// [`Store::keep_event`].
+    KeepEvent,
+    /// [`Store::kept_event`].
+    GetKeptEvent,
+    /// [`Store::list_kept_events`].
+    ListKeptEvents,
     /// [`DocumentStore::get_document`].
     GetDocument,
     /// [`DocumentStore::put_document`].
@@ -63,7 +69,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 18] = [
         Operation::CreateSubscription,
         Operation::GetSubscription,
         Operation::UpdateSubscription,
@@ -74,6 +80,9 @@ impl Operation {
         Operation::RecordEvent,
         Operation::RecordEventWithWrite,
         Operation::IsRecorded,
+        Operation::KeepEvent,
+        Operation::GetKeptEvent,
+        Operation::ListKeptEvents,
         Operation::GetDocument,
         Operation::PutDocument,
         Operation::PutDocuments,
@@ -211,6 +220,26 @@ impl Store for Declared<dyn Store> {
     async fn is_recorded(&self, key: &str) -> Result<bool, StoreError> {
         self.store(Operation::IsRecorded)?;
         self.inner.is_recorded(key).await
+    }
+
+    async fn keep_event(&self, event: &KeptEvent, replace: bool) -> Result<(), StoreError> {
+        self.store(Operation::KeepEvent)?;
+        self.inner.keep_event(event, replace).await
+    }
+
+    async fn kept_event(&self, id: &str) -> Result<KeptEvent, StoreError> {
+        self.store(Operation::GetKeptEvent)?;
+        self.inner.kept_event(id).await
+    }
+
+    async fn list_kept_events(
+        &self,
+        outcome: Option<&str>,
+        limit: usize,
+        cursor: Option<&Value>,
+    ) -> Result<KeptEventPage, StoreError> {
+        self.store(Operation::ListKeptEvents)?;
+        self.inner.list_kept_events(outcome, limit, cursor).await
     }
 }
 

@@ -587,6 +587,32 @@ impl Store for LosesOneRace {
     async fn is_recorded(&self, key: &str) -> Result<bool, billing::store::StoreError> {
         self.inner.is_recorded(key).await
     }
+    async fn keep_event(
+        &self,
+        event: &billing::store::KeptEvent,
+        replace: bool,
+    ) -> Result<(), billing::store::StoreError> {
+        self.inner.keep_event(event, replace).await
+    }
+    async fn kept_event(&self, id: &str) -> Result<billing::store::KeptEvent, billing::store::StoreError> {
+        self.inner.kept_event(id).await
+    }
+    async fn list_kept_events(
+        &self,
+        outcome: Option<&str>,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<billing::store::KeptEventPage, billing::store::StoreError> {
+        self.inner.list_kept_events(outcome, limit, cursor).await
+    }
+    async fn list_subscriptions(
+        &self,
+        filter: &billing::store::SubscriptionFilter,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<billing::store::SubscriptionPage, billing::store::StoreError> {
+        self.inner.list_subscriptions(filter, limit, cursor).await
+    }
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@
 //! | subscriptions of one email, by creation | GSI `listings` on a copy written with every version: `pk = SUBSCRIPTION#<uuid>`, `sk = EMAIL`, `gsi3pk = SUBSCRIPTIONS#EMAIL#<lowercased email>`, `gsi3sk = <created_at>#<uuid>` |
 //! | the one subscription a Stripe id belongs to (written with every subscription write, on the condition that it is unclaimed or this subscription's) | `pk = STRIPE_LINK#<cus_... or sub_...>`, `sk = LINK`, `owner` |
 //! | an id recorded once, with expiry | `pk = ONCE#<key>`, `sk = ONCE`, TTL attribute `expires_at` (epoch seconds), `outcome` for review |
+//! | a Stripe event kept 400 days, by id | `pk = KEPT_EVENT#<evt_...>`, `sk = EVENT` (`type`, `created`, `outcome`, `subscription_id`, `body` bytes, `body_encoding`), TTL `expires_at` |
+//! | kept Stripe events by outcome, newest first | GSI `listings`: `gsi3pk = STRIPE_EVENTS#<outcome>`, `gsi3sk = <created, 12 digits>#<evt_...>` |
 //! | the last Stripe snapshot event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_EVENT` (`created`, `event_id`) |
 //! | the last Stripe invoice event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_INVOICE_EVENT` (`created`, `event_id`) |
 //! | the last Stripe customer event applied to a subscription | `pk = SUBSCRIPTION#<uuid>`, `sk = STRIPE_CUSTOMER_EVENT` (`created`, `event_id`) |
@@ -42,9 +44,11 @@ use uuid::Uuid;
 use crate::subscription::Subscription;
 
 mod documents;
+mod kept;
 mod retry;
 
 pub use documents::{Document, DocumentStore, DocumentWrite, member_key};
+pub use kept::{EVENT_OUTCOMES, KEEP_EVENTS_FOR, KeptEvent, KeptEventPage, pack, unpack};
 pub use retry::{AsConflict, WRITE_ATTEMPTS, retry_on_conflict};
 
 /// Why a store operation did not happen. Nothing was written in any of these cases.
@@ -298,8 +302,27 @@ pub trait Store: Send + Sync {
         write: Option<SubscriptionWrite<'_>>,
     ) -> Result<EventWrite, StoreError>;
 
-    /// Whether `key` is recorded and not expired.
+    /// Whether `key` is recorded and not expired. A record whose outcome is
+    /// `unknown_subscription` counts as absent, here and for [`Store::record_event`]: the event
+    /// applies once its subscription exists (a replay, a redelivery).
     async fn is_recorded(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Keeps a received Stripe event with its outcome. With `replace`, an event kept before is
+    /// replaced (a new outcome); without, it stays as it is (a duplicate delivery never hides
+    /// the first outcome).
+    async fn keep_event(&self, event: &KeptEvent, replace: bool) -> Result<(), StoreError>;
+
+    /// The kept event `id`, or [`StoreError::NotFound`].
+    async fn kept_event(&self, id: &str) -> Result<KeptEvent, StoreError>;
+
+    /// Kept events with this outcome (any, when `None`), newest first, at most `limit`, from a
+    /// page's `next`; one index query per outcome, never a read of the whole table.
+    async fn list_kept_events(
+        &self,
+        outcome: Option<&str>,
+        limit: usize,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<KeptEventPage, StoreError>;
 }
 
 impl StoreError {
