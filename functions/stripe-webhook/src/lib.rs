@@ -4,8 +4,10 @@
 //! - The signature is checked first; anything unsigned, forged or older than five minutes is a
 //!   400 and nothing is stored.
 //! - A 2xx answer means the effect is stored, or the event is recorded as ignored, as stale, or
-//!   as concerning an unknown subscription (kept for review, not retried). A transient failure
-//!   answers 500 so Stripe delivers again, with nothing half-applied.
+//!   as concerning an unknown subscription (not retried by Stripe; replayable). A transient
+//!   failure answers 500 so Stripe delivers again, with nothing half-applied.
+//! - Every verified event is kept 400 days with its outcome (`billing::webhook::receive`), for
+//!   operators to review and replay (`stripe-events`).
 //! - `checkout.session.completed` for a self-hosted upgrade (`metadata.pending_upgrade`) saves
 //!   the card as the customer's default and carries the upgrade through
 //!   (`billing::plans::purchase`); every step of it is keyed, so a redelivery finishes what a
@@ -18,10 +20,10 @@ use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog, required};
 use billing::errors::{FieldError, Slug};
 use billing::mail::Mailer;
-use billing::plans::purchase::{PurchaseError, Purchases};
+use billing::plans::purchase::Purchases;
 use billing::store::Store;
 use billing::subscription::PlanCatalog;
-use billing::webhook::{self, EventContext, Handled, StripeEvent};
+use billing::webhook::{self, EventContext, Handled, Receiver, StripeEvent};
 use billing_adapters::{DynamoStore, SesMailer, StripeBilling, SystemClock};
 use billing_http::{ApiError, ApiResponse, Cors, serve_with_limit};
 use lambda_http::{Body, Request, Response};
@@ -44,6 +46,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation::RecordEvent,
     Operation::RecordEventWithWrite,
     Operation::IsRecorded,
+    Operation::KeepEvent,
     Operation::SendMail,
     Operation::GetDocument,
     Operation::PutDocument,
@@ -123,18 +126,16 @@ impl StripeWebhook {
                     format!("not a Stripe event: {e}"),
                 ))
             })?;
-            if event.kind == "checkout.session.completed" {
-                let handled = self.checkout_completed(&event).await?;
-                tracing::info!(event = %event.id, kind = %event.kind, outcome = ?handled, "event handled");
-                return Ok(ApiResponse::json(json!({"received": true, "duplicate": handled == Handled::Duplicate})));
-            }
-            let context = EventContext {
-                store: self.store.as_ref(),
-                mailer: self.mailer.as_ref(),
-                catalog: &self.catalog,
-                clock: self.clock.as_ref(),
+            let receiver = Receiver {
+                events: EventContext {
+                    store: self.store.as_ref(),
+                    mailer: self.mailer.as_ref(),
+                    catalog: &self.catalog,
+                    clock: self.clock.as_ref(),
+                },
+                purchases: &self.purchases,
             };
-            let handled = webhook::apply_stripe_event(context, &event).await.map_err(|error| {
+            let handled = webhook::receive(receiver, &event, request.body()).await.map_err(|error| {
                 tracing::error!(error = %billing::errors::chain(&error), event = %event.id, "event not stored; Stripe will deliver it again");
                 ApiError::one(FieldError::general(
                     Slug::ActOfGod,
@@ -149,51 +150,5 @@ impl StripeWebhook {
             Ok(ApiResponse::json(body))
         })
         .await
-    }
-}
-
-impl StripeWebhook {
-    /// `checkout.session.completed`: a self-hosted upgrade's card is saved; the upgrade goes on.
-    /// Recorded once it is settled (started, declined, refused, or not ours); a failure of the
-    /// store or of Stripe answers 500 and the redelivery goes on from where it stopped.
-    async fn checkout_completed(&self, event: &StripeEvent) -> Result<Handled, ApiError> {
-        let key = format!("stripe-event:{}", event.id);
-        let unavailable = |error: &dyn std::fmt::Display| {
-            tracing::error!(%error, event = %event.id, "checkout event not settled; Stripe will deliver it again");
-            ApiError::one(FieldError::general(
-                Slug::ActOfGod,
-                "the event could not be handled; deliver it again",
-            ))
-        };
-        if self.store.is_recorded(&key).await.map_err(|e| unavailable(&e))? {
-            return Ok(Handled::Duplicate);
-        }
-        let object = &event.object;
-        let text = |name: &str| object[name].as_str().unwrap_or_default();
-        let reference = object["metadata"]["pending_upgrade"].as_str();
-        let outcome = match (reference, text("mode"), text("customer"), text("setup_intent")) {
-            (Some(reference), "setup", customer, intent) if !customer.is_empty() && !intent.is_empty() => {
-                match self
-                    .purchases
-                    .checkout_completed(reference, customer, intent, self.clock.now())
-                    .await
-                {
-                    Ok(_) => "applied",
-                    Err(PurchaseError::Declined(_)) => "declined",
-                    Err(PurchaseError::Plan(_)) => "refused",
-                    Err(PurchaseError::UnknownUpgrade) => "unknown_upgrade",
-                    Err(error @ (PurchaseError::Store(_) | PurchaseError::Stripe(_) | PurchaseError::MissingData)) => {
-                        return Err(unavailable(&error));
-                    }
-                }
-            }
-            _ => "ignored",
-        };
-        let expires = self.clock.now() + billing::webhook::REMEMBER_EVENTS_FOR;
-        match self.store.record_event(&key, expires, outcome, None).await {
-            Ok(billing::store::EventWrite::Recorded) => Ok(Handled::Recorded(outcome)),
-            Ok(_) => Ok(Handled::Duplicate),
-            Err(error) => Err(unavailable(&error)),
-        }
     }
 }

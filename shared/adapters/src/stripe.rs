@@ -504,6 +504,14 @@ impl Billing for StripeBilling {
         summarize(&updated)
     }
 
+    async fn retrieve_subscription(&self, subscription: &str) -> Result<StripeSubscription, BillingError> {
+        // A GET is not keyed by Stripe; the key only names the call in retries' logs.
+        let object = self
+            .retrieve_object(subscription, &format!("billing:retrieve:{subscription}"))
+            .await?;
+        summarize(&object)
+    }
+
     async fn cancel(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError> {
         let request = CancelSubscription::new(subscription);
         let canceled = self.send("cancel_subscription", key, &request).await?;

@@ -386,3 +386,50 @@ pub async fn cancel_subscription(
     })
     .await
 }
+
+/// Stores what Stripe holds now for a subscription (`POST /subscriptions/{id}/reconcile`): its
+/// status, plan, trial, period, cancellation flag, licenses and ids: the repair when Stripe's
+/// events were lost for longer than anything kept them. Always writes a version, recorded as
+/// `reconcile` with what differed (possibly nothing), so the trail shows when it was done.
+pub async fn reconcile_subscription(
+    context: ChangeContext<'_>,
+    id: Uuid,
+    actor: &str,
+) -> Result<Subscription, ChangeError> {
+    retry_on_conflict(|_| async move {
+        let current = context.store.get_subscription(id).await?;
+        let Some(stripe_subscription) = &current.stripe_subscription else {
+            return Err(ChangeError::NotInStripe);
+        };
+        let stripe = context.billing.retrieve_subscription(stripe_subscription).await?;
+        let mut next = current.clone();
+        next.status = stripe.status;
+        if let Some(plan) = context.catalog.by_stripe_price(&stripe.price) {
+            next.plan.clone_from(&plan.id);
+        }
+        next.trial_end = stripe.trial_end;
+        if stripe.trial_end.is_none() {
+            next.trial_start = None;
+        }
+        next.current_period_end = stripe.current_period_end;
+        next.cancel_at_period_end = stripe.cancel_at_period_end;
+        // Licenses are the item's quantity once the subscription counts them (or buys more
+        // than one); a plain subscription's quantity of 1 stays "not counted".
+        if let Some(quantity) = stripe.quantity.and_then(|q| u32::try_from(q).ok())
+            && (current.licenses.is_some() || quantity > 1)
+        {
+            next.licenses = Some(quantity);
+        }
+        next.stripe_customer = Some(stripe.customer);
+        next.version = current.version + 1;
+        next.updated_at = context.clock.now().trunc_subsecs(0).max(current.updated_at);
+        let audit = AuditEntry::between(Some(&current), &next, actor, "reconcile");
+        context
+            .store
+            .update_subscription(&next, current.version, &audit)
+            .await?;
+        tracing::info!(subscription = %id, version = next.version, "subscription reconciled with Stripe");
+        Ok(next)
+    })
+    .await
+}

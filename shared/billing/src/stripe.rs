@@ -233,6 +233,9 @@ pub fn idempotency_key(operation: &str, target: &str, origin: &str) -> String {
 /// What the service asks of Stripe.
 #[async_trait]
 pub trait Billing: Send + Sync {
+    /// The subscription as Stripe holds it now (a read: safe to repeat).
+    async fn retrieve_subscription(&self, subscription: &str) -> Result<StripeSubscription, BillingError>;
+
     /// A customer for the user, with `user_id` in its metadata.
     async fn create_customer(&self, user_id: Uuid, email: &str, key: &str) -> Result<Customer, BillingError>;
 

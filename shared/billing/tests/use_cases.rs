@@ -732,3 +732,67 @@ async fn a_payment_needing_authentication_makes_the_subscription_past_due_and_ma
         texts::payment_action_required(&stored.email, "https://invoice.stripe.com/i/acct_1/in_2")
     );
 }
+
+// Reconciling with Stripe
+
+#[tokio::test]
+async fn reconcile_stores_what_stripe_holds_after_its_events_were_lost() {
+    // Given a subscription whose Stripe subscription went past due and was set to cancel,
+    // without any event reaching the service
+    let world = World::new();
+    let user = Uuid::new_v4();
+    let subscription = world.provision(user).await.unwrap();
+    let stripe_id = subscription.stripe_subscription.clone().unwrap();
+    let renewed = now() + Duration::days(60);
+    world.billing.change_behind_our_back(&stripe_id, |stripe| {
+        stripe.status = Status::PastDue;
+        stripe.trial_end = None;
+        stripe.current_period_end = Some(renewed);
+        stripe.cancel_at_period_end = true;
+        stripe.price = "price_business_monthly".into();
+        stripe.quantity = Some(7);
+    });
+    // When an administrator reconciles it
+    let stored = billing::change::reconcile_subscription(world.change_context(), user, "admin:operator")
+        .await
+        .unwrap();
+    // Then it holds Stripe's state, and the audit trail says who reconciled what
+    assert_eq!(
+        (
+            stored.status,
+            stored.plan.as_str(),
+            stored.trial_end,
+            stored.current_period_end
+        ),
+        (Status::PastDue, "business_monthly", None, Some(renewed))
+    );
+    assert!(stored.cancel_at_period_end);
+    assert_eq!(stored.licenses, Some(7));
+    assert_eq!(world.store.get_subscription(user).await.unwrap(), stored);
+    let audit = world.store.audit_trail(user).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (audit.actor.as_str(), audit.action.as_str()),
+        ("admin:operator", "reconcile")
+    );
+    let fields: Vec<&str> = audit
+        .changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| change["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"/status") && fields.contains(&"/plan"), "{fields:?}");
+}
+
+#[tokio::test]
+async fn reconcile_of_a_subscription_without_a_stripe_subscription_is_refused() {
+    let world = World::new();
+    let bare = billing_testing::new_subscription(None);
+    let audit = billing::store::AuditEntry::between(None, &bare, "system:test", "create");
+    world.store.create_subscription(&bare, &audit).await.unwrap();
+    let refused = billing::change::reconcile_subscription(world.change_context(), bare.id, "admin:operator").await;
+    assert!(matches!(refused, Err(ChangeError::NotInStripe)), "{refused:?}");
+    let missing =
+        billing::change::reconcile_subscription(world.change_context(), Uuid::new_v4(), "admin:operator").await;
+    assert!(matches!(missing, Err(ChangeError::NotFound)), "{missing:?}");
+}

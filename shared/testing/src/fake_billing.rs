@@ -81,6 +81,14 @@ impl FakeBilling {
         self.lock().customers.len()
     }
 
+    /// Changes a subscription as Stripe would on its own (a renewal, a failed payment), telling
+    /// no one: what a lost webhook leaves behind.
+    pub fn change_behind_our_back(&self, id: &str, change: impl FnOnce(&mut StripeSubscription)) {
+        if let Some(subscription) = self.lock().subscriptions.get_mut(id) {
+            change(subscription);
+        }
+    }
+
     /// How many subscriptions exist (canceled ones included).
     pub fn subscription_count(&self) -> usize {
         self.lock().subscriptions.len()
@@ -234,6 +242,12 @@ impl Billing for FakeBilling {
         subscription.current_period_end = Some(trial_end);
         subscription.status = Status::Trialing;
         Ok(subscription.clone())
+    }
+
+    async fn retrieve_subscription(&self, subscription: &str) -> Result<StripeSubscription, BillingError> {
+        let mut state = self.lock();
+        state.call("retrieve_subscription")?;
+        Ok(state.subscription(subscription)?.clone())
     }
 
     async fn set_quantity(

@@ -68,6 +68,9 @@ pub enum EventError {
     /// The mail the event calls for could not be sent, for now.
     #[error("the event's mail could not be sent")]
     Mail(#[source] MailError),
+    /// A self-hosted upgrade's checkout could not be carried on, for now.
+    #[error("the upgrade the checkout completes could not go on")]
+    Upgrade(#[source] crate::plans::purchase::PurchaseError),
     /// Other writers kept changing the subscription while the event was applied.
     #[error("the subscription kept changing while the event was applied ({WRITE_ATTEMPTS} attempts)")]
     KeptChanging,
