@@ -29,6 +29,7 @@ use remote_billing_pages::RemoteBillingPages;
 use remote_billing_server::RemoteServerApi;
 use signup_listener::SignupListener;
 use signups::SignupQueue;
+use stripe_events::StripeEvents;
 use stripe_sandbox::RunningSandbox;
 use stripe_webhook::StripeWebhook;
 use subscription_lifecycle::SubscriptionLifecycle;
@@ -304,6 +305,18 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
         }
         .declared()
     ));
+    let stripe_events = function_handler!(Arc::new(
+        StripeEvents {
+            store: bundle.store.clone(),
+            mailer: bundle.mailer.clone(),
+            billing: bundle.billing.clone(),
+            catalog: bundle.catalog.clone(),
+            cors: bundle.cors.clone(),
+            clock: bundle.clock.clone(),
+            purchases: bundle.purchases.clone(),
+        }
+        .declared()
+    ));
     let remote_server = function_handler!(Arc::new(
         RemoteServerApi {
             remote: bundle.remote.clone(),
@@ -397,6 +410,48 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             false,
             "GetSubscriptionFunction",
             &get,
+        ),
+        route(
+            Method::GET,
+            "/stripe/events",
+            true,
+            "StripeEventsFunction",
+            &stripe_events,
+        ),
+        route(
+            Method::OPTIONS,
+            "/stripe/events",
+            false,
+            "StripeEventsFunction",
+            &stripe_events,
+        ),
+        route(
+            Method::POST,
+            "/stripe/events/{event_id}/replay",
+            true,
+            "StripeEventsFunction",
+            &stripe_events,
+        ),
+        route(
+            Method::OPTIONS,
+            "/stripe/events/{event_id}/replay",
+            false,
+            "StripeEventsFunction",
+            &stripe_events,
+        ),
+        route(
+            Method::POST,
+            "/subscriptions/{id}/reconcile",
+            true,
+            "StripeEventsFunction",
+            &stripe_events,
+        ),
+        route(
+            Method::OPTIONS,
+            "/subscriptions/{id}/reconcile",
+            false,
+            "StripeEventsFunction",
+            &stripe_events,
         ),
         route(
             Method::POST,

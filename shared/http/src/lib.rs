@@ -243,6 +243,26 @@ impl From<billing::lifecycle::LifecycleError> for ApiError {
     }
 }
 
+impl From<billing::webhook::EventError> for ApiError {
+    fn from(error: billing::webhook::EventError) -> Self {
+        use billing::webhook::EventError;
+        match error {
+            EventError::Store(error) => error.into(),
+            EventError::KeptChanging => ApiError::one(FieldError::general(
+                Slug::Conflict,
+                "the subscription kept changing while the event was applied; try again",
+            )),
+            error @ (EventError::Mail(_) | EventError::Upgrade(_)) => {
+                tracing::error!(error = %billing::errors::chain(&error), "event not applied");
+                ApiError::one(FieldError::general(
+                    Slug::UpstreamUnavailable,
+                    "a service the event needs is unavailable; nothing was recorded, try again",
+                ))
+            }
+        }
+    }
+}
+
 impl From<ProvisionError> for ApiError {
     fn from(error: ProvisionError) -> Self {
         match error {
@@ -440,6 +460,25 @@ impl ApiRequest {
                 format!("{name} must be a lowercase hyphenated UUID"),
             ))
         })
+    }
+
+    /// A path parameter that must be a Stripe id (`evt_...`: letters, digits and underscores,
+    /// at most 255).
+    pub fn path_stripe_id(&self, name: &str, prefix: &str) -> Result<String, ApiError> {
+        let parameters = self.inner.path_parameters();
+        let text = parameters.first(name).unwrap_or_default();
+        let valid = text.starts_with(prefix)
+            && text.len() <= 255
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if valid {
+            Ok(text.to_owned())
+        } else {
+            Err(ApiError::one(FieldError::param(
+                Slug::InvalidFormat,
+                name,
+                format!("{name} must be a Stripe id starting with {prefix}"),
+            )))
+        }
     }
 
     /// The version named by `If-Match: "<version>"`, if the header is present.
