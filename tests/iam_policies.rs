@@ -22,6 +22,7 @@ fn declared() -> BTreeMap<&'static str, &'static [Operation]> {
         (signup_listener::FUNCTION, signup_listener::OPERATIONS),
         (stripe_webhook::FUNCTION, stripe_webhook::OPERATIONS),
         (stripe_events::FUNCTION, stripe_events::OPERATIONS),
+        (stripe_eventbridge::FUNCTION, stripe_eventbridge::OPERATIONS),
         (remote_billing_server::FUNCTION, remote_billing_server::OPERATIONS),
         (remote_billing_pages::FUNCTION, remote_billing_pages::OPERATIONS),
     ])

@@ -330,7 +330,10 @@ async fn reconcile_stores_what_the_sandbox_holds_after_an_event_was_lost() {
     // And a subscription without a Stripe subscription cannot be reconciled
     let unlinked = billing_testing::new_subscription(None);
     f.store
-        .create_subscription(&unlinked, &AuditEntry::between(None, &unlinked, "system:test", "create"))
+        .create_subscription(
+            &unlinked,
+            &AuditEntry::between(None, &unlinked, "system:test", "create"),
+        )
         .await
         .unwrap();
     let bare = unlinked.id;

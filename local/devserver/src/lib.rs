@@ -29,6 +29,7 @@ use remote_billing_pages::RemoteBillingPages;
 use remote_billing_server::RemoteServerApi;
 use signup_listener::SignupListener;
 use signups::SignupQueue;
+use stripe_eventbridge::StripeEventBridge;
 use stripe_events::StripeEvents;
 use stripe_sandbox::RunningSandbox;
 use stripe_webhook::StripeWebhook;
@@ -792,6 +793,7 @@ fn local_routes(
     clock: LocalClock,
     sandbox: Option<stripe_sandbox::Sandbox>,
     invoicing: Arc<InvoicePlans>,
+    eventbridge: Arc<StripeEventBridge>,
 ) -> Vec<Route> {
     let json = |status: u16, body: serde_json::Value| {
         let mut response = lambda_http::Response::new(lambda_http::Body::Text(body.to_string()));
@@ -818,6 +820,26 @@ fn local_routes(
     let dead_letters = gateway::handler(move |_| {
         let signups = signups.clone();
         async move { json(200, serde_json::json!({"dead_letters": signups.dead_letters()})) }
+    });
+    // Delivers an EventBridge envelope (`detail` a Stripe event) as the partner bus would.
+    let deliver_envelope = gateway::handler(move |request: lambda_http::Request| {
+        let eventbridge = eventbridge.clone();
+        async move {
+            let envelope: serde_json::Value = match serde_json::from_slice(request.body()) {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    return json(
+                        400,
+                        serde_json::json!({"errors": [{"slug": "invalid_format",
+                            "message": format!("send an EventBridge envelope whose detail is a Stripe event: {error}")}]}),
+                    );
+                }
+            };
+            match eventbridge.handle(&envelope).await {
+                Ok(answer) => json(200, answer),
+                Err(error) => json(503, serde_json::json!({"error": error.to_string()})),
+            }
+        }
     });
     let health = gateway::handler(|_| async { lambda_http::Response::new(lambda_http::Body::Text("ok".into())) });
     // Runs the daily invoicing now, at `{"at": "<RFC 3339>"}` when given (else the clock's time).
@@ -879,6 +901,7 @@ fn local_routes(
         local(Method::POST, "/_local/invoice-plans", invoice_plans),
         local(Method::POST, "/_local/signup", enqueue),
         local(Method::GET, "/_local/signup/dead-letters", dead_letters),
+        local(Method::POST, "/_local/eventbridge", deliver_envelope),
     ]
 }
 
@@ -964,12 +987,23 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         checkout_origin,
     };
     let returned_secret = webhook_secret.clone();
+    let eventbridge = Arc::new(
+        StripeEventBridge {
+            store: bundle.store.clone(),
+            mailer: bundle.mailer.clone(),
+            catalog: bundle.catalog.clone(),
+            clock: bundle.clock.clone(),
+            purchases: bundle.purchases.clone(),
+        }
+        .declared(),
+    );
     let mut all = routes(&bundle);
     all.extend(local_routes(
         signups.clone(),
         local_clock,
         sandbox.as_ref().map(|s| s.sandbox.clone()),
         Arc::new(invoicing),
+        eventbridge,
     ));
     if let Some(sandbox) = &sandbox {
         sandbox.sandbox.set_webhook(Some(stripe_sandbox::WebhookTarget {

@@ -1,0 +1,18 @@
+//! Lambda bootstrap of Stripe's events from an EventBridge partner event source.
+
+use billing::config::ProcessEnvironment;
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use stripe_eventbridge::StripeEventBridge;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let function = StripeEventBridge::from_env(&ProcessEnvironment).await?;
+    let function = &function;
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| async move {
+        let deadline = event.context.deadline();
+        let answer = billing::deadline::within(Some(deadline), function.handle(&event.payload)).await?;
+        Ok::<_, Error>(answer)
+    }))
+    .await
+}
