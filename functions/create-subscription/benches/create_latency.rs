@@ -50,6 +50,10 @@ async fn main() {
         catalog: catalog(),
         cors: Cors::default(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        idempotency: billing_http::idempotent::Idempotency {
+            documents: billing_testing::in_memory_store(),
+            clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        },
     };
 
     // In-process, embedded store in memory

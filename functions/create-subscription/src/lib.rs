@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use billing::access::{Operation, declared_store};
+use billing::access::{Operation, declared_documents, declared_store};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
 use billing::provisioning::{Provision, provision};
@@ -13,14 +13,20 @@ use billing::stripe::Billing;
 use billing::subscription::{PlanCatalog, ReadChange};
 use billing_adapters::DynamoStore;
 use billing_adapters::StripeBilling;
-use billing_http::{ApiError, ApiResponse, Cors, serve};
+use billing_http::idempotent::{Idempotency, serve_idempotent};
+use billing_http::{ApiError, ApiResponse, Cors};
 use lambda_http::{Body, Request, Response};
 
 /// The name refusals of undeclared operations give.
 pub const FUNCTION: &str = "create-subscription";
 
 /// What this function does with the store; its IAM policy grants exactly these.
-pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription, Operation::CreateSubscription];
+pub const OPERATIONS: &[Operation] = &[
+    Operation::GetSubscription,
+    Operation::CreateSubscription,
+    Operation::GetDocument,
+    Operation::PutDocument,
+];
 
 pub struct CreateSubscription {
     pub store: Arc<dyn Store>,
@@ -29,6 +35,8 @@ pub struct CreateSubscription {
     pub cors: Cors,
     /// What time it is.
     pub clock: SharedClock,
+    /// Answers kept for clients' `Idempotency-Key`s.
+    pub idempotency: Idempotency,
 }
 
 impl CreateSubscription {
@@ -38,12 +46,18 @@ impl CreateSubscription {
         let table = billing_table(env)?;
         let billing = StripeBilling::from_env(env)?;
         let catalog = plan_catalog(env)?;
+        let dynamo = Arc::new(DynamoStore::connect(table).await);
+        let clock: SharedClock = Arc::new(billing_adapters::SystemClock);
         Ok(CreateSubscription {
-            store: Arc::new(DynamoStore::connect(table).await),
+            store: dynamo.clone(),
+            idempotency: Idempotency {
+                documents: dynamo,
+                clock: clock.clone(),
+            },
             billing: Arc::new(billing),
             catalog,
             cors: Cors::from_env(env),
-            clock: Arc::new(billing_adapters::SystemClock),
+            clock,
         }
         .declared())
     }
@@ -52,12 +66,16 @@ impl CreateSubscription {
     pub fn declared(self) -> Self {
         CreateSubscription {
             store: declared_store(self.store, FUNCTION, OPERATIONS),
+            idempotency: Idempotency {
+                documents: declared_documents(self.idempotency.documents.clone(), FUNCTION, OPERATIONS),
+                ..self.idempotency
+            },
             ..self
         }
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        serve(request, &self.cors, |request| async move {
+        serve_idempotent(request, &self.cors, &self.idempotency, |request| async move {
             let principal = request.principal()?;
             principal.require_admin()?;
             let now = self.clock.now();

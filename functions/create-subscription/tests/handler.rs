@@ -30,6 +30,10 @@ async fn fixture_with_prices(amount: i64) -> Fixture {
         catalog: catalog(),
         cors: Cors::default(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        idempotency: billing_http::idempotent::Idempotency {
+            documents: billing_testing::in_memory_store(),
+            clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        },
     }
     .declared();
     Fixture {
@@ -296,4 +300,102 @@ async fn a_discount_set_at_creation_discounts_the_first_invoice() {
     )
     .await;
     assert_eq!(invoice["amount_paid"], 720, "{invoice}");
+}
+
+/// A create by `admin`, with `Idempotency-Key: key`.
+fn keyed_create(admin: Uuid, key: &str, body: &Value) -> lambda_http::Request {
+    ApiEvent::sample("apigw-create-subscription.json")
+        .caller(admin, "subscriptions subscriptions_admin")
+        .header("idempotency-key", key)
+        .body(body)
+        .build()
+}
+
+#[tokio::test]
+async fn a_create_repeated_with_its_idempotency_key_gets_the_first_answer_and_no_second_customer() {
+    // Given an administrator's create sent with a key
+    let f = fixture().await;
+    let admin = Uuid::new_v4();
+    let user = Uuid::new_v4();
+    let email = format!("idem-{}@example.com", user.simple());
+    let create = json!({"user_id": user, "email": email});
+    let first = f.function.handle(keyed_create(admin, "create-ada-1", &create)).await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    // When the client retries it with the same key (its first answer was lost)
+    let again = f.function.handle(keyed_create(admin, "create-ada-1", &create)).await;
+    // Then it gets the first answer again, marked as replayed, and Stripe has one customer
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["etag"], first.headers()["etag"]);
+    assert_eq!(body(&again), body(&first));
+    assert_eq!(customers_with_email(&f.sandbox, &email).await, 1);
+    // While without the key the same create is a conflict: the subscription exists
+    let unkeyed = f.function.handle(admin_create(&create)).await;
+    assert_eq!(unkeyed.status(), 409);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_request_is_refused_and_changes_nothing() {
+    let f = fixture().await;
+    let admin = Uuid::new_v4();
+    let (first_user, second_user) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = f
+        .function
+        .handle(keyed_create(
+            admin,
+            "k-1",
+            &json!({"user_id": first_user, "email": "a@example.com"}),
+        ))
+        .await;
+    assert_eq!(first.status(), 201);
+    let reused = f
+        .function
+        .handle(keyed_create(
+            admin,
+            "k-1",
+            &json!({"user_id": second_user, "email": "b@example.com"}),
+        ))
+        .await;
+    assert_eq!(reused.status(), 422);
+    assert_eq!(body(&reused)["errors"][0]["slug"], "idempotency_key_reused");
+    assert!(f.store.get_subscription(second_user).await.is_err());
+    // Another caller's same key is theirs: it runs
+    let other_admin = f
+        .function
+        .handle(keyed_create(
+            Uuid::new_v4(),
+            "k-1",
+            &json!({"user_id": second_user, "email": "b@example.com"}),
+        ))
+        .await;
+    assert_eq!(other_admin.status(), 201);
+}
+
+#[tokio::test]
+async fn a_repeat_while_the_first_request_runs_is_a_conflict_and_a_bad_key_is_refused() {
+    // Given a create whose first request is still running (its claim is stored, no answer yet)
+    let f = fixture().await;
+    let admin = Uuid::new_v4();
+    let create = json!({"user_id": Uuid::new_v4(), "email": "ada@example.com"});
+    let body_text = create.to_string();
+    let fingerprint = billing::idempotency::fingerprint("POST", "/subscriptions", body_text.as_bytes());
+    let claimed = billing::idempotency::begin(
+        f.function.idempotency.documents.as_ref(),
+        &admin.to_string(),
+        "slow-1",
+        &fingerprint,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(claimed, billing::idempotency::Begin::Run(_)));
+    // When the client repeats it
+    let repeat = f.function.handle(keyed_create(admin, "slow-1", &create)).await;
+    // Then it is told to wait
+    assert_eq!(repeat.status(), 409);
+    assert_eq!(body(&repeat)["errors"][0]["param"], "Idempotency-Key");
+    // And a key that is not 1 to 255 printable characters is refused
+    let too_long = f.function.handle(keyed_create(admin, &"k".repeat(256), &create)).await;
+    assert_eq!(too_long.status(), 400);
 }

@@ -113,6 +113,10 @@ async fn main() {
         catalog: catalog(),
         cors: Cors::default(),
         clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        idempotency: billing_http::idempotent::Idempotency {
+            documents: billing_testing::in_memory_store(),
+            clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        },
     };
 
     // In-process: the handler's own cost (store in memory), then with the store's file.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use billing::access::{Operation, declared_store};
+use billing::access::{Operation, declared_documents, declared_store};
 use billing::change::{ChangeContext, ChangeRequest, cancel_subscription, change_subscription};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
@@ -14,7 +14,8 @@ use billing::store::Store;
 use billing::stripe::Billing;
 use billing::subscription::{Authority, PlanCatalog, ReadChange};
 use billing_adapters::{DynamoStore, StripeBilling, SystemClock};
-use billing_http::{ApiResponse, Cors, serve};
+use billing_http::idempotent::{Idempotency, serve_idempotent};
+use billing_http::{ApiResponse, Cors};
 use lambda_http::{Body, Request, Response};
 
 /// The route that cancels a subscription now.
@@ -24,7 +25,12 @@ pub const CANCEL_ROUTE: &str = "DELETE /subscriptions/{id}";
 pub const FUNCTION: &str = "patch-subscription";
 
 /// What this function does with the store; its IAM policy grants exactly these.
-pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription, Operation::UpdateSubscription];
+pub const OPERATIONS: &[Operation] = &[
+    Operation::GetSubscription,
+    Operation::UpdateSubscription,
+    Operation::GetDocument,
+    Operation::PutDocument,
+];
 
 /// The PATCH endpoint and what it needs.
 pub struct PatchSubscription {
@@ -38,6 +44,8 @@ pub struct PatchSubscription {
     pub cors: Cors,
     /// What time it is.
     pub clock: SharedClock,
+    /// Answers kept for clients' `Idempotency-Key`s.
+    pub idempotency: Idempotency,
 }
 
 impl PatchSubscription {
@@ -47,12 +55,18 @@ impl PatchSubscription {
         let table = billing_table(env)?;
         let billing = StripeBilling::from_env(env)?;
         let catalog = plan_catalog(env)?;
+        let dynamo = Arc::new(DynamoStore::connect(table).await);
+        let clock: SharedClock = Arc::new(SystemClock);
         Ok(PatchSubscription {
-            store: Arc::new(DynamoStore::connect(table).await),
+            store: dynamo.clone(),
+            idempotency: Idempotency {
+                documents: dynamo,
+                clock: clock.clone(),
+            },
             billing: Arc::new(billing),
             catalog,
             cors: Cors::from_env(env),
-            clock: Arc::new(SystemClock),
+            clock,
         }
         .declared())
     }
@@ -61,13 +75,17 @@ impl PatchSubscription {
     pub fn declared(self) -> Self {
         PatchSubscription {
             store: declared_store(self.store, FUNCTION, OPERATIONS),
+            idempotency: Idempotency {
+                documents: declared_documents(self.idempotency.documents.clone(), FUNCTION, OPERATIONS),
+                ..self.idempotency
+            },
             ..self
         }
     }
 
     /// Answers one request.
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        serve(request, &self.cors, |request| async move {
+        serve_idempotent(request, &self.cors, &self.idempotency, |request| async move {
             let principal = request.principal()?;
             let id = request.path_uuid("id")?;
             let authority = principal.authority_over(id)?;

@@ -29,6 +29,10 @@ async fn fixture() -> Fixture {
             catalog: catalog(),
             cors: Cors::default(),
             clock: std::sync::Arc::new(billing_adapters::SystemClock),
+            idempotency: billing_http::idempotent::Idempotency {
+                documents: billing_testing::in_memory_store(),
+                clock: std::sync::Arc::new(billing_adapters::SystemClock),
+            },
         }
         .declared(),
     );

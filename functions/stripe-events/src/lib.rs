@@ -27,7 +27,8 @@ use billing::stripe::Billing;
 use billing::subscription::PlanCatalog;
 use billing::webhook::{EventContext, Receiver, StripeEvent, receive};
 use billing_adapters::{DynamoStore, SesMailer, StripeBilling, SystemClock};
-use billing_http::{ApiError, ApiRequest, ApiResponse, Cors, serve};
+use billing_http::idempotent::{Idempotency, serve_idempotent};
+use billing_http::{ApiError, ApiRequest, ApiResponse, Cors};
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
@@ -83,6 +84,8 @@ pub struct StripeEvents {
     pub clock: SharedClock,
     /// Self-hosted upgrades, for a replayed `checkout.session.completed`.
     pub purchases: Purchases,
+    /// Answers kept for clients' `Idempotency-Key`s.
+    pub idempotency: Idempotency,
 }
 
 impl StripeEvents {
@@ -93,7 +96,12 @@ impl StripeEvents {
         let aws = billing_adapters::aws::load_sdk_config().await;
         let dynamo = Arc::new(DynamoStore::with_config(&aws, table));
         let billing: Arc<dyn Billing> = Arc::new(StripeBilling::from_env(env)?);
+        let clock: SharedClock = Arc::new(SystemClock);
         Ok(StripeEvents {
+            idempotency: Idempotency {
+                documents: dynamo.clone(),
+                clock: clock.clone(),
+            },
             purchases: Purchases {
                 documents: dynamo.clone(),
                 stripe: billing.clone(),
@@ -105,7 +113,7 @@ impl StripeEvents {
             billing,
             catalog: plan_catalog(env)?,
             cors: Cors::from_env(env),
-            clock: Arc::new(SystemClock),
+            clock,
         }
         .declared())
     }
@@ -119,13 +127,17 @@ impl StripeEvents {
                 documents: declared_documents(self.purchases.documents.clone(), FUNCTION, OPERATIONS),
                 ..self.purchases
             },
+            idempotency: Idempotency {
+                documents: declared_documents(self.idempotency.documents.clone(), FUNCTION, OPERATIONS),
+                ..self.idempotency
+            },
             ..self
         }
     }
 
     /// Answers one request.
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        serve(request, &self.cors, |request| async move {
+        serve_idempotent(request, &self.cors, &self.idempotency, |request| async move {
             let principal = request.principal()?;
             principal.require_admin()?;
             match request.route_key() {

@@ -36,6 +36,10 @@ async fn fixture() -> Fixture {
         catalog: catalog(),
         cors: Cors::default(),
         clock: Arc::new(SystemClock),
+        idempotency: billing_http::idempotent::Idempotency {
+            documents: billing_testing::in_memory_store(),
+            clock: std::sync::Arc::new(billing_adapters::SystemClock),
+        },
         purchases: Purchases {
             documents: store.clone(),
             stripe: billing,

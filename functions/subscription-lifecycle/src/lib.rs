@@ -6,19 +6,21 @@
 //! - `GET /subscriptions/{id}/invoices?limit&starting_after` → `{"invoices": [...], "has_more"}`
 //! - `POST /subscriptions/{id}/preview` `{"plan"?, "licenses"?}` → `{"previews": [...]}`
 //!
-//! They read the subscription and ask Stripe about its customer; none writes to the store
-//! (`billing::lifecycle` holds the use cases).
+//! They read the subscription and ask Stripe about its customer; none writes a subscription
+//! (`billing::lifecycle` holds the use cases). The only writes are the answers kept for
+//! clients' `Idempotency-Key`s.
 
 use std::sync::Arc;
 
-use billing::access::{Operation, declared_store};
+use billing::access::{Operation, declared_documents, declared_store};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, optional, plan_catalog};
 use billing::lifecycle::{self, InvoicesQuery, LifecycleContext, PortalRequest};
 use billing::store::Store;
 use billing::stripe::Billing;
 use billing_adapters::{DynamoStore, StripeBilling, SystemClock};
-use billing_http::{ApiError, ApiResponse, Cors, serve};
+use billing_http::idempotent::{Idempotency, serve_idempotent};
+use billing_http::{ApiError, ApiResponse, Cors};
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
@@ -26,7 +28,11 @@ use serde_json::json;
 pub const FUNCTION: &str = "subscription-lifecycle";
 
 /// What this function does with the store; its IAM policy grants exactly these.
-pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription];
+pub const OPERATIONS: &[Operation] = &[
+    Operation::GetSubscription,
+    Operation::GetDocument,
+    Operation::PutDocument,
+];
 
 /// The routes this function answers.
 pub mod routes {
@@ -54,6 +60,8 @@ pub struct SubscriptionLifecycle {
     pub return_origins: Vec<String>,
     /// What time it is.
     pub clock: SharedClock,
+    /// Answers kept for clients' `Idempotency-Key`s.
+    pub idempotency: Idempotency,
 }
 
 impl SubscriptionLifecycle {
@@ -63,8 +71,14 @@ impl SubscriptionLifecycle {
         let table = billing_table(env)?;
         let billing = StripeBilling::from_env(env)?;
         let catalog = plan_catalog(env)?;
+        let dynamo = Arc::new(DynamoStore::connect(table).await);
+        let clock: SharedClock = Arc::new(SystemClock);
         Ok(SubscriptionLifecycle {
-            store: Arc::new(DynamoStore::connect(table).await),
+            store: dynamo.clone(),
+            idempotency: Idempotency {
+                documents: dynamo,
+                clock: clock.clone(),
+            },
             billing: Arc::new(billing),
             catalog,
             cors: Cors::from_env(env),
@@ -72,7 +86,7 @@ impl SubscriptionLifecycle {
                 &optional(env, "CORS_ALLOWED_ORIGINS").unwrap_or_default(),
                 optional(env, "PUBLIC_BASE_URL").as_deref(),
             ),
-            clock: Arc::new(SystemClock),
+            clock,
         }
         .declared())
     }
@@ -81,13 +95,17 @@ impl SubscriptionLifecycle {
     pub fn declared(self) -> Self {
         SubscriptionLifecycle {
             store: declared_store(self.store, FUNCTION, OPERATIONS),
+            idempotency: Idempotency {
+                documents: declared_documents(self.idempotency.documents.clone(), FUNCTION, OPERATIONS),
+                ..self.idempotency
+            },
             ..self
         }
     }
 
     /// Answers one request.
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        serve(request, &self.cors, |request| async move {
+        serve_idempotent(request, &self.cors, &self.idempotency, |request| async move {
             let principal = request.principal()?;
             let id = request.path_uuid("id")?;
             let authority = principal.authority_over(id)?;

@@ -30,6 +30,10 @@ async fn fixture() -> Fixture {
             cors: Cors::default(),
             return_origins: billing::lifecycle::return_origins("https://app.example.com", None),
             clock: Arc::new(billing_adapters::SystemClock),
+            idempotency: billing_http::idempotent::Idempotency {
+                documents: billing_testing::in_memory_store(),
+                clock: std::sync::Arc::new(billing_adapters::SystemClock),
+            },
         }
         .declared(),
     );

@@ -230,6 +230,16 @@ pub struct Bundle {
     pub checkout_origin: String,
 }
 
+impl Bundle {
+    /// Where the functions keep answers for clients' `Idempotency-Key`s.
+    pub fn idempotency(&self) -> billing_http::idempotent::Idempotency {
+        billing_http::idempotent::Idempotency {
+            documents: self.purchases.documents.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
 /// The local server's clock: real time plus an offset that `POST /_local/clock` sets, so a
 /// test can try what happens "a month later". Every function reads time through it.
 #[derive(Clone, Debug, Default)]
@@ -282,6 +292,7 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             catalog: bundle.catalog.clone(),
             cors: bundle.cors.clone(),
             clock: bundle.clock.clone(),
+            idempotency: bundle.idempotency(),
         }
         .declared()
     ));
@@ -292,6 +303,7 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             catalog: bundle.catalog.clone(),
             cors: bundle.cors.clone(),
             clock: bundle.clock.clone(),
+            idempotency: bundle.idempotency(),
         }
         .declared()
     ));
@@ -314,6 +326,7 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             catalog: bundle.catalog.clone(),
             cors: bundle.cors.clone(),
             clock: bundle.clock.clone(),
+            idempotency: bundle.idempotency(),
             purchases: bundle.purchases.clone(),
         }
         .declared()
@@ -334,6 +347,7 @@ pub fn routes(bundle: &Bundle) -> Vec<Route> {
             cors: bundle.cors.clone(),
             return_origins: bundle.return_origins.clone(),
             clock: bundle.clock.clone(),
+            idempotency: bundle.idempotency(),
         }
         .declared()
     ));

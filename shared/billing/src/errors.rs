@@ -42,6 +42,8 @@ pub enum Slug {
     ServerDeactivated,
     /// A rate limit was reached (429).
     TooManyRequests,
+    /// An `Idempotency-Key` seen before with another request (422).
+    IdempotencyKeyReused,
 }
 
 impl Slug {
@@ -64,6 +66,7 @@ impl Slug {
             Slug::RemoteRealmServerMismatch => "remote_realm_server_mismatch",
             Slug::ServerDeactivated => "server_deactivated",
             Slug::TooManyRequests => "too_many_requests",
+            Slug::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 }

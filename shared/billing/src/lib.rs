@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod deadline;
 pub mod errors;
+pub mod idempotency;
 pub mod ids;
 pub mod lifecycle;
 pub mod listing;

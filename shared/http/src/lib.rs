@@ -37,7 +37,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 const ALLOWED_HEADERS: &str = "authorization, content-type, if-match, idempotency-key";
 /// The response headers browsers may read (API.md conventions).
-const EXPOSED_HEADERS: &str = "etag, x-request-id, location, retry-after";
+const EXPOSED_HEADERS: &str = "etag, x-request-id, location, retry-after, idempotent-replayed";
 
 /// The HTTP status a slug is answered with: the table of API.md, in one place.
 pub fn status_of(slug: Slug) -> StatusCode {
@@ -56,6 +56,7 @@ pub fn status_of(slug: Slug) -> StatusCode {
         Slug::RemoteRealmServerMismatch => StatusCode::FORBIDDEN,
         Slug::ServerDeactivated => StatusCode::UNAUTHORIZED,
         Slug::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        Slug::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
@@ -80,7 +81,7 @@ impl ApiError {
     /// before conflicts before malformed input, so a client is never told "fix the format" by
     /// a request it is not allowed to make at all.
     pub fn from_errors(errors: Vec<FieldError>) -> Self {
-        const PRECEDENCE: [Slug; 16] = [
+        const PRECEDENCE: [Slug; 17] = [
             Slug::ActOfGod,
             Slug::UpstreamUnavailable,
             Slug::Unauthorized,
@@ -94,6 +95,7 @@ impl ApiError {
             Slug::NotFound,
             Slug::PreconditionFailed,
             Slug::Conflict,
+            Slug::IdempotencyKeyReused,
             Slug::InvalidFormat,
             Slug::Missing,
             Slug::InvalidValue,
@@ -630,18 +632,7 @@ where
             };
             render(outcome)
         };
-        let headers = response.headers_mut();
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            headers.insert(REQUEST_ID_HEADER, value);
-        }
-        if let Some(allowed) = cors.allow_origin(origin.as_deref()) {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
-            headers.insert(header::VARY, HeaderValue::from_static("origin"));
-            headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static(EXPOSED_HEADERS),
-            );
-        }
+        decorate(&mut response, &request_id, cors, origin.as_deref());
         tracing::info!(
             status = response.status().as_u16(),
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -651,6 +642,22 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// The headers every answer carries: its request id, and CORS for an allowed origin.
+fn decorate(response: &mut Response<Body>, request_id: &str, cors: &Cors, origin: Option<&str>) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+    if let Some(allowed) = cors.allow_origin(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSED_HEADERS),
+        );
+    }
 }
 
 /// The span every log line of one request is written in: its id and its route *template*
@@ -867,6 +874,8 @@ fn accepts_json(accept: &str) -> bool {
 
 #[cfg(feature = "pages")]
 pub mod html;
+/// `Idempotency-Key` around the JSON pipeline.
+pub mod idempotent;
 #[cfg(feature = "pages")]
 pub mod pages;
 #[cfg(feature = "pages")]
