@@ -346,7 +346,7 @@ async fn an_allowed_origin_may_read_the_headers_the_api_sends() {
     let response = answer_ok(request).await;
     assert_eq!(
         response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS],
-        "etag, x-request-id, location, retry-after"
+        "etag, x-request-id, location, retry-after, idempotent-replayed"
     );
 }
 
