@@ -1,5 +1,5 @@
 //! The README's curl examples run as written on a fresh machine: the shell blocks of "Trying it
-//! with curl" and "Remote billing" run in bash against the local server, with only the
+//! with curl", "Operators" and "Remote billing" run in bash against the local server, with only the
 //! commands a fresh Debian has on its PATH (no `uuidgen`, no `jq`), and every answer is a
 //! success.
 
@@ -69,6 +69,7 @@ async fn the_readme_curl_examples_run_as_written() {
     // (the sections' first blocks: the later one of the curl section has placeholders for ids)
     let blocks = [
         blocks_under(&readme, "### Trying it with curl").remove(0),
+        blocks_under(&readme, "### Operators").remove(0),
         blocks_under(&readme, "### Remote billing (self-hosted servers)").remove(0),
     ];
     for block in blocks {
