@@ -55,7 +55,10 @@ fn the_spec_describes_exactly_the_json_routes_of_the_template() {
     let (in_spec, in_template) = (spec_routes(&spec), template_json_routes());
     let missing: Vec<_> = in_template.difference(&in_spec).collect();
     let extra: Vec<_> = in_spec.difference(&in_template).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "not in the spec: {missing:?}; not in the template: {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "not in the spec: {missing:?}; not in the template: {extra:?}"
+    );
 }
 
 #[test]

@@ -16,7 +16,8 @@ use billing::errors::{FieldError, Slug};
 use billing::plans::Entity;
 use billing::remote::usage::Upload;
 use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling};
-use billing_http::{ApiError, ApiResponse, Cors, serve};
+use billing_http::idempotent::{Idempotency, serve_idempotent};
+use billing_http::{ApiError, ApiResponse, Cors};
 use lambda_http::http::{StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
@@ -114,7 +115,13 @@ impl RemoteServerApi {
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        serve(request, &self.cors, |request| async move {
+        // Administrators' calls (bearer tokens) take `Idempotency-Key`; servers' calls (HTTP
+        // Basic) are idempotent by their own keys, and have no token subject to key by.
+        let idempotency = Idempotency {
+            documents: self.remote.records.documents().clone(),
+            clock: self.clock.clone(),
+        };
+        serve_idempotent(request, &self.cors, &idempotency, |request| async move {
             let now = self.clock.now();
             match request.route_key() {
                 Some(REGISTER_ROUTE) => {

@@ -1025,3 +1025,42 @@ async fn a_realm_moved_to_its_new_server_no_longer_counts_for_the_old_one() {
         (&json!(old), &json!(new))
     );
 }
+
+#[tokio::test]
+async fn an_administrators_keyed_discount_repeated_is_answered_again_and_recorded_once() {
+    // Given a realm on basic and an administrator's discount sent with an idempotency key
+    let f = fixture();
+    let (_, realm) = f.server_with_a_realm().await;
+    let documents = f.remote.remote.records.documents().clone();
+    billing_testing::store_automatic_basic_plan(
+        documents.as_ref(),
+        billing::plans::Entity::Realm(realm),
+        30,
+        None,
+        f.clock.now(),
+    )
+    .await;
+    let admin = Uuid::new_v4();
+    let path = format!("/remote-realms/{realm}/discount");
+    let keyed = || {
+        ApiEvent::sample("apigw-remote-server-register.json")
+            .route(REALM_DISCOUNT_ROUTE, &path, &[("realm_uuid", &realm.to_string())])
+            .caller(admin, ADMIN)
+            .header("idempotency-key", "discount-25")
+            .body(&json!({"percent": 25}))
+            .build()
+    };
+    let first = f.api.handle(keyed()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // When it is sent again with the same key
+    let again = f.api.handle(keyed()).await;
+    // Then the first answer comes back, marked, and the change is recorded once
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.body(), first.body());
+    let history =
+        billing::plans::stored::history(documents.as_ref(), billing::plans::Entity::Realm(realm), f.clock.now())
+            .await
+            .unwrap();
+    assert_eq!(history.len(), 1);
+}
