@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use billing::access::{Operation, declared_documents, declared_mailer, declared_store};
+use billing::access::{Operation, declared_mailer, declared_store};
 use billing::clock::SharedClock;
 use billing::config::{ConfigError, Environment, billing_table, plan_catalog};
 use billing::mail::Mailer;
@@ -25,20 +25,7 @@ use serde_json::{Value, json};
 pub const FUNCTION: &str = "stripe-eventbridge";
 
 /// What this function does with the store and the mail service: what the webhook does.
-pub const OPERATIONS: &[Operation] = &[
-    Operation::GetSubscription,
-    Operation::FindByStripeSubscription,
-    Operation::FindByStripeCustomer,
-    Operation::RecordEvent,
-    Operation::RecordEventWithWrite,
-    Operation::IsRecorded,
-    Operation::KeepEvent,
-    Operation::SendMail,
-    Operation::GetDocument,
-    Operation::PutDocument,
-    Operation::PutDocuments,
-    Operation::ListDocuments,
-];
+pub const OPERATIONS: &[Operation] = billing::webhook::RECEIVE_OPERATIONS;
 
 /// The source prefix of Stripe's partner event sources.
 pub const STRIPE_SOURCE_PREFIX: &str = "aws.partner/stripe.com";
@@ -77,12 +64,7 @@ impl StripeEventBridge {
         let aws = billing_adapters::aws::load_sdk_config().await;
         let dynamo = Arc::new(DynamoStore::with_config(&aws, table));
         Ok(StripeEventBridge {
-            purchases: Purchases {
-                documents: dynamo.clone(),
-                stripe: Arc::new(StripeBilling::from_env(env)?),
-                trial_days: billing::config::self_hosted_free_trial_days(env)?,
-                prices: billing::plans::Prices::default(),
-            },
+            purchases: Purchases::from_env(env, dynamo.clone(), Arc::new(StripeBilling::from_env(env)?))?,
             store: dynamo,
             mailer: Arc::new(SesMailer::from_env_with_config(env, &aws)?),
             catalog: plan_catalog(env)?,
@@ -96,10 +78,7 @@ impl StripeEventBridge {
         StripeEventBridge {
             store: declared_store(self.store, FUNCTION, OPERATIONS),
             mailer: declared_mailer(self.mailer, FUNCTION, OPERATIONS),
-            purchases: Purchases {
-                documents: declared_documents(self.purchases.documents.clone(), FUNCTION, OPERATIONS),
-                ..self.purchases
-            },
+            purchases: self.purchases.declared(FUNCTION, OPERATIONS),
             ..self
         }
     }

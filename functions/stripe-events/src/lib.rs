@@ -102,12 +102,7 @@ impl StripeEvents {
                 documents: dynamo.clone(),
                 clock: clock.clone(),
             },
-            purchases: Purchases {
-                documents: dynamo.clone(),
-                stripe: billing.clone(),
-                trial_days: billing::config::self_hosted_free_trial_days(env)?,
-                prices: billing::plans::Prices::default(),
-            },
+            purchases: Purchases::from_env(env, dynamo.clone(), billing.clone())?,
             store: dynamo,
             mailer: Arc::new(SesMailer::from_env_with_config(env, &aws)?),
             billing,
@@ -123,10 +118,7 @@ impl StripeEvents {
         StripeEvents {
             store: declared_store(self.store, FUNCTION, OPERATIONS),
             mailer: declared_mailer(self.mailer, FUNCTION, OPERATIONS),
-            purchases: Purchases {
-                documents: declared_documents(self.purchases.documents.clone(), FUNCTION, OPERATIONS),
-                ..self.purchases
-            },
+            purchases: self.purchases.declared(FUNCTION, OPERATIONS),
             idempotency: Idempotency {
                 documents: declared_documents(self.idempotency.documents.clone(), FUNCTION, OPERATIONS),
                 ..self.idempotency

@@ -39,20 +39,7 @@ pub const FUNCTION: &str = "stripe-webhook";
 
 /// What this function does with the store and the mail service; its IAM policy grants exactly
 /// these.
-pub const OPERATIONS: &[Operation] = &[
-    Operation::GetSubscription,
-    Operation::FindByStripeSubscription,
-    Operation::FindByStripeCustomer,
-    Operation::RecordEvent,
-    Operation::RecordEventWithWrite,
-    Operation::IsRecorded,
-    Operation::KeepEvent,
-    Operation::SendMail,
-    Operation::GetDocument,
-    Operation::PutDocument,
-    Operation::PutDocuments,
-    Operation::ListDocuments,
-];
+pub const OPERATIONS: &[Operation] = billing::webhook::RECEIVE_OPERATIONS;
 
 /// The webhook endpoint and what it needs.
 pub struct StripeWebhook {
@@ -77,12 +64,7 @@ impl StripeWebhook {
         let table = billing_table(env)?;
         let aws = billing_adapters::aws::load_sdk_config().await;
         let dynamo = Arc::new(DynamoStore::with_config(&aws, table));
-        let purchases = Purchases {
-            documents: dynamo.clone(),
-            stripe: Arc::new(StripeBilling::from_env(env)?),
-            trial_days: billing::config::self_hosted_free_trial_days(env)?,
-            prices: billing::plans::Prices::default(),
-        };
+        let purchases = Purchases::from_env(env, dynamo.clone(), Arc::new(StripeBilling::from_env(env)?))?;
         Ok(StripeWebhook {
             purchases,
             store: dynamo,
@@ -99,10 +81,7 @@ impl StripeWebhook {
         StripeWebhook {
             store: declared_store(self.store, FUNCTION, OPERATIONS),
             mailer: declared_mailer(self.mailer, FUNCTION, OPERATIONS),
-            purchases: Purchases {
-                documents: billing::access::declared_documents(self.purchases.documents.clone(), FUNCTION, OPERATIONS),
-                ..self.purchases
-            },
+            purchases: self.purchases.declared(FUNCTION, OPERATIONS),
             ..self
         }
     }

@@ -215,19 +215,8 @@ impl Store for EmbeddedStore {
                     matching.push((listing_key(&filter, &subscription), subscription));
                 }
             }
-            matching.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut rest = matching
-                .into_iter()
-                .filter(|(key, _)| after.as_ref().is_none_or(|after| key > after));
-            let page: Vec<_> = rest.by_ref().take(limit).collect();
-            let next = page
-                .last()
-                .filter(|_| rest.next().is_some())
-                .map(|(key, _)| serde_json::json!({"after": key}));
-            Ok(SubscriptionPage {
-                subscriptions: page.into_iter().map(|(_, subscription)| subscription).collect(),
-                next,
-            })
+            let (subscriptions, next) = page_after(matching, after.as_deref(), limit);
+            Ok(SubscriptionPage { subscriptions, next })
         })
         .await
     }
@@ -417,22 +406,30 @@ impl Store for EmbeddedStore {
                     matching.push((key, event));
                 }
             }
-            matching.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut rest = matching
-                .into_iter()
-                .filter(|(key, _)| after.as_ref().is_none_or(|after| key > after));
-            let page: Vec<_> = rest.by_ref().take(limit).collect();
-            let next = page
-                .last()
-                .filter(|_| rest.next().is_some())
-                .map(|(key, _)| serde_json::json!({"after": key}));
-            Ok(KeptEventPage {
-                events: page.into_iter().map(|(_, event)| event).collect(),
-                next,
-            })
+            let (events, next) = page_after(matching, after.as_deref(), limit);
+            Ok(KeptEventPage { events, next })
         })
         .await
     }
+}
+
+/// One page of a list the embedded store sorts itself: the items whose sort key comes after
+/// `after`, at most `limit`, and the cursor of the next page when more follow.
+fn page_after<T>(
+    mut keyed: Vec<(String, T)>,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<T>, Option<serde_json::Value>) {
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rest = keyed
+        .into_iter()
+        .filter(|(key, _)| after.is_none_or(|after| key.as_str() > after));
+    let page: Vec<_> = rest.by_ref().take(limit).collect();
+    let next = page
+        .last()
+        .filter(|_| rest.next().is_some())
+        .map(|(key, _)| serde_json::json!({"after": key}));
+    (page.into_iter().map(|(_, item)| item).collect(), next)
 }
 
 /// Whether a record of an event stands for "handled": not expired, and not an outcome that

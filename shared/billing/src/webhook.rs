@@ -20,7 +20,7 @@ mod receive;
 
 use crate::subscription::{PlanCatalog, Status, Subscription};
 pub use apply::{EventContext, EventError, Handled, REMEMBER_EVENTS_FOR, actor, apply_stripe_event, subscription_of};
-pub use receive::{FAILED, HANDLED_BEFORE, Receiver, receive};
+pub use receive::{FAILED, HANDLED_BEFORE, RECEIVE_OPERATIONS, Receiver, receive};
 
 /// Signatures older (or newer) than this are refused, as Stripe's libraries do.
 pub const TOLERANCE_SECONDS: i64 = 300;

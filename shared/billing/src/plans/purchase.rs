@@ -216,6 +216,31 @@ pub struct Purchases {
     pub prices: Prices,
 }
 
+impl Purchases {
+    /// Purchases keeping books in `documents` and charging through `stripe`, with the trial of
+    /// `SELF_HOSTED_FREE_TRIAL_DAYS` and the list prices.
+    pub fn from_env(
+        env: &dyn crate::config::Environment,
+        documents: Arc<dyn DocumentStore>,
+        stripe: Arc<dyn Billing>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Purchases {
+            documents,
+            stripe,
+            trial_days: crate::config::self_hosted_free_trial_days(env)?,
+            prices: Prices::default(),
+        })
+    }
+
+    /// The same purchases, their documents restricted to what `function` declares.
+    pub fn declared(self, function: &'static str, operations: &'static [crate::access::Operation]) -> Self {
+        Purchases {
+            documents: crate::access::declared_documents(self.documents, function, operations),
+            ..self
+        }
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(key: &str, body: Value) -> Result<T, StoreError> {
     serde_json::from_value(body).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
 }

@@ -8,8 +8,25 @@ use uuid::Uuid;
 
 use super::StripeEvent;
 use super::apply::{EventContext, EventError, Handled, REMEMBER_EVENTS_FOR, apply_stripe_event, subscription_of};
+use crate::access::Operation;
 use crate::plans::purchase::{PurchaseError, Purchases};
 use crate::store::{EventWrite, KEEP_EVENTS_FOR, KeptEvent};
+
+/// The port operations [`receive`] uses: what a function that takes Stripe's events declares.
+pub const RECEIVE_OPERATIONS: &[Operation] = &[
+    Operation::GetSubscription,
+    Operation::FindByStripeSubscription,
+    Operation::FindByStripeCustomer,
+    Operation::RecordEvent,
+    Operation::RecordEventWithWrite,
+    Operation::IsRecorded,
+    Operation::KeepEvent,
+    Operation::SendMail,
+    Operation::GetDocument,
+    Operation::PutDocument,
+    Operation::PutDocuments,
+    Operation::ListDocuments,
+];
 
 /// What handling any event needs.
 #[derive(Clone, Copy)]
