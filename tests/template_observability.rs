@@ -1,0 +1,123 @@
+//! Every function of `template.yaml` can be operated: its logs go to a log group of its own
+//! with a retention, its errors and throttles raise alarms, and every alarm notifies someone.
+//! (Least privilege is `tests/iam_policies.rs`'s.)
+
+use std::collections::BTreeMap;
+
+use serde_norway::Value;
+
+fn template() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
+    serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn resources(template: &Value) -> BTreeMap<String, Value> {
+    template["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(name, resource)| (name.as_str().unwrap().to_owned(), resource.clone()))
+        .collect()
+}
+
+/// The logical name a `!Ref` or `!GetAtt` names (serde_norway reads tags as tagged values).
+fn reference(value: &Value) -> Option<String> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str().map(str::to_owned),
+        Value::Tagged(tagged) if tagged.tag == "GetAtt" => tagged
+            .value
+            .as_str()
+            .and_then(|text| text.split('.').next())
+            .map(str::to_owned),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_function_logs_to_its_own_log_group_with_a_retention() {
+    let template = template();
+    let resources = resources(&template);
+    for (name, function) in resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+    {
+        let group = reference(&function["Properties"]["LoggingConfig"]["LogGroup"])
+            .unwrap_or_else(|| panic!("{name} names no log group"));
+        let group = &resources[&group];
+        assert_eq!(group["Type"], "AWS::Logs::LogGroup", "{name}");
+        assert_eq!(
+            reference(&group["Properties"]["RetentionInDays"]).as_deref(),
+            Some("LogRetentionDays")
+        );
+        assert_eq!(
+            group["Condition"], function["Condition"],
+            "{name}'s log group exists when it does"
+        );
+    }
+    let globals = &template["Globals"]["Function"];
+    assert_eq!(globals["LoggingConfig"]["LogFormat"], "JSON");
+    assert_eq!(globals["Tracing"], "Active");
+}
+
+#[test]
+fn every_function_has_an_errors_and_a_throttles_alarm() {
+    let resources = resources(&template());
+    let alarms: Vec<&Value> = resources
+        .values()
+        .filter(|r| r["Type"] == "AWS::CloudWatch::Alarm" && r["Properties"]["Namespace"] == "AWS/Lambda")
+        .collect();
+    for (name, _) in resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+    {
+        for metric in ["Errors", "Throttles"] {
+            let found = alarms.iter().any(|alarm| {
+                alarm["Properties"]["MetricName"] == metric
+                    && alarm["Properties"]["Dimensions"]
+                        .as_sequence()
+                        .unwrap()
+                        .iter()
+                        .any(|d| d["Name"] == "FunctionName" && reference(&d["Value"]).as_deref() == Some(name))
+            });
+            assert!(found, "{name} has no {metric} alarm");
+        }
+    }
+}
+
+#[test]
+fn every_alarm_notifies_the_alarm_topic() {
+    let resources = resources(&template());
+    let alarms: Vec<(&String, &Value)> = resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::CloudWatch::Alarm")
+        .collect();
+    assert!(alarms.len() > 20);
+    for (name, alarm) in alarms {
+        let actions = alarm["Properties"]["AlarmActions"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} has no action"));
+        assert!(
+            actions
+                .iter()
+                .any(|action| reference(action).as_deref() == Some("AlarmTopic")),
+            "{name} does not notify the alarm topic"
+        );
+    }
+    assert_eq!(resources["AlarmTopic"]["Type"], "AWS::SNS::Topic");
+}
+
+#[test]
+fn the_api_is_throttled_and_the_signup_consumer_bounded() {
+    let resources = resources(&template());
+    let api = &resources["BillingApi"]["Properties"];
+    assert!(!api["DefaultRouteSettings"]["ThrottlingRateLimit"].is_null());
+    let routes = api["RouteSettings"].as_mapping().unwrap();
+    for public in [
+        "POST /api/v1/remotes/server/register",
+        "GET /remote-billing-login/{token}",
+    ] {
+        assert!(routes.contains_key(public), "{public} has no limit of its own");
+    }
+    let signups = &resources["SignupListenerFunction"]["Properties"]["Events"]["Signups"]["Properties"];
+    assert!(!signups["ScalingConfig"]["MaximumConcurrency"].is_null());
+}
