@@ -26,6 +26,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation::CreateSubscription,
     Operation::GetDocument,
     Operation::PutDocument,
+    Operation::ReadSecrets,
 ];
 
 pub struct CreateSubscription {

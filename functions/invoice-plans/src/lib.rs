@@ -24,6 +24,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation::GetDocument,
     Operation::ListDocuments,
     Operation::PutDocuments,
+    Operation::ReadSecrets,
 ];
 
 /// The job and what it needs.

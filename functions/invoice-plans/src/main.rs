@@ -7,7 +7,7 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let job = InvoicePlans::from_env(&ProcessEnvironment).await?;
+    let job = InvoicePlans::from_env(&billing_adapters::secrets::with_secrets(ProcessEnvironment).await?).await?;
     let job = &job;
     run(service_fn(|event: LambdaEvent<serde_json::Value>| async move {
         let deadline = event.context.deadline();

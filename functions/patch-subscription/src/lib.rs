@@ -30,6 +30,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation::UpdateSubscription,
     Operation::GetDocument,
     Operation::PutDocument,
+    Operation::ReadSecrets,
 ];
 
 /// The PATCH endpoint and what it needs.

@@ -62,6 +62,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation::PutDocuments,
     Operation::ListDocuments,
     Operation::SendMail,
+    Operation::ReadSecrets,
 ];
 
 pub struct RemoteServerApi {

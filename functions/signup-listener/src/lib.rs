@@ -31,7 +31,11 @@ use tracing::Instrument;
 pub const FUNCTION: &str = "signup-listener";
 
 /// What this function does with the store; its IAM policy grants exactly these.
-pub const OPERATIONS: &[Operation] = &[Operation::GetSubscription, Operation::CreateSubscription];
+pub const OPERATIONS: &[Operation] = &[
+    Operation::GetSubscription,
+    Operation::CreateSubscription,
+    Operation::ReadSecrets,
+];
 
 pub const ACTOR: &str = "system:signup";
 

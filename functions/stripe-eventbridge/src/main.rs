@@ -7,7 +7,8 @@ use stripe_eventbridge::StripeEventBridge;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let function = StripeEventBridge::from_env(&ProcessEnvironment).await?;
+    let function =
+        StripeEventBridge::from_env(&billing_adapters::secrets::with_secrets(ProcessEnvironment).await?).await?;
     let function = &function;
     run(service_fn(|event: LambdaEvent<serde_json::Value>| async move {
         let deadline = event.context.deadline();

@@ -53,6 +53,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation::PutDocument,
     Operation::PutDocuments,
     Operation::ListDocuments,
+    Operation::ReadSecrets,
 ];
 
 /// How many events a page holds when `limit` is not given.

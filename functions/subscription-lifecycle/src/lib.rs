@@ -32,6 +32,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation::GetSubscription,
     Operation::GetDocument,
     Operation::PutDocument,
+    Operation::ReadSecrets,
 ];
 
 /// The routes this function answers.

@@ -21,6 +21,8 @@ pub enum Resource {
     TableIndexes,
     /// The account's SES identities (the verified sender).
     MailIdentities,
+    /// The Secrets Manager secrets the template names.
+    Secrets,
 }
 
 /// One permission: an IAM action on a resource.
@@ -46,6 +48,10 @@ const QUERY_TABLE: Grant = on_table("dynamodb:Query");
 const QUERY_INDEXES: Grant = Grant {
     action: "dynamodb:Query",
     resource: Resource::TableIndexes,
+};
+const GET_SECRET_VALUE: Grant = Grant {
+    action: "secretsmanager:GetSecretValue",
+    resource: Resource::Secrets,
 };
 const SEND_EMAIL: Grant = Grant {
     action: "ses:SendEmail",
@@ -76,6 +82,8 @@ pub fn grants(operation: Operation) -> &'static [Grant] {
         // PutItem, or a transaction of Puts.
         Operation::PutDocument | Operation::PutDocuments => &[PUT_ITEM],
         Operation::SendMail => &[SEND_EMAIL],
+        // Through the Parameters and Secrets extension, which calls with the function's role.
+        Operation::ReadSecrets => &[GET_SECRET_VALUE],
     }
 }
 

@@ -19,6 +19,8 @@ pub mod dynamo;
 pub mod embedded;
 pub mod iam;
 pub mod mail;
+#[cfg(feature = "secrets")]
+pub mod secrets;
 #[cfg(feature = "stripe")]
 pub mod stripe;
 

@@ -65,11 +65,14 @@ pub enum Operation {
     ListDocuments,
     /// [`Mailer::send`].
     SendMail,
+    /// Reading the function's secrets from Secrets Manager at start (`billing_adapters::secrets`,
+    /// outside the ports: the declaration is the IAM policy's).
+    ReadSecrets,
 }
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 18] = [
+    pub const ALL: [Operation; 19] = [
         Operation::CreateSubscription,
         Operation::GetSubscription,
         Operation::UpdateSubscription,
@@ -88,6 +91,7 @@ impl Operation {
         Operation::PutDocuments,
         Operation::ListDocuments,
         Operation::SendMail,
+        Operation::ReadSecrets,
     ];
 }
 

@@ -12,7 +12,8 @@ use crate::access::Operation;
 use crate::plans::purchase::{PurchaseError, Purchases};
 use crate::store::{EventWrite, KEEP_EVENTS_FOR, KeptEvent};
 
-/// The port operations [`receive`] uses: what a function that takes Stripe's events declares.
+/// The operations [`receive`] needs: what a function that takes Stripe's events declares (its
+/// ports', and reading the Stripe key its purchases call Stripe with).
 pub const RECEIVE_OPERATIONS: &[Operation] = &[
     Operation::GetSubscription,
     Operation::FindByStripeSubscription,
@@ -26,6 +27,7 @@ pub const RECEIVE_OPERATIONS: &[Operation] = &[
     Operation::PutDocument,
     Operation::PutDocuments,
     Operation::ListDocuments,
+    Operation::ReadSecrets,
 ];
 
 /// What handling any event needs.

@@ -1,0 +1,120 @@
+//! Secrets from AWS Secrets Manager, read once per process through the AWS Parameters and
+//! Secrets Lambda Extension (a local HTTP endpoint that caches them), before a function reads
+//! its configuration.
+//!
+//! A function is configured with the *id* of each secret (`STRIPE_SECRET_KEY_SECRET_ID`, ...),
+//! never its value, so no secret is readable from the function's configuration; at start
+//! [`with_secrets`] fetches every one named and exposes it under its plain name
+//! (`STRIPE_SECRET_KEY`), which is what the rest of the code reads. A plain variable set in the
+//! environment wins (the local server and tests set them directly). The extension rather than
+//! the Secrets Manager SDK: no second AWS client to link and initialise in every binary, and
+//! its cache spares warm starts the call (BENCHMARKS.md has the cold-start cost).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use billing::config::{ConfigError, Environment};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The variables that may be given as a secret's id (`<NAME>_SECRET_ID`).
+pub const SECRET_VARIABLES: [&str; 3] = ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "BILLING_TOKEN_KEY"];
+
+/// The extension's port unless `PARAMETERS_SECRETS_EXTENSION_HTTP_PORT` says otherwise.
+const DEFAULT_PORT: u16 = 2773;
+
+/// Each attempt's limit; the extension answers from its cache or one Secrets Manager call.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Attempts per secret: the extension may still be starting on the first invocation.
+const ATTEMPTS: u32 = 3;
+
+/// An environment with the secrets it named resolved.
+pub struct WithSecrets<E> {
+    inner: E,
+    secrets: HashMap<String, String>,
+}
+
+impl<E: Environment> Environment for WithSecrets<E> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.inner.var(name).or_else(|| self.secrets.get(name).cloned())
+    }
+}
+
+/// `env` with every secret it names by id fetched from the extension.
+pub async fn with_secrets<E: Environment>(env: E) -> Result<WithSecrets<E>, ConfigError> {
+    let mut secrets = HashMap::new();
+    for name in SECRET_VARIABLES {
+        let id_variable = format!("{name}_SECRET_ID");
+        let (None, Some(id)) = (env.var(name), env.var(&id_variable)) else {
+            continue;
+        };
+        let value = fetch(&env, &id).await.map_err(|reason| ConfigError::Invalid {
+            name: id_variable.clone(),
+            reason,
+        })?;
+        tracing::info!(variable = name, "secret read from Secrets Manager");
+        secrets.insert(name.to_owned(), value);
+    }
+    Ok(WithSecrets { inner: env, secrets })
+}
+
+/// The secret's string value, or why not (never the value itself).
+async fn fetch(env: &dyn Environment, id: &str) -> Result<String, String> {
+    let port = env
+        .var("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT")
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or(DEFAULT_PORT);
+    // The extension admits only callers holding the function's session token.
+    let token = env
+        .var("AWS_SESSION_TOKEN")
+        .ok_or("AWS_SESSION_TOKEN is not set: the extension admits only the function's own calls")?;
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("secretId", id)
+        .finish();
+    let uri = format!("http://127.0.0.1:{port}/secretsmanager/get?{query}");
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let request = hyper::Request::get(&uri)
+            .header("X-Aws-Parameters-Secrets-Token", &token)
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let answer = tokio::time::timeout(ATTEMPT_TIMEOUT, async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| format!("extension unreachable: {e}"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("extension answer unreadable: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())));
+        match answer {
+            Ok((status, body)) if status.is_success() => {
+                let parsed: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|_| "the extension's answer is not JSON".to_owned())?;
+                return parsed["SecretString"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "the secret has no SecretString (binary secrets are not read)".to_owned());
+            }
+            // 4xx: the id is wrong or access is denied; asking again will not change it.
+            Ok((status, _)) if status.is_client_error() => {
+                return Err(format!("the extension refused secret {id:?}: HTTP {status}"));
+            }
+            Ok((status, _)) => last = format!("HTTP {status}"),
+            Err(error) => last = error,
+        }
+        tracing::warn!(attempt, error = %last, "reading a secret failed; retrying");
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+    }
+    Err(format!("secret {id:?} could not be read: {last}"))
+}
