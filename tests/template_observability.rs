@@ -126,7 +126,10 @@ fn the_api_is_throttled_and_the_signup_consumer_bounded() {
 fn no_secret_is_in_a_function_environment_or_a_parameter_default() {
     let template = template();
     let resources = resources(&template);
-    for (name, function) in resources.iter().filter(|(_, r)| r["Type"] == "AWS::Serverless::Function") {
+    for (name, function) in resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+    {
         let variables = function["Properties"]["Environment"]["Variables"].as_mapping();
         for (variable, _) in variables.into_iter().flatten() {
             let variable = variable.as_str().unwrap();
@@ -139,15 +142,22 @@ fn no_secret_is_in_a_function_environment_or_a_parameter_default() {
             .into_iter()
             .flatten()
             .any(|(variable, _)| variable.as_str().unwrap().ends_with("_SECRET_ID"));
-        let has_the_extension = function["Properties"]["Layers"]
-            .as_sequence()
-            .is_some_and(|layers| layers.iter().any(|l| reference(l).as_deref() == Some("SecretsExtensionLayerArn")));
-        assert_eq!(reads_a_secret, has_the_extension, "{name}: secrets are read through the extension layer");
+        let has_the_extension = function["Properties"]["Layers"].as_sequence().is_some_and(|layers| {
+            layers
+                .iter()
+                .any(|l| reference(l).as_deref() == Some("SecretsExtensionLayerArn"))
+        });
+        assert_eq!(
+            reads_a_secret, has_the_extension,
+            "{name}: secrets are read through the extension layer"
+        );
     }
     for (name, parameter) in template["Parameters"].as_mapping().unwrap() {
         let default = parameter["Default"].as_str().unwrap_or_default();
         assert!(
-            !["sk_", "rk_", "whsec_"].iter().any(|prefix| default.starts_with(prefix)),
+            !["sk_", "rk_", "whsec_"]
+                .iter()
+                .any(|prefix| default.starts_with(prefix)),
             "{name:?} has a secret as its default"
         );
     }
