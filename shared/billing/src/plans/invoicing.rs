@@ -11,10 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::stored::{self, LiveEntry, PLANS_DUE};
-use super::{Entity, InvoiceRun};
-use crate::remote::records::{RealmOwner, realm_owner_key};
-use crate::remote::usage::{UploadMarker, usage_collection};
-use crate::store::{DocumentStore, StoreError, member_key};
+use super::{Entity, InvoiceRun, purchase};
+use crate::store::{DocumentStore, StoreError};
 use crate::stripe::{Billing, BillingError};
 
 /// What the run did with one entity.
@@ -68,34 +66,17 @@ enum Failure {
     NoCustomer,
 }
 
-/// The last upload of the entity's server.
+/// When the server whose uploads count for `entity` last uploaded (`None`: never, or a realm no
+/// server lists).
 async fn last_upload(
     documents: &dyn DocumentStore,
     entity: Entity,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let server = match entity {
-        Entity::Server(server) => server,
-        Entity::Realm(realm) => match documents.get_document(&realm_owner_key(realm), now).await? {
-            Some(owner) => {
-                serde_json::from_value::<RealmOwner>(owner.body)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                    .server_uuid
-            }
-            None => return Ok(None),
-        },
-    };
-    let marker = documents
-        .get_document(&member_key(&usage_collection(server), "marker"), now)
-        .await?;
-    Ok(match marker {
-        Some(document) => {
-            serde_json::from_value::<UploadMarker>(document.body)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                .last_upload_at
-        }
-        None => None,
-    })
+    match purchase::server_of(documents, entity, now).await? {
+        Some(server) => purchase::last_upload_of(documents, server, now).await,
+        None => Ok(None),
+    }
 }
 
 /// How many due plans one read of the index hands out.

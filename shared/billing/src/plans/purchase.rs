@@ -254,35 +254,53 @@ impl Purchases {
 
 /// The billed count and last upload of the entity's server.
 pub async fn usage_of(documents: &dyn DocumentStore, entity: Entity, now: DateTime<Utc>) -> Result<Usage, StoreError> {
-    {
-        let server = match entity {
-            Entity::Server(server) => server,
-            Entity::Realm(realm) => {
-                let key = realm_owner_key(realm);
-                match documents.get_document(&key, now).await? {
-                    Some(owner) => decode::<RealmOwner>(&key, owner.body)?.server_uuid,
-                    None => return Ok(Usage::default()),
-                }
+    let Some(server) = server_of(documents, entity, now).await? else {
+        return Ok(Usage::default());
+    };
+    let last_upload = last_upload_of(documents, server, now).await?;
+    let latest_key = member_key(&usage_collection(server), "latest");
+    let billed = match documents.get_document(&latest_key, now).await? {
+        Some(latest) => {
+            let latest = decode::<LatestCounts>(&latest_key, latest.body)?;
+            match entity {
+                Entity::Realm(realm) => Some(latest.realms.get(&realm).map_or(0, |(_, count)| *count)),
+                Entity::Server(_) => Some(latest.total()),
             }
-        };
-        let collection = usage_collection(server);
-        let marker_key = member_key(&collection, "marker");
-        let last_upload = match documents.get_document(&marker_key, now).await? {
-            Some(marker) => decode::<UploadMarker>(&marker_key, marker.body)?.last_upload_at,
-            None => None,
-        };
-        let latest_key = member_key(&collection, "latest");
-        let billed = match documents.get_document(&latest_key, now).await? {
-            Some(latest) => {
-                let latest = decode::<LatestCounts>(&latest_key, latest.body)?;
-                match entity {
-                    Entity::Realm(realm) => Some(latest.realms.get(&realm).map_or(0, |(_, count)| *count)),
-                    Entity::Server(_) => Some(latest.total()),
-                }
+        }
+        None => None,
+    };
+    Ok(Usage { billed, last_upload })
+}
+
+/// The server whose uploads count for `entity`: itself, or a realm's owner (`None` for a realm
+/// no server has listed).
+pub async fn server_of(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>, StoreError> {
+    match entity {
+        Entity::Server(server) => Ok(Some(server)),
+        Entity::Realm(realm) => {
+            let key = realm_owner_key(realm);
+            match documents.get_document(&key, now).await? {
+                Some(owner) => Ok(Some(decode::<RealmOwner>(&key, owner.body)?.server_uuid)),
+                None => Ok(None),
             }
-            None => None,
-        };
-        Ok(Usage { billed, last_upload })
+        }
+    }
+}
+
+/// When `server` last uploaded its usage, if ever.
+pub async fn last_upload_of(
+    documents: &dyn DocumentStore,
+    server: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let marker_key = member_key(&usage_collection(server), "marker");
+    match documents.get_document(&marker_key, now).await? {
+        Some(marker) => Ok(decode::<UploadMarker>(&marker_key, marker.body)?.last_upload_at),
+        None => Ok(None),
     }
 }
 
