@@ -96,6 +96,20 @@ pub struct PlannedWrite {
 }
 
 impl PlannedWrite {
+    /// A record of the entity's billing history (`audit#<time>#<id>`, read by [`history`]),
+    /// written with the change it records.
+    pub fn audit(entity: Entity, record: Value, now: DateTime<Utc>) -> Self {
+        PlannedWrite {
+            key: member_key(
+                &collection(entity),
+                &format!("audit#{}#{}", now.timestamp_micros(), Uuid::new_v4()),
+            ),
+            body: record,
+            expected: None,
+            expires_at: None,
+        }
+    }
+
     /// As the document store takes it.
     pub fn as_write(&self) -> DocumentWrite<'_> {
         DocumentWrite {

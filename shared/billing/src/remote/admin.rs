@@ -228,15 +228,7 @@ impl RemoteBilling {
                     "event": "discount_changed", "old": old, "new": percent,
                     "actor": actor, "at": now,
                 });
-                writes.push(plans::stored::PlannedWrite {
-                    key: crate::store::member_key(
-                        &plans::stored::collection(entity),
-                        &format!("audit#{}#{}", now.timestamp_micros(), Uuid::new_v4()),
-                    ),
-                    body: audit,
-                    expected: None,
-                    expires_at: None,
-                });
+                writes.push(plans::stored::PlannedWrite::audit(entity, audit, now));
                 let writes: Vec<_> = writes.iter().map(plans::stored::PlannedWrite::as_write).collect();
                 documents.put_documents(&writes, now).await?;
                 tracing::info!(?entity, old, new = percent, "discount changed");
@@ -321,14 +313,11 @@ impl RemoteBilling {
                         Some(version),
                     ));
                 }
-                writes.push(write(
-                    member_key(
-                        &plans::stored::collection(Entity::Realm(realm)),
-                        &format!("audit#{}#{}", now.timestamp_micros(), Uuid::new_v4()),
-                    ),
+                writes.push(PlannedWrite::audit(
+                    Entity::Realm(realm),
                     serde_json::json!({"event": "realm_rehomed", "old_server": old_server,
                                        "new_server": new_server, "actor": actor, "at": now}),
-                    None,
+                    now,
                 ));
                 let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
                 documents.put_documents(&writes, now).await?;
@@ -381,18 +370,14 @@ impl RemoteBilling {
                     (after, cycle)
                 };
                 let mut writes = plans::stored::writes_for(&stored, &after, &changes, now);
-                writes.push(PlannedWrite {
-                    key: member_key(
-                        &plans::stored::collection(entity),
-                        &format!("audit#{}#{}", now.timestamp_micros(), Uuid::new_v4()),
-                    ),
-                    body: serde_json::json!({
+                writes.push(PlannedWrite::audit(
+                    entity,
+                    serde_json::json!({
                         "event": if approve { "sponsorship_approved" } else { "sponsorship_declined" },
                         "actor": actor, "at": now,
                     }),
-                    expected: None,
-                    expires_at: None,
-                });
+                    now,
+                ));
                 let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
                 documents.put_documents(&writes, now).await?;
                 tracing::info!(?entity, approve, "sponsorship decided");
