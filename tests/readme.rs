@@ -43,6 +43,11 @@ fn fresh_machine_path() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_curl_examples_run_as_written() {
+    // (the server's warnings and errors go to the test's output, shown when it fails)
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
     // Given the local server, as `make run` starts it, and the tokens it prints
     let data = tempfile::tempdir().unwrap();
     let options = devserver::Options {

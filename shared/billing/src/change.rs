@@ -355,7 +355,7 @@ pub async fn cancel_subscription(
     actor: &str,
     origin: &str,
 ) -> Result<Subscription, ChangeError> {
-    retry_on_conflict(|attempt| async move {
+    retry_on_conflict(|_| async move {
         let current = context.store.get_subscription(id).await?;
         if current.status == Status::Canceled {
             return Ok(current);
@@ -364,13 +364,24 @@ pub async fn cancel_subscription(
             return Err(ChangeError::NotInStripe);
         };
         let target = current.id.to_string();
-        let canceled = context
+        let canceled = match context
             .billing
-            .cancel(
-                stripe_subscription,
-                &idempotency_key("cancel", &target, &format!("{origin}:{attempt}")),
-            )
-            .await?;
+            .cancel(stripe_subscription, &idempotency_key("cancel", &target, origin))
+            .await
+        {
+            Ok(canceled) => canceled,
+            // A cancel is a DELETE, which Stripe does not replay by key: an attempt after a lost
+            // race (or a redelivered request) finds the subscription canceled already. What
+            // Stripe holds now is the answer.
+            Err(refused @ BillingError::Rejected(_)) => {
+                let now = context.billing.retrieve_subscription(stripe_subscription).await?;
+                if now.status != Status::Canceled {
+                    return Err(refused.into());
+                }
+                now
+            }
+            Err(other) => return Err(other.into()),
+        };
         let mut next = current.clone();
         next.status = canceled.status;
         next.cancel_at_period_end = false;

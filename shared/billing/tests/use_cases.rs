@@ -658,6 +658,37 @@ async fn a_resubscription_that_loses_a_race_makes_one_stripe_subscription() {
     assert_eq!(stored.version, 4);
 }
 
+#[tokio::test]
+async fn a_cancel_that_loses_a_race_to_a_stripe_event_is_stored_not_refused() {
+    // Given an active subscription
+    let world = World::new();
+    let user = Uuid::new_v4();
+    world.provision(user).await.unwrap();
+    // When its owner cancels it and the first write loses a race with another writer (the
+    // trial's end arriving from Stripe, say)
+    let racing = LosesOneRace {
+        inner: world.store.clone(),
+        raced: false.into(),
+    };
+    let canceled = billing::change::cancel_subscription(
+        ChangeContext {
+            store: &racing,
+            ..world.change_context()
+        },
+        user,
+        "user:test",
+        "req-cancel",
+    )
+    .await
+    // Then the retry meets Stripe's first answer, and the cancel is stored
+    .unwrap();
+    assert_eq!(canceled.status, Status::Canceled);
+    assert_eq!(
+        world.store.get_subscription(user).await.unwrap().status,
+        Status::Canceled
+    );
+}
+
 fn customer_updated(id: &str, created: i64, customer: &str, user: Uuid, default_method: Option<&str>) -> StripeEvent {
     StripeEvent {
         id: id.into(),

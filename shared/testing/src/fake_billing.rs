@@ -221,12 +221,20 @@ impl Billing for FakeBilling {
         Ok(subscription.clone())
     }
 
-    async fn cancel(&self, subscription: &str, _key: &str) -> Result<StripeSubscription, BillingError> {
+    async fn cancel(&self, subscription: &str, key: &str) -> Result<StripeSubscription, BillingError> {
         let mut state = self.lock();
         state.call("cancel")?;
-        let subscription = state.subscription(subscription)?;
-        subscription.status = Status::Canceled;
-        Ok(subscription.clone())
+        // As Stripe: a cancel is a DELETE, which takes no idempotency key, and a canceled
+        // subscription cannot be canceled again.
+        let _ = key;
+        let found = state.subscription(subscription)?;
+        if found.status == Status::Canceled {
+            return Err(BillingError::Rejected(format!(
+                "400 invalid_request_error: This subscription has already been canceled: {subscription}"
+            )));
+        }
+        found.status = Status::Canceled;
+        Ok(found.clone())
     }
 
     async fn set_trial_end(
