@@ -38,6 +38,19 @@ fn envelope(event: &Value) -> Value {
     })
 }
 
+/// What the local server answers to `event` delivered as the EventBridge partner bus would.
+async fn deliver_by_eventbridge(server: &devserver::RunningServer, event: &Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("http://{}/_local/eventbridge", server.address))
+        .json(&envelope(event))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_operator_finds_a_subscription_and_reads_who_changed_each_field() {
     // Given a subscription created by an administrator and given a plan by its user
@@ -138,16 +151,7 @@ async fn an_event_that_came_before_its_subscription_is_replayed_once_it_exists()
         "price_basic_monthly",
         5,
     );
-    let base = format!("http://{}", server.address);
-    let delivered: Value = reqwest::Client::new()
-        .post(format!("{base}/_local/eventbridge"))
-        .json(&envelope(&event))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let delivered = deliver_by_eventbridge(&server, &event).await;
     assert_eq!(delivered["outcome"], "unknown_subscription");
     // When the operator asks which events were not applied
     let (status, unapplied) = admin
@@ -263,16 +267,7 @@ async fn an_eventbridge_envelope_is_applied_once_and_the_same_event_by_webhook_i
     // When it arrives through EventBridge, twice
     let mut outcomes = Vec::new();
     for _ in 0..2 {
-        let answer: Value = client
-            .post(format!("{base}/_local/eventbridge"))
-            .json(&envelope(&event))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        outcomes.push(answer["outcome"].clone());
+        outcomes.push(deliver_by_eventbridge(&server, &event).await["outcome"].clone());
     }
     // Then it is applied once
     assert_eq!(outcomes, vec![json!("applied"), json!("duplicate")]);

@@ -5,27 +5,15 @@ use std::sync::Arc;
 use billing::store::{AuditEntry, Store};
 use billing::subscription::{Subscription, SubscriptionChange};
 use billing_http::Cors;
-use billing_testing::{ApiEvent, catalog, embedded_store};
+use billing_testing::{ApiEvent, embedded_store};
 use chrono::Utc;
 use get_subscription::GetSubscription;
 use serde_json::Value;
 use uuid::Uuid;
 
 async fn stored_subscription(store: &dyn Store, user: Uuid) -> Subscription {
-    let change =
-        SubscriptionChange::from_json(format!(r#"{{"user_id": "{user}", "email": "ada@example.com"}}"#).as_bytes())
-            .unwrap();
-    let subscription = change
-        .new_subscription(catalog().get("pending").unwrap(), Utc::now(), Utc::now())
-        .unwrap();
-    store
-        .create_subscription(
-            &subscription,
-            &AuditEntry::between(None, &subscription, "system:test", "create"),
-        )
+    billing_testing::store_pending_subscription(store, serde_json::json!({"user_id": user, "email": "ada@example.com"}))
         .await
-        .unwrap();
-    subscription
 }
 
 fn function(store: Arc<dyn Store>) -> GetSubscription {

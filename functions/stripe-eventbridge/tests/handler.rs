@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use billing::plans::purchase::Purchases;
-use billing::store::{AuditEntry, Store};
-use billing::subscription::{Status, SubscriptionChange};
+use billing::store::Store;
+use billing::subscription::Status;
 use billing::webhook::{EventContext, Handled, Receiver, StripeEvent, receive};
 use billing_adapters::{EmbeddedStore, SystemClock};
 use billing_testing::{FakeBilling, catalog};
@@ -44,23 +44,12 @@ fn function(store: Arc<EmbeddedStore>) -> StripeEventBridge {
 /// The sample's subscriber, trialing on `pending`, linked to the sample's Stripe ids.
 async fn sample_subscriber(store: &dyn Store) {
     let event = &envelope()["detail"]["data"]["object"];
-    let change = SubscriptionChange::from_json(
+    billing_testing::store_pending_subscription(
+        store,
         json!({"user_id": SAMPLE_USER, "email": "ada@example.com", "stripe_customer": event["customer"],
-               "stripe_subscription": event["id"]})
-        .to_string()
-        .as_bytes(),
+               "stripe_subscription": event["id"]}),
     )
-    .unwrap();
-    let subscription = change
-        .new_subscription(catalog().get("pending").unwrap(), Utc::now(), Utc::now())
-        .unwrap();
-    store
-        .create_subscription(
-            &subscription,
-            &AuditEntry::between(None, &subscription, "system:test", "create"),
-        )
-        .await
-        .unwrap();
+    .await;
 }
 
 #[tokio::test]

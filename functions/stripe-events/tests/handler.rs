@@ -120,24 +120,12 @@ impl Fixture {
 
     /// A subscription stored with these Stripe ids, trialing on `pending`.
     async fn stored(&self, user: Uuid, customer: &str, stripe_subscription: &str) -> Subscription {
-        let change = SubscriptionChange::from_json(
+        billing_testing::store_pending_subscription(
+            self.store.as_ref(),
             json!({"user_id": user, "email": "ada@example.com", "stripe_customer": customer,
-                   "stripe_subscription": stripe_subscription})
-            .to_string()
-            .as_bytes(),
+                   "stripe_subscription": stripe_subscription}),
         )
-        .unwrap();
-        let subscription = change
-            .new_subscription(catalog().get("pending").unwrap(), Utc::now(), Utc::now())
-            .unwrap();
-        self.store
-            .create_subscription(
-                &subscription,
-                &AuditEntry::between(None, &subscription, "system:test", "create"),
-            )
-            .await
-            .unwrap();
-        subscription
+        .await
     }
 }
 

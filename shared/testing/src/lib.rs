@@ -189,6 +189,31 @@ pub async fn sandbox_billing(unit_amount: i64, retry: RetryPolicy) -> (RunningSa
     (sandbox, Arc::new(billing))
 }
 
+/// A subscription created from `fields` (a create's JSON: `user_id`, `email`, Stripe ids...) on
+/// `pending`, stored with the audit record of its creation; as stored.
+pub async fn store_pending_subscription(
+    store: &dyn billing::store::Store,
+    fields: Value,
+) -> billing::subscription::Subscription {
+    let change =
+        billing::subscription::SubscriptionChange::from_json(fields.to_string().as_bytes()).expect("a valid create");
+    let subscription = change
+        .new_subscription(
+            catalog().get("pending").expect("the pending plan"),
+            Utc::now(),
+            Utc::now(),
+        )
+        .expect("a new subscription");
+    store
+        .create_subscription(
+            &subscription,
+            &billing::store::AuditEntry::between(None, &subscription, "system:test", "create"),
+        )
+        .await
+        .expect("stored");
+    subscription
+}
+
 /// A subscription as an administrator would create it for a new user, not yet in Stripe
 /// unless `stripe` names its customer and subscription.
 pub fn new_subscription(stripe: Option<(&str, &str)>) -> billing::subscription::Subscription {
