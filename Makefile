@@ -10,12 +10,13 @@ run:
 
 ## Runs every test; installs and starts moto for the DynamoDB, SQS and SES tests, and stops it;
 ## installs Chromium and its driver for the browser test when missing; then checks the Stripe
-## sandbox with Stripe's official Python library, and fuzzes the JSON API against
+## sandbox with Stripe's official Python library (and the Stripe prices script against it and
+## SSM in moto), and fuzzes the JSON API against
 ## docs/openapi.yaml with schemathesis (as an administrator and as a user).
 test:
 	scripts/browser-deps.sh
 	scripts/with-moto.sh cargo test --workspace
-	scripts/check-sandbox-with-stripe-python.sh
+	scripts/with-moto.sh scripts/check-sandbox-with-stripe-python.sh
 	scripts/fuzz-api.sh
 
 ## The lints CI runs: formatting, clippy, the documentation, and the SAM template.

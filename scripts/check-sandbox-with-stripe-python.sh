@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Checks the Stripe sandbox with Stripe's official Python library (pinned, in a cached venv):
-# starts the sandbox binary on a free port, runs the checks, stops it.
+# starts the sandbox binary on a free port, runs the checks, then checks
+# scripts/create-stripe-prices.sh against it and SSM in moto, and stops it. Run it under
+# scripts/with-moto.sh (make test does).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
+  echo "AWS_ENDPOINT_URL is not set: run this under scripts/with-moto.sh (the prices script writes to SSM)" >&2
+  exit 1
+fi
 venv=$("$root/scripts/python-venv.sh" stripe-python 'stripe==16.1.0')
 cargo build -q -p stripe-sandbox --bin stripe-sandbox
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -14,3 +20,5 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "$venv/bin/python" "$root/local/stripe-sandbox/checks/official_python_client.py" "http://127.0.0.1:$port"
+prices_venv=$("$root/scripts/python-venv.sh" stripe-prices 'stripe==16.1.0' 'boto3==1.44.8')
+"$prices_venv/bin/python" "$root/local/stripe-sandbox/checks/create_stripe_prices.py" "http://127.0.0.1:$port"

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use billing::metrics::{REASON, STRIPE_FAILURES, STRIPE_RETRIES};
 use billing::stripe::{Billing, BillingError, SubscriptionTerms, idempotency_key};
 use billing::subscription::Status;
+use billing_testing::Counts;
 use bundle_tests::{billing_for, start_sandbox, stripe_get};
 use chrono::{Duration as Days, Utc};
 use uuid::Uuid;
@@ -89,7 +91,9 @@ async fn concurrent_calls_with_one_key_wait_for_the_first_and_share_its_customer
 }
 
 #[tokio::test]
-async fn transient_failures_are_retried_with_the_same_key() {
+async fn transient_failures_are_retried_with_the_same_key_and_counted() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let sandbox = start_sandbox().await;
     let billing = billing_for(&sandbox);
     let (user, address) = (Uuid::new_v4(), email());
@@ -101,10 +105,14 @@ async fn transient_failures_are_retried_with_the_same_key() {
     assert!(customer.id.starts_with("cus_"));
     let listed = stripe_get(&sandbox, &format!("/v1/customers?email={address}")).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert_eq!(counts.get(STRIPE_RETRIES, &[]), 2, "{:?}", counts.summary());
+    assert_eq!(counts.get(STRIPE_FAILURES, &[(REASON, "unavailable")]), 0);
 }
 
 #[tokio::test]
-async fn failures_outlasting_the_retries_are_unavailable_and_create_nothing() {
+async fn failures_outlasting_the_retries_are_unavailable_create_nothing_and_are_counted() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let sandbox = start_sandbox().await;
     let billing = billing_for(&sandbox);
     let (user, address) = (Uuid::new_v4(), email());
@@ -115,6 +123,8 @@ async fn failures_outlasting_the_retries_are_unavailable_and_create_nothing() {
     assert!(matches!(outcome, Err(BillingError::Unavailable(_))), "{outcome:?}");
     let listed = stripe_get(&sandbox, &format!("/v1/customers?email={address}")).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 0);
+    assert_eq!(counts.get(STRIPE_RETRIES, &[]), 2, "{:?}", counts.summary());
+    assert_eq!(counts.get(STRIPE_FAILURES, &[(REASON, "unavailable")]), 1);
 }
 
 #[tokio::test]
@@ -183,7 +193,9 @@ async fn price_change_payment_method_and_cancellation_reach_the_sandbox() {
 }
 
 #[tokio::test]
-async fn a_declined_card_is_reported_as_declined() {
+async fn a_declined_card_is_reported_as_declined_and_counted_as_refused() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let sandbox = start_sandbox().await;
     let billing = billing_for(&sandbox);
     let customer = billing
@@ -194,6 +206,13 @@ async fn a_declined_card_is_reported_as_declined() {
         .attach_default_payment_method(&customer.id, "pm_card_chargeDeclined", "d:pm")
         .await;
     assert!(matches!(outcome, Err(BillingError::CardDeclined(_))), "{outcome:?}");
+    assert_eq!(
+        counts.get(STRIPE_FAILURES, &[(REASON, "refused")]),
+        1,
+        "{:?}",
+        counts.summary()
+    );
+    assert_eq!(counts.get(STRIPE_RETRIES, &[]), 0);
     let stored = stripe_get(&sandbox, &format!("/v1/customers/{}", customer.id)).await;
     assert_eq!(
         stored["invoice_settings"]["default_payment_method"],

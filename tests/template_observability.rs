@@ -1,5 +1,6 @@
 //! Every function of `template.yaml` can be operated: its logs go to a log group of its own
-//! with a retention, its errors and throttles raise alarms, and every alarm notifies someone.
+//! with a retention, its errors and throttles raise alarms, every alarm notifies someone, and the
+//! dashboard and the metric alarms read the counts the functions write.
 //! (Least privilege is `tests/iam_policies.rs`'s.)
 
 use std::collections::BTreeMap;
@@ -159,6 +160,103 @@ fn no_secret_is_in_a_function_environment_or_a_parameter_default() {
                 .iter()
                 .any(|prefix| default.starts_with(prefix)),
             "{name:?} has a secret as its default"
+        );
+    }
+}
+
+/// The `!Sub "..."` text of a value.
+fn sub_text(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "Sub" => tagged.value.as_str(),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_dashboard_shows_every_metric_the_functions_count_by_the_labels_they_count_with() {
+    let template = template();
+    let resources = resources(&template);
+    let namespace = sub_text(&template["Globals"]["Function"]["Environment"]["Variables"]["METRICS_NAMESPACE"])
+        .expect("the functions are given their metrics namespace");
+    let dashboard = &resources["BillingDashboard"]["Properties"]["DashboardBody"];
+    let Value::Tagged(sub) = dashboard else {
+        panic!("the dashboard body is a !Sub")
+    };
+    let [body, variables] = sub.value.as_sequence().unwrap().as_slice() else {
+        panic!("!Sub [body, variables]")
+    };
+    assert_eq!(sub_text(&variables["MetricsNamespace"]), Some(namespace));
+    let body: serde_json::Value = serde_json::from_str(body.as_str().unwrap()).unwrap();
+    // Every metric line of the service's namespace: [namespace, name, (label, value)?]
+    let mut shown: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for widget in body["widgets"].as_array().unwrap() {
+        for line in widget["properties"]["metrics"].as_array().unwrap() {
+            let line: Vec<&str> = line.as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+            if line[0] == "${MetricsNamespace}" {
+                let labels = shown.entry(line[1].to_owned()).or_default();
+                if let [_, _, label, value] = line.as_slice() {
+                    labels.push(((*label).to_owned(), (*value).to_owned()));
+                }
+            } else if line[2] == "FunctionName" {
+                let function = line[3].trim_start_matches("${").trim_end_matches('}');
+                assert_eq!(resources[function]["Type"], "AWS::Serverless::Function", "{function}");
+            }
+        }
+    }
+    let counted: BTreeMap<&str, &[&str]> = billing::metrics::ALL.iter().copied().collect();
+    assert_eq!(
+        shown.keys().map(String::as_str).collect::<Vec<_>>(),
+        counted.keys().copied().collect::<Vec<_>>(),
+        "the dashboard shows exactly the metrics the functions count"
+    );
+    for (metric, lines) in &shown {
+        for (label, _) in lines {
+            assert!(
+                counted[metric.as_str()].contains(&label.as_str()),
+                "{metric} by {label}"
+            );
+        }
+    }
+    let mut event_outcomes: Vec<&str> = shown["StripeEvents"].iter().map(|(_, v)| v.as_str()).collect();
+    let mut kept_outcomes = billing::store::EVENT_OUTCOMES.to_vec();
+    event_outcomes.sort_unstable();
+    kept_outcomes.sort_unstable();
+    assert_eq!(
+        event_outcomes, kept_outcomes,
+        "every outcome of a Stripe event is drawn"
+    );
+}
+
+#[test]
+fn failed_stripe_events_and_an_unavailable_stripe_raise_alarms_on_the_functions_counts() {
+    let template = template();
+    let resources = resources(&template);
+    let namespace = sub_text(&template["Globals"]["Function"]["Environment"]["Variables"]["METRICS_NAMESPACE"]);
+    let on_counts: Vec<(String, String, String)> = resources
+        .values()
+        .filter(|r| r["Type"] == "AWS::CloudWatch::Alarm" && sub_text(&r["Properties"]["Namespace"]) == namespace)
+        .map(|alarm| {
+            let properties = &alarm["Properties"];
+            let dimension = &properties["Dimensions"][0];
+            let metric = properties["MetricName"].as_str().unwrap().to_owned();
+            let label = dimension["Name"].as_str().unwrap().to_owned();
+            let counted = billing::metrics::ALL.iter().find(|(name, _)| *name == metric);
+            assert!(
+                counted.is_some_and(|(_, labels)| labels.contains(&label.as_str())),
+                "{metric} by {label}"
+            );
+            (metric, label, dimension["Value"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    for wanted in [
+        ("StripeEvents", "Outcome", "failed"),
+        ("StripeFailures", "Reason", "unavailable"),
+    ] {
+        assert!(
+            on_counts
+                .iter()
+                .any(|(m, l, v)| (m.as_str(), l.as_str(), v.as_str()) == wanted),
+            "{wanted:?} in {on_counts:?}"
         );
     }
 }

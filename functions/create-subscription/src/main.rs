@@ -1,16 +1,23 @@
 //! Lambda bootstrap of `POST /subscriptions`.
 
 use billing::config::ProcessEnvironment;
+use billing_adapters::metrics::Metrics;
 use create_subscription::CreateSubscription;
-use lambda_http::{Error, run, service_fn};
+use lambda_http::{Error, Request, RequestExt, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
     let function =
         CreateSubscription::from_env(&billing_adapters::secrets::with_secrets(ProcessEnvironment).await?).await?;
-    run(service_fn(|request| async {
-        Ok::<_, Error>(function.handle(request).await)
+    let metrics = Metrics::install(&ProcessEnvironment)?;
+    run(service_fn(|request: Request| async {
+        let request_id = request.lambda_context_ref().map(|context| context.request_id.clone());
+        Ok::<_, Error>(
+            metrics
+                .counted(&request_id.unwrap_or_default(), function.handle(request))
+                .await,
+        )
     }))
     .await
 }

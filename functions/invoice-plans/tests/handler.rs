@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
+use billing::metrics::{OUTCOME, PLAN_INVOICES};
 use billing::plans::invoicing::EntityOutcome;
 use billing::plans::{self, CountAt, Entity};
 use billing::remote::usage::{UploadMarker, usage_collection};
 use billing::store::{DocumentStore, member_key};
-use billing_testing::{TestClock, embedded_store};
+use billing_testing::{Counts, TestClock, embedded_store};
 use chrono::{DateTime, Duration, Utc};
 use invoice_plans::InvoicePlans;
 use serde_json::{Value, json};
@@ -151,6 +152,8 @@ async fn a_due_plan_is_invoiced_for_its_renewal_and_added_licenses_once() {
 
 #[tokio::test]
 async fn a_plan_whose_server_has_not_uploaded_since_the_due_date_is_deferred() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let f = fixture().await;
     let start = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().to_utc();
     let entity = f.worked_example(start).await;
@@ -164,6 +167,15 @@ async fn a_plan_whose_server_has_not_uploaded_since_the_due_date_is_deferred() {
     assert!(
         matches!(report.outcomes.as_slice(), [EntityOutcome::Invoiced { .. }]),
         "{report:?}"
+    );
+    assert_eq!(
+        [
+            counts.get(PLAN_INVOICES, &[(OUTCOME, "deferred")]),
+            counts.get(PLAN_INVOICES, &[(OUTCOME, "invoiced")])
+        ],
+        [1, 1],
+        "{:?}",
+        counts.summary()
     );
 }
 

@@ -1,7 +1,8 @@
 //! Lambda bootstrap of the remote-billing server API.
 
 use billing::config::ProcessEnvironment;
-use lambda_http::{Error, run, service_fn};
+use billing_adapters::metrics::Metrics;
+use lambda_http::{Error, Request, RequestExt, run, service_fn};
 use remote_billing_server::RemoteServerApi;
 
 #[tokio::main]
@@ -9,8 +10,14 @@ async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
     let function =
         RemoteServerApi::from_env(&billing_adapters::secrets::with_secrets(ProcessEnvironment).await?).await?;
-    run(service_fn(|request| async {
-        Ok::<_, Error>(function.handle(request).await)
+    let metrics = Metrics::install(&ProcessEnvironment)?;
+    run(service_fn(|request: Request| async {
+        let request_id = request.lambda_context_ref().map(|context| context.request_id.clone());
+        Ok::<_, Error>(
+            metrics
+                .counted(&request_id.unwrap_or_default(), function.handle(request))
+                .await,
+        )
     }))
     .await
 }

@@ -591,7 +591,10 @@ async fn wrong_credentials_get_401_with_a_basic_challenge() {
 
 #[tokio::test]
 async fn uploaded_counts_sync_the_ledger_of_a_realms_automatic_plan() {
+    use billing::metrics::{LEDGER_ROWS, LEDGER_SYNCS};
     use billing::plans::{self, Entity};
+    let counts = billing_testing::Counts::default();
+    let _counting = counts.count_here();
     let f = fixture();
     let server = f.registered().await;
     let realm = Uuid::new_v4();
@@ -610,6 +613,12 @@ async fn uploaded_counts_sync_the_ledger_of_a_realms_automatic_plan() {
     let (status, answer) = f.upload(server, &body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["ledger_rows"], 3);
+    assert_eq!(
+        (counts.get(LEDGER_SYNCS, &[]), counts.get(LEDGER_ROWS, &[])),
+        (1, 3),
+        "{:?}",
+        counts.summary()
+    );
     // Then the ledger is API.md's worked example
     let book = plans::stored::load(documents.as_ref(), Entity::Realm(realm), start)
         .await

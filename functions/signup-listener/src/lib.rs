@@ -50,6 +50,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome's label in the [`billing::metrics::SIGNUPS`] count.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::AlreadyExists => "already_exists",
+            Outcome::Ignored => "ignored",
+            Outcome::Poison(_) => "poison",
+            Outcome::Retry(_) => "retry",
+        }
+    }
+
     pub fn acknowledged(&self) -> bool {
         matches!(self, Outcome::Created | Outcome::AlreadyExists | Outcome::Ignored)
     }
@@ -147,6 +158,7 @@ impl SignupListener {
                 Outcome::Retry(reason) => tracing::warn!(reason, "transient failure; SQS will deliver it again"),
                 other => tracing::info!(outcome = ?other, "handled"),
             }
+            billing::metrics::signup(outcome.label());
             outcome
         }
         .instrument(span)

@@ -1,6 +1,7 @@
 //! Lambda bootstrap of the signup queue's consumer.
 
 use billing::config::ProcessEnvironment;
+use billing_adapters::metrics::Metrics;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use signup_listener::SignupListener;
 
@@ -10,9 +11,11 @@ async fn main() -> Result<(), Error> {
     let listener =
         SignupListener::from_env(&billing_adapters::secrets::with_secrets(ProcessEnvironment).await?).await?;
     let listener = &listener;
+    let metrics = Metrics::install(&ProcessEnvironment)?;
     run(service_fn(|event: LambdaEvent<_>| async move {
         let deadline = event.context.deadline();
-        Ok::<_, Error>(listener.handle_within(event.payload, Some(deadline)).await)
+        let work = listener.handle_within(event.payload, Some(deadline));
+        Ok::<_, Error>(metrics.counted(&event.context.request_id, work).await)
     }))
     .await
 }

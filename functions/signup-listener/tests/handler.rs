@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use billing::metrics::{OUTCOME, SIGNUPS};
 use billing::store::{Store, StoreError};
 use billing::subscription::Status;
-use billing_testing::{catalog, embedded_store};
+use billing_testing::{Counts, catalog, embedded_store};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use signup_listener::SignupListener;
@@ -82,6 +83,8 @@ const POISON_ID: &str = "0f6c2a1e-6b8d-4c1a-9e2f-3a4b5c6d7e03";
 
 #[tokio::test]
 async fn a_poison_message_is_reported_alone_and_the_rest_of_its_batch_is_provisioned() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let f = fixture().await;
     let response = f.listener.handle(sample_batch()).await;
     assert_eq!(failed_ids(&response), vec![POISON_ID]);
@@ -98,6 +101,13 @@ async fn a_poison_message_is_reported_alone_and_the_rest_of_its_batch_is_provisi
         );
         assert_eq!(f.store.audit_trail(id).await.unwrap()[0].actor, "system:signup");
     }
+    assert_eq!(
+        counts.get(SIGNUPS, &[(OUTCOME, "created")]),
+        3,
+        "{:?}",
+        counts.summary()
+    );
+    assert_eq!(counts.get(SIGNUPS, &[(OUTCOME, "poison")]), 1);
 }
 
 #[tokio::test]
@@ -131,6 +141,8 @@ async fn a_duplicate_event_with_another_id_for_the_same_user_is_acknowledged_wit
 
 #[tokio::test]
 async fn a_stripe_failure_fails_only_its_item_and_the_retry_makes_no_duplicate() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let f = fixture().await;
     let users: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     let emails: Vec<String> = users.iter().map(|u| format!("{}@example.com", u.simple())).collect();
@@ -152,6 +164,7 @@ async fn a_stripe_failure_fails_only_its_item_and_the_retry_makes_no_duplicate()
         Err(StoreError::NotFound)
     ));
     assert!(f.store.get_subscription(users[0]).await.is_ok() && f.store.get_subscription(users[2]).await.is_ok());
+    assert_eq!(counts.get(SIGNUPS, &[(OUTCOME, "retry")]), 1, "{:?}", counts.summary());
     // When Stripe recovers and SQS delivers it again
     f.sandbox.sandbox.fail_next(0, 500);
     let response = f.listener.handle(batch(vec![messages[1].clone()])).await;

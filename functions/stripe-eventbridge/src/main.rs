@@ -1,6 +1,7 @@
 //! Lambda bootstrap of Stripe's events from an EventBridge partner event source.
 
 use billing::config::ProcessEnvironment;
+use billing_adapters::metrics::Metrics;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use stripe_eventbridge::StripeEventBridge;
 
@@ -10,9 +11,11 @@ async fn main() -> Result<(), Error> {
     let function =
         StripeEventBridge::from_env(&billing_adapters::secrets::with_secrets(ProcessEnvironment).await?).await?;
     let function = &function;
+    let metrics = Metrics::install(&ProcessEnvironment)?;
     run(service_fn(|event: LambdaEvent<serde_json::Value>| async move {
         let deadline = event.context.deadline();
-        let answer = billing::deadline::within(Some(deadline), function.handle(&event.payload)).await?;
+        let work = billing::deadline::within(Some(deadline), function.handle(&event.payload));
+        let answer = metrics.counted(&event.context.request_id, work).await?;
         Ok::<_, Error>(answer)
     }))
     .await

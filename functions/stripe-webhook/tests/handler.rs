@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
+use billing::metrics::{MAILS, OUTCOME, STRIPE_EVENTS};
 use billing::store::{AuditEntry, Store};
 use billing::subscription::{Status, Subscription, SubscriptionChange};
 use billing::webhook::sign;
 use billing_adapters::OutboxMailer;
-use billing_testing::{ApiEvent, catalog, embedded_store};
+use billing_testing::{ApiEvent, Counts, catalog, embedded_store};
 use chrono::Utc;
 use serde_json::{Value, json};
 use stripe_webhook::StripeWebhook;
@@ -168,7 +169,9 @@ async fn forged_missing_and_old_signatures_are_refused_and_store_nothing() {
 }
 
 #[tokio::test]
-async fn the_same_event_twice_is_applied_once() {
+async fn the_same_event_twice_is_applied_once_and_counted_by_outcome() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let f = fixture();
     let stored = f.subscription("sub_c").await;
     let update = event("evt_3", "customer.subscription.updated", "sub_c", "past_due", 100);
@@ -182,6 +185,13 @@ async fn the_same_event_twice_is_applied_once() {
         f.store.get_subscription(stored.id).await.unwrap().status,
         Status::PastDue
     );
+    assert_eq!(
+        counts.get(STRIPE_EVENTS, &[(OUTCOME, "applied")]),
+        1,
+        "{:?}",
+        counts.summary()
+    );
+    assert_eq!(counts.get(STRIPE_EVENTS, &[(OUTCOME, "received")]), 1);
 }
 
 #[tokio::test]
@@ -242,6 +252,8 @@ async fn events_for_unknown_subscriptions_and_other_types_are_acknowledged_and_r
 
 #[tokio::test]
 async fn trial_will_end_mails_the_subscriber_once() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let f = fixture();
     let stored = f.subscription("sub_t").await;
     let warning = event(
@@ -260,6 +272,7 @@ async fn trial_will_end_mails_the_subscriber_once() {
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].to, stored.email);
     assert!(mails[0].subject.contains("trial"));
+    assert_eq!(counts.get(MAILS, &[(OUTCOME, "sent")]), 1, "{:?}", counts.summary());
 }
 
 #[tokio::test]

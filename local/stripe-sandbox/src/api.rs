@@ -1,5 +1,5 @@
 //! The Stripe resources the sandbox keeps and the v1 endpoints over them: customers,
-//! subscriptions and their items, prices, payment methods (Stripe's test cards), and events.
+//! subscriptions and their items, products and prices, payment methods (Stripe's test cards), and events.
 //!
 //! Every endpoint checks its parameters the way Stripe does (unknown parameter, missing
 //! required parameter, no such object) and refuses what the sandbox does not implement rather
@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::objects::{self, NewSubscription, PriceSpec, TestCard};
 
+mod catalog;
 mod checkout;
 mod invoicing;
 
@@ -88,6 +89,7 @@ pub struct State {
     subscriptions: BTreeMap<String, Value>,
     payment_methods: BTreeMap<String, Value>,
     prices: BTreeMap<String, Value>,
+    products: BTreeMap<String, Value>,
     invoices: BTreeMap<String, Value>,
     coupons: BTreeMap<String, Value>,
     discounts: BTreeMap<String, Value>,
@@ -438,8 +440,26 @@ impl State {
     }
 
     pub fn list_prices(&self, params: &Value) -> Outcome {
-        let p = Params::new(params, &["limit", "starting_after", "active", "expand"])?;
-        self.list("/v1/prices", &p, |id| self.prices.get(id))
+        let p = Params::new(
+            params,
+            &["limit", "starting_after", "active", "product", "lookup_keys", "expand"],
+        )?;
+        let active = p.boolean("active")?;
+        let product = p.string("product")?;
+        let lookup_keys: Option<Vec<&str>> = match params.get("lookup_keys") {
+            None => None,
+            Some(Value::Array(keys)) => Some(keys.iter().filter_map(Value::as_str).collect()),
+            Some(_) => return Err(invalid(Some("lookup_keys"), "Invalid array: lookup_keys")),
+        };
+        self.list("/v1/prices", &p, |id| {
+            self.prices.get(id).filter(|price| {
+                active.is_none_or(|a| price["active"] == a)
+                    && product.is_none_or(|p| price["product"] == p)
+                    && lookup_keys
+                        .as_ref()
+                        .is_none_or(|keys| price["lookup_key"].as_str().is_some_and(|k| keys.contains(&k)))
+            })
+        })
     }
 
     // Payment methods

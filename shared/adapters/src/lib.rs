@@ -7,6 +7,7 @@
 //! | `embedded` | [`EmbeddedStore`] (one redb file, or memory) |
 //! | `stripe` | [`StripeBilling`] (async-stripe) |
 //! | `ses` | [`SesMailer`] (SES v2), [`aws`] client settings |
+//! | `metrics` | [`metrics::Metrics`]: the service's counts as CloudWatch Embedded Metric Format |
 //! | (always) | [`OutboxMailer`] (a directory of JSON files), [`SystemClock`] |
 
 #![warn(missing_docs)]
@@ -19,6 +20,8 @@ pub mod dynamo;
 pub mod embedded;
 pub mod iam;
 pub mod mail;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "secrets")]
 pub mod secrets;
 #[cfg(feature = "stripe")]

@@ -125,6 +125,7 @@ impl StripeBilling {
                     attempt,
                     "no time left before the deadline for another Stripe attempt"
                 );
+                billing::metrics::stripe_failure("unavailable");
                 return Err(BillingError::Unavailable(format!(
                     "{operation}: out of time before the invocation's deadline{}",
                     if last.is_empty() {
@@ -142,6 +143,7 @@ impl StripeBilling {
                     last = format!("no answer within {} ms", attempt_time.as_millis());
                     tracing::warn!(operation, attempt, error = %last, "Stripe call timed out; retrying");
                     if attempt < self.retry.attempts {
+                        billing::metrics::stripe_retry();
                         tokio::time::sleep(backoff.min(deadline::remaining().unwrap_or(backoff))).await;
                         backoff *= 4;
                     }
@@ -157,15 +159,18 @@ impl StripeBilling {
                     }
                     Retry::No(error) => {
                         tracing::warn!(operation, attempt, error = %error, "Stripe refused the call");
+                        billing::metrics::stripe_failure("refused");
                         return Err(error);
                     }
                 },
             }
             if attempt < self.retry.attempts {
+                billing::metrics::stripe_retry();
                 tokio::time::sleep(backoff.min(deadline::remaining().unwrap_or(backoff))).await;
                 backoff *= 4;
             }
         }
+        billing::metrics::stripe_failure("unavailable");
         Err(BillingError::Unavailable(format!("{operation}: {last}")))
     }
 }

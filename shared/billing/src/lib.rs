@@ -22,6 +22,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod listing;
 pub mod mail;
+pub mod metrics;
 pub mod paging;
 pub mod plans;
 pub mod provisioning;

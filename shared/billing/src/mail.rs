@@ -35,4 +35,11 @@ pub enum MailError {
 pub trait Mailer: Send + Sync {
     /// Sends the mail; returns the id the mail service gave it.
     async fn send(&self, mail: &Mail) -> Result<String, MailError>;
+
+    /// [`Mailer::send`], counted in [`crate::metrics::MAILS`]: what the use cases call.
+    async fn deliver(&self, mail: &Mail) -> Result<String, MailError> {
+        let sent = self.send(mail).await;
+        crate::metrics::mail(sent.is_ok());
+        sent
+    }
 }

@@ -1,13 +1,15 @@
 //! Fixtures shared by the tests and benches of the functions (a dev-dependency only): the
 //! standard plan catalog with local price ids, throwaway stores and outboxes, clocks, API
 //! Gateway events from the samples in `events/` with the caller, path and body a test needs, and
-//! the benches' timings.
+//! the benches' timings, and an in-memory recorder of the service's metrics.
 
 #![warn(missing_docs)]
 
 mod fake_billing;
+pub mod metrics;
 
 pub use fake_billing::FakeBilling;
+pub use metrics::Counts;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

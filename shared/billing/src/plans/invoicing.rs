@@ -124,6 +124,13 @@ pub async fn invoice_plans(
                     })
                 }
             };
+            if let Some(outcome) = &outcome {
+                crate::metrics::plan_invoice(match outcome {
+                    EntityOutcome::Invoiced { .. } => "invoiced",
+                    EntityOutcome::Deferred { .. } => "deferred",
+                    EntityOutcome::Failed { .. } => "failed",
+                });
+            }
             report.outcomes.extend(outcome);
         }
         cursor = Some(next_cursor);

@@ -402,7 +402,7 @@ impl RemoteBilling {
             if let Some(request) = requests.last()
                 && let Err(error) = self
                     .mailer
-                    .send(&crate::mail::texts::sponsorship_approved(&request.requested_by, &name))
+                    .deliver(&crate::mail::texts::sponsorship_approved(&request.requested_by, &name))
                     .await
             {
                 tracing::error!(%error, ?entity, "the sponsorship approval mail was not sent");

@@ -837,7 +837,7 @@ impl RemoteBilling {
         };
         let link = self.login_url(&claims);
         self.mailer
-            .send(&texts::deactivation_link(
+            .deliver(&texts::deactivation_link(
                 &server.contact_email,
                 &server.hostname,
                 server_uuid,
@@ -955,7 +955,7 @@ impl RemoteBilling {
             self.settings.public_base_url
         );
         self.mailer
-            .send(&texts::login_confirmation(email, &claims.realm_host, &link))
+            .deliver(&texts::login_confirmation(email, &claims.realm_host, &link))
             .await?;
         tracing::info!(server = %claims.server_uuid, "confirmation mail sent");
         Ok(email.to_owned())

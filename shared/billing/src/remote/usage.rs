@@ -452,6 +452,7 @@ impl RemoteBilling {
             ));
         }
         let mut ledger_rows = 0;
+        let mut synced = Vec::new();
         let entities = realm_counts
             .into_iter()
             .map(|(realm, counts)| (Entity::Realm(realm), counts))
@@ -466,6 +467,7 @@ impl RemoteBilling {
             }
             let (after, changes) = plans::sync_ledger(&stored.book, &counts);
             ledger_rows += changes.rows.len();
+            synced.push(changes.rows.len());
             writes.extend(plans::stored::writes_for(&stored, &after, &changes, now));
         }
         if let Some(last) = rows.iter().map(|r| r.id).max() {
@@ -489,6 +491,10 @@ impl RemoteBilling {
         }
         let writes: Vec<DocumentWrite<'_>> = writes.iter().map(PlannedWrite::as_write).collect();
         documents.put_documents(&writes, now).await?;
+        // Counted once written: a chunk that loses a race is read and synced again.
+        for rows in synced {
+            crate::metrics::ledger_synced(rows);
+        }
         Ok(ledger_rows)
     }
 }

@@ -204,7 +204,7 @@ async fn mail_action_required(
     ) {
         match context
             .mailer
-            .send(&texts::payment_action_required(&subscription.email, url))
+            .deliver(&texts::payment_action_required(&subscription.email, url))
             .await
         {
             Ok(id) => tracing::info!(mail = %id, subscription = %subscription.id, "payment action mail sent"),
@@ -229,7 +229,7 @@ async fn mail_trial_end(context: EventContext<'_>, event: &StripeEvent, key: &st
         .or_else(|| super::timestamp(&event.object["trial_end"]));
     match context
         .mailer
-        .send(&texts::trial_ending(&subscription.email, ends))
+        .deliver(&texts::trial_ending(&subscription.email, ends))
         .await
     {
         Ok(id) => tracing::info!(mail = %id, subscription = %subscription.id, "trial end mail sent"),

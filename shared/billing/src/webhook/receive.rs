@@ -61,6 +61,7 @@ pub async fn receive(receiver: Receiver<'_>, event: &StripeEvent, body: &[u8]) -
         Ok(Handled::Duplicate) => (HANDLED_BEFORE, false),
         Err(_) => (FAILED, true),
     };
+    crate::metrics::stripe_event(outcome);
     let subscription_id = match handled {
         Ok(Handled::Applied | Handled::Recorded("stale" | "mailed" | "mail_refused")) => {
             subscription_of(receiver.events.store, event)

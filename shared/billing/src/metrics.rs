@@ -1,0 +1,83 @@
+//! The service's own metrics: what each one counts, and the one place their names and labels
+//! are spelled (the template's dashboard and alarms use the same names; a test compares them).
+//!
+//! They are recorded through the `metrics` facade, so the domain depends on no backend: without
+//! a recorder installed (tests, the local server) a count costs one atomic load; a Lambda
+//! function installs the CloudWatch Embedded Metric Format recorder of
+//! `billing_adapters::metrics` and flushes it after each invocation. Every label is a
+//! CloudWatch dimension, so labels only take values from short fixed lists, never ids.
+
+/// Stripe events received (webhook, EventBridge or replay), by `Outcome`: `applied`, `received`
+/// (handled before), `failed` (the sender delivers again) or what was recorded (`stale`,
+/// `ignored`, `unknown_subscription`, ...).
+pub const STRIPE_EVENTS: &str = "StripeEvents";
+/// Stripe calls attempted again after a network error, a timeout, a 5xx or a 429.
+pub const STRIPE_RETRIES: &str = "StripeRetries";
+/// Stripe calls that failed for good, by `Reason`: `unavailable` (attempts or time ran out) or
+/// `refused` (a 4xx: a declined card, a bad request).
+pub const STRIPE_FAILURES: &str = "StripeFailures";
+/// Signup messages handled, by `Outcome`: `created`, `already_exists`, `ignored`, `retry` (handed
+/// back to SQS) or `poison` (on its way to the dead-letter queue).
+pub const SIGNUPS: &str = "Signups";
+/// Mails handed to the mail service, by `Outcome`: `sent` or `failed`.
+pub const MAILS: &str = "Mails";
+/// Licence ledgers synced from a server's usage upload (one per plan that follows its users).
+pub const LEDGER_SYNCS: &str = "LedgerSyncs";
+/// Ledger rows those syncs appended.
+pub const LEDGER_ROWS: &str = "LedgerRows";
+/// Due self-hosted plans met by the daily invoicing, by `Outcome`: `invoiced`, `deferred` (no
+/// upload since the due date) or `failed` (tried again on the next run).
+pub const PLAN_INVOICES: &str = "PlanInvoices";
+
+/// The label of a count's outcome.
+pub const OUTCOME: &str = "Outcome";
+/// The label of a failure's reason.
+pub const REASON: &str = "Reason";
+
+/// Every metric with the labels it is recorded with, for the checks of the template.
+pub const ALL: &[(&str, &[&str])] = &[
+    (STRIPE_EVENTS, &[OUTCOME]),
+    (STRIPE_RETRIES, &[]),
+    (STRIPE_FAILURES, &[REASON]),
+    (SIGNUPS, &[OUTCOME]),
+    (MAILS, &[OUTCOME]),
+    (LEDGER_SYNCS, &[]),
+    (LEDGER_ROWS, &[]),
+    (PLAN_INVOICES, &[OUTCOME]),
+];
+
+/// Counts one Stripe event by its outcome.
+pub fn stripe_event(outcome: &str) {
+    metrics::counter!(STRIPE_EVENTS, OUTCOME => outcome.to_owned()).increment(1);
+}
+
+/// Counts one Stripe call attempted again.
+pub fn stripe_retry() {
+    metrics::counter!(STRIPE_RETRIES).increment(1);
+}
+
+/// Counts one Stripe call that failed for good.
+pub fn stripe_failure(reason: &'static str) {
+    metrics::counter!(STRIPE_FAILURES, REASON => reason).increment(1);
+}
+
+/// Counts one signup message by its outcome.
+pub fn signup(outcome: &'static str) {
+    metrics::counter!(SIGNUPS, OUTCOME => outcome).increment(1);
+}
+
+/// Counts one mail by whether the mail service took it.
+pub fn mail(sent: bool) {
+    metrics::counter!(MAILS, OUTCOME => if sent { "sent" } else { "failed" }).increment(1);
+}
+
+/// Counts one ledger sync and the rows it appended.
+pub fn ledger_synced(rows: usize) {
+    metrics::counter!(LEDGER_SYNCS).increment(1);
+    metrics::counter!(LEDGER_ROWS).increment(rows as u64);
+}
+
+/// Counts one due plan by what the invoicing did with it.
+pub fn plan_invoice(outcome: &'static str) {
+    metrics::counter!(PLAN_INVOICES, OUTCOME => outcome).increment(1);
+}
