@@ -8,7 +8,8 @@
 #    run them here.
 # 2. Under moto: the in-process benches (bench profile), and cold start, warm invocations and
 #    peak RSS of each x86_64 bootstrap through a Runtime API emulator (scripts/cold_start.py),
-#    with the Stripe sandbox as a process of its own.
+#    with the Stripe sandbox as a process of its own and the secrets read, as deployed, through
+#    a stand-in of the Parameters and Secrets extension.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -20,8 +21,8 @@ fi
 venv=$(scripts/python-venv.sh lambda-build 'cargo-lambda==1.9.2' 'ziglang==0.13.0')
 export PATH="$venv/bin:$PATH"
 functions=(lambda-baseline dynamodb-floor create-subscription get-subscription patch-subscription subscription-lifecycle
-  signup-listener stripe-webhook
-  remote-billing-server remote-billing-pages)
+  stripe-events stripe-eventbridge signup-listener stripe-webhook
+  remote-billing-server remote-billing-pages invoice-plans)
 lambda_packages=()
 for f in "${functions[@]}"; do lambda_packages+=(-p "$f"); done
 cargo lambda build --release --arm64 --output-format zip "${lambda_packages[@]}" --lambda-dir target/lambda-arm64 >&2
@@ -54,7 +55,7 @@ out=$(mktemp)
 {
   echo "Measured $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' with local changes') on $(nproc) cores ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), Rust $(rustc --version | cut -d' ' -f2), cargo-lambda 1.9.2, zig 0.13.0."
   echo
-  echo "### Cold start, warm invocations and memory of each bootstrap (x86_64 release build, Runtime API emulator, DynamoDB and SES in moto, Stripe sandbox)"
+  echo "### Cold start, warm invocations and memory of each bootstrap (x86_64 release build, Runtime API emulator, DynamoDB and SES in moto, Stripe sandbox, secrets through the extension's stand-in)"
   echo
   "$moto_python" scripts/cold_start.py --bin-dir target/lambda-x86_64 --sandbox "$sandbox" --runs 20 --warm 20
   echo

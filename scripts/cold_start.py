@@ -11,6 +11,13 @@ The environment is what Lambda gives a function: credentials in variables (no IM
 region, the runtime's own variables, and the function's configuration. DynamoDB and SES are
 moto (`AWS_ENDPOINT_URL`, plain HTTP on loopback), Stripe is the sandbox (`--sandbox`).
 
+Secrets take the deployed path: a function gets the `*_SECRET_ID` variables template.yaml gives
+it and reads them at start from a stand-in of the Parameters and Secrets extension on loopback
+(answering at once, as the real one does from its cache; a cache miss adds one Secrets Manager
+call, made by the extension, which no local measurement includes). One extra row runs the
+webhook with its secrets as plain variables: the difference is the secrets path's own cost.
+Every function also writes its metrics (`METRICS_NAMESPACE`); the table counts the documents.
+
 usage: cold_start.py --bin-dir target/lambda --sandbox http://127.0.0.1:PORT/ [--runs 20] [--warm 50]
 Prints a markdown table; `--json FILE` also writes the raw numbers.
 """
@@ -134,6 +141,63 @@ class Emulator:
         self.server.server_close()
 
 
+class SecretsExtension:
+    """The Parameters and Secrets extension's local endpoint: `GET /secretsmanager/get?secretId=`
+    for holders of the session token, answered from memory."""
+
+    def __init__(self, secrets, token):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802 (the standard library's name)
+                from urllib.parse import parse_qs, urlparse
+
+                url = urlparse(self.path)
+                secret_id = parse_qs(url.query).get("secretId", [""])[0]
+                if self.headers.get("X-Aws-Parameters-Secrets-Token") != token:
+                    status, body = 401, b""
+                elif url.path != "/secretsmanager/get" or secret_id not in secrets:
+                    status, body = 400, b"ResourceNotFoundException"
+                else:
+                    status, body = 200, json.dumps({"Name": secret_id, "SecretString": secrets[secret_id]}).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self):
+        return self.server.server_address[1]
+
+
+def template_functions():
+    """template.yaml's functions by the binary they run: their environment variables."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: node.value if hasattr(node, "value") else None)
+    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=Loader)
+    functions = {}
+    for resource in template["Resources"].values():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            binary = resource["Metadata"]["BuildProperties"]["Binary"]
+            functions[binary] = (resource["Properties"].get("Environment") or {}).get("Variables") or {}
+    return functions
+
+
+# What the secrets' ids name: the values the plain variables held.
+SECRET_VALUES = {}
+
+
 def sample(name):
     return json.loads((EVENTS / name).read_text())
 
@@ -180,6 +244,19 @@ class Workload:
                 text = base64.b64decode(text)
             created = json.loads(text)["subscriptions"][0]
             self.stripe_subscriptions.setdefault(run, []).append(created["stripe_subscription"])
+
+    def stripe_event(self, run, n):
+        """A newer event each time, for a subscription create-subscription made: the full path
+        (lookup, once-only record, write, ordering mark, kept event), not the unknown-subscription
+        one."""
+        payload = json.loads((EVENTS / "stripe-customer-subscription-updated.json").read_text())
+        self.webhook_events += 1
+        payload["id"] = "evt_bench" + uuid.uuid4().hex[:16]
+        payload["created"] = int(time.time()) + self.webhook_events
+        stripe_subscription = self.stripe_subscriptions[run][n % len(self.stripe_subscriptions[run])]
+        payload["data"]["object"]["id"] = stripe_subscription
+        payload["data"]["object"]["status"] = ["active", "past_due"][self.webhook_events % 2]
+        return payload
 
     def event(self, function, run, n):
         """The `n`th request (0: the cold one) of run `run`."""
@@ -229,20 +306,25 @@ class Workload:
                 record["messageId"] = str(uuid.uuid4())
             return event
         if function == "stripe-webhook":
-            payload = json.loads((EVENTS / "stripe-customer-subscription-updated.json").read_text())
-            # A newer event each time, for a subscription create-subscription made: the full
-            # path (lookup, once-only record, write, ordering mark), not the unknown-subscription one.
-            self.webhook_events += 1
-            payload["id"] = "evt_bench" + uuid.uuid4().hex[:16]
-            payload["created"] = int(time.time()) + self.webhook_events
-            stripe_subscription = self.stripe_subscriptions[run][n % len(self.stripe_subscriptions[run])]
-            payload["data"]["object"]["id"] = stripe_subscription
-            payload["data"]["object"]["status"] = ["active", "past_due"][self.webhook_events % 2]
-            body = json.dumps(payload)
+            body = json.dumps(self.stripe_event(run, n))
             stamp = str(int(time.time()))
             signature = hmac.new(WEBHOOK_SECRET.encode(), f"{stamp}.{body}".encode(), hashlib.sha256).hexdigest()
             return api_event("apigw-stripe-webhook.json", body=body,
                              headers={"stripe-signature": f"t={stamp},v1={signature}"})
+        if function == "stripe-eventbridge":
+            envelope = sample("eventbridge-stripe-event.json")
+            envelope["detail"] = self.stripe_event(run, n)
+            envelope["detail-type"] = envelope["detail"]["type"]
+            envelope["id"] = str(uuid.uuid4())
+            return envelope
+        if function == "stripe-events":
+            # The administrators' review of kept events: one page of one outcome.
+            return api_event("apigw-stripe-events-list.json", caller=(str(uuid.uuid4()), "subscriptions subscriptions_admin"))
+        if function == "invoice-plans":
+            # The daily schedule's event: every plan due now (none in a fresh table: the read of
+            # the due-date index and the report).
+            return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
+                    "source": "aws.events", "detail": {}}
         if function == "remote-billing-server":
             event = api_event("apigw-remote-server-register.json")
             body = json.loads(event["body"])
@@ -256,7 +338,10 @@ class Workload:
         raise ValueError(function)
 
 
-def environment(function, runtime_api, sandbox, table):
+def environment(function, runtime_api, sandbox, table, secrets_port=None):
+    """Lambda's variables and the function's. With `secrets_port`, the secrets the template
+    names by id are read through the extension there, as deployed; without, they are plain
+    variables."""
     env = {
         "PATH": "/usr/bin:/bin",
         "AWS_LAMBDA_RUNTIME_API": runtime_api,
@@ -289,6 +374,15 @@ def environment(function, runtime_api, sandbox, table):
     }
     for plan in ["pending", "free", "basic_monthly", "basic_annual", "business_monthly", "business_annual"]:
         env[f"STRIPE_PRICE_{plan.upper()}"] = f"price_{plan}"
+    env["METRICS_NAMESPACE"] = "Billing/bench"
+    if secrets_port is not None:
+        env["PARAMETERS_SECRETS_EXTENSION_HTTP_PORT"] = str(secrets_port)
+        for variable in TEMPLATE_FUNCTIONS.get(function, {}):
+            if variable.endswith("_SECRET_ID"):
+                name = variable.removesuffix("_SECRET_ID")
+                secret_id = f"bench/{name.lower()}"
+                SECRET_VALUES[secret_id] = env.pop(name)
+                env[variable] = secret_id
     return env
 
 
@@ -310,16 +404,20 @@ def failed_items(function, body):
     answer = json.loads(body)
     if function == "signup-listener":
         return len(answer.get("batchItemFailures") or [])
+    if function == "stripe-eventbridge":
+        return 1 if answer.get("outcome") in ("failed", "refused") else 0
+    if function == "invoice-plans":
+        return sum(1 for outcome in answer.get("outcomes", []) if "Failed" in json.dumps(outcome))
     return 1 if answer.get("statusCode", 200) >= 500 else 0
 
 
-def measure(function, bootstrap, args, workload, tables):
+def measure(row, function, bootstrap, args, workload, tables, secrets_port):
     init, cold, warm, rss = [], [], [], []
-    warnings = failures = 0
+    warnings = failures = documents = 0
     for run in range(args.runs):
         table = tables.before(function, run)
         emulator = Emulator()
-        env = environment(function, emulator.address, args.sandbox, table)
+        env = environment(function, emulator.address, args.sandbox, table, secrets_port)
         first = workload.event(function, run, 0)
         request_id = emulator.invoke(first)
         # The function's log (the runtime writes it to stdout, as Lambda expects) goes to a
@@ -365,7 +463,8 @@ def measure(function, bootstrap, args, workload, tables):
         lines = log.read().decode(errors="replace").splitlines()
         log.close()
         logged = [line for line in lines if re.search(r"\b(WARN|ERROR)\b", line)]
-        tables.after(function, run)
+        documents += sum(1 for line in lines if line.startswith('{"_aws":'))
+        tables.after(row, function, run)
         if logged and not warnings:
             print(f"{function}: first warning logged: {logged[0][:400]}", file=sys.stderr)
         warnings += len(logged)
@@ -380,6 +479,7 @@ def measure(function, bootstrap, args, workload, tables):
         "rss_max": max(rss),
         "warnings": warnings,
         "failures": failures,
+        "metric_documents": documents,
     }
 
 
@@ -415,7 +515,7 @@ def ensure_table(table):
 # create-subscription makes the subscriptions that get, patch and the webhook then work on, in
 # one table.
 CREATE_GROUP = ("create-subscription", "get-subscription", "patch-subscription", "subscription-lifecycle",
-                "stripe-webhook")
+                "stripe-events", "stripe-eventbridge", "stripe-webhook")
 
 
 class Tables:
@@ -442,8 +542,8 @@ class Tables:
             self.made.add(table)
         return table
 
-    def after(self, function, run):
-        if function in CREATE_GROUP[:-1]:
+    def after(self, row, function, run):
+        if function in CREATE_GROUP and row != CREATE_GROUP[-1]:
             return
         import boto3
 
@@ -454,18 +554,26 @@ class Tables:
 
 ensure_table.identity_made = False
 
+# (row, binary, secrets as plain variables): in this order, since the create group's table of a
+# run is dropped after the webhook's row.
+PLAIN_SECRETS_ROW = "stripe-webhook, secrets as plain variables (no extension calls)"
 FUNCTIONS = [
-    "lambda-baseline",
-    "dynamodb-floor",
-    "create-subscription",
-    "get-subscription",
-    "patch-subscription",
-    "subscription-lifecycle",
-    "signup-listener",
-    "stripe-webhook",
-    "remote-billing-server",
-    "remote-billing-pages",
+    ("lambda-baseline", "lambda-baseline", False),
+    ("dynamodb-floor", "dynamodb-floor", False),
+    ("create-subscription", "create-subscription", False),
+    ("get-subscription", "get-subscription", False),
+    ("patch-subscription", "patch-subscription", False),
+    ("subscription-lifecycle", "subscription-lifecycle", False),
+    ("stripe-events", "stripe-events", False),
+    ("stripe-eventbridge", "stripe-eventbridge", False),
+    (PLAIN_SECRETS_ROW, "stripe-webhook", True),
+    ("stripe-webhook", "stripe-webhook", False),
+    ("signup-listener", "signup-listener", False),
+    ("remote-billing-server", "remote-billing-server", False),
+    ("remote-billing-pages", "remote-billing-pages", False),
+    ("invoice-plans", "invoice-plans", False),
 ]
+TEMPLATE_FUNCTIONS = {}
 
 
 def main():
@@ -480,13 +588,16 @@ def main():
         sys.exit("AWS_ENDPOINT_URL is not set: run through scripts/with-moto.sh (make bench does)")
     workload = Workload()
     tables = Tables()
+    TEMPLATE_FUNCTIONS.update(template_functions())
+    extension = SecretsExtension(SECRET_VALUES, "testing")
     results = {}
-    for function in FUNCTIONS:
+    for row, function, plain_secrets in FUNCTIONS:
         bootstrap = args.bin_dir / function / "bootstrap"
         if not bootstrap.exists():
             sys.exit(f"{bootstrap} is missing: build with cargo lambda build --release (make bench does)")
-        results[function] = measure(function, bootstrap, args, workload, tables)
-        print(f"measured {function}: {results[function]}", file=sys.stderr)
+        results[row] = measure(row, function, bootstrap, args, workload, tables,
+                               None if plain_secrets else extension.port)
+        print(f"measured {row}: {results[row]}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     base = results["lambda-baseline"]
@@ -496,14 +607,14 @@ def main():
     print("| function | init p50 (start to first poll) | init p90 | init p50 ratio to DynamoDB floor "
           "| cold start p50 (start to first response) | p90 | max | cold p50 ratio to baseline "
           "| cold p50 ratio to DynamoDB floor | warm p50 (via Runtime API) | warm p99 | peak RSS | warnings logged "
-          "| failed items |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| failed items | metric documents |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for function, r in results.items():
         print(f"| {names.get(function, function)} | {r['init_p50']:.1f} ms | {r['init_p90']:.1f} ms | "
               f"{r['init_p50'] / floor['init_p50']:.2f} | {r['cold_p50']:.1f} ms | "
               f"{r['cold_p90']:.1f} ms | {r['cold_max']:.1f} ms | {r['cold_p50'] / base['cold_p50']:.2f} | "
               f"{r['cold_p50'] / floor['cold_p50']:.2f} | "
-              f"{r['warm_p50']:.2f} ms | {r['warm_p99']:.2f} ms | {r['rss_max']:.1f} MB | {r['warnings']} | {r['failures']} |")
+              f"{r['warm_p50']:.2f} ms | {r['warm_p99']:.2f} ms | {r['rss_max']:.1f} MB | {r['warnings']} | {r['failures']} | {r['metric_documents']} |")
 
 
 

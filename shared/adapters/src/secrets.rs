@@ -42,16 +42,19 @@ impl<E: Environment> Environment for WithSecrets<E> {
     }
 }
 
-/// `env` with every secret it names by id fetched from the extension.
+/// `env` with every secret it names by id fetched from the extension, all at once: on a cold
+/// start each is a Secrets Manager call the extension makes, so they overlap rather than queue.
 pub async fn with_secrets<E: Environment>(env: E) -> Result<WithSecrets<E>, ConfigError> {
+    let named: Vec<(&str, String)> = SECRET_VARIABLES
+        .iter()
+        .filter(|name| env.var(name).is_none())
+        .filter_map(|name| env.var(&format!("{name}_SECRET_ID")).map(|id| (*name, id)))
+        .collect();
+    let fetched = futures_util::future::join_all(named.iter().map(|(_, id)| fetch(&env, id))).await;
     let mut secrets = HashMap::new();
-    for name in SECRET_VARIABLES {
-        let id_variable = format!("{name}_SECRET_ID");
-        let (None, Some(id)) = (env.var(name), env.var(&id_variable)) else {
-            continue;
-        };
-        let value = fetch(&env, &id).await.map_err(|reason| ConfigError::Invalid {
-            name: id_variable.clone(),
+    for ((name, _), value) in named.into_iter().zip(fetched) {
+        let value = value.map_err(|reason| ConfigError::Invalid {
+            name: format!("{name}_SECRET_ID"),
             reason,
         })?;
         tracing::info!(variable = name, "secret read from Secrets Manager");

@@ -3,6 +3,7 @@
 //! admitting only the session token's holder).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use axum::extract::RawQuery;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,9 +15,16 @@ const SESSION_TOKEN: &str = "session-token-of-this-function";
 
 /// The extension's stand-in holding `secrets` (id → value); its port.
 async fn extension(secrets: HashMap<&'static str, &'static str>) -> u16 {
+    slow_extension(secrets, Duration::ZERO).await
+}
+
+/// [`extension`] answering each call after `delay`, as the real one does on a cache miss (a
+/// Secrets Manager call of its own).
+async fn slow_extension(secrets: HashMap<&'static str, &'static str>, delay: Duration) -> u16 {
     let app = axum::Router::new().route(
         "/secretsmanager/get",
         get(move |RawQuery(query): RawQuery, headers: HeaderMap| async move {
+            tokio::time::sleep(delay).await;
             let query: HashMap<String, String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
                 .into_owned()
                 .collect();
@@ -80,6 +88,32 @@ async fn secrets_named_by_id_are_read_once_and_exposed_under_their_plain_names()
     );
     assert_eq!(resolved.var("BILLING_TOKEN_KEY").as_deref(), Some("a-plain-key"));
     assert_eq!(resolved.var("BILLING_TABLE").as_deref(), Some("billing"));
+}
+
+#[tokio::test]
+async fn the_secrets_of_a_cold_start_are_fetched_at_once_not_one_after_another() {
+    // Given an extension that takes 400 ms per secret (each a miss of its cache)
+    let port = slow_extension(
+        HashMap::from([("k", "sk_test_k"), ("w", "whsec_w"), ("t", "token-key")]),
+        Duration::from_millis(400),
+    )
+    .await;
+    // When a function naming all three starts
+    let started = Instant::now();
+    let resolved = with_secrets(env(
+        port,
+        &[
+            ("STRIPE_SECRET_KEY_SECRET_ID", "k"),
+            ("STRIPE_WEBHOOK_SECRET_SECRET_ID", "w"),
+            ("BILLING_TOKEN_KEY_SECRET_ID", "t"),
+        ],
+    ))
+    .await
+    .unwrap();
+    // Then it waits about one call, not three
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(1000), "{waited:?}");
+    assert_eq!(resolved.var("BILLING_TOKEN_KEY").as_deref(), Some("token-key"));
 }
 
 #[tokio::test]
