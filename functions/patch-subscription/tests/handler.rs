@@ -629,6 +629,38 @@ async fn delete_cancels_now_and_a_plan_sent_later_subscribes_again() {
 }
 
 #[tokio::test]
+async fn a_change_after_stripe_canceled_the_subscription_unseen_is_a_409_and_the_cancel_is_stored() {
+    // Given a subscriber whose Stripe subscription was canceled in Stripe (its dashboard, say),
+    // the deleted event not delivered yet
+    let f = fixture().await;
+    let subscription = f.subscriber().await;
+    let stripe_id = subscription.stripe_subscription.clone().unwrap();
+    let url = format!("{}v1/subscriptions/{stripe_id}", f.sandbox.base_url());
+    let canceled = reqwest::Client::new()
+        .delete(url)
+        .bearer_auth("sk_test_handler")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 200);
+    // When the owner asks to cancel at the period's end
+    let event = patch(
+        subscription.id,
+        "subscriptions",
+        subscription.id,
+        &json!({"cancel_at_period_end": true}),
+    );
+    let response = f.function.handle(without_if_match(event)).await;
+    // Then a conflict that says why, not a failure, and the store shows the cancel
+    assert_eq!(response.status(), 409, "{}", body(&response));
+    let errors = &body(&response)["errors"];
+    assert_eq!(errors[0]["slug"], "conflict", "{errors}");
+    assert!(errors[0]["message"].as_str().unwrap().contains("canceled"), "{errors}");
+    let stored = f.store.get_subscription(subscription.id).await.unwrap();
+    assert_eq!(stored.status.as_str(), "canceled");
+}
+
+#[tokio::test]
 async fn someone_elses_subscription_cannot_be_canceled() {
     let f = fixture().await;
     let subscription = f.subscriber().await;

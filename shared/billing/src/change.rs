@@ -36,6 +36,10 @@ pub enum ChangeError {
     /// The change needs Stripe, and the subscription has no Stripe subscription yet.
     #[error("the subscription has no Stripe subscription yet")]
     NotInStripe,
+    /// The subscription is canceled (in Stripe, perhaps before its event arrived): only a new
+    /// plan (subscribing again), the email or the payment method can change.
+    #[error("the subscription is canceled")]
+    Canceled,
     /// Stripe refused or failed.
     #[error("Stripe did not make the change")]
     Billing(#[from] BillingError),
@@ -99,7 +103,17 @@ pub async fn change_subscription(
         // The attempt is part of the key: a re-applied change after a lost race must reach
         // Stripe again, since the race may have changed Stripe in between.
         let attempt_origin = format!("{}:{attempt}", request.origin);
-        let answered = apply_to_stripe(context, &current, request.change, request.origin, &attempt_origin).await?;
+        let answered = match apply_to_stripe(context, &current, request.change, request.origin, &attempt_origin).await {
+            Ok(answered) => answered,
+            // Stripe canceled the subscription and its event has not arrived yet (a trial
+            // ended unpaid, a dashboard cancel): store what Stripe holds, then apply the
+            // change to that, as if the event had come first.
+            Err(ChangeError::Billing(refused @ BillingError::Rejected(_))) => {
+                store_if_canceled_in_stripe(context, &current, refused).await?;
+                return Err(ChangeError::KeptChanging);
+            }
+            Err(other) => return Err(other),
+        };
         let now = context.clock.now();
         let mut next = request.change.apply(&current, now).unwrap_or_else(|| {
             let mut same = current.clone();
@@ -144,6 +158,38 @@ pub async fn change_subscription(
         }
     })
     .await
+}
+
+/// After Stripe refused a change: when Stripe holds the subscription canceled and the store does
+/// not, stores the canceled state (recorded as `reconcile` by `system:stripe`) and returns;
+/// otherwise the refusal stands.
+async fn store_if_canceled_in_stripe(
+    context: ChangeContext<'_>,
+    current: &Subscription,
+    refused: BillingError,
+) -> Result<(), ChangeError> {
+    let (Some(stripe_subscription), false) = (&current.stripe_subscription, current.status == Status::Canceled) else {
+        return Err(refused.into());
+    };
+    let stripe = context.billing.retrieve_subscription(stripe_subscription).await?;
+    if stripe.status != Status::Canceled {
+        return Err(refused.into());
+    }
+    let mut next = current.clone();
+    next.status = Status::Canceled;
+    next.cancel_at_period_end = false;
+    next.current_period_end = stripe.current_period_end;
+    next.version = current.version + 1;
+    next.updated_at = context.clock.now().trunc_subsecs(0).max(current.updated_at);
+    let audit = AuditEntry::between(Some(current), &next, "system:stripe", "reconcile");
+    match context.store.update_subscription(&next, current.version, &audit).await {
+        // Another writer (the deleted event, most likely) got there first: read it again.
+        Ok(()) | Err(StoreError::VersionConflict) => {
+            tracing::info!(subscription = %current.id, "Stripe had canceled the subscription; stored");
+            Ok(())
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 impl crate::store::AsConflict for ChangeError {
@@ -200,6 +246,16 @@ async fn apply_to_stripe(
     let (Some(customer), Some(stripe_subscription)) = (&current.stripe_customer, &current.stripe_subscription) else {
         return Err(ChangeError::NotInStripe);
     };
+    // A canceled subscription's customer may still change its email and card; nothing of the
+    // subscription itself can (Stripe refuses it).
+    let changes_the_subscription = plan_changes.is_some()
+        || discount_change.is_some()
+        || licenses_change.is_some()
+        || trial_changes.is_some()
+        || flag_changes.is_some();
+    if current.status == Status::Canceled && changes_the_subscription {
+        return Err(ChangeError::Canceled);
+    }
     let mut answered = None;
     if let Some(email) = email_changes {
         context

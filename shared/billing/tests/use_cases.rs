@@ -827,3 +827,67 @@ async fn reconcile_of_a_subscription_without_a_stripe_subscription_is_refused() 
         billing::change::reconcile_subscription(world.change_context(), Uuid::new_v4(), "admin:operator").await;
     assert!(matches!(missing, Err(ChangeError::NotFound)), "{missing:?}");
 }
+
+/// A PATCH as the owner sends it, with no `If-Match`.
+async fn patch_as_owner(
+    world: &World,
+    user: Uuid,
+    body: serde_json::Value,
+    origin: &str,
+) -> Result<Subscription, ChangeError> {
+    change_subscription(
+        world.change_context(),
+        ChangeRequest {
+            id: user,
+            change: &change(body),
+            expected_version: None,
+            actor: "user:test",
+            origin,
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_change_to_a_subscription_stripe_canceled_before_its_event_is_a_conflict_and_stores_the_cancel() {
+    // Given a subscription Stripe has canceled, its deleted event not yet arrived
+    let world = World::new();
+    let user = Uuid::new_v4();
+    let provisioned = world.provision(user).await.unwrap();
+    let stripe_id = provisioned.stripe_subscription.clone().unwrap();
+    world
+        .billing
+        .change_behind_our_back(&stripe_id, |s| s.status = Status::Canceled);
+    // When the owner asks to cancel at the period's end
+    let refused = patch_as_owner(&world, user, json!({"cancel_at_period_end": true}), "req-1").await;
+    // Then the change is refused as a conflict, not a failure, and the store shows the cancel
+    assert!(matches!(refused, Err(ChangeError::Canceled)), "{refused:?}");
+    let stored = world.store.get_subscription(user).await.unwrap();
+    assert_eq!((stored.status, stored.cancel_at_period_end), (Status::Canceled, false));
+    let trail = world.store.audit_trail(user).await.unwrap();
+    let last = trail.last().unwrap();
+    assert_eq!(
+        (last.actor.as_str(), last.action.as_str()),
+        ("system:stripe", "reconcile")
+    );
+}
+
+#[tokio::test]
+async fn a_new_plan_for_a_subscription_stripe_canceled_before_its_event_subscribes_again_once() {
+    // Given a subscription Stripe has canceled, its deleted event not yet arrived
+    let world = World::new();
+    let user = Uuid::new_v4();
+    let provisioned = world.provision(user).await.unwrap();
+    let old = provisioned.stripe_subscription.clone().unwrap();
+    world
+        .billing
+        .change_behind_our_back(&old, |s| s.status = Status::Canceled);
+    // When the owner picks a paid plan
+    let stored = patch_as_owner(&world, user, json!({"plan": "basic_monthly"}), "req-2")
+        .await
+        .unwrap();
+    // Then a new Stripe subscription is made (one), and the subscription is on it
+    assert_eq!(world.billing.subscription_count(), 2);
+    assert_ne!(stored.stripe_subscription.as_deref(), Some(old.as_str()));
+    assert_eq!((stored.plan.as_str(), stored.status), ("basic_monthly", Status::Active));
+}

@@ -224,6 +224,10 @@ impl From<ChangeError> for ApiError {
                 Slug::Conflict,
                 "this subscription has no Stripe subscription yet; it cannot change plan or payment method",
             )),
+            ChangeError::Canceled => ApiError::one(FieldError::general(
+                Slug::Conflict,
+                "the subscription is canceled; send a plan to subscribe again",
+            )),
             ChangeError::Billing(error) => error.into(),
             ChangeError::Store(error) => error.into(),
         }

@@ -55,6 +55,18 @@ impl State {
             .get_mut(id)
             .ok_or_else(|| BillingError::Rejected(format!("no such subscription: {id}")))
     }
+
+    /// A subscription an update may change: as Stripe, a canceled one is refused.
+    fn updatable(&mut self, id: &str) -> Result<&mut StripeSubscription, BillingError> {
+        let found = self.subscription(id)?;
+        if found.status == Status::Canceled {
+            return Err(BillingError::Rejected(
+                "400 invalid_request_error: A canceled subscription can only update its cancellation_details and metadata."
+                    .into(),
+            ));
+        }
+        Ok(found)
+    }
 }
 
 impl FakeBilling {
@@ -183,7 +195,7 @@ impl Billing for FakeBilling {
     ) -> Result<StripeSubscription, BillingError> {
         let mut state = self.lock();
         state.call("change_price")?;
-        let subscription = state.subscription(subscription)?;
+        let subscription = state.updatable(subscription)?;
         subscription.price = price.to_owned();
         Ok(subscription.clone())
     }
@@ -216,7 +228,7 @@ impl Billing for FakeBilling {
     ) -> Result<StripeSubscription, BillingError> {
         let mut state = self.lock();
         state.call("set_cancel_at_period_end")?;
-        let subscription = state.subscription(subscription)?;
+        let subscription = state.updatable(subscription)?;
         subscription.cancel_at_period_end = cancel;
         Ok(subscription.clone())
     }
@@ -245,7 +257,7 @@ impl Billing for FakeBilling {
     ) -> Result<StripeSubscription, BillingError> {
         let mut state = self.lock();
         state.call("set_trial_end")?;
-        let subscription = state.subscription(subscription)?;
+        let subscription = state.updatable(subscription)?;
         subscription.trial_end = Some(trial_end);
         subscription.current_period_end = Some(trial_end);
         subscription.status = Status::Trialing;
@@ -266,7 +278,7 @@ impl Billing for FakeBilling {
     ) -> Result<StripeSubscription, BillingError> {
         let mut state = self.lock();
         state.call("set_quantity")?;
-        let subscription = state.subscription(subscription)?;
+        let subscription = state.updatable(subscription)?;
         subscription.quantity = Some(u64::from(quantity));
         Ok(subscription.clone())
     }
@@ -283,7 +295,7 @@ impl Billing for FakeBilling {
     ) -> Result<StripeSubscription, BillingError> {
         let mut state = self.lock();
         state.call("set_discount")?;
-        let answer = state.subscription(subscription)?.clone();
+        let answer = state.updatable(subscription)?.clone();
         if percent == 0 {
             state.discounts.remove(subscription);
         } else {
