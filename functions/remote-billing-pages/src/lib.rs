@@ -141,7 +141,9 @@ impl RemoteBillingPages {
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        serve_page_posting_to(request, Some(&self.checkout_origin), |request| self.route(request)).await
+        let origin = billing_http::origin_of(&request);
+        let work = serve_page_posting_to(request, Some(&self.checkout_origin), |request| self.route(request));
+        billing::remote::service::serving_origin(origin, work).await
     }
 
     async fn route(&self, request: PageRequest) -> Result<PageResponse, RemoteError> {
@@ -347,7 +349,7 @@ impl RemoteBillingPages {
                 now,
             )
             .await?;
-        let base = format!("{}{}", self.remote.settings.public_base_url, session.base_path);
+        let base = format!("{}{}", self.remote.settings.base_url(), session.base_path);
         let outcome = match kind {
             PlanPageKind::Upgrade => self.upgrade(&session, &form, &base, now).await,
             PlanPageKind::Billing => self.change_plan(entity, &form, now).await,

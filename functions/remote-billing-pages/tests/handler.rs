@@ -295,6 +295,31 @@ fn token_of(url: &str) -> String {
 }
 
 #[tokio::test]
+async fn without_a_public_base_url_the_confirmation_link_is_under_the_address_the_page_was_served_at() {
+    // Given a deployment with no PUBLIC_BASE_URL: links follow the request's domain name
+    // (billing.example.com in the page samples)
+    let mut fixture = RemoteFixture::new(5, 20);
+    fixture.remote.settings.public_base_url = String::new();
+    let world = world_on(fixture).await;
+    let token = world.access_token(None).await;
+    // When the user asks for the confirmation mail
+    let form = world.login_page(&token).await;
+    let sent = world
+        .request_confirmation(&token, "owner@example.org", &form.csrf(), "203.0.113.7")
+        .await;
+    // Then the mailed link is absolute, under that address
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
+    let mails = world.mails();
+    assert!(
+        mails[0]
+            .text
+            .contains("https://billing.example.com/remote-billing-login/do_confirm/"),
+        "{}",
+        mails[0].text
+    );
+}
+
+#[tokio::test]
 async fn first_login_confirms_the_email_accepts_the_terms_and_lands_on_the_billing_page() {
     // Given a server's billing link for a user who never logged in
     let world = world().await;

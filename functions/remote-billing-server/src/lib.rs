@@ -122,7 +122,8 @@ impl RemoteServerApi {
             documents: self.remote.records.documents().clone(),
             clock: self.clock.clone(),
         };
-        serve_idempotent(request, &self.cors, &idempotency, |request| async move {
+        let origin = billing_http::origin_of(&request);
+        let work = serve_idempotent(request, &self.cors, &idempotency, |request| async move {
             let now = self.clock.now();
             match request.route_key() {
                 Some(REGISTER_ROUTE) => {
@@ -230,8 +231,8 @@ impl RemoteServerApi {
                 }
                 _ => Err(ApiError::one(FieldError::general(Slug::NotFound, "no such route"))),
             }
-        })
-        .await
+        });
+        billing::remote::service::serving_origin(origin, work).await
     }
 }
 

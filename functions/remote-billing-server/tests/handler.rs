@@ -192,6 +192,38 @@ async fn a_billing_link_carries_a_sealed_two_hour_token_under_the_public_base_ur
 }
 
 #[tokio::test]
+async fn without_a_public_base_url_a_billing_link_is_under_the_address_the_request_came_to() {
+    // Given a deployment with no PUBLIC_BASE_URL (no custom domain, nothing set)
+    let mut remote = RemoteFixture::new(5, 20);
+    remote.remote.settings.public_base_url = String::new();
+    let clock = TestClock::default();
+    let api = RemoteServerApi {
+        remote: remote.remote.clone(),
+        cors: Default::default(),
+        clock: clock.clock(),
+    }
+    .declared();
+    let f = Fixture { remote, clock, api };
+    let server = f.registered().await;
+    // When a server asks for a billing link through the API's own address
+    let (status, body) = f
+        .call(
+            ApiEvent::sample("apigw-remote-server-billing.json")
+                .header("authorization", &basic(server, KEY))
+                .body(&billing_body(Uuid::new_v4(), None))
+                .domain_name("a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com"),
+        )
+        .await;
+    // Then the link is under that address
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let url = body["billing_access_url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/remote-billing-login/"),
+        "{url}"
+    );
+}
+
+#[tokio::test]
 async fn a_realm_registered_to_another_server_is_refused() {
     // Given a realm registered by one server
     let f = fixture();

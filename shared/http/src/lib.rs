@@ -721,6 +721,19 @@ pub fn client_ip_of(request: &Request) -> Option<std::net::IpAddr> {
     }
 }
 
+/// `https://` and the domain name the request came to, as API Gateway saw it (its own
+/// `execute-api` name or a custom domain mapped to the API: never a client's choice).
+pub fn origin_of(request: &Request) -> Option<String> {
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context
+            .domain_name
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .map(|name| format!("https://{name}")),
+        _ => None,
+    }
+}
+
 /// The route key of API Gateway's request context, without a trailing slash.
 pub fn route_key_of(request: &Request) -> Option<&str> {
     match request.request_context_ref() {

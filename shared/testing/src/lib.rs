@@ -421,6 +421,12 @@ impl ApiEvent {
         self
     }
 
+    /// The domain name the request came to (API Gateway's request context).
+    pub fn domain_name(mut self, name: &str) -> Self {
+        self.0["requestContext"]["domainName"] = Value::from(name);
+        self
+    }
+
     /// API Gateway's request id.
     pub fn request_id(mut self, id: &str) -> Self {
         self.0["requestContext"]["requestId"] = Value::from(id);

@@ -19,7 +19,7 @@ use super::records::{
     confirmation_key, rate_key, realm_key, realm_owner_key, server_key, session_key, sha256_hex,
 };
 use super::token::{AccessClaims, NextPage, TokenError, TokenSealer};
-use crate::config::{ConfigError, Environment, optional, required};
+use crate::config::{ConfigError, Environment, optional};
 use crate::errors::{FieldError, Slug, ValidationErrors};
 use crate::mail::{MailError, Mailer, texts};
 use crate::store::{AsConflict, DocumentWrite, StoreError, retry_on_conflict};
@@ -233,10 +233,24 @@ impl RemoteError {
     }
 }
 
+tokio::task_local! {
+    static REQUEST_ORIGIN: String;
+}
+
+/// Runs `work` for a request that came to `origin` (`https://<API Gateway's domain name>`): the
+/// base of the links it hands out when `PUBLIC_BASE_URL` is not set.
+pub async fn serving_origin<F: std::future::Future>(origin: Option<String>, work: F) -> F::Output {
+    match origin {
+        Some(origin) => REQUEST_ORIGIN.scope(origin, work).await,
+        None => work.await,
+    }
+}
+
 /// Settings of remote billing, from the environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteSettings {
-    /// `PUBLIC_BASE_URL`, without a trailing slash: the base of every link we hand out.
+    /// `PUBLIC_BASE_URL`, without a trailing slash: the base of every link we hand out. Empty:
+    /// the address each request came to ([`RemoteSettings::base_url`]).
     pub public_base_url: String,
     /// `REMOTE_BILLING_MAILS_PER_IP_HOUR` (default 5).
     pub mails_per_ip_hour: u32,
@@ -247,7 +261,21 @@ pub struct RemoteSettings {
 }
 
 impl RemoteSettings {
-    /// From `PUBLIC_BASE_URL` and the mail limits' variables.
+    /// The base of the links handed out: `PUBLIC_BASE_URL` when set, else the address the
+    /// request being served came to (set by [`serving_origin`]; API Gateway's domain name, which
+    /// a client cannot choose), so a stack without a custom domain needs no URL of its own
+    /// before it exists.
+    pub fn base_url(&self) -> String {
+        if !self.public_base_url.is_empty() {
+            return self.public_base_url.clone();
+        }
+        REQUEST_ORIGIN.try_with(Clone::clone).unwrap_or_else(|_| {
+            tracing::error!("no PUBLIC_BASE_URL and no request origin: links are relative");
+            String::new()
+        })
+    }
+
+    /// From `PUBLIC_BASE_URL` (optional) and the mail limits' variables.
     pub fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
         let number = |name: &str, default: u32| -> Result<u32, ConfigError> {
             match optional(env, name) {
@@ -259,7 +287,10 @@ impl RemoteSettings {
             }
         };
         Ok(RemoteSettings {
-            public_base_url: required(env, "PUBLIC_BASE_URL")?.trim_end_matches('/').to_owned(),
+            public_base_url: optional(env, "PUBLIC_BASE_URL")
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
             mails_per_ip_hour: number("REMOTE_BILLING_MAILS_PER_IP_HOUR", 5)?,
             mails_per_server_hour: number("REMOTE_BILLING_MAILS_PER_SERVER_HOUR", 20)?,
             registrations_per_ip_hour: number("REMOTE_REGISTRATIONS_PER_IP_HOUR", 10)?,
@@ -950,10 +981,7 @@ impl RemoteBilling {
                 now,
             )
             .await?;
-        let link = format!(
-            "{}/remote-billing-login/do_confirm/{secret}",
-            self.settings.public_base_url
-        );
+        let link = format!("{}/remote-billing-login/do_confirm/{secret}", self.settings.base_url());
         self.mailer
             .deliver(&texts::login_confirmation(email, &claims.realm_host, &link))
             .await?;
@@ -1333,7 +1361,7 @@ impl RemoteBilling {
     fn login_url(&self, claims: &AccessClaims) -> String {
         format!(
             "{}/remote-billing-login/{}",
-            self.settings.public_base_url,
+            self.settings.base_url(),
             self.sealer.seal(claims)
         )
     }
