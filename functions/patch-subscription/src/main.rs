@@ -2,7 +2,7 @@
 
 use billing::config::ProcessEnvironment;
 use billing_adapters::metrics::Metrics;
-use lambda_http::{Error, Request, RequestExt, run, service_fn};
+use lambda_http::Error;
 use patch_subscription::PatchSubscription;
 
 #[tokio::main]
@@ -11,13 +11,9 @@ async fn main() -> Result<(), Error> {
     let function =
         PatchSubscription::from_env(&billing_adapters::secrets::with_secrets(ProcessEnvironment).await?).await?;
     let metrics = Metrics::install(&ProcessEnvironment)?;
-    run(service_fn(|request: Request| async {
-        let request_id = request.lambda_context_ref().map(|context| context.request_id.clone());
-        Ok::<_, Error>(
-            metrics
-                .counted(&request_id.unwrap_or_default(), function.handle(request))
-                .await,
-        )
-    }))
+    billing_http::run_api(
+        |request| function.handle(request),
+        |request_id| metrics.flush(request_id),
+    )
     .await
 }

@@ -742,6 +742,24 @@ pub fn route_key_of(request: &Request) -> Option<&str> {
     }
 }
 
+/// Runs a Lambda bootstrap of the API: each request to `handle`, then `after` with its request
+/// id once it is answered (the bootstraps flush the invocation's metrics there).
+pub async fn run_api<H, Fut, A>(handle: H, after: A) -> Result<(), lambda_http::Error>
+where
+    H: Fn(Request) -> Fut + Sync,
+    Fut: Future<Output = Response<Body>> + Send,
+    A: Fn(&str) + Sync,
+{
+    let (handle, after) = (&handle, &after);
+    lambda_http::run(lambda_http::service_fn(move |request: Request| async move {
+        let request_id = request_id_of(&request);
+        let response = handle(request).await;
+        after(&request_id);
+        Ok::<_, lambda_http::Error>(response)
+    }))
+    .await
+}
+
 /// The API Gateway request id, or a fresh UUID where there is none (the local server).
 pub fn request_id_of(request: &Request) -> String {
     match request.request_context_ref() {
