@@ -1477,7 +1477,12 @@ async fn on_a_legacy_plan_the_owner_schedules_an_upgrade_and_can_cancel_it_from_
     world
         .fixture
         .remote
-        .start_legacy_plan(realm, world.clock.now() + chrono::Duration::days(60), world.clock.now())
+        .start_legacy_plan(
+            realm,
+            world.clock.now() + chrono::Duration::days(60),
+            "admin:test",
+            world.clock.now(),
+        )
         .await
         .unwrap();
     let upgrade = world.plan_page("upgrade", Some(&session)).await;

@@ -32,6 +32,10 @@ pub const DEACTIVATION_LINK_ROUTE: &str = "POST /remote-servers/{server_uuid}/de
 pub const REALM_BILLING_ROUTE: &str = "GET /remote-realms/{realm_uuid}/billing";
 /// Administrators read a server's self-hosted billing.
 pub const SERVER_BILLING_ROUTE: &str = "GET /remote-servers/{server_uuid}/billing";
+/// Administrators read a realm's billing history.
+pub const REALM_AUDIT_ROUTE: &str = "GET /remote-realms/{realm_uuid}/audit";
+/// Administrators read a server's billing history.
+pub const SERVER_AUDIT_ROUTE: &str = "GET /remote-servers/{server_uuid}/audit";
 /// Administrators put a realm on a legacy plan.
 pub const REALM_LEGACY_ROUTE: &str = "POST /remote-realms/{realm_uuid}/legacy-plan";
 /// Administrators put a server on a legacy plan.
@@ -169,8 +173,19 @@ impl RemoteServerApi {
                     let view = self.remote.billing_view(entity, now).await?;
                     Ok(ApiResponse::json(json!({"billing": [view]})))
                 }
-                Some(route @ (REALM_LEGACY_ROUTE | SERVER_LEGACY_ROUTE)) => {
+                Some(route @ (REALM_AUDIT_ROUTE | SERVER_AUDIT_ROUTE)) => {
                     request.principal()?.require_admin()?;
+                    let entity = entity_of(&request, route == REALM_AUDIT_ROUTE)?;
+                    let query = billing::paging::PageQuery::read(
+                        request.query("limit").as_deref(),
+                        request.query("cursor").as_deref(),
+                        billing::audit::DEFAULT_LIMIT,
+                    )?;
+                    Ok(ApiResponse::json(self.remote.history_page(entity, &query, now).await?))
+                }
+                Some(route @ (REALM_LEGACY_ROUTE | SERVER_LEGACY_ROUTE)) => {
+                    let principal = request.principal()?;
+                    principal.require_admin()?;
                     let entity = entity_of(&request, route == REALM_LEGACY_ROUTE)?;
                     let body: LegacyPlanRequest = request.json_body_with(read_json)?;
                     let end_date = chrono::DateTime::from_timestamp(body.end_date, 0).ok_or_else(|| {
@@ -180,7 +195,8 @@ impl RemoteServerApi {
                             "must be Unix seconds",
                         ))
                     })?;
-                    let view = self.remote.start_legacy_plan(entity, end_date, now).await?;
+                    let actor = format!("admin:{}", principal.user_id);
+                    let view = self.remote.start_legacy_plan(entity, end_date, &actor, now).await?;
                     Ok(ApiResponse::json(json!({"billing": [view]})))
                 }
                 Some(route @ (REALM_DISCOUNT_ROUTE | SERVER_DISCOUNT_ROUTE)) => {

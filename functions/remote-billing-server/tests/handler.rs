@@ -1105,3 +1105,87 @@ async fn an_administrators_keyed_discount_repeated_is_answered_again_and_recorde
             .unwrap();
     assert_eq!(history.len(), 1);
 }
+
+impl Fixture {
+    async fn history(&self, realm: Uuid, scope: &str, query: &[(&str, &str)]) -> (StatusCode, Value) {
+        let path = format!("/remote-realms/{realm}/audit");
+        self.call(
+            ApiEvent::sample("apigw-remote-server-register.json")
+                .route(REALM_AUDIT_ROUTE, &path, &[("realm_uuid", &realm.to_string())])
+                .caller(Uuid::new_v4(), scope)
+                .query(query),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn administrators_read_an_entitys_billing_history_oldest_first_a_page_at_a_time() {
+    // Given a realm given a legacy plan, then a discount twice, by administrators
+    let f = fixture();
+    let (_, realm) = f.server_with_a_realm().await;
+    let legacy = format!("/remote-realms/{realm}/legacy-plan");
+    let end = (f.clock.now() + chrono::Duration::days(90)).timestamp();
+    let started = f
+        .admin_post(
+            REALM_LEGACY_ROUTE,
+            &legacy,
+            ("realm_uuid", realm),
+            ADMIN,
+            &json!({"end_date": end}),
+        )
+        .await;
+    assert_eq!(started.0, StatusCode::OK, "{}", started.1);
+    let discount = format!("/remote-realms/{realm}/discount");
+    for percent in [10, 20] {
+        f.clock.advance(chrono::Duration::seconds(1));
+        let set = f
+            .admin_post(
+                REALM_DISCOUNT_ROUTE,
+                &discount,
+                ("realm_uuid", realm),
+                ADMIN,
+                &json!({"percent": percent}),
+            )
+            .await;
+        assert_eq!(set.0, StatusCode::OK, "{}", set.1);
+    }
+    // When an administrator reads the history two records at a time
+    let (status, first) = f.history(realm, ADMIN, &[("limit", "2")]).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_owned();
+    let (status, second) = f.history(realm, ADMIN, &[("limit", "2"), ("cursor", &cursor)]).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    // Then every change is there once, oldest first, with who made it
+    let events: Vec<(Value, Value)> = first["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["audit"].as_array().unwrap())
+        .map(|record| (record["event"].clone(), record["new"].clone()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (json!("legacy_plan_started"), Value::Null),
+            (json!("discount_changed"), json!(10)),
+            (json!("discount_changed"), json!(20)),
+        ]
+    );
+    assert!(first["audit"][0]["actor"].as_str().unwrap().starts_with("admin:"));
+    assert_eq!(second["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_billing_history_is_for_administrators_of_known_entities_with_readable_cursors() {
+    let f = fixture();
+    let (_, realm) = f.server_with_a_realm().await;
+    // A user is refused, an unknown realm is not found, a forged cursor is a clear 400
+    assert_eq!(f.history(realm, "subscriptions", &[]).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(f.history(Uuid::new_v4(), ADMIN, &[]).await.0, StatusCode::NOT_FOUND);
+    let (status, body) = f.history(realm, ADMIN, &[("cursor", "eyJhZnRlciI6InBsYW4jMSJ9")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // And a realm with no recorded change has an empty history
+    let (status, body) = f.history(realm, ADMIN, &[]).await;
+    assert_eq!((status, &body["audit"]), (StatusCode::OK, &json!([])), "{body}");
+}

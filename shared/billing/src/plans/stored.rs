@@ -271,6 +271,31 @@ pub async fn save(
     documents.put_documents(&writes, now).await
 }
 
+/// At most `limit` records of an entity's history after the member `after` (from the first
+/// without), oldest first, and the member to continue after when more follow.
+pub async fn history_page(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    after: Option<&str>,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Value>, Option<String>), StoreError> {
+    // One more than asked tells whether another page follows.
+    let mut page = documents
+        .list_documents_range(
+            &collection(entity),
+            Some(after.unwrap_or("audit#")),
+            "audit#~",
+            limit + 1,
+            now,
+        )
+        .await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = page.last().filter(|_| more).map(|(member, _)| member.clone());
+    Ok((page.into_iter().map(|(_, document)| document.body).collect(), next))
+}
+
 /// The recorded history of an entity's billing (`audit#<time>#<id>` members: discount changes,
 /// sponsorship decisions, re-homing), oldest first.
 pub async fn history(

@@ -103,26 +103,70 @@ pub struct BillingView {
 }
 
 impl RemoteBilling {
-    /// The billing of a realm or a server, for administrators. An entity never registered is
-    /// [`RemoteError::UnknownRealm`] or [`RemoteError::UnknownServer`].
-    pub async fn billing_view(&self, entity: Entity, now: DateTime<Utc>) -> Result<BillingView, RemoteError> {
-        let server = match entity {
-            Entity::Realm(realm) => {
-                self.records
-                    .get::<RealmOwner>(&realm_owner_key(realm), now)
-                    .await?
-                    .ok_or(RemoteError::UnknownRealm)?
-                    .0
-                    .server_uuid
-            }
+    /// The server an entity belongs to (a server its own): [`RemoteError::UnknownRealm`] or
+    /// [`RemoteError::UnknownServer`] when it was never registered.
+    async fn server_of_entity(&self, entity: Entity, now: DateTime<Utc>) -> Result<Uuid, RemoteError> {
+        match entity {
+            Entity::Realm(realm) => Ok(self
+                .records
+                .get::<RealmOwner>(&realm_owner_key(realm), now)
+                .await?
+                .ok_or(RemoteError::UnknownRealm)?
+                .0
+                .server_uuid),
             Entity::Server(server) => {
                 self.records
                     .get::<RemoteServer>(&server_key(server), now)
                     .await?
                     .ok_or(RemoteError::UnknownServer)?;
-                server
+                Ok(server)
             }
+        }
+    }
+
+    /// One page of an entity's billing history for administrators (`GET
+    /// /remote-realms/{uuid}/audit`, `/remote-servers/{uuid}/audit`): the records written with
+    /// each change (discounts, legacy plans, sponsorship decisions, re-homing), oldest first, as
+    /// `{"audit": [...], "next_cursor"}`.
+    pub async fn history_page(
+        &self,
+        entity: Entity,
+        query: &crate::paging::PageQuery,
+        now: DateTime<Utc>,
+    ) -> Result<serde_json::Value, RemoteError> {
+        self.server_of_entity(entity, now).await?;
+        let after = match &query.cursor {
+            None => None,
+            Some(cursor) => Some(
+                cursor["after"]
+                    .as_str()
+                    .filter(|key| key.starts_with("audit#"))
+                    .ok_or_else(|| {
+                        RemoteError::Invalid(crate::errors::ValidationErrors(
+                            vec![crate::paging::unreadable_cursor()],
+                        ))
+                    })?
+                    .to_owned(),
+            ),
         };
+        let (records, next) = plans::stored::history_page(
+            self.records.documents().as_ref(),
+            entity,
+            after.as_deref(),
+            query.limit,
+            now,
+        )
+        .await?;
+        Ok(serde_json::json!({
+            "audit": records,
+            "next_cursor": next.map(|after| crate::paging::encode(&serde_json::json!({"after": after}))),
+        }))
+    }
+
+    /// The billing of a realm or a server, for administrators. An entity never registered is
+    /// [`RemoteError::UnknownRealm`] or [`RemoteError::UnknownServer`].
+    pub async fn billing_view(&self, entity: Entity, now: DateTime<Utc>) -> Result<BillingView, RemoteError> {
+        let server = self.server_of_entity(entity, now).await?;
         let stored = plans::stored::load(self.records.documents().as_ref(), entity, now).await?;
         let collection = usage_collection(server);
         let marker = self
@@ -171,10 +215,12 @@ pub const ADMIN_ACTOR: &str = "admin";
 impl RemoteBilling {
     /// `POST /{entity}/legacy-plan`: a complimentary plan until `end_date`; refused (conflict)
     /// while the entity, its server or any of its realms has a live plan.
+    /// Recorded in the entity's history as `legacy_plan_started` by `actor`.
     pub async fn start_legacy_plan(
         &self,
         entity: Entity,
         end_date: DateTime<Utc>,
+        actor: &str,
         now: DateTime<Utc>,
     ) -> Result<BillingView, RemoteError> {
         self.billing_view(entity, now).await?;
@@ -193,7 +239,15 @@ impl RemoteBilling {
                 let (after, changes) =
                     plans::start_legacy(&stored.book, end_date, usage.billed.unwrap_or(0), now, Uuid::new_v4())
                         .map_err(plan_refusal)?;
-                plans::stored::save(documents.as_ref(), &stored, &after, &changes, now).await?;
+                let mut writes = plans::stored::writes_for(&stored, &after, &changes, now);
+                writes.push(PlannedWrite::audit(
+                    entity,
+                    serde_json::json!({"event": "legacy_plan_started", "end_date": end_date,
+                                       "actor": actor, "at": now}),
+                    now,
+                ));
+                let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
+                documents.put_documents(&writes, now).await?;
                 tracing::info!(?entity, %end_date, "legacy plan started");
                 Ok::<_, RemoteError>(())
             }
