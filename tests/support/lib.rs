@@ -36,17 +36,7 @@ pub fn billing_for(sandbox: &RunningSandbox) -> StripeBilling {
 }
 
 /// A plain HTTP GET of the sandbox's API, as a person checking on it would make.
-pub async fn stripe_get(sandbox: &RunningSandbox, path_and_query: &str) -> serde_json::Value {
-    let url = format!("{}{}", sandbox.base_url(), path_and_query.trim_start_matches('/'));
-    let response = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(TEST_KEY)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert!(response.status().is_success(), "GET {url}: {}", response.status());
-    response.json().await.expect("a JSON body")
-}
+pub use billing_testing::stripe_get;
 
 pub use billing_testing::moto_endpoint;
 

@@ -88,19 +88,6 @@ impl Fixture {
             .await
             .unwrap();
     }
-
-    async fn stripe(&self, path: &str) -> Value {
-        let url = format!("{}{}", self.sandbox.base_url(), path.trim_start_matches('/'));
-        reqwest::Client::new()
-            .get(url)
-            .bearer_auth("sk_test_handler")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
 }
 
 fn at_event(at: DateTime<Utc>) -> Value {
@@ -133,7 +120,7 @@ async fn a_due_plan_is_invoiced_for_its_renewal_and_added_licenses_once() {
     else {
         panic!("{report:?}");
     };
-    let stripe = f.stripe(&format!("/v1/invoices/{invoice}")).await;
+    let stripe = billing_testing::stripe_get(&f.sandbox, &format!("/v1/invoices/{invoice}")).await;
     assert_eq!(stripe["status"], "open", "finalized, charged automatically by Stripe");
     assert_eq!(
         stripe["amount_due"].as_i64().unwrap(),
@@ -204,7 +191,7 @@ async fn a_run_that_failed_between_the_items_and_the_invoice_is_safe_to_run_agai
         panic!("{report:?}");
     };
     // Then the invoice has each item once
-    let stripe = f.stripe(&format!("/v1/invoices/{invoice}")).await;
+    let stripe = billing_testing::stripe_get(&f.sandbox, &format!("/v1/invoices/{invoice}")).await;
     assert_eq!(stripe["lines"]["data"].as_array().unwrap().len(), 2, "{stripe}");
     assert_eq!(stripe["amount_due"].as_i64().unwrap(), 17 * prorated(4) + 21 * 350);
     let _ = f.clock.now();

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use billing::provisioning::{Provision, provision};
 use billing::store::Store;
-use billing::subscription::{Subscription, SubscriptionChange};
 use billing_http::Cors;
 use billing_testing::{ApiEvent, catalog, embedded_store};
 use chrono::{Timelike, Utc};
@@ -43,40 +41,6 @@ async fn fixture() -> Fixture {
     }
 }
 
-impl Fixture {
-    /// A subscription created the way administrators and signups create them.
-    async fn subscriber(&self) -> Subscription {
-        let user = Uuid::new_v4();
-        let change =
-            SubscriptionChange::from_json(format!(r#"{{"user_id": "{user}", "email": "ada@example.com"}}"#).as_bytes())
-                .unwrap();
-        let catalog = catalog();
-        let request = Provision {
-            change: &change,
-            plan: catalog.get("pending").unwrap(),
-            trial_start: None,
-            actor: "system:test",
-            now: Utc::now(),
-        };
-        provision(self.store.as_ref(), self.function.billing.as_ref(), request)
-            .await
-            .unwrap()
-    }
-
-    async fn stripe(&self, path: &str) -> Value {
-        let url = format!("{}{}", self.sandbox.base_url(), path.trim_start_matches('/'));
-        reqwest::Client::new()
-            .get(url)
-            .bearer_auth("sk_test_handler")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
 fn patch(caller: Uuid, scope: &str, id: Uuid, body: &Value) -> ApiEvent {
     ApiEvent::sample("apigw-patch-subscription.json")
         .caller(caller, scope)
@@ -98,7 +62,8 @@ fn without_if_match(event: ApiEvent) -> lambda_http::Request {
 #[tokio::test]
 async fn owner_picks_a_plan_and_attaches_a_card_in_stripe_then_in_the_store() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let request = without_if_match(patch(
         mine.id,
         "subscriptions",
@@ -113,19 +78,20 @@ async fn owner_picks_a_plan_and_attaches_a_card_in_stripe_then_in_the_store() {
     assert_eq!(changed["version"], 2);
     assert_eq!(response.headers()["etag"], "\"2\"");
     // Stripe's subscription item has the plan's price, the customer the card as default
-    let subscription = f
-        .stripe(&format!("/v1/subscriptions/{}", mine.stripe_subscription.unwrap()))
-        .await;
+    let subscription = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!("/v1/subscriptions/{}", mine.stripe_subscription.unwrap()),
+    )
+    .await;
     assert_eq!(subscription["items"]["data"][0]["price"]["id"], "price_basic_monthly");
-    let customer = f
-        .stripe(&format!("/v1/customers/{}", mine.stripe_customer.unwrap()))
-        .await;
+    let customer =
+        billing_testing::stripe_get(&f.sandbox, &format!("/v1/customers/{}", mine.stripe_customer.unwrap())).await;
     let method = customer["invoice_settings"]["default_payment_method"]
         .as_str()
         .unwrap()
         .to_owned();
     assert_eq!(
-        f.stripe(&format!("/v1/payment_methods/{method}")).await["card"]["last4"],
+        billing_testing::stripe_get(&f.sandbox, &format!("/v1/payment_methods/{method}")).await["card"]["last4"],
         "4242"
     );
 }
@@ -133,7 +99,8 @@ async fn owner_picks_a_plan_and_attaches_a_card_in_stripe_then_in_the_store() {
 #[tokio::test]
 async fn patch_by_non_admin_cannot_change_status_or_trial_end_and_nothing_changes() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let request = without_if_match(patch(
         mine.id,
         "subscriptions",
@@ -152,7 +119,8 @@ async fn patch_by_non_admin_cannot_change_status_or_trial_end_and_nothing_change
 #[tokio::test]
 async fn non_admin_choosing_free_is_refused() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let response = f
         .function
         .handle(without_if_match(patch(
@@ -170,7 +138,8 @@ async fn non_admin_choosing_free_is_refused() {
 #[tokio::test]
 async fn admin_may_change_system_properties_of_anyones_subscription() {
     let f = fixture().await;
-    let theirs = f.subscriber().await;
+    let theirs =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let request = without_if_match(patch(
         Uuid::new_v4(),
         "subscriptions_admin",
@@ -190,7 +159,8 @@ async fn admin_may_change_system_properties_of_anyones_subscription() {
 #[tokio::test]
 async fn someone_elses_subscription_cannot_be_patched() {
     let f = fixture().await;
-    let theirs = f.subscriber().await;
+    let theirs =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let response = f
         .function
         .handle(without_if_match(patch(
@@ -207,7 +177,8 @@ async fn someone_elses_subscription_cannot_be_patched() {
 #[tokio::test]
 async fn stale_if_match_is_a_failed_precondition_and_changes_nothing() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let response = f
         .function
         .handle(
@@ -242,7 +213,8 @@ async fn stale_if_match_is_a_failed_precondition_and_changes_nothing() {
 #[tokio::test]
 async fn change_that_changes_nothing_answers_200_and_writes_nothing() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let response = f
         .function
         .handle(without_if_match(patch(
@@ -271,7 +243,8 @@ async fn change_that_changes_nothing_answers_200_and_writes_nothing() {
 #[tokio::test]
 async fn empty_change_is_missing() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let response = f
         .function
         .handle(without_if_match(patch(mine.id, "subscriptions", mine.id, &json!({}))))
@@ -283,7 +256,8 @@ async fn empty_change_is_missing() {
 #[tokio::test]
 async fn declined_card_is_invalid_value_and_nothing_is_stored() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let request = without_if_match(patch(
         mine.id,
         "subscriptions",
@@ -299,7 +273,8 @@ async fn declined_card_is_invalid_value_and_nothing_is_stored() {
 #[tokio::test]
 async fn stripe_down_is_502_and_nothing_is_stored() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     f.sandbox.sandbox.fail_next(10, 503);
     let response = f
         .function
@@ -317,7 +292,8 @@ async fn stripe_down_is_502_and_nothing_is_stored() {
 #[tokio::test]
 async fn concurrent_patches_without_if_match_keep_each_others_fields() {
     let f = fixture().await;
-    let mine = f.subscriber().await;
+    let mine =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let changes = [
         json!({"email": "new@example.com"}),
         json!({"cancel_at_period_end": true}),
@@ -348,7 +324,8 @@ async fn concurrent_patches_without_if_match_keep_each_others_fields() {
 async fn a_non_admin_sending_a_malformed_system_field_and_an_unknown_one_gets_both_errors_as_403() {
     // Given a subscriber
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     // When they send a status (of the wrong type, too) and a field that does not exist
     let event = patch(
         subscription.id,
@@ -384,7 +361,8 @@ fn with_deadline(request: lambda_http::Request, left: std::time::Duration) -> la
 async fn a_slow_stripe_answers_502_before_the_deadline_and_changes_nothing() {
     // Given a subscriber, and a Stripe that now takes 3 s per call
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     f.sandbox.sandbox.set_latency(std::time::Duration::from_millis(3000));
     // When they change plan in an invocation with 2 s left
     let event = patch(
@@ -417,7 +395,10 @@ async fn a_slow_stripe_answers_502_before_the_deadline_and_changes_nothing() {
 async fn linking_a_stripe_subscription_of_another_subscription_is_a_conflict_on_that_field() {
     // Given two subscribers, each with their own Stripe subscription
     let f = fixture().await;
-    let (first, second) = (f.subscriber().await, f.subscriber().await);
+    let (first, second) = (
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await,
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await,
+    );
     // When an administrator links the second to the first's Stripe subscription
     let taken = first.stripe_subscription.clone().unwrap();
     let event = patch(
@@ -437,7 +418,8 @@ async fn linking_a_stripe_subscription_of_another_subscription_is_a_conflict_on_
 async fn an_email_change_reaches_the_stripe_customer() {
     // Given a subscriber
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     // When they change their address
     let event = patch(
         subscription.id,
@@ -448,12 +430,11 @@ async fn an_email_change_reaches_the_stripe_customer() {
     let response = f.function.handle(without_if_match(event)).await;
     // Then Stripe bills the new address, and the store holds it
     assert_eq!(response.status(), 200, "{}", body(&response));
-    let customer = f
-        .stripe(&format!(
-            "/v1/customers/{}",
-            subscription.stripe_customer.as_deref().unwrap()
-        ))
-        .await;
+    let customer = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!("/v1/customers/{}", subscription.stripe_customer.as_deref().unwrap()),
+    )
+    .await;
     assert_eq!(customer["email"], "new-address@example.com");
     assert_eq!(
         f.store.get_subscription(subscription.id).await.unwrap().email,
@@ -465,7 +446,8 @@ async fn an_email_change_reaches_the_stripe_customer() {
 async fn an_administrators_trial_end_reaches_stripe_and_the_store_keeps_what_stripe_answered() {
     // Given a trialing subscriber
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let end = (Utc::now() + chrono::Duration::days(60)).with_nanosecond(0).unwrap();
     // When an administrator moves the trial's end
     let event = patch(
@@ -478,12 +460,14 @@ async fn an_administrators_trial_end_reaches_stripe_and_the_store_keeps_what_str
     // Then Stripe's subscription ends its trial then (so its next event agrees), and the store
     // holds Stripe's answer: the trial end and the period end with it
     assert_eq!(response.status(), 200, "{}", body(&response));
-    let stripe = f
-        .stripe(&format!(
+    let stripe = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!(
             "/v1/subscriptions/{}",
             subscription.stripe_subscription.as_deref().unwrap()
-        ))
-        .await;
+        ),
+    )
+    .await;
     assert_eq!(stripe["trial_end"], end.timestamp());
     let stored = f.store.get_subscription(subscription.id).await.unwrap();
     assert_eq!(stored.trial_end, Some(end));
@@ -495,7 +479,8 @@ async fn an_administrators_trial_end_reaches_stripe_and_the_store_keeps_what_str
 async fn licenses_set_by_an_administrator_are_the_quantity_stripe_bills() {
     // Given a subscriber on one license
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     // When an administrator gives them five
     let event = patch(
         Uuid::new_v4(),
@@ -506,12 +491,14 @@ async fn licenses_set_by_an_administrator_are_the_quantity_stripe_bills() {
     let response = f.function.handle(without_if_match(event)).await;
     // Then Stripe's item quantity is 5, and the store says 5 licenses
     assert_eq!(response.status(), 200, "{}", body(&response));
-    let stripe = f
-        .stripe(&format!(
+    let stripe = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!(
             "/v1/subscriptions/{}",
             subscription.stripe_subscription.as_deref().unwrap()
-        ))
-        .await;
+        ),
+    )
+    .await;
     assert_eq!(stripe["items"]["data"][0]["quantity"], 5);
     assert_eq!(
         f.store.get_subscription(subscription.id).await.unwrap().licenses,
@@ -523,7 +510,8 @@ async fn licenses_set_by_an_administrator_are_the_quantity_stripe_bills() {
 async fn a_discount_set_by_an_administrator_is_a_coupon_on_the_stripe_subscription_and_zero_removes_it() {
     // Given a subscriber without a discount
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let stripe_path = format!(
         "/v1/subscriptions/{}",
         subscription.stripe_subscription.as_deref().unwrap()
@@ -542,9 +530,9 @@ async fn a_discount_set_by_an_administrator_is_a_coupon_on_the_stripe_subscripti
     // Then Stripe's subscription carries a discount from a 25 %, forever coupon, and the store 25
     assert_eq!(response.status(), 200, "{}", body(&response));
     assert_eq!(body(&response)["subscriptions"][0]["discount_percent"], 25);
-    let stripe = f.stripe(&stripe_path).await;
+    let stripe = billing_testing::stripe_get(&f.sandbox, &stripe_path).await;
     assert_eq!(stripe["discounts"].as_array().unwrap().len(), 1, "{stripe}");
-    let coupon = f.stripe("/v1/coupons/billing-percent-25").await;
+    let coupon = billing_testing::stripe_get(&f.sandbox, "/v1/coupons/billing-percent-25").await;
     assert_eq!(
         (coupon["percent_off"].as_f64(), coupon["duration"].as_str()),
         (Some(25.0), Some("forever"))
@@ -564,7 +552,10 @@ async fn a_discount_set_by_an_administrator_is_a_coupon_on_the_stripe_subscripti
         .await;
     assert_eq!(response.status(), 200, "{}", body(&response));
     assert_eq!(body(&response)["subscriptions"][0]["discount_percent"], Value::Null);
-    assert_eq!(f.stripe(&stripe_path).await["discounts"], json!([]));
+    assert_eq!(
+        billing_testing::stripe_get(&f.sandbox, &stripe_path).await["discounts"],
+        json!([])
+    );
 }
 
 fn cancel(caller: Uuid, scope: &str, id: Uuid) -> lambda_http::Request {
@@ -582,7 +573,8 @@ fn cancel(caller: Uuid, scope: &str, id: Uuid) -> lambda_http::Request {
 async fn delete_cancels_now_and_a_plan_sent_later_subscribes_again() {
     // Given a subscriber with a card, on a paid plan
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let event = patch(
         subscription.id,
         "subscriptions",
@@ -601,7 +593,7 @@ async fn delete_cancels_now_and_a_plan_sent_later_subscribes_again() {
     assert_eq!(response.status(), 200, "{}", body(&response));
     assert_eq!(body(&response)["subscriptions"][0]["status"], "canceled");
     assert_eq!(
-        f.stripe(&format!("/v1/subscriptions/{old_stripe_id}")).await["status"],
+        billing_testing::stripe_get(&f.sandbox, &format!("/v1/subscriptions/{old_stripe_id}")).await["status"],
         "canceled"
     );
     assert_eq!(
@@ -623,7 +615,7 @@ async fn delete_cancels_now_and_a_plan_sent_later_subscribes_again() {
     assert_ne!(new_stripe_id, old_stripe_id);
     assert_eq!(stored.status.as_str(), "active");
     assert_eq!(
-        f.stripe(&format!("/v1/subscriptions/{new_stripe_id}")).await["status"],
+        billing_testing::stripe_get(&f.sandbox, &format!("/v1/subscriptions/{new_stripe_id}")).await["status"],
         "active"
     );
 }
@@ -633,7 +625,8 @@ async fn a_change_after_stripe_canceled_the_subscription_unseen_is_a_409_and_the
     // Given a subscriber whose Stripe subscription was canceled in Stripe (its dashboard, say),
     // the deleted event not delivered yet
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let stripe_id = subscription.stripe_subscription.clone().unwrap();
     let url = format!("{}v1/subscriptions/{stripe_id}", f.sandbox.base_url());
     let canceled = reqwest::Client::new()
@@ -663,7 +656,8 @@ async fn a_change_after_stripe_canceled_the_subscription_unseen_is_a_409_and_the
 #[tokio::test]
 async fn someone_elses_subscription_cannot_be_canceled() {
     let f = fixture().await;
-    let subscription = f.subscriber().await;
+    let subscription =
+        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
     let mut request = cancel(Uuid::new_v4(), "subscriptions", subscription.id);
     *request.method_mut() = lambda_http::http::Method::DELETE;
     let response = f.function.handle(request).await;

@@ -2,12 +2,9 @@
 
 use std::sync::Arc;
 
-use billing::provisioning::{Provision, provision};
 use billing::store::Store;
-use billing::subscription::{Subscription, SubscriptionChange};
 use billing_http::Cors;
 use billing_testing::{ApiEvent, catalog, embedded_store};
-use chrono::Utc;
 use serde_json::{Value, json};
 use stripe_sandbox::RunningSandbox;
 use subscription_lifecycle::{SubscriptionLifecycle, routes};
@@ -45,40 +42,6 @@ async fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    /// A subscriber on `basic_monthly` paying with a card: its first invoice is paid.
-    async fn paying_subscriber(&self) -> Subscription {
-        let user = Uuid::new_v4();
-        let change = SubscriptionChange::from_json(
-            format!(r#"{{"user_id": "{user}", "email": "ada@example.com", "plan": "basic_monthly", "stripe_source": "pm_card_visa"}}"#)
-                .as_bytes(),
-        )
-        .unwrap();
-        let catalog = catalog();
-        let request = Provision {
-            change: &change,
-            plan: catalog.get("basic_monthly").unwrap(),
-            trial_start: None,
-            actor: "system:test",
-            now: Utc::now(),
-        };
-        provision(self.store.as_ref(), self.function.billing.as_ref(), request)
-            .await
-            .unwrap()
-    }
-
-    async fn stripe(&self, path: &str) -> Value {
-        let url = format!("{}{}", self.sandbox.base_url(), path.trim_start_matches('/'));
-        reqwest::Client::new()
-            .get(url)
-            .bearer_auth("sk_test_handler")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
     async fn call(&self, event: ApiEvent) -> (u16, Value) {
         let response = self.function.handle(event.build()).await;
         let status = response.status().as_u16();
@@ -112,7 +75,13 @@ fn slugs_and_pointers(body: &Value) -> Vec<(String, String)> {
 #[tokio::test]
 async fn owner_gets_a_setup_intent_on_their_own_customer() {
     let f = fixture().await;
-    let mine = f.paying_subscriber().await;
+    let mine = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
     let (status, body) = f
         .call(on(routes::SETUP_INTENT, mine.id, "subscriptions", mine.id))
         .await;
@@ -125,7 +94,7 @@ async fn owner_gets_a_setup_intent_on_their_own_customer() {
             .unwrap()
             .starts_with(&format!("{id}_secret_"))
     );
-    let stored = f.stripe(&format!("/v1/setup_intents/{id}")).await;
+    let stored = billing_testing::stripe_get(&f.sandbox, &format!("/v1/setup_intents/{id}")).await;
     assert_eq!(stored["customer"], mine.stripe_customer.unwrap().as_str());
     assert_eq!(stored["usage"], "off_session");
 }
@@ -133,7 +102,13 @@ async fn owner_gets_a_setup_intent_on_their_own_customer() {
 #[tokio::test]
 async fn portal_session_returns_only_to_an_allowed_origin() {
     let f = fixture().await;
-    let mine = f.paying_subscriber().await;
+    let mine = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
     // Given a return URL on another site, then it is refused and no session is made
     let (status, body) = f
         .call(
@@ -177,7 +152,13 @@ async fn portal_session_returns_only_to_an_allowed_origin() {
 #[tokio::test]
 async fn invoices_are_listed_newest_first_a_page_at_a_time() {
     let f = fixture().await;
-    let mine = f.paying_subscriber().await;
+    let mine = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
     let stripe_subscription = mine.stripe_subscription.clone().unwrap();
     // Given two license increases, each invoiced at once, after the first invoice
     for count in [3, 5] {
@@ -237,7 +218,13 @@ async fn invoices_are_listed_newest_first_a_page_at_a_time() {
 #[tokio::test]
 async fn preview_of_more_licenses_shows_prorated_lines_and_changes_nothing() {
     let f = fixture().await;
-    let mine = f.paying_subscriber().await;
+    let mine = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
     let admin = Uuid::new_v4();
     let (status, body) = f
         .call(on(routes::PREVIEW, admin, "subscriptions subscriptions_admin", mine.id).body(&json!({"licenses": 3})))
@@ -251,12 +238,11 @@ async fn preview_of_more_licenses_shows_prorated_lines_and_changes_nothing() {
     assert!(preview["amount_due"].as_i64().unwrap() > 0);
     assert_eq!(preview["currency"], "usd");
     // Nothing changed in Stripe or the store
-    let stripe = f
-        .stripe(&format!(
-            "/v1/subscriptions/{}",
-            mine.stripe_subscription.as_deref().unwrap()
-        ))
-        .await;
+    let stripe = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!("/v1/subscriptions/{}", mine.stripe_subscription.as_deref().unwrap()),
+    )
+    .await;
     assert_eq!(stripe["items"]["data"][0]["quantity"], 1);
     assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
 }
@@ -264,7 +250,13 @@ async fn preview_of_more_licenses_shows_prorated_lines_and_changes_nothing() {
 #[tokio::test]
 async fn preview_by_the_owner_is_validated_like_their_patch() {
     let f = fixture().await;
-    let mine = f.paying_subscriber().await;
+    let mine = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
     let (status, body) = f
         .call(
             on(routes::PREVIEW, mine.id, "subscriptions", mine.id)
@@ -284,7 +276,13 @@ async fn preview_by_the_owner_is_validated_like_their_patch() {
 #[tokio::test]
 async fn someone_elses_subscription_is_refused_on_every_route() {
     let f = fixture().await;
-    let theirs = f.paying_subscriber().await;
+    let theirs = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
     let me = Uuid::new_v4();
     for route in [
         routes::SETUP_INTENT,

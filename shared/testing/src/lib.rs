@@ -191,6 +191,49 @@ pub async fn sandbox_billing(unit_amount: i64, retry: RetryPolicy) -> (RunningSa
     (sandbox, Arc::new(billing))
 }
 
+/// A subscriber provisioned as administrators and signups provision them: a Stripe customer
+/// (paying with `stripe_source` when given) and a Stripe subscription on `plan`; as stored.
+pub async fn provision_subscriber(
+    store: &dyn billing::store::Store,
+    stripe: &dyn billing::stripe::Billing,
+    plan: &str,
+    stripe_source: Option<&str>,
+) -> billing::subscription::Subscription {
+    let mut fields = serde_json::json!({"user_id": Uuid::new_v4(), "email": "ada@example.com"});
+    if plan != "pending" {
+        fields["plan"] = Value::from(plan);
+    }
+    if let Some(source) = stripe_source {
+        fields["stripe_source"] = Value::from(source);
+    }
+    let change =
+        billing::subscription::SubscriptionChange::from_json(fields.to_string().as_bytes()).expect("a valid create");
+    let catalog = catalog();
+    let request = billing::provisioning::Provision {
+        change: &change,
+        plan: catalog.get(plan).expect("a plan of the catalog"),
+        trial_start: None,
+        actor: "system:test",
+        now: Utc::now(),
+    };
+    billing::provisioning::provision(store, stripe, request)
+        .await
+        .expect("provisioned")
+}
+
+/// `GET` of a path of the Stripe sandbox's API (`/v1/...`), as JSON; panics unless it answers 2xx.
+pub async fn stripe_get(sandbox: &RunningSandbox, path_and_query: &str) -> Value {
+    let url = format!("{}{}", sandbox.base_url(), path_and_query.trim_start_matches('/'));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("sk_test_billing_testing")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(response.status().is_success(), "GET {url}: {}", response.status());
+    response.json().await.expect("a JSON body")
+}
+
 /// A subscription created from `fields` (a create's JSON: `user_id`, `email`, Stripe ids...) on
 /// `pending`, stored with the audit record of its creation; as stored.
 pub async fn store_pending_subscription(
