@@ -41,6 +41,14 @@ async fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// A subscription created the way administrators and signups create them.
+    async fn subscriber(&self) -> billing::subscription::Subscription {
+        billing_testing::provision_subscriber(self.store.as_ref(), self.function.billing.as_ref(), "pending", None)
+            .await
+    }
+}
+
 fn patch(caller: Uuid, scope: &str, id: Uuid, body: &Value) -> ApiEvent {
     ApiEvent::sample("apigw-patch-subscription.json")
         .caller(caller, scope)
@@ -62,8 +70,7 @@ fn without_if_match(event: ApiEvent) -> lambda_http::Request {
 #[tokio::test]
 async fn owner_picks_a_plan_and_attaches_a_card_in_stripe_then_in_the_store() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     let request = without_if_match(patch(
         mine.id,
         "subscriptions",
@@ -99,8 +106,7 @@ async fn owner_picks_a_plan_and_attaches_a_card_in_stripe_then_in_the_store() {
 #[tokio::test]
 async fn patch_by_non_admin_cannot_change_status_or_trial_end_and_nothing_changes() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     let request = without_if_match(patch(
         mine.id,
         "subscriptions",
@@ -119,8 +125,7 @@ async fn patch_by_non_admin_cannot_change_status_or_trial_end_and_nothing_change
 #[tokio::test]
 async fn non_admin_choosing_free_is_refused() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     let response = f
         .function
         .handle(without_if_match(patch(
@@ -138,8 +143,7 @@ async fn non_admin_choosing_free_is_refused() {
 #[tokio::test]
 async fn admin_may_change_system_properties_of_anyones_subscription() {
     let f = fixture().await;
-    let theirs =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let theirs = f.subscriber().await;
     let request = without_if_match(patch(
         Uuid::new_v4(),
         "subscriptions_admin",
@@ -159,8 +163,7 @@ async fn admin_may_change_system_properties_of_anyones_subscription() {
 #[tokio::test]
 async fn someone_elses_subscription_cannot_be_patched() {
     let f = fixture().await;
-    let theirs =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let theirs = f.subscriber().await;
     let response = f
         .function
         .handle(without_if_match(patch(
@@ -177,8 +180,7 @@ async fn someone_elses_subscription_cannot_be_patched() {
 #[tokio::test]
 async fn stale_if_match_is_a_failed_precondition_and_changes_nothing() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     let response = f
         .function
         .handle(
@@ -213,8 +215,7 @@ async fn stale_if_match_is_a_failed_precondition_and_changes_nothing() {
 #[tokio::test]
 async fn change_that_changes_nothing_answers_200_and_writes_nothing() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     let response = f
         .function
         .handle(without_if_match(patch(
@@ -243,8 +244,7 @@ async fn change_that_changes_nothing_answers_200_and_writes_nothing() {
 #[tokio::test]
 async fn empty_change_is_missing() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     let response = f
         .function
         .handle(without_if_match(patch(mine.id, "subscriptions", mine.id, &json!({}))))
@@ -256,8 +256,7 @@ async fn empty_change_is_missing() {
 #[tokio::test]
 async fn declined_card_is_invalid_value_and_nothing_is_stored() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     let request = without_if_match(patch(
         mine.id,
         "subscriptions",
@@ -273,8 +272,7 @@ async fn declined_card_is_invalid_value_and_nothing_is_stored() {
 #[tokio::test]
 async fn stripe_down_is_502_and_nothing_is_stored() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     f.sandbox.sandbox.fail_next(10, 503);
     let response = f
         .function
@@ -292,8 +290,7 @@ async fn stripe_down_is_502_and_nothing_is_stored() {
 #[tokio::test]
 async fn concurrent_patches_without_if_match_keep_each_others_fields() {
     let f = fixture().await;
-    let mine =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let mine = f.subscriber().await;
     let changes = [
         json!({"email": "new@example.com"}),
         json!({"cancel_at_period_end": true}),
@@ -324,8 +321,7 @@ async fn concurrent_patches_without_if_match_keep_each_others_fields() {
 async fn a_non_admin_sending_a_malformed_system_field_and_an_unknown_one_gets_both_errors_as_403() {
     // Given a subscriber
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     // When they send a status (of the wrong type, too) and a field that does not exist
     let event = patch(
         subscription.id,
@@ -361,8 +357,7 @@ fn with_deadline(request: lambda_http::Request, left: std::time::Duration) -> la
 async fn a_slow_stripe_answers_502_before_the_deadline_and_changes_nothing() {
     // Given a subscriber, and a Stripe that now takes 3 s per call
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     f.sandbox.sandbox.set_latency(std::time::Duration::from_millis(3000));
     // When they change plan in an invocation with 2 s left
     let event = patch(
@@ -395,10 +390,7 @@ async fn a_slow_stripe_answers_502_before_the_deadline_and_changes_nothing() {
 async fn linking_a_stripe_subscription_of_another_subscription_is_a_conflict_on_that_field() {
     // Given two subscribers, each with their own Stripe subscription
     let f = fixture().await;
-    let (first, second) = (
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await,
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await,
-    );
+    let (first, second) = (f.subscriber().await, f.subscriber().await);
     // When an administrator links the second to the first's Stripe subscription
     let taken = first.stripe_subscription.clone().unwrap();
     let event = patch(
@@ -418,8 +410,7 @@ async fn linking_a_stripe_subscription_of_another_subscription_is_a_conflict_on_
 async fn an_email_change_reaches_the_stripe_customer() {
     // Given a subscriber
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     // When they change their address
     let event = patch(
         subscription.id,
@@ -446,8 +437,7 @@ async fn an_email_change_reaches_the_stripe_customer() {
 async fn an_administrators_trial_end_reaches_stripe_and_the_store_keeps_what_stripe_answered() {
     // Given a trialing subscriber
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     let end = (Utc::now() + chrono::Duration::days(60)).with_nanosecond(0).unwrap();
     // When an administrator moves the trial's end
     let event = patch(
@@ -479,8 +469,7 @@ async fn an_administrators_trial_end_reaches_stripe_and_the_store_keeps_what_str
 async fn licenses_set_by_an_administrator_are_the_quantity_stripe_bills() {
     // Given a subscriber on one license
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     // When an administrator gives them five
     let event = patch(
         Uuid::new_v4(),
@@ -510,8 +499,7 @@ async fn licenses_set_by_an_administrator_are_the_quantity_stripe_bills() {
 async fn a_discount_set_by_an_administrator_is_a_coupon_on_the_stripe_subscription_and_zero_removes_it() {
     // Given a subscriber without a discount
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     let stripe_path = format!(
         "/v1/subscriptions/{}",
         subscription.stripe_subscription.as_deref().unwrap()
@@ -573,8 +561,7 @@ fn cancel(caller: Uuid, scope: &str, id: Uuid) -> lambda_http::Request {
 async fn delete_cancels_now_and_a_plan_sent_later_subscribes_again() {
     // Given a subscriber with a card, on a paid plan
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     let event = patch(
         subscription.id,
         "subscriptions",
@@ -625,8 +612,7 @@ async fn a_change_after_stripe_canceled_the_subscription_unseen_is_a_409_and_the
     // Given a subscriber whose Stripe subscription was canceled in Stripe (its dashboard, say),
     // the deleted event not delivered yet
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     let stripe_id = subscription.stripe_subscription.clone().unwrap();
     let url = format!("{}v1/subscriptions/{stripe_id}", f.sandbox.base_url());
     let canceled = reqwest::Client::new()
@@ -656,8 +642,7 @@ async fn a_change_after_stripe_canceled_the_subscription_unseen_is_a_409_and_the
 #[tokio::test]
 async fn someone_elses_subscription_cannot_be_canceled() {
     let f = fixture().await;
-    let subscription =
-        billing_testing::provision_subscriber(f.store.as_ref(), f.function.billing.as_ref(), "pending", None).await;
+    let subscription = f.subscriber().await;
     let mut request = cancel(Uuid::new_v4(), "subscriptions", subscription.id);
     *request.method_mut() = lambda_http::http::Method::DELETE;
     let response = f.function.handle(request).await;

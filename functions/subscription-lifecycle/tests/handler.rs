@@ -42,6 +42,17 @@ async fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// A subscriber on `basic_monthly` paying with a card: its first invoice is paid.
+    async fn paying_subscriber(&self) -> billing::subscription::Subscription {
+        billing_testing::provision_subscriber(
+            self.store.as_ref(),
+            self.function.billing.as_ref(),
+            "basic_monthly",
+            Some("pm_card_visa"),
+        )
+        .await
+    }
+
     async fn call(&self, event: ApiEvent) -> (u16, Value) {
         let response = self.function.handle(event.build()).await;
         let status = response.status().as_u16();
@@ -75,13 +86,7 @@ fn slugs_and_pointers(body: &Value) -> Vec<(String, String)> {
 #[tokio::test]
 async fn owner_gets_a_setup_intent_on_their_own_customer() {
     let f = fixture().await;
-    let mine = billing_testing::provision_subscriber(
-        f.store.as_ref(),
-        f.function.billing.as_ref(),
-        "basic_monthly",
-        Some("pm_card_visa"),
-    )
-    .await;
+    let mine = f.paying_subscriber().await;
     let (status, body) = f
         .call(on(routes::SETUP_INTENT, mine.id, "subscriptions", mine.id))
         .await;
@@ -102,13 +107,7 @@ async fn owner_gets_a_setup_intent_on_their_own_customer() {
 #[tokio::test]
 async fn portal_session_returns_only_to_an_allowed_origin() {
     let f = fixture().await;
-    let mine = billing_testing::provision_subscriber(
-        f.store.as_ref(),
-        f.function.billing.as_ref(),
-        "basic_monthly",
-        Some("pm_card_visa"),
-    )
-    .await;
+    let mine = f.paying_subscriber().await;
     // Given a return URL on another site, then it is refused and no session is made
     let (status, body) = f
         .call(
@@ -152,13 +151,7 @@ async fn portal_session_returns_only_to_an_allowed_origin() {
 #[tokio::test]
 async fn invoices_are_listed_newest_first_a_page_at_a_time() {
     let f = fixture().await;
-    let mine = billing_testing::provision_subscriber(
-        f.store.as_ref(),
-        f.function.billing.as_ref(),
-        "basic_monthly",
-        Some("pm_card_visa"),
-    )
-    .await;
+    let mine = f.paying_subscriber().await;
     let stripe_subscription = mine.stripe_subscription.clone().unwrap();
     // Given two license increases, each invoiced at once, after the first invoice
     for count in [3, 5] {
@@ -218,13 +211,7 @@ async fn invoices_are_listed_newest_first_a_page_at_a_time() {
 #[tokio::test]
 async fn preview_of_more_licenses_shows_prorated_lines_and_changes_nothing() {
     let f = fixture().await;
-    let mine = billing_testing::provision_subscriber(
-        f.store.as_ref(),
-        f.function.billing.as_ref(),
-        "basic_monthly",
-        Some("pm_card_visa"),
-    )
-    .await;
+    let mine = f.paying_subscriber().await;
     let admin = Uuid::new_v4();
     let (status, body) = f
         .call(on(routes::PREVIEW, admin, "subscriptions subscriptions_admin", mine.id).body(&json!({"licenses": 3})))
@@ -250,13 +237,7 @@ async fn preview_of_more_licenses_shows_prorated_lines_and_changes_nothing() {
 #[tokio::test]
 async fn preview_by_the_owner_is_validated_like_their_patch() {
     let f = fixture().await;
-    let mine = billing_testing::provision_subscriber(
-        f.store.as_ref(),
-        f.function.billing.as_ref(),
-        "basic_monthly",
-        Some("pm_card_visa"),
-    )
-    .await;
+    let mine = f.paying_subscriber().await;
     let (status, body) = f
         .call(
             on(routes::PREVIEW, mine.id, "subscriptions", mine.id)
@@ -276,13 +257,7 @@ async fn preview_by_the_owner_is_validated_like_their_patch() {
 #[tokio::test]
 async fn someone_elses_subscription_is_refused_on_every_route() {
     let f = fixture().await;
-    let theirs = billing_testing::provision_subscriber(
-        f.store.as_ref(),
-        f.function.billing.as_ref(),
-        "basic_monthly",
-        Some("pm_card_visa"),
-    )
-    .await;
+    let theirs = f.paying_subscriber().await;
     let me = Uuid::new_v4();
     for route in [
         routes::SETUP_INTENT,
