@@ -5,11 +5,13 @@
 use std::time::Duration;
 
 use billing::metrics::{REASON, STRIPE_FAILURES, STRIPE_RETRIES};
+use billing::plans::charge::{Charged, InvoiceSpec, charge, void_declined};
 use billing::stripe::{Billing, BillingError, SubscriptionTerms, idempotency_key};
 use billing::subscription::Status;
 use billing_testing::Counts;
-use bundle_tests::{billing_for, start_sandbox, stripe_get};
+use bundle_tests::{billing_for, start_sandbox, stripe_get, stripe_post};
 use chrono::{Duration as Days, Utc};
+use serde_json::Value;
 use uuid::Uuid;
 
 fn email() -> String {
@@ -436,42 +438,105 @@ async fn a_setup_checkout_saves_a_card_that_becomes_the_entitys_default_for_invo
 }
 
 #[tokio::test]
-async fn charging_now_pays_one_invoice_and_a_declined_card_voids_it() {
+async fn an_invoice_is_found_again_by_its_reference_after_stripe_forgot_its_keys() {
+    // Given the sandbox (Stripe over HTTP, through async-stripe) and a customer whose card pays
     let sandbox = start_sandbox().await;
     let billing = billing_for(&sandbox);
-    let item = |key: &str| billing::plans::InvoiceItem {
+    let (_, paying) = paying_customer(&billing, "pm_card_visa").await;
+    let line = |key: &str, quantity: u32| billing::plans::InvoiceItem {
         idempotency_key: key.to_owned(),
+        description: "Basic - renewal".into(),
+        quantity,
+        unit_amount: 350,
+        period: (Utc::now(), Utc::now() + Days::days(30)),
+    };
+    // And a pending item of the customer's that is not ours to bill
+    stripe_post(
+        &sandbox,
+        "/v1/invoiceitems",
+        &[("customer", paying.as_str()), ("amount", "999"), ("currency", "usd")],
+    )
+    .await;
+    let lines = [line("ledger_entry:a-2", 6), line("ledger_entry:a-3", 2)];
+    let spec = InvoiceSpec {
+        customer: &paying,
+        reference: "invoicing:a:1",
+        description: "Basic plan",
+        lines: &lines,
+        auto_advance: true,
+    };
+    // When the first line is added and the run stops (the second call fails)
+    sandbox
+        .sandbox
+        .fail_next_matching(10, 500, Some("/v1/invoiceitems"), Some("ledger_entry:a-3"));
+    let stopped = charge(&billing, spec, None).await;
+    assert!(matches!(stopped, Err(BillingError::Unavailable(_))), "{stopped:?}");
+    // And it runs again after both the keys and a day are gone
+    sandbox.sandbox.advance_clock(25 * 60 * 60);
+    let charged = charge(&billing, spec, None).await.unwrap();
+    // Then one invoice, found by its reference, has both lines once and is paid
+    let Charged::Paid { invoice } = &charged else {
+        panic!("{charged:?}")
+    };
+    let invoices = stripe_get(&sandbox, &format!("/v1/invoices?customer={paying}")).await;
+    let ours: Vec<&Value> = invoices["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["metadata"]["billing_reference"] == "invoicing:a:1")
+        .collect();
+    assert_eq!(ours.len(), 1, "{invoices}");
+    assert_eq!(
+        (ours[0]["id"].as_str(), ours[0]["amount_paid"].as_i64()),
+        (Some(invoice.as_str()), Some(2_800))
+    );
+    // And the customer's own pending item stayed pending
+    let pending = stripe_get(&sandbox, &format!("/v1/invoiceitems?customer={paying}&pending=true")).await;
+    assert_eq!(pending["data"].as_array().unwrap().len(), 1, "{pending}");
+    // And charging again finds it paid and changes nothing
+    assert_eq!(charge(&billing, spec, None).await.unwrap(), charged);
+}
+
+#[tokio::test]
+async fn a_declined_purchase_invoice_stays_open_until_voided() {
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    // Given a customer whose card declines charges
+    let (_, declining) = paying_customer(&billing, "pm_card_chargeCustomerFail").await;
+    let lines = [billing::plans::InvoiceItem {
+        idempotency_key: "upgrade:2:first-period".into(),
         description: "Basic (monthly), first period".into(),
         quantity: 6,
         unit_amount: 350,
         period: (Utc::now(), Utc::now() + Days::days(30)),
+    }];
+    let spec = InvoiceSpec {
+        customer: &declining,
+        reference: "upgrade:2",
+        description: "Basic (monthly), first period",
+        lines: &lines,
+        auto_advance: false,
     };
-    // Given a customer whose card pays, and one whose card declines charges
-    let (_, paying) = paying_customer(&billing, "pm_card_visa").await;
-    let (_, declining) = paying_customer(&billing, "pm_card_chargeCustomerFail").await;
-    // When the first period is charged now, twice under one key
-    let key = idempotency_key("upgrade", &Uuid::new_v4().to_string(), "first-period");
-    let paid = billing.charge_now(&paying, &item("upgrade:1"), &key).await.unwrap();
-    let again = billing.charge_now(&paying, &item("upgrade:1"), &key).await.unwrap();
-    // Then one invoice of 6 × 350 is paid
-    assert_eq!(paid.id, again.id);
-    assert_eq!((paid.status.as_deref(), paid.amount_paid), (Some("paid"), 2100));
-    let invoices = stripe_get(&sandbox, &format!("/v1/invoices?customer={paying}")).await;
-    assert_eq!(invoices["data"].as_array().unwrap().len(), 1, "{invoices}");
-    // When the declining card is charged, then Stripe's message comes back and the invoice is void
-    let key = idempotency_key("upgrade", &Uuid::new_v4().to_string(), "first-period");
-    let declined = billing.charge_now(&declining, &item("upgrade:2"), &key).await;
+    // When the first period is charged
+    let declined = charge(&billing, spec, None).await.unwrap();
+    // Then Stripe's message comes back and the invoice is open
+    let Charged::Declined { invoice, message } = &declined else {
+        panic!("{declined:?}")
+    };
+    assert_eq!(message, "Your card was declined.");
+    // When it is voided, twice
+    void_declined(&billing, "upgrade:2", invoice).await.unwrap();
+    void_declined(&billing, "upgrade:2", invoice).await.unwrap();
+    // Then it is void, and a re-run of the charge says so without charging
+    let held = stripe_get(&sandbox, &format!("/v1/invoices/{invoice}")).await;
     assert_eq!(
-        declined,
-        Err(BillingError::CardDeclined("Your card was declined.".into()))
+        (held["status"].as_str(), held["amount_due"].as_i64()),
+        (Some("void"), Some(0))
     );
-    let invoices = stripe_get(&sandbox, &format!("/v1/invoices?customer={declining}")).await;
-    let statuses: Vec<&str> = invoices["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|invoice| invoice["amount_due"] == 2100)
-        .map(|invoice| invoice["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["void"], "{invoices}");
+    assert_eq!(
+        charge(&billing, spec, None).await.unwrap(),
+        Charged::Voided {
+            invoice: invoice.clone()
+        }
+    );
 }

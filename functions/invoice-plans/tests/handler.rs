@@ -121,7 +121,7 @@ async fn a_due_plan_is_invoiced_for_its_renewal_and_added_licenses_once() {
         panic!("{report:?}");
     };
     let stripe = billing_testing::stripe_get(&f.sandbox, &format!("/v1/invoices/{invoice}")).await;
-    assert_eq!(stripe["status"], "open", "finalized, charged automatically by Stripe");
+    assert_eq!(stripe["status"], "paid", "finalized and paid at once");
     assert_eq!(
         stripe["amount_due"].as_i64().unwrap(),
         17 * prorated(4) + 21 * 350,

@@ -517,6 +517,7 @@ impl From<PurchaseError> for Refusal {
                 StatusCode::BAD_REQUEST,
                 "Missing data: your server has not sent its usage data in the last two days, so its users cannot be counted. Check that it can reach the billing service, then try again.".to_owned(),
             ),
+            error @ PurchaseError::PurchaseInProgress => Refusal::Inline(StatusCode::CONFLICT, error.to_string()),
             PurchaseError::UnknownUpgrade => Refusal::Page(RemoteError::UnknownRealm),
             PurchaseError::Store(error) => Refusal::Page(RemoteError::Store(error)),
             PurchaseError::Stripe(error) => Refusal::Page(RemoteError::Stripe(error)),

@@ -28,8 +28,14 @@ enum Kept {
         status: u16,
         body: Value,
         request_id: String,
+        /// When the key was first used, by the sandbox's clock.
+        first_used: i64,
     },
 }
+
+/// How long a key is kept: Stripe keeps a key at least 24 hours and may forget it after, so
+/// the sandbox forgets it then, by its own clock, and a retry a day later is a new request.
+pub const IDEMPOTENCY_KEY_LIFETIME: i64 = 24 * 60 * 60;
 
 #[derive(Default)]
 struct Controls {
@@ -40,6 +46,8 @@ struct Controls {
     fail_path: Option<String>,
     /// Only calls whose (decoded) parameters contain this text fail; all when `None`.
     fail_body: Option<String>,
+    /// Whether the failing calls are done first (the answer is what is lost) or not at all.
+    fail_after: bool,
     latency: Duration,
     webhook: Option<WebhookTarget>,
 }
@@ -82,7 +90,8 @@ impl Sandbox {
     }
 
     /// Like [`Sandbox::fail_next`], counting only calls to paths starting with `path`
-    /// (`/v1/subscriptions`), so a test can fail one step of a sequence.
+    /// (`/v1/subscriptions`), or to one method and path (`POST /v1/invoices/*/pay`, `*` any
+    /// one segment), so a test can fail one step of a sequence.
     pub fn fail_next_on(&self, count: u32, status: u16, path: Option<&str>) {
         self.fail_next_matching(count, status, path, None);
     }
@@ -95,6 +104,15 @@ impl Sandbox {
         controls.fail_status = status;
         controls.fail_path = path.map(str::to_owned);
         controls.fail_body = text.map(str::to_owned);
+        controls.fail_after = false;
+    }
+
+    /// Like [`Sandbox::fail_next_matching`], but each failing call is done first and only its
+    /// answer is lost (`status` instead), as when the connection breaks after Stripe acted:
+    /// the caller cannot tell whether anything happened.
+    pub fn fail_next_after(&self, count: u32, status: u16, path: Option<&str>, text: Option<&str>) {
+        self.fail_next_matching(count, status, path, text);
+        lock(&self.controls).fail_after = true;
     }
 
     /// Adds `latency` to every API call from now on.
@@ -218,12 +236,15 @@ impl Sandbox {
         axum::Router::new().fallback(handle).with_state(self.clone())
     }
 
-    fn take_failure(&self, path: &str, parameters: &str) -> Option<u16> {
+    fn take_failure(&self, method: &Method, path: &str, parameters: &str, after: bool) -> Option<u16> {
         let mut controls = lock(&self.controls);
+        if controls.fail_after != after {
+            return None;
+        }
         let applies = controls
             .fail_path
             .as_deref()
-            .is_none_or(|prefix| path.starts_with(prefix))
+            .is_none_or(|pattern| path_matches(pattern, method, path))
             && controls
                 .fail_body
                 .as_deref()
@@ -337,21 +358,10 @@ async fn handle(
         Ok(params) => params,
         Err(form::FormError(message)) => return failure_response(&invalid(None, message), &request_id),
     };
-    if let Some(status) = sandbox.take_failure(&path, &form::decode(&raw)) {
-        let (kind, message) = match status {
-            429 => ("rate_limit_error", "Too many requests hit the API too quickly."),
-            _ => (
-                "api_error",
-                "An unknown error occurred while processing the request (injected by the Stripe sandbox).",
-            ),
-        };
-        return stripe_response(
-            status,
-            &json!({"error": {"type": kind, "message": message}}),
-            &request_id,
-            &[],
-        );
+    if let Some(status) = sandbox.take_failure(&method, &path, &form::decode(&raw), false) {
+        return injected_failure(status, &request_id);
     }
+    let lost_answer = sandbox.take_failure(&method, &path, &form::decode(&raw), true);
     let idempotency_key = (method == Method::POST)
         .then(|| {
             headers
@@ -369,15 +379,24 @@ async fn handle(
             );
         }
         let mut kept = lock(&sandbox.kept);
+        let now = sandbox.now();
+        if matches!(kept.get(key), Some(Kept::Done { first_used, .. }) if now - first_used >= IDEMPOTENCY_KEY_LIFETIME)
+        {
+            kept.remove(key);
+        }
         match kept.get(key) {
             Some(Kept::Done {
                 fingerprint: first,
                 status,
                 body,
                 request_id: original,
+                ..
             }) => {
                 if *first != fingerprint {
                     return idempotency_mismatch(key, &request_id);
+                }
+                if let Some(status) = lost_answer {
+                    return injected_failure(status, &request_id);
                 }
                 return stripe_response(
                     *status,
@@ -434,6 +453,7 @@ async fn handle(
                     status,
                     body: body.clone(),
                     request_id: request_id.clone(),
+                    first_used: sandbox.now(),
                 },
             );
         } else {
@@ -445,7 +465,46 @@ async fn handle(
             sandbox.sender.enqueue(target.clone(), event);
         }
     }
+    if let Some(status) = lost_answer {
+        return injected_failure(status, &request_id);
+    }
     stripe_response(status, &body, &request_id, &[])
+}
+
+/// Whether a failure's `pattern` names the call: a path prefix (`/v1/subscriptions`), or a
+/// method and a path whose `*` segments match any one segment (`POST /v1/invoices/*/pay`; a
+/// pattern with a method matches the whole path).
+fn path_matches(pattern: &str, method: &Method, path: &str) -> bool {
+    match pattern.split_once(' ') {
+        None => path.starts_with(pattern),
+        Some((wanted, pattern)) => {
+            let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+            let wanted_segments: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+            wanted.eq_ignore_ascii_case(method.as_str())
+                && segments.len() == wanted_segments.len()
+                && segments
+                    .iter()
+                    .zip(&wanted_segments)
+                    .all(|(segment, wanted)| *wanted == "*" || segment == wanted)
+        }
+    }
+}
+
+/// The answer of a call failed on purpose.
+fn injected_failure(status: u16, request_id: &str) -> Response {
+    let (kind, message) = match status {
+        429 => ("rate_limit_error", "Too many requests hit the API too quickly."),
+        _ => (
+            "api_error",
+            "An unknown error occurred while processing the request (injected by the Stripe sandbox).",
+        ),
+    };
+    stripe_response(
+        status,
+        &json!({"error": {"type": kind, "message": message}}),
+        request_id,
+        &[],
+    )
 }
 
 /// Stripe's hosted Checkout page for a setup session: one form taking a test payment method.
@@ -565,6 +624,7 @@ fn route(state: &mut State, method: &Method, path: &str, params: &Value, now: i6
         ("POST", ["v1", "invoices", id, "finalize"]) => state.finalize_invoice(id, params, now),
         ("POST", ["v1", "invoices", id, "pay"]) => state.pay_invoice(id, params, now),
         ("POST", ["v1", "invoiceitems"]) => state.create_invoice_item(params, now),
+        ("GET", ["v1", "invoiceitems"]) => state.list_invoice_items(params),
         ("GET", ["v1", "invoices", id]) => state.retrieve_invoice(id, params),
         ("POST", ["v1", "invoices", id, "void"]) => state.void_invoice(id, params, now),
         ("POST", ["v1", "coupons"]) => state.create_coupon(params, now),
@@ -604,10 +664,16 @@ fn controls(sandbox: &Sandbox, method: &Method, path: &str, body: &Bytes) -> Res
                 return answer(StatusCode::BAD_REQUEST, json!({"error": "status must be 400-599"}));
             }
             let (path, text) = (input["path"].as_str(), input["matching"].as_str());
-            sandbox.fail_next_matching(count, status, path, text);
+            // `"after": true`: the calls are done, only their answers are lost.
+            let after = input["after"].as_bool().unwrap_or(false);
+            if after {
+                sandbox.fail_next_after(count, status, path, text);
+            } else {
+                sandbox.fail_next_matching(count, status, path, text);
+            }
             answer(
                 StatusCode::OK,
-                json!({"failing_next": count, "status": status, "path": path, "matching": text}),
+                json!({"failing_next": count, "status": status, "path": path, "matching": text, "after": after}),
             )
         }
         ("POST", "latency") => {

@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use billing::config::{ConfigError, Environment, optional, required};
 use billing::deadline;
 use billing::stripe::{
-    Billing, BillingError, CheckoutSession, Customer, InvoicePage, InvoicePreview, InvoiceSummary, PreviewLine,
-    PriceTerms, Proration, SavedCard, SetupCheckout, SetupIntent, StripeSubscription, SubscriptionTerms,
+    Billing, BillingError, CheckoutSession, Customer, HeldInvoice, InvoicePage, InvoicePreview, InvoiceStatus,
+    InvoiceSummary, PreviewLine, PriceTerms, Proration, SavedCard, SetupCheckout, SetupIntent, StripeSubscription,
+    SubscriptionTerms,
 };
 use billing::subscription::Status;
 use chrono::{DateTime, TimeZone, Utc};
@@ -19,9 +20,9 @@ use stripe_billing::invoice::{
     CreateInvoice, CreateInvoicePendingInvoiceItemsBehavior, CreatePreviewInvoice,
     CreatePreviewInvoiceSubscriptionDetails, CreatePreviewInvoiceSubscriptionDetailsItems,
     CreatePreviewInvoiceSubscriptionDetailsProrationBehavior, FinalizeInvoiceInvoice, ListInvoice, PayInvoice,
-    VoidInvoiceInvoice,
+    RetrieveInvoice, VoidInvoiceInvoice,
 };
-use stripe_billing::invoice_item::{CreateInvoiceItem, Period as InvoiceItemPeriod};
+use stripe_billing::invoice_item::{CreateInvoiceItem, ListInvoiceItem, Period as InvoiceItemPeriod};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, DiscountsDataParam,
     RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
@@ -253,6 +254,79 @@ impl StripeBilling {
             request.customize().request_strategy(strategy).send(&self.client).await
         })
         .await
+    }
+}
+
+/// The invoice metadata naming what an invoice is for (`invoicing:<plan>:<due>`,
+/// `upgrade:<id>`): how a re-run finds it without idempotency keys.
+const REFERENCE: &str = "billing_reference";
+
+/// The invoice-item metadata carrying the line's key: how a re-run sees which lines are on.
+const LINE: &str = "billing_line";
+
+/// How many pages of a customer's invoices [`Billing::find_invoice`] reads at most.
+const FIND_INVOICE_PAGES: usize = 10;
+
+fn metadata_value<'a>(metadata: Option<&'a std::collections::HashMap<String, String>>, name: &str) -> Option<&'a str> {
+    metadata.and_then(|values| values.get(name)).map(String::as_str)
+}
+
+fn invoice_status(invoice: &Invoice) -> InvoiceStatus {
+    use stripe_shared::InvoiceStatus as Stripe;
+    match invoice.status {
+        Some(Stripe::Open) => InvoiceStatus::Open,
+        Some(Stripe::Paid) => InvoiceStatus::Paid,
+        Some(Stripe::Void) => InvoiceStatus::Void,
+        Some(Stripe::Uncollectible) => InvoiceStatus::Uncollectible,
+        _ => InvoiceStatus::Draft,
+    }
+}
+
+impl StripeBilling {
+    /// A read (GET): not keyed by Stripe, retried like every call; `name` only labels the
+    /// retries in the logs.
+    async fn read<R>(&self, operation: &str, name: &str, request: &R) -> Result<R::Output, BillingError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        let label = format!("billing:{operation}:{name}");
+        let label: String = label.chars().take(255).collect();
+        self.with_retries(operation, &label, |_| async move {
+            request
+                .customize()
+                .request_strategy(RequestStrategy::Once)
+                .send(&self.client)
+                .await
+        })
+        .await
+    }
+
+    /// The invoice as the port describes it, with the keys of the lines on it.
+    async fn held(&self, invoice: &Invoice) -> Result<HeldInvoice, BillingError> {
+        let id = invoice
+            .id
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .ok_or_else(|| BillingError::Rejected("Stripe's invoice has no id".into()))?;
+        let items = self
+            .read(
+                "list_invoice_items",
+                &id,
+                &ListInvoiceItem::new().invoice(id.as_str()).limit(100),
+            )
+            .await?;
+        let lines = items
+            .data
+            .iter()
+            .filter_map(|item| metadata_value(item.metadata.as_ref(), LINE).map(str::to_owned))
+            .collect();
+        Ok(HeldInvoice {
+            id,
+            status: invoice_status(invoice),
+            amount_due: invoice.amount_due,
+            lines,
+        })
     }
 }
 
@@ -651,49 +725,109 @@ impl Billing for StripeBilling {
         })
     }
 
-    async fn add_invoice_item(
+    async fn find_invoice(&self, customer: &str, reference: &str) -> Result<Option<HeldInvoice>, BillingError> {
+        // Listing is consistent where Stripe's search is not: an invoice made a moment ago is
+        // in the list. Ours are among the customer's newest, so the pages stop early.
+        let mut starting_after: Option<String> = None;
+        for _ in 0..FIND_INVOICE_PAGES {
+            let mut request = ListInvoice::new().customer(customer).limit(100);
+            if let Some(after) = &starting_after {
+                request = request.starting_after(after.as_str());
+            }
+            let list = self
+                .read("list_invoices", &format!("{customer}:{reference}"), &request)
+                .await?;
+            if let Some(found) = list
+                .data
+                .iter()
+                .find(|invoice| metadata_value(invoice.metadata.as_ref(), REFERENCE) == Some(reference))
+            {
+                return self.held(found).await.map(Some);
+            }
+            match list.data.last().and_then(|invoice| invoice.id.as_ref()) {
+                Some(last) if list.has_more => starting_after = Some(last.as_str().to_owned()),
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn create_invoice(
         &self,
         customer: &str,
+        reference: &str,
+        description: &str,
+        auto_advance: bool,
+        key: &str,
+    ) -> Result<HeldInvoice, BillingError> {
+        let create = CreateInvoice::new()
+            .customer(customer)
+            .collection_method(stripe_shared::InvoiceCollectionMethod::ChargeAutomatically)
+            .auto_advance(auto_advance)
+            .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Exclude)
+            .description(description)
+            .metadata(
+                [(REFERENCE.to_owned(), reference.to_owned())]
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
+        let draft = self.send("create_invoice", key, &create).await?;
+        self.held(&draft).await
+    }
+
+    async fn retrieve_invoice(&self, invoice: &str) -> Result<HeldInvoice, BillingError> {
+        let found = self
+            .read("retrieve_invoice", invoice, &RetrieveInvoice::new(invoice))
+            .await?;
+        self.held(&found).await
+    }
+
+    async fn add_invoice_line(
+        &self,
+        customer: &str,
+        invoice: &str,
         item: &billing::plans::InvoiceItem,
         key: &str,
     ) -> Result<(), BillingError> {
         let request = CreateInvoiceItem::new()
             .customer(customer)
+            .invoice(invoice)
             .currency(stripe_types::Currency::USD)
             .description(item.description.as_str())
             .quantity(u64::from(item.quantity))
             .unit_amount_decimal(item.unit_amount.to_string())
             .discountable(false)
+            .metadata(
+                [(LINE.to_owned(), item.idempotency_key.clone())]
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
             .period(InvoiceItemPeriod {
                 start: item.period.0.timestamp(),
                 end: item.period.1.timestamp(),
             });
-        self.send("add_invoice_item", key, &request).await?;
+        self.send("add_invoice_line", key, &request).await?;
         Ok(())
     }
 
-    async fn invoice_pending_items(
-        &self,
-        customer: &str,
-        description: &str,
-        key: &str,
-    ) -> Result<InvoiceSummary, BillingError> {
-        let create = CreateInvoice::new()
-            .customer(customer)
-            .collection_method(stripe_shared::InvoiceCollectionMethod::ChargeAutomatically)
-            .auto_advance(true)
-            .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Include)
-            .description(description);
-        let draft = self.send("create_invoice", &format!("{key}:create"), &create).await?;
-        let id = draft
-            .id
-            .clone()
-            .ok_or_else(|| BillingError::Rejected("Stripe's invoice has no id".into()))?;
-        let finalize = FinalizeInvoiceInvoice::new(id);
+    async fn finalize_invoice(&self, invoice: &str, key: &str) -> Result<HeldInvoice, BillingError> {
         let finalized = self
-            .send("finalize_invoice", &format!("{key}:finalize"), &finalize)
+            .send("finalize_invoice", key, &FinalizeInvoiceInvoice::new(invoice))
             .await?;
-        Ok(invoice_summary(&finalized))
+        self.held(&finalized).await
+    }
+
+    async fn pay_invoice(&self, invoice: &str, key: &str) -> Result<HeldInvoice, BillingError> {
+        let pay = PayInvoice::new(invoice).off_session(true);
+        let paid = self.send("pay_invoice", key, &pay).await?;
+        self.held(&paid).await
+    }
+
+    async fn void_invoice(&self, invoice: &str, key: &str) -> Result<HeldInvoice, BillingError> {
+        let voided = self
+            .send("void_invoice", key, &VoidInvoiceInvoice::new(invoice))
+            .await?;
+        self.held(&voided).await
     }
 
     async fn create_entity_customer(
@@ -803,28 +937,6 @@ impl Billing for StripeBilling {
             payment_method,
             last4: method.card.map(|card| card.last4),
         })
-    }
-
-    async fn charge_now(
-        &self,
-        customer: &str,
-        item: &billing::plans::InvoiceItem,
-        key: &str,
-    ) -> Result<InvoiceSummary, BillingError> {
-        self.add_invoice_item(customer, item, &format!("{key}:item")).await?;
-        let invoice = self.invoice_pending_items(customer, &item.description, key).await?;
-        let pay = PayInvoice::new(invoice.id.as_str()).off_session(true);
-        match self.send("pay_invoice", &format!("{key}:pay"), &pay).await {
-            Ok(paid) => Ok(invoice_summary(&paid)),
-            Err(BillingError::CardDeclined(message)) => {
-                // Nothing is owed for a plan that did not start: the invoice is voided, not
-                // left open for Stripe to retry.
-                let void = VoidInvoiceInvoice::new(invoice.id.as_str());
-                self.send("void_invoice", &format!("{key}:void"), &void).await?;
-                Err(BillingError::CardDeclined(message))
-            }
-            Err(other) => Err(other),
-        }
     }
 
     async fn preview_change(

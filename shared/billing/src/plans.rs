@@ -845,6 +845,9 @@ pub fn end_of_cycle(book: &Book, now: DateTime<Utc>) -> (Book, Changes) {
                 let mut active = plan;
                 active.status = PlanStatus::Active;
                 active.billing_cycle_anchor = boundary;
+                // Nothing of the trial is owed: the rows it appended are settled by the
+                // renewal below, which bills the count the trial ended with.
+                active.invoiced_through = Some(last.seq);
                 next.plan = Some(active);
                 let row = next.append(
                     boundary,
@@ -1014,7 +1017,7 @@ pub fn sync_ledger(book: &Book, counts: &[CountAt]) -> (Book, Changes) {
 }
 
 /// One item of an invoice made from the ledger.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceItem {
     /// The Stripe idempotency key: `ledger_entry:<row id>`.
     pub idempotency_key: String,
@@ -1110,11 +1113,14 @@ pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime
     let mut items = Vec::new();
     // A plan that ended at this boundary (cancelled, or switching to its successor) is still
     // owed the licenses added in its last period and not invoiced yet.
-    if let Some(ended) = book
-        .plan
-        .as_ref()
-        .filter(|current| changes.ended.iter().any(|p| p.id == current.id))
-    {
+    // A trial that ended unpaid (cancelled during it) owes nothing.
+    if let Some(ended) = book.plan.as_ref().filter(|current| {
+        changes.ended.iter().any(|p| p.id == current.id)
+            && !matches!(
+                current.status,
+                PlanStatus::FreeTrial | PlanStatus::DowngradeAtEndOfFreeTrial
+            )
+    }) {
         items.extend(ledger_items(ended, &book.ledger, due).0);
     }
     let Some(mut plan) = next.plan.clone() else {
@@ -1142,6 +1148,7 @@ pub fn invoice_plan(book: &Book, at: DateTime<Utc>, last_upload: Option<DateTime
     }
 }
 
+pub mod charge;
 pub mod invoicing;
 pub mod purchase;
 pub mod stored;

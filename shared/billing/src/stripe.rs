@@ -140,6 +140,35 @@ pub struct InvoicePage {
     pub has_more: bool,
 }
 
+/// Where an invoice is in Stripe's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    /// Being made: lines can be added.
+    Draft,
+    /// Finalized, not paid.
+    Open,
+    /// Paid.
+    Paid,
+    /// Nothing is owed on it.
+    Void,
+    /// Given up on.
+    Uncollectible,
+}
+
+/// One of our invoices as Stripe holds it: enough to resume making it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldInvoice {
+    /// `in_...`.
+    pub id: String,
+    /// Where it is.
+    pub status: InvoiceStatus,
+    /// What it charges, in cents.
+    pub amount_due: i64,
+    /// The `billing_line` metadata of the items on it: the keys of the lines already added.
+    pub lines: Vec<String>,
+}
+
 /// One line of an invoice preview.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PreviewLine {
@@ -319,23 +348,46 @@ pub trait Billing: Send + Sync {
         starting_after: Option<&str>,
     ) -> Result<InvoicePage, BillingError>;
 
-    /// Adds a pending invoice item to the customer, under `key` (`ledger_entry:<row id>`, so a
-    /// re-run after a crash adds nothing twice).
-    async fn add_invoice_item(
+    /// The customer's invoice whose metadata names `reference` (`billing_reference`), found by
+    /// listing the customer's invoices: what a re-run uses instead of idempotency keys, which
+    /// Stripe may forget after 24 hours. `None` when there is none.
+    async fn find_invoice(&self, customer: &str, reference: &str) -> Result<Option<HeldInvoice>, BillingError>;
+
+    /// A draft invoice for the customer naming `reference` in its metadata, with none of the
+    /// customer's pending items on it (`pending_invoice_items_behavior=exclude`): its lines are
+    /// only the ones [`Billing::add_invoice_line`] attaches. `auto_advance` lets Stripe collect
+    /// it on its own once finalized (renewals); a purchase pays it itself and leaves it off.
+    async fn create_invoice(
         &self,
         customer: &str,
+        reference: &str,
+        description: &str,
+        auto_advance: bool,
+        key: &str,
+    ) -> Result<HeldInvoice, BillingError>;
+
+    /// The invoice as Stripe holds it now, with the references of the items on it (a read).
+    async fn retrieve_invoice(&self, invoice: &str) -> Result<HeldInvoice, BillingError>;
+
+    /// Adds `item` to the draft `invoice` (never to the customer's pending items), its
+    /// idempotency key in the item's metadata (`billing_line`) so a re-run can see it is there.
+    async fn add_invoice_line(
+        &self,
+        customer: &str,
+        invoice: &str,
         item: &crate::plans::InvoiceItem,
         key: &str,
     ) -> Result<(), BillingError>;
 
-    /// Puts the customer's pending invoice items on one invoice, charged automatically, and
-    /// finalizes it. Returns it.
-    async fn invoice_pending_items(
-        &self,
-        customer: &str,
-        description: &str,
-        key: &str,
-    ) -> Result<InvoiceSummary, BillingError>;
+    /// Finalizes a draft invoice: it gets its number and can be paid.
+    async fn finalize_invoice(&self, invoice: &str, key: &str) -> Result<HeldInvoice, BillingError>;
+
+    /// Pays an open invoice with the customer's default card now, off session. A declined
+    /// card answers [`BillingError::CardDeclined`] and leaves the invoice open.
+    async fn pay_invoice(&self, invoice: &str, key: &str) -> Result<HeldInvoice, BillingError>;
+
+    /// Voids an open invoice: nothing is owed on it any more.
+    async fn void_invoice(&self, invoice: &str, key: &str) -> Result<HeldInvoice, BillingError>;
 
     /// A customer for a self-hosted billing entity (its kind and UUID in the metadata), billed
     /// at `email`.
@@ -361,17 +413,6 @@ pub trait Billing: Send + Sync {
         setup_intent: &str,
         key: &str,
     ) -> Result<SavedCard, BillingError>;
-
-    /// Charges `item` now: one invoice with it, finalized and paid with the customer's default
-    /// card. A declined card voids the invoice and answers [`BillingError::CardDeclined`] with
-    /// Stripe's message; nothing is owed then. Every step is keyed from `key`, so a re-run
-    /// finds the same invoice.
-    async fn charge_now(
-        &self,
-        customer: &str,
-        item: &crate::plans::InvoiceItem,
-        key: &str,
-    ) -> Result<InvoiceSummary, BillingError>;
 
     /// What moving the subscription to `price` and/or `quantity` would invoice, prorated as
     /// the change itself would be ([`Proration::for_change`]). Changes nothing.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use billing::plans::purchase::{CheckoutLinks, PurchaseError, Purchases, UpgradeStart, UpgradeState};
 use billing::plans::{Entity, LicenseManagement, PlanStatus, Prices, Schedule, Tier, UpgradeRequest};
 use billing::remote::RegisterRequest;
-use billing::stripe::BillingError;
+use billing::stripe::{BillingError, InvoiceStatus};
 use billing_testing::{FakeBilling, in_memory_store, outbox, remote_billing_on};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
@@ -98,8 +98,13 @@ impl World {
         book.customer.stripe_customer.unwrap()
     }
 
+    /// Invoices paid in (fake) Stripe.
     fn charges(&self) -> usize {
-        self.stripe.calls().iter().filter(|c| *c == "charge_now").count()
+        self.stripe
+            .invoices()
+            .iter()
+            .filter(|invoice| invoice.status == InvoiceStatus::Paid)
+            .count()
     }
 }
 
@@ -182,7 +187,7 @@ async fn a_declined_card_leaves_no_plan_and_the_upgrade_keeps_stripes_message() 
     // When the card is declined
     world
         .stripe
-        .fail_next(BillingError::CardDeclined("Your card was declined.".into()));
+        .set_default_card(&world.customer().await, "pm_card_chargeDeclined");
     let declined = world
         .purchases
         .complete_upgrade(world.entity(), upgrade_id(&reference), now())
@@ -202,7 +207,10 @@ async fn a_declined_card_leaves_no_plan_and_the_upgrade_keeps_stripes_message() 
         .complete_upgrade(world.entity(), upgrade_id(&reference), now())
         .await;
     assert!(matches!(again, Err(PurchaseError::Declined(_))));
-    assert_eq!(world.charges(), 1);
+    // And its one invoice is void: nothing is owed
+    let statuses: Vec<InvoiceStatus> = world.stripe.invoices().iter().map(|i| i.status).collect();
+    assert_eq!(statuses, [InvoiceStatus::Void]);
+    assert_eq!(world.charges(), 0);
 }
 
 #[tokio::test]

@@ -1,15 +1,17 @@
 //! `FakeBilling`: the `Billing` port in memory, for the use cases' unit tests. It keeps what
-//! Stripe keeps for the calls the service makes, answers a repeated idempotency key with the
-//! first answer, declines `pm_card_chargeDeclined`, and can be told to fail its next call.
-//! The handler and end-to-end tests use the Stripe sandbox over HTTP instead.
+//! Stripe keeps for the calls the service makes (customers, subscriptions, invoices with their
+//! metadata and lines), answers a repeated idempotency key with the first answer, declines
+//! invoices of customers whose default card is `pm_card_chargeDeclined`, and can be told to
+//! fail its next call, or its next call of one operation. The handler and end-to-end tests,
+//! and the fault matrices of the money paths, use the Stripe sandbox over HTTP instead.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use billing::stripe::{
-    Billing, BillingError, CheckoutSession, Customer, InvoicePage, InvoicePreview, InvoiceSummary, SavedCard,
-    SetupCheckout, SetupIntent, StripeSubscription, SubscriptionTerms,
+    Billing, BillingError, CheckoutSession, Customer, HeldInvoice, InvoicePage, InvoicePreview, InvoiceStatus,
+    SavedCard, SetupCheckout, SetupIntent, StripeSubscription, SubscriptionTerms,
 };
 use billing::subscription::Status;
 use chrono::{DateTime, Utc};
@@ -33,7 +35,36 @@ struct State {
     answered: HashMap<String, String>,
     calls: Vec<String>,
     fail_next: Option<BillingError>,
+    /// The next call of this operation fails with this error, changing nothing.
+    fail_operation: Option<(String, BillingError)>,
+    invoices: Vec<FakeInvoice>,
     next_id: u64,
+}
+
+/// An invoice as the fake keeps it.
+#[derive(Clone, Debug)]
+pub struct FakeInvoice {
+    /// `in_...`.
+    pub id: String,
+    /// Whose.
+    pub customer: String,
+    /// Its `billing_reference` metadata.
+    pub reference: String,
+    /// Where it is.
+    pub status: InvoiceStatus,
+    /// Its lines: key and amount.
+    pub lines: Vec<(String, i64)>,
+}
+
+impl FakeInvoice {
+    fn held(&self) -> HeldInvoice {
+        HeldInvoice {
+            id: self.id.clone(),
+            status: self.status,
+            amount_due: self.lines.iter().map(|(_, amount)| amount).sum(),
+            lines: self.lines.iter().map(|(key, _)| key.clone()).collect(),
+        }
+    }
 }
 
 impl State {
@@ -44,10 +75,34 @@ impl State {
 
     fn call(&mut self, operation: &str) -> Result<(), BillingError> {
         self.calls.push(operation.to_owned());
+        if self
+            .fail_operation
+            .as_ref()
+            .is_some_and(|(failing, _)| failing == operation)
+        {
+            return Err(self.fail_operation.take().expect("checked").1);
+        }
         match self.fail_next.take() {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+
+    fn invoice(&mut self, id: &str) -> Result<&mut FakeInvoice, BillingError> {
+        self.invoices
+            .iter_mut()
+            .find(|invoice| invoice.id == id)
+            .ok_or_else(|| BillingError::Rejected(format!("no such invoice: {id}")))
+    }
+
+    /// The id the first call under `key` made, or a new one remembered under it.
+    fn keyed(&mut self, key: &str, prefix: &str) -> (String, bool) {
+        if let Some(id) = self.answered.get(key) {
+            return (id.clone(), true);
+        }
+        let id = self.id(prefix);
+        self.answered.insert(key.to_owned(), id.clone());
+        (id, false)
     }
 
     fn subscription(&mut self, id: &str) -> Result<&mut StripeSubscription, BillingError> {
@@ -81,6 +136,24 @@ impl FakeBilling {
     /// Makes the next call fail with `error`, changing nothing.
     pub fn fail_next(&self, error: BillingError) {
         self.lock().fail_next = Some(error);
+    }
+
+    /// Makes the next call of `operation` (`pay_invoice`, `add_invoice_line`...) fail with
+    /// `error`, changing nothing.
+    pub fn fail_next_call_of(&self, operation: &str, error: BillingError) {
+        self.lock().fail_operation = Some((operation.to_owned(), error));
+    }
+
+    /// Makes `payment_method` the customer's default card (`pm_card_chargeDeclined` declines).
+    pub fn set_default_card(&self, customer: &str, payment_method: &str) {
+        self.lock()
+            .default_payment_methods
+            .insert(customer.to_owned(), payment_method.to_owned());
+    }
+
+    /// Every invoice made, oldest first.
+    pub fn invoices(&self) -> Vec<FakeInvoice> {
+        self.lock().invoices.clone()
     }
 
     /// The operations called so far, in order (`create_customer`, `change_price`, ...).
@@ -332,15 +405,6 @@ impl Billing for FakeBilling {
         Ok(format!("https://billing.example/{}", state.id("bps")))
     }
 
-    async fn add_invoice_item(
-        &self,
-        _customer: &str,
-        _item: &billing::plans::InvoiceItem,
-        _key: &str,
-    ) -> Result<(), BillingError> {
-        self.lock().call("add_invoice_item")
-    }
-
     async fn create_entity_customer(
         &self,
         _entity: billing::plans::Entity,
@@ -388,54 +452,114 @@ impl Billing for FakeBilling {
         })
     }
 
-    async fn charge_now(
-        &self,
-        customer: &str,
-        item: &billing::plans::InvoiceItem,
-        _key: &str,
-    ) -> Result<InvoiceSummary, BillingError> {
+    async fn find_invoice(&self, customer: &str, reference: &str) -> Result<Option<HeldInvoice>, BillingError> {
         let mut state = self.lock();
-        state.call("charge_now")?;
-        if state.default_payment_methods.get(customer).map(String::as_str) == Some("pm_card_chargeDeclined") {
-            return Err(BillingError::CardDeclined("Your card was declined.".to_owned()));
-        }
-        let amount = i64::try_from(u64::from(item.quantity) * item.unit_amount).unwrap_or(i64::MAX);
-        Ok(InvoiceSummary {
-            id: state.id("in"),
-            number: None,
-            status: Some("paid".to_owned()),
-            amount_due: amount,
-            amount_paid: amount,
-            currency: "usd".to_owned(),
-            created: Some(self.now),
-            period_start: Some(item.period.0),
-            period_end: Some(item.period.1),
-            hosted_invoice_url: None,
-            invoice_pdf: None,
-        })
+        state.call("find_invoice")?;
+        Ok(state
+            .invoices
+            .iter()
+            .find(|invoice| invoice.customer == customer && invoice.reference == reference)
+            .map(FakeInvoice::held))
     }
 
-    async fn invoice_pending_items(
+    async fn create_invoice(
+        &self,
+        customer: &str,
+        reference: &str,
+        _description: &str,
+        _auto_advance: bool,
+        key: &str,
+    ) -> Result<HeldInvoice, BillingError> {
+        let mut state = self.lock();
+        state.call("create_invoice")?;
+        let (id, replayed) = state.keyed(key, "in");
+        if !replayed {
+            state.invoices.push(FakeInvoice {
+                id: id.clone(),
+                customer: customer.to_owned(),
+                reference: reference.to_owned(),
+                status: InvoiceStatus::Draft,
+                lines: Vec::new(),
+            });
+        }
+        Ok(state.invoice(&id)?.held())
+    }
+
+    async fn retrieve_invoice(&self, invoice: &str) -> Result<HeldInvoice, BillingError> {
+        let mut state = self.lock();
+        state.call("retrieve_invoice")?;
+        Ok(state.invoice(invoice)?.held())
+    }
+
+    async fn add_invoice_line(
         &self,
         _customer: &str,
-        _description: &str,
-        _key: &str,
-    ) -> Result<billing::stripe::InvoiceSummary, BillingError> {
+        invoice: &str,
+        item: &billing::plans::InvoiceItem,
+        key: &str,
+    ) -> Result<(), BillingError> {
         let mut state = self.lock();
-        state.call("invoice_pending_items")?;
-        Ok(billing::stripe::InvoiceSummary {
-            id: state.id("in"),
-            number: None,
-            status: Some("open".to_owned()),
-            amount_due: 0,
-            amount_paid: 0,
-            currency: "usd".to_owned(),
-            created: Some(self.now),
-            period_start: None,
-            period_end: None,
-            hosted_invoice_url: None,
-            invoice_pdf: None,
-        })
+        state.call("add_invoice_line")?;
+        let (_, replayed) = state.keyed(key, "ii");
+        if replayed {
+            return Ok(());
+        }
+        let held = state.invoice(invoice)?;
+        if held.status != InvoiceStatus::Draft {
+            return Err(BillingError::Rejected(format!("invoice {invoice} is not a draft")));
+        }
+        let amount = i64::try_from(u64::from(item.quantity) * item.unit_amount).unwrap_or(i64::MAX);
+        held.lines.push((item.idempotency_key.clone(), amount));
+        Ok(())
+    }
+
+    async fn finalize_invoice(&self, invoice: &str, _key: &str) -> Result<HeldInvoice, BillingError> {
+        let mut state = self.lock();
+        state.call("finalize_invoice")?;
+        let held = state.invoice(invoice)?;
+        if held.status != InvoiceStatus::Draft {
+            return Err(BillingError::Rejected(format!(
+                "This invoice is already finalized: {invoice}"
+            )));
+        }
+        held.status = if held.held().amount_due == 0 {
+            InvoiceStatus::Paid
+        } else {
+            InvoiceStatus::Open
+        };
+        Ok(held.held())
+    }
+
+    async fn pay_invoice(&self, invoice: &str, _key: &str) -> Result<HeldInvoice, BillingError> {
+        let mut state = self.lock();
+        state.call("pay_invoice")?;
+        let customer = state.invoice(invoice)?.customer.clone();
+        let declined =
+            state.default_payment_methods.get(&customer).map(String::as_str) == Some("pm_card_chargeDeclined");
+        let held = state.invoice(invoice)?;
+        if held.status != InvoiceStatus::Open {
+            return Err(BillingError::Rejected(format!(
+                "You can only pay open invoices: {invoice}"
+            )));
+        }
+        if declined {
+            return Err(BillingError::CardDeclined("Your card was declined.".to_owned()));
+        }
+        held.status = InvoiceStatus::Paid;
+        Ok(held.held())
+    }
+
+    async fn void_invoice(&self, invoice: &str, _key: &str) -> Result<HeldInvoice, BillingError> {
+        let mut state = self.lock();
+        state.call("void_invoice")?;
+        let held = state.invoice(invoice)?;
+        if held.status != InvoiceStatus::Open {
+            return Err(BillingError::Rejected(format!(
+                "You can only void open invoices: {invoice}"
+            )));
+        }
+        held.status = InvoiceStatus::Void;
+        Ok(held.held())
     }
 
     /// The fake makes no invoices: every customer's list is empty.

@@ -6,9 +6,11 @@
 #![warn(missing_docs)]
 
 mod fake_billing;
+pub mod faults;
 pub mod metrics;
 
-pub use fake_billing::FakeBilling;
+pub use fake_billing::{FakeBilling, FakeInvoice};
+pub use faults::{FaultyDocuments, WriteFault};
 pub use metrics::Counts;
 
 use std::sync::Arc;

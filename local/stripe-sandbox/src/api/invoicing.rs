@@ -495,11 +495,31 @@ impl State {
                 "period",
                 "discountable",
                 "metadata",
+                "invoice",
                 "expand",
             ],
         )?;
         let customer = p.required("customer")?;
         self.live_customer(customer, Some("customer"))?;
+        let invoice = p.string("invoice")?;
+        if let Some(invoice) = invoice {
+            let held = self
+                .invoices
+                .get(invoice)
+                .ok_or_else(|| no_such("invoice", invoice, Some("invoice")))?;
+            if held["customer"] != customer {
+                return Err(invalid(
+                    Some("invoice"),
+                    "The invoice and the invoice item must belong to the same customer.",
+                ));
+            }
+            if held["status"] != "draft" {
+                return Err(invalid(
+                    Some("invoice"),
+                    format!("Invoice {invoice} is not a draft: invoice items can only be added to draft invoices."),
+                ));
+            }
+        }
         let quantity = p.integer("quantity")?.unwrap_or(1);
         if quantity < 0 {
             return Err(invalid(Some("quantity"), "Invalid quantity: must be at least 0"));
@@ -572,9 +592,36 @@ impl State {
             "tax_rates": [],
             "test_clock": null,
         });
+        let mut item = item;
+        if let Some(invoice) = invoice {
+            item["invoice"] = json!(invoice);
+            let line = item_line(&item, invoice);
+            if let Some(held) = self.invoices.get_mut(invoice) {
+                add_line(held, line);
+            }
+        }
         self.invoice_items.insert(id.clone(), item.clone());
         self.remember(&id);
         Ok(item)
+    }
+
+    /// `GET /v1/invoiceitems`: a customer's items, an invoice's, or the pending ones (on no
+    /// invoice yet), newest first.
+    pub fn list_invoice_items(&self, params: &Value) -> Outcome {
+        let p = Params::new(
+            params,
+            &["customer", "invoice", "pending", "limit", "starting_after", "expand"],
+        )?;
+        let customer = p.string("customer")?;
+        let invoice = p.string("invoice")?;
+        let pending = p.boolean("pending")?;
+        self.list("/v1/invoiceitems", &p, |id| {
+            self.invoice_items.get(id).filter(|item| {
+                customer.is_none_or(|c| item["customer"] == c)
+                    && invoice.is_none_or(|i| item["invoice"] == i)
+                    && pending.is_none_or(|wanted| item["invoice"].is_null() == wanted)
+            })
+        })
     }
 
     /// A one-off invoice of the customer's pending invoice items (`pending_invoice_items_behavior
@@ -613,35 +660,7 @@ impl State {
         let lines: Vec<Value> = pending
             .iter()
             .filter_map(|item_id| self.invoice_items.get(item_id))
-            .map(|item| {
-                json!({
-                    "id": ordered_id("il"),
-                    "object": "line_item",
-                    "amount": item["amount"],
-                    "currency": item["currency"],
-                    "description": item["description"],
-                    "discount_amounts": [],
-                    "discountable": item["discountable"],
-                    "discounts": [],
-                    "invoice": id,
-                    "livemode": false,
-                    "metadata": item["metadata"],
-                    "parent": {
-                        "type": "invoice_item_details",
-                        "invoice_item_details": {"invoice_item": item["id"], "proration": false,
-                                                 "proration_details": {"credited_items": null}, "subscription": null},
-                        "subscription_item_details": null,
-                    },
-                    "period": item["period"],
-                    "pretax_credit_amounts": [],
-                    "pricing": item["pricing"],
-                    "quantity": item["quantity"],
-                    "quantity_decimal": item["quantity_decimal"],
-                    "subscription": null,
-                    "subtotal": item["amount"],
-                    "taxes": [],
-                })
-            })
+            .map(|item| item_line(item, &id))
             .collect();
         let mut invoice = objects::invoice(NewInvoice {
             id: &id,
@@ -970,5 +989,56 @@ impl State {
         self.emit("customer.subscription.updated", &subscription, Some(previous), at);
         self.emit_invoice_outcome(&invoice, charge, at);
         subscription
+    }
+}
+
+/// The line an invoice item makes on `invoice`.
+fn item_line(item: &Value, invoice: &str) -> Value {
+    json!({
+        "id": ordered_id("il"),
+        "object": "line_item",
+        "amount": item["amount"],
+        "currency": item["currency"],
+        "description": item["description"],
+        "discount_amounts": [],
+        "discountable": item["discountable"],
+        "discounts": [],
+        "invoice": invoice,
+        "livemode": false,
+        "metadata": item["metadata"],
+        "parent": {
+            "type": "invoice_item_details",
+            "invoice_item_details": {"invoice_item": item["id"], "proration": false,
+                                     "proration_details": {"credited_items": null}, "subscription": null},
+            "subscription_item_details": null,
+        },
+        "period": item["period"],
+        "pretax_credit_amounts": [],
+        "pricing": item["pricing"],
+        "quantity": item["quantity"],
+        "quantity_decimal": item["quantity_decimal"],
+        "subscription": null,
+        "subtotal": item["amount"],
+        "taxes": [],
+    })
+}
+
+/// Adds `line` to a draft one-off invoice and recomputes its totals (no discount applies).
+fn add_line(invoice: &mut Value, line: Value) {
+    let amount = line["amount"].as_i64().unwrap_or(0);
+    if let Some(lines) = invoice["lines"]["data"].as_array_mut() {
+        lines.push(line);
+    }
+    let count = invoice["lines"]["data"].as_array().map_or(0, Vec::len);
+    invoice["lines"]["total_count"] = json!(count);
+    for field in [
+        "subtotal",
+        "subtotal_excluding_tax",
+        "total",
+        "total_excluding_tax",
+        "amount_due",
+        "amount_remaining",
+    ] {
+        invoice[field] = json!(invoice[field].as_i64().unwrap_or(0) + amount);
     }
 }

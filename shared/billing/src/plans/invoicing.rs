@@ -1,19 +1,131 @@
-//! The daily invoicing of self-hosted plans (API.md, "Invoicing"): every live plan whose next
-//! invoice date has come is run through [`invoice_plan`](super::invoice_plan), its ledger rows
-//! become Stripe invoice items under `ledger_entry:<row id>` keys, one invoice of them is made
-//! and finalized (charged automatically), and the plan's new state is stored.
+//! The invoicing of self-hosted plans (API.md, "Invoicing"), as a resumable two-phase run.
 //!
-//! Safe to re-run after a crash at any point: the items and the invoice carry idempotency keys
-//! derived from the ledger and the due date, so a second run within Stripe's 24 hours gets the
-//! same objects back, and the plan's state is stored last, on the version read.
+//! For each plan whose next invoice date has come (read from the due-date index a page at a
+//! time), [`invoice_plan`](super::invoice_plan) decides the end-of-cycle rows and the exact
+//! lines owed. Then:
+//!
+//! 1. **Record.** One transaction writes the end-of-cycle rows, the plan moved on
+//!    (`invoiced_through`, next invoice date) and an [`InvoicingRun`] holding the due date and
+//!    the exact lines with their keys, plus an entry in the index of open runs. Nothing has
+//!    been asked of Stripe yet; a fault here leaves nothing behind.
+//! 2. **Charge.** [`charge`](super::charge::charge) makes the run's invoice in Stripe from what
+//!    Stripe holds (the invoice found by its metadata, its lines by theirs), so a re-run at once
+//!    or a day later (when Stripe may have forgotten the keys) never makes a second invoice.
+//! 3. **Settle.** One transaction records the invoice and its outcome on the run and closes its
+//!    open entry.
+//!
+//! A run that fails stays open and is resumed by the next job (hourly), before anything new is
+//! decided for its entity; after [`ATTENTION_AFTER_FAILURES`] failures, or once it has been
+//! open for [`ATTENTION_AFTER`], it is marked for a person (and counted as `needs_attention`),
+//! and still resumed, since resuming is safe.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
 
-use super::stored::{self, LiveEntry, PLANS_DUE};
-use super::{Entity, InvoiceRun, purchase};
-use crate::store::{DocumentStore, StoreError};
+use super::charge::{Charged, InvoiceSpec, charge};
+use super::stored::{self, PLANS_DUE, PlannedWrite};
+use super::{Entity, InvoiceItem, InvoiceRun, purchase};
+use crate::store::{AsConflict, DocumentStore, StoreError, member_key, retry_on_conflict};
 use crate::stripe::{Billing, BillingError};
+
+/// A run open longer than this is marked for a person.
+pub const ATTENTION_AFTER: Duration = Duration::hours(6);
+
+/// A run that failed this many times is marked for a person.
+pub const ATTENTION_AFTER_FAILURES: u32 = 3;
+
+/// The index of open invoicing runs (`invoicing_open/<entity>`), read by every job first.
+pub const RUNS_OPEN: &str = "invoicing_open";
+
+/// Where a run is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunState {
+    /// Recorded; Stripe may hold part of its invoice.
+    Open,
+    /// The invoice is paid (or owed nothing).
+    Paid,
+    /// The invoice is finalized and its payment failed: Stripe's retries collect it.
+    PaymentFailed {
+        /// What Stripe said.
+        message: String,
+    },
+}
+
+/// The invoice of one plan for one due date, written before its first Stripe call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoicingRun {
+    /// Whose plan.
+    pub entity: Entity,
+    /// The plan invoiced.
+    pub plan: Uuid,
+    /// The due date it invoices.
+    pub due: DateTime<Utc>,
+    /// What the invoice says it is for.
+    pub description: String,
+    /// Its exact lines and their keys.
+    pub lines: Vec<InvoiceItem>,
+    /// The Stripe invoice, once known.
+    pub invoice: Option<String>,
+    /// Where it is.
+    #[serde(flatten)]
+    pub state: RunState,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// How many attempts failed.
+    pub failures: u32,
+    /// Why the last one failed.
+    pub last_failure: Option<String>,
+    /// Whether it waits for a person ([`ATTENTION_AFTER`], [`ATTENTION_AFTER_FAILURES`]).
+    pub needs_attention: bool,
+}
+
+impl InvoicingRun {
+    /// What names its invoice in Stripe's metadata and roots its keys.
+    pub fn reference(&self) -> String {
+        format!("invoicing:{}:{}", self.plan, self.due.timestamp())
+    }
+
+    fn member(&self) -> String {
+        format!("invoicing#{:020}#{}", self.due.timestamp().max(0), self.plan)
+    }
+}
+
+/// An entity's entry in [`RUNS_OPEN`].
+fn open_member(entity: Entity) -> String {
+    match entity {
+        Entity::Realm(uuid) => format!("realm#{uuid}"),
+        Entity::Server(uuid) => format!("server#{uuid}"),
+    }
+}
+
+/// The runs of an entity, oldest due date first, with their versions.
+pub async fn runs(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<Vec<(InvoicingRun, u64)>, StoreError> {
+    let collection = stored::collection(entity);
+    let mut runs = Vec::new();
+    let mut after = "invoicing#".to_owned();
+    loop {
+        let page = documents
+            .list_documents_range(&collection, Some(&after), "invoicing#~", PAGE, now)
+            .await?;
+        let full = page.len() == PAGE;
+        for (member, document) in page {
+            let run =
+                serde_json::from_value(document.body).map_err(|e| StoreError::Corrupt(format!("{member}: {e}")))?;
+            runs.push((run, document.version));
+            after = member;
+        }
+        if !full {
+            return Ok(runs);
+        }
+    }
+}
 
 /// What the run did with one entity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -33,12 +145,14 @@ pub enum EntityOutcome {
         /// Whose plan.
         entity: Entity,
     },
-    /// Refused or failed; tried again on the next run.
+    /// Refused or failed; its run stays open and is resumed by the next job.
     Failed {
         /// Whose plan.
         entity: Entity,
         /// Why.
         reason: String,
+        /// Whether its run now waits for a person.
+        needs_attention: bool,
     },
 }
 
@@ -66,6 +180,15 @@ enum Failure {
     NoCustomer,
 }
 
+impl AsConflict for Failure {
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Failure::Store(StoreError::VersionConflict | StoreError::AlreadyExists)
+        )
+    }
+}
+
 /// When the server whose uploads count for `entity` last uploaded (`None`: never, or a realm no
 /// server lists).
 async fn last_upload(
@@ -82,106 +205,324 @@ async fn last_upload(
 /// How many due plans one read of the index hands out.
 const PAGE: usize = 100;
 
-/// Invoices every plan due at `at`, read from the due-date index a page at a time from a cursor
-/// (only the plans due are read); one entity's failure does not stop the others. A plan due
-/// several times over (the job did not run for a while) is invoiced at its oldest due date
-/// first; its entry moves to the next date, later in the range, and is met again.
+/// Runs the job at `at`: first every open run (resumed), then every plan due at `at`, read
+/// from the due-date index a page at a time from a cursor (only the plans due are read); one
+/// entity's failure does not stop the others. A plan due several times over (the job did not
+/// run for a while) is invoiced at its oldest due date first; its entry moves to the next date,
+/// later in the range, and is met again.
 pub async fn invoice_plans(
     documents: &dyn DocumentStore,
     billing: &dyn Billing,
     at: DateTime<Utc>,
 ) -> Result<InvoicingReport, StoreError> {
     let mut report = InvoicingReport::default();
-    let through = stored::due_through(at);
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = documents
-            .list_documents_range(PLANS_DUE, cursor.as_deref(), &through, PAGE, at)
-            .await?;
-        let Some((last, _)) = page.last() else {
-            break;
+    for index in [RUNS_OPEN, PLANS_DUE] {
+        let through = if index == RUNS_OPEN {
+            "~".to_owned()
+        } else {
+            stored::due_through(at)
         };
-        let next_cursor = last.clone();
-        for (index, (_, document)) in page.iter().enumerate() {
-            if crate::deadline::remaining().is_some_and(|left| left < TIME_PER_ENTITY) {
-                report.left_for_next_run = page.len() - index;
-                tracing::warn!(
-                    left = report.left_for_next_run,
-                    "invoicing stopped before the deadline; more may be due"
-                );
-                return Ok(report);
-            }
-            let Ok(entry) = serde_json::from_value::<LiveEntry>(document.body.clone()) else {
-                continue;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = documents
+                .list_documents_range(index, cursor.as_deref(), &through, PAGE, at)
+                .await?;
+            let Some((last, _)) = page.last() else {
+                break;
             };
-            let outcome = match invoice_entity(documents, billing, entry.entity, at).await {
-                Ok(outcome) => outcome,
-                Err(failure) => {
-                    tracing::warn!(entity = ?entry.entity, error = %failure, "plan not invoiced");
-                    Some(EntityOutcome::Failed {
-                        entity: entry.entity,
-                        reason: failure.to_string(),
-                    })
+            let next_cursor = last.clone();
+            for (position, (_, document)) in page.iter().enumerate() {
+                if crate::deadline::remaining().is_some_and(|left| left < TIME_PER_ENTITY) {
+                    report.left_for_next_run = page.len() - position;
+                    tracing::warn!(
+                        left = report.left_for_next_run,
+                        "invoicing stopped before the deadline; more may be due"
+                    );
+                    return Ok(report);
                 }
-            };
-            if let Some(outcome) = &outcome {
-                crate::metrics::plan_invoice(match outcome {
-                    EntityOutcome::Invoiced { .. } => "invoiced",
-                    EntityOutcome::Deferred { .. } => "deferred",
-                    EntityOutcome::Failed { .. } => "failed",
-                });
+                let Some(entity) = document.body.get("entity").cloned() else {
+                    continue;
+                };
+                let Ok(entity) = serde_json::from_value::<Entity>(entity) else {
+                    continue;
+                };
+                if report.outcomes.iter().any(|done| done.entity() == entity) && index == RUNS_OPEN {
+                    continue;
+                }
+                let outcome = invoice_entity(documents, billing, entity, at).await;
+                for outcome in &outcome {
+                    crate::metrics::plan_invoice(outcome.metric());
+                }
+                report.outcomes.extend(outcome);
             }
-            report.outcomes.extend(outcome);
+            cursor = Some(next_cursor);
         }
-        cursor = Some(next_cursor);
     }
     Ok(report)
 }
 
-/// Invoices one entity's plan once if it is due at `at`; `None` when it is not (any more).
-async fn invoice_entity(
+impl EntityOutcome {
+    fn entity(&self) -> Entity {
+        match self {
+            EntityOutcome::Invoiced { entity, .. }
+            | EntityOutcome::Deferred { entity }
+            | EntityOutcome::Failed { entity, .. } => *entity,
+        }
+    }
+
+    fn metric(&self) -> &'static str {
+        match self {
+            EntityOutcome::Invoiced { .. } => "invoiced",
+            EntityOutcome::Deferred { .. } => "deferred",
+            EntityOutcome::Failed {
+                needs_attention: true, ..
+            } => "needs_attention",
+            EntityOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Invoices one entity: resumes its open run if it has one, then invoices its plan once if it
+/// is due at `at`. What it did, one outcome per run (none when nothing was due).
+pub async fn invoice_entity(
     documents: &dyn DocumentStore,
     billing: &dyn Billing,
     entity: Entity,
     at: DateTime<Utc>,
-) -> Result<Option<EntityOutcome>, Failure> {
-    let stored = stored::load(documents, entity, at).await?;
-    let Some(plan) = stored.book.plan.clone() else {
-        return Ok(None);
-    };
-    let Some(due) = plan.next_invoice_date else {
-        return Ok(None);
-    };
-    let upload = last_upload(documents, entity, at).await?;
-    match super::invoice_plan(&stored.book, at, upload) {
-        InvoiceRun::NotDue => Ok(None),
-        InvoiceRun::Deferred => {
-            tracing::info!(?entity, %due, ?upload, "invoice deferred: no upload since it was due");
-            Ok(Some(EntityOutcome::Deferred { entity }))
+) -> Vec<EntityOutcome> {
+    let mut outcomes = Vec::new();
+    let open = match runs(documents, entity, at).await {
+        Ok(runs) => runs.into_iter().find(|(run, _)| run.state == RunState::Open),
+        Err(error) => {
+            return vec![failed(entity, &error.into(), false)];
         }
-        InvoiceRun::Invoice { items, book, changes } => {
-            let mut invoice = None;
-            if !items.is_empty() {
-                let customer = stored
-                    .book
-                    .customer
-                    .stripe_customer
-                    .clone()
-                    .ok_or(Failure::NoCustomer)?;
-                for item in &items {
-                    billing.add_invoice_item(&customer, item, &item.idempotency_key).await?;
-                }
-                let key = format!("invoice_plan:{}:{}", plan.id, due.timestamp());
-                let description = format!("{} plan", plan.tier.display_name());
-                invoice = Some(billing.invoice_pending_items(&customer, &description, &key).await?.id);
-            }
-            stored::save(documents, &stored, &book, &changes, at).await?;
-            tracing::info!(?entity, %due, items = items.len(), ?invoice, "plan invoiced");
-            Ok(Some(EntityOutcome::Invoiced {
-                entity,
-                invoice,
-                items: items.len(),
-            }))
+    };
+    if let Some((run, version)) = open {
+        match resume(documents, billing, run, version, at).await {
+            Ok(outcome) => outcomes.push(outcome),
+            // An open run is settled before anything new is decided for its entity.
+            Err(outcome) => return vec![outcome],
         }
     }
+    match record(documents, entity, at).await {
+        Ok(Recorded::NotDue) => {}
+        Ok(Recorded::Deferred) => outcomes.push(EntityOutcome::Deferred { entity }),
+        Ok(Recorded::NothingOwed) => outcomes.push(EntityOutcome::Invoiced {
+            entity,
+            invoice: None,
+            items: 0,
+        }),
+        Ok(Recorded::Run(run, version)) => match resume(documents, billing, *run, version, at).await {
+            Ok(outcome) | Err(outcome) => outcomes.push(outcome),
+        },
+        Err(failure) => outcomes.push(failed(entity, &failure, false)),
+    }
+    outcomes
+}
+
+fn failed(entity: Entity, failure: &Failure, needs_attention: bool) -> EntityOutcome {
+    tracing::warn!(?entity, error = %failure, needs_attention, "plan not invoiced");
+    EntityOutcome::Failed {
+        entity,
+        reason: failure.to_string(),
+        needs_attention,
+    }
+}
+
+/// What phase 1 did.
+enum Recorded {
+    NotDue,
+    Deferred,
+    /// Due with nothing owed: the plan moved on, no run.
+    NothingOwed,
+    /// The run recorded, with its version.
+    Run(Box<InvoicingRun>, u64),
+}
+
+/// Phase 1: decides what the plan owes at its due date and records it, with the plan moved on,
+/// in one transaction; re-read and decided again when another writer got there first.
+async fn record(documents: &dyn DocumentStore, entity: Entity, at: DateTime<Utc>) -> Result<Recorded, Failure> {
+    retry_on_conflict(|_| async move {
+        let stored = stored::load(documents, entity, at).await?;
+        let Some(plan) = stored.book.plan.clone() else {
+            return Ok(Recorded::NotDue);
+        };
+        let Some(due) = plan.next_invoice_date else {
+            return Ok(Recorded::NotDue);
+        };
+        let upload = last_upload(documents, entity, at).await?;
+        let (items, book, changes) = match super::invoice_plan(&stored.book, at, upload) {
+            InvoiceRun::NotDue => return Ok(Recorded::NotDue),
+            InvoiceRun::Deferred => {
+                tracing::info!(?entity, %due, ?upload, "invoice deferred: no upload since it was due");
+                return Ok(Recorded::Deferred);
+            }
+            InvoiceRun::Invoice { items, book, changes } => (items, book, changes),
+        };
+        let mut writes = stored::writes_for(&stored, &book, &changes, at);
+        if items.is_empty() {
+            let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
+            if !writes.is_empty() {
+                documents.put_documents(&writes, at).await?;
+            }
+            tracing::info!(?entity, %due, "plan due with nothing owed");
+            return Ok(Recorded::NothingOwed);
+        }
+        let run = InvoicingRun {
+            entity,
+            plan: plan.id,
+            due,
+            description: format!("{} plan", plan.tier.display_name()),
+            lines: items,
+            invoice: None,
+            state: RunState::Open,
+            recorded_at: at,
+            failures: 0,
+            last_failure: None,
+            needs_attention: false,
+        };
+        writes.push(PlannedWrite {
+            key: member_key(&stored::collection(entity), &run.member()),
+            body: encode(&run),
+            expected: None,
+            expires_at: None,
+        });
+        writes.push(PlannedWrite {
+            key: member_key(RUNS_OPEN, &open_member(entity)),
+            body: serde_json::json!({"entity": entity, "plan": run.plan, "due": due}),
+            expected: None,
+            expires_at: None,
+        });
+        let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
+        documents.put_documents(&writes, at).await?;
+        tracing::info!(?entity, %due, lines = run.lines.len(), "invoicing run recorded");
+        Ok(Recorded::Run(Box::new(run), 1))
+    })
+    .await
+}
+
+fn encode<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("invoicing documents serialize")
+}
+
+/// Phases 2 and 3: charges the run's invoice from what Stripe holds and settles the run. A
+/// failure is recorded on the run (which stays open) and answered as the outcome.
+async fn resume(
+    documents: &dyn DocumentStore,
+    billing: &dyn Billing,
+    run: InvoicingRun,
+    version: u64,
+    at: DateTime<Utc>,
+) -> Result<EntityOutcome, EntityOutcome> {
+    let entity = run.entity;
+    match charge_run(documents, billing, &run, at).await {
+        Ok(charged) => match settle(documents, &run, version, &charged, at).await {
+            Ok(()) => {
+                tracing::info!(?entity, due = %run.due, invoice = charged.invoice(), "plan invoiced");
+                Ok(EntityOutcome::Invoiced {
+                    entity,
+                    invoice: Some(charged.invoice().to_owned()),
+                    items: run.lines.len(),
+                })
+            }
+            Err(error) => Err(note_failure(documents, run, version, &error.into(), at).await),
+        },
+        Err(failure) => Err(note_failure(documents, run, version, &failure, at).await),
+    }
+}
+
+async fn charge_run(
+    documents: &dyn DocumentStore,
+    billing: &dyn Billing,
+    run: &InvoicingRun,
+    at: DateTime<Utc>,
+) -> Result<Charged, Failure> {
+    let stored = stored::load(documents, run.entity, at).await?;
+    let customer = stored
+        .book
+        .customer
+        .stripe_customer
+        .clone()
+        .ok_or(Failure::NoCustomer)?;
+    let reference = run.reference();
+    let spec = InvoiceSpec {
+        customer: &customer,
+        reference: &reference,
+        description: &run.description,
+        lines: &run.lines,
+        auto_advance: true,
+    };
+    Ok(charge(billing, spec, run.invoice.as_deref()).await?)
+}
+
+/// Phase 3: the run's outcome and its open entry closed, in one transaction.
+async fn settle(
+    documents: &dyn DocumentStore,
+    run: &InvoicingRun,
+    version: u64,
+    charged: &Charged,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let settled = InvoicingRun {
+        invoice: Some(charged.invoice().to_owned()),
+        state: match charged {
+            Charged::Declined { message, .. } => RunState::PaymentFailed {
+                message: message.clone(),
+            },
+            Charged::Paid { .. } | Charged::Voided { .. } => RunState::Paid,
+        },
+        ..run.clone()
+    };
+    let open_key = member_key(RUNS_OPEN, &open_member(run.entity));
+    let open = documents.get_document(&open_key, at).await?;
+    let mut writes = vec![PlannedWrite {
+        key: member_key(&stored::collection(run.entity), &run.member()),
+        body: encode(&settled),
+        expected: Some(version),
+        expires_at: None,
+    }];
+    if let Some(open) = open {
+        writes.push(PlannedWrite {
+            key: open_key,
+            body: Value::Null,
+            expected: Some(open.version),
+            expires_at: Some(at),
+        });
+    }
+    let writes: Vec<_> = writes.iter().map(PlannedWrite::as_write).collect();
+    documents.put_documents(&writes, at).await
+}
+
+/// Records a failed attempt on the open run (best effort: the run stays open either way) and
+/// marks it for a person when it has failed too often or stayed open too long.
+async fn note_failure(
+    documents: &dyn DocumentStore,
+    run: InvoicingRun,
+    version: u64,
+    failure: &Failure,
+    at: DateTime<Utc>,
+) -> EntityOutcome {
+    let failures = run.failures + 1;
+    let needs_attention = failures >= ATTENTION_AFTER_FAILURES || at - run.recorded_at >= ATTENTION_AFTER;
+    let noted = InvoicingRun {
+        failures,
+        last_failure: Some(failure.to_string()),
+        needs_attention,
+        ..run.clone()
+    };
+    let key = member_key(&stored::collection(run.entity), &run.member());
+    let body = encode(&noted);
+    let write = crate::store::DocumentWrite {
+        key: &key,
+        body: &body,
+        expires_at: None,
+        expected: Some(version),
+    };
+    if let Err(error) = documents.put_documents(&[write], at).await {
+        tracing::warn!(entity = ?run.entity, %error, "the failed attempt could not be recorded on its run");
+    }
+    if needs_attention {
+        tracing::error!(entity = ?run.entity, due = %run.due, failures, "invoicing run needs a person");
+    }
+    failed(run.entity, failure, needs_attention)
 }

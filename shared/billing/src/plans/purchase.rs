@@ -2,18 +2,31 @@
 //! and `billing/` forms and behind `checkout.session.completed`, over the stored book and
 //! Stripe.
 //!
-//! An upgrade is first written down as a [`PendingUpgrade`] (its id becomes the plan's id and
-//! the root of every Stripe idempotency key of the purchase), so each step can be re-run:
+//! An upgrade is first written down as a [`PendingUpgrade`] whose id becomes the plan's id and
+//! the root of every Stripe key of the purchase, with what it buys fixed at that moment (users
+//! counted, price and discount, period start): every retry and every redelivered Checkout
+//! completion charges the same thing under the same keys.
+//!
+//! One purchase at a time per server: accepting a form writes a [`PurchaseClaim`] under the
+//! server's key (a realm's owner, or the server itself) in the same transaction as the pending
+//! upgrade, on the condition that no other purchase holds it. Holding the claim, the live plans
+//! of the entity, its server and its realms are read again; since every plan bought is written
+//! with the claim's release, nothing can start a plan in between. A second form for the same
+//! server is refused before anything is charged; a second Checkout for an entity whose newer
+//! form replaced it saves its card and is refused.
 //!
 //! 1. `begin_upgrade` validates the form against fresh usage data, makes the entity's Stripe
-//!    customer once (keyed by the entity), stores the pending upgrade, and either sends the
-//!    browser to a Checkout Session in `mode=setup` (no card saved yet) or completes it at once.
-//! 2. `checkout_completed` (the webhook) makes the saved card the customer's default, records
-//!    its last four digits, and completes the upgrade.
-//! 3. `complete_upgrade` starts a trial (nothing charged) or charges the first period on one
-//!    invoice paid at once; the plan and the upgrade's outcome are written in one transaction,
-//!    only once the invoice is paid. A declined card voids the invoice, and the upgrade records
-//!    Stripe's message for the billing page; no plan exists.
+//!    customer once (keyed by the entity), claims and stores the pending upgrade, and either
+//!    sends the browser to a Checkout Session in `mode=setup` (no card saved yet) or completes
+//!    it at once.
+//! 2. `checkout_completed` (the webhook, or the return page) makes the saved card the
+//!    customer's default, records its last four digits, and completes the upgrade.
+//! 3. `complete_upgrade` starts a trial (nothing charged) or charges the first period through
+//!    [`charge`](super::charge::charge) (an invoice named `upgrade:<id>` in Stripe's metadata,
+//!    found again by it however old its keys); the plan, the upgrade's outcome and the claim's
+//!    release are written in one transaction, only once the invoice is paid. A declined card
+//!    voids the invoice, and the upgrade records Stripe's message for the billing page; no plan
+//!    exists.
 
 use std::sync::Arc;
 
@@ -22,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::charge::{Charged, InvoiceSpec, charge, void_declined};
 use super::stored::{self, PlannedWrite, StoredBook};
 use super::{
     Book, Changes, Entity, InvoiceItem, LicenseManagement, ManualChange, Plan, PlanError, PlanStatus, Prices, Schedule,
@@ -73,12 +87,43 @@ pub struct PendingUpgrade {
     pub license_management: LicenseManagement,
     /// The count asked for (manual management).
     pub licenses: Option<u32>,
-    /// When it was asked for.
+    /// When it was asked for: the first period starts then.
     pub created_at: DateTime<Utc>,
+    /// The users counted when it was asked for.
+    #[serde(default)]
+    pub billed_count: Option<u32>,
+    /// Cents per license then, discount applied.
+    #[serde(default)]
+    pub price_per_license: Option<u64>,
+    /// The discount then, in percent.
+    #[serde(default)]
+    pub discount_percent: Option<u8>,
     /// Where it is.
     #[serde(flatten)]
     pub state: UpgradeState,
 }
+
+/// Who holds the one purchase a server and its realms may have in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseClaim {
+    /// The entity buying.
+    pub entity: Entity,
+    /// Its pending upgrade.
+    pub upgrade: Uuid,
+    /// Whether the purchase is being charged (no other form may replace it then).
+    pub charging: bool,
+    /// When it was claimed.
+    pub claimed_at: DateTime<Utc>,
+}
+
+/// A purchase charging for longer than this has stalled: a request for the same entity resumes it.
+pub const STALLED_AFTER: Duration = Duration::minutes(2);
+
+/// The collection of purchase claims.
+pub const PURCHASE_CLAIMS: &str = "purchase_claims";
+
+/// How long a claim waiting for Checkout holds: as long as a Checkout Session stays open.
+pub const CLAIM_AWAITING_CARD_FOR: Duration = Duration::hours(24);
 
 impl PendingUpgrade {
     fn request(&self) -> UpgradeRequest {
@@ -177,6 +222,11 @@ pub enum PurchaseError {
     /// The entity's server has not uploaded for [`FRESH_DATA`].
     #[error("missing data")]
     MissingData,
+    /// Another purchase for this server or one of its organizations is being made.
+    #[error(
+        "Another purchase for this server or one of its organizations is in progress; nothing was charged for this one."
+    )]
+    PurchaseInProgress,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -511,11 +561,13 @@ impl Purchases {
             Some(_) => return Err(PlanError::AlreadyHasPlan.into()),
             None => {}
         }
-        super::licenses_to_buy(&request, usage.billed.unwrap_or(0))?;
+        let billed = usage.billed.unwrap_or(0);
+        super::licenses_to_buy(&request, billed)?;
         if live_plan_elsewhere(self.documents.as_ref(), entity, now).await? {
             return Err(PlanError::PlanElsewhere.into());
         }
         let customer = self.ensure_customer(entity, email, now).await?;
+        let discount = book.customer.default_discount;
         let pending = PendingUpgrade {
             id: Uuid::new_v4(),
             entity,
@@ -527,19 +579,48 @@ impl Purchases {
                 LicenseManagement::Automatic => None,
             },
             created_at: now,
+            billed_count: Some(billed),
+            price_per_license: Some(super::discounted(
+                self.prices.list_price(request.tier, request.schedule),
+                discount,
+            )),
+            discount_percent: Some(discount),
             state: UpgradeState::AwaitingCard,
         };
-        let body = serde_json::to_value(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.documents
-            .put_document(
-                &upgrade_key(entity, pending.id),
-                &body,
-                Some(now + KEEP_UPGRADES_FOR),
-                None,
-                now,
-            )
-            .await?;
-        if book.customer.card_last4.is_none() {
+        let card_on_file = book.customer.card_last4.is_some();
+        if let Err(refused) = self.claim_and_store(&pending, card_on_file, now).await {
+            if matches!(refused, PurchaseError::PurchaseInProgress) {
+                self.resume_stalled_purchase(entity, now).await;
+            }
+            return Err(refused);
+        }
+        // Holding the claim, no other purchase of the server can start a plan: the live plans
+        // read now stay true until this one settles.
+        let (held, _) = self.current(entity, now).await?;
+        let refusal = match &held.plan {
+            Some(plan) if plan.tier == Tier::Legacy && held.next_plan.is_some() => {
+                Some(PlanError::AlreadyScheduledUpgrade)
+            }
+            Some(plan) if plan.tier != Tier::Legacy => Some(PlanError::AlreadyHasPlan),
+            _ if live_plan_elsewhere(self.documents.as_ref(), entity, now).await? => Some(PlanError::PlanElsewhere),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            let (pending, version) = self.pending(entity, pending.id, now).await?;
+            let claim_key = self.claim_key(entity, now).await?;
+            let claim = match self.documents.get_document(&claim_key, now).await? {
+                Some(held) if decode::<PurchaseClaim>(&claim_key, held.body.clone())?.upgrade == pending.id => {
+                    Some((claim_key, held.version))
+                }
+                _ => None,
+            };
+            let state = UpgradeState::Refused {
+                message: refusal.to_string(),
+            };
+            self.settle(&pending, version, state, None, claim.as_ref(), now).await?;
+            return Err(refusal.into());
+        }
+        if !card_on_file {
             let reference = pending.reference();
             let session = self
                 .stripe
@@ -558,6 +639,142 @@ impl Purchases {
         }
         let plan = self.complete_upgrade(entity, pending.id, now).await?;
         Ok(UpgradeStart::Started(Box::new(plan)))
+    }
+
+    /// The key of the claim `entity`'s purchases take: its server's (a realm no server lists
+    /// claims under its own uuid).
+    async fn claim_key(&self, entity: Entity, now: DateTime<Utc>) -> Result<String, StoreError> {
+        let group = match server_of(self.documents.as_ref(), entity, now).await? {
+            Some(server) => server,
+            None => entity_parts(entity).1,
+        };
+        Ok(member_key(PURCHASE_CLAIMS, &group.to_string()))
+    }
+
+    /// Writes the pending upgrade with its claim, in one transaction: refused while another
+    /// purchase of the server holds the claim, except an older form of the same entity still
+    /// waiting for Checkout (the newer form replaces it; its Checkout, if completed, is
+    /// refused).
+    async fn claim_and_store(
+        &self,
+        pending: &PendingUpgrade,
+        charging: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), PurchaseError> {
+        let claim_key = self.claim_key(pending.entity, now).await?;
+        let body = serde_json::to_value(pending).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let upgrade_key = upgrade_key(pending.entity, pending.id);
+        retry_on_conflict(|_| {
+            let (claim_key, body, upgrade_key) = (&claim_key, &body, &upgrade_key);
+            async move {
+                let held = self.documents.get_document(claim_key, now).await?;
+                let expected = match &held {
+                    None => None,
+                    Some(document) => {
+                        let claim: PurchaseClaim = decode(claim_key, document.body.clone())?;
+                        if claim.charging || claim.entity != pending.entity {
+                            tracing::info!(upgrade = %pending.id, held_by = %claim.upgrade, "purchase refused: another is in progress");
+                            return Err(PurchaseError::PurchaseInProgress);
+                        }
+                        Some(document.version)
+                    }
+                };
+                let claim = PurchaseClaim {
+                    entity: pending.entity,
+                    upgrade: pending.id,
+                    charging,
+                    claimed_at: now,
+                };
+                let claim = serde_json::to_value(&claim).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let writes = [
+                    DocumentWrite {
+                        key: upgrade_key,
+                        body,
+                        expires_at: Some(now + KEEP_UPGRADES_FOR),
+                        expected: None,
+                    },
+                    DocumentWrite {
+                        key: claim_key,
+                        body: &claim,
+                        expires_at: (!charging).then_some(now + CLAIM_AWAITING_CARD_FOR),
+                        expected,
+                    },
+                ];
+                match self.documents.put_documents(&writes, now).await {
+                    // Someone claimed between the read and the write: read again and decide.
+                    Err(StoreError::AlreadyExists) => Err(StoreError::VersionConflict.into()),
+                    other => Ok(other?),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Completes the entity's own purchase that stalled while being charged (its request
+    /// failed after the claim, and nothing has run it since): a form sent again is refused,
+    /// and resumes the first one from what the store and Stripe hold. Best effort.
+    async fn resume_stalled_purchase(&self, entity: Entity, now: DateTime<Utc>) {
+        let Ok(claim_key) = self.claim_key(entity, now).await else {
+            return;
+        };
+        let Ok(Some(held)) = self.documents.get_document(&claim_key, now).await else {
+            return;
+        };
+        let Ok(claim) = decode::<PurchaseClaim>(&claim_key, held.body) else {
+            return;
+        };
+        if claim.charging && claim.entity == entity && now - claim.claimed_at >= STALLED_AFTER {
+            match Box::pin(self.complete_upgrade(entity, claim.upgrade, now)).await {
+                Ok(plan) => tracing::info!(upgrade = %claim.upgrade, plan = %plan.id, "stalled purchase completed"),
+                Err(error) => tracing::warn!(upgrade = %claim.upgrade, %error, "stalled purchase not completed"),
+            }
+        }
+    }
+
+    /// Moves the claim to "charging" for `pending`, taking it again if it had expired. `None`
+    /// when another purchase holds it.
+    async fn hold_claim_for_charge(
+        &self,
+        pending: &PendingUpgrade,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, u64)>, PurchaseError> {
+        let claim_key = self.claim_key(pending.entity, now).await?;
+        retry_on_conflict(|_| {
+            let claim_key = &claim_key;
+            async move {
+                let held = self.documents.get_document(claim_key, now).await?;
+                let expected = match &held {
+                    None => None,
+                    Some(document) => {
+                        let claim: PurchaseClaim = decode(claim_key, document.body.clone())?;
+                        if claim.upgrade != pending.id {
+                            return Ok(None);
+                        }
+                        if claim.charging {
+                            return Ok(Some((claim_key.clone(), document.version)));
+                        }
+                        Some(document.version)
+                    }
+                };
+                let claim = PurchaseClaim {
+                    entity: pending.entity,
+                    upgrade: pending.id,
+                    charging: true,
+                    claimed_at: now,
+                };
+                let claim = serde_json::to_value(&claim).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let version = match self
+                    .documents
+                    .put_document(claim_key, &claim, None, expected, now)
+                    .await
+                {
+                    Err(StoreError::AlreadyExists) => return Err(StoreError::VersionConflict.into()),
+                    other => other?,
+                };
+                Ok(Some((claim_key.clone(), version)))
+            }
+        })
+        .await
     }
 
     /// The entity's Stripe customer, made once: the key names the entity, so two racing
@@ -603,113 +820,197 @@ impl Purchases {
 
     /// Starts the upgrade's plan, once: a trial, or the first period charged on an invoice
     /// paid at once. A completed upgrade answers its plan again; a declined one its message.
+    /// After a fault at any step, running it again (at once or days later) resumes from what
+    /// the store and Stripe hold.
     pub async fn complete_upgrade(&self, entity: Entity, id: Uuid, now: DateTime<Utc>) -> Result<Plan, PurchaseError> {
-        retry_on_conflict(|_| async move {
-            let (pending, version) = self.pending(entity, id, now).await?;
-            let stored = stored::load(self.documents.as_ref(), entity, now).await?;
-            match &pending.state {
-                UpgradeState::AwaitingCard => {}
-                UpgradeState::Started => {
-                    return stored
-                        .history
-                        .iter()
-                        .find(|plan| plan.id == id)
-                        .cloned()
-                        .ok_or(PurchaseError::UnknownUpgrade);
-                }
-                UpgradeState::Declined { message } => return Err(PurchaseError::Declined(message.clone())),
-                UpgradeState::Refused { message } => {
-                    return Err(PlanError::Refused(message.clone()).into());
-                }
-            }
-            let usage = self.usage(entity, now).await?;
-            let (book, cycle) = end_of_cycle(&stored.book, now);
-            let context = UpgradeContext {
-                billed_count: usage.billed.unwrap_or(0),
-                trial_days: self.trial_days,
-                prices: self.prices,
+        let (pending, version) = self.pending(entity, id, now).await?;
+        if let Some(done) = self.settled_outcome(&pending, now).await {
+            return done;
+        }
+        let Some(claim) = self.hold_claim_for_charge(&pending, now).await? else {
+            let message = PurchaseError::PurchaseInProgress.to_string();
+            tracing::info!(upgrade = %id, "upgrade refused: another purchase of the server holds the claim");
+            self.settle(
+                &pending,
+                version,
+                UpgradeState::Refused {
+                    message: message.clone(),
+                },
+                None,
+                None,
                 now,
-                plan_id: id,
-            };
-            let (after, mut changes) = match super::upgrade(&book, &pending.request(), &context) {
+            )
+            .await?;
+            return Err(PurchaseError::PurchaseInProgress);
+        };
+        retry_on_conflict(|_| {
+            let claim = &claim;
+            async move {
+                let (pending, version) = self.pending(entity, id, now).await?;
+                if let Some(done) = self.settled_outcome(&pending, now).await {
+                    return done;
+                }
+                self.charge_and_start(pending, version, claim, now).await
+            }
+        })
+        .await
+    }
+
+    /// The answer of an upgrade that has settled already; `None` while it awaits its card.
+    async fn settled_outcome(
+        &self,
+        pending: &PendingUpgrade,
+        now: DateTime<Utc>,
+    ) -> Option<Result<Plan, PurchaseError>> {
+        match &pending.state {
+            UpgradeState::AwaitingCard => None,
+            UpgradeState::Started => Some(match stored::load(self.documents.as_ref(), pending.entity, now).await {
+                Ok(stored) => stored
+                    .history
+                    .iter()
+                    .find(|plan| plan.id == pending.id)
+                    .cloned()
+                    .ok_or(PurchaseError::UnknownUpgrade),
+                Err(error) => Err(error.into()),
+            }),
+            UpgradeState::Declined { message } => Some(Err(PurchaseError::Declined(message.clone()))),
+            UpgradeState::Refused { message } => Some(Err(PlanError::Refused(message.clone()).into())),
+        }
+    }
+
+    /// The plan the upgrade makes, from what was fixed when its form was accepted, charged when
+    /// it starts now; its outcome written with the claim's release.
+    async fn charge_and_start(
+        &self,
+        pending: PendingUpgrade,
+        version: u64,
+        claim: &(String, u64),
+        now: DateTime<Utc>,
+    ) -> Result<Plan, PurchaseError> {
+        let id = pending.id;
+        let entity = pending.entity;
+        let stored = stored::load(self.documents.as_ref(), entity, now).await?;
+        let billed_count = match pending.billed_count {
+            Some(count) => count,
+            None => self.usage(entity, now).await?.billed.unwrap_or(0),
+        };
+        let (book, cycle) = end_of_cycle(&stored.book, now);
+        let context = UpgradeContext {
+            billed_count,
+            trial_days: self.trial_days,
+            prices: self.prices,
+            now: pending.created_at.min(now),
+            plan_id: id,
+        };
+        let refusal = if live_plan_elsewhere(self.documents.as_ref(), entity, now).await? {
+            Some(PlanError::PlanElsewhere)
+        } else {
+            None
+        };
+        let (mut after, mut changes) =
+            match refusal.map_or_else(|| super::upgrade(&book, &pending.request(), &context), Err) {
                 Ok(done) => done,
                 Err(refusal) => {
                     let state = UpgradeState::Refused {
                         message: refusal.to_string(),
                     };
-                    self.settle(&pending, version, state, None, now).await?;
+                    self.settle(&pending, version, state, None, Some(claim), now).await?;
                     return Err(refusal.into());
                 }
             };
-            let mut all = cycle;
-            all.rows.append(&mut changes.rows);
-            all.ended.append(&mut changes.ended);
-            // The plan bought: the live one, or (on a legacy plan) the one scheduled after it,
-            // which is charged by the invoicing run at its start.
-            let plan = [after.plan.as_ref(), after.next_plan.as_ref()]
-                .into_iter()
-                .flatten()
-                .find(|plan| plan.id == id)
-                .cloned()
-                .expect("an upgrade starts or schedules its plan");
-            if plan.status == PlanStatus::Active {
-                let customer =
-                    after
-                        .customer
-                        .stripe_customer
-                        .clone()
-                        .ok_or(PurchaseError::Stripe(BillingError::Rejected(
-                            "the entity has no Stripe customer".into(),
-                        )))?;
-                let licenses = after.last_row().map_or(0, |row| row.licenses);
-                let item = InvoiceItem {
-                    idempotency_key: format!("upgrade:{id}"),
-                    description: format!(
-                        "{} ({}), first period",
-                        plan.tier.display_name(),
-                        schedule_name(plan.schedule)
-                    ),
-                    quantity: licenses,
-                    unit_amount: plan.price_per_license,
-                    period: (now, next_period_start(now, plan.schedule, now)),
-                };
-                match self
-                    .stripe
-                    .charge_now(
-                        &customer,
-                        &item,
-                        &idempotency_key("upgrade", &id.to_string(), "first-period"),
-                    )
-                    .await
-                {
-                    Ok(invoice) => tracing::info!(upgrade = %id, invoice = %invoice.id, "first period paid"),
-                    Err(BillingError::CardDeclined(message)) => {
-                        tracing::info!(upgrade = %id, "card declined; no plan");
-                        let state = UpgradeState::Declined {
-                            message: message.clone(),
-                        };
-                        self.settle(&pending, version, state, None, now).await?;
-                        return Err(PurchaseError::Declined(message));
-                    }
-                    Err(other) => return Err(PurchaseError::Stripe(other)),
+        // What was fixed at acceptance holds, whatever changed since.
+        for plan in [after.plan.as_mut(), after.next_plan.as_mut()].into_iter().flatten() {
+            if plan.id == id {
+                if let Some(price) = pending.price_per_license {
+                    plan.price_per_license = price;
+                }
+                if let Some(discount) = pending.discount_percent {
+                    plan.discount_percent = discount;
                 }
             }
-            let writes = stored::writes_for(&stored, &after, &all, now);
-            self.settle(&pending, version, UpgradeState::Started, Some(writes), now)
-                .await?;
-            tracing::info!(upgrade = %id, plan = %plan.id, status = ?plan.status, "self-hosted plan started");
-            Ok(plan)
-        })
-        .await
+        }
+        let mut all = cycle;
+        all.rows.append(&mut changes.rows);
+        all.ended.append(&mut changes.ended);
+        // The plan bought: the live one, or (on a legacy plan) the one scheduled after it,
+        // which is charged by the invoicing run at its start.
+        let plan = [after.plan.as_ref(), after.next_plan.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|plan| plan.id == id)
+            .cloned()
+            .expect("an upgrade starts or schedules its plan");
+        if plan.status == PlanStatus::Active {
+            let customer =
+                after
+                    .customer
+                    .stripe_customer
+                    .clone()
+                    .ok_or(PurchaseError::Stripe(BillingError::Rejected(
+                        "the entity has no Stripe customer".into(),
+                    )))?;
+            let licenses = after.last_row().map_or(0, |row| row.licenses);
+            let start = plan.billing_cycle_anchor;
+            let item = InvoiceItem {
+                idempotency_key: format!("upgrade:{id}:first-period"),
+                description: format!(
+                    "{} ({}), first period",
+                    plan.tier.display_name(),
+                    schedule_name(plan.schedule)
+                ),
+                quantity: licenses,
+                unit_amount: plan.price_per_license,
+                period: (start, next_period_start(start, plan.schedule, start)),
+            };
+            let reference = format!("upgrade:{id}");
+            let spec = InvoiceSpec {
+                customer: &customer,
+                reference: &reference,
+                description: &item.description,
+                lines: std::slice::from_ref(&item),
+                auto_advance: false,
+            };
+            match charge(self.stripe.as_ref(), spec, None).await? {
+                Charged::Paid { invoice } => tracing::info!(upgrade = %id, %invoice, "first period paid"),
+                Charged::Declined { invoice, message } => {
+                    // Nothing is owed for a plan that did not start.
+                    void_declined(self.stripe.as_ref(), &reference, &invoice).await?;
+                    tracing::info!(upgrade = %id, "card declined; no plan");
+                    let state = UpgradeState::Declined {
+                        message: message.clone(),
+                    };
+                    self.settle(&pending, version, state, None, Some(claim), now).await?;
+                    return Err(PurchaseError::Declined(message));
+                }
+                Charged::Voided { .. } => {
+                    let message = "Your card was declined.".to_owned();
+                    let state = UpgradeState::Declined {
+                        message: message.clone(),
+                    };
+                    self.settle(&pending, version, state, None, Some(claim), now).await?;
+                    return Err(PurchaseError::Declined(message));
+                }
+            }
+        }
+        // Settled when the store accepts it: a write lost to a concurrent upload is re-read and
+        // re-run, and the charge above finds the invoice paid.
+        after.ever_had_plan = true;
+        let writes = stored::writes_for(&stored, &after, &all, now);
+        self.settle(&pending, version, UpgradeState::Started, Some(writes), Some(claim), now)
+            .await?;
+        tracing::info!(upgrade = %id, plan = %plan.id, status = ?plan.status, "self-hosted plan started");
+        Ok(plan)
     }
 
-    /// Writes the upgrade's outcome, with the plan's writes when it started: all or nothing.
+    /// Writes the upgrade's outcome, with the plan's writes when it started and the claim's
+    /// release: all or nothing.
     async fn settle(
         &self,
         pending: &PendingUpgrade,
         version: u64,
         state: UpgradeState,
         plan_writes: Option<Vec<PlannedWrite>>,
+        claim: Option<&(String, u64)>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let settled = PendingUpgrade {
@@ -726,6 +1027,15 @@ impl Purchases {
         }];
         let plan_writes = plan_writes.unwrap_or_default();
         writes.extend(plan_writes.iter().map(PlannedWrite::as_write));
+        let released = Value::Null;
+        if let Some((claim_key, claim_version)) = claim {
+            writes.push(DocumentWrite {
+                key: claim_key,
+                body: &released,
+                expires_at: Some(now),
+                expected: Some(*claim_version),
+            });
+        }
         self.documents.put_documents(&writes, now).await
     }
 

@@ -473,6 +473,65 @@ fn a_cancelled_trial_ends_at_the_trial_end_without_an_invoice() {
     assert_eq!(undone.plan.unwrap().status, PlanStatus::FreeTrial);
 }
 
+/// A 30-day trial of basic monthly for 6, bought on 1 January, licenses following the users.
+fn basic_trial_for_six() -> Book {
+    upgrade(
+        &Book::new(realm()),
+        &request(Tier::Basic, LicenseManagement::Automatic, None),
+        &UpgradeContext {
+            trial_days: 30,
+            ..context(6, at(2026, 1, 1))
+        },
+    )
+    .unwrap()
+    .0
+}
+
+#[test]
+fn users_added_during_a_trial_are_billed_only_as_the_renewal_at_its_end() {
+    // Given a trial for 6 whose users went to 12 on day 2 and 15 on day 5
+    let trial = basic_trial_for_six();
+    let (grown, _) = sync_ledger(&trial, &counts(&[(at(2026, 1, 3), 12), (at(2026, 1, 6), 15)]));
+    // When it is invoiced at the trial's end
+    let InvoiceRun::Invoice { items, book: after, .. } = invoice_plan(&grown, at(2026, 1, 31), Some(at(2026, 1, 31)))
+    else {
+        panic!("due at the trial's end");
+    };
+    // Then one line bills the renewal for the 15 users counted then, nothing as "additional"
+    let lines: Vec<(String, u32, u64)> = items
+        .iter()
+        .map(|item| (item.description.clone(), item.quantity, item.unit_amount))
+        .collect();
+    assert_eq!(lines, vec![("Basic - renewal".to_owned(), 15, 350)]);
+    let plan = after.plan.clone().unwrap();
+    assert_eq!(plan.status, PlanStatus::Active);
+    assert_eq!(plan.invoiced_through, after.ledger.last().map(|row| row.seq));
+    // And the period after bills only what it added
+    let (later, _) = sync_ledger(&after, &counts(&[(at(2026, 2, 5), 16)]));
+    let InvoiceRun::Invoice { items, .. } = invoice_plan(&later, at(2026, 3, 2), Some(at(2026, 3, 2))) else {
+        panic!("due a month after the trial");
+    };
+    assert_eq!(items.len(), 2, "one added license and the renewal: {items:?}");
+    assert_eq!((items[0].quantity, items[1].quantity), (1, 16));
+}
+
+#[test]
+fn a_trial_cancelled_after_users_were_added_invoices_nothing() {
+    // Given a trial for 6 that reported 15 users on day 2, then was cancelled
+    let trial = basic_trial_for_six();
+    let (grown, _) = sync_ledger(&trial, &counts(&[(at(2026, 1, 3), 15)]));
+    let (cancelled, _) = cancel_at_end_of_cycle(&grown, at(2026, 1, 4)).unwrap();
+    // When the trial's end is invoiced
+    let InvoiceRun::Invoice { items, book: after, .. } =
+        invoice_plan(&cancelled, at(2026, 1, 31), Some(at(2026, 1, 31)))
+    else {
+        panic!("due at the trial's end");
+    };
+    // Then nothing is billed and the plan is over
+    assert_eq!(items, Vec::new());
+    assert!(after.plan.is_none());
+}
+
 #[test]
 fn a_plan_cancelled_at_its_period_end_is_still_billed_for_the_licenses_added_in_its_last_period() {
     // Given a basic plan of 6 whose users grew to 10 on 11 January, then cancelled

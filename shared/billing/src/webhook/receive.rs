@@ -124,7 +124,7 @@ async fn checkout_completed(receiver: Receiver<'_>, event: &StripeEvent) -> Resu
             {
                 Ok(_) => "applied",
                 Err(PurchaseError::Declined(_)) => "declined",
-                Err(PurchaseError::Plan(_)) => "refused",
+                Err(PurchaseError::Plan(_) | PurchaseError::PurchaseInProgress) => "refused",
                 Err(PurchaseError::UnknownUpgrade) => "unknown_upgrade",
                 Err(error @ (PurchaseError::Store(_) | PurchaseError::Stripe(_) | PurchaseError::MissingData)) => {
                     return Err(EventError::Upgrade(error));
