@@ -251,6 +251,7 @@ fn failed_stripe_events_and_an_unavailable_stripe_raise_alarms_on_the_functions_
     for wanted in [
         ("StripeEvents", "Outcome", "failed"),
         ("StripeFailures", "Reason", "unavailable"),
+        ("PlanInvoices", "Outcome", "needs_attention"),
     ] {
         assert!(
             on_counts

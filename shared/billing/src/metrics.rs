@@ -25,8 +25,9 @@ pub const MAILS: &str = "Mails";
 pub const LEDGER_SYNCS: &str = "LedgerSyncs";
 /// Ledger rows those syncs appended.
 pub const LEDGER_ROWS: &str = "LedgerRows";
-/// Due self-hosted plans met by the daily invoicing, by `Outcome`: `invoiced`, `deferred` (no
-/// upload since the due date) or `failed` (tried again on the next run).
+/// Due self-hosted plans met by the hourly invoicing, by `Outcome`: `invoiced`, `deferred` (no
+/// upload since the due date), `failed` (its run is resumed by the next job) or
+/// `needs_attention` (its run failed three times or stayed open six hours: an alarm).
 pub const PLAN_INVOICES: &str = "PlanInvoices";
 
 /// The label of a count's outcome.

@@ -12,6 +12,7 @@ pub mod metrics;
 pub use fake_billing::{FakeBilling, FakeInvoice};
 pub use faults::{FaultyDocuments, WriteFault};
 pub use metrics::Counts;
+pub use stripe_sandbox::RunningSandbox;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -23,7 +24,7 @@ use billing_adapters::{EmbeddedStore, OutboxMailer, RetryPolicy, StripeBilling};
 use chrono::{DateTime, Duration, Utc};
 use lambda_http::Request;
 use serde_json::Value;
-use stripe_sandbox::{PriceSpec, RunningSandbox};
+use stripe_sandbox::PriceSpec;
 use uuid::Uuid;
 
 /// The product's plans priced `price_<plan>`, as the local server configures them.
@@ -234,6 +235,29 @@ pub async fn stripe_get(sandbox: &RunningSandbox, path_and_query: &str) -> Value
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     assert!(response.status().is_success(), "GET {url}: {}", response.status());
     response.json().await.expect("a JSON body")
+}
+
+/// Completes a setup Checkout Session's page of the sandbox with `payment_method`, as a
+/// customer's browser does; the session's SetupIntent (`seti_...`), as Stripe's
+/// `checkout.session.completed` names it.
+pub async fn complete_checkout(sandbox: &RunningSandbox, url: &str, payment_method: &str) -> String {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client")
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("payment_method={payment_method}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert_eq!(response.status().as_u16(), 303, "POST {url}");
+    let session = url.rsplit('/').next().expect("a session id");
+    let held = stripe_get(sandbox, &format!("/v1/checkout/sessions/{session}")).await;
+    held["setup_intent"]
+        .as_str()
+        .expect("a completed session's SetupIntent")
+        .to_owned()
 }
 
 /// A subscription created from `fields` (a create's JSON: `user_id`, `email`, Stripe ids...) on
