@@ -361,6 +361,63 @@ def _():
     assert paid.status == "paid" and paid.amount_paid == 1234 and paid.attempt_count == 1, paid
 
 
+@check("items added to a draft invoice with metadata are its only lines; the customer's others stay pending")
+def _():
+    customer = paying_customer()
+    client.v1.invoice_items.create(params={"customer": customer.id, "currency": "usd", "amount": 500})
+    invoice = client.v1.invoices.create(params={"customer": customer.id, "auto_advance": False,
+                                                "pending_invoice_items_behavior": "exclude",
+                                                "metadata": {"billing_reference": "invoicing:p:1"}})
+    assert invoice.status == "draft" and invoice.amount_due == 0 and invoice.metadata["billing_reference"] == "invoicing:p:1"
+    client.v1.invoice_items.create(params={"customer": customer.id, "invoice": invoice.id, "currency": "usd",
+                                           "quantity": 3, "unit_amount_decimal": "350",
+                                           "metadata": {"billing_line": "ledger_entry:p-2"}})
+    on_it = client.v1.invoice_items.list(params={"invoice": invoice.id})
+    assert [item.metadata["billing_line"] for item in on_it.data] == ["ledger_entry:p-2"], on_it
+    pending = client.v1.invoice_items.list(params={"customer": customer.id, "pending": True})
+    assert [item.amount for item in pending.data] == [500], pending
+    held = client.v1.invoices.retrieve(invoice.id)
+    assert held.amount_due == 1050 and len(held.lines.data) == 1, held
+    client.v1.invoices.finalize_invoice(invoice.id)
+    paid = client.v1.invoices.pay(invoice.id, params={"off_session": True})
+    assert paid.status == "paid" and paid.amount_paid == 1050
+    found = client.v1.invoices.list(params={"customer": customer.id})
+    assert [i.id for i in found.data if i.metadata.get("billing_reference") == "invoicing:p:1"] == [invoice.id]
+    try:
+        client.v1.invoice_items.create(params={"customer": customer.id, "invoice": invoice.id,
+                                               "currency": "usd", "amount": 1})
+    except stripe.InvalidRequestError as refused:
+        assert refused.param == "invoice", refused
+    else:
+        raise AssertionError("an item was added to a paid invoice")
+
+
+@check("an idempotency key is forgotten 24 hours after its first use, by the sandbox's clock")
+def _():
+    key = f"forget-{uuid.uuid4().hex}"
+    first = client.v1.customers.create(params={"email": "k@example.com"}, options={"idempotency_key": key})
+    again = client.v1.customers.create(params={"email": "k@example.com"}, options={"idempotency_key": key})
+    assert first.id == again.id
+    sandbox_control("clock/advance", {"seconds": 24 * 3600})
+    later = client.v1.customers.create(params={"email": "k@example.com"}, options={"idempotency_key": key})
+    assert later.id != first.id, "a day later the same key is a new request"
+
+
+@check("a call whose answer is lost is done: its retry under the same key gets the same object")
+def _():
+    key = f"lost-{uuid.uuid4().hex}"
+    sandbox_control("failures", {"count": 1, "status": 500, "path": "POST /v1/customers", "after": True})
+    try:
+        client.v1.customers.create(params={"email": "lost@example.com"}, options={"idempotency_key": key})
+    except stripe.APIError:
+        pass
+    else:
+        raise AssertionError("the answer was not lost")
+    retried = client.v1.customers.create(params={"email": "lost@example.com"}, options={"idempotency_key": key})
+    listed = client.v1.customers.list(params={"email": "lost@example.com"})
+    assert [c.id for c in listed.data] == [retried.id], listed
+
+
 passed = sum(1 for _, error in results if error is None)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")

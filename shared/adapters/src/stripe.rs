@@ -309,18 +309,25 @@ impl StripeBilling {
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .ok_or_else(|| BillingError::Rejected("Stripe's invoice has no id".into()))?;
-        let items = self
-            .read(
-                "list_invoice_items",
-                &id,
-                &ListInvoiceItem::new().invoice(id.as_str()).limit(100),
-            )
-            .await?;
-        let lines = items
-            .data
-            .iter()
-            .filter_map(|item| metadata_value(item.metadata.as_ref(), LINE).map(str::to_owned))
-            .collect();
+        let mut lines = Vec::new();
+        let mut starting_after: Option<String> = None;
+        loop {
+            let mut request = ListInvoiceItem::new().invoice(id.as_str()).limit(100);
+            if let Some(after) = &starting_after {
+                request = request.starting_after(after.as_str());
+            }
+            let items = self.read("list_invoice_items", &id, &request).await?;
+            lines.extend(
+                items
+                    .data
+                    .iter()
+                    .filter_map(|item| metadata_value(item.metadata.as_ref(), LINE).map(str::to_owned)),
+            );
+            match items.data.last() {
+                Some(last) if items.has_more => starting_after = Some(last.id.as_str().to_owned()),
+                _ => break,
+            }
+        }
         Ok(HeldInvoice {
             id,
             status: invoice_status(invoice),
@@ -757,13 +764,12 @@ impl Billing for StripeBilling {
         customer: &str,
         reference: &str,
         description: &str,
-        auto_advance: bool,
         key: &str,
     ) -> Result<HeldInvoice, BillingError> {
         let create = CreateInvoice::new()
             .customer(customer)
             .collection_method(stripe_shared::InvoiceCollectionMethod::ChargeAutomatically)
-            .auto_advance(auto_advance)
+            .auto_advance(false)
             .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Exclude)
             .description(description)
             .metadata(
@@ -810,10 +816,14 @@ impl Billing for StripeBilling {
         Ok(())
     }
 
-    async fn finalize_invoice(&self, invoice: &str, key: &str) -> Result<HeldInvoice, BillingError> {
-        let finalized = self
-            .send("finalize_invoice", key, &FinalizeInvoiceInvoice::new(invoice))
-            .await?;
+    async fn finalize_invoice(
+        &self,
+        invoice: &str,
+        auto_advance: bool,
+        key: &str,
+    ) -> Result<HeldInvoice, BillingError> {
+        let finalize = FinalizeInvoiceInvoice::new(invoice).auto_advance(auto_advance);
+        let finalized = self.send("finalize_invoice", key, &finalize).await?;
         self.held(&finalized).await
     }
 

@@ -355,14 +355,13 @@ pub trait Billing: Send + Sync {
 
     /// A draft invoice for the customer naming `reference` in its metadata, with none of the
     /// customer's pending items on it (`pending_invoice_items_behavior=exclude`): its lines are
-    /// only the ones [`Billing::add_invoice_line`] attaches. `auto_advance` lets Stripe collect
-    /// it on its own once finalized (renewals); a purchase pays it itself and leaves it off.
+    /// only the ones [`Billing::add_invoice_line`] attaches. It does not auto-advance, so Stripe
+    /// never finalizes it on its own before every line is on it.
     async fn create_invoice(
         &self,
         customer: &str,
         reference: &str,
         description: &str,
-        auto_advance: bool,
         key: &str,
     ) -> Result<HeldInvoice, BillingError>;
 
@@ -379,8 +378,11 @@ pub trait Billing: Send + Sync {
         key: &str,
     ) -> Result<(), BillingError>;
 
-    /// Finalizes a draft invoice: it gets its number and can be paid.
-    async fn finalize_invoice(&self, invoice: &str, key: &str) -> Result<HeldInvoice, BillingError>;
+    /// Finalizes a draft invoice: it gets its number and can be paid. `auto_advance` lets
+    /// Stripe collect it on its own from then on (renewals: its retries apply); a purchase pays
+    /// it itself and leaves it off.
+    async fn finalize_invoice(&self, invoice: &str, auto_advance: bool, key: &str)
+    -> Result<HeldInvoice, BillingError>;
 
     /// Pays an open invoice with the customer's default card now, off session. A declined
     /// card answers [`BillingError::CardDeclined`] and leaves the invoice open.

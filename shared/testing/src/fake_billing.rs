@@ -467,7 +467,6 @@ impl Billing for FakeBilling {
         customer: &str,
         reference: &str,
         _description: &str,
-        _auto_advance: bool,
         key: &str,
     ) -> Result<HeldInvoice, BillingError> {
         let mut state = self.lock();
@@ -513,7 +512,12 @@ impl Billing for FakeBilling {
         Ok(())
     }
 
-    async fn finalize_invoice(&self, invoice: &str, _key: &str) -> Result<HeldInvoice, BillingError> {
+    async fn finalize_invoice(
+        &self,
+        invoice: &str,
+        _auto_advance: bool,
+        _key: &str,
+    ) -> Result<HeldInvoice, BillingError> {
         let mut state = self.lock();
         state.call("finalize_invoice")?;
         let held = state.invoice(invoice)?;

@@ -691,7 +691,8 @@ impl State {
     }
 
     pub fn finalize_invoice(&mut self, id: &str, params: &Value, now: i64) -> Outcome {
-        Params::new(params, &["auto_advance", "expand"])?;
+        let p = Params::new(params, &["auto_advance", "expand"])?;
+        let auto_advance = p.boolean("auto_advance")?;
         let mut invoice = self
             .invoices
             .get(id)
@@ -710,6 +711,9 @@ impl State {
             customer["next_invoice_sequence"] = json!(sequence + 1);
         }
         invoice["status"] = json!("open");
+        if let Some(auto_advance) = auto_advance {
+            invoice["auto_advance"] = json!(auto_advance);
+        }
         invoice["effective_at"] = json!(now);
         invoice["status_transitions"]["finalized_at"] = json!(now);
         if invoice["amount_due"] == 0 {

@@ -29,9 +29,9 @@ pub struct InvoiceSpec<'a> {
     pub description: &'a str,
     /// Its lines, each with its own key.
     pub lines: &'a [InvoiceItem],
-    /// Whether Stripe may collect it on its own after a failed payment (renewals: Stripe's
-    /// retries then apply). A purchase leaves it off, so nothing is charged for a plan that
-    /// was not made.
+    /// Whether Stripe may collect it on its own once finalized (renewals: Stripe's retries
+    /// then apply). A purchase leaves it off, so nothing is charged for a plan that was not
+    /// made. Drafts never auto-advance: Stripe would finalize one before its lines are on.
     pub auto_advance: bool,
 }
 
@@ -83,7 +83,6 @@ pub async fn charge(
                         spec.customer,
                         spec.reference,
                         spec.description,
-                        spec.auto_advance,
                         &format!("{}:create", spec.reference),
                     )
                     .await?
@@ -93,8 +92,19 @@ pub async fn charge(
     if invoice.status == InvoiceStatus::Draft {
         add_missing_lines(billing, &spec, &invoice).await?;
         invoice = billing
-            .finalize_invoice(&invoice.id, &format!("{}:finalize", spec.reference))
+            .finalize_invoice(&invoice.id, spec.auto_advance, &format!("{}:finalize", spec.reference))
             .await?;
+    } else if let Some(missing) = spec
+        .lines
+        .iter()
+        .find(|line| !invoice.lines.contains(&line.idempotency_key))
+    {
+        // Finalized without one of its lines (by hand, in the Dashboard): what is owed and
+        // what Stripe holds differ, and only a person can say which is right.
+        return Err(BillingError::Rejected(format!(
+            "invoice {} was finalized without its line {}",
+            invoice.id, missing.idempotency_key
+        )));
     }
     match invoice.status {
         InvoiceStatus::Open => match billing
@@ -123,7 +133,7 @@ async fn add_missing_lines(
     invoice: &HeldInvoice,
 ) -> Result<(), BillingError> {
     for line in spec.lines {
-        if invoice.lines.iter().any(|present| *present == line.idempotency_key) {
+        if invoice.lines.contains(&line.idempotency_key) {
             continue;
         }
         billing

@@ -8,7 +8,7 @@
 //!    (`invoiced_through`, next invoice date) and an [`InvoicingRun`] holding the due date and
 //!    the exact lines with their keys, plus an entry in the index of open runs. Nothing has
 //!    been asked of Stripe yet; a fault here leaves nothing behind.
-//! 2. **Charge.** [`charge`](super::charge::charge) makes the run's invoice in Stripe from what
+//! 2. **Charge.** [`charge`] makes the run's invoice in Stripe from what
 //!    Stripe holds (the invoice found by its metadata, its lines by theirs), so a re-run at once
 //!    or a day later (when Stripe may have forgotten the keys) never makes a second invoice.
 //! 3. **Settle.** One transaction records the invoice and its outcome on the run and closes its
@@ -52,6 +52,9 @@ pub enum RunState {
         /// What Stripe said.
         message: String,
     },
+    /// The invoice was voided or marked uncollectible in Stripe while the run was open: nothing
+    /// was collected, and a person decides (the run is marked for attention).
+    Voided,
 }
 
 /// The invoice of one plan for one due date, written before its first Stripe call.
@@ -246,7 +249,11 @@ pub async fn invoice_plans(
                 let Ok(entity) = serde_json::from_value::<Entity>(entity) else {
                     continue;
                 };
-                if report.outcomes.iter().any(|done| done.entity() == entity) && index == RUNS_OPEN {
+                // Met once in the open runs' pass: a run that failed there is not tried again in
+                // the same job.
+                if report.outcomes.iter().any(|done| {
+                    done.entity() == entity && (index == RUNS_OPEN || matches!(done, EntityOutcome::Failed { .. }))
+                }) {
                     continue;
                 }
                 let outcome = invoice_entity(documents, billing, entity, at).await;
@@ -469,8 +476,10 @@ async fn settle(
             Charged::Declined { message, .. } => RunState::PaymentFailed {
                 message: message.clone(),
             },
-            Charged::Paid { .. } | Charged::Voided { .. } => RunState::Paid,
+            Charged::Paid { .. } => RunState::Paid,
+            Charged::Voided { .. } => RunState::Voided,
         },
+        needs_attention: run.needs_attention || matches!(charged, Charged::Voided { .. }),
         ..run.clone()
     };
     let open_key = member_key(RUNS_OPEN, &open_member(run.entity));

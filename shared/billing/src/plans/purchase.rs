@@ -22,7 +22,7 @@
 //! 2. `checkout_completed` (the webhook, or the return page) makes the saved card the
 //!    customer's default, records its last four digits, and completes the upgrade.
 //! 3. `complete_upgrade` starts a trial (nothing charged) or charges the first period through
-//!    [`charge`](super::charge::charge) (an invoice named `upgrade:<id>` in Stripe's metadata,
+//!    [`charge`] (an invoice named `upgrade:<id>` in Stripe's metadata,
 //!    found again by it however old its keys); the plan, the upgrade's outcome and the claim's
 //!    release are written in one transaction, only once the invoice is paid. A declined card
 //!    voids the invoice, and the upgrade records Stripe's message for the billing page; no plan
@@ -848,12 +848,35 @@ impl Purchases {
             async move {
                 let (pending, version) = self.pending(entity, id, now).await?;
                 if let Some(done) = self.settled_outcome(&pending, now).await {
+                    // Settled by a racing completion after this one took the claim again: the
+                    // claim must not outlive the purchase.
+                    self.release_claim(claim, now).await;
                     return done;
                 }
                 self.charge_and_start(pending, version, claim, now).await
             }
         })
         .await
+    }
+
+    /// Releases a claim this purchase holds (best effort: it is released only at the version
+    /// it was taken at).
+    async fn release_claim(&self, (key, version): &(String, u64), now: DateTime<Utc>) {
+        if let Err(error) = self
+            .documents
+            .put_documents(
+                &[DocumentWrite {
+                    key,
+                    body: &Value::Null,
+                    expires_at: Some(now),
+                    expected: Some(*version),
+                }],
+                now,
+            )
+            .await
+        {
+            tracing::info!(%error, "purchase claim not released: it changed since");
+        }
     }
 
     /// The answer of an upgrade that has settled already; `None` while it awaits its card.
@@ -907,17 +930,28 @@ impl Purchases {
         } else {
             None
         };
-        let (mut after, mut changes) =
-            match refusal.map_or_else(|| super::upgrade(&book, &pending.request(), &context), Err) {
-                Ok(done) => done,
-                Err(refusal) => {
-                    let state = UpgradeState::Refused {
-                        message: refusal.to_string(),
-                    };
-                    self.settle(&pending, version, state, None, Some(claim), now).await?;
-                    return Err(refusal.into());
-                }
-            };
+        let (mut after, mut changes) = match refusal
+            .map_or_else(|| super::upgrade(&book, &pending.request(), &context), Err)
+        {
+            Ok(done) => done,
+            Err(refusal) if self.first_period_paid(&book, id).await? => {
+                // Paid by an earlier attempt whose plan was never written, and something
+                // else started since (an administrator's legacy or community plan):
+                // refusing now would keep the money without a plan. The claim stays; a
+                // person decides.
+                tracing::error!(upgrade = %id, %refusal, "first period paid, but the plan can no longer start: needs a person");
+                return Err(PurchaseError::Stripe(BillingError::Rejected(format!(
+                    "the first period of upgrade {id} is paid, but its plan can no longer start: {refusal}"
+                ))));
+            }
+            Err(refusal) => {
+                let state = UpgradeState::Refused {
+                    message: refusal.to_string(),
+                };
+                self.settle(&pending, version, state, None, Some(claim), now).await?;
+                return Err(refusal.into());
+            }
+        };
         // What was fixed at acceptance holds, whatever changed since.
         for plan in [after.plan.as_mut(), after.next_plan.as_mut()].into_iter().flatten() {
             if plan.id == id {
@@ -1000,6 +1034,15 @@ impl Purchases {
             .await?;
         tracing::info!(upgrade = %id, plan = %plan.id, status = ?plan.status, "self-hosted plan started");
         Ok(plan)
+    }
+
+    /// Whether Stripe holds a paid first-period invoice of the upgrade.
+    async fn first_period_paid(&self, book: &Book, id: Uuid) -> Result<bool, PurchaseError> {
+        let Some(customer) = &book.customer.stripe_customer else {
+            return Ok(false);
+        };
+        let found = self.stripe.find_invoice(customer, &format!("upgrade:{id}")).await?;
+        Ok(found.is_some_and(|invoice| invoice.status == crate::stripe::InvoiceStatus::Paid))
     }
 
     /// Writes the upgrade's outcome, with the plan's writes when it started and the claim's
