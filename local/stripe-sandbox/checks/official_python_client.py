@@ -382,7 +382,7 @@ def _():
     paid = client.v1.invoices.pay(invoice.id, params={"off_session": True})
     assert paid.status == "paid" and paid.amount_paid == 1050
     found = client.v1.invoices.list(params={"customer": customer.id})
-    assert [i.id for i in found.data if i.metadata.get("billing_reference") == "invoicing:p:1"] == [invoice.id]
+    assert [i.id for i in found.data if i.metadata.to_dict().get("billing_reference") == "invoicing:p:1"] == [invoice.id]
     try:
         client.v1.invoice_items.create(params={"customer": customer.id, "invoice": invoice.id,
                                                "currency": "usd", "amount": 1})
