@@ -1,5 +1,6 @@
-//! `invoice-plans`: the daily job (an EventBridge schedule) that invoices the self-hosted plans
-//! due, from their license ledgers (`billing::plans::invoicing`). The time is the clock's,
+//! `invoice-plans`: the hourly job (an EventBridge schedule) that resumes open invoicing runs,
+//! invoices the self-hosted plans due from their license ledgers (`billing::plans::invoicing`),
+//! and resumes purchases that stalled while charging (`billing::plans::purchase`). The time is the clock's,
 //! unless the event names one (`{"at": "2026-12-01T00:00:00Z"}`), as the local server's
 //! `POST /_local/invoice-plans` does. A failure of the store as a whole fails the invocation
 //! (the schedule runs it again tomorrow, and a re-run is safe); a failure of one entity is in
@@ -9,8 +10,10 @@ use std::sync::Arc;
 
 use billing::access::{Operation, declared_documents};
 use billing::clock::SharedClock;
-use billing::config::{ConfigError, Environment, billing_table};
+use billing::config::{ConfigError, Environment, billing_table, self_hosted_free_trial_days};
+use billing::plans::Prices;
 use billing::plans::invoicing::{InvoicingReport, invoice_plans};
+use billing::plans::purchase::Purchases;
 use billing::store::{DocumentStore, StoreError};
 use billing::stripe::Billing;
 use billing_adapters::{DynamoStore, StripeBilling, SystemClock};
@@ -22,6 +25,7 @@ pub const FUNCTION: &str = "invoice-plans";
 /// What this function does with the store; its IAM policy grants exactly these.
 pub const OPERATIONS: &[Operation] = &[
     Operation::GetDocument,
+    Operation::PutDocument,
     Operation::ListDocuments,
     Operation::PutDocuments,
     Operation::ReadSecrets,
@@ -35,6 +39,8 @@ pub struct InvoicePlans {
     pub billing: Arc<dyn Billing>,
     /// What time it is.
     pub clock: SharedClock,
+    /// `SELF_HOSTED_FREE_TRIAL_DAYS`: what a stalled purchase resumed by the job decides with.
+    pub trial_days: u32,
 }
 
 impl InvoicePlans {
@@ -46,6 +52,7 @@ impl InvoicePlans {
             documents: Arc::new(DynamoStore::connect(table).await),
             billing: Arc::new(billing),
             clock: Arc::new(SystemClock),
+            trial_days: self_hosted_free_trial_days(env)?,
         }
         .declared())
     }
@@ -69,7 +76,14 @@ impl InvoicePlans {
     /// Runs once.
     pub async fn handle(&self, event: &serde_json::Value) -> Result<InvoicingReport, StoreError> {
         let at = self.time_of(event);
-        let report = invoice_plans(self.documents.as_ref(), self.billing.as_ref(), at).await?;
+        let mut report = invoice_plans(self.documents.as_ref(), self.billing.as_ref(), at).await?;
+        let purchases = Purchases {
+            documents: self.documents.clone(),
+            stripe: self.billing.clone(),
+            trial_days: self.trial_days,
+            prices: Prices::default(),
+        };
+        report.resumed_purchases = purchases.resume_stalled_purchases(at).await?;
         tracing::info!(%at, plans = report.outcomes.len(), "invoicing run finished");
         Ok(report)
     }

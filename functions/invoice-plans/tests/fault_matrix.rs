@@ -102,6 +102,7 @@ impl Fixture {
             documents: faulty.clone(),
             billing,
             clock: clock.clock(),
+            trial_days: 0,
         }
         .declared();
         Fixture {
@@ -285,4 +286,74 @@ fault_matrix! {
     paying_lands_but_its_answer_is_lost: Fault::StripeAfter(PAY, None),
     settling_the_run_fails: Fault::Store(2, WriteFault::Before),
     settling_the_run_lands_but_its_answer_is_lost: Fault::Store(2, WriteFault::After),
+}
+
+// What administrators see of a run that does not settle.
+
+#[tokio::test]
+async fn a_run_that_failed_three_times_shows_as_needing_a_person_until_it_settles() {
+    use billing::remote::admin::{InvoicingView, invoicing_view};
+    let f = Fixture::worked_example().await;
+    let due = f.due();
+    // Given Stripe refusing to create the invoice on three hourly runs
+    let mut flags = Vec::new();
+    for hour in 0..3 {
+        f.arm(Fault::StripeBefore(CREATE, None));
+        for outcome in f.run(due + Duration::hours(hour)).await {
+            if let EntityOutcome::Failed { needs_attention, .. } = outcome {
+                flags.push(needs_attention);
+            }
+        }
+    }
+    // Then the third marks it for a person, and the billing view says so
+    assert_eq!(flags, [false, false, true]);
+    let view = invoicing_view(f.faulty.as_ref(), f.entity, None, None, due + Duration::hours(3))
+        .await
+        .unwrap();
+    assert!(
+        matches!(view, Some(InvoicingView::NeedsManualResolution { tries: 3, .. })),
+        "{view:?}"
+    );
+    // When Stripe is back, the next run settles it, once, and nothing waits any more
+    f.run(due + Duration::hours(4)).await;
+    f.assert_invoiced_exactly_once("after three failures").await;
+    let view = invoicing_view(f.faulty.as_ref(), f.entity, None, None, due + Duration::hours(5))
+        .await
+        .unwrap();
+    assert_eq!(view, None);
+}
+
+#[tokio::test]
+async fn an_invoice_waiting_over_a_week_for_an_upload_shows_in_the_billing_view() {
+    use billing::remote::admin::{InvoicingView, invoicing_view};
+    let f = Fixture::worked_example().await;
+    let due = f.due();
+    let plan = plans::stored::load(f.faulty.as_ref(), f.entity, due)
+        .await
+        .unwrap()
+        .book
+        .plan
+        .unwrap();
+    let uploaded = Some(due - Duration::days(1));
+    // A week after the due date it is only deferred; past the week, it shows
+    let six_days = invoicing_view(
+        f.faulty.as_ref(),
+        f.entity,
+        Some(&plan),
+        uploaded,
+        due + Duration::days(6),
+    )
+    .await
+    .unwrap();
+    let eight_days = invoicing_view(
+        f.faulty.as_ref(),
+        f.entity,
+        Some(&plan),
+        uploaded,
+        due + Duration::days(8),
+    )
+    .await
+    .unwrap();
+    assert_eq!(six_days, None);
+    assert_eq!(eight_days, Some(InvoicingView::WaitingForUpload { since: due }));
 }

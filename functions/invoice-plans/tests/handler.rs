@@ -29,6 +29,7 @@ async fn fixture() -> Fixture {
         documents: documents.clone(),
         billing,
         clock: clock.clock(),
+        trial_days: 0,
     }
     .declared();
     Fixture {

@@ -16,7 +16,7 @@ use billing::errors::{FieldError, Slug};
 use billing::plans::Entity;
 use billing::remote::usage::Upload;
 use billing::remote::{BillingLinkRequest, RegisterRequest, RemoteBilling};
-use billing_http::idempotent::{Idempotency, serve_idempotent};
+use billing_http::idempotent::{Idempotency, serve_idempotent_with_limit};
 use billing_http::{ApiError, ApiResponse, Cors};
 use lambda_http::http::{StatusCode, header};
 use lambda_http::{Body, Request, Response};
@@ -52,6 +52,10 @@ pub const SERVER_SPONSORSHIP_ROUTE: &str = "POST /remote-servers/{server_uuid}/s
 pub const REHOME_ROUTE: &str = "PUT /remote-realms/{realm_uuid}/server";
 /// A server's usage upload: its realms and realm audit-log rows.
 pub const ANALYTICS_ROUTE: &str = "POST /api/v1/remotes/server/analytics";
+
+/// The body limit of a usage upload: 10,000 rows and 10,000 realms of a few hundred bytes each,
+/// under Lambda's 6 MB request payload (API.md, "Usage upload limits").
+pub const UPLOAD_MAX_BODY_BYTES: usize = 5 * 1024 * 1024;
 /// The last audit-log row id received from the server.
 pub const ANALYTICS_STATUS_ROUTE: &str = "GET /api/v1/remotes/server/analytics/status";
 
@@ -127,7 +131,13 @@ impl RemoteServerApi {
             clock: self.clock.clone(),
         };
         let origin = billing_http::origin_of(&request);
-        let work = serve_idempotent(request, &self.cors, &idempotency, |request| async move {
+        // A usage upload of 10,000 rows is larger than the API's 64 KiB: its route has its own.
+        let max_body = if billing_http::route_key_of(&request) == Some(ANALYTICS_ROUTE) {
+            UPLOAD_MAX_BODY_BYTES
+        } else {
+            billing_http::MAX_BODY_BYTES
+        };
+        let work = serve_idempotent_with_limit(request, &self.cors, &idempotency, max_body, |request| async move {
             let now = self.clock.now();
             match request.route_key() {
                 Some(REGISTER_ROUTE) => {

@@ -559,6 +559,56 @@ async fn an_upload_stores_its_rows_once_and_a_resent_upload_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_first_upload_of_ten_thousand_rows_is_taken_whole() {
+    // Given a server whose first upload carries the contract's 10,000 rows (about 2 MB)
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+    let now = f.clock.now();
+    let rows: Vec<Value> = (1..=10_000)
+        .map(|id| audit_row(id, realm, now - chrono::Duration::seconds(10_000 - id as i64), 5))
+        .collect();
+    let body = json!({"realms": [realm_listing(realm)], "realm_audit_logs": rows, "version": "11.0"});
+    assert!(body.to_string().len() > 64 * 1024);
+    // When it uploads them
+    let (status, answer) = f.upload(server, &body).await;
+    // Then every row is stored
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["stored_rows"], 10_000);
+    assert_eq!(f.last_received(server).await, 10_000);
+}
+
+#[tokio::test]
+async fn an_upload_past_its_body_limit_is_too_large_and_stores_nothing() {
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+    let body = json!({"realms": [realm_listing(realm)], "realm_audit_logs": [],
+                      "version": "x".repeat(remote_billing_server::UPLOAD_MAX_BODY_BYTES)});
+    let (status, answer) = f.upload(server, &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(answer["errors"][0]["slug"], "too_large");
+    assert_eq!(f.last_received(server).await, Value::Null);
+}
+
+#[tokio::test]
+async fn a_row_dated_more_than_an_hour_ahead_is_refused_and_nothing_is_stored() {
+    let f = fixture();
+    let server = f.registered().await;
+    let realm = Uuid::new_v4();
+    let now = f.clock.now();
+    let body = json!({"realms": [realm_listing(realm)], "realm_audit_logs": [
+        audit_row(1, realm, now, 5), audit_row(2, realm, now + chrono::Duration::days(400), 6)]});
+    let (status, answer) = f.upload(server, &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        answer["errors"][0]["field"], "/realm_audit_logs/1/event_time",
+        "{answer}"
+    );
+    assert_eq!(f.last_received(server).await, Value::Null);
+}
+
+#[tokio::test]
 async fn rows_out_of_order_or_of_an_unknown_type_are_refused_and_nothing_is_stored() {
     let f = fixture();
     let server = f.registered().await;
@@ -642,6 +692,8 @@ async fn uploaded_counts_sync_the_ledger_of_a_realms_automatic_plan() {
     let hour = chrono::Duration::hours(1);
     let body = json!({"realms": [], "realm_audit_logs": [
         audit_row(1, realm, start + hour, 22), audit_row(2, realm, start + hour * 2, 19), audit_row(3, realm, start + hour * 3, 20)]});
+    // (sent three hours later: rows from the future are refused)
+    f.clock.advance(hour * 3);
     let (status, answer) = f.upload(server, &body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["ledger_rows"], 3);
@@ -1065,6 +1117,44 @@ async fn a_realm_moved_to_its_new_server_no_longer_counts_for_the_old_one() {
         (&history[0]["old_server"], &history[0]["new_server"]),
         (&json!(old), &json!(new))
     );
+}
+
+#[tokio::test]
+async fn a_realm_with_a_plan_is_not_moved_to_a_server_with_one() {
+    // Given a realm on a plan, and a server on a plan of its own
+    let f = fixture();
+    let (_, realm) = f.server_with_a_realm().await;
+    let new = f.registered().await;
+    let documents = f.remote.remote.records.documents().clone();
+    let now = f.clock.now();
+    for entity in [
+        billing::plans::Entity::Realm(realm),
+        billing::plans::Entity::Server(new),
+    ] {
+        billing_testing::store_automatic_basic_plan(documents.as_ref(), entity, 6, None, now).await;
+    }
+    // When an administrator moves the realm there
+    let path = format!("/remote-realms/{realm}/server");
+    let (status, body) = f
+        .call(
+            ApiEvent::sample("apigw-remote-server-register.json")
+                .route(REHOME_ROUTE, &path, &[("realm_uuid", &realm.to_string())])
+                .caller(Uuid::new_v4(), ADMIN)
+                .body(&json!({"server_uuid": new})),
+        )
+        .await;
+    // Then it is a conflict and the realm stays where it was
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::CONFLICT, vec!["conflict".to_owned()]),
+        "{body}"
+    );
+    let owner = documents
+        .get_document(&billing::remote::records::realm_owner_key(realm), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(owner.body["server_uuid"], json!(new));
 }
 
 #[tokio::test]

@@ -115,6 +115,24 @@ impl SubscriptionLifecycle {
                 billing: self.billing.as_ref(),
                 catalog: &self.catalog,
             };
+            // Each of these spends the Stripe account's shared rate limit: limited per caller.
+            if let Some(operation @ ("setup_intent" | "portal_session" | "preview")) =
+                request.route_key().map(|route| match route {
+                    routes::SETUP_INTENT => "setup_intent",
+                    routes::PORTAL_SESSION => "portal_session",
+                    routes::PREVIEW => "preview",
+                    _ => "",
+                })
+            {
+                billing::limits::take(
+                    self.idempotency.documents.as_ref(),
+                    operation,
+                    &principal.user_id.to_string(),
+                    billing::limits::STRIPE_CALLS_PER_CALLER,
+                    self.clock.now(),
+                )
+                .await?;
+            }
             match request.route_key() {
                 Some(routes::SETUP_INTENT) => {
                     let intent = lifecycle::setup_intent(context, id, &request.request_id).await?;

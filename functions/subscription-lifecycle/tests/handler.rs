@@ -105,6 +105,41 @@ async fn owner_gets_a_setup_intent_on_their_own_customer() {
 }
 
 #[tokio::test]
+async fn a_caller_asking_for_setup_intents_in_a_loop_is_told_to_wait_and_stripe_is_not_called() {
+    // Given an owner who asked for the limit's worth of setup intents this minute
+    let f = fixture().await;
+    let mine = f.paying_subscriber().await;
+    let limit = billing::limits::STRIPE_CALLS_PER_CALLER.calls;
+    for _ in 0..limit {
+        let (status, body) = f
+            .call(on(routes::SETUP_INTENT, mine.id, "subscriptions", mine.id))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let customer = mine.stripe_customer.clone().unwrap();
+    let made = |list: Value| list["data"].as_array().map_or(0, Vec::len);
+    let before = made(
+        billing_testing::stripe_get(&f.sandbox, &format!("/v1/setup_intents?customer={customer}&limit=100")).await,
+    );
+    // When it asks once more, and asks for a preview
+    let event = on(routes::SETUP_INTENT, mine.id, "subscriptions", mine.id);
+    let response = f.function.handle(event.build()).await;
+    // Then it is 429 with Retry-After, and no SetupIntent was made
+    assert_eq!(response.status().as_u16(), 429);
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let after = made(
+        billing_testing::stripe_get(&f.sandbox, &format!("/v1/setup_intents?customer={customer}&limit=100")).await,
+    );
+    assert_eq!(before, after);
+    // And other operations and other callers have limits of their own
+    let (status, body) = f
+        .call(on(routes::PREVIEW, mine.id, "subscriptions", mine.id).body(&json!({"plan": "business_monthly"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
 async fn portal_session_returns_only_to_an_allowed_origin() {
     let f = fixture().await;
     let mine = f.paying_subscriber().await;

@@ -995,6 +995,7 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         documents: documents.clone(),
         billing: billing.clone(),
         clock: clock.clone(),
+        trial_days: billing::config::self_hosted_free_trial_days(env)?,
     }
     .declared();
     let purchases = billing::plans::purchase::Purchases {

@@ -632,6 +632,7 @@ fn route(state: &mut State, method: &Method, path: &str, params: &Value, now: i6
         ("POST", ["v1", "checkout", "sessions"]) => state.create_checkout_session(params, now),
         ("GET", ["v1", "checkout", "sessions", id]) => state.retrieve_checkout_session(id, params),
         ("POST", ["v1", "setup_intents"]) => state.create_setup_intent(params, now),
+        ("GET", ["v1", "setup_intents"]) => state.list_setup_intents(params),
         ("GET", ["v1", "setup_intents", id]) => state.retrieve_setup_intent(id, params),
         ("POST", ["v1", "billing_portal", "sessions"]) => state.create_portal_session(params, now),
         ("GET", ["v1", "events"]) => state.list_events(params),

@@ -20,6 +20,7 @@ pub mod errors;
 pub mod idempotency;
 pub mod ids;
 pub mod lifecycle;
+pub mod limits;
 pub mod listing;
 pub mod mail;
 pub mod metrics;

@@ -27,7 +27,8 @@ pub const LEDGER_SYNCS: &str = "LedgerSyncs";
 pub const LEDGER_ROWS: &str = "LedgerRows";
 /// Due self-hosted plans met by the hourly invoicing, by `Outcome`: `invoiced`, `deferred` (no
 /// upload since the due date), `failed` (its run is resumed by the next job) or
-/// `needs_attention` (its run failed three times or stayed open six hours: an alarm).
+/// `needs_attention` (its run failed three times or stayed open six hours: an alarm), and,
+/// beside `deferred`, `waiting_for_upload` for a plan deferred for over a week.
 pub const PLAN_INVOICES: &str = "PlanInvoices";
 
 /// The label of a count's outcome.

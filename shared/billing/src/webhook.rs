@@ -214,6 +214,27 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
     value.as_i64().and_then(|s| Utc.timestamp_opt(s, 0).single())
 }
 
+/// The subscription's discount in whole percent, when the object says: `Some(None)` for none
+/// (`discounts` empty and no `discount`), `Some(Some(p))` from a coupon's `percent_off` (the
+/// `discount` object of older API versions, or an expanded `discounts` entry), `None` when it
+/// names discounts only by id (unexpanded: the stored value stands).
+fn discount_of(object: &Value) -> Option<Option<u32>> {
+    let percent = |discount: &Value| {
+        discount["coupon"]["percent_off"]
+            .as_f64()
+            .or_else(|| discount["source"]["coupon"]["percent_off"].as_f64())
+            .map(|p| p.round() as u32)
+    };
+    if object["discount"].is_object() {
+        return percent(&object["discount"]).map(Some);
+    }
+    match object["discounts"].as_array() {
+        Some(entries) if entries.is_empty() => Some(None),
+        Some(entries) => entries.first().filter(|d| d.is_object()).and_then(percent).map(Some),
+        None => None,
+    }
+}
+
 fn status_from_stripe(status: &str) -> Option<Status> {
     match status {
         "incomplete_expired" => Some(Status::Canceled),
@@ -252,6 +273,17 @@ pub fn apply_event(current: &Subscription, event: &StripeEvent, catalog: &PlanCa
                 timestamp(&object["current_period_end"]).or_else(|| timestamp(&item["current_period_end"]))
             {
                 next.current_period_end = Some(end);
+            }
+            // A change made in the portal or the Dashboard reaches the stored licenses and
+            // discount here. A quantity of 1 on a subscription that never counted licenses is
+            // Stripe's default, not a count.
+            if let Some(quantity) = item["quantity"].as_u64().and_then(|q| u32::try_from(q).ok())
+                && (current.licenses.is_some() || quantity != 1)
+            {
+                next.licenses = Some(quantity);
+            }
+            if let Some(discount) = discount_of(object) {
+                next.discount_percent = discount;
             }
         }
         EventKind::InvoicePaid => {

@@ -366,3 +366,38 @@ async fn two_checkouts_completed_at_once_buy_one_plan_and_the_older_is_refused_w
         "{customer}"
     );
 }
+
+#[tokio::test]
+async fn a_purchase_charged_by_a_request_that_died_is_started_by_the_hourly_job() {
+    // Given a card-on-file purchase whose first period was paid, and whose plan was never
+    // written (the request died), and no form sent again
+    let w = world().await;
+    w.card_on_file().await;
+    w.arm(Fault::Store(2, WriteFault::Before));
+    assert!(w.form(w.now).await.is_err());
+    // When the hourly job looks for stalled purchases, first too early, then after a while
+    let early = w
+        .purchases
+        .resume_stalled_purchases(w.now + Duration::seconds(30))
+        .await
+        .unwrap();
+    let resumed = w
+        .purchases
+        .resume_stalled_purchases(w.now + Duration::minutes(5))
+        .await
+        .unwrap();
+    // Then the second resumes it: the plan starts, charged once, and the server may buy again
+    assert_eq!(early, []);
+    assert_eq!(
+        resumed.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
+        ["started"],
+        "{resumed:?}"
+    );
+    w.assert_one_plan_charged_once("resumed by the job").await;
+    let claims = w
+        .faulty
+        .list_documents_range("purchase_claims", None, "~", 10, w.now + Duration::minutes(6))
+        .await
+        .unwrap();
+    assert!(claims.is_empty(), "the claim is released: {claims:?}");
+}

@@ -18,7 +18,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 
 use tracing::Instrument;
 
-use crate::{ApiError, ApiRequest, ApiResponse, Cors, decorate, request_id_of, request_span, serve};
+use crate::{ApiError, ApiRequest, ApiResponse, Cors, decorate, request_id_of, request_span};
 
 /// The header a replayed answer carries.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -32,7 +32,7 @@ pub struct Idempotency {
     pub clock: SharedClock,
 }
 
-/// [`serve`], honouring `Idempotency-Key` on `POST` and `PATCH`.
+/// [`crate::serve`], honouring `Idempotency-Key` on `POST` and `PATCH`.
 pub async fn serve_idempotent<F, Fut>(
     request: Request,
     cors: &Cors,
@@ -43,9 +43,24 @@ where
     F: FnOnce(ApiRequest) -> Fut,
     Fut: Future<Output = Result<ApiResponse, ApiError>>,
 {
+    serve_idempotent_with_limit(request, cors, idempotency, crate::MAX_BODY_BYTES, handler).await
+}
+
+/// [`serve_idempotent`] with another body limit (a server's usage upload of up to 10,000 rows).
+pub async fn serve_idempotent_with_limit<F, Fut>(
+    request: Request,
+    cors: &Cors,
+    idempotency: &Idempotency,
+    max_body: usize,
+    handler: F,
+) -> Response<Body>
+where
+    F: FnOnce(ApiRequest) -> Fut,
+    Fut: Future<Output = Result<ApiResponse, ApiError>>,
+{
     let keyed = matches!(*request.method(), Method::POST | Method::PATCH);
     let Some(key) = request.headers().get(idempotency::HEADER).filter(|_| keyed).cloned() else {
-        return serve(request, cors, handler).await;
+        return crate::serve_with_limit(request, cors, max_body, handler).await;
     };
     let key = match key.to_str().map_err(|_| ()).and_then(|key| {
         idempotency::check_key(key).map_err(|_| ())?;
@@ -54,12 +69,13 @@ where
         Ok(key) => key,
         Err(()) => {
             let error = idempotency::check_key("").unwrap_err();
-            return serve(request, cors, |_| async move { Err(ApiError::one(error)) }).await;
+            return crate::serve_with_limit(request, cors, max_body, |_| async move { Err(ApiError::one(error)) })
+                .await;
         }
     };
     // Without a caller there is nothing to key by: the pipeline refuses the request (401).
     let Some(caller) = subject_of(&request) else {
-        return serve(request, cors, handler).await;
+        return crate::serve_with_limit(request, cors, max_body, handler).await;
     };
     let fingerprint = idempotency::fingerprint(request.method().as_str(), request.uri().path(), request.body());
     let now = idempotency.clock.now();
@@ -69,7 +85,7 @@ where
         .await;
     match begun {
         Ok(Begin::Run(version)) => {
-            let response = serve(request, cors, handler).await;
+            let response = crate::serve_with_limit(request, cors, max_body, handler).await;
             let answer = answer_of(&response);
             let kept = idempotency::finish(
                 idempotency.documents.as_ref(),
@@ -91,8 +107,12 @@ where
             response
         }
         Ok(Begin::Replay(kept)) => span.in_scope(|| replay(&request, cors, &kept)),
-        Ok(Begin::Refuse(error)) => serve(request, cors, |_| async move { Err(ApiError::one(error)) }).await,
-        Err(error) => serve(request, cors, |_| async move { Err(ApiError::from(error)) }).await,
+        Ok(Begin::Refuse(error)) => {
+            crate::serve_with_limit(request, cors, max_body, |_| async move { Err(ApiError::one(error)) }).await
+        }
+        Err(error) => {
+            crate::serve_with_limit(request, cors, max_body, |_| async move { Err(ApiError::from(error)) }).await
+        }
     }
 }
 

@@ -234,6 +234,22 @@ impl From<ChangeError> for ApiError {
     }
 }
 
+impl From<billing::limits::LimitError> for ApiError {
+    fn from(error: billing::limits::LimitError) -> Self {
+        match error {
+            billing::limits::LimitError::Limited { retry_after_seconds } => {
+                let mut refused = ApiError::one(FieldError::general(
+                    Slug::TooManyRequests,
+                    format!("too many requests from this caller; try again in {retry_after_seconds} s"),
+                ));
+                refused.retry_after = Some(retry_after_seconds);
+                refused
+            }
+            billing::limits::LimitError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<billing::lifecycle::LifecycleError> for ApiError {
     fn from(error: billing::lifecycle::LifecycleError) -> Self {
         use billing::lifecycle::LifecycleError;

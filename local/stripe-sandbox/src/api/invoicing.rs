@@ -844,6 +844,17 @@ impl State {
         Ok(intent)
     }
 
+    /// `GET /v1/setup_intents`: a customer's SetupIntents (or all), newest first.
+    pub fn list_setup_intents(&self, params: &Value) -> Outcome {
+        let p = Params::new(params, &["customer", "limit", "starting_after", "expand"])?;
+        let customer = p.string("customer")?;
+        self.list("/v1/setup_intents", &p, |id| {
+            self.setup_intents
+                .get(id)
+                .filter(|intent| customer.is_none_or(|c| intent["customer"] == c))
+        })
+    }
+
     pub fn retrieve_setup_intent(&self, id: &str, params: &Value) -> Outcome {
         Params::new(params, &["expand", "client_secret"])?;
         self.setup_intents

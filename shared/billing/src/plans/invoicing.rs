@@ -167,6 +167,8 @@ pub struct InvoicingReport {
     /// Due plans of the page being read left for the next run because the invocation's
     /// deadline was near (more may follow them); they stay due, so the next run picks them up.
     pub left_for_next_run: usize,
+    /// Purchases found stalled while charging, and what resuming them did.
+    pub resumed_purchases: Vec<super::purchase::ResumedPurchase>,
 }
 
 /// The time one entity's invoicing may take: no entity is started with less left.
@@ -313,7 +315,13 @@ pub async fn invoice_entity(
     }
     match record(documents, entity, at).await {
         Ok(Recorded::NotDue) => {}
-        Ok(Recorded::Deferred) => outcomes.push(EntityOutcome::Deferred { entity }),
+        Ok(Recorded::Deferred { since }) => {
+            if at - since > crate::remote::admin::WAITING_FOR_UPLOAD_AFTER {
+                // Counted apart, for the alarm: a week without uploads is a server to call.
+                crate::metrics::plan_invoice("waiting_for_upload");
+            }
+            outcomes.push(EntityOutcome::Deferred { entity });
+        }
         Ok(Recorded::NothingOwed) => outcomes.push(EntityOutcome::Invoiced {
             entity,
             invoice: None,
@@ -339,7 +347,10 @@ fn failed(entity: Entity, failure: &Failure, needs_attention: bool) -> EntityOut
 /// What phase 1 did.
 enum Recorded {
     NotDue,
-    Deferred,
+    /// Due since `since`, waiting for an upload.
+    Deferred {
+        since: DateTime<Utc>,
+    },
     /// Due with nothing owed: the plan moved on, no run.
     NothingOwed,
     /// The run recorded, with its version.
@@ -362,7 +373,7 @@ async fn record(documents: &dyn DocumentStore, entity: Entity, at: DateTime<Utc>
             InvoiceRun::NotDue => return Ok(Recorded::NotDue),
             InvoiceRun::Deferred => {
                 tracing::info!(?entity, %due, ?upload, "invoice deferred: no upload since it was due");
-                return Ok(Recorded::Deferred);
+                return Ok(Recorded::Deferred { since: due });
             }
             InvoiceRun::Invoice { items, book, changes } => (items, book, changes),
         };

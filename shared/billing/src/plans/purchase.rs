@@ -116,6 +116,17 @@ pub struct PurchaseClaim {
     pub claimed_at: DateTime<Utc>,
 }
 
+/// What the hourly job did with one stalled purchase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResumedPurchase {
+    /// Whose.
+    pub entity: Entity,
+    /// Its pending upgrade.
+    pub upgrade: Uuid,
+    /// `started`, `released` (its upgrade was gone), or why it did not start.
+    pub outcome: String,
+}
+
 /// A purchase charging for longer than this has stalled: a request for the same entity resumes it.
 pub const STALLED_AFTER: Duration = Duration::minutes(2);
 
@@ -825,6 +836,7 @@ impl Purchases {
     pub async fn complete_upgrade(&self, entity: Entity, id: Uuid, now: DateTime<Utc>) -> Result<Plan, PurchaseError> {
         let (pending, version) = self.pending(entity, id, now).await?;
         if let Some(done) = self.settled_outcome(&pending, now).await {
+            self.release_claim_of(&pending, now).await;
             return done;
         }
         let Some(claim) = self.hold_claim_for_charge(&pending, now).await? else {
@@ -857,6 +869,64 @@ impl Purchases {
             }
         })
         .await
+    }
+
+    /// Releases the server's claim if it still names `pending`, which has settled (a racing
+    /// completion took it again after the settlement). Best effort.
+    async fn release_claim_of(&self, pending: &PendingUpgrade, now: DateTime<Utc>) {
+        let Ok(key) = self.claim_key(pending.entity, now).await else {
+            return;
+        };
+        let Ok(Some(held)) = self.documents.get_document(&key, now).await else {
+            return;
+        };
+        if decode::<PurchaseClaim>(&key, held.body).is_ok_and(|claim| claim.upgrade == pending.id) {
+            self.release_claim(&(key, held.version), now).await;
+        }
+    }
+
+    /// Resumes every purchase whose claim has been charging for [`STALLED_AFTER`]: its request
+    /// failed after the claim (a card on file charged, then the plan not written), and no form
+    /// or Checkout completion came back to finish it. The hourly invoicing job runs this, so a
+    /// customer charged by a request that died has their plan within the hour.
+    pub async fn resume_stalled_purchases(&self, now: DateTime<Utc>) -> Result<Vec<ResumedPurchase>, StoreError> {
+        let mut resumed = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .documents
+                .list_documents_range(PURCHASE_CLAIMS, after.as_deref(), "~", 100, now)
+                .await?;
+            let full = page.len() == 100;
+            for (member, document) in page {
+                after = Some(member.clone());
+                let Ok(claim) = serde_json::from_value::<PurchaseClaim>(document.body) else {
+                    continue;
+                };
+                if !claim.charging || now - claim.claimed_at < STALLED_AFTER {
+                    continue;
+                }
+                let outcome = match self.complete_upgrade(claim.entity, claim.upgrade, now).await {
+                    Ok(_) => "started".to_owned(),
+                    Err(PurchaseError::UnknownUpgrade) => {
+                        // Its upgrade is gone (older than it is kept): nothing can be resumed.
+                        let key = member_key(PURCHASE_CLAIMS, &member);
+                        self.release_claim(&(key, document.version), now).await;
+                        "released".to_owned()
+                    }
+                    Err(error) => format!("not started: {error}"),
+                };
+                tracing::info!(entity = ?claim.entity, upgrade = %claim.upgrade, %outcome, "stalled purchase resumed");
+                resumed.push(ResumedPurchase {
+                    entity: claim.entity,
+                    upgrade: claim.upgrade,
+                    outcome,
+                });
+            }
+            if !full {
+                return Ok(resumed);
+            }
+        }
     }
 
     /// Releases a claim this purchase holds (best effort: it is released only at the version

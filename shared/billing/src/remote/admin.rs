@@ -100,6 +100,66 @@ pub struct BillingView {
     pub billed_licenses: Option<u32>,
     /// When the entity's server last uploaded.
     pub last_upload_at: Option<DateTime<Utc>>,
+    /// Invoicing that waits: an open run, or an invoice waiting for an upload for over a week.
+    pub invoicing: Option<InvoicingView>,
+}
+
+/// Where an entity's invoicing waits, for administrators (API.md, "Invoicing").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum InvoicingView {
+    /// A run is open and resumed by the hourly job.
+    InProgress {
+        /// The due date it invoices.
+        due: DateTime<Utc>,
+        /// Failed attempts so far.
+        tries: u32,
+        /// Why the last one failed.
+        last_error: Option<String>,
+    },
+    /// A run failed three times or stayed open six hours: a person looks.
+    NeedsManualResolution {
+        /// The due date it invoices.
+        due: DateTime<Utc>,
+        /// Failed attempts so far.
+        tries: u32,
+        /// Why the last one failed.
+        last_error: Option<String>,
+    },
+    /// Due for over [`WAITING_FOR_UPLOAD_AFTER`] and deferred since: the server has not uploaded.
+    WaitingForUpload {
+        /// When it fell due.
+        since: DateTime<Utc>,
+    },
+}
+
+/// How long an invoice may wait for an upload before administrators see it.
+pub const WAITING_FOR_UPLOAD_AFTER: chrono::Duration = chrono::Duration::days(7);
+
+/// What waits in an entity's invoicing at `now`.
+pub async fn invoicing_view(
+    documents: &dyn crate::store::DocumentStore,
+    entity: Entity,
+    plan: Option<&Plan>,
+    last_upload: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Option<InvoicingView>, crate::store::StoreError> {
+    let runs = plans::invoicing::runs(documents, entity, now).await?;
+    if let Some((run, _)) = runs
+        .into_iter()
+        .find(|(run, _)| run.state == plans::invoicing::RunState::Open)
+    {
+        let (due, tries, last_error) = (run.due, run.failures, run.last_failure);
+        return Ok(Some(if run.needs_attention {
+            InvoicingView::NeedsManualResolution { due, tries, last_error }
+        } else {
+            InvoicingView::InProgress { due, tries, last_error }
+        }));
+    }
+    let waiting = plan
+        .and_then(|plan| plan.next_invoice_date)
+        .filter(|due| now - *due > WAITING_FOR_UPLOAD_AFTER && last_upload.is_none_or(|at| at < *due));
+    Ok(waiting.map(|since| InvoicingView::WaitingForUpload { since }))
 }
 
 impl RemoteBilling {
@@ -185,6 +245,14 @@ impl RemoteBilling {
             Entity::Server(_) => Some(latest.total()),
         });
         let book = stored.book;
+        let invoicing = invoicing_view(
+            self.records.documents().as_ref(),
+            entity,
+            book.plan.as_ref(),
+            marker.last_upload_at,
+            now,
+        )
+        .await?;
         Ok(BillingView {
             customer: CustomerView {
                 stripe_customer: book.customer.stripe_customer.clone(),
@@ -205,6 +273,7 @@ impl RemoteBilling {
                 .collect(),
             billed_licenses,
             last_upload_at: marker.last_upload_at,
+            invoicing,
         })
     }
 }
@@ -309,6 +378,20 @@ impl RemoteBilling {
     ) -> Result<BillingView, RemoteError> {
         self.active_server(new_server, RemoteError::UnknownServer, now).await?;
         let documents = self.records.documents().clone();
+        // A server and its realms never both have a live plan: a realm with one cannot join a
+        // server with one.
+        let live = |entity| {
+            let documents = documents.clone();
+            async move {
+                let stored = plans::stored::load(documents.as_ref(), entity, now).await?;
+                Ok::<_, RemoteError>(plans::end_of_cycle(&stored.book, now).0.plan.is_some())
+            }
+        };
+        if live(Entity::Realm(realm)).await? && live(Entity::Server(new_server)).await? {
+            return Err(RemoteError::PlanConflict(
+                "The realm has a plan and the server it would move to has one: a server and its organizations cannot both have one.".into(),
+            ));
+        }
         retry_on_conflict(|_| {
             let documents = documents.clone();
             async move {

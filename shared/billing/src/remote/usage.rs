@@ -32,6 +32,9 @@ use crate::store::{DocumentWrite, StoreError, member_key};
 /// The most rows (and realms) one upload may carry.
 pub const MAX_ROWS: usize = 10_000;
 
+/// How far ahead of the service's clock a row's `event_time` may be.
+pub const FUTURE_ALLOWANCE: chrono::Duration = chrono::Duration::hours(1);
+
 /// The audit-log event types whose rows carry counts: users created, activated, deactivated,
 /// reactivated, role changed; realm deactivated, reactivated.
 pub const SYNCED_EVENT_TYPES: [u16; 7] = [101, 102, 103, 104, 105, 201, 202];
@@ -179,7 +182,12 @@ fn check_rows<'a>(
     upload: &'a Upload,
     last_received: Option<u64>,
     known_realms: &BTreeSet<Uuid>,
+    received: &BTreeSet<u64>,
+    now: DateTime<Utc>,
 ) -> Result<Vec<(usize, &'a UploadedRow)>, ValidationErrors> {
+    // A row from the future would move the end of cycle forward: a server's clock may run a
+    // little ahead, not more.
+    let latest = (now + FUTURE_ALLOWANCE).timestamp() as f64;
     let mut errors = Vec::new();
     if upload.realm_audit_logs.len() > MAX_ROWS {
         errors.push(FieldError::field(
@@ -198,8 +206,19 @@ fn check_rows<'a>(
     let mut previous = last_received;
     let mut fresh = Vec::new();
     for (index, row) in upload.realm_audit_logs.iter().enumerate() {
-        // Rows already received are dropped: an upload can be re-sent whole.
+        // Rows already received are dropped: an upload can be re-sent whole. A row at or
+        // below the last received that never was is out of order: its count would be lost.
         if last_received.is_some_and(|last| row.id <= last) {
+            if !received.contains(&row.id) {
+                errors.push(FieldError::field(
+                    Slug::InvalidValue,
+                    format!("/realm_audit_logs/{index}/id"),
+                    format!(
+                        "out of order: at or below the last id received ({}) and never received",
+                        last_received.unwrap_or_default()
+                    ),
+                ));
+            }
             continue;
         }
         if previous.is_some_and(|p| row.id <= p) {
@@ -233,6 +252,12 @@ fn check_rows<'a>(
                 format!("/realm_audit_logs/{index}/event_time"),
                 "a Unix time in seconds",
             ));
+        } else if row.event_time > latest {
+            errors.push(FieldError::field(
+                Slug::InvalidValue,
+                format!("/realm_audit_logs/{index}/event_time"),
+                "more than an hour ahead of the service's clock",
+            ));
         }
         fresh.push((index, row));
     }
@@ -250,6 +275,54 @@ fn time_of(seconds: f64) -> DateTime<Utc> {
 }
 
 impl RemoteBilling {
+    /// The ids among the upload's rows at or below the last one received that were received:
+    /// those are dropped; any other row there is out of order. One range read of the stored
+    /// rows between the lowest such id and the last received.
+    async fn received_ids(
+        &self,
+        collection: &str,
+        upload: &Upload,
+        last_received: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeSet<u64>, RemoteError> {
+        let Some(last) = last_received else {
+            return Ok(BTreeSet::new());
+        };
+        let Some(lowest) = upload
+            .realm_audit_logs
+            .iter()
+            .map(|row| row.id)
+            .filter(|id| *id <= last)
+            .min()
+        else {
+            return Ok(BTreeSet::new());
+        };
+        let mut received = BTreeSet::new();
+        let mut after = row_member(lowest.saturating_sub(1));
+        // The member just before the lowest id's: the range starts at the lowest itself.
+        if lowest == 0 {
+            after = "row#".to_owned();
+        }
+        let through = row_member(last);
+        loop {
+            let page = self
+                .records
+                .documents()
+                .list_documents_range(collection, Some(&after), &through, 1000, now)
+                .await?;
+            let full = page.len() == 1000;
+            for (member, _) in page {
+                if let Some(id) = member.strip_prefix("row#").and_then(|id| id.parse::<u64>().ok()) {
+                    received.insert(id);
+                }
+                after = member;
+            }
+            if !full {
+                return Ok(received);
+            }
+        }
+    }
+
     /// `GET /api/v1/remotes/server/analytics/status`: the last row id received.
     pub async fn upload_status(&self, server: &RemoteServer, now: DateTime<Utc>) -> Result<UploadMarker, RemoteError> {
         Ok(self
@@ -292,7 +365,11 @@ impl RemoteBilling {
             .get::<UploadMarker>(&marker_key, now)
             .await?
             .unwrap_or_default();
-        let fresh = check_rows(upload, marker.last_audit_log_id, &known).map_err(RemoteError::Invalid)?;
+        let received = self
+            .received_ids(&collection, upload, marker.last_audit_log_id, now)
+            .await?;
+        let fresh =
+            check_rows(upload, marker.last_audit_log_id, &known, &received, now).map_err(RemoteError::Invalid)?;
         for realm in listed {
             if realm.is_system_bot_realm {
                 continue;
@@ -543,7 +620,9 @@ mod tests {
             version: None,
         };
         // a re-sent upload: everything up to 5 was received, 7 is new
-        let fresh = check_rows(&upload, Some(5), &known).unwrap();
+        let now = Utc.timestamp_opt(1_780_000_000, 0).unwrap();
+        let received = BTreeSet::from([3, 5]);
+        let fresh = check_rows(&upload, Some(5), &known, &received, now).unwrap();
         assert_eq!(fresh.iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [7]);
         // out of order, unknown type and unknown realm are all reported
         let upload = Upload {
@@ -551,7 +630,7 @@ mod tests {
             realm_audit_logs: vec![row(9, 101, realm), row(8, 999, realm), row(10, 102, Uuid::from_u128(2))],
             version: None,
         };
-        let errors = check_rows(&upload, Some(5), &known).unwrap_err().0;
+        let errors = check_rows(&upload, Some(5), &known, &received, now).unwrap_err().0;
         let fields: Vec<_> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
         assert_eq!(
             fields,
@@ -561,5 +640,51 @@ mod tests {
                 "/realm_audit_logs/2/realm"
             ]
         );
+    }
+
+    #[test]
+    fn a_row_more_than_an_hour_ahead_of_the_clock_is_refused_on_its_pointer() {
+        // Given a server whose clock is an hour and a minute ahead for one row
+        let realm = Uuid::from_u128(1);
+        let known = BTreeSet::from([realm]);
+        let now = Utc.timestamp_opt(1_780_000_000, 0).unwrap();
+        let mut ahead = row(2, 101, realm);
+        ahead.event_time = 1_780_000_000.0 + 3_660.0;
+        let mut a_little_ahead = row(1, 101, realm);
+        a_little_ahead.event_time = 1_780_000_000.0 + 3_540.0;
+        let upload = Upload {
+            realms: None,
+            realm_audit_logs: vec![a_little_ahead, ahead],
+            version: None,
+        };
+        // When its rows are checked
+        let errors = check_rows(&upload, None, &known, &BTreeSet::new(), now).unwrap_err().0;
+        // Then only the row past the hour is refused, on its own pointer
+        let fields: Vec<_> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, ["/realm_audit_logs/1/event_time"]);
+    }
+
+    #[test]
+    fn a_row_below_the_last_received_that_never_was_is_out_of_order() {
+        // Given rows 3 and 5 received, the last being 5
+        let realm = Uuid::from_u128(1);
+        let known = BTreeSet::from([realm]);
+        let now = Utc.timestamp_opt(1_780_000_000, 0).unwrap();
+        let received = BTreeSet::from([3, 5]);
+        // When an upload re-sends 3 and 5 and brings 4, never received, and 6
+        let upload = Upload {
+            realms: None,
+            realm_audit_logs: vec![
+                row(3, 101, realm),
+                row(4, 101, realm),
+                row(5, 101, realm),
+                row(6, 101, realm),
+            ],
+            version: None,
+        };
+        // Then 4 is refused on its pointer (its count would be lost), and nothing else
+        let errors = check_rows(&upload, Some(5), &known, &received, now).unwrap_err().0;
+        let fields: Vec<_> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, ["/realm_audit_logs/1/id"]);
     }
 }

@@ -191,3 +191,31 @@ fn the_period_end_is_read_from_the_subscription_or_else_from_its_first_item() {
     assert_eq!(read(&older), Utc.timestamp_opt(NOW + 7 * 86400, 0).single());
     assert_eq!(read(&current), Utc.timestamp_opt(NOW + 30 * 86400, 0).single());
 }
+
+#[test]
+fn a_snapshot_sets_the_licenses_and_discount_changed_outside_the_service() {
+    // Given a subscription of 5 licenses at 20% off
+    let mut stored = subscription();
+    stored.licenses = Some(5);
+    stored.discount_percent = Some(20);
+    // When a snapshot says 7 licenses and 10% off (changed in the Dashboard)
+    let mut event = subscription_event("evt_q", NOW + 1, "active", "price_basic_monthly", false);
+    event.object["items"]["data"][0]["quantity"] = json!(7);
+    event.object["discounts"] = json!([{"id": "di_1", "coupon": {"id": "c10", "percent_off": 10.0}}]);
+    let next = apply_event(&stored, &event, &catalog());
+    // Then both follow Stripe
+    assert_eq!((next.licenses, next.discount_percent), (Some(7), Some(10)));
+    // When the discount is removed, then it is gone; an unexpanded one leaves it as stored
+    event.object["discounts"] = json!([]);
+    assert_eq!(apply_event(&stored, &event, &catalog()).discount_percent, None);
+    event.object["discounts"] = json!(["di_2"]);
+    assert_eq!(apply_event(&stored, &event, &catalog()).discount_percent, Some(20));
+}
+
+#[test]
+fn a_quantity_of_one_does_not_give_licenses_to_a_subscription_that_never_counted_them() {
+    let stored = subscription();
+    let mut event = subscription_event("evt_q", NOW + 1, "active", "price_basic_monthly", false);
+    event.object["items"]["data"][0]["quantity"] = json!(1);
+    assert_eq!(apply_event(&stored, &event, &catalog()).licenses, None);
+}
