@@ -67,11 +67,19 @@ async fn uploads_move_the_ledger_and_the_invoicing_run_bills_it_a_month_later() 
         start,
     )
     .await;
-    // When the server uploads 23, 20 and 21 users over the month
+    // When the server uploads 23, 20 and 21 users over the month (sent on day 20: rows from
+    // the future are refused)
     let rows = json!({"realms": [], "realm_audit_logs": [
         audit_row(1, realm, start + Duration::days(4), 23),
         audit_row(2, realm, start + Duration::days(9), 20),
         audit_row(3, realm, start + Duration::days(19), 21)]});
+    let (status, _) = post(
+        format!("{base}/_local/clock"),
+        None,
+        &json!({"offset_seconds": 20 * 86_400}),
+    )
+    .await;
+    assert_eq!(status, 200);
     let (status, body) = post(analytics.clone(), Some(remote_server.basic()), &rows).await;
     assert_eq!((status, &body["ledger_rows"]), (200, &json!(3)), "{body}");
     // Then the administrators' view has API.md's ledger
@@ -339,6 +347,7 @@ async fn an_owner_buys_basic_through_checkout_and_every_invoice_matches_the_ledg
         audit_row(2, realm, start + Duration::days(4), 23),
         audit_row(3, realm, start + Duration::days(9), 20),
         audit_row(4, realm, start + Duration::days(19), 21)]});
+    owner.at_day(20).await;
     let (status, body) = post(analytics.clone(), Some(owner.remote_server.basic()), &rows).await;
     assert_eq!((status, &body["ledger_rows"]), (200, &json!(3)), "{body}");
     owner.at_day(32).await;

@@ -219,3 +219,171 @@ async fn a_run_near_its_deadline_leaves_the_remaining_plans_due_for_the_next_one
         "{report:?}"
     );
 }
+
+impl Fixture {
+    /// A server on basic for `users` from `start`, paying with a card, its users unchanged.
+    async fn paying_server(&self, users: u32, start: DateTime<Utc>) -> Entity {
+        let server = Uuid::new_v4();
+        let entity = Entity::Server(server);
+        let customer = self
+            .job
+            .billing
+            .create_customer(server, "billing@example.org", &format!("{server}:customer"))
+            .await
+            .unwrap();
+        self.job
+            .billing
+            .attach_default_payment_method(&customer.id, "pm_card_visa", &format!("{server}:card"))
+            .await
+            .unwrap();
+        billing_testing::store_automatic_basic_plan(self.documents.as_ref(), entity, users, Some(customer.id), start)
+            .await;
+        entity
+    }
+
+    /// The invoices of the sandbox that invoicing runs made (Stripe over HTTP).
+    async fn run_invoices(&self) -> Vec<Value> {
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = billing_testing::stripe_get(
+                &self.sandbox,
+                &format!(
+                    "/v1/invoices?limit=100{}",
+                    after
+                        .as_deref()
+                        .map(|id| format!("&starting_after={id}"))
+                        .unwrap_or_default()
+                ),
+            )
+            .await;
+            let data = page["data"].as_array().unwrap();
+            found.extend(
+                data.iter()
+                    .filter(|i| {
+                        i["metadata"]["billing_reference"]
+                            .as_str()
+                            .is_some_and(|r| r.starts_with("invoicing:"))
+                    })
+                    .cloned(),
+            );
+            if page["has_more"] != true {
+                return found;
+            }
+            after = data.last().and_then(|i| i["id"].as_str()).map(str::to_owned);
+        }
+    }
+}
+
+#[tokio::test]
+async fn more_due_plans_than_one_page_of_the_index_are_all_invoiced_by_one_run() {
+    // Given 105 servers due on the same day (the index hands out 100 at a time), all uploaded
+    let f = fixture().await;
+    let start = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().to_utc();
+    let due = start + Duration::days(31);
+    let mut entities = Vec::new();
+    for _ in 0..105 {
+        let entity = f.paying_server(6, start).await;
+        f.uploaded_at(entity, due).await;
+        entities.push(entity);
+    }
+    // When the job runs once
+    let report = f.job.handle(&at_event(due)).await.unwrap();
+    // Then each one is invoiced once, on Stripe (the sandbox): 105 paid renewals of 6 × 350
+    let invoiced: Vec<Entity> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            EntityOutcome::Invoiced {
+                entity,
+                invoice: Some(_),
+                ..
+            } => Some(*entity),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(invoiced.len(), 105, "{:?}", report.outcomes.len());
+    entities.sort();
+    let mut sorted = invoiced.clone();
+    sorted.sort();
+    assert_eq!(sorted, entities);
+    let invoices = f.run_invoices().await;
+    assert_eq!(invoices.len(), 105);
+    assert!(
+        invoices
+            .iter()
+            .all(|i| i["status"] == "paid" && i["amount_paid"] == 6 * 350)
+    );
+}
+
+#[tokio::test]
+async fn a_plan_the_job_missed_for_three_months_is_invoiced_once_for_each_due_date() {
+    // Given a server due on 1 February, 1 March and 1 April, and no run since; it uploaded
+    let f = fixture().await;
+    let start = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().to_utc();
+    let entity = f.paying_server(6, start).await;
+    let now = DateTime::parse_from_rfc3339("2026-04-02T12:00:00Z").unwrap().to_utc();
+    f.uploaded_at(entity, now).await;
+    // When the job runs, and again an hour later
+    let report = f.job.handle(&at_event(now)).await.unwrap();
+    let again = f.job.handle(&at_event(now + Duration::hours(1))).await.unwrap();
+    // Then one invoice per due date, each a renewal paid once, and the second run adds nothing
+    assert_eq!(
+        report
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o, EntityOutcome::Invoiced { invoice: Some(_), .. }))
+            .count(),
+        3,
+        "{report:?}"
+    );
+    assert!(again.outcomes.is_empty(), "{again:?}");
+    let invoices = f.run_invoices().await;
+    let mut references: Vec<&str> = invoices
+        .iter()
+        .map(|i| i["metadata"]["billing_reference"].as_str().unwrap())
+        .collect();
+    references.sort();
+    references.dedup();
+    assert_eq!(references.len(), 3, "{invoices:#?}");
+    assert!(
+        invoices
+            .iter()
+            .all(|i| i["status"] == "paid" && i["amount_paid"] == 6 * 350)
+    );
+}
+
+#[tokio::test]
+async fn a_plan_without_a_stripe_customer_is_recorded_and_waits_for_a_person_without_a_charge() {
+    // Given a plan whose entity has no Stripe customer (made by hand), due and uploaded
+    let f = fixture().await;
+    let start = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().to_utc();
+    let entity = Entity::Server(Uuid::new_v4());
+    billing_testing::store_automatic_basic_plan(f.documents.as_ref(), entity, 6, None, start).await;
+    let due = start + Duration::days(31);
+    f.uploaded_at(entity, due).await;
+    // When the job runs three times, an hour apart
+    let mut reasons = Vec::new();
+    for hour in 0..3 {
+        for outcome in f
+            .job
+            .handle(&at_event(due + Duration::hours(hour)))
+            .await
+            .unwrap()
+            .outcomes
+        {
+            if let EntityOutcome::Failed {
+                reason,
+                needs_attention,
+                ..
+            } = outcome
+            {
+                reasons.push((reason, needs_attention));
+            }
+        }
+    }
+    // Then each says why, the third marks it for a person, and Stripe holds no invoice
+    let why = "the entity has no Stripe customer".to_owned();
+    assert_eq!(reasons, [(why.clone(), false), (why.clone(), false), (why, true)]);
+    assert_eq!(f.run_invoices().await, Vec::<Value>::new());
+}

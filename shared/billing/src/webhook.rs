@@ -214,10 +214,11 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
     value.as_i64().and_then(|s| Utc.timestamp_opt(s, 0).single())
 }
 
-/// The subscription's discount in whole percent, when the object says: `Some(None)` for none
-/// (`discounts` empty and no `discount`), `Some(Some(p))` from a coupon's `percent_off` (the
-/// `discount` object of older API versions, or an expanded `discounts` entry), `None` when it
-/// names discounts only by id (unexpanded: the stored value stands).
+/// The subscription's discount in whole percent, when the object says it: a coupon's
+/// `percent_off` (the `discount` object of older API versions, or an expanded `discounts`
+/// entry). `None` otherwise, and the stored value stands: events name discounts only by id,
+/// and an empty list in an event older than the service's own change (a license change made
+/// just before a discount) would otherwise clear a discount Stripe holds.
 fn discount_of(object: &Value) -> Option<Option<u32>> {
     let percent = |discount: &Value| {
         discount["coupon"]["percent_off"]
@@ -228,11 +229,12 @@ fn discount_of(object: &Value) -> Option<Option<u32>> {
     if object["discount"].is_object() {
         return percent(&object["discount"]).map(Some);
     }
-    match object["discounts"].as_array() {
-        Some(entries) if entries.is_empty() => Some(None),
-        Some(entries) => entries.first().filter(|d| d.is_object()).and_then(percent).map(Some),
-        None => None,
-    }
+    object["discounts"]
+        .as_array()
+        .and_then(|entries| entries.first())
+        .filter(|discount| discount.is_object())
+        .and_then(percent)
+        .map(Some)
 }
 
 fn status_from_stripe(status: &str) -> Option<Status> {

@@ -891,3 +891,143 @@ async fn a_new_plan_for_a_subscription_stripe_canceled_before_its_event_subscrib
     assert_ne!(stored.stripe_subscription.as_deref(), Some(old.as_str()));
     assert_eq!((stored.plan.as_str(), stored.status), ("basic_monthly", Status::Active));
 }
+
+// Every kind of event at once, in any order and with duplicates, against an oracle written
+// from the rules, not from the code: the newest snapshot (updates and the deletion alike)
+// decides the plan, the cancel flag and the status, whatever invoice events and older snapshots
+// arrive after it; the newest customer event decides the payment source.
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Snapshot(&'static str, &'static str, bool),
+    Deleted,
+    Paid,
+    Failed,
+    Customer(bool),
+}
+
+/// A stream as Stripe sends one: snapshots, deletions, invoice and customer events in any mix,
+/// ending with a snapshot (Stripe follows every status an invoice changes with a snapshot of
+/// the subscription), possibly followed by customer events.
+fn mixed_events() -> impl Strategy<Value = Vec<Kind>> {
+    let snapshot = || {
+        let statuses = prop::sample::select(vec!["trialing", "active", "past_due", "unpaid"]);
+        let prices = prop::sample::select(vec!["price_pending", "price_basic_monthly", "price_business_monthly"]);
+        prop_oneof![
+            4 => (statuses, prices, any::<bool>()).prop_map(|(s, p, c)| Kind::Snapshot(s, p, c)),
+            1 => Just(Kind::Deleted),
+        ]
+    };
+    let kind = prop_oneof![
+        5 => snapshot(),
+        2 => Just(Kind::Paid),
+        2 => Just(Kind::Failed),
+        2 => any::<bool>().prop_map(Kind::Customer),
+    ];
+    let customers = prop::collection::vec(any::<bool>().prop_map(Kind::Customer), 0..2);
+    (prop::collection::vec(kind, 0..8), snapshot(), customers).prop_map(|(mut kinds, last, customers)| {
+        kinds.push(last);
+        kinds.extend(customers);
+        kinds
+    })
+}
+
+/// The event of `kind` created at `NOW + at` (each event its own second: Stripe's order).
+fn mixed_event(kind: Kind, at: usize, stripe_id: &str, customer: &str) -> StripeEvent {
+    let id = format!("evt_{at}");
+    let created = NOW + at as i64;
+    match kind {
+        Kind::Snapshot(status, price, cancel) => {
+            let mut event = subscription_event(&id, created, stripe_id, status, price);
+            event.object["cancel_at_period_end"] = json!(cancel);
+            event
+        }
+        Kind::Deleted => {
+            let mut event = subscription_event(&id, created, stripe_id, "canceled", "price_basic_monthly");
+            event.kind = "customer.subscription.deleted".into();
+            event
+        }
+        Kind::Paid => invoice_event(&id, "invoice.paid", created, Some(stripe_id)),
+        Kind::Failed => invoice_event(&id, "invoice.payment_failed", created, Some(stripe_id)),
+        Kind::Customer(has_card) => StripeEvent {
+            id,
+            kind: "customer.updated".into(),
+            created,
+            object: json!({"id": customer, "default_source": null,
+                           "invoice_settings": {"default_payment_method": if has_card { json!("pm_1") } else { json!(null) }}}),
+        },
+    }
+}
+
+/// What the rules say the subscription ends as, from `initial`.
+fn oracle(initial: &Subscription, kinds: &[Kind]) -> (Status, String, bool, bool) {
+    let (mut status, mut plan, mut cancel) = (initial.status, initial.plan.clone(), initial.cancel_at_period_end);
+    let newest_snapshot = kinds
+        .iter()
+        .rposition(|k| matches!(k, Kind::Snapshot(..) | Kind::Deleted));
+    if let Some(at) = newest_snapshot {
+        match kinds[at] {
+            Kind::Snapshot(s, price, c) => {
+                status = Status::parse(s).unwrap();
+                plan = price.trim_start_matches("price_").to_owned();
+                cancel = c;
+            }
+            _ => {
+                status = Status::Canceled;
+                plan = "basic_monthly".to_owned();
+                cancel = false;
+            }
+        }
+    }
+    for kind in &kinds[newest_snapshot.map_or(0, |at| at + 1)..] {
+        match kind {
+            Kind::Paid if matches!(status, Status::Incomplete | Status::PastDue | Status::Unpaid) => {
+                status = Status::Active;
+            }
+            Kind::Failed if status == Status::Active => status = Status::PastDue,
+            _ => {}
+        }
+    }
+    let card = kinds
+        .iter()
+        .rev()
+        .find_map(|k| match k {
+            Kind::Customer(has) => Some(*has),
+            _ => None,
+        })
+        .unwrap_or(initial.has_payment_source);
+    (status, plan, cancel, card)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn mixed_events_in_any_order_end_where_the_newest_snapshot_and_later_events_say(
+        (kinds, order) in mixed_events().prop_flat_map(|kinds| {
+            let n = kinds.len();
+            let extra = prop::collection::vec(0..n, 0..n);
+            (Just(kinds), extra.prop_flat_map(move |extra| {
+                let all: Vec<usize> = (0..n).chain(extra).collect();
+                Just(all).prop_shuffle()
+            }))
+        })
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (initial, stored) = runtime.block_on(async {
+            let world = World::new();
+            let subscription = world.provision(Uuid::from_u128(9)).await.unwrap();
+            let stripe_id = subscription.stripe_subscription.clone().unwrap();
+            let customer = subscription.stripe_customer.clone().unwrap();
+            for &at in &order {
+                world.deliver(&mixed_event(kinds[at], at, &stripe_id, &customer)).await.unwrap();
+            }
+            (subscription.clone(), world.store.get_subscription(subscription.id).await.unwrap())
+        });
+        let expected = oracle(&initial, &kinds);
+        prop_assert_eq!(
+            (stored.status, stored.plan.clone(), stored.cancel_at_period_end, stored.has_payment_source),
+            expected,
+            "kinds {:?} delivered {:?}", kinds, order
+        );
+    }
+}
