@@ -6,8 +6,8 @@
 //!
 //! Records are documents with an expiry, written conditionally: the first request claims the key
 //! (an insert that only one writer wins), then replaces its claim with its answer (a write on
-//! the version it claimed). An answer that says "try again" (5xx) releases the key instead, so
-//! the retry runs. A claim whose request died (no answer after [`ABANDONED_AFTER`]) may be taken
+//! the version it claimed). An answer that says "try again" (5xx, or 429 past a rate limit)
+//! releases the key instead, so the retry runs. A claim whose request died (no answer after [`ABANDONED_AFTER`]) may be taken
 //! over by the next attempt.
 
 use chrono::{DateTime, Duration, Utc};
@@ -137,7 +137,7 @@ pub async fn begin(
 }
 
 /// Keeps the answer of the request that claimed `key` at `version`; an answer that says "try
-/// again" (5xx) releases the key instead.
+/// again" (5xx, or 429: a limit whose window ends) releases the key instead.
 pub async fn finish(
     documents: &dyn DocumentStore,
     caller: &str,
@@ -148,7 +148,7 @@ pub async fn finish(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let record = record_key(caller, key);
-    let (body, expires) = if answer.status >= 500 {
+    let (body, expires) = if answer.status >= 500 || answer.status == 429 {
         (json!({"state": "released", "fingerprint": fingerprint}), now)
     } else {
         (

@@ -1031,3 +1031,67 @@ proptest! {
         );
     }
 }
+
+#[tokio::test]
+async fn a_rate_limited_answer_releases_its_idempotency_key_and_a_kept_one_is_replayed() {
+    use billing::idempotency::{Begin, KeptAnswer, begin, finish};
+    let documents = billing_testing::in_memory_store();
+    let answer = |status: u16| KeptAnswer {
+        status,
+        body: "{}".into(),
+        headers: Vec::new(),
+    };
+    // Given a request under a key refused with 429 (a limit whose window ends soon)
+    let Begin::Run(version) = begin(documents.as_ref(), "user", "key-429", "fp", now()).await.unwrap() else {
+        panic!("the first request runs");
+    };
+    finish(
+        documents.as_ref(),
+        "user",
+        "key-429",
+        "fp",
+        version,
+        &answer(429),
+        now(),
+    )
+    .await
+    .unwrap();
+    // When it is retried with the same key after the window, then it runs again
+    let retried = begin(
+        documents.as_ref(),
+        "user",
+        "key-429",
+        "fp",
+        now() + Duration::minutes(1),
+    )
+    .await
+    .unwrap();
+    let Begin::Run(version) = retried else {
+        panic!("a 429 is not replayed: {retried:?}");
+    };
+    // And an answer that stands (201) is kept and replayed
+    finish(
+        documents.as_ref(),
+        "user",
+        "key-429",
+        "fp",
+        version,
+        &answer(201),
+        now(),
+    )
+    .await
+    .unwrap();
+    let replayed = begin(
+        documents.as_ref(),
+        "user",
+        "key-429",
+        "fp",
+        now() + Duration::minutes(2),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(replayed, Begin::Replay(KeptAnswer { status: 201, .. })),
+        "{replayed:?}"
+    );
+}

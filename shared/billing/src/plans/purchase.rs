@@ -840,6 +840,13 @@ impl Purchases {
             return done;
         }
         let Some(claim) = self.hold_claim_for_charge(&pending, now).await? else {
+            let book = stored::load(self.documents.as_ref(), entity, now).await?.book;
+            if self.first_period_paid(&book, id).await? {
+                tracing::error!(upgrade = %id, "first period paid, but another purchase holds the claim: needs a person");
+                return Err(PurchaseError::Stripe(BillingError::Rejected(format!(
+                    "the first period of upgrade {id} is paid, but another purchase holds the server's claim"
+                ))));
+            }
             let message = PurchaseError::PurchaseInProgress.to_string();
             tracing::info!(upgrade = %id, "upgrade refused: another purchase of the server holds the claim");
             self.settle(
@@ -861,8 +868,8 @@ impl Purchases {
                 let (pending, version) = self.pending(entity, id, now).await?;
                 if let Some(done) = self.settled_outcome(&pending, now).await {
                     // Settled by a racing completion after this one took the claim again: the
-                    // claim must not outlive the purchase.
-                    self.release_claim(claim, now).await;
+                    // claim must not outlive the purchase (released only if it still names it).
+                    self.release_claim_of(&pending, now).await;
                     return done;
                 }
                 self.charge_and_start(pending, version, claim, now).await
@@ -910,9 +917,20 @@ impl Purchases {
                     Ok(_) => "started".to_owned(),
                     Err(PurchaseError::UnknownUpgrade) => {
                         // Its upgrade is gone (older than it is kept): nothing can be resumed.
-                        let key = member_key(PURCHASE_CLAIMS, &member);
-                        self.release_claim(&(key, document.version), now).await;
-                        "released".to_owned()
+                        // A paid one keeps its claim, for a person; an unpaid one lets go.
+                        let book = stored::load(self.documents.as_ref(), claim.entity, now).await?.book;
+                        match self.first_period_paid(&book, claim.upgrade).await {
+                            Ok(false) => {
+                                let key = member_key(PURCHASE_CLAIMS, &member);
+                                self.release_claim(&(key, document.version), now).await;
+                                "released".to_owned()
+                            }
+                            Ok(true) => {
+                                tracing::error!(upgrade = %claim.upgrade, "a paid purchase lost its upgrade: needs a person");
+                                "paid, upgrade gone: needs a person".to_owned()
+                            }
+                            Err(error) => format!("not started: {error}"),
+                        }
                     }
                     Err(error) => format!("not started: {error}"),
                 };
@@ -1044,6 +1062,15 @@ impl Purchases {
             .find(|plan| plan.id == id)
             .cloned()
             .expect("an upgrade starts or schedules its plan");
+        if plan.status != PlanStatus::Active && self.first_period_paid(&book, id).await? {
+            // Paid as an active plan by an earlier attempt, now a trial or a scheduled plan
+            // (something changed meanwhile): starting it would charge the period again later.
+            tracing::error!(upgrade = %id, status = ?plan.status, "first period paid, but the plan would start unpaid: needs a person");
+            return Err(PurchaseError::Stripe(BillingError::Rejected(format!(
+                "the first period of upgrade {id} is paid, but its plan would now start as {:?}",
+                plan.status
+            ))));
+        }
         if plan.status == PlanStatus::Active {
             let customer =
                 after
