@@ -44,20 +44,7 @@ impl Fixture {
     /// A server on a `basic` plan bought for 6 licenses at `start`, paying with a card, whose
     /// users then went to 23, 20 and 21: API.md's worked example.
     async fn worked_example(&self, start: DateTime<Utc>) -> Entity {
-        let server = Uuid::new_v4();
-        let entity = Entity::Server(server);
-        let customer = self
-            .job
-            .billing
-            .create_customer(server, "billing@example.org", &format!("{server}:customer"))
-            .await
-            .unwrap();
-        self.job
-            .billing
-            .attach_default_payment_method(&customer.id, "pm_card_visa", &format!("{server}:card"))
-            .await
-            .unwrap();
-        billing_testing::store_automatic_basic_plan(self.documents.as_ref(), entity, 6, Some(customer.id), start).await;
+        let entity = self.paying_server(6, start).await;
         let counts: Vec<CountAt> = [(4, 23), (9, 20), (19, 21)]
             .into_iter()
             .map(|(day, count)| CountAt {

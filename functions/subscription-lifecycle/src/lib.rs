@@ -116,14 +116,13 @@ impl SubscriptionLifecycle {
                 catalog: &self.catalog,
             };
             // Each of these spends the Stripe account's shared rate limit: limited per caller.
-            if let Some(operation @ ("setup_intent" | "portal_session" | "preview")) =
-                request.route_key().map(|route| match route {
-                    routes::SETUP_INTENT => "setup_intent",
-                    routes::PORTAL_SESSION => "portal_session",
-                    routes::PREVIEW => "preview",
-                    _ => "",
-                })
-            {
+            let limited = match request.route_key() {
+                Some(routes::SETUP_INTENT) => Some("setup_intent"),
+                Some(routes::PORTAL_SESSION) => Some("portal_session"),
+                Some(routes::PREVIEW) => Some("preview"),
+                _ => None,
+            };
+            if let Some(operation) = limited {
                 billing::limits::take(
                     self.idempotency.documents.as_ref(),
                     operation,

@@ -298,11 +298,11 @@ impl RemoteBilling {
             return Ok(BTreeSet::new());
         };
         let mut received = BTreeSet::new();
-        let mut after = row_member(lowest.saturating_sub(1));
-        // The member just before the lowest id's: the range starts at the lowest itself.
-        if lowest == 0 {
-            after = "row#".to_owned();
-        }
+        // Members after the one just before the lowest id's: the range starts at the lowest.
+        let mut after = match lowest.checked_sub(1) {
+            Some(before) => row_member(before),
+            None => "row#".to_owned(),
+        };
         let through = row_member(last);
         loop {
             let page = self
