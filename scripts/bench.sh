@@ -22,7 +22,7 @@ venv=$(scripts/python-venv.sh lambda-build 'cargo-lambda==1.9.2' 'ziglang==0.13.
 export PATH="$venv/bin:$PATH"
 functions=(lambda-baseline dynamodb-floor create-subscription get-subscription patch-subscription subscription-lifecycle
   stripe-events stripe-eventbridge signup-listener stripe-webhook
-  remote-billing-server remote-billing-pages invoice-plans)
+  remote-billing-server remote-billing-pages invoice-plans invoice-entity)
 lambda_packages=()
 for f in "${functions[@]}"; do lambda_packages+=(-p "$f"); done
 cargo lambda build --release --arm64 --output-format zip "${lambda_packages[@]}" --lambda-dir target/lambda-arm64 >&2
@@ -31,7 +31,7 @@ cargo lambda build --release --x86-64 "${lambda_packages[@]}" --lambda-dir targe
 # One package set for every in-process cargo call: a different set unifies features
 # differently and rebuilds the whole tree.
 bench_packages=(-p create-subscription -p get-subscription -p patch-subscription -p signup-listener -p stripe-webhook
-  -p remote-billing-server -p remote-billing-pages -p invoice-plans -p stripe-sandbox)
+  -p remote-billing-server -p remote-billing-pages -p invoice-plans -p invoice-entity -p stripe-sandbox)
 cargo bench --no-run "${bench_packages[@]}" >&2
 cargo build --profile bench --bins "${bench_packages[@]}" >&2
 
@@ -91,6 +91,7 @@ out=$(mktemp)
   bench "Remote billing: POST /api/v1/remotes/server/billing (a returning realm)" billing_link_latency
   bench "Remote billing: GET /remote-billing-login/{token}" login_page_latency
   bench "Self-hosted invoicing run: time per due plan at 1,000 and 10,000 due plans (embedded store in memory, Stripe in memory)" invoicing_scale
+  bench "Self-hosted invoicing through the queue: 10,000 due entities, 20 consumers at once, the Stripe sandbox answering in 300 ms (embedded store in memory)" invoicing_queue
 } > "$out"
 cat "$out"
 python3 - "$out" <<'PY'

@@ -325,6 +325,16 @@ class Workload:
             # the due-date index and the report).
             return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
                     "source": "aws.events", "detail": {}}
+        if function == "invoice-entity":
+            # One message of the invoicing queue for a server with nothing due (a fresh table):
+            # the read of its runs and plan, and the acknowledgement.
+            event = sample("sqs-signup-batch.json")
+            record = dict(event["Records"][0])
+            record["messageId"] = str(uuid.uuid4())
+            record["body"] = json.dumps({"entity": {"kind": "server", "uuid": str(uuid.uuid4())},
+                                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            event["Records"] = [record]
+            return event
         if function == "remote-billing-server":
             event = api_event("apigw-remote-server-register.json")
             body = json.loads(event["body"])
@@ -375,6 +385,7 @@ def environment(function, runtime_api, sandbox, table, secrets_port=None):
         "PUBLIC_BASE_URL": "https://billing.example.com",
         "BILLING_TOKEN_KEY": TOKEN_KEY,
         "RUST_LOG": "warn",
+        "INVOICING_QUEUE_URL": invoicing_queue(),
     }
     for plan in ["pending", "free", "basic_monthly", "basic_annual", "business_monthly", "business_annual"]:
         env[f"STRIPE_PRICE_{plan.upper()}"] = f"price_{plan}"
@@ -388,6 +399,21 @@ def environment(function, runtime_api, sandbox, table, secrets_port=None):
                 SECRET_VALUES[secret_id] = env.pop(name)
                 env[variable] = secret_id
     return env
+
+
+def invoicing_queue():
+    """The FIFO invoicing queue in moto the scheduler enqueues on (made once)."""
+    if invoicing_queue.url is None:
+        import boto3
+
+        sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        invoicing_queue.url = sqs.create_queue(QueueName="bench-invoicing.fifo",
+                                               Attributes={"FifoQueue": "true"})["QueueUrl"]
+    return invoicing_queue.url
+
+
+invoicing_queue.url = None
 
 
 def peak_rss_mb(pid):
@@ -406,7 +432,7 @@ def failed_items(function, body):
     """How many items of one response failed: the SQS records the function hands back for
     redelivery, or the whole request when it answered 5xx."""
     answer = json.loads(body)
-    if function == "signup-listener":
+    if function in ("signup-listener", "invoice-entity"):
         return len(answer.get("batchItemFailures") or [])
     if function == "stripe-eventbridge":
         return 1 if answer.get("outcome") in ("failed", "refused") else 0
@@ -576,6 +602,7 @@ FUNCTIONS = [
     ("remote-billing-server", "remote-billing-server", False),
     ("remote-billing-pages", "remote-billing-pages", False),
     ("invoice-plans", "invoice-plans", False),
+    ("invoice-entity", "invoice-entity", False),
 ]
 TEMPLATE_FUNCTIONS = {}
 

@@ -1,9 +1,16 @@
-"""Creates the plans' Stripe products and prices and stores the price ids in SSM.
+"""Creates the plans' Stripe products and prices and the customer portal's configuration, and
+stores their ids in SSM.
 
 Run through scripts/create-stripe-prices.sh (which holds the usage). One product per plan family
 (`basic_monthly` and `basic_annual` are both `billing_basic`), one recurring price per plan with
 the lookup key `billing_<plan>`, and one SSM parameter per plan, `<prefix>/<plan>`, the names
 template.yaml's `StripePrice*` parameters default to.
+
+The portal configuration lets customers see invoices, change their card and address, and
+cancel at the period's end, and nothing else: plan and quantity changes go through the API,
+which charges them exactly once and keeps the stored subscription in step. Its id goes to
+`--portal-parameter` (template.yaml's `StripePortalConfiguration`); the portal sessions the
+service opens name it, whatever the account's default portal allows.
 """
 
 import argparse
@@ -23,6 +30,15 @@ DEFAULT_PRICES = [
     "business_annual:15000:year",
 ]
 INTERVALS = ("day", "week", "month", "year")
+PORTAL_MARK = "billing_portal"
+# What the portal may do: everything else (plan, quantity) is the API's.
+PORTAL_FEATURES = {
+    "invoice_history": {"enabled": True},
+    "payment_method_update": {"enabled": True},
+    "customer_update": {"enabled": True, "allowed_updates": ["email", "address"]},
+    "subscription_cancel": {"enabled": True, "mode": "at_period_end"},
+    "subscription_update": {"enabled": False},
+}
 
 
 def fail(message, status=2):
@@ -75,6 +91,33 @@ def ensure_price(client, plan, amount, interval, currency):
     return price, ("replaced " + found[0].id) if found else "created"
 
 
+def ensure_portal_configuration(client):
+    """The portal configuration this script made before (found by its metadata) when it
+    allows what PORTAL_FEATURES says, else a new one."""
+    found = client.v1.billing_portal.configurations.list(params={"active": True, "limit": 100}).data
+    for configuration in found:
+        metadata = configuration.metadata.to_dict() if configuration.metadata else {}
+        if metadata.get("made_by") != PORTAL_MARK:
+            continue
+        features = configuration.features
+        if (
+            features.subscription_update.enabled is False
+            and features.subscription_cancel.enabled is True
+            and features.subscription_cancel.mode == "at_period_end"
+            and features.invoice_history.enabled is True
+            and features.payment_method_update.enabled is True
+        ):
+            return configuration, "kept"
+    created = client.v1.billing_portal.configurations.create(
+        params={
+            "features": PORTAL_FEATURES,
+            "business_profile": {"headline": "Manage your billing"},
+            "metadata": {"made_by": PORTAL_MARK},
+        }
+    )
+    return created, "created"
+
+
 def main():
     parser = argparse.ArgumentParser(description="Create the plans' Stripe prices and store their ids in SSM.")
     parser.add_argument("--prefix", default="/billing/stripe/prices", help="SSM parameter path prefix")
@@ -82,6 +125,11 @@ def main():
     parser.add_argument("--currency", default="usd")
     parser.add_argument("--live", action="store_true", help="allow a live-mode key")
     parser.add_argument("--stripe-api-base", help="another Stripe API address (the local sandbox)")
+    parser.add_argument(
+        "--portal-parameter",
+        default="/billing/stripe/portal-configuration",
+        help="SSM parameter naming the customer portal configuration",
+    )
     args = parser.parse_args()
 
     key = os.environ.get("STRIPE_SECRET_KEY", "").strip()
@@ -91,6 +139,8 @@ def main():
         fail("STRIPE_SECRET_KEY is a live-mode key; run with a test key first, or pass --live")
     if not args.prefix.startswith("/") or args.prefix.endswith("/"):
         fail("--prefix is an SSM path such as /billing/stripe/prices")
+    if not args.portal_parameter.startswith("/") or args.portal_parameter.endswith("/"):
+        fail("--portal-parameter is an SSM name such as /billing/stripe/portal-configuration")
     prices = [parse_price(text) for text in (args.price or DEFAULT_PRICES)]
 
     options = {"max_network_retries": 2}
@@ -105,6 +155,9 @@ def main():
             print(f"product {product}: {action}")
         for plan, amount, interval in prices:
             store_price(client, ssm, args, plan, amount, interval)
+        configuration, action = ensure_portal_configuration(client)
+        ssm.put_parameter(Name=args.portal_parameter, Value=configuration.id, Type="String", Overwrite=True)
+        print(f"portal configuration: {configuration.id} ({action}) -> {args.portal_parameter}")
     except stripe.StripeError as error:
         fail(f"Stripe refused a request ({error.http_status}): {error.user_message or error}", status=1)
 

@@ -19,6 +19,7 @@ fn declared() -> BTreeMap<&'static str, &'static [Operation]> {
         (patch_subscription::FUNCTION, patch_subscription::OPERATIONS),
         (subscription_lifecycle::FUNCTION, subscription_lifecycle::OPERATIONS),
         (invoice_plans::FUNCTION, invoice_plans::OPERATIONS),
+        (invoice_entity::FUNCTION, invoice_entity::OPERATIONS),
         (signup_listener::FUNCTION, signup_listener::OPERATIONS),
         (stripe_webhook::FUNCTION, stripe_webhook::OPERATIONS),
         (stripe_events::FUNCTION, stripe_events::OPERATIONS),
@@ -47,6 +48,7 @@ fn resources(value: &Value) -> Vec<Resource> {
         Value::String(text) if text.contains(":secretsmanager:") && text.contains(":secret:") => {
             vec![Resource::Secrets]
         }
+        Value::String(text) if text == "InvoicingQueue.Arn" => vec![Resource::InvoicingQueue],
         other => panic!("a policy resource this test does not know: {other:?}"),
     }
 }

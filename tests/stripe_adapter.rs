@@ -333,6 +333,11 @@ async fn setup_intents_portal_sessions_and_previews_come_from_the_sandbox() {
     assert!(intent.client_secret.starts_with(&format!("{}_secret_", intent.id)));
     let again = billing.create_setup_intent(&customer, "k:seti").await.unwrap();
     assert_eq!(again, intent, "the same key answers the same intent");
+    // A new request (another key) while the intent still waits for a card gets it again
+    let reloaded = billing.create_setup_intent(&customer, "k:seti:reload").await.unwrap();
+    assert_eq!(reloaded, intent, "a waiting intent is reused");
+    let listed = stripe_get(&sandbox, &format!("/v1/setup_intents?customer={customer}")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
     let url = billing
         .create_portal_session(&customer, "https://app.example.com/billing", "k:portal")
         .await
@@ -543,4 +548,132 @@ async fn a_declined_purchase_invoice_stays_open_until_voided() {
             invoice: invoice.clone()
         }
     );
+}
+
+#[tokio::test]
+async fn portal_sessions_open_with_the_configured_portal() {
+    // Given a portal configuration that allows no plan changes, and a client configured with it
+    let sandbox = start_sandbox().await;
+    let configuration = stripe_post(
+        &sandbox,
+        "/v1/billing_portal/configurations",
+        &[
+            ("features[subscription_update][enabled]", "false"),
+            ("features[invoice_history][enabled]", "true"),
+        ],
+    )
+    .await;
+    let id = configuration["id"].as_str().unwrap().to_owned();
+    let billing = billing_for(&sandbox).with_portal_configuration(Some(id.clone()));
+    let (_, customer) = paying_customer(&billing, "pm_card_visa").await;
+    // When a portal session is made, then Stripe opens it with that configuration
+    billing
+        .create_portal_session(&customer, "https://app.example.com/billing", "k:portal:configured")
+        .await
+        .unwrap();
+    // And a configuration Stripe does not hold is refused, so it is the one sent
+    let misconfigured = billing_for(&sandbox).with_portal_configuration(Some("bpc_unknown".into()));
+    let refused = misconfigured
+        .create_portal_session(&customer, "https://app.example.com/billing", "k:portal:unknown")
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, BillingError::Rejected(_)), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_price_change_declined_at_once_is_voided_and_discarded_and_a_rerun_is_declined_again() {
+    // Given a subscription on basic monthly whose card now declines every charge
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let (user, customer) = paying_customer(&billing, "pm_card_visa").await;
+    let subscription = billing
+        .create_subscription(
+            SubscriptionTerms {
+                customer: &customer,
+                price: "price_basic_monthly",
+                trial_end: None,
+                quantity: None,
+                discount_percent: None,
+                user_id: user,
+            },
+            &format!("{user}:subscription"),
+        )
+        .await
+        .unwrap();
+    billing
+        .attach_default_payment_method(&customer, "pm_card_chargeCustomerFail", "k:failing-card")
+        .await
+        .unwrap();
+    // When it moves to business (invoiced at once), twice with one key
+    for _ in 0..2 {
+        let refused = billing
+            .change_price(&subscription.id, "price_business_monthly", "k:upgrade")
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, BillingError::CardDeclined(_)), "{refused:?}");
+    }
+    // Then Stripe bills basic still, nothing is pending, and the change's invoice is void
+    let held = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    assert_eq!(held["items"]["data"][0]["price"]["id"], "price_basic_monthly");
+    assert!(held["pending_update"].is_null(), "{held}");
+    let invoice = stripe_get(
+        &sandbox,
+        &format!("/v1/invoices/{}", held["latest_invoice"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(invoice["status"], "void");
+    assert_eq!(invoice["billing_reason"], "subscription_update");
+}
+
+#[tokio::test]
+async fn a_change_left_pending_by_a_failed_void_is_discarded_before_the_next_change() {
+    // Given a subscription on basic monthly whose card declines, and a move to business whose
+    // invoice could not be voided (Stripe failing every void)
+    let sandbox = start_sandbox().await;
+    let billing = billing_for(&sandbox);
+    let (user, customer) = paying_customer(&billing, "pm_card_visa").await;
+    let subscription = billing
+        .create_subscription(
+            SubscriptionTerms {
+                customer: &customer,
+                price: "price_basic_monthly",
+                trial_end: None,
+                quantity: None,
+                discount_percent: None,
+                user_id: user,
+            },
+            &format!("{user}:subscription"),
+        )
+        .await
+        .unwrap();
+    billing
+        .attach_default_payment_method(&customer, "pm_card_chargeCustomerFail", "k:failing")
+        .await
+        .unwrap();
+    sandbox.sandbox.fail_next_on(20, 503, Some("POST /v1/invoices/*/void"));
+    let failed = billing
+        .change_price(&subscription.id, "price_business_monthly", "k:first")
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, BillingError::Unavailable(_)), "{failed:?}");
+    let held = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    assert!(!held["pending_update"].is_null(), "{held}");
+    let left_open = held["latest_invoice"].as_str().unwrap().to_owned();
+    // When Stripe is back and the customer tries again (a new request, a new key)
+    sandbox.sandbox.fail_next(0, 503);
+    let refused = billing
+        .change_price(&subscription.id, "price_business_monthly", "k:second")
+        .await
+        .unwrap_err();
+    // Then the change left pending was voided first, the new one was declined and voided too,
+    // and nothing is pending or payable
+    assert!(matches!(refused, BillingError::CardDeclined(_)), "{refused:?}");
+    assert_eq!(
+        stripe_get(&sandbox, &format!("/v1/invoices/{left_open}")).await["status"],
+        "void"
+    );
+    let after = stripe_get(&sandbox, &format!("/v1/subscriptions/{}", subscription.id)).await;
+    assert!(after["pending_update"].is_null(), "{after}");
+    let open = stripe_get(&sandbox, &format!("/v1/invoices?customer={customer}&status=open")).await;
+    assert_eq!(open["data"].as_array().unwrap().len(), 0, "{open}");
 }

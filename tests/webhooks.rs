@@ -52,6 +52,61 @@ async fn a_change_made_in_stripe_reaches_the_store() {
 }
 
 #[tokio::test]
+async fn a_discount_set_in_the_dashboard_reaches_the_store_though_events_name_it_by_id() {
+    // Given a subscription without a discount, and a 15 % coupon made in Stripe
+    let server = start_server_against_moto().await;
+    let sandbox = server.sandbox.as_ref().unwrap();
+    let (user, created) = subscribe(&server).await;
+    let coupon = stripe_post(
+        sandbox,
+        "/v1/coupons",
+        &[("percent_off", "15"), ("duration", "forever")],
+    )
+    .await;
+    // When someone applies it to the subscription in the Dashboard
+    let stripe_id = created["stripe_subscription"].as_str().unwrap();
+    let updated = stripe_post(
+        sandbox,
+        &format!("/v1/subscriptions/{stripe_id}"),
+        &[("discounts[0][coupon]", coupon["id"].as_str().unwrap())],
+    )
+    .await;
+    // (whose event names the discount only by its id)
+    assert!(updated["discounts"][0].is_string(), "{updated}");
+    // Then the stored subscription says 15 %
+    eventually(30, "the discount to arrive", || async {
+        server.store.get_subscription(user).await.unwrap().discount_percent == Some(15)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_discount_removed_in_the_dashboard_is_removed_from_the_store() {
+    // Given a subscription an administrator gave 20 % off
+    let server = start_server_against_moto().await;
+    let sandbox = server.sandbox.as_ref().unwrap();
+    let (user, created) = subscribe(&server).await;
+    let (status, body) = Caller::admin(&server)
+        .patch(user, json!({"discount_percent": 20}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // When someone removes the discount in the Dashboard (its event carries no discounts)
+    let stripe_id = created["stripe_subscription"].as_str().unwrap();
+    stripe_post(sandbox, &format!("/v1/subscriptions/{stripe_id}"), &[("discounts", "")]).await;
+    // Then the stored subscription has none
+    eventually(30, "the removal to arrive", || async {
+        server
+            .store
+            .get_subscription(user)
+            .await
+            .unwrap()
+            .discount_percent
+            .is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn forged_missing_and_old_signatures_get_400_and_store_nothing() {
     let server = start_server_against_moto().await;
     let (user, created) = subscribe(&server).await;

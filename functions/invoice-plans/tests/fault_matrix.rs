@@ -103,6 +103,7 @@ impl Fixture {
             billing,
             clock: clock.clock(),
             trial_days: 0,
+            queue: None,
         }
         .declared();
         Fixture {

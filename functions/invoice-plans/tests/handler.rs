@@ -30,6 +30,7 @@ async fn fixture() -> Fixture {
         billing,
         clock: clock.clock(),
         trial_days: 0,
+        queue: None,
     }
     .declared();
     Fixture {

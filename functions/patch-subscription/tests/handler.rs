@@ -649,3 +649,162 @@ async fn someone_elses_subscription_cannot_be_canceled() {
     assert_eq!(response.status(), 403, "{}", body(&response));
     assert_eq!(f.store.get_subscription(subscription.id).await.unwrap(), subscription);
 }
+
+#[tokio::test]
+async fn a_plan_change_whose_charge_is_declined_is_402_and_changes_nothing_in_stripe_or_the_store() {
+    // Given an active subscriber on basic monthly, paying with a good card
+    let f = fixture().await;
+    let mine = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
+    let stripe_id = mine.stripe_subscription.clone().unwrap();
+    // When they move to business monthly (invoiced at once) with a card whose charges fail
+    let request = without_if_match(patch(
+        mine.id,
+        "subscriptions",
+        mine.id,
+        &json!({"plan": "business_monthly", "stripe_source": "pm_card_chargeCustomerFail"}),
+    ));
+    let response = f.function.handle(request).await;
+    // Then the answer is 402 card_declined on the card, and the store is unchanged
+    assert_eq!(response.status(), 402, "{}", body(&response));
+    assert_eq!(body(&response)["errors"][0]["slug"], "card_declined");
+    assert_eq!(body(&response)["errors"][0]["field"], "/stripe_source");
+    assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
+    // And Stripe still bills basic, with no change pending and the change's invoice void
+    let stripe = billing_testing::stripe_get(&f.sandbox, &format!("/v1/subscriptions/{stripe_id}")).await;
+    assert_eq!(stripe["items"]["data"][0]["price"]["id"], "price_basic_monthly");
+    assert!(stripe["pending_update"].is_null(), "{stripe}");
+    assert_eq!(stripe["status"], "active");
+    let invoice = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!("/v1/invoices/{}", stripe["latest_invoice"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(invoice["status"], "void");
+    // When the same request is sent again, then it is declined again and still nothing is owed
+    let again = without_if_match(patch(
+        mine.id,
+        "subscriptions",
+        mine.id,
+        &json!({"plan": "business_monthly", "stripe_source": "pm_card_chargeCustomerFail"}),
+    ));
+    assert_eq!(f.function.handle(again).await.status(), 402);
+    let invoices = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!("/v1/invoices?customer={}", mine.stripe_customer.as_deref().unwrap()),
+    )
+    .await;
+    assert!(
+        invoices["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "paid" || i["status"] == "void"),
+        "{invoices}"
+    );
+}
+
+#[tokio::test]
+async fn a_move_to_annual_starts_a_year_now_and_invoices_it_at_once_with_the_month_credited() {
+    // Given an active subscriber on basic monthly
+    let f = fixture().await;
+    let mine = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
+    let stripe_id = mine.stripe_subscription.clone().unwrap();
+    // When they move to basic annual
+    let request = without_if_match(patch(
+        mine.id,
+        "subscriptions",
+        mine.id,
+        &json!({"plan": "basic_annual"}),
+    ));
+    let response = f.function.handle(request).await;
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    // Then Stripe's period is a year from now, and so is the stored period end
+    let stripe = billing_testing::stripe_get(&f.sandbox, &format!("/v1/subscriptions/{stripe_id}")).await;
+    let item = &stripe["items"]["data"][0];
+    let period = item["current_period_end"].as_i64().unwrap() - item["current_period_start"].as_i64().unwrap();
+    assert_eq!(period, 365 * 86_400);
+    let stored = f.store.get_subscription(mine.id).await.unwrap();
+    assert_eq!(
+        stored.current_period_end.map(|end| end.timestamp()),
+        item["current_period_end"].as_i64()
+    );
+    // And the year was invoiced and paid at once, the unused month credited on the same invoice
+    let invoice = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!("/v1/invoices/{}", stripe["latest_invoice"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(invoice["status"], "paid");
+    assert_eq!(stored.latest_invoice.as_deref(), invoice["id"].as_str());
+    let lines = invoice["lines"]["data"].as_array().unwrap();
+    assert!(lines.iter().any(|l| l["amount"].as_i64().unwrap() < 0), "{invoice}");
+    let year = lines
+        .iter()
+        .find(|l| l["parent"]["subscription_item_details"]["proration"] == false)
+        .unwrap();
+    assert_eq!(year["pricing"]["price_details"]["price"], "price_basic_annual");
+    assert_eq!(year["amount"], 8_000);
+}
+
+#[tokio::test]
+async fn a_plan_and_licenses_sent_together_are_charged_or_declined_together() {
+    // Given an active subscriber on basic monthly whose card now declines every charge
+    let f = fixture().await;
+    let mine = billing_testing::provision_subscriber(
+        f.store.as_ref(),
+        f.function.billing.as_ref(),
+        "basic_monthly",
+        Some("pm_card_visa"),
+    )
+    .await;
+    let customer = mine.stripe_customer.clone().unwrap();
+    f.function
+        .billing
+        .attach_default_payment_method(&customer, "pm_card_chargeCustomerFail", "test:failing-card")
+        .await
+        .unwrap();
+    // When an administrator moves it to business with 5 licenses
+    let request = without_if_match(patch(
+        Uuid::new_v4(),
+        "subscriptions subscriptions_admin",
+        mine.id,
+        &json!({"plan": "business_monthly", "licenses": 5}),
+    ));
+    let response = f.function.handle(request).await;
+    // Then it is declined on the plan, and neither the plan nor the quantity moved in Stripe
+    assert_eq!(response.status(), 402, "{}", body(&response));
+    assert_eq!(body(&response)["errors"][0]["field"], "/plan");
+    let stripe = billing_testing::stripe_get(
+        &f.sandbox,
+        &format!("/v1/subscriptions/{}", mine.stripe_subscription.as_deref().unwrap()),
+    )
+    .await;
+    let item = &stripe["items"]["data"][0];
+    assert_eq!(
+        (item["price"]["id"].as_str(), item["quantity"].as_i64()),
+        (Some("price_basic_monthly"), Some(1))
+    );
+    // And only one invoice was made for the change, and it is void
+    let invoices = billing_testing::stripe_get(&f.sandbox, &format!("/v1/invoices?customer={customer}")).await;
+    let updates: Vec<&Value> = invoices["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["billing_reason"] == "subscription_update")
+        .collect();
+    assert_eq!(updates.len(), 1, "{invoices}");
+    assert_eq!(updates[0]["status"], "void");
+    assert_eq!(f.store.get_subscription(mine.id).await.unwrap(), mine);
+}

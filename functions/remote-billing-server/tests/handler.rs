@@ -1279,3 +1279,77 @@ async fn a_billing_history_is_for_administrators_of_known_entities_with_readable
     let (status, body) = f.history(realm, ADMIN, &[]).await;
     assert_eq!((status, &body["audit"]), (StatusCode::OK, &json!([])), "{body}");
 }
+
+#[tokio::test]
+async fn a_legacy_plan_is_refused_while_a_purchase_of_the_server_is_being_charged() {
+    // Given a server with a realm, and a purchase of the realm being charged (its claim held)
+    let f = fixture();
+    let (server, realm) = f.server_with_a_realm().await;
+    let documents = f.remote.remote.records.documents().clone();
+    let now = f.clock.now();
+    let claim = billing::plans::purchase::PurchaseClaim {
+        entity: billing::plans::Entity::Realm(realm),
+        upgrade: Uuid::new_v4(),
+        charging: true,
+        claimed_at: now,
+    };
+    let key = billing::store::member_key(billing::plans::purchase::PURCHASE_CLAIMS, &server.to_string());
+    documents
+        .put_document(&key, &serde_json::to_value(&claim).unwrap(), None, None, now)
+        .await
+        .unwrap();
+    // When an administrator starts a legacy plan for the server, then it is a conflict and no
+    // plan is written
+    let end = (now + chrono::Duration::days(90)).timestamp();
+    let (status, body) = f
+        .admin_post(
+            SERVER_LEGACY_ROUTE,
+            &format!("/remote-servers/{server}/legacy-plan"),
+            ("server_uuid", server),
+            ADMIN,
+            &json!({"end_date": end}),
+        )
+        .await;
+    assert_eq!(
+        (status, slugs(&body)),
+        (StatusCode::CONFLICT, vec!["conflict".to_owned()]),
+        "{body}"
+    );
+    let book = billing::plans::stored::load(documents.as_ref(), billing::plans::Entity::Server(server), now)
+        .await
+        .unwrap();
+    assert!(book.book.plan.is_none(), "{:?}", book.book.plan);
+    // When the purchase only waits for Checkout (its claim not charging), then the start goes
+    // through and displaces it: the claim names no upgrade for as long as that Checkout lives,
+    // so the Checkout, if completed, can never take it again to buy behind the legacy plan
+    let held = documents.get_document(&key, now).await.unwrap().unwrap();
+    let mut waiting = claim.clone();
+    waiting.charging = false;
+    documents
+        .put_document(
+            &key,
+            &serde_json::to_value(&waiting).unwrap(),
+            None,
+            Some(held.version),
+            now,
+        )
+        .await
+        .unwrap();
+    let (status, body) = f
+        .admin_post(
+            SERVER_LEGACY_ROUTE,
+            &format!("/remote-servers/{server}/legacy-plan"),
+            ("server_uuid", server),
+            ADMIN,
+            &json!({"end_date": end}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let later = now + chrono::Duration::hours(23);
+    let displaced: billing::plans::purchase::PurchaseClaim =
+        serde_json::from_value(documents.get_document(&key, later).await.unwrap().unwrap().body).unwrap();
+    assert_eq!(
+        (displaced.entity, displaced.upgrade, displaced.charging),
+        (billing::plans::Entity::Realm(realm), Uuid::nil(), false)
+    );
+}

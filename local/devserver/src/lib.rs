@@ -37,6 +37,7 @@ use subscription_lifecycle::SubscriptionLifecycle;
 use tokio::net::TcpListener;
 
 pub mod gateway;
+pub mod invoicing;
 pub mod signups;
 pub mod tokens;
 
@@ -834,7 +835,7 @@ fn local_routes(
     signups: SignupQueue,
     clock: LocalClock,
     sandbox: Option<stripe_sandbox::Sandbox>,
-    invoicing: Arc<InvoicePlans>,
+    invoicing: Arc<invoicing::LocalInvoicing>,
     eventbridge: Arc<StripeEventBridge>,
 ) -> Vec<Route> {
     let json = |status: u16, body: serde_json::Value| {
@@ -902,7 +903,7 @@ fn local_routes(
                     }
                 }
             };
-            match invoicing.handle(&input).await {
+            match invoicing.run(&input).await {
                 Ok(report) => json(200, serde_json::to_value(report).unwrap_or_default()),
                 Err(error) => json(503, serde_json::json!({"error": error.to_string()})),
             }
@@ -991,13 +992,23 @@ pub async fn start(options: &Options, env: &dyn Environment) -> Result<RunningSe
         (None, None) => billing::config::required(env, "STRIPE_WEBHOOK_SECRET")?,
     };
     let mailer = open_mailer(options, env).await?;
-    let invoicing = InvoicePlans {
-        documents: documents.clone(),
-        billing: billing.clone(),
-        clock: clock.clone(),
-        trial_days: billing::config::self_hosted_free_trial_days(env)?,
-    }
-    .declared();
+    let invoicing_queue = Arc::new(billing_adapters::LocalInvoicingQueue::default());
+    let invoicing = invoicing::LocalInvoicing {
+        scheduler: InvoicePlans {
+            documents: documents.clone(),
+            billing: billing.clone(),
+            clock: clock.clone(),
+            trial_days: billing::config::self_hosted_free_trial_days(env)?,
+            queue: Some(invoicing_queue.clone()),
+        }
+        .declared(),
+        queue: invoicing_queue,
+        consumer: invoice_entity::InvoiceEntity {
+            documents: documents.clone(),
+            billing: billing.clone(),
+        }
+        .declared(),
+    };
     let purchases = billing::plans::purchase::Purchases {
         documents: documents.clone(),
         stripe: billing.clone(),

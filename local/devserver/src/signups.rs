@@ -49,7 +49,8 @@ pub fn complete_event(body: &str) -> String {
     Value::Object(event).to_string()
 }
 
-fn sqs_message(id: &str, receipt: &str, body: &str, receive_count: u32, source: &str) -> SqsMessage {
+/// One SQS record as Lambda's event source mapping hands it over.
+pub(crate) fn sqs_message(id: &str, receipt: &str, body: &str, receive_count: u32, source: &str) -> SqsMessage {
     serde_json::from_value(json!({
         "messageId": id,
         "receiptHandle": receipt,

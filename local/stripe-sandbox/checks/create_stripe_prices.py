@@ -45,10 +45,13 @@ def check(name):
     return run
 
 
+portal_parameter = prefix.replace("/prices", "/portal-configuration")
+
+
 def run_script(*args, key="sk_test_prices_check"):
     env = dict(os.environ, STRIPE_SECRET_KEY=key)
     return subprocess.run(
-        [script, "--prefix", prefix, "--stripe-api-base", base, *args],
+        [script, "--prefix", prefix, "--portal-parameter", portal_parameter, "--stripe-api-base", base, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -90,7 +93,7 @@ def _():
     done = run_script()
     assert done.returncode == 0, done.stderr
     assert stored() == state["ids"]
-    assert done.stdout.count("kept") == len(PLANS) + 4, done.stdout
+    assert done.stdout.count("kept") == len(PLANS) + 4 + 1, done.stdout
 
 
 @check("a changed amount makes a new price that takes the lookup key over")
@@ -120,6 +123,23 @@ def _():
     done = run_script("--price", "basic_monthly:700:month", "--currency", "US")
     assert done.returncode == 1 and "Stripe refused a request (400)" in done.stderr, done.stderr
     assert stored() == state["ids"]
+
+
+@check("the portal configuration allows invoices, cards and cancelling at period end, no plan changes, and is kept")
+def _():
+    configuration_id = ssm.get_parameter(Name=portal_parameter)["Parameter"]["Value"]
+    configuration = client.v1.billing_portal.configurations.retrieve(configuration_id)
+    features = configuration.features
+    assert features.subscription_update.enabled is False, features
+    assert features.subscription_cancel.enabled is True and features.subscription_cancel.mode == "at_period_end"
+    assert features.invoice_history.enabled is True and features.payment_method_update.enabled is True
+    session = client.v1.billing_portal.sessions.create(
+        params={"customer": client.v1.customers.create().id, "configuration": configuration_id}
+    )
+    assert session.configuration == configuration_id, session
+    done = run_script()
+    assert done.returncode == 0, done.stderr
+    assert f"portal configuration: {configuration_id} (kept)" in done.stdout, done.stdout
 
 
 passed = sum(1 for _, error in results if error is None)

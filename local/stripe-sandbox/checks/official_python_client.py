@@ -418,6 +418,83 @@ def _():
     assert [c.id for c in listed.data] == [retried.id], listed
 
 
+@check("an update pending if incomplete keeps the subscription as it was until its invoice is paid; voiding discards it")
+def _():
+    customer = paying_customer()
+    subscription = client.v1.subscriptions.create(params={"customer": customer.id, "items": [{"price": "price_monthly"}]})
+    failing = client.v1.payment_methods.attach("pm_card_chargeCustomerFail", params={"customer": customer.id})
+    client.v1.customers.update(customer.id, params={"invoice_settings": {"default_payment_method": failing.id}})
+    item = subscription["items"].data[0]
+    held = client.v1.subscriptions.update(
+        subscription.id,
+        params={
+            "items": [{"id": item.id, "quantity": 4}],
+            "proration_behavior": "always_invoice",
+            "payment_behavior": "pending_if_incomplete",
+        },
+    )
+    assert held["items"].data[0].quantity == 1 and held.status == "active", held
+    assert held.pending_update is not None and held.pending_update.subscription_items[0].quantity == 4
+    invoice = client.v1.invoices.retrieve(held.latest_invoice)
+    assert invoice.status == "open" and invoice.billing_reason == "subscription_update"
+    client.v1.invoices.void_invoice(invoice.id)
+    after = client.v1.subscriptions.retrieve(subscription.id)
+    assert after.pending_update is None and after["items"].data[0].quantity == 1, after
+
+
+@check("an update pending if incomplete applies once its invoice is paid")
+def _():
+    customer = paying_customer()
+    subscription = client.v1.subscriptions.create(params={"customer": customer.id, "items": [{"price": "price_monthly"}]})
+    failing = client.v1.payment_methods.attach("pm_card_chargeCustomerFail", params={"customer": customer.id})
+    client.v1.customers.update(customer.id, params={"invoice_settings": {"default_payment_method": failing.id}})
+    item = subscription["items"].data[0]
+    held = client.v1.subscriptions.update(
+        subscription.id,
+        params={"items": [{"id": item.id, "quantity": 2}], "proration_behavior": "always_invoice",
+                "payment_behavior": "pending_if_incomplete"},
+    )
+    good = client.v1.payment_methods.attach("pm_card_visa", params={"customer": customer.id})
+    client.v1.customers.update(customer.id, params={"invoice_settings": {"default_payment_method": good.id}})
+    paid = client.v1.invoices.pay(held.latest_invoice)
+    assert paid.status == "paid"
+    after = client.v1.subscriptions.retrieve(subscription.id)
+    assert after.pending_update is None and after["items"].data[0].quantity == 2, after
+
+
+@check("a change of interval starts a new period now and invoices it at once")
+def _():
+    customer = paying_customer()
+    subscription = client.v1.subscriptions.create(params={"customer": customer.id, "items": [{"price": "price_monthly"}]})
+    item = subscription["items"].data[0]
+    updated = client.v1.subscriptions.update(
+        subscription.id,
+        params={"items": [{"id": item.id, "price": "price_annual"}], "proration_behavior": "create_prorations"},
+    )
+    moved = updated["items"].data[0]
+    assert moved.current_period_end - moved.current_period_start == 365 * 86400, moved
+    invoice = client.v1.invoices.retrieve(updated.latest_invoice)
+    assert invoice.status == "paid" and invoice.billing_reason == "subscription_update"
+    assert any(line.amount == 10000 for line in invoice.lines.data), invoice.lines.data
+
+
+@check("a subscription's discounts expand with their coupons; other expansions are refused")
+def _():
+    customer = paying_customer()
+    coupon = client.v1.coupons.create(params={"percent_off": 25, "duration": "forever"})
+    subscription = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": "price_monthly"}], "discounts": [{"coupon": coupon.id}]}
+    )
+    assert isinstance(subscription.discounts[0], str)
+    expanded = client.v1.subscriptions.retrieve(subscription.id, params={"expand": ["discounts.source.coupon"]})
+    assert expanded.discounts[0].source.coupon.percent_off == 25, expanded.discounts
+    try:
+        client.v1.subscriptions.retrieve(subscription.id, params={"expand": ["customer.nothing"]})
+        raise AssertionError("an expansion the sandbox cannot make was accepted")
+    except stripe.StripeError:
+        pass
+
+
 passed = sum(1 for _, error in results if error is None)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")

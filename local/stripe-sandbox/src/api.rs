@@ -18,7 +18,7 @@ mod invoicing;
 
 pub use checkout::Completed;
 pub use invoicing::Charge;
-use invoicing::{interval_seconds, status_after};
+use invoicing::{interval_changes, interval_seconds, period_of, status_after};
 
 /// A refusal in Stripe's shape, and whether Stripe would keep it under an idempotency key
 /// (only answers from requests that started executing are kept; parameter errors are not).
@@ -96,6 +96,10 @@ pub struct State {
     setup_intents: BTreeMap<String, Value>,
     invoice_items: BTreeMap<String, Value>,
     checkout_sessions: BTreeMap<String, Value>,
+    portal_configurations: BTreeMap<String, Value>,
+    /// What a subscription becomes once the open invoice of its pending update is paid
+    /// (`payment_behavior=pending_if_incomplete`), by subscription id.
+    pending_updates: BTreeMap<String, Value>,
     /// Where browsers reach the sandbox (`http://127.0.0.1:PORT`), as the request being
     /// executed addressed it: the base of Checkout pages.
     pub(crate) public_base: String,
@@ -123,12 +127,6 @@ impl<'a> Params<'a> {
             return Err(invalid(Some(unknown), format!("Received unknown parameter: {unknown}")));
         }
         let params = Params(map);
-        if let Some(expand) = params.0.get("expand") {
-            let empty = expand.as_array().is_some_and(Vec::is_empty);
-            if !empty {
-                return Err(not_implemented("expand"));
-            }
-        }
         Ok(params)
     }
 
@@ -214,6 +212,25 @@ impl<'a> Params<'a> {
     }
 }
 
+/// The expansions a request asks for (`expand[]=`), refused before anything is done when the
+/// sandbox cannot make them: a subscription's `discounts` (and their coupons) and its
+/// `latest_invoice`.
+pub fn expansions(params: &Value) -> Result<Vec<String>, Failure> {
+    const EXPANDABLE: [&str; 3] = ["discounts", "discounts.source.coupon", "latest_invoice"];
+    let Some(given) = params.get("expand") else {
+        return Ok(Vec::new());
+    };
+    let paths: Vec<String> = match given {
+        Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+        Value::String(one) => vec![one.clone()],
+        _ => return Err(invalid(Some("expand"), "Invalid array")),
+    };
+    match paths.iter().find(|p| !EXPANDABLE.contains(&p.as_str())) {
+        Some(path) => Err(not_implemented(&format!("expand[]={path}"))),
+        None => Ok(paths),
+    }
+}
+
 fn short_id(prefix: &str) -> String {
     let raw = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}_{}", &raw[..24])
@@ -247,6 +264,44 @@ fn ordered_id(prefix: &str) -> String {
 }
 
 impl State {
+    /// `object` with the `paths` expanded where they apply to it (a subscription's).
+    pub fn expand(&self, mut object: Value, paths: &[String]) -> Value {
+        if object["object"] != "subscription" {
+            return object;
+        }
+        for path in paths {
+            match path.as_str() {
+                "discounts" | "discounts.source.coupon" => {
+                    let coupons = path.as_str() == "discounts.source.coupon";
+                    let expanded: Vec<Value> = object["discounts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|entry| {
+                            let id = entry.as_str().or_else(|| entry["id"].as_str()).unwrap_or_default();
+                            let mut discount = self.discounts.get(id).cloned().unwrap_or_else(|| entry.clone());
+                            if coupons
+                                && let Some(coupon) =
+                                    discount["source"]["coupon"].as_str().and_then(|c| self.coupons.get(c))
+                            {
+                                discount["source"]["coupon"] = coupon.clone();
+                            }
+                            discount
+                        })
+                        .collect();
+                    object["discounts"] = Value::Array(expanded);
+                }
+                "latest_invoice" => {
+                    if let Some(invoice) = object["latest_invoice"].as_str().and_then(|i| self.invoices.get(i)) {
+                        object["latest_invoice"] = invoice.clone();
+                    }
+                }
+                _ => {}
+            }
+        }
+        object
+    }
+
     pub fn new(prices: &[PriceSpec], now: i64) -> Self {
         let mut state = State::default();
         for spec in prices {
@@ -882,6 +937,7 @@ impl State {
                 "description",
                 "off_session",
                 "discounts",
+                "billing_cycle_anchor",
                 "expand",
             ],
         )?;
@@ -992,23 +1048,57 @@ impl State {
             return Ok(self.start_period(&before, subscription, now, None));
         }
         let trialing = subscription["status"] == "trialing";
-        let prorations = if trialing || proration == "none" || before["status"] == "incomplete" {
+        let anchor = p.one_of("billing_cycle_anchor", &["now", "unchanged"])?;
+        // A new interval (monthly to annual) always starts a new period now, as does an explicit
+        // `billing_cycle_anchor=now`; the period is invoiced at once, the old one's unused time
+        // credited.
+        let resets_anchor = !trialing
+            && before["status"] != "incomplete"
+            && anchor != Some("unchanged")
+            && (anchor == Some("now") || interval_changes(&before, &subscription));
+        if anchor == Some("unchanged") && interval_changes(&before, &subscription) {
+            return Err(invalid(
+                Some("billing_cycle_anchor"),
+                "The billing cycle anchor cannot stay unchanged when the billing interval changes.",
+            ));
+        }
+        let prorations = if resets_anchor {
+            Self::start_new_period(&mut subscription, now);
+            Self::anchor_reset_lines(&before, &subscription, proration, now)
+        } else if trialing || proration == "none" || before["status"] == "incomplete" {
             Vec::new()
         } else {
             Self::proration_lines(&before, &subscription, now)
         };
         let mut invoiced = None;
-        if proration == "always_invoice" && !prorations.is_empty() {
+        if resets_anchor || (proration == "always_invoice" && !prorations.is_empty()) {
             let charge = self.charge_for(&subscription);
             if behavior == "error_if_incomplete" {
                 Self::refuse_unpaid(charge)?;
             }
-            let lines = self.take_pending(id).into_iter().chain(prorations).collect();
-            let draft = self.draft_invoice(&subscription, "subscription_update", lines, (now, now), now);
+            let pending_if_unpaid = behavior == "pending_if_incomplete";
+            // A pending update's invoice holds only the update: the lines waiting for the next
+            // invoice stay there whatever becomes of it.
+            let waiting = if pending_if_unpaid {
+                Vec::new()
+            } else {
+                self.take_pending(id)
+            };
+            let lines = waiting.into_iter().chain(prorations).collect();
+            let period = if resets_anchor {
+                period_of(&subscription)
+            } else {
+                (now, now)
+            };
+            let draft = self.draft_invoice(&subscription, "subscription_update", lines, period, now);
             let (invoice, charge) = self.finalize_and_charge(draft, charge, now);
-            subscription["latest_invoice"] = invoice["id"].clone();
-            let status = status_after(charge, subscription["status"].as_str().unwrap_or_default()).to_owned();
-            subscription["status"] = json!(status);
+            if pending_if_unpaid && charge != Charge::Paid {
+                subscription = self.hold_as_pending_update(&before, subscription, &invoice, now);
+            } else {
+                subscription["latest_invoice"] = invoice["id"].clone();
+                let status = status_after(charge, subscription["status"].as_str().unwrap_or_default()).to_owned();
+                subscription["status"] = json!(status);
+            }
             invoiced = Some((invoice, charge));
         } else {
             self.add_pending(id, prorations);

@@ -50,6 +50,8 @@ struct Controls {
     fail_after: bool,
     latency: Duration,
     webhook: Option<WebhookTarget>,
+    /// API calls answered so far (what a rate limit counts).
+    served: u64,
 }
 
 /// The sandbox: shared, cheap to clone.
@@ -113,6 +115,12 @@ impl Sandbox {
     pub fn fail_next_after(&self, count: u32, status: u16, path: Option<&str>, text: Option<&str>) {
         self.fail_next_matching(count, status, path, text);
         lock(&self.controls).fail_after = true;
+    }
+
+    /// How many API calls reached the sandbox's handlers (past the idempotency replay and the
+    /// injected failures): what Stripe's rate limit would count.
+    pub fn requests_served(&self) -> u64 {
+        lock(&self.controls).served
     }
 
     /// Adds `latency` to every API call from now on.
@@ -254,10 +262,6 @@ impl Sandbox {
         }
         controls.fail_remaining -= 1;
         Some(controls.fail_status)
-    }
-
-    fn latency(&self) -> Duration {
-        lock(&self.controls).latency
     }
 }
 
@@ -426,7 +430,11 @@ async fn handle(
             }
         }
     }
-    let latency = sandbox.latency();
+    let latency = {
+        let mut controls = lock(&sandbox.controls);
+        controls.served += 1;
+        controls.latency
+    };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -597,6 +605,12 @@ fn idempotency_mismatch(key: &str, request_id: &str) -> Response {
 }
 
 fn route(state: &mut State, method: &Method, path: &str, params: &Value, now: i64) -> Outcome {
+    let expand = crate::api::expansions(params)?;
+    let object = route_to_handler(state, method, path, params, now)?;
+    Ok(state.expand(object, &expand))
+}
+
+fn route_to_handler(state: &mut State, method: &Method, path: &str, params: &Value, now: i64) -> Outcome {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "customers"]) => state.list_customers(params),
@@ -635,6 +649,9 @@ fn route(state: &mut State, method: &Method, path: &str, params: &Value, now: i6
         ("GET", ["v1", "setup_intents"]) => state.list_setup_intents(params),
         ("GET", ["v1", "setup_intents", id]) => state.retrieve_setup_intent(id, params),
         ("POST", ["v1", "billing_portal", "sessions"]) => state.create_portal_session(params, now),
+        ("POST", ["v1", "billing_portal", "configurations"]) => state.create_portal_configuration(params, now),
+        ("GET", ["v1", "billing_portal", "configurations"]) => state.list_portal_configurations(params),
+        ("GET", ["v1", "billing_portal", "configurations", id]) => state.retrieve_portal_configuration(id, params),
         ("GET", ["v1", "events"]) => state.list_events(params),
         ("GET", ["v1", "events", id]) => state.retrieve_event(id, params),
         _ => Err(Failure {

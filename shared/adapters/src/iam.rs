@@ -23,6 +23,8 @@ pub enum Resource {
     MailIdentities,
     /// The Secrets Manager secrets the template names.
     Secrets,
+    /// The invoicing queue.
+    InvoicingQueue,
 }
 
 /// One permission: an IAM action on a resource.
@@ -52,6 +54,10 @@ const QUERY_INDEXES: Grant = Grant {
 const GET_SECRET_VALUE: Grant = Grant {
     action: "secretsmanager:GetSecretValue",
     resource: Resource::Secrets,
+};
+const SEND_INVOICING_MESSAGE: Grant = Grant {
+    action: "sqs:SendMessage",
+    resource: Resource::InvoicingQueue,
 };
 const SEND_EMAIL: Grant = Grant {
     action: "ses:SendEmail",
@@ -84,6 +90,8 @@ pub fn grants(operation: Operation) -> &'static [Grant] {
         Operation::SendMail => &[SEND_EMAIL],
         // Through the Parameters and Secrets extension, which calls with the function's role.
         Operation::ReadSecrets => &[GET_SECRET_VALUE],
+        // SendMessageBatch is authorized as sqs:SendMessage.
+        Operation::EnqueueInvoicing => &[SEND_INVOICING_MESSAGE],
     }
 }
 

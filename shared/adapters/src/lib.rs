@@ -12,7 +12,7 @@
 
 #![warn(missing_docs)]
 
-#[cfg(any(feature = "dynamodb", feature = "ses"))]
+#[cfg(any(feature = "dynamodb", feature = "ses", feature = "sqs"))]
 pub mod aws;
 #[cfg(feature = "dynamodb")]
 pub mod dynamo;
@@ -22,6 +22,7 @@ pub mod iam;
 pub mod mail;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod queue;
 #[cfg(feature = "secrets")]
 pub mod secrets;
 #[cfg(feature = "stripe")]
@@ -34,6 +35,9 @@ pub use embedded::EmbeddedStore;
 pub use mail::OutboxMailer;
 #[cfg(feature = "ses")]
 pub use mail::SesMailer;
+pub use queue::LocalInvoicingQueue;
+#[cfg(feature = "sqs")]
+pub use queue::SqsInvoicingQueue;
 #[cfg(feature = "stripe")]
 pub use stripe::{RetryPolicy, StripeBilling};
 

@@ -25,15 +25,16 @@ use stripe_billing::invoice::{
 use stripe_billing::invoice_item::{CreateInvoiceItem, ListInvoiceItem, Period as InvoiceItemPeriod};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, CreateSubscriptionTrialEnd, DiscountsDataParam,
-    RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
-    UpdateSubscriptionTrialEnd,
+    RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionPaymentBehavior,
+    UpdateSubscriptionProrationBehavior, UpdateSubscriptionTrialEnd,
 };
 use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
-use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage, RetrieveSetupIntent};
+use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage, ListSetupIntent, RetrieveSetupIntent};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
 use stripe_shared::{
-    Coupon, Invoice, Price, RecurringInterval, Subscription as StripeSubscriptionObject, SubscriptionStatus,
+    Coupon, Invoice, Price, RecurringInterval, SetupIntentStatus, Subscription as StripeSubscriptionObject,
+    SubscriptionStatus,
 };
 use uuid::Uuid;
 
@@ -67,7 +68,17 @@ impl Default for RetryPolicy {
 pub struct StripeBilling {
     client: ::stripe::Client,
     retry: RetryPolicy,
+    /// The customer-portal configuration portal sessions open with (`bpc_...`), made by the
+    /// Stripe set-up script; the account's default when none.
+    portal_configuration: Option<String>,
 }
+
+/// The metadata key naming what made a Stripe object, and the name of the SetupIntents made
+/// for the subscriptions' card forms.
+const MADE_BY: &str = "made_by";
+/// The expansion that makes a subscription's discounts say their percentage.
+const DISCOUNT_COUPONS: &str = "discounts.source.coupon";
+const SETUP_INTENT_MAKER: &str = "billing_setup_intent";
 
 impl std::fmt::Debug for StripeBilling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,17 +104,39 @@ impl StripeBilling {
         let client = builder
             .build()
             .map_err(|e| BillingError::Rejected(format!("Stripe client: {e}")))?;
-        Ok(StripeBilling { client, retry })
+        Ok(StripeBilling {
+            client,
+            retry,
+            portal_configuration: None,
+        })
     }
 
-    /// From `STRIPE_SECRET_KEY` and, optionally, `STRIPE_API_BASE`.
+    /// Portal sessions open with this configuration (`bpc_...`) rather than the account's
+    /// default, which may let customers change plans and quantities.
+    #[must_use]
+    pub fn with_portal_configuration(mut self, configuration: Option<String>) -> Self {
+        self.portal_configuration = configuration.filter(|c| !c.is_empty());
+        self
+    }
+
+    /// From `STRIPE_SECRET_KEY` and, optionally, `STRIPE_API_BASE` and
+    /// `STRIPE_PORTAL_CONFIGURATION`.
     pub fn from_env(env: &dyn Environment) -> Result<Self, ConfigError> {
         let key = required(env, "STRIPE_SECRET_KEY")?;
         let base = optional(env, "STRIPE_API_BASE");
-        StripeBilling::new(&key, base.as_deref(), RetryPolicy::default()).map_err(|e| ConfigError::Invalid {
-            name: "STRIPE_SECRET_KEY".into(),
-            reason: e.to_string(),
-        })
+        let billing =
+            StripeBilling::new(&key, base.as_deref(), RetryPolicy::default()).map_err(|e| ConfigError::Invalid {
+                name: "STRIPE_SECRET_KEY".into(),
+                reason: e.to_string(),
+            })?;
+        let portal = optional(env, "STRIPE_PORTAL_CONFIGURATION");
+        if let Some(id) = portal.as_deref().filter(|id| !id.starts_with("bpc_")) {
+            return Err(ConfigError::Invalid {
+                name: "STRIPE_PORTAL_CONFIGURATION".into(),
+                reason: format!("{id:?} is not a portal configuration id (bpc_...)"),
+            });
+        }
+        Ok(billing.with_portal_configuration(portal))
     }
 
     /// Runs `call` with the idempotency key until it succeeds, fails for good, or the
@@ -421,9 +454,163 @@ fn terms_of(price: &Price, quantity: u64) -> PriceTerms {
     }
 }
 
+impl StripeBilling {
+    /// Moves the subscription's (single) item to `price` and/or `quantity` in one update,
+    /// prorated as [`Proration::for_change`] says: one invoice, one charge, all or nothing.
+    /// A change still pending from an earlier try (its void failed, or the request died) is
+    /// discarded first, so a retry under a new key never stacks a second one on it.
+    async fn change_item(
+        &self,
+        subscription: &str,
+        price: Option<&str>,
+        quantity: Option<u32>,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut object = self.retrieve_object(subscription, key).await?;
+        if object.pending_update.is_some() {
+            self.discard_pending_update(subscription, &object, key).await?;
+            object = self.retrieve_object(subscription, key).await?;
+        }
+        let current = summarize(&object)?;
+        let price = price.filter(|p| *p != current.price);
+        let quantity = quantity.filter(|q| current.quantity != Some(u64::from(*q)));
+        if price.is_none() && quantity.is_none() {
+            return Ok(current);
+        }
+        let current_quantity = current.quantity.unwrap_or(1);
+        let current_price = &object.items.data[0].price;
+        let next_price = match price {
+            Some(price) => Some(self.retrieve_price(price, key).await?),
+            None => None,
+        };
+        let proration = Proration::for_change(
+            terms_of(current_price, current_quantity),
+            terms_of(
+                next_price.as_ref().unwrap_or(current_price),
+                quantity.map_or(current_quantity, u64::from),
+            ),
+            current.status == Status::Trialing,
+        );
+        let mut item = UpdateSubscriptionItems::new();
+        item.id = Some(current.item.clone());
+        item.price = price.map(str::to_owned);
+        item.quantity = quantity.map(u64::from);
+        self.update_items("change_item", subscription, item, proration, key)
+            .await
+    }
+
+    /// Voids the open invoice of the subscription's pending update, which discards it.
+    async fn discard_pending_update(
+        &self,
+        subscription: &str,
+        object: &StripeSubscriptionObject,
+        key: &str,
+    ) -> Result<(), BillingError> {
+        let Some(invoice) = object
+            .latest_invoice
+            .as_ref()
+            .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned()))
+        else {
+            return Ok(());
+        };
+        let now = self
+            .read("retrieve_invoice", &invoice, &RetrieveInvoice::new(invoice.as_str()))
+            .await?;
+        if now.status == Some(stripe_shared::InvoiceStatus::Open) {
+            tracing::info!(
+                subscription,
+                invoice,
+                "a change left pending is discarded before the next"
+            );
+            self.send(
+                "void_pending_update",
+                &format!("{key}:discard:{invoice}"),
+                &VoidInvoiceInvoice::new(invoice.as_str()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Changes the subscription's item as `proration` bills it. A change that invoices at once
+    /// goes as a pending update (`payment_behavior=pending_if_incomplete`): when its invoice
+    /// is not paid, Stripe leaves the subscription as it was with the change pending on that
+    /// open invoice. The invoice is then voided, which discards the change, so nothing is owed
+    /// and nothing changes later on its own; the caller hears [`BillingError::CardDeclined`].
+    /// A re-run with the same key replays the pending answer and voids again (already void is
+    /// done); an invoice paid meanwhile applied the change, and the subscription is answered.
+    async fn update_items(
+        &self,
+        operation: &str,
+        subscription: &str,
+        item: UpdateSubscriptionItems,
+        proration: Proration,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut request = UpdateSubscription::new(subscription)
+            .items(vec![item])
+            .proration_behavior(behavior_of(proration));
+        if matches!(proration, Proration::InvoiceNow | Proration::NewPeriodNow) {
+            request = request.payment_behavior(UpdateSubscriptionPaymentBehavior::PendingIfIncomplete);
+        }
+        let updated = self.send(operation, key, &request).await?;
+        if updated.pending_update.is_none() {
+            return summarize(&updated);
+        }
+        let Some(invoice) = updated
+            .latest_invoice
+            .as_ref()
+            .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned()))
+        else {
+            return Err(BillingError::Rejected(format!(
+                "subscription {subscription} has a pending update but no latest invoice"
+            )));
+        };
+        match self
+            .send(
+                "void_pending_update",
+                &format!("{key}:void"),
+                &VoidInvoiceInvoice::new(invoice.as_str()),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(BillingError::Rejected(refused)) => {
+                let now = self
+                    .read("retrieve_invoice", &invoice, &RetrieveInvoice::new(invoice.as_str()))
+                    .await?;
+                match now.status {
+                    Some(stripe_shared::InvoiceStatus::Void) => {}
+                    Some(stripe_shared::InvoiceStatus::Paid) => return self.retrieve_subscription(subscription).await,
+                    _ => return Err(BillingError::Rejected(refused)),
+                }
+            }
+            Err(other) => return Err(other),
+        }
+        tracing::info!(
+            subscription,
+            invoice,
+            "the change's invoice was not paid; it was voided and the change discarded"
+        );
+        Err(BillingError::CardDeclined(
+            "the card was declined; the subscription was not changed".to_owned(),
+        ))
+    }
+}
+
+/// The subscription's discount in whole percent when its first discount and that discount's
+/// coupon are expanded; `Some(None)` when it has none; `None` when only ids are given.
+fn discount_of(subscription: &StripeSubscriptionObject) -> Option<Option<u32>> {
+    let Some(first) = subscription.discounts.first() else {
+        return Some(None);
+    };
+    let coupon = first.as_object()?.source.coupon.as_ref()?.as_object()?;
+    Some(coupon.percent_off.map(|percent| percent.round() as u32))
+}
+
 fn behavior_of(proration: Proration) -> UpdateSubscriptionProrationBehavior {
     match proration {
-        Proration::InvoiceNow => UpdateSubscriptionProrationBehavior::AlwaysInvoice,
+        Proration::InvoiceNow | Proration::NewPeriodNow => UpdateSubscriptionProrationBehavior::AlwaysInvoice,
         Proration::NextInvoice => UpdateSubscriptionProrationBehavior::CreateProrations,
         Proration::Nothing => UpdateSubscriptionProrationBehavior::None,
     }
@@ -480,6 +667,11 @@ fn summarize(subscription: &StripeSubscriptionObject) -> Result<StripeSubscripti
         current_period_end: timestamp(item.current_period_end),
         cancel_at_period_end: subscription.cancel_at_period_end,
         quantity: item.quantity,
+        discount_percent: discount_of(subscription),
+        latest_invoice: subscription
+            .latest_invoice
+            .as_ref()
+            .and_then(|invoice| invoice.id().as_ref().map(|id| id.as_str().to_owned())),
     })
 }
 
@@ -532,26 +724,17 @@ impl Billing for StripeBilling {
         price: &str,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
-        let object = self.retrieve_object(subscription, key).await?;
-        let current = summarize(&object)?;
-        if current.price == price {
-            return Ok(current);
-        }
-        let quantity = current.quantity.unwrap_or(1);
-        let next = self.retrieve_price(price, key).await?;
-        let proration = Proration::for_change(
-            terms_of(&object.items.data[0].price, quantity),
-            terms_of(&next, quantity),
-            current.status == Status::Trialing,
-        );
-        let mut item = UpdateSubscriptionItems::new();
-        item.id = Some(current.item.clone());
-        item.price = Some(price.to_owned());
-        let request = UpdateSubscription::new(subscription)
-            .items(vec![item])
-            .proration_behavior(behavior_of(proration));
-        let updated = self.send("change_price", key, &request).await?;
-        summarize(&updated)
+        self.change_item(subscription, Some(price), None, key).await
+    }
+
+    async fn change_price_and_quantity(
+        &self,
+        subscription: &str,
+        price: Option<&str>,
+        quantity: Option<u32>,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        self.change_item(subscription, price, quantity, key).await
     }
 
     async fn attach_default_payment_method(
@@ -591,10 +774,9 @@ impl Billing for StripeBilling {
     }
 
     async fn retrieve_subscription(&self, subscription: &str) -> Result<StripeSubscription, BillingError> {
-        // A GET is not keyed by Stripe; the key only names the call in retries' logs.
-        let object = self
-            .retrieve_object(subscription, &format!("billing:retrieve:{subscription}"))
-            .await?;
+        // The discount's coupon expanded, so the answer says what it takes off.
+        let request = RetrieveSubscription::new(subscription).expand(vec![DISCOUNT_COUPONS.to_owned()]);
+        let object = self.read("retrieve_subscription", subscription, &request).await?;
         summarize(&object)
     }
 
@@ -623,25 +805,7 @@ impl Billing for StripeBilling {
         quantity: u32,
         key: &str,
     ) -> Result<StripeSubscription, BillingError> {
-        let object = self.retrieve_object(subscription, key).await?;
-        let current = summarize(&object)?;
-        if current.quantity == Some(u64::from(quantity)) {
-            return Ok(current);
-        }
-        let price = &object.items.data[0].price;
-        let proration = Proration::for_change(
-            terms_of(price, current.quantity.unwrap_or(1)),
-            terms_of(price, u64::from(quantity)),
-            current.status == Status::Trialing,
-        );
-        let mut item = UpdateSubscriptionItems::new();
-        item.id = Some(current.item.clone());
-        item.quantity = Some(u64::from(quantity));
-        let request = UpdateSubscription::new(subscription)
-            .items(vec![item])
-            .proration_behavior(behavior_of(proration));
-        let updated = self.send("set_quantity", key, &request).await?;
-        summarize(&updated)
+        self.change_item(subscription, None, Some(quantity), key).await
     }
 
     async fn set_email(&self, customer: &str, email: &str, key: &str) -> Result<(), BillingError> {
@@ -684,10 +848,38 @@ impl Billing for StripeBilling {
     }
 
     async fn create_setup_intent(&self, customer: &str, key: &str) -> Result<SetupIntent, BillingError> {
-        let request = CreateSetupIntent::new()
-            .customer(customer)
-            .usage(CreateSetupIntentUsage::OffSession);
-        let intent = self.send("create_setup_intent", key, &request).await?;
+        // A SetupIntent this service made that still waits for a card is handed out again:
+        // a page reloaded in a loop makes one, not one per load.
+        let listed = self
+            .read(
+                "list_setup_intents",
+                customer,
+                &ListSetupIntent::new().customer(customer).limit(10),
+            )
+            .await?;
+        let waiting = listed.data.into_iter().find(|intent| {
+            intent.status == SetupIntentStatus::RequiresPaymentMethod
+                && intent.usage == "off_session"
+                && intent
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get(MADE_BY))
+                    .is_some_and(|by| by == SETUP_INTENT_MAKER)
+        });
+        let intent = match waiting {
+            Some(intent) => intent,
+            None => {
+                let request = CreateSetupIntent::new()
+                    .customer(customer)
+                    .usage(CreateSetupIntentUsage::OffSession)
+                    .metadata(
+                        [(MADE_BY.to_owned(), SETUP_INTENT_MAKER.to_owned())]
+                            .into_iter()
+                            .collect::<std::collections::HashMap<_, _>>(),
+                    );
+                self.send("create_setup_intent", key, &request).await?
+            }
+        };
         Ok(SetupIntent {
             id: intent.id.as_str().to_owned(),
             client_secret: intent
@@ -697,9 +889,12 @@ impl Billing for StripeBilling {
     }
 
     async fn create_portal_session(&self, customer: &str, return_url: &str, key: &str) -> Result<String, BillingError> {
-        let request = CreateBillingPortalSession::new()
+        let mut request = CreateBillingPortalSession::new()
             .customer(customer)
             .return_url(return_url);
+        if let Some(configuration) = &self.portal_configuration {
+            request = request.configuration(configuration.as_str());
+        }
         Ok(self.send("create_portal_session", key, &request).await?.url)
     }
 
@@ -977,7 +1172,9 @@ impl Billing for StripeBilling {
         let mut details = CreatePreviewInvoiceSubscriptionDetails::new();
         details.items = Some(vec![item]);
         details.proration_behavior = Some(match proration {
-            Proration::InvoiceNow => CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::AlwaysInvoice,
+            Proration::InvoiceNow | Proration::NewPeriodNow => {
+                CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::AlwaysInvoice
+            }
             Proration::NextInvoice => CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::CreateProrations,
             Proration::Nothing => CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::None,
         });

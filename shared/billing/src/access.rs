@@ -11,6 +11,7 @@
 //! does not name fails in every test that reaches it, with a message naming the operation, long
 //! before AWS would refuse it.
 
+use crate::plans::invoicing::{InvoiceEntityMessage, InvoicingQueue, QueueError};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -68,11 +69,13 @@ pub enum Operation {
     /// Reading the function's secrets from Secrets Manager at start (`billing_adapters::secrets`,
     /// outside the ports: the declaration is the IAM policy's).
     ReadSecrets,
+    /// [`crate::plans::invoicing::InvoicingQueue::enqueue`]: messages on the invoicing queue.
+    EnqueueInvoicing,
 }
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 19] = [
+    pub const ALL: [Operation; 20] = [
         Operation::CreateSubscription,
         Operation::GetSubscription,
         Operation::UpdateSubscription,
@@ -92,6 +95,7 @@ impl Operation {
         Operation::ListDocuments,
         Operation::SendMail,
         Operation::ReadSecrets,
+        Operation::EnqueueInvoicing,
     ];
 }
 
@@ -301,6 +305,24 @@ impl Mailer for Declared<dyn Mailer> {
         self.allow(Operation::SendMail)
             .map_err(|refusal| MailError::Refused(refusal.into()))?;
         self.inner.send(mail).await
+    }
+}
+
+/// An invoicing queue restricted to the operations a function declared.
+pub fn declared_queue(
+    queue: Arc<dyn InvoicingQueue>,
+    function: &'static str,
+    operations: &'static [Operation],
+) -> Arc<dyn InvoicingQueue> {
+    Arc::new(Declared::new(queue, function, operations))
+}
+
+#[async_trait]
+impl InvoicingQueue for Declared<dyn InvoicingQueue> {
+    async fn enqueue(&self, messages: &[InvoiceEntityMessage]) -> Result<(), QueueError> {
+        self.allow(Operation::EnqueueInvoicing)
+            .map_err(QueueError::Unavailable)?;
+        self.inner.enqueue(messages).await
     }
 }
 

@@ -40,6 +40,16 @@ pub enum ChangeError {
     /// plan (subscribing again), the email or the payment method can change.
     #[error("the subscription is canceled")]
     Canceled,
+    /// The change charges at once and the card was declined: Stripe discarded the change, the
+    /// invoice it made was voided, nothing was stored.
+    #[error("the charge for the change was declined on {field}")]
+    ChargeDeclined {
+        /// The field the decline is reported on: the card sent with the change, else what
+        /// made the charge (`/plan`, `/licenses`).
+        field: &'static str,
+        /// Stripe's words.
+        detail: String,
+    },
     /// Stripe refused or failed.
     #[error("Stripe did not make the change")]
     Billing(#[from] BillingError),
@@ -132,6 +142,9 @@ pub async fn change_subscription(
             next.stripe_customer = Some(stripe.customer);
             next.trial_end = stripe.trial_end;
             next.current_period_end = stripe.current_period_end;
+            if stripe.latest_invoice.is_some() {
+                next.latest_invoice = stripe.latest_invoice;
+            }
         }
         let unchanged = Subscription {
             version: current.version,
@@ -286,34 +299,34 @@ async fn apply_to_stripe(
                 .await?,
         );
     }
-    if let Some(plan) = plan_changes {
-        // The change was validated against this catalog: its plan is in it.
-        let Some(plan) = context.catalog.get(plan) else {
-            return Err(ChangeError::Billing(BillingError::Rejected(format!(
-                "plan {plan} is not in the catalog"
-            ))));
+    // The plan and the licenses in one change: one invoice when it charges, so a decline of
+    // either leaves both as they were, never the plan charged and the answer "declined".
+    if plan_changes.is_some() || licenses_change.is_some() {
+        let price = match plan_changes {
+            // The change was validated against this catalog: its plan is in it.
+            Some(plan) => Some(
+                context
+                    .catalog
+                    .get(plan)
+                    .ok_or_else(|| {
+                        ChangeError::Billing(BillingError::Rejected(format!("plan {plan} is not in the catalog")))
+                    })?
+                    .stripe_price
+                    .as_str(),
+            ),
+            None => None,
         };
         answered = Some(
             context
                 .billing
-                .change_price(
+                .change_price_and_quantity(
                     stripe_subscription,
-                    &plan.stripe_price,
-                    &idempotency_key("change_price", &target, attempt_origin),
+                    price,
+                    licenses_change,
+                    &idempotency_key("change_item", &target, attempt_origin),
                 )
-                .await?,
-        );
-    }
-    if let Some(count) = licenses_change {
-        answered = Some(
-            context
-                .billing
-                .set_quantity(
-                    stripe_subscription,
-                    count,
-                    &idempotency_key("set_quantity", &target, attempt_origin),
-                )
-                .await?,
+                .await
+                .map_err(|error| declined_on(error, change, if price.is_some() { "/plan" } else { "/licenses" }))?,
         );
     }
     if let Some(trial_end) = trial_changes {
@@ -341,6 +354,22 @@ async fn apply_to_stripe(
         );
     }
     Ok(answered)
+}
+
+/// A decline of the charge a change makes at once, reported on the card the change sent if it
+/// sent one (that card was just made the default and charged), else on `field`.
+fn declined_on(error: BillingError, change: &SubscriptionChange, field: &'static str) -> ChangeError {
+    match error {
+        BillingError::CardDeclined(detail) => ChangeError::ChargeDeclined {
+            field: if change.stripe_source.is_some() {
+                "/stripe_source"
+            } else {
+                field
+            },
+            detail,
+        },
+        other => ChangeError::Billing(other),
+    }
 }
 
 /// A new Stripe subscription on `plan` for a subscription whose Stripe subscription was
@@ -486,6 +515,9 @@ pub async fn reconcile_subscription(
             && (current.licenses.is_some() || quantity > 1)
         {
             next.licenses = Some(quantity);
+        }
+        if stripe.latest_invoice.is_some() {
+            next.latest_invoice = stripe.latest_invoice;
         }
         next.stripe_customer = Some(stripe.customer);
         next.version = current.version + 1;

@@ -44,6 +44,8 @@ pub enum Slug {
     TooManyRequests,
     /// An `Idempotency-Key` seen before with another request (422).
     IdempotencyKeyReused,
+    /// A change that charges at once was declined by the card; nothing changed (402).
+    CardDeclined,
 }
 
 impl Slug {
@@ -67,6 +69,7 @@ impl Slug {
             Slug::ServerDeactivated => "server_deactivated",
             Slug::TooManyRequests => "too_many_requests",
             Slug::IdempotencyKeyReused => "idempotency_key_reused",
+            Slug::CardDeclined => "card_declined",
         }
     }
 }

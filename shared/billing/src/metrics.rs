@@ -46,6 +46,7 @@ pub const ALL: &[(&str, &[&str])] = &[
     (LEDGER_SYNCS, &[]),
     (LEDGER_ROWS, &[]),
     (PLAN_INVOICES, &[OUTCOME]),
+    (PLAN_INVOICES_ENQUEUED, &[]),
 ];
 
 /// Counts one Stripe event by its outcome.
@@ -82,4 +83,12 @@ pub fn ledger_synced(rows: usize) {
 /// Counts one due plan by what the invoicing did with it.
 pub fn plan_invoice(outcome: &'static str) {
     metrics::counter!(PLAN_INVOICES, OUTCOME => outcome).increment(1);
+}
+
+/// Entities the invoicing scheduler handed to the invoicing queue.
+pub const PLAN_INVOICES_ENQUEUED: &str = "PlanInvoicesEnqueued";
+
+/// Counts `count` entities enqueued by one scheduler run.
+pub fn plan_invoices_enqueued(count: usize) {
+    metrics::counter!(PLAN_INVOICES_ENQUEUED).increment(count as u64);
 }

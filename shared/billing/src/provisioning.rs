@@ -120,6 +120,9 @@ pub async fn provision(
     subscription.trial_start = stripe_subscription.trial_end.map(|_| trial_start);
     subscription.trial_end = stripe_subscription.trial_end;
     subscription.current_period_end = stripe_subscription.current_period_end;
+    subscription
+        .latest_invoice
+        .clone_from(&stripe_subscription.latest_invoice);
     let audit = AuditEntry::between(None, &subscription, request.actor, "create");
     store.create_subscription(&subscription, &audit).await?;
     tracing::info!(subscription = %subscription.id, stripe_customer = %customer.id, stripe_subscription = %stripe_subscription.id, plan = %subscription.plan, "subscription created");

@@ -44,6 +44,11 @@ pub struct StripeSubscription {
     pub cancel_at_period_end: bool,
     /// The item's quantity (licenses), when Stripe says.
     pub quantity: Option<u64>,
+    /// The last invoice the subscription made (`in_...`), when it has made one.
+    pub latest_invoice: Option<String>,
+    /// Its discount in whole percent when Stripe's answer says it (its coupons expanded):
+    /// `Some(None)` for none; `None` when the answer names discounts only by id.
+    pub discount_percent: Option<Option<u32>>,
 }
 
 /// What a new Stripe subscription is made of.
@@ -224,8 +229,16 @@ pub struct PriceTerms {
 }
 
 /// How a change of price or quantity is billed (API.md's PATCH table).
+///
+/// A change that invoices at once is sent with `payment_behavior=pending_if_incomplete`: a
+/// declined card leaves the subscription as it was (Stripe keeps the change pending on the open
+/// invoice, which the adapter voids), answered [`BillingError::CardDeclined`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proration {
+    /// A move to another billing interval (monthly to annual, or back): Stripe starts a new
+    /// period now (the billing cycle anchor resets) and invoices it at once, the old period's
+    /// unused time credited.
+    NewPeriodNow,
     /// A move to a higher price: prorated and invoiced at once (`always_invoice`).
     InvoiceNow,
     /// A move to a lower (or equal) price: prorated as a credit on the next invoice
@@ -236,11 +249,13 @@ pub enum Proration {
 }
 
 impl Proration {
-    /// How moving from `current` to `next` is billed; prices of different periods are compared
-    /// per day.
+    /// How moving from `current` to `next` is billed.
     pub fn for_change(current: PriceTerms, next: PriceTerms, trialing: bool) -> Self {
         if trialing {
             return Proration::Nothing;
+        }
+        if current.period_days != next.period_days {
+            return Proration::NewPeriodNow;
         }
         let next_per_day = i128::from(next.amount) * i128::from(current.period_days.max(1));
         let current_per_day = i128::from(current.amount) * i128::from(next.period_days.max(1));
@@ -283,6 +298,31 @@ pub trait Billing: Send + Sync {
         price: &str,
         key: &str,
     ) -> Result<StripeSubscription, BillingError>;
+
+    /// Moves the item to `price` and/or `quantity` in one change (one invoice when it charges):
+    /// a plan and a license count sent together are charged, or declined, together.
+    async fn change_price_and_quantity(
+        &self,
+        subscription: &str,
+        price: Option<&str>,
+        quantity: Option<u32>,
+        key: &str,
+    ) -> Result<StripeSubscription, BillingError> {
+        let mut answered = None;
+        if let Some(price) = price {
+            answered = Some(self.change_price(subscription, price, &format!("{key}:price")).await?);
+        }
+        if let Some(quantity) = quantity {
+            answered = Some(
+                self.set_quantity(subscription, quantity, &format!("{key}:quantity"))
+                    .await?,
+            );
+        }
+        match answered {
+            Some(answered) => Ok(answered),
+            None => self.retrieve_subscription(subscription).await,
+        }
+    }
 
     /// Attaches the payment method to the customer and makes it the customer's default for
     /// invoices. Returns the id of the attached payment method (Stripe's test ids such as
@@ -444,7 +484,7 @@ mod tests {
     };
 
     #[test]
-    fn a_higher_price_is_invoiced_now_a_lower_one_credited_and_a_trial_charged_nothing() {
+    fn a_higher_price_is_invoiced_now_a_lower_one_credited_a_new_interval_starts_now_and_a_trial_charged_nothing() {
         assert_eq!(
             Proration::for_change(MONTHLY_BASIC, MONTHLY_BUSINESS, false),
             Proration::InvoiceNow
@@ -457,10 +497,18 @@ mod tests {
             Proration::for_change(MONTHLY_BASIC, MONTHLY_BUSINESS, true),
             Proration::Nothing
         );
-        // per day, a year of basic (8,000 / 365) costs less than a month of it (800 / 30)
+        // another interval starts a new period now, whichever costs more per day
         assert_eq!(
             Proration::for_change(MONTHLY_BASIC, ANNUAL_BASIC, false),
-            Proration::NextInvoice
+            Proration::NewPeriodNow
+        );
+        assert_eq!(
+            Proration::for_change(ANNUAL_BASIC, MONTHLY_BUSINESS, false),
+            Proration::NewPeriodNow
+        );
+        assert_eq!(
+            Proration::for_change(ANNUAL_BASIC, MONTHLY_BASIC, true),
+            Proration::Nothing
         );
         // three licenses cost more than one
         let three = PriceTerms {

@@ -98,6 +98,10 @@ pub struct Subscription {
     pub licenses: Option<u32>,
     /// A discount, in percent.
     pub discount_percent: Option<u32>,
+    /// The last invoice Stripe made for it (`in_...`), when known: only that invoice's payment
+    /// makes a past-due subscription active again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_invoice: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -522,6 +526,7 @@ impl SubscriptionChange {
             has_payment_source: self.stripe_source.is_some(),
             licenses: self.licenses,
             discount_percent: self.discount_percent.filter(|percent| *percent > 0),
+            latest_invoice: None,
             created_at: now,
             updated_at: now,
             version: 1,

@@ -220,21 +220,30 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
 /// and an empty list in an event older than the service's own change (a license change made
 /// just before a discount) would otherwise clear a discount Stripe holds.
 fn discount_of(object: &Value) -> Option<Option<u32>> {
+    // A coupon of 0 % takes nothing off: no discount.
     let percent = |discount: &Value| {
         discount["coupon"]["percent_off"]
             .as_f64()
             .or_else(|| discount["source"]["coupon"]["percent_off"].as_f64())
-            .map(|p| p.round() as u32)
+            .map(|p| Some(p.round() as u32).filter(|p| *p > 0))
     };
     if object["discount"].is_object() {
-        return percent(&object["discount"]).map(Some);
+        return percent(&object["discount"]);
     }
     object["discounts"]
         .as_array()
         .and_then(|entries| entries.first())
         .filter(|discount| discount.is_object())
         .and_then(percent)
-        .map(Some)
+}
+
+/// Whether the invoice `object` is the subscription's latest, as far as the stored
+/// subscription knows (one stored before the latest invoice was recorded: yes).
+fn is_latest_invoice(current: &Subscription, object: &Value) -> bool {
+    match (&current.latest_invoice, object["id"].as_str()) {
+        (Some(latest), Some(invoice)) => latest == invoice,
+        _ => true,
+    }
 }
 
 fn status_from_stripe(status: &str) -> Option<Status> {
@@ -287,14 +296,29 @@ pub fn apply_event(current: &Subscription, event: &StripeEvent, catalog: &PlanCa
             if let Some(discount) = discount_of(object) {
                 next.discount_percent = discount;
             }
+            if let Some(invoice) = object["latest_invoice"]
+                .as_str()
+                .or_else(|| object["latest_invoice"]["id"].as_str())
+            {
+                next.latest_invoice = Some(invoice.to_owned());
+            }
         }
+        // An older invoice paid late (a customer settling last month's after this month's
+        // failed) says nothing about the subscription: only its latest invoice does.
         EventKind::InvoicePaid => {
-            if matches!(current.status, Status::Incomplete | Status::PastDue | Status::Unpaid) {
+            if matches!(current.status, Status::Incomplete | Status::PastDue | Status::Unpaid)
+                && is_latest_invoice(current, object)
+            {
                 next.status = Status::Active;
             }
         }
+        // A change's own invoice (`subscription_update`) is sent as a pending update: when it
+        // fails, Stripe keeps the subscription as it was, active, and this service voids it.
         EventKind::InvoicePaymentFailed | EventKind::InvoicePaymentActionRequired => {
-            if current.status == Status::Active {
+            if current.status == Status::Active
+                && object["billing_reason"] != "subscription_update"
+                && is_latest_invoice(current, object)
+            {
                 next.status = Status::PastDue;
             }
         }

@@ -57,6 +57,7 @@ pub fn status_of(slug: Slug) -> StatusCode {
         Slug::ServerDeactivated => StatusCode::UNAUTHORIZED,
         Slug::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         Slug::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        Slug::CardDeclined => StatusCode::PAYMENT_REQUIRED,
     }
 }
 
@@ -81,7 +82,7 @@ impl ApiError {
     /// before conflicts before malformed input, so a client is never told "fix the format" by
     /// a request it is not allowed to make at all.
     pub fn from_errors(errors: Vec<FieldError>) -> Self {
-        const PRECEDENCE: [Slug; 17] = [
+        const PRECEDENCE: [Slug; 18] = [
             Slug::ActOfGod,
             Slug::UpstreamUnavailable,
             Slug::Unauthorized,
@@ -96,6 +97,7 @@ impl ApiError {
             Slug::PreconditionFailed,
             Slug::Conflict,
             Slug::IdempotencyKeyReused,
+            Slug::CardDeclined,
             Slug::InvalidFormat,
             Slug::Missing,
             Slug::InvalidValue,
@@ -227,6 +229,11 @@ impl From<ChangeError> for ApiError {
             ChangeError::Canceled => ApiError::one(FieldError::general(
                 Slug::Conflict,
                 "the subscription is canceled; send a plan to subscribe again",
+            )),
+            ChangeError::ChargeDeclined { field, detail } => ApiError::one(FieldError::field(
+                Slug::CardDeclined,
+                field,
+                format!("{detail}; nothing was charged and the subscription is unchanged: use another card and retry"),
             )),
             ChangeError::Billing(error) => error.into(),
             ChangeError::Store(error) => error.into(),

@@ -249,6 +249,8 @@ impl Billing for FakeBilling {
             current_period_end: Some(trial_end.unwrap_or(self.now + chrono::Duration::days(30))),
             quantity: Some(u64::from(quantity.unwrap_or(1))),
             cancel_at_period_end: false,
+            latest_invoice: None,
+            discount_percent: None,
         };
         state.answered.insert(key.to_owned(), subscription.id.clone());
         if let Some(percent) = discount_percent.filter(|p| *p > 0) {

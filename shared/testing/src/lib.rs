@@ -179,13 +179,25 @@ pub fn fast_retries() -> RetryPolicy {
     }
 }
 
-/// The Stripe sandbox on a free loopback port, offering every plan of [`catalog`] at
-/// `unit_amount` a month, and a Stripe client on it with `retry`.
+/// The Stripe sandbox on a free loopback port, offering every plan of [`catalog`] as its name
+/// says (`unit_amount` a month; business at twice that; annual plans yearly at ten months),
+/// and a Stripe client on it with `retry`.
 pub async fn sandbox_billing(unit_amount: i64, retry: RetryPolicy) -> (RunningSandbox, Arc<StripeBilling>) {
     let prices: Vec<_> = catalog()
         .plans()
         .iter()
-        .map(|plan| PriceSpec::recurring(&plan.stripe_price, unit_amount, "month"))
+        .map(|plan| {
+            let monthly = if plan.id.starts_with("business") {
+                2 * unit_amount
+            } else {
+                unit_amount
+            };
+            if plan.id.ends_with("_annual") {
+                PriceSpec::recurring(&plan.stripe_price, 10 * monthly, "year")
+            } else {
+                PriceSpec::recurring(&plan.stripe_price, monthly, "month")
+            }
+        })
         .collect();
     let sandbox = stripe_sandbox::start(0, &prices)
         .await
@@ -544,4 +556,50 @@ pub async fn store_automatic_basic_plan(
         .await
         .expect("the plan stored");
     bought
+}
+
+/// Records that `server` uploaded its usage at `at` (its upload marker), as the upload route
+/// does: what lets a due plan of the server (or of its realms) be invoiced.
+pub async fn mark_uploaded(documents: &dyn billing::store::DocumentStore, server: Uuid, at: DateTime<Utc>) {
+    use billing::remote::usage::{UploadMarker, usage_collection};
+    let key = billing::store::member_key(&usage_collection(server), "marker");
+    let marker = serde_json::to_value(UploadMarker {
+        last_audit_log_id: Some(1),
+        last_upload_at: Some(at),
+    })
+    .expect("a marker serializes");
+    let version = documents
+        .get_document(&key, at)
+        .await
+        .expect("the marker reads")
+        .map(|d| d.version);
+    documents
+        .put_document(&key, &marker, None, version, at)
+        .await
+        .expect("the marker stored");
+}
+
+/// A server on a basic plan of `users` licenses bought at `start`, paying by card (its
+/// customer and card made through `billing`), that uploaded on its due date a month later:
+/// due for its renewal. Returns it and the due date.
+pub async fn due_paying_server(
+    documents: &dyn billing::store::DocumentStore,
+    billing: &dyn billing::stripe::Billing,
+    users: u32,
+    start: DateTime<Utc>,
+) -> (billing::plans::Entity, DateTime<Utc>) {
+    let server = Uuid::new_v4();
+    let entity = billing::plans::Entity::Server(server);
+    let customer = billing
+        .create_customer(server, "billing@example.org", &format!("{server}:customer"))
+        .await
+        .expect("a customer");
+    billing
+        .attach_default_payment_method(&customer.id, "pm_card_visa", &format!("{server}:card"))
+        .await
+        .expect("a card");
+    store_automatic_basic_plan(documents, entity, users, Some(customer.id), start).await;
+    let due = start + Duration::days(31);
+    mark_uploaded(documents, server, due).await;
+    (entity, due)
 }

@@ -44,7 +44,7 @@ pub(super) fn interval_seconds(interval: &str) -> i64 {
     }
 }
 
-fn period_of(subscription: &Value) -> (i64, i64) {
+pub(super) fn period_of(subscription: &Value) -> (i64, i64) {
     let item = &subscription["items"]["data"][0];
     (
         item["current_period_start"].as_i64().unwrap_or(0),
@@ -59,6 +59,23 @@ fn interval_of(subscription: &Value) -> i64 {
             .unwrap_or("month"),
     )
 }
+
+/// Whether moving from `before`'s items to `after`'s changes how often the subscription bills:
+/// Stripe then resets the billing cycle anchor to now.
+pub(super) fn interval_changes(before: &Value, after: &Value) -> bool {
+    let interval = |s: &Value| {
+        let recurring = &s["items"]["data"][0]["price"]["recurring"];
+        (
+            recurring["interval"].as_str().unwrap_or("month").to_owned(),
+            recurring["interval_count"].as_i64().unwrap_or(1),
+        )
+    };
+    interval(before) != interval(after)
+}
+
+/// How long a pending update waits for its invoice to be paid: 23 hours, or less when the
+/// trial or period ends sooner.
+const PENDING_UPDATE_LIFETIME: i64 = 23 * 3_600;
 
 fn item_amount(item: &Value) -> i64 {
     item["price"]["unit_amount"].as_i64().unwrap_or(0) * item["quantity"].as_i64().unwrap_or(1)
@@ -167,6 +184,108 @@ impl State {
             ));
         }
         lines
+    }
+
+    /// Moves `subscription`'s items onto a period starting now (a reset billing cycle anchor).
+    pub(super) fn start_new_period(subscription: &mut Value, now: i64) {
+        let period = (now, now + interval_of(subscription));
+        for item in subscription["items"]["data"].as_array_mut().into_iter().flatten() {
+            item["current_period_start"] = json!(period.0);
+            item["current_period_end"] = json!(period.1);
+        }
+        subscription["billing_cycle_anchor"] = json!(now);
+        if subscription["cancel_at_period_end"] == true {
+            subscription["cancel_at"] = json!(period.1);
+        }
+    }
+
+    /// What a reset billing cycle anchor invoices at once: the unused time of the old items
+    /// credited (unless `proration` is `none`) and the new period in full.
+    pub(super) fn anchor_reset_lines(before: &Value, after: &Value, proration: &str, now: i64) -> Vec<Value> {
+        let credits = if proration == "none" {
+            Vec::new()
+        } else {
+            Self::proration_lines(before, after, now)
+                .into_iter()
+                .filter(|line| line["amount"].as_i64().unwrap_or(0) < 0)
+                .collect()
+        };
+        credits
+            .into_iter()
+            .chain(Self::period_lines(after, period_of(after)))
+            .collect()
+    }
+
+    /// Under `payment_behavior=pending_if_incomplete`, an update whose invoice was not paid
+    /// leaves the subscription as it was (`before`), its `pending_update` describing `updated`
+    /// and its latest invoice the open one; paying that invoice applies the update, voiding it
+    /// or letting it expire discards it.
+    pub(super) fn hold_as_pending_update(
+        &mut self,
+        before: &Value,
+        updated: Value,
+        invoice: &Value,
+        now: i64,
+    ) -> Value {
+        let id = before["id"].as_str().unwrap_or_default().to_owned();
+        let (_, period_end) = period_of(before);
+        let ends = [
+            Some(period_end),
+            before["trial_end"].as_i64(),
+            Some(now + PENDING_UPDATE_LIFETIME),
+        ];
+        let expires_at = ends.into_iter().flatten().filter(|t| *t > now).min().unwrap_or(now);
+        let mut kept = before.clone();
+        kept["latest_invoice"] = invoice["id"].clone();
+        kept["pending_update"] = json!({
+            "billing_cycle_anchor": if interval_changes(before, &updated) { json!(now) } else { Value::Null },
+            "expires_at": expires_at,
+            "subscription_items": updated["items"]["data"].clone(),
+            "trial_end": Value::Null,
+            "trial_from_plan": Value::Null,
+        });
+        let mut applied = updated;
+        applied["latest_invoice"] = invoice["id"].clone();
+        applied["pending_update"] = Value::Null;
+        self.pending_updates.insert(id, applied);
+        kept
+    }
+
+    /// After invoice `invoice` was paid or voided: the pending update waiting for it, if any, is
+    /// applied (paid) or discarded (voided), with the subscription's events.
+    fn settle_pending_update(&mut self, invoice: &Value, paid: bool, now: i64) {
+        let Some(subscription_id) = invoice["parent"]["subscription_details"]["subscription"]
+            .as_str()
+            .or_else(|| invoice["subscription"].as_str())
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        let Some(before) = self.subscriptions.get(&subscription_id).cloned() else {
+            return;
+        };
+        if before["pending_update"].is_null() || before["latest_invoice"] != invoice["id"] {
+            return;
+        }
+        let Some(applied) = self.pending_updates.remove(&subscription_id) else {
+            return;
+        };
+        let (next, kind) = if paid {
+            let mut next = applied;
+            next["status"] = json!(status_after(
+                Charge::Paid,
+                before["status"].as_str().unwrap_or_default()
+            ));
+            (next, "customer.subscription.pending_update_applied")
+        } else {
+            let mut next = before.clone();
+            next["pending_update"] = Value::Null;
+            (next, "customer.subscription.pending_update_expired")
+        };
+        self.subscriptions.insert(subscription_id, next.clone());
+        let previous = objects::previous_attributes(&before, &next);
+        self.emit(kind, &next, Some(previous.clone()), now);
+        self.emit("customer.subscription.updated", &next, Some(previous), now);
     }
 
     /// A draft invoice of `lines` for `subscription`, with its discount applied.
@@ -408,6 +527,7 @@ impl State {
         invoice["status_transitions"]["voided_at"] = json!(now);
         self.invoices.insert(id.to_owned(), invoice.clone());
         self.emit("invoice.voided", &invoice, None, now);
+        self.settle_pending_update(&invoice, false, now);
         Ok(invoice)
     }
 
@@ -440,7 +560,11 @@ impl State {
             ));
         }
         let details = params.get("subscription_details").cloned().unwrap_or_else(|| json!({}));
-        let d = Params::new(&details, &["items", "proration_behavior", "proration_date"]).map_err(|f| {
+        let d = Params::new(
+            &details,
+            &["items", "proration_behavior", "proration_date", "billing_cycle_anchor"],
+        )
+        .map_err(|f| {
             invalid(
                 Some("subscription_details"),
                 f.body["error"]["message"].as_str().unwrap_or("").to_owned(),
@@ -455,6 +579,17 @@ impl State {
             self.update_items(&mut changed, items, at)?;
         }
         let trialing = current["status"] == "trialing";
+        let anchor = d.one_of("billing_cycle_anchor", &["now", "unchanged"])?;
+        if !trialing && (anchor == Some("now") || interval_changes(&current, &changed)) {
+            Self::start_new_period(&mut changed, at);
+            let lines = Self::anchor_reset_lines(&current, &changed, behavior, at);
+            let period = period_of(&changed);
+            let mut preview = self.draft_invoice(&changed, "subscription_update", lines, period, now);
+            preview["id"] = json!(format!("upcoming_{}", preview["id"].as_str().unwrap_or_default()));
+            preview["hosted_invoice_url"] = Value::Null;
+            preview["invoice_pdf"] = Value::Null;
+            return Ok(preview);
+        }
         let prorations = if trialing || behavior == "none" {
             Vec::new()
         } else {
@@ -777,6 +912,9 @@ impl State {
         }
         self.invoices.insert(id.to_owned(), invoice.clone());
         self.emit_invoice_outcome(&invoice, charge, now);
+        if charge == Charge::Paid {
+            self.settle_pending_update(&invoice, true, now);
+        }
         (invoice, charge)
     }
 
@@ -863,10 +1001,132 @@ impl State {
             .ok_or_else(|| no_such("setup_intent", id, None))
     }
 
+    /// `POST /v1/billing_portal/configurations`: what the customer portal lets a customer do.
+    /// The features are kept as sent (booleans read from the form); `subscription_update` and
+    /// `subscription_cancel` are checked as Stripe checks them.
+    pub fn create_portal_configuration(&mut self, params: &Value, now: i64) -> Outcome {
+        let p = Params::new(
+            params,
+            &[
+                "business_profile",
+                "features",
+                "default_return_url",
+                "login_page",
+                "metadata",
+                "name",
+                "expand",
+            ],
+        )?;
+        let features = params
+            .get("features")
+            .cloned()
+            .ok_or_else(|| invalid(Some("features"), "Missing required param: features."))?;
+        let features = booleans(features);
+        for (feature, allowed) in [
+            ("customer_update", &["enabled", "allowed_updates"][..]),
+            ("invoice_history", &["enabled"][..]),
+            ("payment_method_update", &["enabled"][..]),
+            (
+                "subscription_cancel",
+                &["enabled", "mode", "proration_behavior", "cancellation_reason"][..],
+            ),
+            (
+                "subscription_update",
+                &["enabled", "default_allowed_updates", "products", "proration_behavior"][..],
+            ),
+        ] {
+            if let Some(given) = features.get(feature) {
+                Params::new(given, allowed).map_err(|f| {
+                    invalid(
+                        Some(&format!("features[{feature}]")),
+                        f.body["error"]["message"].as_str().unwrap_or("").to_owned(),
+                    )
+                })?;
+                if given.get("enabled").is_none() {
+                    return Err(invalid(
+                        Some(&format!("features[{feature}][enabled]")),
+                        format!("Missing required param: features[{feature}][enabled]."),
+                    ));
+                }
+            }
+        }
+        if let Some(unknown) = features.as_object().and_then(|f| {
+            f.keys().find(|k| {
+                ![
+                    "customer_update",
+                    "invoice_history",
+                    "payment_method_update",
+                    "subscription_cancel",
+                    "subscription_update",
+                ]
+                .contains(&k.as_str())
+            })
+        }) {
+            return Err(invalid(
+                Some(&format!("features[{unknown}]")),
+                format!("Received unknown parameter: features[{unknown}]"),
+            ));
+        }
+        let id = short_id("bpc");
+        let configuration = json!({
+            "id": id,
+            "object": "billing_portal.configuration",
+            "active": true,
+            "application": null,
+            "business_profile": params.get("business_profile").cloned().unwrap_or_else(|| json!({})),
+            "created": now,
+            "default_return_url": p.string("default_return_url")?,
+            "features": features,
+            "is_default": false,
+            "livemode": false,
+            "metadata": p.metadata(&json!({}))?.unwrap_or_else(|| json!({})),
+            "name": p.string("name")?,
+            "updated": now,
+        });
+        self.portal_configurations.insert(id.clone(), configuration.clone());
+        self.remember(&id);
+        Ok(configuration)
+    }
+
+    /// `GET /v1/billing_portal/configurations`, newest first.
+    pub fn list_portal_configurations(&self, params: &Value) -> Outcome {
+        let p = Params::new(params, &["active", "is_default", "limit", "starting_after", "expand"])?;
+        let active = p.boolean("active")?;
+        self.list("/v1/billing_portal/configurations", &p, |id| {
+            self.portal_configurations
+                .get(id)
+                .filter(|c| active.is_none_or(|a| c["active"] == a))
+        })
+    }
+
+    pub fn retrieve_portal_configuration(&self, id: &str, params: &Value) -> Outcome {
+        Params::new(params, &["expand"])?;
+        self.portal_configurations
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_such("billing_portal.configuration", id, None))
+    }
+
     pub fn create_portal_session(&mut self, params: &Value, now: i64) -> Outcome {
-        let p = Params::new(params, &["customer", "return_url", "locale", "expand"])?;
+        let p = Params::new(params, &["customer", "return_url", "locale", "configuration", "expand"])?;
         let customer = p.required("customer")?;
         self.live_customer(customer, Some("customer"))?;
+        let configuration = match p.string("configuration")? {
+            Some(id) => {
+                let found = self
+                    .portal_configurations
+                    .get(id)
+                    .ok_or_else(|| no_such("billing_portal.configuration", id, Some("configuration")))?;
+                if found["active"] != true {
+                    return Err(invalid(
+                        Some("configuration"),
+                        format!("The configuration {id} is not active."),
+                    ));
+                }
+                id.to_owned()
+            }
+            None => "bpc_sandbox_default".to_owned(),
+        };
         let return_url = p.string("return_url")?;
         if let Some(url) = return_url
             && !(url.starts_with("https://") || url.starts_with("http://"))
@@ -874,7 +1134,8 @@ impl State {
             return Err(invalid(Some("return_url"), "Not a valid URL"));
         }
         let id = ordered_id("bps");
-        let session = objects::portal_session(&id, customer, return_url, now);
+        let mut session = objects::portal_session(&id, customer, return_url, now);
+        session["configuration"] = json!(configuration);
         self.remember(&id);
         Ok(session)
     }
@@ -917,6 +1178,27 @@ impl State {
             return false;
         };
         let (_, period_end) = period_of(&subscription);
+        if let Some(expires_at) = subscription["pending_update"]["expires_at"].as_i64()
+            && expires_at <= to
+        {
+            // Stripe voids the invoice of an update left unpaid, and discards the update.
+            if let Some(latest) = subscription["latest_invoice"].as_str().map(str::to_owned)
+                && self.invoices.get(&latest).is_some_and(|i| i["status"] == "open")
+            {
+                let _ = self.void_invoice(&latest, &json!({}), expires_at.max(from));
+            }
+            if let Some(mut still) = self
+                .subscriptions
+                .get(id)
+                .cloned()
+                .filter(|s| !s["pending_update"].is_null())
+            {
+                still["pending_update"] = Value::Null;
+                self.pending_updates.remove(id);
+                self.subscriptions.insert(id.to_owned(), still);
+            }
+            return true;
+        }
         match subscription["status"].as_str().unwrap_or_default() {
             "trialing" => {
                 let end = subscription["trial_end"].as_i64().unwrap_or(i64::MAX);
@@ -1055,5 +1337,16 @@ fn add_line(invoice: &mut Value, line: Value) {
         "amount_remaining",
     ] {
         invoice[field] = json!(invoice[field].as_i64().unwrap_or(0) + amount);
+    }
+}
+
+/// The form's `"true"`/`"false"` strings as booleans, everywhere in `value`.
+fn booleans(value: Value) -> Value {
+    match value {
+        Value::String(text) if text == "true" => Value::Bool(true),
+        Value::String(text) if text == "false" => Value::Bool(false),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, booleans(v))).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(booleans).collect()),
+        other => other,
     }
 }

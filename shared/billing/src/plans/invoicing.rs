@@ -169,6 +169,9 @@ pub struct InvoicingReport {
     pub left_for_next_run: usize,
     /// Purchases found stalled while charging, and what resuming them did.
     pub resumed_purchases: Vec<super::purchase::ResumedPurchase>,
+    /// Entities handed to the invoicing queue (the scheduler's work; the outcomes are then the
+    /// consumer's).
+    pub enqueued: usize,
 }
 
 /// The time one entity's invoicing may take: no entity is started with less left.
@@ -210,17 +213,12 @@ async fn last_upload(
 /// How many due plans one read of the index hands out.
 const PAGE: usize = 100;
 
-/// Runs the job at `at`: first every open run (resumed), then every plan due at `at`, read
-/// from the due-date index a page at a time from a cursor (only the plans due are read); one
-/// entity's failure does not stop the others. A plan due several times over (the job did not
-/// run for a while) is invoiced at its oldest due date first; its entry moves to the next date,
-/// later in the range, and is met again.
-pub async fn invoice_plans(
-    documents: &dyn DocumentStore,
-    billing: &dyn Billing,
-    at: DateTime<Utc>,
-) -> Result<InvoicingReport, StoreError> {
-    let mut report = InvoicingReport::default();
+/// Every entity with something to invoice at `at`, each once: first those with an open run
+/// (to be resumed), then those whose plan is due, read from the due-date index a page at a time
+/// (only the plans due are read).
+pub async fn due_entities(documents: &dyn DocumentStore, at: DateTime<Utc>) -> Result<Vec<Entity>, StoreError> {
+    let mut entities = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for index in [RUNS_OPEN, PLANS_DUE] {
         let through = if index == RUNS_OPEN {
             "~".to_owned()
@@ -235,43 +233,131 @@ pub async fn invoice_plans(
             let Some((last, _)) = page.last() else {
                 break;
             };
-            let next_cursor = last.clone();
-            for (position, (_, document)) in page.iter().enumerate() {
-                if crate::deadline::remaining().is_some_and(|left| left < TIME_PER_ENTITY) {
-                    report.left_for_next_run = page.len() - position;
-                    tracing::warn!(
-                        left = report.left_for_next_run,
-                        "invoicing stopped before the deadline; more may be due"
-                    );
-                    return Ok(report);
-                }
-                let Some(entity) = document.body.get("entity").cloned() else {
+            cursor = Some(last.clone());
+            for (_, document) in &page {
+                let Some(entity) = document
+                    .body
+                    .get("entity")
+                    .cloned()
+                    .and_then(|entity| serde_json::from_value::<Entity>(entity).ok())
+                else {
                     continue;
                 };
-                let Ok(entity) = serde_json::from_value::<Entity>(entity) else {
-                    continue;
-                };
-                // Met once in the open runs' pass: a run that failed there is not tried again in
-                // the same job.
-                if report.outcomes.iter().any(|done| {
-                    done.entity() == entity && (index == RUNS_OPEN || matches!(done, EntityOutcome::Failed { .. }))
-                }) {
-                    continue;
+                if seen.insert(entity) {
+                    entities.push(entity);
                 }
-                let outcome = invoice_entity(documents, billing, entity, at).await;
-                for outcome in &outcome {
-                    crate::metrics::plan_invoice(outcome.metric());
-                }
-                report.outcomes.extend(outcome);
             }
-            cursor = Some(next_cursor);
         }
+    }
+    Ok(entities)
+}
+
+/// Runs the job at `at` in this process: every entity [`due_entities`] lists is invoiced with
+/// [`invoice_entity`], one after the other; one entity's failure does not stop the others. The
+/// deployed job hands the entities to a queue instead ([`schedule_invoicing`]), whose consumer
+/// runs [`invoice_entity`] for each; this is the same work without the queue (the local server
+/// without AWS, and the tests of the protocol).
+pub async fn invoice_plans(
+    documents: &dyn DocumentStore,
+    billing: &dyn Billing,
+    at: DateTime<Utc>,
+) -> Result<InvoicingReport, StoreError> {
+    let mut report = InvoicingReport::default();
+    let entities = due_entities(documents, at).await?;
+    for (position, entity) in entities.iter().enumerate() {
+        if crate::deadline::remaining().is_some_and(|left| left < TIME_PER_ENTITY) {
+            report.left_for_next_run = entities.len() - position;
+            tracing::warn!(
+                left = report.left_for_next_run,
+                "invoicing stopped before the deadline; more may be due"
+            );
+            return Ok(report);
+        }
+        report
+            .outcomes
+            .extend(invoice_entity(documents, billing, *entity, at).await);
     }
     Ok(report)
 }
 
+/// One entity to invoice, as the scheduler hands it to the invoicing queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceEntityMessage {
+    /// Whose plan.
+    pub entity: Entity,
+    /// The time the scheduler ran: what is due is decided as of then.
+    pub at: DateTime<Utc>,
+}
+
+impl InvoiceEntityMessage {
+    /// The message group of a FIFO queue: one per entity, so no two messages of one entity are
+    /// ever handled at once, and one entity's failing message holds back no other entity.
+    pub fn group(&self) -> String {
+        open_member(self.entity)
+    }
+
+    /// The deduplication id: the entity and the hour, so a scheduler run retried within SQS's
+    /// five-minute deduplication window enqueues the entity once (a later duplicate is
+    /// harmless: the protocol is idempotent).
+    pub fn deduplication_id(&self) -> String {
+        format!("{}#{}", open_member(self.entity), self.at.format("%Y%m%d%H"))
+    }
+}
+
+/// Why messages could not be enqueued; nothing is lost (the next hourly run lists the same
+/// entities again).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue refused or could not be reached.
+    #[error("the invoicing queue is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where the scheduler puts the entities to invoice (SQS in AWS).
+#[async_trait::async_trait]
+pub trait InvoicingQueue: Send + Sync {
+    /// Enqueues the messages, all or an error.
+    async fn enqueue(&self, messages: &[InvoiceEntityMessage]) -> Result<(), QueueError>;
+}
+
+/// Why the scheduler failed: a re-run is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// The store failed while listing.
+    #[error("listing the due entities failed")]
+    Store(#[from] StoreError),
+    /// The queue failed.
+    #[error("enqueueing failed")]
+    Queue(#[from] QueueError),
+}
+
+/// How many messages one enqueue carries (SQS's batch limit).
+pub const ENQUEUE_BATCH: usize = 10;
+
+/// The scheduler's work: lists every entity with something to invoice at `at` and enqueues one
+/// message per entity. Returns how many were enqueued. Duplicated messages are harmless: the
+/// protocol is idempotent, and the FIFO queue runs one entity's messages one at a time.
+pub async fn schedule_invoicing(
+    documents: &dyn DocumentStore,
+    queue: &dyn InvoicingQueue,
+    at: DateTime<Utc>,
+) -> Result<usize, ScheduleError> {
+    let entities = due_entities(documents, at).await?;
+    let messages: Vec<_> = entities
+        .into_iter()
+        .map(|entity| InvoiceEntityMessage { entity, at })
+        .collect();
+    for batch in messages.chunks(ENQUEUE_BATCH) {
+        queue.enqueue(batch).await?;
+    }
+    crate::metrics::plan_invoices_enqueued(messages.len());
+    tracing::info!(%at, enqueued = messages.len(), "invoicing scheduled");
+    Ok(messages.len())
+}
+
 impl EntityOutcome {
-    fn entity(&self) -> Entity {
+    /// Whose plan the outcome is about.
+    pub fn entity(&self) -> Entity {
         match self {
             EntityOutcome::Invoiced { entity, .. }
             | EntityOutcome::Deferred { entity }
@@ -291,9 +377,27 @@ impl EntityOutcome {
     }
 }
 
-/// Invoices one entity: resumes its open run if it has one, then invoices its plan once if it
-/// is due at `at`. What it did, one outcome per run (none when nothing was due).
+/// The most due dates one call catches up on (a plan the job missed for months).
+const CATCH_UP_LIMIT: usize = 24;
+
+/// Invoices one entity: resumes its open run if it has one, then invoices its plan for each
+/// due date up to `at` (oldest first: a plan the job missed for a while is caught up). What it
+/// did, one outcome per run (none when nothing was due); a failure stops it, its run left
+/// open for the next try. Every outcome is counted in the `PlanInvoices` metric.
 pub async fn invoice_entity(
+    documents: &dyn DocumentStore,
+    billing: &dyn Billing,
+    entity: Entity,
+    at: DateTime<Utc>,
+) -> Vec<EntityOutcome> {
+    let outcomes = invoice_entity_uncounted(documents, billing, entity, at).await;
+    for outcome in &outcomes {
+        crate::metrics::plan_invoice(outcome.metric());
+    }
+    outcomes
+}
+
+async fn invoice_entity_uncounted(
     documents: &dyn DocumentStore,
     billing: &dyn Billing,
     entity: Entity,
@@ -313,24 +417,39 @@ pub async fn invoice_entity(
             Err(outcome) => return vec![outcome],
         }
     }
-    match record(documents, entity, at).await {
-        Ok(Recorded::NotDue) => {}
-        Ok(Recorded::Deferred { since }) => {
-            if at - since > crate::remote::admin::WAITING_FOR_UPLOAD_AFTER {
-                // Counted apart, for the alarm: a week without uploads is a server to call.
-                crate::metrics::plan_invoice("waiting_for_upload");
-            }
-            outcomes.push(EntityOutcome::Deferred { entity });
+    for _ in 0..CATCH_UP_LIMIT {
+        // Out of time is not a failure: the due dates left are met by the next run.
+        if !outcomes.is_empty() && crate::deadline::remaining().is_some_and(|left| left < TIME_PER_ENTITY) {
+            tracing::warn!(?entity, "catching up stopped before the deadline; the next run goes on");
+            break;
         }
-        Ok(Recorded::NothingOwed) => outcomes.push(EntityOutcome::Invoiced {
-            entity,
-            invoice: None,
-            items: 0,
-        }),
-        Ok(Recorded::Run(run, version)) => match resume(documents, billing, *run, version, at).await {
-            Ok(outcome) | Err(outcome) => outcomes.push(outcome),
-        },
-        Err(failure) => outcomes.push(failed(entity, &failure, false)),
+        match record(documents, entity, at).await {
+            Ok(Recorded::NotDue) => break,
+            Ok(Recorded::Deferred { since }) => {
+                if at - since > crate::remote::admin::WAITING_FOR_UPLOAD_AFTER {
+                    // Counted apart, for the alarm: a week without uploads is a server to call.
+                    crate::metrics::plan_invoice("waiting_for_upload");
+                }
+                outcomes.push(EntityOutcome::Deferred { entity });
+                break;
+            }
+            Ok(Recorded::NothingOwed) => outcomes.push(EntityOutcome::Invoiced {
+                entity,
+                invoice: None,
+                items: 0,
+            }),
+            Ok(Recorded::Run(run, version)) => match resume(documents, billing, *run, version, at).await {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(outcome) => {
+                    outcomes.push(outcome);
+                    break;
+                }
+            },
+            Err(failure) => {
+                outcomes.push(failed(entity, &failure, false));
+                break;
+            }
+        }
     }
     outcomes
 }

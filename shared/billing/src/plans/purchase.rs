@@ -133,6 +133,55 @@ pub const STALLED_AFTER: Duration = Duration::minutes(2);
 /// The collection of purchase claims.
 pub const PURCHASE_CLAIMS: &str = "purchase_claims";
 
+/// How long the claim an administrator's plan start writes holds when it displaced nothing:
+/// only as long as the write itself; what keeps a later purchase out is the plan it wrote with
+/// it.
+const ADMIN_CLAIM_FOR: Duration = Duration::seconds(1);
+
+/// The write that makes an administrator's plan start (a legacy plan, an approved sponsorship)
+/// one at a time with purchases: the server's purchase claim, taken in the start's own
+/// transaction. Refused while a purchase of the server is being charged. A purchase only
+/// waiting for Checkout is displaced: the claim then names no upgrade, for the entity that
+/// held it and as long as its Checkout lives, so that Checkout, if completed, saves the card
+/// and is refused (it never takes the claim again to buy behind the plan started here), while
+/// a new form of that entity may still replace it. A purchase that claims after this re-reads
+/// the plans and finds the one started here; one that claimed before makes this write fail
+/// its condition, and the start is read again. The caller checks the live plans after this
+/// read, inside the same attempt.
+pub async fn admin_claim_write(
+    documents: &dyn DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<PlannedWrite, PurchaseError> {
+    let group = match server_of(documents, entity, now).await? {
+        Some(server) => server,
+        None => entity_parts(entity).1,
+    };
+    let key = member_key(PURCHASE_CLAIMS, &group.to_string());
+    let (expected, holder, holds_for) = match documents.get_document(&key, now).await? {
+        None => (None, entity, ADMIN_CLAIM_FOR),
+        Some(document) => {
+            let claim: PurchaseClaim = decode(&key, document.body.clone())?;
+            if claim.charging {
+                return Err(PurchaseError::PurchaseInProgress);
+            }
+            (Some(document.version), claim.entity, CLAIM_AWAITING_CARD_FOR)
+        }
+    };
+    let claim = PurchaseClaim {
+        entity: holder,
+        upgrade: Uuid::nil(),
+        charging: false,
+        claimed_at: now,
+    };
+    Ok(PlannedWrite {
+        key,
+        body: serde_json::to_value(&claim).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        expected,
+        expires_at: Some(now + holds_for),
+    })
+}
+
 /// How long a claim waiting for Checkout holds: as long as a Checkout Session stays open.
 pub const CLAIM_AWAITING_CARD_FOR: Duration = Duration::hours(24);
 

@@ -293,22 +293,21 @@ impl RemoteBilling {
         now: DateTime<Utc>,
     ) -> Result<BillingView, RemoteError> {
         self.billing_view(entity, now).await?;
-        if plans::purchase::live_plan_elsewhere(self.records.documents().as_ref(), entity, now).await? {
-            return Err(RemoteError::PlanConflict(
-                "The server or one of its organizations has a plan; a server and its organizations never both have one."
-                    .into(),
-            ));
-        }
         let documents = self.records.documents().clone();
         retry_on_conflict(|_| {
             let documents = documents.clone();
             async move {
+                // The claim first, then the plans: a purchase that settles in between changes
+                // the claim, and this attempt's write fails its condition.
+                let claim = admin_claim(documents.as_ref(), entity, now).await?;
+                refuse_beside_a_live_plan(documents.as_ref(), entity, now).await?;
                 let stored = plans::stored::load(documents.as_ref(), entity, now).await?;
                 let usage = plans::purchase::usage_of(documents.as_ref(), entity, now).await?;
                 let (after, changes) =
                     plans::start_legacy(&stored.book, end_date, usage.billed.unwrap_or(0), now, Uuid::new_v4())
                         .map_err(plan_refusal)?;
                 let mut writes = plans::stored::writes_for(&stored, &after, &changes, now);
+                writes.push(claim);
                 writes.push(PlannedWrite::audit(
                     entity,
                     serde_json::json!({"event": "legacy_plan_started", "end_date": end_date,
@@ -482,15 +481,16 @@ impl RemoteBilling {
     ) -> Result<BillingView, RemoteError> {
         self.billing_view(entity, now).await?;
         let documents = self.records.documents().clone();
-        if approve && plans::purchase::live_plan_elsewhere(documents.as_ref(), entity, now).await? {
-            return Err(RemoteError::PlanConflict(
-                "The server or one of its organizations has a plan; a server and its organizations never both have one."
-                    .into(),
-            ));
-        }
         retry_on_conflict(|_| {
             let documents = documents.clone();
             async move {
+                let claim = if approve {
+                    let claim = admin_claim(documents.as_ref(), entity, now).await?;
+                    refuse_beside_a_live_plan(documents.as_ref(), entity, now).await?;
+                    Some(claim)
+                } else {
+                    None
+                };
                 let stored = plans::stored::load(documents.as_ref(), entity, now).await?;
                 if !stored.book.customer.sponsorship_pending {
                     return Err(RemoteError::PlanConflict(
@@ -507,6 +507,7 @@ impl RemoteBilling {
                     (after, cycle)
                 };
                 let mut writes = plans::stored::writes_for(&stored, &after, &changes, now);
+                writes.extend(claim);
                 writes.push(PlannedWrite::audit(
                     entity,
                     serde_json::json!({
@@ -547,6 +548,39 @@ impl RemoteBilling {
         }
         self.billing_view(entity, now).await
     }
+}
+
+/// Refuses a plan start while the entity's server or one of its realms has a live plan.
+async fn refuse_beside_a_live_plan(
+    documents: &dyn crate::store::DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<(), RemoteError> {
+    if plans::purchase::live_plan_elsewhere(documents, entity, now).await? {
+        return Err(RemoteError::PlanConflict(
+            "The server or one of its organizations has a plan; a server and its organizations never both have one."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The server's purchase claim, taken by an administrator's plan start
+/// ([`plans::purchase::admin_claim_write`]); a purchase being charged refuses the start.
+async fn admin_claim(
+    documents: &dyn crate::store::DocumentStore,
+    entity: Entity,
+    now: DateTime<Utc>,
+) -> Result<PlannedWrite, RemoteError> {
+    plans::purchase::admin_claim_write(documents, entity, now)
+        .await
+        .map_err(|error| match error {
+            plans::purchase::PurchaseError::PurchaseInProgress => RemoteError::PlanConflict(
+                "A purchase for this server is being charged; try again once it has finished.".into(),
+            ),
+            plans::purchase::PurchaseError::Store(store) => store.into(),
+            other => RemoteError::PlanConflict(other.to_string()),
+        })
 }
 
 /// A plan rule's refusal as the administrators' API answers it.

@@ -84,7 +84,11 @@ pub async fn apply_stripe_event(context: EventContext<'_>, event: &StripeEvent) 
         EventKind::TrialWillEnd => mail_trial_end(context, event, &key).await,
         // A one-off invoice belongs to no subscription: the customer's subscription is not its.
         _ if event.is_invoice() && event.stripe_subscription().is_none() => Ok(record(context, &key, "ignored").await?),
-        EventKind::InvoicePaymentActionRequired => mail_action_required(context, event, &key).await,
+        // A change's own invoice that needs authentication was answered 402 and voided by
+        // the service: no mail asks the customer to pay it.
+        EventKind::InvoicePaymentActionRequired if event.object["billing_reason"] != "subscription_update" => {
+            mail_action_required(context, event, &key).await
+        }
         _ => apply(context, event, &key).await,
     }
 }

@@ -4,13 +4,16 @@
 //! The event's id is the key of both its effect and its keeping, so an event delivered by the
 //! webhook and by EventBridge is applied once, and a replay of an applied event changes nothing.
 
+use std::borrow::Cow;
+
 use uuid::Uuid;
 
-use super::StripeEvent;
 use super::apply::{EventContext, EventError, Handled, REMEMBER_EVENTS_FOR, apply_stripe_event, subscription_of};
+use super::{EventKind, StripeEvent};
 use crate::access::Operation;
 use crate::plans::purchase::{PurchaseError, Purchases};
 use crate::store::{EventWrite, KEEP_EVENTS_FOR, KeptEvent};
+use crate::stripe::StripeSubscription;
 
 /// The operations [`receive`] needs: what a function that takes Stripe's events declares (its
 /// ports', and reading the Stripe key its purchases call Stripe with).
@@ -53,7 +56,8 @@ pub async fn receive(receiver: Receiver<'_>, event: &StripeEvent, body: &[u8]) -
     let handled = if event.kind == "checkout.session.completed" {
         checkout_completed(receiver, event).await
     } else {
-        apply_stripe_event(receiver.events, event).await
+        let event = with_discount_from_stripe(receiver, event).await;
+        apply_stripe_event(receiver.events, &event).await
     };
     let (outcome, replace) = match &handled {
         Ok(Handled::Applied) => ("applied", true),
@@ -78,6 +82,51 @@ pub async fn receive(receiver: Receiver<'_>, event: &StripeEvent, body: &[u8]) -
         // The effect is stored, but not the event: the sender delivers again, which keeps it.
         (Ok(_), Err(error)) => Err(EventError::Store(error)),
         (Ok(handled), Ok(())) => Ok(handled),
+    }
+}
+
+/// A subscription snapshot names its discounts only by id (events never expand them), which
+/// says nothing of what they take off: a discount set in the Dashboard would never reach the
+/// stored `discount_percent`. And a snapshot without discounts may be older than the service's
+/// own discount, or say that one was removed. Such a snapshot (ids, or none while one is
+/// stored) is completed from Stripe: the subscription read with its coupons expanded, which is
+/// what holds now. A failed read leaves it as it is, and the stored discount stands until the
+/// next snapshot.
+async fn with_discount_from_stripe<'e>(receiver: Receiver<'_>, event: &'e StripeEvent) -> Cow<'e, StripeEvent> {
+    let (EventKind::SubscriptionState, Some(discounts), Some(id)) = (
+        event.kind(),
+        event.object["discounts"].as_array(),
+        event.object["id"].as_str(),
+    ) else {
+        return Cow::Borrowed(event);
+    };
+    let ask_stripe = if discounts.is_empty() {
+        matches!(
+            subscription_of(receiver.events.store, event).await,
+            Ok(Some(stored)) if stored.discount_percent.is_some()
+        )
+    } else {
+        discounts.iter().all(serde_json::Value::is_string)
+    };
+    if !ask_stripe {
+        return Cow::Borrowed(event);
+    }
+    match receiver.purchases.stripe.retrieve_subscription(id).await {
+        Ok(StripeSubscription {
+            discount_percent: Some(percent),
+            ..
+        }) => {
+            let mut completed = event.clone();
+            // A coupon of 0 % is read as no discount.
+            completed.object["discounts"] =
+                serde_json::json!([{"source": {"coupon": {"percent_off": percent.unwrap_or(0)}}}]);
+            Cow::Owned(completed)
+        }
+        Ok(_) => Cow::Borrowed(event),
+        Err(error) => {
+            tracing::warn!(event = %event.id, %error, "the subscription's discount could not be read from Stripe; the stored one stands");
+            Cow::Borrowed(event)
+        }
     }
 }
 

@@ -211,6 +211,10 @@ fn a_snapshot_sets_the_licenses_and_discount_changed_outside_the_service() {
     assert_eq!(apply_event(&stored, &event, &catalog()).discount_percent, Some(20));
     event.object["discounts"] = json!([]);
     assert_eq!(apply_event(&stored, &event, &catalog()).discount_percent, Some(20));
+    // When a discount's coupon takes 0 % off (how a discount read from Stripe as none is
+    // written), then there is none
+    event.object["discounts"] = json!([{"source": {"coupon": {"percent_off": 0.0}}}]);
+    assert_eq!(apply_event(&stored, &event, &catalog()).discount_percent, None);
 }
 
 #[test]
@@ -219,4 +223,47 @@ fn a_quantity_of_one_does_not_give_licenses_to_a_subscription_that_never_counted
     let mut event = subscription_event("evt_q", NOW + 1, "active", "price_basic_monthly", false);
     event.object["items"]["data"][0]["quantity"] = json!(1);
     assert_eq!(apply_event(&stored, &event, &catalog()).licenses, None);
+}
+
+fn invoice_event(kind: &str, invoice: &str, billing_reason: &str) -> StripeEvent {
+    StripeEvent {
+        id: format!("evt_{invoice}_{kind}"),
+        kind: kind.into(),
+        created: NOW,
+        object: json!({"id": invoice, "billing_reason": billing_reason,
+                       "parent": {"subscription_details": {"subscription": "sub_1"}}}),
+    }
+}
+
+#[test]
+fn a_snapshot_records_the_latest_invoice_and_only_its_payment_makes_a_past_due_subscription_active() {
+    // Given a subscription past due on its renewal in_2 (its snapshot named in_2 the latest)
+    let mut event = subscription_event("evt_s", NOW, "past_due", "price_basic_monthly", false);
+    event.object["latest_invoice"] = json!("in_2");
+    let past_due = apply_event(&subscription(), &event, &catalog());
+    assert_eq!(
+        (past_due.status, past_due.latest_invoice.as_deref()),
+        (Status::PastDue, Some("in_2"))
+    );
+    // When last month's invoice in_1 is paid late, then it stays past due
+    let older = invoice_event("invoice.paid", "in_1", "subscription_cycle");
+    assert_eq!(apply_event(&past_due, &older, &catalog()).status, Status::PastDue);
+    // When in_2 is paid, then it is active
+    let latest = invoice_event("invoice.paid", "in_2", "subscription_cycle");
+    assert_eq!(apply_event(&past_due, &latest, &catalog()).status, Status::Active);
+}
+
+#[test]
+fn a_declined_change_invoice_leaves_an_active_subscription_active() {
+    // Given an active subscription whose plan change was declined: Stripe kept the change
+    // pending on its invoice, the subscription as it was
+    let mut active = subscription();
+    active.status = Status::Active;
+    active.latest_invoice = Some("in_9".into());
+    // When the change's invoice fails, then nothing changes
+    let change = invoice_event("invoice.payment_failed", "in_9", "subscription_update");
+    assert_eq!(apply_event(&active, &change, &catalog()).status, Status::Active);
+    // When its renewal fails, then it is past due
+    let renewal = invoice_event("invoice.payment_failed", "in_9", "subscription_cycle");
+    assert_eq!(apply_event(&active, &renewal, &catalog()).status, Status::PastDue);
 }
