@@ -3,7 +3,7 @@
 //! which events were not applied and replays them, repairs a subscription whose events were
 //! held back, takes events through EventBridge; a client retries a create safely.
 
-use bundle_tests::{Caller, all_stripe_customers, start_server_against_moto, stripe_post};
+use bundle_tests::{Caller, all_delivered, all_stripe_customers, start_server_against_moto, stripe_post};
 use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -62,6 +62,9 @@ async fn an_operator_finds_a_subscription_and_reads_who_changed_each_field() {
         .patch(user, json!({"plan": "basic_monthly", "stripe_source": "pm_card_visa"}))
         .await;
     assert_eq!(status, 200, "{body}");
+    // Stripe's events of the creation and the change are applied (a creation snapshot applied
+    // after the change shows the old plan until the change's own snapshot arrives)
+    all_delivered(&server).await;
 
     // When the operator looks it up by its email (in another case)
     let (status, found) = admin

@@ -239,19 +239,24 @@ fn failed_stripe_events_and_an_unavailable_stripe_raise_alarms_on_the_functions_
             let properties = &alarm["Properties"];
             let dimension = &properties["Dimensions"][0];
             let metric = properties["MetricName"].as_str().unwrap().to_owned();
-            let label = dimension["Name"].as_str().unwrap().to_owned();
+            let label = dimension["Name"].as_str().unwrap_or_default().to_owned();
             let counted = billing::metrics::ALL.iter().find(|(name, _)| *name == metric);
             assert!(
-                counted.is_some_and(|(_, labels)| labels.contains(&label.as_str())),
+                counted.is_some_and(|(_, labels)| label.is_empty() || labels.contains(&label.as_str())),
                 "{metric} by {label}"
             );
-            (metric, label, dimension["Value"].as_str().unwrap().to_owned())
+            (
+                metric,
+                label,
+                dimension["Value"].as_str().unwrap_or_default().to_owned(),
+            )
         })
         .collect();
     for wanted in [
         ("StripeEvents", "Outcome", "failed"),
         ("StripeFailures", "Reason", "unavailable"),
         ("PlanInvoices", "Outcome", "needs_attention"),
+        ("InvoicingRuns", "", ""),
     ] {
         assert!(
             on_counts
@@ -259,5 +264,177 @@ fn failed_stripe_events_and_an_unavailable_stripe_raise_alarms_on_the_functions_
                 .any(|(m, l, v)| (m.as_str(), l.as_str(), v.as_str()) == wanted),
             "{wanted:?} in {on_counts:?}"
         );
+    }
+}
+
+/// The alarm watching queue `queue` for any visible message, if there is one.
+fn alarm_on_queue<'t>(resources: &'t BTreeMap<String, Value>, queue: &str) -> Option<&'t Value> {
+    resources.values().find(|r| {
+        r["Type"] == "AWS::CloudWatch::Alarm"
+            && r["Properties"]["Namespace"] == "AWS/SQS"
+            && reference(&r["Properties"]["Dimensions"][0]["Value"]).as_deref() == Some(queue)
+    })
+}
+
+#[test]
+fn every_asynchronously_invoked_function_sends_its_failures_to_an_alarmed_queue() {
+    // Lambda retries an asynchronous invocation twice and then drops it, unless an on-failure
+    // destination keeps it: a schedule's or an EventBridge rule's target must have one.
+    let template = template();
+    let resources = resources(&template);
+    let mut checked = 0;
+    for (name, function) in resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+    {
+        let asynchronous = function["Properties"]["Events"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .any(|(_, event)| {
+                matches!(
+                    event["Type"].as_str(),
+                    Some("Schedule" | "ScheduleV2" | "EventBridgeRule")
+                )
+            });
+        if !asynchronous {
+            continue;
+        }
+        checked += 1;
+        let config = &function["Properties"]["EventInvokeConfig"];
+        let destination = &config["DestinationConfig"]["OnFailure"];
+        assert_eq!(destination["Type"], "SQS", "{name} keeps no failed invocation");
+        let queue = reference(&destination["Destination"]).unwrap_or_else(|| panic!("{name}: a queue of the stack"));
+        assert_eq!(resources[&queue]["Type"], "AWS::SQS::Queue", "{name}");
+        assert!(
+            alarm_on_queue(&resources, &queue).is_some(),
+            "{name}: nothing alarms on {queue}"
+        );
+        assert!(config["MaximumRetryAttempts"].as_u64().is_some(), "{name}");
+        // And the event's own delivery has a dead-letter queue too
+        for (event_name, event) in function["Properties"]["Events"].as_mapping().into_iter().flatten() {
+            if matches!(event["Type"].as_str(), Some("ScheduleV2" | "EventBridgeRule")) {
+                let dead = reference(&event["Properties"]["DeadLetterConfig"]["Arn"])
+                    .unwrap_or_else(|| panic!("{name} {event_name:?} has no dead-letter queue"));
+                assert!(
+                    alarm_on_queue(&resources, &dead).is_some(),
+                    "{name}: nothing alarms on {dead}"
+                );
+            }
+        }
+    }
+    assert_eq!(checked, 2, "the EventBridge consumer and the invoicing scheduler");
+}
+
+#[test]
+fn schedules_are_named_per_stack_and_queue_writers_are_this_stacks_own() {
+    let template = template();
+    let resources = resources(&template);
+    for (name, function) in resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+    {
+        for (_, event) in function["Properties"]["Events"].as_mapping().into_iter().flatten() {
+            if event["Type"] == "ScheduleV2" {
+                let Value::Tagged(named) = &event["Properties"]["Name"] else {
+                    panic!("{name}: a schedule without a name gets its logical id, the same in every stack");
+                };
+                assert!(named.tag == "Sub" && named.value.as_str().unwrap().contains("${AWS::StackName}"));
+            }
+        }
+    }
+    let policy = &resources["StripeEventBridgeDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"];
+    for statement in policy["Statement"].as_sequence().unwrap() {
+        assert!(
+            statement["Condition"]["ArnEquals"]["aws:SourceArn"] != Value::Null,
+            "any EventBridge rule of the account could write to the queue"
+        );
+    }
+}
+
+#[test]
+fn the_table_is_protected_from_deletion_and_lambda_keeps_its_start_and_report_lines() {
+    let template = template();
+    let resources = resources(&template);
+    let table = &resources["BillingTable"];
+    assert_eq!(table["Properties"]["DeletionProtectionEnabled"], true);
+    assert_eq!(table["DeletionPolicy"], "Retain");
+    assert_eq!(
+        template["Globals"]["Function"]["LoggingConfig"]["SystemLogLevel"], "INFO",
+        "WARN drops Lambda's START and REPORT lines"
+    );
+}
+
+#[test]
+fn every_alarm_evaluates_within_cloudwatchs_limits() {
+    // CloudWatch refuses a period that is not 10, 30 or a multiple of 60 seconds, and an
+    // evaluation range (period × evaluation periods) over seven days; moto accepts both.
+    let template = template();
+    for (name, alarm) in resources(&template)
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::CloudWatch::Alarm")
+    {
+        let properties = &alarm["Properties"];
+        let period = properties["Period"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name}: no period"));
+        assert!(
+            period == 10 || period == 30 || period % 60 == 0,
+            "{name}: period {period}"
+        );
+        let evaluations = properties["EvaluationPeriods"].as_u64().unwrap();
+        assert!(period * evaluations <= 7 * 86_400, "{name}: {period} s × {evaluations}");
+        if let Some(datapoints) = properties["DatapointsToAlarm"].as_u64() {
+            assert!(datapoints <= evaluations, "{name}");
+        }
+    }
+}
+
+#[test]
+fn the_jwt_authorizer_accepts_only_tokens_with_the_apis_scope() {
+    // Without a scope, the gateway accepts any token of the issuer, ID tokens included.
+    let template = template();
+    let authorizer = &template["Resources"]["BillingApi"]["Properties"]["Auth"]["Authorizers"]["BillingJwt"];
+    let scopes: Vec<&str> = authorizer["AuthorizationScopes"]
+        .as_sequence()
+        .expect("the authorizer names scopes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(scopes, [billing::auth::Scope::SUBSCRIPTION.id]);
+}
+
+#[test]
+fn every_form_of_a_throttled_public_route_has_the_same_throttle() {
+    // API Gateway matches a route key exactly: a limit on `POST /x` leaves `POST /x/` at the
+    // default limits, so an attacker floods the twin.
+    let template = template();
+    let settings = template["Resources"]["BillingApi"]["Properties"]["RouteSettings"]
+        .as_mapping()
+        .unwrap();
+    let keys: Vec<&str> = settings.keys().filter_map(Value::as_str).collect();
+    for key in &keys {
+        let twin = match key.strip_suffix('/') {
+            Some(bare) => bare.to_owned(),
+            None => format!("{key}/"),
+        };
+        assert!(keys.contains(&twin.as_str()), "{key} is throttled, {twin} is not");
+        assert_eq!(settings[*key], settings[twin.as_str()], "{key} and {twin}");
+    }
+    assert!(keys.len() >= 12, "{keys:?}");
+}
+
+#[test]
+fn the_http_api_writes_json_access_logs_with_the_authorizers_refusals() {
+    let template = template();
+    let resources = resources(&template);
+    let settings = &resources["BillingApi"]["Properties"]["AccessLogSettings"];
+    let group = reference(&settings["DestinationArn"]).expect("a log group of the stack");
+    assert_eq!(resources[&group]["Type"], "AWS::Logs::LogGroup");
+    assert!(resources[&group]["Properties"]["RetentionInDays"] != Value::Null);
+    let format: serde_json::Value =
+        serde_json::from_str(settings["Format"].as_str().unwrap()).expect("the format is one JSON object");
+    for field in ["requestId", "routeKey", "status", "authorizerError", "integrationError"] {
+        assert!(format.get(field).is_some(), "{field}");
     }
 }

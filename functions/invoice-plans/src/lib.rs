@@ -107,6 +107,7 @@ impl InvoicePlans {
         let resumed = purchases.resume_stalled_purchases(at).await;
         let mut report = invoiced?;
         report.resumed_purchases = resumed?;
+        billing::metrics::invoicing_run();
         tracing::info!(%at, plans = report.outcomes.len(), "invoicing run finished");
         Ok(report)
     }

@@ -1,6 +1,12 @@
-//! Secrets from AWS Secrets Manager, read once per process through the AWS Parameters and
-//! Secrets Lambda Extension (a local HTTP endpoint that caches them), before a function reads
-//! its configuration.
+//! Secrets from AWS Secrets Manager, read once per execution environment through the AWS
+//! Parameters and Secrets Lambda Extension (a local HTTP endpoint that caches them), on the
+//! first invocation, before a function reads its configuration.
+//!
+//! On the first invocation, not at start: the extension's guide documents calls made during
+//! invocations, and during Lambda's INIT phase it may answer 400 "not ready to serve traffic".
+//! [`OnFirstInvocation`] builds the function on its first invocation (that answer retried for up
+//! to [`NOT_READY_WAIT`]); a failure fails that invocation with a clear error, and the next
+//! invocation tries again, where a failure at start would end the process.
 //!
 //! A function is configured with the *id* of each secret (`STRIPE_SECRET_KEY_SECRET_ID`, ...),
 //! never its value, so no secret is readable from the function's configuration; at start
@@ -27,8 +33,41 @@ const DEFAULT_PORT: u16 = 2773;
 /// Each attempt's limit; the extension answers from its cache or one Secrets Manager call.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Attempts per secret: the extension may still be starting on the first invocation.
+/// Attempts per secret when the extension fails or does not answer.
 const ATTEMPTS: u32 = 3;
+
+/// How long an extension that answers "not ready" is asked again.
+pub const NOT_READY_WAIT: Duration = Duration::from_secs(2);
+
+/// A function built on its first invocation (with its secrets), once per execution
+/// environment; a build that failed is tried again by the next invocation.
+pub struct OnFirstInvocation<F> {
+    built: tokio::sync::OnceCell<F>,
+}
+
+impl<F> Default for OnFirstInvocation<F> {
+    fn default() -> Self {
+        OnFirstInvocation {
+            built: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl<F> OnFirstInvocation<F> {
+    /// The function, built by `build` if no invocation built it yet. Concurrent first
+    /// invocations wait for one build.
+    pub async fn get<B, Fut>(&self, build: B) -> Result<&F, ConfigError>
+    where
+        B: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<F, ConfigError>>,
+    {
+        let built = self.built.get_or_try_init(build).await;
+        if let Err(error) = &built {
+            tracing::error!(%error, "the function could not be built; the next invocation tries again");
+        }
+        built
+    }
+}
 
 /// An environment with the secrets it named resolved.
 pub struct WithSecrets<E> {
@@ -79,7 +118,9 @@ async fn fetch(env: &dyn Environment, id: &str) -> Result<String, String> {
     let uri = format!("http://127.0.0.1:{port}/secretsmanager/get?{query}");
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let mut last = String::new();
-    for attempt in 1..=ATTEMPTS {
+    let started = std::time::Instant::now();
+    let mut attempt = 0;
+    while attempt < ATTEMPTS {
         let request = hyper::Request::get(&uri)
             .header("X-Aws-Parameters-Secrets-Token", &token)
             .body(Empty::new())
@@ -109,6 +150,18 @@ async fn fetch(env: &dyn Environment, id: &str) -> Result<String, String> {
                     .map(str::to_owned)
                     .ok_or_else(|| "the secret has no SecretString (binary secrets are not read)".to_owned());
             }
+            // Still starting: asked again for a while, without counting an attempt.
+            Ok((status, body))
+                if status == hyper::StatusCode::BAD_REQUEST
+                    && String::from_utf8_lossy(&body)
+                        .to_ascii_lowercase()
+                        .contains("not ready")
+                    && started.elapsed() < NOT_READY_WAIT =>
+            {
+                tracing::info!("the secrets extension is not ready yet; asking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             // 4xx: the id is wrong or access is denied; asking again will not change it.
             Ok((status, _)) if status.is_client_error() => {
                 return Err(format!("the extension refused secret {id:?}: HTTP {status}"));
@@ -116,6 +169,7 @@ async fn fetch(env: &dyn Environment, id: &str) -> Result<String, String> {
             Ok((status, _)) => last = format!("HTTP {status}"),
             Err(error) => last = error,
         }
+        attempt += 1;
         tracing::warn!(attempt, error = %last, "reading a secret failed; retrying");
         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
     }

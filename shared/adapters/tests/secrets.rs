@@ -166,3 +166,70 @@ async fn without_the_session_token_or_an_extension_the_start_fails_clearly() {
     };
     assert!(reason.contains("could not be read"), "{reason}");
 }
+
+/// An extension that answers 400 "not ready to serve traffic" for its first `starting`, as the
+/// real one may while Lambda's INIT phase runs, then holds `secrets`.
+async fn starting_extension(secrets: HashMap<&'static str, &'static str>, starting: Duration) -> u16 {
+    let ready_at = Instant::now() + starting;
+    let app = axum::Router::new().route(
+        "/secretsmanager/get",
+        get(move |RawQuery(query): RawQuery| async move {
+            if Instant::now() < ready_at {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "not ready to serve traffic, please wait".to_owned(),
+                );
+            }
+            let query: HashMap<String, String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+            match query.get("secretId").and_then(|id| secrets.get(id.as_str())) {
+                Some(value) => (StatusCode::OK, serde_json::json!({"SecretString": value}).to_string()),
+                None => (StatusCode::BAD_REQUEST, "ResourceNotFoundException".to_owned()),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+#[tokio::test]
+async fn an_extension_not_ready_for_its_first_half_second_is_asked_again_until_it_is() {
+    // Given an extension that answers "not ready" for its first 500 ms
+    let port = starting_extension(HashMap::from([("k", "sk_test_k")]), Duration::from_millis(500)).await;
+    // When a function's first invocation reads its secret
+    let resolved = with_secrets(env(port, &[("STRIPE_SECRET_KEY_SECRET_ID", "k")]))
+        .await
+        .unwrap();
+    // Then it has it
+    assert_eq!(resolved.var("STRIPE_SECRET_KEY").as_deref(), Some("sk_test_k"));
+}
+
+#[tokio::test]
+async fn a_build_that_fails_fails_its_invocation_and_the_next_invocation_builds_again() {
+    use billing_adapters::secrets::OnFirstInvocation;
+    // Given an extension that is not ready for longer than a function waits (3 s)
+    let port = starting_extension(HashMap::from([("k", "sk_test_k")]), Duration::from_secs(3)).await;
+    let function: OnFirstInvocation<String> = OnFirstInvocation::default();
+    let build = || async {
+        let env = with_secrets(env(port, &[("STRIPE_SECRET_KEY_SECRET_ID", "k")])).await?;
+        Ok(env.var("STRIPE_SECRET_KEY").unwrap_or_default())
+    };
+    // When the first invocation builds it, then that invocation fails, saying why
+    let Err(ConfigError::Invalid { reason, .. }) = function.get(build).await else {
+        panic!("an extension not ready after the wait fails the invocation");
+    };
+    assert!(reason.contains("400"), "{reason}");
+    // When a later invocation comes once the extension is ready, then it builds and keeps it
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(function.get(build).await.unwrap(), "sk_test_k");
+    assert_eq!(
+        function
+            .get(|| async { Err(ConfigError::Missing("never built again".into())) })
+            .await
+            .unwrap(),
+        "sk_test_k"
+    );
+}

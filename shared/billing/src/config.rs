@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use crate::subscription::PlanCatalog;
 
 /// Where configuration values come from: the process environment in functions, a map in tests.
-pub trait Environment {
+/// `Sync`: a function reads it inside its first invocation, across awaits.
+pub trait Environment: Sync {
     /// The value of the variable `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
 }

@@ -47,6 +47,7 @@ pub const ALL: &[(&str, &[&str])] = &[
     (LEDGER_ROWS, &[]),
     (PLAN_INVOICES, &[OUTCOME]),
     (PLAN_INVOICES_ENQUEUED, &[]),
+    (INVOICING_RUNS, &[]),
 ];
 
 /// Counts one Stripe event by its outcome.
@@ -91,4 +92,12 @@ pub const PLAN_INVOICES_ENQUEUED: &str = "PlanInvoicesEnqueued";
 /// Counts `count` entities enqueued by one scheduler run.
 pub fn plan_invoices_enqueued(count: usize) {
     metrics::counter!(PLAN_INVOICES_ENQUEUED).increment(count as u64);
+}
+
+/// Invoicing runs (the hourly scheduler) that finished; an alarm watches for none in 26 hours.
+pub const INVOICING_RUNS: &str = "InvoicingRuns";
+
+/// Counts one finished invoicing run.
+pub fn invoicing_run() {
+    metrics::counter!(INVOICING_RUNS).increment(1);
 }

@@ -765,8 +765,9 @@ pub fn route_key_of(request: &Request) -> Option<&str> {
     }
 }
 
-/// Runs a Lambda bootstrap of the API: each request to `handle`, then `after` with its request
-/// id once it is answered (the bootstraps flush the invocation's metrics there).
+/// Runs a Lambda bootstrap of the API: each request to `handle`, then `after` with the
+/// invocation's Lambda request id once it is answered (the bootstraps flush the invocation's
+/// metrics there, so a metric line and the invocation's REPORT line share one id).
 pub async fn run_api<H, Fut, A>(handle: H, after: A) -> Result<(), lambda_http::Error>
 where
     H: Fn(Request) -> Fut + Sync,
@@ -775,12 +776,25 @@ where
 {
     let (handle, after) = (&handle, &after);
     lambda_http::run(lambda_http::service_fn(move |request: Request| async move {
-        let request_id = request_id_of(&request);
+        let request_id = request
+            .lambda_context_ref()
+            .map_or_else(|| request_id_of(&request), |context| context.request_id.clone());
         let response = handle(request).await;
         after(&request_id);
         Ok::<_, lambda_http::Error>(response)
     }))
     .await
+}
+
+/// The answer to a request that came while the function could not be built (its secrets
+/// unreadable, its configuration refused): 502, nothing done. The error is logged, never sent;
+/// the next request builds the function again.
+pub fn not_started(error: &dyn std::error::Error) -> Response<Body> {
+    tracing::error!(%error, "the function could not start");
+    render(Err(ApiError::one(FieldError::general(
+        Slug::UpstreamUnavailable,
+        "the service could not start; nothing was done, try again",
+    ))))
 }
 
 /// The API Gateway request id, or a fresh UUID where there is none (the local server).
