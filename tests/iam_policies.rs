@@ -45,6 +45,9 @@ fn resources(value: &Value) -> Vec<Resource> {
         }
         Value::String(text) if text.contains("BillingTable.Arn") => vec![Resource::Table],
         Value::String(text) if text.contains(":ses:") && text.contains(":identity/") => vec![Resource::MailIdentities],
+        Value::String(text) if text.contains(":ses:") && text.contains(":configuration-set/") => {
+            vec![Resource::MailConfigurationSet]
+        }
         Value::String(text) if text.contains(":secretsmanager:") && text.contains(":secret:") => {
             vec![Resource::Secrets]
         }

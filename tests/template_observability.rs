@@ -438,3 +438,71 @@ fn the_http_api_writes_json_access_logs_with_the_authorizers_refusals() {
         assert!(format.get(field).is_some(), "{field}");
     }
 }
+
+#[test]
+fn a_wrong_webhook_secret_a_stuck_signup_queue_throttling_and_mail_reputation_raise_alarms() {
+    let template = template();
+    let resources = resources(&template);
+    let alarms: Vec<&Value> = resources
+        .values()
+        .filter(|r| r["Type"] == "AWS::CloudWatch::Alarm")
+        .map(|r| &r["Properties"])
+        .collect();
+    let watched = |namespace_is: &dyn Fn(&Value) -> bool, metric: &str| {
+        alarms
+            .iter()
+            .any(|a| namespace_is(&a["Namespace"]) && a["MetricName"] == metric)
+    };
+    let ours = |namespace: &Value| matches!(namespace, Value::Tagged(t) if t.tag == "Sub");
+    let named = |wanted: &'static str| move |namespace: &Value| namespace == wanted;
+    assert!(watched(&ours, "WebhookSignatureFailures"), "a wrong webhook secret");
+    assert!(
+        watched(&named("AWS/SQS"), "ApproximateAgeOfOldestMessage"),
+        "signups waiting"
+    );
+    assert!(watched(&named("AWS/DynamoDB"), "ReadThrottleEvents"), "read throttles");
+    assert!(
+        watched(&named("AWS/DynamoDB"), "WriteThrottleEvents"),
+        "write throttles"
+    );
+    assert!(watched(&named("AWS/SES"), "Reputation.BounceRate"), "bounces");
+    assert!(watched(&named("AWS/SES"), "Reputation.ComplaintRate"), "complaints");
+    // A wrong secret alarms within five minutes
+    let signature = alarms
+        .iter()
+        .find(|a| a["MetricName"] == "WebhookSignatureFailures")
+        .unwrap();
+    assert!(signature["Period"].as_u64().unwrap() * signature["EvaluationPeriods"].as_u64().unwrap() <= 300);
+}
+
+#[test]
+fn every_mail_goes_with_a_configuration_set_that_suppresses_bounces_and_complaints() {
+    let template = template();
+    let resources = resources(&template);
+    let set = &resources["MailConfigurationSet"];
+    assert_eq!(set["Type"], "AWS::SES::ConfigurationSet");
+    let reasons: Vec<&str> = set["Properties"]["SuppressionOptions"]["SuppressedReasons"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(reasons, ["BOUNCE", "COMPLAINT"]);
+    let mut senders = 0;
+    for (name, function) in resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+    {
+        let variables = &function["Properties"]["Environment"]["Variables"];
+        if variables["MAIL_FROM"] == Value::Null {
+            continue;
+        }
+        senders += 1;
+        assert_eq!(
+            reference(&variables["MAIL_CONFIGURATION_SET"]).as_deref(),
+            Some("MailConfigurationSet"),
+            "{name} sends mail without the configuration set"
+        );
+    }
+    assert!(senders >= 4, "{senders}");
+}

@@ -93,6 +93,7 @@ impl StripeWebhook {
             let now = self.clock.now().timestamp();
             if let Err(error) = webhook::verify(request.body(), signature, &self.secret, now) {
                 tracing::warn!(%error, "webhook refused");
+                billing::metrics::webhook_signature_failure();
                 return Err(ApiError::one(FieldError::param(
                     Slug::InvalidValue,
                     "Stripe-Signature",

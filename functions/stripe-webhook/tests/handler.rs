@@ -152,7 +152,9 @@ async fn a_signed_subscription_update_is_applied() {
 }
 
 #[tokio::test]
-async fn forged_missing_and_old_signatures_are_refused_and_store_nothing() {
+async fn forged_missing_and_old_signatures_are_refused_store_nothing_and_are_counted() {
+    let counts = Counts::default();
+    let _counting = counts.count_here();
     let f = fixture();
     let stored = f.subscription("sub_b").await;
     let update = event("evt_2", "customer.subscription.updated", "sub_b", "active", 100);
@@ -166,6 +168,8 @@ async fn forged_missing_and_old_signatures_are_refused_and_store_nothing() {
     }
     assert_eq!(f.store.get_subscription(stored.id).await.unwrap(), stored);
     assert!(!f.store.is_recorded("stripe-event:evt_2").await.unwrap());
+    // Each refusal is counted, for the alarm a wrong webhook secret raises
+    assert_eq!(counts.get(billing::metrics::WEBHOOK_SIGNATURE_FAILURES, &[]), 3);
 }
 
 #[tokio::test]

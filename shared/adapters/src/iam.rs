@@ -21,6 +21,8 @@ pub enum Resource {
     TableIndexes,
     /// The account's SES identities (the verified sender).
     MailIdentities,
+    /// The stack's SES configuration set, which every mail names.
+    MailConfigurationSet,
     /// The Secrets Manager secrets the template names.
     Secrets,
     /// The invoicing queue.
@@ -59,6 +61,10 @@ const SEND_INVOICING_MESSAGE: Grant = Grant {
     action: "sqs:SendMessage",
     resource: Resource::InvoicingQueue,
 };
+const SEND_EMAIL_WITH_SET: Grant = Grant {
+    action: "ses:SendEmail",
+    resource: Resource::MailConfigurationSet,
+};
 const SEND_EMAIL: Grant = Grant {
     action: "ses:SendEmail",
     resource: Resource::MailIdentities,
@@ -87,7 +93,8 @@ pub fn grants(operation: Operation) -> &'static [Grant] {
         Operation::RecordEventWithWrite => &[PUT_ITEM, CONDITION_CHECK_ITEM],
         // PutItem, or a transaction of Puts.
         Operation::PutDocument | Operation::PutDocuments => &[PUT_ITEM],
-        Operation::SendMail => &[SEND_EMAIL],
+        // SES authorizes a send on the sender's identity and on the configuration set it names.
+        Operation::SendMail => &[SEND_EMAIL, SEND_EMAIL_WITH_SET],
         // Through the Parameters and Secrets extension, which calls with the function's role.
         Operation::ReadSecrets => &[GET_SECRET_VALUE],
         // SendMessageBatch is authorized as sqs:SendMessage.

@@ -21,6 +21,9 @@ mod ses {
     pub struct SesMailer {
         client: aws_sdk_sesv2::Client,
         from: String,
+        /// The SES configuration set every mail is sent with (suppression of bouncing and
+        /// complaining addresses, reputation metrics), when configured.
+        configuration_set: Option<String>,
     }
 
     impl SesMailer {
@@ -29,16 +32,26 @@ mod ses {
             SesMailer {
                 client,
                 from: from.into(),
+                configuration_set: None,
             }
         }
 
-        /// From `MAIL_FROM`, with a client of an already loaded configuration.
+        /// Every mail is sent with this SES configuration set.
+        #[must_use]
+        pub fn with_configuration_set(mut self, configuration_set: Option<String>) -> Self {
+            self.configuration_set = configuration_set.filter(|name| !name.is_empty());
+            self
+        }
+
+        /// From `MAIL_FROM` (and `MAIL_CONFIGURATION_SET`), with a client of an already loaded
+        /// configuration.
         pub fn from_env_with_config(
             env: &dyn Environment,
             config: &aws_config::SdkConfig,
         ) -> Result<Self, ConfigError> {
             let from = required(env, "MAIL_FROM")?;
-            Ok(SesMailer::new(aws_sdk_sesv2::Client::new(config), from))
+            Ok(SesMailer::new(aws_sdk_sesv2::Client::new(config), from)
+                .with_configuration_set(env.var("MAIL_CONFIGURATION_SET")))
         }
     }
 
@@ -60,6 +73,7 @@ mod ses {
             let result = self
                 .client
                 .send_email()
+                .set_configuration_set_name(self.configuration_set.clone())
                 .from_email_address(&self.from)
                 .destination(Destination::builder().to_addresses(&mail.to).build())
                 .content(EmailContent::builder().simple(message).build())

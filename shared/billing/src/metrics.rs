@@ -48,6 +48,7 @@ pub const ALL: &[(&str, &[&str])] = &[
     (PLAN_INVOICES, &[OUTCOME]),
     (PLAN_INVOICES_ENQUEUED, &[]),
     (INVOICING_RUNS, &[]),
+    (WEBHOOK_SIGNATURE_FAILURES, &[]),
 ];
 
 /// Counts one Stripe event by its outcome.
@@ -100,4 +101,13 @@ pub const INVOICING_RUNS: &str = "InvoicingRuns";
 /// Counts one finished invoicing run.
 pub fn invoicing_run() {
     metrics::counter!(INVOICING_RUNS).increment(1);
+}
+
+/// Webhook deliveries refused for their signature: a wrong `STRIPE_WEBHOOK_SECRET` refuses
+/// every one (and Stripe retries them for three days), so an alarm reads this.
+pub const WEBHOOK_SIGNATURE_FAILURES: &str = "WebhookSignatureFailures";
+
+/// Counts one webhook delivery refused for its signature.
+pub fn webhook_signature_failure() {
+    metrics::counter!(WEBHOOK_SIGNATURE_FAILURES).increment(1);
 }
