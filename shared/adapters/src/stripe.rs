@@ -506,11 +506,7 @@ impl StripeBilling {
         object: &StripeSubscriptionObject,
         key: &str,
     ) -> Result<(), BillingError> {
-        let Some(invoice) = object
-            .latest_invoice
-            .as_ref()
-            .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned()))
-        else {
+        let Some(invoice) = latest_invoice_of(object) else {
             return Ok(());
         };
         let now = self
@@ -557,11 +553,7 @@ impl StripeBilling {
         if updated.pending_update.is_none() {
             return summarize(&updated);
         }
-        let Some(invoice) = updated
-            .latest_invoice
-            .as_ref()
-            .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned()))
-        else {
+        let Some(invoice) = latest_invoice_of(&updated) else {
             return Err(BillingError::Rejected(format!(
                 "subscription {subscription} has a pending update but no latest invoice"
             )));
@@ -668,11 +660,16 @@ fn summarize(subscription: &StripeSubscriptionObject) -> Result<StripeSubscripti
         cancel_at_period_end: subscription.cancel_at_period_end,
         quantity: item.quantity,
         discount_percent: discount_of(subscription),
-        latest_invoice: subscription
-            .latest_invoice
-            .as_ref()
-            .and_then(|invoice| invoice.id().as_ref().map(|id| id.as_str().to_owned())),
+        latest_invoice: latest_invoice_of(subscription),
     })
+}
+
+/// The id of the subscription's latest invoice, expanded or not.
+fn latest_invoice_of(subscription: &StripeSubscriptionObject) -> Option<String> {
+    subscription
+        .latest_invoice
+        .as_ref()
+        .and_then(|invoice| invoice.id().as_ref().map(|id| id.as_str().to_owned()))
 }
 
 #[async_trait]
